@@ -1,0 +1,5 @@
+//! amf: an active-active storage controller. This crate holds the RAID engine, the NBD server
+//! and the controller daemon behind the `amf` command.
+#![deny(missing_docs)]
+
+pub mod raid;

@@ -1,0 +1,749 @@
+//! The I/O engine of one group: reads (degraded when needed), writes with read-modify-write or
+//! reconstruct-write chosen by fewest reads, full-stripe writes without reads, member failure
+//! handling, flush, and clean shutdown.
+
+use super::bitmap::{Persist, WriteIntent};
+use super::geometry::{Geometry, Level, Piece, BLOCK_BYTES};
+use super::member::Member;
+use super::parity::recover::reconstruct;
+use super::parity::{gf256, AlignedBuf, Kernel};
+use super::superblock::{MemberState, Superblock, SUPERBLOCK_BYTES};
+use super::{stripe_lock::StripeLocks, RaidError};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+/// One member slot: the open member (if any), its recorded state and rebuild progress.
+struct Slot {
+    member: RwLock<Option<Arc<Member>>>,
+    state: RwLock<MemberState>,
+    /// Rebuilding members: stripes below this are current.
+    recovered: AtomicU64,
+}
+
+/// Engine counters, for status output and for tests that prove which path ran.
+#[derive(Default, Debug, Serialize)]
+pub struct Stats {
+    /// Member read calls.
+    pub member_reads: AtomicU64,
+    /// Member write calls.
+    pub member_writes: AtomicU64,
+    /// Stripe writes done by read-modify-write.
+    pub rmw_writes: AtomicU64,
+    /// Stripe writes done by reconstruct-write that had to read.
+    pub rcw_writes: AtomicU64,
+    /// Stripe writes that covered whole chunks and read nothing.
+    pub full_stripe_writes: AtomicU64,
+    /// Reads served by reconstruction or from another copy.
+    pub degraded_reads: AtomicU64,
+    /// Members failed while running.
+    pub member_failures: AtomicU64,
+}
+
+/// What a member looks like to one I/O.
+struct View {
+    member: Option<Arc<Member>>,
+    readable_below: u64,
+    writable: bool,
+}
+
+/// An assembled group.
+pub struct Array {
+    geo: Geometry,
+    sb: Mutex<Superblock>,
+    slots: Vec<Slot>,
+    locks: StripeLocks,
+    bitmap: WriteIntent,
+    kernel: Kernel,
+    /// Counters.
+    pub stats: Stats,
+}
+
+/// Per-member status for reports.
+#[derive(Debug, Serialize, Clone)]
+pub struct MemberStatus {
+    /// Index.
+    pub index: usize,
+    /// Path, if present.
+    pub path: Option<String>,
+    /// State.
+    pub state: MemberState,
+    /// Rebuild progress in stripes, for rebuilding members.
+    pub recovered_stripes: u64,
+}
+
+impl Array {
+    /// Builds the engine from assembled parts. `sb` is the group's reference superblock.
+    pub(crate) fn from_parts(
+        geo: Geometry,
+        sb: Superblock,
+        members: Vec<(Option<Member>, MemberState, u64)>,
+        bitmap_bits: Vec<u8>,
+    ) -> Array {
+        let bitmap = WriteIntent::new(geo.stripes(), sb.region_stripes as u64, bitmap_bits);
+        let slots = members
+            .into_iter()
+            .map(|(m, state, rec)| Slot {
+                member: RwLock::new(m.map(Arc::new)),
+                state: RwLock::new(state),
+                recovered: AtomicU64::new(rec),
+            })
+            .collect();
+        Array { geo, sb: Mutex::new(sb), slots, locks: StripeLocks::default(), bitmap, kernel: Kernel::detect(), stats: Stats::default() }
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// Logical size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.geo.capacity()
+    }
+
+    /// The write-intent bitmap.
+    pub fn bitmap(&self) -> &WriteIntent {
+        &self.bitmap
+    }
+
+    /// The stripe lock table (rebuild and scrub hold stripes too).
+    pub(crate) fn locks(&self) -> &StripeLocks {
+        &self.locks
+    }
+
+    /// The parity kernel in use.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    fn sb_lock(&self) -> MutexGuard<'_, Superblock> {
+        self.sb.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the reference superblock.
+    pub fn superblock(&self) -> Superblock {
+        self.sb_lock().clone()
+    }
+
+    fn data_offset(&self) -> u64 {
+        self.sb_lock().data_offset_bytes
+    }
+
+    fn view(&self, m: usize) -> View {
+        let slot = &self.slots[m];
+        let member = slot.member.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let state = *slot.state.read().unwrap_or_else(|p| p.into_inner());
+        let readable_below = match (state, member.is_some()) {
+            (_, false) | (MemberState::Faulty, _) => 0,
+            (MemberState::Active, true) => u64::MAX,
+            (MemberState::Rebuilding, true) => slot.recovered.load(Relaxed),
+        };
+        View { writable: member.is_some() && state != MemberState::Faulty, member, readable_below }
+    }
+
+    fn readable(&self, m: usize, stripe: u64) -> bool {
+        stripe < self.view(m).readable_below
+    }
+
+    /// Status of every member.
+    pub fn member_status(&self) -> Vec<MemberStatus> {
+        (0..self.slots.len())
+            .map(|i| {
+                let v = self.view(i);
+                MemberStatus {
+                    index: i,
+                    path: v.member.as_ref().map(|m| m.path().display().to_string()),
+                    state: *self.slots[i].state.read().unwrap_or_else(|p| p.into_inner()),
+                    recovered_stripes: self.slots[i].recovered.load(Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Members not active.
+    pub fn degraded_members(&self) -> Vec<usize> {
+        self.member_status().into_iter().filter(|s| s.state != MemberState::Active).map(|s| s.index).collect()
+    }
+
+    // ---- member I/O with failure handling -------------------------------------------------
+
+    fn member_read(&self, m: usize, offset: u64, buf: &mut [u8]) -> Result<(), RaidError> {
+        let Some(member) = self.view(m).member else {
+            return Err(RaidError::BadMember { index: m, reason: "not present".into() });
+        };
+        self.stats.member_reads.fetch_add(1, Relaxed);
+        let r = member.read_at(offset, buf);
+        if let Err(e) = &r {
+            self.fail_member(m, &e.to_string());
+        }
+        r
+    }
+
+    /// Writes to a member if it is writable; a failed write fails the member, which is not an
+    /// error for the caller as long as the group still has the redundancy to do without it.
+    fn member_write(&self, m: usize, offset: u64, buf: &[u8]) -> bool {
+        let v = self.view(m);
+        let (true, Some(member)) = (v.writable, v.member) else { return false };
+        self.stats.member_writes.fetch_add(1, Relaxed);
+        match member.write_at(offset, buf) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail_member(m, &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Marks a member faulty and records that in the other members' superblocks.
+    pub fn fail_member(&self, m: usize, why: &str) {
+        {
+            let mut st = self.slots[m].state.write().unwrap_or_else(|p| p.into_inner());
+            if *st == MemberState::Faulty {
+                return;
+            }
+            *st = MemberState::Faulty;
+        }
+        self.stats.member_failures.fetch_add(1, Relaxed);
+        eprintln!("amf: member {m} failed: {why}");
+        if let Err(e) = self.update_superblocks(|_| {}) {
+            eprintln!("amf: recording the failure of member {m} failed too: {e}");
+        }
+    }
+
+    /// Applies `change` to the reference superblock, bumps the event counter and writes it to every
+    /// writable member (each with its own index, the current member states and its rebuild point).
+    pub fn update_superblocks(&self, change: impl FnOnce(&mut Superblock)) -> Result<(), RaidError> {
+        let mut sb = self.sb_lock();
+        change(&mut sb);
+        sb.events += 1;
+        sb.states = self.slots.iter().map(|s| *s.state.read().unwrap_or_else(|p| p.into_inner())).collect();
+        let mut written = 0;
+        for (i, slot) in self.slots.iter().enumerate() {
+            let v = self.view(i);
+            let (true, Some(member)) = (v.writable, v.member) else { continue };
+            let mut own = sb.clone();
+            own.member_index = i as u32;
+            own.recovery_stripes = slot.recovered.load(Relaxed);
+            if member.write_at(0, &own.encode()).and_then(|_| member.sync()).is_ok() {
+                written += 1;
+            }
+        }
+        if written == 0 {
+            return Err(RaidError::Unrecoverable { stripe: 0 });
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), RaidError> {
+        let capacity = self.capacity();
+        match offset.checked_add(len) {
+            Some(end) if end <= capacity => Ok(()),
+            _ => Err(RaidError::OutOfRange { offset, len, capacity }),
+        }
+    }
+
+    fn persist_bitmap(&self) -> impl Fn(u64, &[u8]) -> Result<(), RaidError> + '_ {
+        move |off: u64, page: &[u8]| {
+            let base = self.sb_lock().bitmap_offset_bytes;
+            let mut ok = 0;
+            for i in 0..self.slots.len() {
+                let v = self.view(i);
+                let (true, Some(member)) = (v.writable, v.member) else { continue };
+                // The bit must be durable before the data it covers is written.
+                if member.write_at(base + off, page).and_then(|_| member.sync()).is_ok() {
+                    ok += 1;
+                }
+            }
+            if ok == 0 {
+                return Err(RaidError::Unrecoverable { stripe: 0 });
+            }
+            Ok(())
+        }
+    }
+
+    // ---- reads ------------------------------------------------------------------------------
+
+    /// Reads `buf.len()` bytes at logical `offset`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), RaidError> {
+        self.check_range(offset, buf.len() as u64)?;
+        let base = self.data_offset();
+        for p in self.geo.split(offset, buf.len() as u64) {
+            let dst = &mut buf[(p.logical - offset) as usize..][..p.len as usize];
+            self.read_piece(base, &p, dst)?;
+        }
+        Ok(())
+    }
+
+    fn read_piece(&self, base: u64, p: &Piece, dst: &mut [u8]) -> Result<(), RaidError> {
+        let places = self.geo.places(p.stripe, p.dd);
+        // Spread mirror reads over the copies.
+        let start = (p.stripe as usize) % places.len();
+        for k in 0..places.len() {
+            let place = places[(start + k) % places.len()];
+            if self.readable(place.member, p.stripe)
+                && self.member_read(place.member, base + place.chunk_offset + p.in_chunk, dst).is_ok()
+            {
+                if k > 0 && !self.geo.is_mirror() {
+                    self.stats.degraded_reads.fetch_add(1, Relaxed);
+                }
+                return Ok(());
+            }
+            if self.geo.is_mirror() {
+                self.stats.degraded_reads.fetch_add(1, Relaxed);
+            }
+        }
+        if self.geo.parities() == 0 {
+            return Err(RaidError::Unrecoverable { stripe: p.stripe });
+        }
+        self.stats.degraded_reads.fetch_add(1, Relaxed);
+        let _g = self.locks.lock(p.stripe);
+        let blocks = self.read_stripe_range(base, p.stripe, p.in_chunk, p.in_chunk + p.len)?;
+        dst.copy_from_slice(&blocks[p.dd]);
+        Ok(())
+    }
+
+    /// Reads blocks [lo, hi) of every member of a parity stripe (data, then P, then Q) and
+    /// reconstructs the unreadable ones.
+    pub(crate) fn read_stripe_range(&self, base: u64, s: u64, lo: u64, hi: u64) -> Result<Vec<AlignedBuf>, RaidError> {
+        let members = self.geo.parity_stripe_members(s);
+        let row = base + s * self.geo.chunk_bytes;
+        let len = (hi - lo) as usize;
+        let mut blocks: Vec<AlignedBuf> = members.iter().map(|_| AlignedBuf::zeroed(len)).collect();
+        let mut missing = Vec::new();
+        for (pos, &m) in members.iter().enumerate() {
+            if !(self.readable(m, s) && self.member_read(m, row + lo, &mut blocks[pos]).is_ok()) {
+                missing.push(pos);
+            }
+        }
+        if !missing.is_empty() {
+            reconstruct(self.kernel, &mut blocks, self.geo.parities(), &missing)
+                .map_err(|_| RaidError::Unrecoverable { stripe: s })?;
+        }
+        Ok(blocks)
+    }
+
+    // ---- writes -----------------------------------------------------------------------------
+
+    /// Writes `data` at logical `offset`; with `fua` the members are synced before returning.
+    pub fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), RaidError> {
+        self.check_range(offset, data.len() as u64)?;
+        let base = self.data_offset();
+        let pieces: Vec<Piece> = self.geo.split(offset, data.len() as u64).collect();
+        let mut i = 0;
+        while i < pieces.len() {
+            let s = pieces[i].stripe;
+            let j = i + pieces[i..].iter().take_while(|p| p.stripe == s).count();
+            self.write_stripe(base, s, &pieces[i..j], data, offset)?;
+            i = j;
+        }
+        if fua {
+            self.sync_members()?;
+        }
+        Ok(())
+    }
+
+    /// Writes zeroes over a range.
+    pub fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), RaidError> {
+        self.check_range(offset, len)?;
+        const STEP: u64 = 1 << 20;
+        let zeros = vec![0u8; STEP.min(len) as usize];
+        let mut pos = offset;
+        while pos < offset + len {
+            let n = STEP.min(offset + len - pos);
+            self.write(pos, &zeros[..n as usize], false)?;
+            pos += n;
+        }
+        if fua {
+            self.sync_members()?;
+        }
+        Ok(())
+    }
+
+    fn write_stripe(&self, base: u64, s: u64, pieces: &[Piece], data: &[u8], offset: u64) -> Result<(), RaidError> {
+        let src = |p: &Piece| &data[(p.logical - offset) as usize..][..p.len as usize];
+        if self.geo.level == Level::Raid0 {
+            for p in pieces {
+                let place = self.geo.places(s, p.dd)[0];
+                let member = self.view(place.member).member;
+                let Some(member) = member else { return Err(RaidError::Unrecoverable { stripe: s }) };
+                self.stats.member_writes.fetch_add(1, Relaxed);
+                member.write_at(base + place.chunk_offset + p.in_chunk, src(p))?;
+            }
+            return Ok(());
+        }
+        let _g = self.locks.lock(s);
+        let persist = self.persist_bitmap();
+        self.bitmap.begin(s, &persist as &Persist<'_>)?;
+        let r = if self.geo.is_mirror() {
+            self.write_mirror(base, s, pieces, &src)
+        } else {
+            self.write_parity(base, s, pieces, &src)
+        };
+        self.bitmap.end(s);
+        r
+    }
+
+    fn write_mirror<'d>(&self, base: u64, s: u64, pieces: &[Piece], src: &dyn Fn(&Piece) -> &'d [u8]) -> Result<(), RaidError> {
+        for p in pieces {
+            let mut copies = 0;
+            for place in self.geo.places(s, p.dd) {
+                if self.member_write(place.member, base + place.chunk_offset + p.in_chunk, src(p)) {
+                    copies += 1;
+                }
+            }
+            if copies == 0 {
+                return Err(RaidError::Unrecoverable { stripe: s });
+            }
+        }
+        Ok(())
+    }
+
+    fn write_parity<'d>(&self, base: u64, s: u64, pieces: &[Piece], src: &dyn Fn(&Piece) -> &'d [u8]) -> Result<(), RaidError> {
+        let n = self.geo.data_per_stripe();
+        let par = self.geo.parities();
+        let members = self.geo.parity_stripe_members(s);
+        let row = base + s * self.geo.chunk_bytes;
+        let lo = pieces.iter().map(|p| p.in_chunk).min().unwrap_or(0) / BLOCK_BYTES * BLOCK_BYTES;
+        let hi = pieces.iter().map(|p| p.in_chunk + p.len).max().unwrap_or(0).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        let hi = hi.min(self.geo.chunk_bytes);
+        let mut by_dd: Vec<Option<&Piece>> = vec![None; n];
+        for p in pieces {
+            by_dd[p.dd] = Some(p);
+        }
+        let full = |dd: usize| by_dd[dd].is_some_and(|p| p.in_chunk <= lo && p.in_chunk + p.len >= hi);
+        let touched = by_dd.iter().filter(|p| p.is_some()).count();
+        let rmw_ok = (0..n).filter(|&dd| by_dd[dd].is_some()).chain(n..n + par).all(|pos| self.readable(members[pos], s));
+        let rcw_reads = (0..n).filter(|&dd| !full(dd)).count();
+        // Attempt the cheaper path; a member failing mid-way falls back to reconstruction.
+        if rmw_ok && touched + par < rcw_reads && self.rmw(row, lo, hi, &members, &by_dd, src).is_ok() {
+            self.stats.rmw_writes.fetch_add(1, Relaxed);
+            return Ok(());
+        }
+        let reads = self.rcw(s, row, lo, hi, &members, &by_dd, &full, src)?;
+        if reads == 0 {
+            self.stats.full_stripe_writes.fetch_add(1, Relaxed);
+        } else {
+            self.stats.rcw_writes.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rmw<'d>(
+        &self,
+        row: u64,
+        lo: u64,
+        hi: u64,
+        members: &[usize],
+        by_dd: &[Option<&Piece>],
+        src: &dyn Fn(&Piece) -> &'d [u8],
+    ) -> Result<(), RaidError> {
+        let n = by_dd.len();
+        let par = self.geo.parities();
+        let len = (hi - lo) as usize;
+        let mut parity: Vec<AlignedBuf> = (0..par).map(|_| AlignedBuf::zeroed(len)).collect();
+        for (j, buf) in parity.iter_mut().enumerate() {
+            self.member_read(members[n + j], row + lo, buf)?;
+        }
+        let mut deltas = Vec::new();
+        for (dd, p) in by_dd.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let mut old = AlignedBuf::zeroed(len);
+            self.member_read(members[dd], row + lo, &mut old)?;
+            // delta = old ^ new over the piece; zero elsewhere.
+            let mut delta = AlignedBuf::zeroed(len);
+            let at = (p.in_chunk - lo) as usize;
+            for (i, (d, n)) in delta[at..at + p.len as usize].iter_mut().zip(src(p)).enumerate() {
+                *d = old[at + i] ^ n;
+            }
+            deltas.push((dd, delta));
+        }
+        for (dd, delta) in &deltas {
+            for (a, b) in parity[0].iter_mut().zip(delta.iter()) {
+                *a ^= *b;
+            }
+            if par == 2 {
+                self.kernel.mul_acc(gf256::exp(*dd), delta, &mut parity[1]);
+            }
+        }
+        for (dd, p) in by_dd.iter().enumerate() {
+            if let Some(p) = p {
+                self.member_write(members[dd], row + p.in_chunk, src(p));
+            }
+        }
+        for (j, buf) in parity.iter().enumerate() {
+            self.member_write(members[n + j], row + lo, buf);
+        }
+        Ok(())
+    }
+
+    /// Reconstruct-write: read what the new parity needs, rebuild anything unreadable, compute
+    /// P/Q over [lo, hi) and write. Returns the number of member reads.
+    #[allow(clippy::too_many_arguments)]
+    fn rcw<'d>(
+        &self,
+        s: u64,
+        row: u64,
+        lo: u64,
+        hi: u64,
+        members: &[usize],
+        by_dd: &[Option<&Piece>],
+        full: &dyn Fn(usize) -> bool,
+        src: &dyn Fn(&Piece) -> &'d [u8],
+    ) -> Result<usize, RaidError> {
+        let n = by_dd.len();
+        let par = self.geo.parities();
+        let len = (hi - lo) as usize;
+        let mut blocks: Vec<AlignedBuf> = (0..n + par).map(|_| AlignedBuf::zeroed(len)).collect();
+        let mut reads = 0;
+        // Blocks whose old contents are needed but cannot be read force a full reconstruction,
+        // which needs every surviving block.
+        let need_all = (0..n).any(|dd| !full(dd) && !self.readable(members[dd], s));
+        let mut missing = Vec::new();
+        for dd in 0..n {
+            if full(dd) && !need_all {
+                continue;
+            }
+            reads += 1;
+            if !(self.readable(members[dd], s) && self.member_read(members[dd], row + lo, &mut blocks[dd]).is_ok()) {
+                missing.push(dd);
+            }
+        }
+        if !missing.is_empty() {
+            for j in 0..par {
+                reads += 1;
+                let m = members[n + j];
+                if !(self.readable(m, s) && self.member_read(m, row + lo, &mut blocks[n + j]).is_ok()) {
+                    missing.push(n + j);
+                }
+            }
+            reconstruct(self.kernel, &mut blocks, par, &missing).map_err(|_| RaidError::Unrecoverable { stripe: s })?;
+        }
+        for (dd, p) in by_dd.iter().enumerate() {
+            if let Some(p) = p {
+                let at = (p.in_chunk - lo) as usize;
+                blocks[dd][at..at + p.len as usize].copy_from_slice(src(p));
+            }
+        }
+        let (data, parity) = blocks.split_at_mut(n);
+        let refs: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
+        match parity {
+            [p] => self.kernel.xor_gen(&refs, p),
+            [p, q] => self.kernel.pq_gen(&refs, p, q),
+            _ => {}
+        }
+        let mut written = 0;
+        for (dd, p) in by_dd.iter().enumerate() {
+            if let Some(p) = p {
+                written += self.member_write(members[dd], row + p.in_chunk, src(p)) as usize;
+            }
+        }
+        for (j, buf) in parity.iter().enumerate() {
+            written += self.member_write(members[n + j], row + lo, buf) as usize;
+        }
+        if written == 0 {
+            return Err(RaidError::Unrecoverable { stripe: s });
+        }
+        Ok(reads)
+    }
+
+    // ---- durability -------------------------------------------------------------------------
+
+    /// fdatasync every writable member.
+    pub fn sync_members(&self) -> Result<(), RaidError> {
+        let mut ok = 0;
+        for i in 0..self.slots.len() {
+            let v = self.view(i);
+            let (true, Some(member)) = (v.writable, v.member) else { continue };
+            match member.sync() {
+                Ok(()) => ok += 1,
+                Err(e) => self.fail_member(i, &e.to_string()),
+            }
+        }
+        if ok == 0 {
+            return Err(RaidError::Unrecoverable { stripe: 0 });
+        }
+        Ok(())
+    }
+
+    /// Makes every completed write durable and clears write-intent bits of idle regions.
+    pub fn flush(&self) -> Result<(), RaidError> {
+        let snap = self.bitmap.snapshot_idle();
+        self.sync_members()?;
+        let persist = self.persist_bitmap();
+        self.bitmap.clear_idle(snap, &persist as &Persist<'_>)?;
+        Ok(())
+    }
+
+    /// Flushes, clears the bitmap and records a clean shutdown.
+    pub fn close(&self) -> Result<(), RaidError> {
+        self.flush()?;
+        self.update_superblocks(|sb| sb.clean = true)
+    }
+
+    /// Records that the group is in use (a crash from now on leaves it dirty).
+    pub fn mark_dirty(&self) -> Result<(), RaidError> {
+        self.update_superblocks(|sb| sb.clean = false)
+    }
+
+    // ---- maintenance hooks used by resync, scrub and rebuild --------------------------------
+
+    /// Recomputes redundancy of one stripe from its data (parity) or first readable copy
+    /// (mirrors). Caller holds the stripe lock. Returns false if the stripe lacks the members.
+    pub(crate) fn resync_stripe(&self, s: u64) -> Result<bool, RaidError> {
+        let base = self.data_offset();
+        let chunk = self.geo.chunk_bytes as usize;
+        if self.geo.is_mirror() {
+            let places = self.geo.places(s, 0);
+            let mut buf = AlignedBuf::zeroed(chunk);
+            let Some(src) = places.iter().find(|p| {
+                self.readable(p.member, s) && self.member_read(p.member, base + p.chunk_offset, &mut buf).is_ok()
+            }) else {
+                return Ok(false);
+            };
+            for p in places.iter().filter(|p| p.member != src.member) {
+                self.member_write(p.member, base + p.chunk_offset, &buf);
+            }
+            return Ok(true);
+        }
+        if self.geo.parities() == 0 {
+            return Ok(true);
+        }
+        let members = self.geo.parity_stripe_members(s);
+        let n = self.geo.data_per_stripe();
+        if !(0..n).all(|dd| self.readable(members[dd], s)) {
+            return Ok(false);
+        }
+        let mut blocks = self.read_stripe_range(base, s, 0, chunk as u64)?;
+        let (data, parity) = blocks.split_at_mut(n);
+        let refs: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
+        let mut fresh: Vec<AlignedBuf> = parity.iter().map(|_| AlignedBuf::zeroed(chunk)).collect();
+        match fresh.as_mut_slice() {
+            [p] => self.kernel.xor_gen(&refs, p),
+            [p, q] => self.kernel.pq_gen(&refs, p, q),
+            _ => {}
+        }
+        let row = base + s * self.geo.chunk_bytes;
+        for (j, f) in fresh.iter().enumerate() {
+            if f[..] != parity[j][..] {
+                self.member_write(members[n + j], row, f);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Number of member slots.
+    pub fn member_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Puts `member` into slot `index` as a rebuilding member starting at stripe 0 (or resumes a
+    /// rebuilding one when `member` is None). Returns the stripe to start from.
+    pub(crate) fn begin_rebuild(&self, index: usize, member: Option<Member>) -> Result<u64, RaidError> {
+        let slot = self.slots.get(index).ok_or(RaidError::BadMember { index, reason: "no such member".into() })?;
+        let state = *slot.state.read().unwrap_or_else(|p| p.into_inner());
+        match (state, member) {
+            (MemberState::Active, _) => {
+                return Err(RaidError::BadMember { index, reason: "is active; nothing to rebuild".into() })
+            }
+            (_, Some(m)) => {
+                *slot.member.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m));
+                slot.recovered.store(0, Relaxed);
+            }
+            (MemberState::Rebuilding, None) => {}
+            (MemberState::Faulty, None) => {
+                return Err(RaidError::BadMember { index, reason: "is faulty and no replacement was given".into() })
+            }
+        }
+        *slot.state.write().unwrap_or_else(|p| p.into_inner()) = MemberState::Rebuilding;
+        // Bitmap area of the new member: a copy of what the others hold is not needed, zeros
+        // are written by creation; superblock follows.
+        self.update_superblocks(|_| {})?;
+        Ok(slot.recovered.load(Relaxed))
+    }
+
+    /// Rebuilds the blocks of member `index` in stripe `s`. Caller holds the stripe lock.
+    pub(crate) fn rebuild_stripe(&self, index: usize, s: u64) -> Result<(), RaidError> {
+        let base = self.data_offset();
+        let chunk = self.geo.chunk_bytes;
+        if self.geo.is_mirror() {
+            let places = self.geo.places(s, 0);
+            let Some(target) = places.iter().find(|p| p.member == index) else { return Ok(()) };
+            let mut buf = AlignedBuf::zeroed(chunk as usize);
+            let src = places.iter().find(|p| {
+                p.member != index
+                    && self.readable(p.member, s)
+                    && self.member_read(p.member, base + p.chunk_offset, &mut buf).is_ok()
+            });
+            if src.is_none() {
+                return Err(RaidError::Unrecoverable { stripe: s });
+            }
+            self.member_write(index, base + target.chunk_offset, &buf);
+            return Ok(());
+        }
+        if self.geo.parities() == 0 {
+            return Err(RaidError::BadMember { index, reason: "raid0 has no redundancy to rebuild from".into() });
+        }
+        let members = self.geo.parity_stripe_members(s);
+        let pos = members.iter().position(|&m| m == index).ok_or(RaidError::Unrecoverable { stripe: s })?;
+        // The rebuilding member is not readable at s (s >= recovered), so it is reconstructed.
+        let blocks = self.read_stripe_range(base, s, 0, chunk)?;
+        self.member_write(index, base + s * chunk, &blocks[pos]);
+        Ok(())
+    }
+
+    /// Advances the rebuild point of a rebuilding member.
+    pub(crate) fn set_recovered(&self, index: usize, stripes: u64) {
+        self.slots[index].recovered.store(stripes, Relaxed);
+    }
+
+    /// Marks a rebuilt member active.
+    pub(crate) fn finish_rebuild(&self, index: usize) -> Result<(), RaidError> {
+        self.sync_members()?;
+        *self.slots[index].state.write().unwrap_or_else(|p| p.into_inner()) = MemberState::Active;
+        self.slots[index].recovered.store(0, Relaxed);
+        self.update_superblocks(|_| {})
+    }
+
+    /// Size a replacement member needs.
+    pub fn member_bytes_needed(&self) -> u64 {
+        let sb = self.sb_lock();
+        (sb.data_offset_bytes + sb.member_data_bytes).max(SUPERBLOCK_BYTES as u64)
+    }
+}
+
+/// Raw blocks of one stripe as stored: data then parity, or every mirror copy.
+pub(crate) struct StripeBlocks {
+    pub members: Vec<usize>,
+    pub offsets: Vec<u64>,
+    pub bufs: Vec<AlignedBuf>,
+}
+
+impl Array {
+    /// Reads every block of stripe `s` as stored, or None if a member is not readable.
+    /// Caller holds the stripe lock.
+    pub(crate) fn stripe_blocks(&self, s: u64) -> Result<Option<StripeBlocks>, RaidError> {
+        let base = self.data_offset();
+        let chunk = self.geo.chunk_bytes;
+        let (members, offsets): (Vec<usize>, Vec<u64>) = if self.geo.is_mirror() {
+            self.geo.places(s, 0).iter().map(|p| (p.member, base + p.chunk_offset)).unzip()
+        } else {
+            self.geo.parity_stripe_members(s).into_iter().map(|m| (m, base + s * chunk)).unzip()
+        };
+        let mut bufs = Vec::with_capacity(members.len());
+        for (&m, &off) in members.iter().zip(&offsets) {
+            let mut b = AlignedBuf::zeroed(chunk as usize);
+            if !(self.readable(m, s) && self.member_read(m, off, &mut b).is_ok()) {
+                return Ok(None);
+            }
+            bufs.push(b);
+        }
+        Ok(Some(StripeBlocks { members, offsets, bufs }))
+    }
+
+    /// Writes one block to a member (scrub repair).
+    pub(crate) fn write_block(&self, m: usize, offset: u64, buf: &[u8]) -> bool {
+        self.member_write(m, offset, buf)
+    }
+}

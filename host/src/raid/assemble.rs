@@ -1,0 +1,300 @@
+//! Creating a group on member files and assembling it again from whatever members a directory
+//! holds: identity and freshness checks, degraded start, and the post-crash resync driven by
+//! the write-intent bitmap.
+
+use super::array::Array;
+use super::bitmap::{WriteIntent, PAGE_BYTES};
+use super::geometry::{Geometry, Level};
+use super::member::Member;
+use super::superblock::{MemberState, Superblock, SUPERBLOCK_BYTES};
+use super::{RaidError, Rejected};
+use std::path::{Path, PathBuf};
+
+/// Where member data starts (room for the superblock and the bitmap, 1 MiB aligned).
+pub const DATA_OFFSET_BYTES: u64 = 1 << 20;
+/// Where the write-intent bitmap starts.
+pub const BITMAP_OFFSET_BYTES: u64 = SUPERBLOCK_BYTES as u64;
+/// Largest bitmap.
+pub const BITMAP_BYTES_MAX: u64 = 256 * 1024;
+/// Logical bytes covered by one bitmap bit when the bitmap is large enough (md uses 64 MiB; a
+/// smaller region resyncs less after a crash for a few more bitmap writes).
+pub const REGION_TARGET_BYTES: u64 = 4 << 20;
+/// Default chunk size.
+pub const DEFAULT_CHUNK_BYTES: u64 = 64 * 1024;
+
+/// Shape of a new group.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Level.
+    pub level: Level,
+    /// Member count.
+    pub members: usize,
+    /// Size of each member file in bytes.
+    pub member_bytes: u64,
+    /// Chunk size in bytes.
+    pub chunk_bytes: u64,
+}
+
+/// Path of member `i` in a group directory.
+pub fn member_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("member-{i:02}.img"))
+}
+
+fn random_uuid() -> Result<[u8; 16], std::io::Error> {
+    use std::io::Read;
+    let mut u = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut u)?;
+    u[6] = (u[6] & 0x0f) | 0x40; // RFC 4122 version 4
+    u[8] = (u[8] & 0x3f) | 0x80;
+    Ok(u)
+}
+
+/// Creates member files in `dir` and writes fresh superblocks; the group starts clean.
+pub fn create(dir: &Path, opts: &CreateOptions) -> Result<(), RaidError> {
+    let dir_err = |source| RaidError::Dir { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(dir_err)?;
+    let usable = opts.member_bytes.saturating_sub(DATA_OFFSET_BYTES);
+    let member_data_bytes = usable / opts.chunk_bytes.max(1) * opts.chunk_bytes;
+    let geo = Geometry::new(opts.level, opts.members, opts.chunk_bytes, member_data_bytes)?;
+    let mut region_stripes = (REGION_TARGET_BYTES / geo.stripe_bytes()).max(1);
+    while WriteIntent::regions_for(geo.stripes(), region_stripes).div_ceil(8) > BITMAP_BYTES_MAX {
+        region_stripes *= 2;
+    }
+    let bitmap_bytes = WriteIntent::regions_for(geo.stripes(), region_stripes).div_ceil(8).div_ceil(PAGE_BYTES as u64)
+        * PAGE_BYTES as u64;
+    let created_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let sb = Superblock {
+        uuid: random_uuid().map_err(dir_err)?,
+        level: opts.level,
+        chunk_bytes: opts.chunk_bytes as u32,
+        data_offset_bytes: DATA_OFFSET_BYTES,
+        member_data_bytes,
+        member_index: 0,
+        member_count: opts.members as u32,
+        events: 1,
+        epoch: 0,
+        clean: true,
+        bitmap_offset_bytes: BITMAP_OFFSET_BYTES,
+        bitmap_bytes: bitmap_bytes as u32,
+        region_stripes: region_stripes as u32,
+        recovery_stripes: 0,
+        created_unix,
+        states: vec![MemberState::Active; opts.members],
+    };
+    for i in 0..opts.members {
+        let m = Member::create_file(&member_path(dir, i), opts.member_bytes)?;
+        let mut own = sb.clone();
+        own.member_index = i as u32;
+        m.write_at(0, &own.encode())?;
+        m.sync()?;
+    }
+    Ok(())
+}
+
+/// A member file found in a group directory.
+pub struct Scanned {
+    /// Its path.
+    pub path: PathBuf,
+    /// The open member and its superblock, or why it could not be read.
+    pub result: Result<(Member, Superblock), RaidError>,
+}
+
+/// True when `dir` holds member files.
+pub fn has_members(dir: &Path) -> bool {
+    member_files(dir).map(|v| !v.is_empty()).unwrap_or(false)
+}
+
+fn member_files(dir: &Path) -> Result<Vec<PathBuf>, RaidError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| RaidError::Dir { path: dir.to_path_buf(), source })?;
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("member-")))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Opens every member file in `dir` and decodes its superblock.
+pub fn scan(dir: &Path) -> Result<Vec<Scanned>, RaidError> {
+    Ok(member_files(dir)?
+        .into_iter()
+        .map(|path| {
+            let result = Member::open(&path).and_then(|m| {
+                let mut b = vec![0u8; SUPERBLOCK_BYTES];
+                m.read_at(0, &mut b)?;
+                let sb = Superblock::decode(&b).map_err(|source| RaidError::Superblock { path: path.clone(), source })?;
+                Ok((m, sb))
+            });
+            Scanned { path, result }
+        })
+        .collect())
+}
+
+/// An assembled group and what assembly found.
+pub struct Assembled {
+    /// The running group.
+    pub array: Array,
+    /// Members left out, with reasons.
+    pub rejected: Vec<Rejected>,
+    /// The group was not shut down cleanly.
+    pub was_dirty: bool,
+    /// Bitmap regions to resync (non-empty only after a crash).
+    pub dirty_regions: Vec<u64>,
+}
+
+fn same_shape(a: &Superblock, b: &Superblock) -> bool {
+    a.level == b.level
+        && a.chunk_bytes == b.chunk_bytes
+        && a.member_count == b.member_count
+        && a.data_offset_bytes == b.data_offset_bytes
+        && a.member_data_bytes == b.member_data_bytes
+        && a.bitmap_offset_bytes == b.bitmap_offset_bytes
+        && a.bitmap_bytes == b.bitmap_bytes
+        && a.region_stripes == b.region_stripes
+}
+
+/// True when every stripe keeps enough members among `usable`.
+fn survives(geo: &Geometry, usable: &[bool]) -> bool {
+    let lost = usable.iter().filter(|u| !**u).count();
+    match geo.level {
+        Level::Raid0 => lost == 0,
+        Level::Raid1 => lost < geo.members,
+        Level::Raid5 | Level::Raid6 => lost <= geo.parities(),
+        // Copies of stripe s sit at positions 2s, 2s+1 mod m: the pattern repeats every m stripes.
+        Level::Raid10 => (0..geo.stripes().min(geo.members as u64)).all(|s| geo.places(s, 0).iter().any(|p| usable[p.member])),
+    }
+}
+
+/// Assembles the group in `dir`: picks the freshest superblock of the majority uuid, rejects
+/// foreign, misshapen, undersized, duplicate, corrupt and stale members (naming each), starts
+/// degraded if the level allows it, marks the group dirty and returns the regions to resync.
+pub fn assemble(dir: &Path) -> Result<Assembled, RaidError> {
+    let scanned = scan(dir)?;
+    if scanned.is_empty() {
+        return Err(RaidError::NoMembers(dir.to_path_buf()));
+    }
+    let mut rejected = Vec::new();
+    let mut good: Vec<(PathBuf, Member, Superblock)> = Vec::new();
+    for s in scanned {
+        match s.result {
+            Ok((m, sb)) => good.push((s.path, m, sb)),
+            Err(e) => rejected.push(Rejected { member: s.path.display().to_string(), reason: e.to_string() }),
+        }
+    }
+    // Majority uuid, then the freshest superblock within it.
+    let mut uuids: Vec<([u8; 16], usize, u64)> = Vec::new();
+    for (_, _, sb) in &good {
+        match uuids.iter_mut().find(|u| u.0 == sb.uuid) {
+            Some(u) => {
+                u.1 += 1;
+                u.2 = u.2.max(sb.events);
+            }
+            None => uuids.push((sb.uuid, 1, sb.events)),
+        }
+    }
+    let Some(&(uuid, _, _)) = uuids.iter().max_by_key(|u| (u.1, u.2)) else {
+        return Err(RaidError::TooManyMissing { level: Level::Raid0, total: 0, tolerated: 0, unusable: rejected });
+    };
+    let Some(reference) = good.iter().filter(|g| g.2.uuid == uuid).max_by_key(|g| g.2.events).map(|g| g.2.clone()) else {
+        return Err(RaidError::NoMembers(dir.to_path_buf()));
+    };
+    let count = reference.member_count as usize;
+    let geo = Geometry::new(reference.level, count, reference.chunk_bytes as u64, reference.member_data_bytes)?;
+    let needed = reference.data_offset_bytes + reference.member_data_bytes;
+    let mut slots: Vec<Option<(Member, Superblock)>> = (0..count).map(|_| None).collect();
+    for (path, m, sb) in good {
+        let name = path.display().to_string();
+        let reason = if sb.uuid != uuid {
+            Some(format!("belongs to group {}, not {}", sb.uuid_string(), reference.uuid_string()))
+        } else if !same_shape(&sb, &reference) {
+            Some("superblock geometry differs from the group's".to_string())
+        } else if m.size() < needed {
+            Some(format!("is {} bytes, the group needs {needed}", m.size()))
+        } else if reference.states[sb.member_index as usize] == MemberState::Faulty {
+            Some(format!("stale: the group recorded it as failed (events {} < {})", sb.events, reference.events))
+        } else if sb.events + 1 < reference.events {
+            Some(format!("stale: events {} but the group is at {}", sb.events, reference.events))
+        } else if slots[sb.member_index as usize].is_some() {
+            Some(format!("duplicate of member index {}", sb.member_index))
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => rejected.push(Rejected { member: name, reason }),
+            None => {
+                let i = sb.member_index as usize;
+                slots[i] = Some((m, sb));
+            }
+        }
+    }
+    let mut usable = vec![true; count];
+    let mut unusable = Vec::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let why = match slot {
+            None => Some(format!("no usable member with index {i}")),
+            Some((_, sb)) if reference.states[i] == MemberState::Rebuilding || sb.states[i] == MemberState::Rebuilding => {
+                Some(format!("rebuilding, {} of {} stripes done", sb.recovery_stripes, geo.stripes()))
+            }
+            Some(_) => None,
+        };
+        if let Some(reason) = why {
+            usable[i] = false;
+            unusable.push(Rejected { member: member_path(dir, i).display().to_string(), reason });
+        }
+    }
+    if !survives(&geo, &usable) {
+        let mut all = rejected.clone();
+        all.extend(unusable);
+        return Err(RaidError::TooManyMissing { level: geo.level, total: count, tolerated: geo.tolerance(), unusable: all });
+    }
+    let was_dirty = !reference.clean;
+    let mut bits = vec![0u8; reference.bitmap_bytes as usize];
+    let mut members = Vec::with_capacity(count);
+    for (i, slot) in slots.into_iter().enumerate() {
+        match slot {
+            None => members.push((None, MemberState::Faulty, 0)),
+            Some((m, sb)) => {
+                let rebuilding = !usable[i];
+                if was_dirty && !rebuilding {
+                    let mut b = vec![0u8; reference.bitmap_bytes as usize];
+                    if m.read_at(reference.bitmap_offset_bytes, &mut b).is_ok() {
+                        for (x, y) in bits.iter_mut().zip(&b) {
+                            *x |= *y;
+                        }
+                    }
+                }
+                let state = if rebuilding { MemberState::Rebuilding } else { MemberState::Active };
+                members.push((Some(m), state, if rebuilding { sb.recovery_stripes } else { 0 }));
+            }
+        }
+    }
+    let array = Array::from_parts(geo, reference, members, bits);
+    array.mark_dirty()?;
+    let dirty_regions = array.bitmap().dirty_regions();
+    Ok(Assembled { array, rejected, was_dirty, dirty_regions })
+}
+
+/// Resyncs the stripes of `regions` (after a crash) and clears their bits. Reports progress as
+/// (done, total) stripes. Returns (stripes resynced, stripes skipped for lack of members).
+pub fn resync(array: &Array, regions: &[u64], progress: &dyn Fn(u64, u64)) -> Result<(u64, u64), RaidError> {
+    let stripes = array.geometry().stripes();
+    let ranges: Vec<_> = regions.iter().map(|&r| array.bitmap().region_stripe_range(r, stripes)).collect();
+    let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let (mut done, mut skipped) = (0u64, 0u64);
+    for range in ranges {
+        for s in range {
+            let _g = array.locks().lock(s);
+            if !array.resync_stripe(s)? {
+                skipped += 1;
+            }
+            done += 1;
+            if done % 64 == 0 || done == total {
+                progress(done, total);
+            }
+        }
+    }
+    array.flush()?;
+    Ok((done, skipped))
+}

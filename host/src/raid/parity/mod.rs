@@ -1,0 +1,221 @@
+//! Parity kernels: P (XOR) and Q (Reed-Solomon syndrome over GF(2^8), poly 0x11d, g = 2),
+//! bit-exact with Linux `lib/raid6` and ISA-L. Hand-written AVX-512BW and AVX2 kernels are chosen
+//! at run time; the portable kernel is the fallback and finishes every SIMD kernel's tail.
+
+pub mod gf256;
+mod portable;
+pub mod recover;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use serde::Serialize;
+use std::sync::OnceLock;
+
+/// One implementation of the parity kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernel {
+    /// 64-bit words, any CPU.
+    Portable,
+    /// 32-byte AVX2 vectors.
+    Avx2,
+    /// 64-byte AVX-512BW vectors.
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs (detected once).
+    pub fn detect() -> Kernel {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        *BEST.get_or_init(|| *Kernel::available().last().unwrap_or(&Kernel::Portable))
+    }
+
+    /// Every kernel this CPU can run, slowest first.
+    pub fn available() -> Vec<Kernel> {
+        let mut v = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                v.push(Kernel::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+            {
+                v.push(Kernel::Avx512);
+            }
+        }
+        v
+    }
+
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+        }
+    }
+
+    /// `p = data[0] ^ data[1] ^ ...`. Every data slice must be as long as `p`.
+    pub fn xor_gen(self, data: &[&[u8]], p: &mut [u8]) {
+        assert!(data.iter().all(|d| d.len() == p.len()), "parity: unequal lengths");
+        if data.is_empty() {
+            p.fill(0);
+            return;
+        }
+        let done = match self {
+            Kernel::Portable => 0,
+            // SAFETY: the kernel is only constructed after run-time detection of its CPU features
+            // (or by `available()`), and the lengths were checked above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::xor_gen(data, p) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::xor_gen(data, p) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => 0,
+        };
+        portable::xor_gen_from(data, p, done);
+    }
+
+    /// P and Q of `data` (data index i has coefficient g^i in Q).
+    pub fn pq_gen(self, data: &[&[u8]], p: &mut [u8], q: &mut [u8]) {
+        assert!(
+            data.iter().all(|d| d.len() == p.len()) && q.len() == p.len(),
+            "parity: unequal lengths"
+        );
+        let done = match self {
+            Kernel::Portable => 0,
+            // SAFETY: as in `xor_gen`: features detected, lengths checked.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::pq_gen(data, p, q) },
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::pq_gen(data, p, q) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => 0,
+        };
+        portable::pq_gen_from(data, p, q, done);
+    }
+
+    /// `dst ^= c * src` in GF(2^8).
+    pub fn mul_acc(self, c: u8, src: &[u8], dst: &mut [u8]) {
+        assert_eq!(src.len(), dst.len(), "parity: unequal lengths");
+        let done = match self {
+            Kernel::Portable => 0,
+            // SAFETY: AVX2 detected (AVX-512 CPUs have AVX2); lengths checked.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 | Kernel::Avx512 => unsafe { avx2::mul_acc(c, src, dst) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => 0,
+        };
+        gf256::mul_acc(c, &src[done..], &mut dst[done..]);
+    }
+}
+
+/// A zeroed, 64-byte-aligned byte buffer (SIMD- and O_DIRECT-friendly).
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out &[u8].
+unsafe impl Sync for AlignedBuf {}
+
+const BUF_ALIGN: usize = 4096;
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes.
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        if len == 0 {
+            return AlignedBuf { ptr: std::ptr::NonNull::dangling(), len: 0 };
+        }
+        let layout = Self::layout(len);
+        // SAFETY: layout has non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+
+    fn layout(len: usize) -> std::alloc::Layout {
+        match std::alloc::Layout::from_size_align(len, BUF_ALIGN) {
+            Ok(l) => l,
+            Err(_) => panic!("buffer of {len} bytes cannot be laid out"),
+        }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: allocated in `zeroed` with this exact layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes (or dangling with len 0) and initialised (zeroed).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in Deref, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::SmallRng, RngCore, SeedableRng};
+
+    fn random_bufs(rng: &mut SmallRng, n: usize, len: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|_| {
+                let mut v = vec![0u8; len];
+                rng.fill_bytes(&mut v);
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kernel_matches_portable_on_odd_lengths() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        for len in [0usize, 1, 7, 31, 33, 63, 64, 65, 255, 257, 1000, 4096, 4097, 12345] {
+            for n in [1usize, 2, 3, 5, 16] {
+                let data = random_bufs(&mut rng, n, len);
+                let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
+                let (mut p0, mut q0) = (vec![0u8; len], vec![0u8; len]);
+                Kernel::Portable.pq_gen(&refs, &mut p0, &mut q0);
+                // Q by definition: sum of g^i * D_i.
+                let mut q_def = vec![0u8; len];
+                for (i, d) in refs.iter().enumerate() {
+                    gf256::mul_acc(gf256::exp(i), d, &mut q_def);
+                }
+                assert_eq!(q0, q_def, "portable Q, len {len} n {n}");
+                for k in Kernel::available() {
+                    let (mut p, mut q, mut x) = (vec![1u8; len], vec![2u8; len], vec![3u8; len]);
+                    k.pq_gen(&refs, &mut p, &mut q);
+                    k.xor_gen(&refs, &mut x);
+                    assert_eq!(p, p0, "{k:?} P len {len} n {n}");
+                    assert_eq!(q, q0, "{k:?} Q len {len} n {n}");
+                    assert_eq!(x, p0, "{k:?} XOR len {len} n {n}");
+                    let mut acc = vec![0u8; len];
+                    k.mul_acc(0x53, &refs[0], &mut acc);
+                    let mut want = vec![0u8; len];
+                    gf256::mul_acc(0x53, refs[0], &mut want);
+                    assert_eq!(acc, want, "{k:?} mul_acc len {len}");
+                }
+            }
+        }
+    }
+}
