@@ -2,4 +2,8 @@
 //! and the controller daemon behind the `amf` command.
 #![deny(missing_docs)]
 
+pub mod bench;
+pub mod cli;
+pub mod cluster;
+pub mod nbd;
 pub mod raid;

@@ -1,1 +1,5 @@
-fn main(){}
+//! The `amf` command.
+
+fn main() {
+    std::process::exit(amf::cli::main());
+}

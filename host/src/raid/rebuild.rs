@@ -3,9 +3,11 @@
 //! go to it everywhere (see `Array::write_parity`).
 
 use super::array::Array;
+use super::assemble::member_path;
 use super::member::Member;
 use super::RaidError;
 use serde::Serialize;
+use std::path::Path;
 
 /// Stripes between superblock updates that record the rebuild point (so an interrupted rebuild
 /// resumes near where it stopped).
@@ -45,5 +47,56 @@ pub fn rebuild(
         }
     }
     array.finish_rebuild(index)?;
-    Ok(RebuildReport { member: index, stripes: total - start })
+    Ok(RebuildReport {
+        member: index,
+        stripes: total - start,
+    })
+}
+
+/// The member a rebuild of slot `index` writes to. With `replacement`, that file or block device
+/// is used and DIR/member-NN.img becomes a symlink to it; without, a new DIR/member-NN.img of
+/// `bytes` is created. An old file in the slot is kept, renamed `replaced-member-NN-<time>.img`.
+pub fn prepare_replacement(
+    dir: &Path,
+    index: usize,
+    replacement: Option<&Path>,
+    bytes: u64,
+) -> Result<Member, RaidError> {
+    let slot = member_path(dir, index);
+    let dir_err = |source| RaidError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if let Some(r) = replacement {
+        let m = Member::open(r)?;
+        if m.size() < bytes {
+            return Err(RaidError::BadMember {
+                index,
+                reason: format!(
+                    "replacement {} is {} bytes, needs {bytes}",
+                    r.display(),
+                    m.size()
+                ),
+            });
+        }
+    }
+    if std::fs::symlink_metadata(&slot).is_ok() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        std::fs::rename(
+            &slot,
+            dir.join(format!("replaced-member-{index:02}-{now}.img")),
+        )
+        .map_err(dir_err)?;
+    }
+    match replacement {
+        Some(r) => {
+            let target = std::fs::canonicalize(r).map_err(dir_err)?;
+            std::os::unix::fs::symlink(&target, &slot).map_err(dir_err)?;
+            Member::open(&slot)
+        }
+        None => Member::create_file(&slot, bytes),
+    }
 }

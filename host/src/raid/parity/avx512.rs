@@ -27,12 +27,18 @@ pub unsafe fn xor_gen(data: &[&[u8]], p: &mut [u8]) -> usize {
     let mut i = 0;
     while i + STEP <= len {
         let s = data[0].as_ptr().add(i);
-        let mut a = [ld(s), ld(s.add(LANE)), ld(s.add(2 * LANE)), ld(s.add(3 * LANE))];
+        let mut a = [
+            ld(s),
+            ld(s.add(LANE)),
+            ld(s.add(2 * LANE)),
+            ld(s.add(3 * LANE)),
+        ];
         let mut k = 1;
         while k + 1 < data.len() {
             let (s, t) = (data[k].as_ptr().add(i), data[k + 1].as_ptr().add(i));
             for (j, v) in a.iter_mut().enumerate() {
-                *v = _mm512_ternarylogic_epi32::<XOR3>(*v, ld(s.add(j * LANE)), ld(t.add(j * LANE)));
+                *v =
+                    _mm512_ternarylogic_epi32::<XOR3>(*v, ld(s.add(j * LANE)), ld(t.add(j * LANE)));
             }
             k += 2;
         }

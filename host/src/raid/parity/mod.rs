@@ -61,7 +61,10 @@ impl Kernel {
 
     /// `p = data[0] ^ data[1] ^ ...`. Every data slice must be as long as `p`.
     pub fn xor_gen(self, data: &[&[u8]], p: &mut [u8]) {
-        assert!(data.iter().all(|d| d.len() == p.len()), "parity: unequal lengths");
+        assert!(
+            data.iter().all(|d| d.len() == p.len()),
+            "parity: unequal lengths"
+        );
         if data.is_empty() {
             p.fill(0);
             return;
@@ -131,12 +134,16 @@ impl AlignedBuf {
     /// A zeroed buffer of `len` bytes.
     pub fn zeroed(len: usize) -> AlignedBuf {
         if len == 0 {
-            return AlignedBuf { ptr: std::ptr::NonNull::dangling(), len: 0 };
+            return AlignedBuf {
+                ptr: std::ptr::NonNull::dangling(),
+                len: 0,
+            };
         }
         let layout = Self::layout(len);
         // SAFETY: layout has non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, len }
     }
 
@@ -190,7 +197,9 @@ mod tests {
     #[test]
     fn every_kernel_matches_portable_on_odd_lengths() {
         let mut rng = SmallRng::seed_from_u64(7);
-        for len in [0usize, 1, 7, 31, 33, 63, 64, 65, 255, 257, 1000, 4096, 4097, 12345] {
+        for len in [
+            0usize, 1, 7, 31, 33, 63, 64, 65, 255, 257, 1000, 4096, 4097, 12345,
+        ] {
             for n in [1usize, 2, 3, 5, 16] {
                 let data = random_bufs(&mut rng, n, len);
                 let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();

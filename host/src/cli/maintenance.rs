@@ -1,0 +1,271 @@
+//! `amf inspect`, `amf scrub`, `amf rebuild`: offline on the directory when no controller serves
+//! it, otherwise through the serving controller's admin endpoint (online).
+
+use super::progress::Progress;
+use crate::cluster::admin::{self, Task};
+use crate::cluster::dirlock::{controller_file, DirLock};
+use crate::cluster::ClusterError;
+use crate::raid::assemble::{assemble, classify, member_path, resync, Assembled};
+use crate::raid::rebuild::{prepare_replacement, rebuild as rebuild_member};
+use crate::raid::scrub::scrub as scrub_group;
+use crate::raid::{Geometry, MemberState};
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+type Res = Result<(), Box<dyn Error>>;
+
+/// Prints the group as its superblocks describe it.
+pub fn inspect(dir: &Path, json: bool) -> Res {
+    let c = classify(dir)?;
+    let sb = &c.reference;
+    let geo = Geometry::new(
+        sb.level,
+        sb.member_count as usize,
+        sb.chunk_bytes as u64,
+        sb.member_data_bytes,
+    )?;
+    let members: Vec<serde_json::Value> = (0..sb.member_count as usize)
+        .map(|i| {
+            let (path, state, events) = match &c.slots[i] {
+                Some((m, own)) => (
+                    m.path().display().to_string(),
+                    state_name(sb.states[i]),
+                    Some(own.events),
+                ),
+                None => (
+                    member_path(dir, i).display().to_string(),
+                    if sb.states[i] == MemberState::Faulty {
+                        "faulty"
+                    } else {
+                        "missing"
+                    },
+                    None,
+                ),
+            };
+            serde_json::json!({ "path": path, "index": i, "state": state, "events": events })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "uuid": sb.uuid_string(),
+        "level": sb.level,
+        "layout": sb.level.layout(),
+        "chunk_bytes": sb.chunk_bytes,
+        "data_offset_bytes": sb.data_offset_bytes,
+        "member_data_bytes": sb.member_data_bytes,
+        "capacity_bytes": geo.capacity(),
+        "stripes": geo.stripes(),
+        "events": sb.events,
+        "clean": sb.clean,
+        "bitmap_region_stripes": sb.region_stripes,
+        "members": members,
+        "rejected": c.rejected,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!(
+        "group {}  {} {}  chunk {} KiB  capacity {} bytes  events {}  {}",
+        doc["uuid"].as_str().unwrap_or(""),
+        sb.level,
+        sb.level.layout(),
+        sb.chunk_bytes / 1024,
+        geo.capacity(),
+        sb.events,
+        if sb.clean {
+            "clean"
+        } else {
+            "dirty (in use or crashed)"
+        }
+    );
+    for m in &members {
+        println!(
+            "  member {:>2}  {:<10}  {}",
+            m["index"],
+            m["state"].as_str().unwrap_or(""),
+            m["path"].as_str().unwrap_or("")
+        );
+    }
+    for r in &c.rejected {
+        println!("  rejected   {r}");
+    }
+    Ok(())
+}
+
+fn state_name(s: MemberState) -> &'static str {
+    match s {
+        MemberState::Active => "active",
+        MemberState::Faulty => "faulty",
+        MemberState::Rebuilding => "rebuilding",
+    }
+}
+
+/// Assembles for offline maintenance, resyncing first if the group was not shut down cleanly.
+fn offline(dir: &Path, quiet: bool) -> Result<Assembled, Box<dyn Error>> {
+    let asm = assemble(dir)?;
+    for r in &asm.rejected {
+        eprintln!("amf: member left out: {r}");
+    }
+    if asm.was_dirty {
+        let p = Progress::new("resync", quiet);
+        resync(&asm.array, &asm.dirty_regions, &|d, t| p.update(d, t))?;
+        p.finish();
+    }
+    Ok(asm)
+}
+
+fn admin_url(dir: &Path) -> Result<String, ClusterError> {
+    let path = controller_file(dir, 0);
+    let text = std::fs::read_to_string(&path).map_err(|source| ClusterError::File {
+        path: path.clone(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ClusterError::File {
+        path: path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    v["admin"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or(ClusterError::File {
+            path,
+            source: std::io::Error::other("no admin URL"),
+        })
+}
+
+/// Starts a task on the serving controller and follows it to the end.
+fn online(
+    dir: &Path,
+    path_query: &str,
+    label: &str,
+    quiet: bool,
+) -> Result<serde_json::Value, Box<dyn Error>> {
+    let url = admin_url(dir)?;
+    let (code, body) = admin::request(&url, "POST", path_query)?;
+    if code != 202 {
+        return Err(Box::new(ClusterError::Admin {
+            url,
+            detail: format!("HTTP {code}: {body}"),
+        }));
+    }
+    let p = Progress::new(label, quiet);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let (_, body) = admin::request(&url, "GET", "/status")?;
+        let status: serde_json::Value = serde_json::from_str(&body)?;
+        let task: Option<Task> = serde_json::from_value(status["task"].clone()).ok();
+        let Some(task) = task else { continue };
+        p.update(task.done, task.total);
+        match task.state.as_str() {
+            "done" => {
+                p.finish();
+                return Ok(task.result.unwrap_or_default());
+            }
+            "failed" => {
+                return Err(Box::new(ClusterError::Admin {
+                    url,
+                    detail: task.error.unwrap_or_default(),
+                }));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `amf scrub`.
+pub fn scrub(dir: &Path, repair: bool, json: bool) -> Res {
+    let report = match DirLock::try_acquire(dir)? {
+        Some(_lock) => {
+            let asm = offline(dir, json)?;
+            let p = Progress::new(if repair { "scrub --repair" } else { "scrub" }, json);
+            let r = scrub_group(&asm.array, repair, &|d, t| p.update(d, t))?;
+            p.finish();
+            asm.array.close()?;
+            serde_json::to_value(r)?
+        }
+        None => online(
+            dir,
+            if repair { "/scrub?repair=1" } else { "/scrub" },
+            "scrub (online)",
+            json,
+        )?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "scrub: {} stripes checked, {} skipped, {} mismatches, {} repaired",
+            report["checked"], report["skipped"], report["mismatches"], report["repaired"]
+        );
+    }
+    Ok(())
+}
+
+/// `amf rebuild`.
+pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, json: bool) -> Res {
+    let report = match DirLock::try_acquire(dir)? {
+        Some(_lock) => {
+            let asm = offline(dir, json)?;
+            let a = &asm.array;
+            let index = match member {
+                Some(i) => i,
+                None => *a
+                    .degraded_members()
+                    .first()
+                    .ok_or("every member is in sync; nothing to rebuild")?,
+            };
+            let resuming = a
+                .member_status()
+                .get(index)
+                .is_some_and(|m| m.state == MemberState::Rebuilding);
+            let m = if resuming && replacement.is_none() {
+                None
+            } else {
+                Some(prepare_replacement(
+                    dir,
+                    index,
+                    replacement.as_deref(),
+                    a.member_bytes_needed(),
+                )?)
+            };
+            let p = Progress::new(&format!("rebuild member {index}"), json);
+            let r = rebuild_member(a, index, m, &|d, t| p.update(d, t))?;
+            p.finish();
+            a.close()?;
+            serde_json::to_value(r)?
+        }
+        None => {
+            let index = match member {
+                Some(i) => i,
+                None => {
+                    let (_, body) = admin::request(&admin_url(dir)?, "GET", "/status")?;
+                    let v: serde_json::Value = serde_json::from_str(&body)?;
+                    v["members"]
+                        .as_array()
+                        .and_then(|ms| ms.iter().find(|m| m["state"] != "active"))
+                        .and_then(|m| m["index"].as_u64())
+                        .ok_or("every member is in sync; nothing to rebuild")?
+                        as usize
+                }
+            };
+            let mut q = format!("/rebuild?member={index}");
+            if let Some(r) = &replacement {
+                q += &format!(
+                    "&replacement={}",
+                    r.display().to_string().replace('/', "%2F")
+                );
+            }
+            online(dir, &q, &format!("rebuild member {index} (online)"), json)?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "rebuild: member {} rebuilt ({} stripes)",
+            report["member"], report["stripes"]
+        );
+    }
+    Ok(())
+}

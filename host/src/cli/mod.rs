@@ -1,0 +1,218 @@
+//! The `amf` command line.
+
+mod maintenance;
+mod progress;
+pub mod size;
+
+use crate::cluster::{controller, supervisor};
+use crate::raid::assemble::CreateOptions;
+use crate::raid::Level;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// amf: active-active storage controllers over a shared RAID group.
+#[derive(Parser, Debug)]
+#[command(name = "amf", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create (if DIR holds no members) or assemble the group in DIR and serve it.
+    Cluster {
+        /// Group directory (member files live here).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Controllers to start.
+        #[arg(long, default_value_t = 1)]
+        controllers: usize,
+        /// RAID level of a new group: raid0|raid1|raid5|raid6|raid10.
+        #[arg(long)]
+        level: Option<Level>,
+        /// Members of a new group.
+        #[arg(long)]
+        members: Option<usize>,
+        /// Size of each member file of a new group (e.g. 256M, 1G).
+        #[arg(long, value_parser = size::parse)]
+        member_size: Option<u64>,
+        /// Chunk size of a new group.
+        #[arg(long, value_parser = size::parse, default_value = "64K")]
+        chunk: u64,
+        /// NBD port of controller 0 (controller I uses PORT+I).
+        #[arg(long, default_value_t = 10809)]
+        nbd_port: u16,
+        /// Admin HTTP port of controller 0 (controller I uses PORT+I).
+        #[arg(long, default_value_t = 9100)]
+        admin_port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
+    /// Run one controller (started by `amf cluster`).
+    #[command(hide = true)]
+    Controller {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        index: usize,
+        #[arg(long)]
+        nbd: std::net::SocketAddr,
+        #[arg(long)]
+        admin: std::net::SocketAddr,
+    },
+    /// Describe the group in DIR as its superblocks record it.
+    Inspect {
+        /// Group directory.
+        dir: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check parity (or mirror copies) of every stripe; --repair rewrites mismatches.
+    Scrub {
+        /// Group directory.
+        dir: PathBuf,
+        /// Rewrite redundancy that does not match the data.
+        #[arg(long)]
+        repair: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a failed or missing member onto a replacement (online if a controller serves DIR).
+    Rebuild {
+        /// Group directory.
+        dir: PathBuf,
+        /// Member index to rebuild (default: the first one not in sync).
+        #[arg(long)]
+        member: Option<usize>,
+        /// Replacement file or block device (default: a new DIR/member-NN.img).
+        #[arg(long)]
+        replacement: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks against a peer on this machine.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// XOR and P+Q generation: amf kernels vs ISA-L, one core.
+    Parity {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
+        /// Record the table in this markdown file (between bench markers).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+    /// qemu-img bench against one amf controller (RAID5) and qemu-nbd on a raw file.
+    Nbd {
+        /// Requests per qemu-img bench run.
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+        /// Record the table in this markdown file (between bench markers).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("amf: error: {e}");
+            let mut src = std::error::Error::source(&*e);
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Cluster {
+            dir,
+            controllers,
+            level,
+            members,
+            member_size,
+            chunk,
+            nbd_port,
+            admin_port,
+            host,
+        } => {
+            let create = match (level, members, member_size) {
+                (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
+                    level,
+                    members,
+                    member_bytes,
+                    chunk_bytes: chunk,
+                }),
+                _ => None,
+            };
+            supervisor::run(supervisor::ClusterOptions {
+                dir,
+                controllers,
+                create,
+                nbd_port,
+                admin_port,
+                host,
+            })?;
+        }
+        Command::Controller {
+            dir,
+            index,
+            nbd,
+            admin,
+        } => {
+            controller::run(controller::ControllerOptions {
+                dir,
+                index,
+                nbd,
+                admin,
+            })?;
+        }
+        Command::Inspect { dir, json } => maintenance::inspect(&dir, json)?,
+        Command::Scrub { dir, repair, json } => maintenance::scrub(&dir, repair, json)?,
+        Command::Rebuild {
+            dir,
+            member,
+            replacement,
+            json,
+        } => maintenance::rebuild(&dir, member, replacement, json)?,
+        Command::Bench {
+            what: BenchCommand::Parity { seconds, record },
+        } => {
+            let rows = crate::bench::parity::run(std::time::Duration::from_secs_f64(seconds))?;
+            let cmd = "amf bench parity";
+            let table = crate::bench::parity::markdown(&rows, cmd);
+            println!("{table}");
+            if let Some(path) = record {
+                crate::bench::record(&path, "parity", &table)?;
+            }
+        }
+        Command::Bench {
+            what: BenchCommand::Nbd { count, record },
+        } => {
+            let table = crate::bench::nbd::run(count)?;
+            println!("{table}");
+            if let Some(path) = record {
+                crate::bench::record(&path, "nbd", &table)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! The admin HTTP endpoint of a controller: GET /status (JSON), GET /metrics (Prometheus text),
+//! POST /scrub[?repair=1] and POST /rebuild?member=I[&replacement=PATH] start maintenance tasks
+//! whose progress appears in /status. Also the small HTTP client the CLI uses to reach it.
+
+use super::controller::ControllerState;
+use super::ClusterError;
+use crate::raid::member::Member;
+use crate::raid::rebuild::{prepare_replacement, rebuild};
+use crate::raid::scrub::scrub;
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A maintenance task and its progress.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Task {
+    /// "scrub" or "rebuild".
+    pub kind: String,
+    /// "running", "done" or "failed".
+    pub state: String,
+    /// Stripes done.
+    pub done: u64,
+    /// Stripes in all.
+    pub total: u64,
+    /// The task's report when done.
+    pub result: Option<serde_json::Value>,
+    /// The error when failed.
+    pub error: Option<String>,
+}
+
+/// A running admin endpoint.
+pub struct Admin {
+    /// Address served.
+    pub addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Admin {
+    /// Stops serving and waits for the thread.
+    pub fn stop(mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves the endpoint for `state`.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    state: Arc<ControllerState>,
+) -> Result<Admin, ClusterError> {
+    let addr = listener.local_addr().map_err(|source| ClusterError::Bind {
+        addr: "admin".into(),
+        source,
+    })?;
+    let server =
+        tiny_http::Server::from_listener(listener, None).map_err(|e| ClusterError::Bind {
+            addr: addr.to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let addr = server.server_addr().to_ip().unwrap_or(addr);
+    let server = Arc::new(server);
+    let srv = server.clone();
+    let thread = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            for rq in srv.incoming_requests() {
+                let (code, ctype, body) = route(&state, rq.method(), rq.url());
+                let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
+                let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
+                if let Ok(h) = header {
+                    resp = resp.with_header(h);
+                }
+                let _ = rq.respond(resp);
+            }
+        })
+        .map_err(|source| ClusterError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    Ok(Admin {
+        addr,
+        server,
+        thread: Some(thread),
+    })
+}
+
+fn query<'a>(url: &'a str, key: &str) -> Option<&'a str> {
+    url.split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn json_error(code: u16, msg: String) -> (u16, &'static str, String) {
+    (
+        code,
+        "application/json",
+        serde_json::json!({ "error": msg }).to_string(),
+    )
+}
+
+/// Status document of a controller.
+pub fn status_json(state: &ControllerState) -> serde_json::Value {
+    let a = &state.array;
+    let sb = a.superblock();
+    let task = state.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    serde_json::json!({
+        "controller": state.index,
+        "pid": std::process::id(),
+        "dir": state.dir.display().to_string(),
+        "nbd": state.nbd_uri,
+        "uuid": sb.uuid_string(),
+        "level": sb.level,
+        "layout": sb.level.layout(),
+        "chunk_bytes": sb.chunk_bytes,
+        "capacity_bytes": a.capacity(),
+        "stripes": a.geometry().stripes(),
+        "parity_kernel": a.kernel(),
+        "degraded": !a.degraded_members().is_empty(),
+        "members": a.member_status(),
+        "events": sb.events,
+        "resynced_stripes_at_start": state.resynced_stripes,
+        "dirty_regions": a.bitmap().dirty_regions().len(),
+        "engine": &a.stats,
+        "nbd_server": &*state.nbd,
+        "task": task,
+    })
+}
+
+fn metrics(state: &ControllerState) -> String {
+    let mut out = String::new();
+    let mut emit = |prefix: &str, v: serde_json::Value| {
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                if let Some(n) = v.as_u64() {
+                    out += &format!("# TYPE amf_{prefix}_{k} counter\namf_{prefix}_{k}{{controller=\"{}\"}} {n}\n", state.index);
+                }
+            }
+        }
+    };
+    emit(
+        "engine",
+        serde_json::to_value(&state.array.stats).unwrap_or_default(),
+    );
+    emit("nbd", serde_json::to_value(&*state.nbd).unwrap_or_default());
+    let degraded = state.array.degraded_members().len();
+    out += &format!(
+        "# TYPE amf_members_degraded gauge\namf_members_degraded{{controller=\"{}\"}} {degraded}\n",
+        state.index
+    );
+    out
+}
+
+fn route(
+    state: &Arc<ControllerState>,
+    method: &tiny_http::Method,
+    url: &str,
+) -> (u16, &'static str, String) {
+    let path = url.split('?').next().unwrap_or("");
+    match (method, path) {
+        (tiny_http::Method::Get, "/status") => {
+            (200, "application/json", status_json(state).to_string())
+        }
+        (tiny_http::Method::Get, "/metrics") => (200, "text/plain; version=0.0.4", metrics(state)),
+        (tiny_http::Method::Post, "/scrub") => {
+            let repair = query(url, "repair").is_some_and(|v| v == "1" || v == "true");
+            start_task(state, "scrub", move |st, progress| {
+                scrub(&st.array, repair, progress)
+                    .map(|r| serde_json::to_value(r).unwrap_or_default())
+                    .map_err(|e| e.to_string())
+            })
+        }
+        (tiny_http::Method::Post, "/rebuild") => {
+            let Some(member) = query(url, "member").and_then(|m| m.parse::<usize>().ok()) else {
+                return json_error(400, "rebuild needs ?member=INDEX".into());
+            };
+            if member >= state.array.member_count() {
+                return json_error(400, format!("no member {member}"));
+            }
+            let replacement = query(url, "replacement").map(|p| p.replace("%2F", "/"));
+            start_task(state, "rebuild", move |st, progress| {
+                let m = replacement_member(st, member, replacement.as_deref())?;
+                rebuild(&st.array, member, m, progress)
+                    .map(|r| serde_json::to_value(r).unwrap_or_default())
+                    .map_err(|e| e.to_string())
+            })
+        }
+        _ => json_error(404, format!("no route {method} {path}")),
+    }
+}
+
+/// Opens or creates the member a rebuild writes to: the given path, else DIR/member-NN.img
+/// created afresh (None resumes a rebuild in progress).
+pub fn replacement_member(
+    st: &ControllerState,
+    index: usize,
+    path: Option<&str>,
+) -> Result<Option<Member>, String> {
+    let resuming = st
+        .array
+        .member_status()
+        .get(index)
+        .is_some_and(|m| m.state == crate::raid::MemberState::Rebuilding);
+    if resuming && path.is_none() {
+        return Ok(None);
+    }
+    prepare_replacement(
+        &st.dir,
+        index,
+        path.map(std::path::Path::new),
+        st.array.member_bytes_needed(),
+    )
+    .map(Some)
+    .map_err(|e| e.to_string())
+}
+
+type TaskFn =
+    dyn FnOnce(&ControllerState, &dyn Fn(u64, u64)) -> Result<serde_json::Value, String> + Send;
+
+fn start_task(
+    state: &Arc<ControllerState>,
+    kind: &str,
+    f: impl FnOnce(&ControllerState, &dyn Fn(u64, u64)) -> Result<serde_json::Value, String>
+        + Send
+        + 'static,
+) -> (u16, &'static str, String) {
+    {
+        let mut t = state.task.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = t.as_ref().filter(|t| t.state == "running") {
+            return json_error(409, format!("a {} is already running", t.kind));
+        }
+        *t = Some(Task {
+            kind: kind.into(),
+            state: "running".into(),
+            done: 0,
+            total: 0,
+            result: None,
+            error: None,
+        });
+    }
+    let st = state.clone();
+    let f: Box<TaskFn> = Box::new(f);
+    std::thread::spawn(move || {
+        let progress = |done: u64, total: u64| {
+            if let Some(t) = st.task.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                t.done = done;
+                t.total = total;
+            }
+        };
+        let r = f(&st, &progress);
+        if let Some(t) = st.task.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            match r {
+                Ok(v) => {
+                    t.state = "done".into();
+                    t.result = Some(v);
+                }
+                Err(e) => {
+                    t.state = "failed".into();
+                    t.error = Some(e);
+                }
+            }
+        }
+    });
+    (
+        202,
+        "application/json",
+        serde_json::json!({ "started": kind }).to_string(),
+    )
+}
+
+/// Waits for a running task to end (shutdown lets a rebuild or scrub reach a clean point).
+pub fn wait_for_task(state: &ControllerState) {
+    loop {
+        let running = state
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| t.state == "running");
+        if !running {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Minimal HTTP/1.0 client for the CLI: returns (status, body).
+pub fn request(base: &str, method: &str, path: &str) -> Result<(u16, String), ClusterError> {
+    let err = |detail: String| ClusterError::Admin {
+        url: base.to_string(),
+        detail,
+    };
+    let hostport = base
+        .strip_prefix("http://")
+        .unwrap_or(base)
+        .trim_end_matches('/');
+    let mut s = TcpStream::connect(hostport).map_err(|e| err(e.to_string()))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| err(e.to_string()))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .map_err(|e| err(e.to_string()))?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)
+        .map_err(|e| err(e.to_string()))?;
+    let (head, body) = resp
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| err("malformed HTTP response".into()))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| err("malformed HTTP status line".into()))?;
+    Ok((code, body.to_string()))
+}

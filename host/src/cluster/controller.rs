@@ -1,0 +1,165 @@
+//! One controller process: assembles the group (resyncing after a crash), serves it over NBD,
+//! answers the admin endpoint, runs maintenance tasks, and on SIGINT/SIGTERM flushes everything,
+//! marks the group clean and exits 0.
+
+use super::admin::{self, Task};
+use super::dirlock::{controller_file, DirLock};
+use super::ClusterError;
+use crate::nbd::{Server, ServerConfig};
+use crate::raid::assemble::{assemble, resync};
+use crate::raid::Array;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often written regions are synced and their write-intent bits cleared.
+pub const BITMAP_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Settings of one controller.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Group directory.
+    pub dir: PathBuf,
+    /// Controller index.
+    pub index: usize,
+    /// NBD listen address.
+    pub nbd: SocketAddr,
+    /// Admin HTTP listen address.
+    pub admin: SocketAddr,
+}
+
+/// What the admin endpoint and maintenance tasks share with the controller.
+pub struct ControllerState {
+    /// Controller index.
+    pub index: usize,
+    /// Group directory.
+    pub dir: PathBuf,
+    /// The group.
+    pub array: Arc<Array>,
+    /// NBD server counters.
+    pub nbd: Arc<crate::nbd::ServerStats>,
+    /// The current or last maintenance task.
+    pub task: Mutex<Option<Task>>,
+    /// Stripes resynced at start after an unclean shutdown.
+    pub resynced_stripes: u64,
+    /// NBD URI.
+    pub nbd_uri: String,
+}
+
+/// The ready line printed once the controller serves (the `amf cluster` contract).
+pub fn ready_line(index: usize, pid: u32, nbd: SocketAddr, admin: SocketAddr) -> String {
+    format!("controller {index} pid {pid} nbd nbd://{nbd}/amf admin http://{admin}")
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
+    let signals = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, signals.clone()).map_err(|source| ClusterError::File {
+            path: "signal handler".into(),
+            source,
+        })?;
+    }
+    let _lock = DirLock::acquire(&opts.dir)?;
+    // Bind before touching the group so a busy port leaves it as it was.
+    let bind = |addr: SocketAddr| {
+        TcpListener::bind(addr).map_err(|source| ClusterError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+    };
+    let nbd_listener = bind(opts.nbd)?;
+    let admin_listener = bind(opts.admin)?;
+    let asm = assemble(&opts.dir)?;
+    let tag = format!("amf: controller {}", opts.index);
+    for r in &asm.rejected {
+        eprintln!("{tag}: member left out: {r}");
+    }
+    let degraded = asm.array.degraded_members();
+    if !degraded.is_empty() {
+        eprintln!("{tag}: running degraded, members {degraded:?} not in sync");
+    }
+    let mut resynced = 0;
+    if asm.was_dirty {
+        eprintln!(
+            "{tag}: unclean shutdown; resyncing {} write-intent regions",
+            asm.dirty_regions.len()
+        );
+        let (done, skipped) = resync(&asm.array, &asm.dirty_regions, &|d, t| {
+            eprintln!("{tag}: resync {d}/{t} stripes");
+        })?;
+        resynced = done;
+        eprintln!(
+            "{tag}: resynced {done} of {} stripes ({skipped} skipped: members missing)",
+            asm.array.geometry().stripes()
+        );
+    }
+    let array = Arc::new(asm.array);
+    let nbd_addr = nbd_listener
+        .local_addr()
+        .map_err(|source| ClusterError::Bind {
+            addr: opts.nbd.to_string(),
+            source,
+        })?;
+    let mut server =
+        Server::spawn(nbd_listener, array.clone(), ServerConfig::default()).map_err(|source| {
+            ClusterError::Bind {
+                addr: opts.nbd.to_string(),
+                source,
+            }
+        })?;
+    let state = Arc::new(ControllerState {
+        index: opts.index,
+        dir: opts.dir.clone(),
+        array: array.clone(),
+        nbd: server.stats.clone(),
+        task: Mutex::new(None),
+        resynced_stripes: resynced,
+        nbd_uri: format!("nbd://{nbd_addr}/amf"),
+    });
+    let admin = admin::spawn(admin_listener, state.clone())?;
+    let pid = std::process::id();
+    let line = ready_line(opts.index, pid, nbd_addr, admin.addr);
+    let status_file = controller_file(&opts.dir, opts.index);
+    std::fs::write(
+        &status_file,
+        format!(
+            "{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"http://{}\"}}\n",
+            state.nbd_uri, admin.addr
+        ),
+    )
+    .map_err(|source| ClusterError::File {
+        path: status_file.clone(),
+        source,
+    })?;
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+
+    let mut last_written = 0;
+    let mut since_flush = Duration::ZERO;
+    let tick = Duration::from_millis(50);
+    while !signals.load(Relaxed) {
+        std::thread::sleep(tick);
+        since_flush += tick;
+        if since_flush >= BITMAP_FLUSH_INTERVAL {
+            since_flush = Duration::ZERO;
+            let written = state.nbd.written_bytes.load(Relaxed) + state.nbd.requests.load(Relaxed);
+            if written != last_written {
+                last_written = written;
+                if let Err(e) = array.flush() {
+                    eprintln!("{tag}: periodic flush failed: {e}");
+                }
+            }
+        }
+    }
+    eprintln!("{tag}: stopping: finishing requests, flushing, marking the group clean");
+    server.shutdown();
+    admin.stop();
+    admin::wait_for_task(&state);
+    array.close()?;
+    let _ = std::fs::remove_file(&status_file);
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! One process at a time drives a group directory: an exclusive flock on DIR/amf.lock, plus a
+//! status file naming the controller so maintenance commands can reach it instead.
+
+use super::ClusterError;
+use std::fs::{File, OpenOptions};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Held until dropped.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Path of the lock file.
+pub fn lock_path(dir: &Path) -> PathBuf {
+    dir.join("amf.lock")
+}
+
+/// Path of the running controller's status file.
+pub fn controller_file(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("controller-{index}.json"))
+}
+
+impl DirLock {
+    /// Takes the lock, or says who holds it.
+    pub fn acquire(dir: &Path) -> Result<DirLock, ClusterError> {
+        match Self::try_acquire(dir)? {
+            Some(l) => Ok(l),
+            None => {
+                let holder = std::fs::read_to_string(controller_file(dir, 0))
+                    .unwrap_or_else(|_| "unknown process".into());
+                Err(ClusterError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder: holder.trim().to_string(),
+                })
+            }
+        }
+    }
+
+    /// Takes the lock if free.
+    pub fn try_acquire(dir: &Path) -> Result<Option<DirLock>, ClusterError> {
+        let path = lock_path(dir);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| ClusterError::File {
+                path: path.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(DirLock { _file: file }));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        Err(ClusterError::File { path, source: err })
+    }
+}

@@ -1,0 +1,523 @@
+//! Connection handling. One reader thread per connection parses requests and receives write
+//! payloads completely before anything is queued, so a client that disconnects mid-write leaves
+//! nothing behind; a small worker pool per connection executes requests and writes replies.
+
+use super::proto::*;
+use crossbeam_channel::{bounded, Receiver};
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// A failed backend operation.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Outside the export.
+    #[error("out of range")]
+    OutOfRange,
+    /// Anything else.
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+/// What the server exports.
+pub trait Backend: Send + Sync + 'static {
+    /// Export size in bytes.
+    fn size(&self) -> u64;
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackendError>;
+    /// Writes `data` at `offset`; durable before returning when `fua`.
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), BackendError>;
+    /// Zeroes a range.
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), BackendError>;
+    /// Discards a range (advisory).
+    fn trim(&self, offset: u64, len: u64) -> Result<(), BackendError>;
+    /// Makes every completed write durable.
+    fn flush(&self) -> Result<(), BackendError>;
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Export name (the empty name also selects it).
+    pub export: String,
+    /// Worker threads per connection.
+    pub workers_per_connection: usize,
+    /// Requests queued per connection before the reader stops reading (back-pressure).
+    pub queue_depth: usize,
+    /// Time a client has to finish negotiation.
+    pub negotiation_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            export: "amf".into(),
+            workers_per_connection: 4,
+            queue_depth: 64,
+            negotiation_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters.
+#[derive(Default, Debug, serde::Serialize)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicU64,
+    /// Requests served.
+    pub requests: AtomicU64,
+    /// Requests answered with an error.
+    pub errors: AtomicU64,
+    /// Connections closed for protocol violations (bad magic, oversized payload, ...).
+    pub protocol_violations: AtomicU64,
+    /// Bytes read by clients.
+    pub read_bytes: AtomicU64,
+    /// Bytes written by clients.
+    pub written_bytes: AtomicU64,
+}
+
+/// A running server.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    addr: std::net::SocketAddr,
+    accept: Option<JoinHandle<()>>,
+    conns: Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>,
+    /// Counters.
+    pub stats: Arc<ServerStats>,
+}
+
+impl Server {
+    /// Serves `backend` on `listener` until [`Server::shutdown`].
+    pub fn spawn(
+        listener: TcpListener,
+        backend: Arc<dyn Backend>,
+        cfg: ServerConfig,
+    ) -> std::io::Result<Server> {
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ServerStats::default());
+        let conns: Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>> = Arc::default();
+        let accept = {
+            let (stop, stats, conns) = (stop.clone(), stats.clone(), conns.clone());
+            std::thread::Builder::new()
+                .name("nbd-accept".into())
+                .spawn(move || {
+                    for stream in listener.incoming() {
+                        if stop.load(Relaxed) {
+                            break;
+                        }
+                        let Ok(stream) = stream else { continue };
+                        let Ok(handle) = stream.try_clone() else {
+                            continue;
+                        };
+                        stats.connections.fetch_add(1, Relaxed);
+                        let (backend, cfg, stats2) = (backend.clone(), cfg.clone(), stats.clone());
+                        let t =
+                            std::thread::Builder::new()
+                                .name("nbd-conn".into())
+                                .spawn(move || {
+                                    stats2.connections_open.fetch_add(1, Relaxed);
+                                    if let Err(e) = serve_connection(stream, backend, &cfg, &stats2)
+                                    {
+                                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                                            eprintln!("amf: nbd connection closed: {e}");
+                                        }
+                                    }
+                                    stats2.connections_open.fetch_sub(1, Relaxed);
+                                });
+                        let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
+                        list.retain(|(_, t)| !t.is_finished());
+                        if let Ok(t) = t {
+                            list.push((handle, t));
+                        }
+                    }
+                })?
+        };
+        Ok(Server {
+            stop,
+            addr,
+            accept: Some(accept),
+            conns,
+            stats,
+        })
+    }
+
+    /// Address served.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, ends every connection after its accepted requests complete, and waits.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Relaxed);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        let list = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|p| p.into_inner()));
+        for (s, _) in &list {
+            let _ = s.shutdown(Shutdown::Read);
+        }
+        for (_, t) in list {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_u32(r: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+
+fn protocol(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.to_string())
+}
+
+/// Transmission flags of this export.
+fn transmission_flags() -> u16 {
+    TFLAG_HAS_FLAGS
+        | TFLAG_SEND_FLUSH
+        | TFLAG_SEND_FUA
+        | TFLAG_SEND_TRIM
+        | TFLAG_SEND_WRITE_ZEROES
+        | TFLAG_CAN_MULTI_CONN
+}
+
+/// Fixed newstyle negotiation. Ok(true) when the client entered transmission.
+fn negotiate(
+    s: &mut TcpStream,
+    backend: &dyn Backend,
+    cfg: &ServerConfig,
+) -> std::io::Result<bool> {
+    let mut hello = Vec::with_capacity(18);
+    hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+    hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    s.write_all(&hello)?;
+    let client_flags = read_u32(s)?;
+    if client_flags & !CLIENT_FLAGS_KNOWN != 0 {
+        return Err(protocol("unknown client flags"));
+    }
+    let no_zeroes = client_flags & FLAG_NO_ZEROES as u32 != 0;
+    let known = |name: &str| name.is_empty() || name == cfg.export;
+    loop {
+        let mut m = [0u8; 8];
+        s.read_exact(&mut m)?;
+        if u64::from_be_bytes(m) != IHAVEOPT {
+            return Err(protocol("bad option magic"));
+        }
+        let option = read_u32(s)?;
+        let len = read_u32(s)?;
+        if len > OPTION_BYTES_MAX {
+            return Err(protocol("option payload too large"));
+        }
+        let mut data = vec![0u8; len as usize];
+        s.read_exact(&mut data)?;
+        match option {
+            OPT_EXPORT_NAME => {
+                if !known(&String::from_utf8_lossy(&data)) {
+                    return Err(protocol("unknown export"));
+                }
+                let mut r = Vec::with_capacity(134);
+                r.extend_from_slice(&backend.size().to_be_bytes());
+                r.extend_from_slice(&transmission_flags().to_be_bytes());
+                if !no_zeroes {
+                    r.extend_from_slice(&[0u8; 124]);
+                }
+                s.write_all(&r)?;
+                return Ok(true);
+            }
+            OPT_ABORT => {
+                let _ = s.write_all(&option_reply(option, REP_ACK, &[]));
+                return Ok(false);
+            }
+            OPT_LIST => {
+                if !data.is_empty() {
+                    s.write_all(&option_reply(
+                        option,
+                        REP_ERR_INVALID,
+                        b"LIST takes no data",
+                    ))?;
+                    continue;
+                }
+                let mut d = (cfg.export.len() as u32).to_be_bytes().to_vec();
+                d.extend_from_slice(cfg.export.as_bytes());
+                s.write_all(&option_reply(option, REP_SERVER, &d))?;
+                s.write_all(&option_reply(option, REP_ACK, &[]))?;
+            }
+            OPT_INFO | OPT_GO => {
+                let Some(info) = parse_info(&data) else {
+                    s.write_all(&option_reply(
+                        option,
+                        REP_ERR_INVALID,
+                        b"malformed INFO/GO payload",
+                    ))?;
+                    continue;
+                };
+                if !known(&info.name) {
+                    s.write_all(&option_reply(option, REP_ERR_UNKNOWN, b"no such export"))?;
+                    continue;
+                }
+                let mut e = INFO_EXPORT.to_be_bytes().to_vec();
+                e.extend_from_slice(&backend.size().to_be_bytes());
+                e.extend_from_slice(&transmission_flags().to_be_bytes());
+                s.write_all(&option_reply(option, REP_INFO, &e))?;
+                let mut b = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                b.extend_from_slice(&1u32.to_be_bytes());
+                b.extend_from_slice(&PREFERRED_BLOCK_BYTES.to_be_bytes());
+                b.extend_from_slice(&PAYLOAD_BYTES_MAX.to_be_bytes());
+                s.write_all(&option_reply(option, REP_INFO, &b))?;
+                s.write_all(&option_reply(option, REP_ACK, &[]))?;
+                if option == OPT_GO {
+                    return Ok(true);
+                }
+            }
+            // STARTTLS, structured replies, meta contexts, extended headers: not offered.
+            _ => s.write_all(&option_reply(option, REP_ERR_UNSUP, &[]))?,
+        }
+    }
+}
+
+/// A request accepted for execution, with its payload fully received.
+enum Job {
+    Read {
+        cookie: u64,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        cookie: u64,
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    Zero {
+        cookie: u64,
+        offset: u64,
+        len: u32,
+        fua: bool,
+    },
+    Trim {
+        cookie: u64,
+        offset: u64,
+        len: u32,
+    },
+    Flush {
+        cookie: u64,
+    },
+}
+
+type Writer = Arc<Mutex<TcpStream>>;
+
+fn send(w: &Writer, bytes: &[u8]) {
+    let mut s = w.lock().unwrap_or_else(|p| p.into_inner());
+    // A failed reply means the client is gone; the reader notices and ends the connection.
+    let _ = s.write_all(bytes);
+}
+
+fn errno(e: &BackendError, write: bool) -> u32 {
+    match e {
+        BackendError::OutOfRange if write => ENOSPC,
+        BackendError::OutOfRange => EINVAL,
+        BackendError::Io(_) => EIO,
+    }
+}
+
+fn worker(rx: Receiver<Job>, w: Writer, backend: Arc<dyn Backend>, stats: Arc<ServerStats>) {
+    for job in rx {
+        let (cookie, result, write) = match job {
+            Job::Read {
+                cookie,
+                offset,
+                len,
+            } => {
+                let mut buf = vec![0u8; 16 + len as usize];
+                match backend.read(offset, &mut buf[16..]) {
+                    Ok(()) => {
+                        buf[..16].copy_from_slice(&simple_reply(0, cookie));
+                        stats.requests.fetch_add(1, Relaxed);
+                        stats.read_bytes.fetch_add(len as u64, Relaxed);
+                        send(&w, &buf);
+                        continue;
+                    }
+                    Err(e) => (cookie, Err(e), false),
+                }
+            }
+            Job::Write {
+                cookie,
+                offset,
+                data,
+                fua,
+            } => {
+                let r = backend.write(offset, &data, fua);
+                if r.is_ok() {
+                    stats.written_bytes.fetch_add(data.len() as u64, Relaxed);
+                }
+                (cookie, r, true)
+            }
+            Job::Zero {
+                cookie,
+                offset,
+                len,
+                fua,
+            } => (cookie, backend.write_zeroes(offset, len as u64, fua), true),
+            Job::Trim {
+                cookie,
+                offset,
+                len,
+            } => (cookie, backend.trim(offset, len as u64), false),
+            Job::Flush { cookie } => (cookie, backend.flush(), false),
+        };
+        stats.requests.fetch_add(1, Relaxed);
+        let code = match &result {
+            Ok(()) => 0,
+            Err(e) => {
+                stats.errors.fetch_add(1, Relaxed);
+                eprintln!("amf: nbd request failed: {e}");
+                errno(e, write)
+            }
+        };
+        send(&w, &simple_reply(code, cookie));
+    }
+}
+
+fn serve_connection(
+    mut stream: TcpStream,
+    backend: Arc<dyn Backend>,
+    cfg: &ServerConfig,
+    stats: &Arc<ServerStats>,
+) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(cfg.negotiation_timeout))?;
+    if !negotiate(&mut stream, &*backend, cfg)? {
+        return Ok(());
+    }
+    stream.set_read_timeout(None)?;
+    let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
+    // The server keeps a clone of the socket for shutdown, so dropping ours does not close it.
+    let closer = stream.try_clone()?;
+    let (tx, rx) = bounded::<Job>(cfg.queue_depth);
+    let workers: Vec<_> = (0..cfg.workers_per_connection.max(1))
+        .map(|_| {
+            let (rx, w, b, st) = (rx.clone(), writer.clone(), backend.clone(), stats.clone());
+            std::thread::spawn(move || worker(rx, w, b, st))
+        })
+        .collect();
+    drop(rx);
+    let result = read_requests(
+        &mut BufReader::with_capacity(256 * 1024, stream),
+        &*backend,
+        &tx,
+        &writer,
+        stats,
+    );
+    drop(tx);
+    for w in workers {
+        let _ = w.join();
+    }
+    let _ = closer.shutdown(Shutdown::Both);
+    result
+}
+
+fn in_range(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
+fn read_requests(
+    r: &mut BufReader<TcpStream>,
+    backend: &dyn Backend,
+    tx: &crossbeam_channel::Sender<Job>,
+    writer: &Writer,
+    stats: &ServerStats,
+) -> std::io::Result<()> {
+    let size = backend.size();
+    let reject = |cookie: u64, code: u32| {
+        stats.errors.fetch_add(1, Relaxed);
+        send(writer, &simple_reply(code, cookie));
+    };
+    loop {
+        let mut h = [0u8; REQUEST_BYTES];
+        match r.read_exact(&mut h) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let Some(req) = parse_request(&h) else {
+            stats.protocol_violations.fetch_add(1, Relaxed);
+            return Err(protocol("bad request magic"));
+        };
+        let fua = req.flags & CMD_FLAG_FUA != 0;
+        let flags_ok = req.flags & !(CMD_FLAG_FUA | CMD_FLAG_NO_HOLE) == 0;
+        let (cookie, offset, len) = (req.cookie, req.offset, req.len);
+        let job = match req.kind {
+            CMD_WRITE => {
+                if len > PAYLOAD_BYTES_MAX {
+                    // The payload cannot be skipped safely: answer and hang up.
+                    reject(cookie, EOVERFLOW);
+                    stats.protocol_violations.fetch_add(1, Relaxed);
+                    return Err(protocol("write payload larger than the advertised maximum"));
+                }
+                let mut data = vec![0u8; len as usize];
+                // A client that disconnects here has written nothing.
+                r.read_exact(&mut data)?;
+                if !flags_ok {
+                    reject(cookie, EINVAL);
+                    continue;
+                }
+                if !in_range(offset, len as u64, size) {
+                    reject(cookie, ENOSPC);
+                    continue;
+                }
+                Job::Write {
+                    cookie,
+                    offset,
+                    data,
+                    fua,
+                }
+            }
+            CMD_READ if len > PAYLOAD_BYTES_MAX => {
+                reject(cookie, EOVERFLOW);
+                continue;
+            }
+            CMD_READ | CMD_TRIM if !in_range(offset, len as u64, size) || !flags_ok => {
+                reject(cookie, EINVAL);
+                continue;
+            }
+            CMD_WRITE_ZEROES if !in_range(offset, len as u64, size) || !flags_ok => {
+                reject(cookie, if flags_ok { ENOSPC } else { EINVAL });
+                continue;
+            }
+            CMD_READ => Job::Read {
+                cookie,
+                offset,
+                len,
+            },
+            CMD_TRIM => Job::Trim {
+                cookie,
+                offset,
+                len,
+            },
+            CMD_WRITE_ZEROES => Job::Zero {
+                cookie,
+                offset,
+                len,
+                fua,
+            },
+            CMD_FLUSH => Job::Flush { cookie },
+            CMD_DISC => return Ok(()),
+            _ => {
+                reject(cookie, EINVAL);
+                continue;
+            }
+        };
+        if tx.send(job).is_err() {
+            return Ok(());
+        }
+    }
+}
