@@ -57,7 +57,7 @@ impl Isal {
         bufs: Vec<*mut c_void>,
         len: usize,
     ) -> Result<(), IsalError> {
-        if len % 32 != 0 || bufs.iter().any(|p| (*p as usize) % 32 != 0) {
+        if !len.is_multiple_of(32) || bufs.iter().any(|p| !(*p as usize).is_multiple_of(32)) {
             return Err(IsalError::Shape(name));
         }
         let len = c_int::try_from(len).map_err(|_| IsalError::Shape(name))?;

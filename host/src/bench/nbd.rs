@@ -1,9 +1,146 @@
-//! `amf bench nbd` (see run).
+//! `amf bench nbd`: `qemu-img bench` against one amf controller serving RAID5 on member files,
+//! and against `qemu-nbd` serving a raw file of the same size, in the same run, alternating.
 
-/// Placeholder until the NBD benchmark lands.
-pub fn run(_count: u64) -> Result<String, super::BenchError> {
-    Err(super::BenchError::Peer {
-        program: "amf bench nbd".into(),
-        detail: "not implemented yet".into(),
-    })
+use super::BenchError;
+use crate::raid::assemble::{create, CreateOptions};
+use crate::raid::Level;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Member size of the benchmark group.
+const MEMBER_BYTES: u64 = 512 << 20;
+/// Five members with 16 KiB chunks: a stripe holds exactly 64 KiB of data, the size of the
+/// write benchmark's requests (stripe width matched to the I/O size, as an administrator would).
+const MEMBERS: usize = 5;
+const CHUNK_BYTES: u64 = 16 << 10;
+const REPEATS: usize = 3;
+
+/// A server process stopped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a child we spawned.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn peer_err(program: &str, detail: impl ToString) -> BenchError {
+    BenchError::Peer { program: program.into(), detail: detail.to_string() }
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| peer_err("bind", e))?;
+    Ok(l.local_addr().map_err(|e| peer_err("bind", e))?.port())
+}
+
+fn start_amf(dir: &Path) -> Result<(Proc, String), BenchError> {
+    let exe = std::env::current_exe().map_err(|e| peer_err("amf", e))?;
+    let (p, a) = (free_port()?, free_port()?);
+    let mut child = Command::new(exe)
+        .args(["controller", "--dir"])
+        .arg(dir)
+        .args(["--index", "0", "--nbd", &format!("127.0.0.1:{p}"), "--admin", &format!("127.0.0.1:{a}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| peer_err("amf controller", e))?;
+    let out = child.stdout.take().ok_or_else(|| peer_err("amf controller", "no stdout"))?;
+    let proc = Proc(child);
+    let line = BufReader::new(out).lines().map_while(Result::ok).find(|l| l.starts_with("controller "));
+    let uri = line.and_then(|l| l.split_whitespace().nth(5).map(str::to_string)).ok_or_else(|| peer_err("amf controller", "no ready line"))?;
+    Ok((proc, uri))
+}
+
+fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
+    let port = free_port()?;
+    let child = Command::new("qemu-nbd")
+        .args(["-f", "raw", "-x", "amf", "-b", "127.0.0.1", "-p", &port.to_string(), "--persistent", "--shared=8"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| peer_err("qemu-nbd (apt-get install qemu-utils)", e))?;
+    let proc = Proc(child);
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(peer_err("qemu-nbd", "did not start listening"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((proc, format!("nbd://127.0.0.1:{port}/amf")))
+}
+
+/// Runs `qemu-img bench` and returns operations per second.
+fn qemu_img_bench(uri: &str, count: u64, block: u64, write: bool) -> Result<f64, BenchError> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["bench", "-f", "raw", "-c", &count.to_string(), "-d", "16", "-s", &block.to_string(), "--pattern=0xa5"]);
+    if write {
+        cmd.arg("-w");
+    }
+    let out = cmd.arg(uri).output().map_err(|e| peer_err("qemu-img", e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let secs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Run completed in ")?.strip_suffix(" seconds.")?.parse::<f64>().ok())
+        .ok_or_else(|| peer_err("qemu-img bench", format!("{}{}", text, String::from_utf8_lossy(&out.stderr))))?;
+    Ok(count as f64 / secs.max(1e-9))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Runs the comparison; returns a markdown table.
+pub fn run(count: u64) -> Result<String, BenchError> {
+    let tmp = std::env::temp_dir().join(format!("amf-bench-nbd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let dir = tmp.join("group");
+    create(&dir, &CreateOptions { level: Level::Raid5, members: MEMBERS, member_bytes: MEMBER_BYTES, chunk_bytes: CHUNK_BYTES })?;
+    let raw = tmp.join("peer.raw");
+    let capacity = crate::raid::assemble::classify(&dir).map(|c| {
+        let sb = c.reference;
+        (sb.member_data_bytes / sb.chunk_bytes as u64) * sb.chunk_bytes as u64 * (MEMBERS as u64 - 1)
+    })?;
+    std::fs::File::create(&raw).and_then(|f| f.set_len(capacity)).map_err(|source| BenchError::Io { path: raw.display().to_string(), source })?;
+    let (_amf, amf_uri) = start_amf(&dir)?;
+    let (_peer, peer_uri) = start_qemu_nbd(&raw)?;
+    // Fill both completely so reads move real data (a sparse peer file would answer reads of
+    // holes without sending data).
+    let fill = capacity / (1 << 20);
+    qemu_img_bench(&amf_uri, fill, 1 << 20, true)?;
+    qemu_img_bench(&peer_uri, fill, 1 << 20, true)?;
+    let workloads: [(&str, u64, bool, u64); 4] = [
+        ("64 KiB sequential writes", 65536, true, count / 10),
+        ("4 KiB sequential writes", 4096, true, count / 4),
+        ("4 KiB sequential reads", 4096, false, count),
+        ("64 KiB sequential reads", 65536, false, count / 4),
+    ];
+    let mut s = format!(
+        "Command: `amf bench nbd` — {}; `qemu-img bench -d 16` (queue depth 16) against one amf controller \
+         (RAID5, {MEMBERS} x {} MiB member files, {} KiB chunks: one stripe = 64 KiB of data) and `qemu-nbd` on a raw file of the same capacity; \
+         median of {REPEATS} alternating runs; data in the page cache.\n\n\
+         | workload | requests | amf ops/s | qemu-nbd ops/s | amf / qemu-nbd |\n|---|---|---|---|---|\n",
+        super::machine(),
+        MEMBER_BYTES >> 20,
+        CHUNK_BYTES >> 10
+    );
+    for (name, block, write, n) in workloads {
+        let (mut a, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..REPEATS {
+            a.push(qemu_img_bench(&amf_uri, n, block, write)?);
+            p.push(qemu_img_bench(&peer_uri, n, block, write)?);
+        }
+        let (a, p) = (median(a), median(p));
+        s += &format!("| {name} | {n} | {a:.0} | {p:.0} | {:.2}x |\n", a / p.max(1e-9));
+    }
+    drop((_amf, _peer));
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(s)
 }

@@ -196,9 +196,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench {
             what: BenchCommand::Parity { seconds, record },
         } => {
-            let rows = crate::bench::parity::run(std::time::Duration::from_secs_f64(seconds))?;
-            let cmd = "amf bench parity";
-            let table = crate::bench::parity::markdown(&rows, cmd);
+            let (machine, rows) = crate::bench::parity::run(std::time::Duration::from_secs_f64(seconds))?;
+            let table = crate::bench::parity::markdown(&machine, &rows, "amf bench parity");
             println!("{table}");
             if let Some(path) = record {
                 crate::bench::record(&path, "parity", &table)?;

@@ -81,12 +81,15 @@ pub struct ServerStats {
     pub written_bytes: AtomicU64,
 }
 
+/// Open connections: a socket handle (to end it at shutdown) and its thread.
+type Connections = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
+
 /// A running server.
 pub struct Server {
     stop: Arc<AtomicBool>,
     addr: std::net::SocketAddr,
     accept: Option<JoinHandle<()>>,
-    conns: Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>,
+    conns: Connections,
     /// Counters.
     pub stats: Arc<ServerStats>,
 }
@@ -101,7 +104,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ServerStats::default());
-        let conns: Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>> = Arc::default();
+        let conns: Connections = Arc::default();
         let accept = {
             let (stop, stats, conns) = (stop.clone(), stats.clone(), conns.clone());
             std::thread::Builder::new()
@@ -291,8 +294,9 @@ enum Job {
         offset: u64,
         len: u32,
     },
+    /// One write, or several adjacent pipelined writes merged (one cookie each).
     Write {
-        cookie: u64,
+        cookies: Vec<u64>,
         offset: u64,
         data: Vec<u8>,
         fua: bool,
@@ -329,14 +333,13 @@ fn errno(e: &BackendError, write: bool) -> u32 {
     }
 }
 
+/// Largest write assembled from adjacent pipelined writes.
+const MERGE_BYTES_MAX: usize = 4 << 20;
+
 fn worker(rx: Receiver<Job>, w: Writer, backend: Arc<dyn Backend>, stats: Arc<ServerStats>) {
     for job in rx {
-        let (cookie, result, write) = match job {
-            Job::Read {
-                cookie,
-                offset,
-                len,
-            } => {
+        let (cookies, result, write) = match job {
+            Job::Read { cookie, offset, len } => {
                 let mut buf = vec![0u8; 16 + len as usize];
                 match backend.read(offset, &mut buf[16..]) {
                     Ok(()) => {
@@ -346,44 +349,36 @@ fn worker(rx: Receiver<Job>, w: Writer, backend: Arc<dyn Backend>, stats: Arc<Se
                         send(&w, &buf);
                         continue;
                     }
-                    Err(e) => (cookie, Err(e), false),
+                    Err(e) => (vec![cookie], Err(e), false),
                 }
             }
-            Job::Write {
-                cookie,
-                offset,
-                data,
-                fua,
-            } => {
+            Job::Write { cookies, offset, data, fua } => {
                 let r = backend.write(offset, &data, fua);
                 if r.is_ok() {
                     stats.written_bytes.fetch_add(data.len() as u64, Relaxed);
                 }
-                (cookie, r, true)
+                (cookies, r, true)
             }
-            Job::Zero {
-                cookie,
-                offset,
-                len,
-                fua,
-            } => (cookie, backend.write_zeroes(offset, len as u64, fua), true),
-            Job::Trim {
-                cookie,
-                offset,
-                len,
-            } => (cookie, backend.trim(offset, len as u64), false),
-            Job::Flush { cookie } => (cookie, backend.flush(), false),
+            Job::Zero { cookie, offset, len, fua } => (vec![cookie], backend.write_zeroes(offset, len as u64, fua), true),
+            Job::Trim { cookie, offset, len } => (vec![cookie], backend.trim(offset, len as u64), false),
+            Job::Flush { cookie } => (vec![cookie], backend.flush(), false),
         };
-        stats.requests.fetch_add(1, Relaxed);
         let code = match &result {
             Ok(()) => 0,
             Err(e) => {
-                stats.errors.fetch_add(1, Relaxed);
                 eprintln!("amf: nbd request failed: {e}");
                 errno(e, write)
             }
         };
-        send(&w, &simple_reply(code, cookie));
+        let mut replies = Vec::with_capacity(16 * cookies.len());
+        for c in &cookies {
+            stats.requests.fetch_add(1, Relaxed);
+            if code != 0 {
+                stats.errors.fetch_add(1, Relaxed);
+            }
+            replies.extend_from_slice(&simple_reply(code, *c));
+        }
+        send(&w, &replies);
     }
 }
 
@@ -463,9 +458,12 @@ fn read_requests(
                     stats.protocol_violations.fetch_add(1, Relaxed);
                     return Err(protocol("write payload larger than the advertised maximum"));
                 }
-                let mut data = vec![0u8; len as usize];
+                let mut data = Vec::with_capacity(len as usize);
                 // A client that disconnects here has written nothing.
-                r.read_exact(&mut data)?;
+                r.by_ref().take(len as u64).read_to_end(&mut data)?;
+                if data.len() != len as usize {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
                 if !flags_ok {
                     reject(cookie, EINVAL);
                     continue;
@@ -474,12 +472,9 @@ fn read_requests(
                     reject(cookie, ENOSPC);
                     continue;
                 }
-                Job::Write {
-                    cookie,
-                    offset,
-                    data,
-                    fua,
-                }
+                let mut cookies = vec![cookie];
+                merge_adjacent_writes(r, req, size, &mut data, &mut cookies)?;
+                Job::Write { cookies, offset, data, fua }
             }
             CMD_READ if len > PAYLOAD_BYTES_MAX => {
                 reject(cookie, EOVERFLOW);
@@ -520,4 +515,39 @@ fn read_requests(
             return Ok(());
         }
     }
+}
+
+/// Absorbs the adjacent writes that the client has already pipelined (their headers are in the
+/// read buffer) into one, as a block layer merges requests: sequential streams then reach the
+/// engine as whole stripes and need no parity reads. Each merged write keeps its own reply.
+fn merge_adjacent_writes(
+    r: &mut BufReader<TcpStream>,
+    first: Request,
+    size: u64,
+    data: &mut Vec<u8>,
+    cookies: &mut Vec<u64>,
+) -> std::io::Result<()> {
+    use std::io::BufRead;
+    while data.len() < MERGE_BYTES_MAX {
+        let Some(h) = r.buffer().get(..REQUEST_BYTES) else { break };
+        let mut header = [0u8; REQUEST_BYTES];
+        header.copy_from_slice(h);
+        let Some(next) = parse_request(&header) else { break };
+        let end = first.offset + data.len() as u64;
+        if next.kind != CMD_WRITE
+            || next.flags != first.flags
+            || next.offset != end
+            || data.len() + next.len as usize > MERGE_BYTES_MAX
+            || !in_range(next.offset, next.len as u64, size)
+        {
+            break;
+        }
+        r.consume(REQUEST_BYTES);
+        let at = data.len();
+        data.resize(at + next.len as usize, 0);
+        // A client that disconnects here has none of these writes applied.
+        r.read_exact(&mut data[at..])?;
+        cookies.push(next.cookie);
+    }
+    Ok(())
 }

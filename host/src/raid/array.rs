@@ -371,7 +371,7 @@ impl Array {
         let members = self.geo.parity_stripe_members(s);
         let row = base + s * self.geo.chunk_bytes;
         let len = (hi - lo) as usize;
-        let mut blocks: Vec<AlignedBuf> = members.iter().map(|_| AlignedBuf::zeroed(len)).collect();
+        let mut blocks: Vec<AlignedBuf> = members.iter().map(|_| AlignedBuf::scratch(len)).collect();
         let mut missing = Vec::new();
         for (pos, &m) in members.iter().enumerate() {
             if !(self.readable(m, s) && self.member_read(m, row + lo, &mut blocks[pos]).is_ok()) {
@@ -538,14 +538,14 @@ impl Array {
         let n = by_dd.len();
         let par = self.geo.parities();
         let len = (hi - lo) as usize;
-        let mut parity: Vec<AlignedBuf> = (0..par).map(|_| AlignedBuf::zeroed(len)).collect();
+        let mut parity: Vec<AlignedBuf> = (0..par).map(|_| AlignedBuf::scratch(len)).collect();
         for (j, buf) in parity.iter_mut().enumerate() {
             self.member_read(members[n + j], row + lo, buf)?;
         }
         let mut deltas = Vec::new();
         for (dd, p) in by_dd.iter().enumerate() {
             let Some(p) = p else { continue };
-            let mut old = AlignedBuf::zeroed(len);
+            let mut old = AlignedBuf::scratch(len);
             self.member_read(members[dd], row + lo, &mut old)?;
             // delta = old ^ new over the piece; zero elsewhere.
             let mut delta = AlignedBuf::zeroed(len);
@@ -595,7 +595,7 @@ impl Array {
         let n = by_dd.len();
         let par = self.geo.parities();
         let len = (hi - lo) as usize;
-        let mut blocks: Vec<AlignedBuf> = (0..n + par).map(|_| AlignedBuf::zeroed(len)).collect();
+        let mut blocks: Vec<AlignedBuf> = (0..n + par).map(|_| AlignedBuf::scratch(len)).collect();
         let mut reads = 0;
         // Blocks whose old contents are needed but cannot be read force a full reconstruction,
         // which needs every surviving block.
@@ -705,7 +705,7 @@ impl Array {
         let chunk = self.geo.chunk_bytes as usize;
         if self.geo.is_mirror() {
             let places = self.geo.places(s, 0);
-            let mut buf = AlignedBuf::zeroed(chunk);
+            let mut buf = AlignedBuf::scratch(chunk);
             let Some(src) = places.iter().find(|p| {
                 self.readable(p.member, s)
                     && self
@@ -730,7 +730,7 @@ impl Array {
         let mut blocks = self.read_stripe_range(base, s, 0, chunk as u64)?;
         let (data, parity) = blocks.split_at_mut(n);
         let refs: Vec<&[u8]> = data.iter().map(|b| &b[..]).collect();
-        let mut fresh: Vec<AlignedBuf> = parity.iter().map(|_| AlignedBuf::zeroed(chunk)).collect();
+        let mut fresh: Vec<AlignedBuf> = parity.iter().map(|_| AlignedBuf::scratch(chunk)).collect();
         match fresh.as_mut_slice() {
             [p] => self.kernel.xor_gen(&refs, p),
             [p, q] => self.kernel.pq_gen(&refs, p, q),
@@ -797,7 +797,7 @@ impl Array {
             let Some(target) = places.iter().find(|p| p.member == index) else {
                 return Ok(());
             };
-            let mut buf = AlignedBuf::zeroed(chunk as usize);
+            let mut buf = AlignedBuf::scratch(chunk as usize);
             let src = places.iter().find(|p| {
                 p.member != index
                     && self.readable(p.member, s)
@@ -879,7 +879,7 @@ impl Array {
         };
         let mut bufs = Vec::with_capacity(members.len());
         for (&m, &off) in members.iter().zip(&offsets) {
-            let mut b = AlignedBuf::zeroed(chunk as usize);
+            let mut b = AlignedBuf::scratch(chunk as usize);
             if !(self.readable(m, s) && self.member_read(m, off, &mut b).is_ok()) {
                 return Ok(None);
             }

@@ -212,7 +212,7 @@ impl Geometry {
                 got: members,
             });
         }
-        if chunk_bytes == 0 || chunk_bytes % BLOCK_BYTES != 0 {
+        if chunk_bytes == 0 || !chunk_bytes.is_multiple_of(BLOCK_BYTES) {
             return Err(GeometryError::BadChunk(chunk_bytes));
         }
         let rows = member_data_bytes / chunk_bytes;

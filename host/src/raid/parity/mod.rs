@@ -129,21 +129,67 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 const BUF_ALIGN: usize = 4096;
+/// Buffers kept per thread for reuse, and the largest buffer kept.
+const POOL_BUFFERS_MAX: usize = 64;
+const POOL_BUF_BYTES_MAX: usize = 4 << 20;
+
+/// An allocation parked in the per-thread pool (freed if the thread exits).
+struct Parked {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        // SAFETY: allocated by AlignedBuf with this layout; ownership passed to the pool.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), AlignedBuf::layout(self.len)) }
+    }
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Parked>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes.
     pub fn zeroed(len: usize) -> AlignedBuf {
+        match Self::reuse(len) {
+            Some(mut b) => {
+                b.fill(0);
+                b
+            }
+            None => Self::fresh(len),
+        }
+    }
+
+    /// A buffer of `len` bytes whose contents are unspecified (reused from this thread's pool
+    /// when possible): for buffers that are overwritten completely before being read. The I/O
+    /// path allocates several per stripe; reuse saves the allocation and the zeroing.
+    pub fn scratch(len: usize) -> AlignedBuf {
+        Self::reuse(len).unwrap_or_else(|| Self::fresh(len))
+    }
+
+    fn reuse(len: usize) -> Option<AlignedBuf> {
+        POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().position(|b| b.len == len)?;
+            let parked = p.swap_remove(i);
+            let b = AlignedBuf { ptr: parked.ptr, len: parked.len };
+            std::mem::forget(parked);
+            Some(b)
+        })
+        .ok()
+        .flatten()
+    }
+
+    fn fresh(len: usize) -> AlignedBuf {
         if len == 0 {
-            return AlignedBuf {
-                ptr: std::ptr::NonNull::dangling(),
-                len: 0,
-            };
+            return AlignedBuf { ptr: std::ptr::NonNull::dangling(), len: 0 };
         }
         let layout = Self::layout(len);
         // SAFETY: layout has non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr =
-            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, len }
     }
 
@@ -157,10 +203,18 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if self.len != 0 {
-            // SAFETY: allocated in `zeroed` with this exact layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+        if self.len == 0 {
+            return;
         }
+        let parked = Parked { ptr: self.ptr, len: self.len };
+        // Park for reuse; a full pool (or a thread being torn down) frees it instead.
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_BUFFERS_MAX && parked.len <= POOL_BUF_BYTES_MAX {
+                p.push(Parked { ptr: parked.ptr, len: parked.len });
+                std::mem::forget(parked);
+            }
+        });
     }
 }
 
@@ -219,7 +273,7 @@ mod tests {
                     assert_eq!(q, q0, "{k:?} Q len {len} n {n}");
                     assert_eq!(x, p0, "{k:?} XOR len {len} n {n}");
                     let mut acc = vec![0u8; len];
-                    k.mul_acc(0x53, &refs[0], &mut acc);
+                    k.mul_acc(0x53, refs[0], &mut acc);
                     let mut want = vec![0u8; len];
                     gf256::mul_acc(0x53, refs[0], &mut want);
                     assert_eq!(acc, want, "{k:?} mul_acc len {len}");

@@ -16,8 +16,8 @@ pub struct TooManyMissing {
 fn pq_of(kernel: Kernel, data: &[AlignedBuf], parities: usize) -> (AlignedBuf, AlignedBuf) {
     let len = data.first().map_or(0, |d| d.len());
     let refs: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
-    let mut p = AlignedBuf::zeroed(len);
-    let mut q = AlignedBuf::zeroed(if parities == 2 { len } else { 0 });
+    let mut p = AlignedBuf::scratch(len);
+    let mut q = AlignedBuf::scratch(if parities == 2 { len } else { 0 });
     if parities == 2 {
         kernel.pq_gen(&refs, &mut p, &mut q);
     } else {
@@ -97,7 +97,7 @@ pub fn reconstruct(
             kernel.mul_acc(den_inv, &qq, &mut data[x]);
             kernel.mul_acc(gf256::mul(den_inv, gf256::exp(y)), &pp, &mut data[x]);
             let refs: [&[u8]; 2] = [&pp, &data[x]];
-            let mut dy = AlignedBuf::zeroed(pp.len());
+            let mut dy = AlignedBuf::scratch(pp.len());
             kernel.xor_gen(&refs, &mut dy);
             data[y].copy_from_slice(&dy);
         }
