@@ -88,6 +88,24 @@ impl Member {
             })
     }
 
+    /// Writes `buf` at `offset` and makes that range durable before returning (a FUA write):
+    /// pwritev2 with RWF_DSYNC syncs only this range, where fdatasync would flush every dirty
+    /// page of the member. Used for superblocks and write-intent bits, which must be on stable
+    /// storage before the data they cover is written.
+    pub fn write_durable(&self, offset: u64, buf: &[u8]) -> Result<(), RaidError> {
+        use std::os::unix::io::AsRawFd;
+        let iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        // SAFETY: iov points at `buf`, valid for its length for the duration of the call; the
+        // kernel only reads it. The descriptor is owned by self.file.
+        let n = unsafe { libc::pwritev2(self.file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_DSYNC) };
+        if n == buf.len() as isize {
+            return Ok(());
+        }
+        // Kernels or filesystems without RWF_DSYNC (or a short write): the portable way.
+        self.write_at(offset, buf)?;
+        self.sync()
+    }
+
     /// fdatasync: everything written so far survives power loss.
     pub fn sync(&self) -> Result<(), RaidError> {
         self.file
