@@ -123,7 +123,7 @@ mod tests {
             12345,
         ] {
             let padded = len.div_ceil(32) * 32;
-            for n in [2usize, 3, 4, 5, 8, 16, 24] {
+            for n in [2usize, 3, 4, 5, 8, 16, 24].into_iter().filter(|&n| len < 262144 || n <= 5) {
                 let data: Vec<AlignedBuf> = (0..n)
                     .map(|_| {
                         let mut b = AlignedBuf::zeroed(padded);
@@ -141,7 +141,8 @@ mod tests {
                 isal.xor_gen(&refs, &mut ix).unwrap();
                 let short: Vec<&[u8]> = data.iter().map(|d| &d[..len]).collect();
                 for k in Kernel::available() {
-                    let (mut p, mut q, mut x) = (vec![0u8; len], vec![0u8; len], vec![0u8; len]);
+                    // 64-byte aligned outputs, so the non-temporal store path of large buffers runs too.
+                    let (mut p, mut q, mut x) = (AlignedBuf::zeroed(len), AlignedBuf::zeroed(len), AlignedBuf::zeroed(len));
                     k.pq_gen(&short, &mut p, &mut q);
                     k.xor_gen(&short, &mut x);
                     assert!(

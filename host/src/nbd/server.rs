@@ -333,6 +333,10 @@ fn errno(e: &BackendError, write: bool) -> u32 {
     }
 }
 
+/// Socket read buffer: large enough for a burst of request headers, small enough that write
+/// payloads of 16 KiB and more are read straight into their own buffer (no extra copy).
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Largest write assembled from adjacent pipelined writes.
 const MERGE_BYTES_MAX: usize = 4 << 20;
 
@@ -406,7 +410,7 @@ fn serve_connection(
         .collect();
     drop(rx);
     let result = read_requests(
-        &mut BufReader::with_capacity(256 * 1024, stream),
+        &mut BufReader::with_capacity(READ_BUFFER_BYTES, stream),
         &*backend,
         &tx,
         &writer,
