@@ -5,16 +5,7 @@ mod common;
 use common::*;
 use std::process::Command;
 
-const SHAPE: [&str; 8] = [
-    "--level",
-    "raid5",
-    "--members",
-    "4",
-    "--member-size",
-    "16M",
-    "--chunk",
-    "32K",
-];
+const SHAPE: [&str; 8] = ["--level", "raid5", "--members", "4", "--member-size", "16M", "--chunk", "32K"];
 
 #[test]
 fn inspect_json_describes_the_group() {
@@ -36,10 +27,7 @@ fn inspect_json_describes_the_group() {
     for (i, m) in members.iter().enumerate() {
         assert_eq!(m["index"], i);
         assert_eq!(m["state"], "active");
-        assert!(m["path"]
-            .as_str()
-            .unwrap()
-            .ends_with(&format!("member-{i:02}.img")));
+        assert!(m["path"].as_str().unwrap().ends_with(&format!("member-{i:02}.img")));
     }
 }
 
@@ -48,16 +36,9 @@ fn bad_invocations_fail_with_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("empty");
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new(amf_bin())
-        .args(["cluster", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = Command::new(amf_bin()).args(["cluster", "--dir"]).arg(&dir).output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("creating a group needs --level"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("creating a group needs --level"), "{out:?}");
     let out = Command::new(amf_bin())
         .args(["cluster", "--dir"])
         .arg(&dir)
@@ -66,16 +47,8 @@ fn bad_invocations_fail_with_clear_errors() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("coherency card"),
-        "{out:?}"
-    );
-    let out = Command::new(amf_bin())
-        .args(["cluster", "--dir"])
-        .arg(&dir)
-        .args(["--level", "raid7"])
-        .output()
-        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("coherency card"), "{out:?}");
+    let out = Command::new(amf_bin()).args(["cluster", "--dir"]).arg(&dir).args(["--level", "raid7"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown RAID level"));
     let out = Command::new(amf_bin())
@@ -85,15 +58,8 @@ fn bad_invocations_fail_with_clear_errors() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("raid6 needs at least 4 members"),
-        "{out:?}"
-    );
-    let out = Command::new(amf_bin())
-        .args(["inspect"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("raid6 needs at least 4 members"), "{out:?}");
+    let out = Command::new(amf_bin()).args(["inspect"]).arg(&dir).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no amf members"));
 }
@@ -107,37 +73,21 @@ fn corrupt_superblocks_degrade_then_refuse_naming_members() {
     assert!(c.stop().success());
     let corrupt = |i: usize| {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(member(&dir, i))
-            .unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(member(&dir, i)).unwrap();
         f.write_all_at(&[0xff; 8], 48).unwrap();
     };
     corrupt(1);
     let c = start(&dir, &[]);
     let log = c.log();
-    assert!(
-        log.contains("member-01.img") && log.contains("checksum"),
-        "{log}"
-    );
+    assert!(log.contains("member-01.img") && log.contains("checksum"), "{log}");
     qemu_io(&c.nbd_uri, &["read -P 0x3c 0 1M"]);
     assert!(c.stop().success());
     let v = inspect(&dir);
     assert_eq!(v["members"][1]["state"], "faulty");
-    assert!(v["rejected"][0]["reason"]
-        .as_str()
-        .unwrap()
-        .contains("checksum"));
+    assert!(v["rejected"][0]["reason"].as_str().unwrap().contains("checksum"));
     corrupt(3);
-    let err = try_start(&dir, &[])
-        .err()
-        .expect("two unusable RAID5 members must refuse to start");
-    assert!(
-        err.contains("member-01.img")
-            && err.contains("member-03.img")
-            && err.contains("tolerates 1"),
-        "{err}"
-    );
+    let err = try_start(&dir, &[]).err().expect("two unusable RAID5 members must refuse to start");
+    assert!(err.contains("member-01.img") && err.contains("member-03.img") && err.contains("tolerates 1"), "{err}");
 }
 
 #[test]
@@ -145,32 +95,21 @@ fn offline_scrub_repairs_and_rebuild_is_byte_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
     let c = start(&dir, &SHAPE);
-    qemu_io(
-        &c.nbd_uri,
-        &["write -P 0x61 0 3M", "write -P 0x62 4194304 100k"],
-    );
+    qemu_io(&c.nbd_uri, &["write -P 0x61 0 3M", "write -P 0x62 4194304 100k"]);
     assert!(c.stop().success());
     let d = dir.to_str().unwrap();
     // Flip a byte of stripe 2's parity: left-symmetric puts it on member 4-1-2 = 1. (RAID5 cannot
     // tell a bad data block from bad parity; repair rewrites parity from the data.)
     {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(member(&dir, 1))
-            .unwrap();
-        f.write_all_at(&[0x99], (1 << 20) + 2 * 32768 + 1234)
-            .unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(member(&dir, 1)).unwrap();
+        f.write_all_at(&[0x99], (1 << 20) + 2 * 32768 + 1234).unwrap();
     }
-    let s: serde_json::Value =
-        serde_json::from_slice(&amf(&["scrub", d, "--json"]).stdout).unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&amf(&["scrub", d, "--json"]).stdout).unwrap();
     assert_eq!(s["mismatches"], 1);
-    let s: serde_json::Value =
-        serde_json::from_slice(&amf(&["scrub", d, "--repair", "--json"]).stdout).unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&amf(&["scrub", d, "--repair", "--json"]).stdout).unwrap();
     assert_eq!(s["repaired"], 1);
-    let s: serde_json::Value =
-        serde_json::from_slice(&amf(&["scrub", d, "--json"]).stdout).unwrap();
+    let s: serde_json::Value = serde_json::from_slice(&amf(&["scrub", d, "--json"]).stdout).unwrap();
     assert_eq!(s["mismatches"], 0);
     // Lose member 0 and rebuild it offline onto a replacement file of our choosing.
     let original = std::fs::read(member(&dir, 0)).unwrap();
@@ -180,15 +119,9 @@ fn offline_scrub_repairs_and_rebuild_is_byte_identical() {
     let out = amf(&["rebuild", d, "--replacement", spare.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("member 0 rebuilt"));
     let rebuilt = std::fs::read(member(&dir, 0)).unwrap();
-    assert!(
-        rebuilt[1 << 20..] == original[1 << 20..],
-        "rebuilt data area is byte-identical"
-    );
+    assert!(rebuilt[1 << 20..] == original[1 << 20..], "rebuilt data area is byte-identical");
     let v = inspect(&dir);
     assert_eq!(v["members"][0]["state"], "active");
     let c = start(&dir, &[]);
-    qemu_io(
-        &c.nbd_uri,
-        &["read -P 0x61 0 3M", "read -P 0x62 4194304 100k"],
-    );
+    qemu_io(&c.nbd_uri, &["read -P 0x61 0 3M", "read -P 0x62 4194304 100k"]);
 }

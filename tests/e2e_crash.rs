@@ -24,19 +24,7 @@ fn kill_9_during_writes_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
     // 64 MiB members, 16 KiB chunks: many bitmap regions, writes confined to a few.
-    let c = start(
-        &dir,
-        &[
-            "--level",
-            "raid5",
-            "--members",
-            "4",
-            "--member-size",
-            "64M",
-            "--chunk",
-            "16K",
-        ],
-    );
+    let c = start(&dir, &["--level", "raid5", "--members", "4", "--member-size", "64M", "--chunk", "16K"]);
     let writers = 4u64;
     const BLOCKS_PER_WRITER: u64 = 96;
     // Writer w owns blocks spread over a 4 MiB window so only a few regions get dirty.
@@ -48,8 +36,7 @@ fn kill_9_during_writes_loses_no_acknowledged_write() {
     let addr = c.nbd_addr();
     let threads: Vec<_> = (0..writers)
         .map(|w| {
-            let (acked, inflight, stop, addr) =
-                (acked.clone(), inflight.clone(), stop.clone(), addr.clone());
+            let (acked, inflight, stop, addr) = (acked.clone(), inflight.clone(), stop.clone(), addr.clone());
             std::thread::spawn(move || {
                 let mut cl = nbd_client::Client::connect(&addr);
                 let mut version = 0u32;
@@ -74,33 +61,17 @@ fn kill_9_during_writes_loses_no_acknowledged_write() {
     c.crash();
     stop.store(true, Ordering::Relaxed);
     let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    assert!(
-        total > 100,
-        "writers made progress before the crash ({total} writes)"
-    );
-    assert_eq!(
-        inspect(&dir)["clean"],
-        false,
-        "a crash leaves the group dirty"
-    );
+    assert!(total > 100, "writers made progress before the crash ({total} writes)");
+    assert_eq!(inspect(&dir)["clean"], false, "a crash leaves the group dirty");
 
     let c = start(&dir, &[]);
     let log = c.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("resynced"))
-        .unwrap_or_else(|| panic!("no resync line: {log}"));
+    let line = log.lines().find(|l| l.contains("resynced")).unwrap_or_else(|| panic!("no resync line: {log}"));
     // "amf: controller 0: resynced N of M stripes (...)"
     let words: Vec<&str> = line.split_whitespace().collect();
     let at = words.iter().position(|w| *w == "resynced").unwrap();
-    let (done, of): (u64, u64) = (
-        words[at + 1].parse().unwrap(),
-        words[at + 3].parse().unwrap(),
-    );
-    assert!(
-        done > 0 && done * 4 < of,
-        "resync limited to dirty regions: {line}"
-    );
+    let (done, of): (u64, u64) = (words[at + 1].parse().unwrap(), words[at + 3].parse().unwrap());
+    assert!(done > 0 && done * 4 < of, "resync limited to dirty regions: {line}");
     let mut cl = nbd_client::Client::connect(&c.nbd_addr());
     let (acked, inflight) = (acked.lock().unwrap(), inflight.lock().unwrap());
     let mut checked = 0;

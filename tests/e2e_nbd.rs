@@ -6,19 +6,10 @@ use common::*;
 use std::process::Command;
 
 fn shape(level: &str, members: &str) -> Vec<String> {
-    [
-        "--level",
-        level,
-        "--members",
-        members,
-        "--member-size",
-        "24M",
-        "--chunk",
-        "64K",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ["--level", level, "--members", members, "--member-size", "24M", "--chunk", "64K"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn args(v: &[String]) -> Vec<&str> {
@@ -28,13 +19,7 @@ fn args(v: &[String]) -> Vec<&str> {
 /// Patterns written through qemu-io survive a clean restart, at every level.
 #[test]
 fn qemu_io_patterns_survive_restart_at_every_level() {
-    for (level, members) in [
-        ("raid0", "3"),
-        ("raid1", "2"),
-        ("raid5", "4"),
-        ("raid6", "5"),
-        ("raid10", "4"),
-    ] {
+    for (level, members) in [("raid0", "3"), ("raid1", "2"), ("raid5", "4"), ("raid6", "5"), ("raid10", "4")] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join(level);
         let sh = shape(level, members);
@@ -57,11 +42,7 @@ fn qemu_io_patterns_survive_restart_at_every_level() {
         ];
         qemu_io(&c.nbd_uri, &reads);
         assert!(c.stop().success(), "{level}: clean stop exits 0");
-        assert_eq!(
-            inspect(&dir)["clean"],
-            true,
-            "{level}: stop marks the group clean"
-        );
+        assert_eq!(inspect(&dir)["clean"], true, "{level}: stop marks the group clean");
         let c = start(&dir, &[]);
         qemu_io(&c.nbd_uri, &reads);
         assert!(c.stop().success());
@@ -75,19 +56,13 @@ fn degraded_raid6_reads_then_online_rebuild() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
     let c = start(&dir, &args(&shape("raid6", "6")));
-    qemu_io(
-        &c.nbd_uri,
-        &["write -P 0x5a 0 2M", "write -P 0xa5 2097152 300k"],
-    );
+    qemu_io(&c.nbd_uri, &["write -P 0x5a 0 2M", "write -P 0xa5 2097152 300k"]);
     assert!(c.stop().success());
     std::fs::remove_file(member(&dir, 1)).unwrap();
     std::fs::remove_file(member(&dir, 4)).unwrap();
     let c = start(&dir, &[]);
     assert!(c.log().contains("running degraded"), "{}", c.log());
-    qemu_io(
-        &c.nbd_uri,
-        &["read -P 0x5a 0 2M", "read -P 0xa5 2097152 300k"],
-    );
+    qemu_io(&c.nbd_uri, &["read -P 0x5a 0 2M", "read -P 0xa5 2097152 300k"]);
     let st = c.admin_json("/status");
     assert_eq!(st["degraded"], true);
     assert!(st["engine"]["degraded_reads"].as_u64().unwrap() > 0);
@@ -104,23 +79,13 @@ fn degraded_raid6_reads_then_online_rebuild() {
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s["mismatches"], 0);
     assert_eq!(s["skipped"], 0);
-    qemu_io(
-        &c.nbd_uri,
-        &[
-            "read -P 0x5a 0 65536",
-            "read -P 0x77 65536 128k",
-            "read -P 0xa5 2097152 300k",
-        ],
-    );
+    qemu_io(&c.nbd_uri, &["read -P 0x5a 0 65536", "read -P 0x77 65536 128k", "read -P 0xa5 2097152 300k"]);
     assert!(c.stop().success());
     // The rebuilt members carry their share: lose two others.
     std::fs::remove_file(member(&dir, 0)).unwrap();
     std::fs::remove_file(member(&dir, 2)).unwrap();
     let c = start(&dir, &[]);
-    qemu_io(
-        &c.nbd_uri,
-        &["read -P 0x77 65536 128k", "read -P 0xa5 2097152 300k"],
-    );
+    qemu_io(&c.nbd_uri, &["read -P 0x77 65536 128k", "read -P 0xa5 2097152 300k"]);
 }
 
 /// qemu-img converts an image into the export and compares it back; nbdcopy copies it out.
@@ -140,20 +105,10 @@ fn qemu_img_and_nbdcopy_round_trip() {
         *b = x as u8;
     }
     std::fs::write(&src, &data).unwrap();
-    run_ok(
-        Command::new("qemu-img")
-            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
-            .arg(&src)
-            .arg(&c.nbd_uri),
-    );
+    run_ok(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&src).arg(&c.nbd_uri));
     // Compare only the first 8 MiB: the export is larger.
     let part = format!("json:{{\"driver\":\"raw\",\"size\":{size},\"file\":{{\"driver\":\"nbd\",\"server\":{{\"type\":\"inet\",\"host\":\"127.0.0.1\",\"port\":\"{}\"}},\"export\":\"amf\"}}}}", c.nbd_addr().split(':').nth(1).unwrap());
-    run_ok(
-        Command::new("qemu-img")
-            .args(["compare", "-f", "raw"])
-            .arg(&src)
-            .arg(&part),
-    );
+    run_ok(Command::new("qemu-img").args(["compare", "-f", "raw"]).arg(&src).arg(&part));
     let info = run_ok(Command::new("nbdinfo").arg("--json").arg(&c.nbd_uri));
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     let export = &v["exports"][0];
@@ -164,10 +119,7 @@ fn qemu_img_and_nbdcopy_round_trip() {
     let out = tmp.path().join("out.raw");
     run_ok(Command::new("nbdcopy").arg(&c.nbd_uri).arg(&out));
     let copied = std::fs::read(&out).unwrap();
-    assert!(
-        copied[..size] == data[..],
-        "nbdcopy read back what qemu-img wrote"
-    );
+    assert!(copied[..size] == data[..], "nbdcopy read back what qemu-img wrote");
     assert!(c.stop().success());
 }
 
@@ -193,15 +145,9 @@ fn fio_nbd_engine_verifies() {
     let text = String::from_utf8_lossy(&out.stdout);
     let v: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
     assert_eq!(v["jobs"][0]["error"], 0, "fio reported an error");
-    assert!(
-        v["jobs"][0]["write"]["total_ios"].as_u64().unwrap() >= 4096,
-        "fio wrote every block"
-    );
+    assert!(v["jobs"][0]["write"]["total_ios"].as_u64().unwrap() >= 4096, "fio wrote every block");
     let s = c.admin_json("/status");
-    assert!(
-        s["engine"]["rmw_writes"].as_u64().unwrap() + s["engine"]["rcw_writes"].as_u64().unwrap()
-            > 0
-    );
+    assert!(s["engine"]["rmw_writes"].as_u64().unwrap() + s["engine"]["rcw_writes"].as_u64().unwrap() > 0);
     assert!(c.stop().success());
     let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -25,29 +25,14 @@ struct Fixture {
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    create(
-        &dir,
-        &CreateOptions {
-            level: Level::Raid5,
-            members: 3,
-            member_bytes: 8 << 20,
-            chunk_bytes: 64 << 10,
-        },
-    )
-    .unwrap();
+    create(&dir, &CreateOptions { level: Level::Raid5, members: 3, member_bytes: 8 << 20, chunk_bytes: 64 << 10 })
+        .unwrap();
     let array = Arc::new(assemble(&dir).unwrap().array);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let cfg = ServerConfig {
-        negotiation_timeout: Duration::from_millis(500),
-        ..ServerConfig::default()
-    };
+    let cfg = ServerConfig { negotiation_timeout: Duration::from_millis(500), ..ServerConfig::default() };
     let server = Server::spawn(listener, array, cfg).unwrap();
     let addr = server.local_addr().to_string();
-    Fixture {
-        _tmp: tmp,
-        server,
-        addr,
-    }
+    Fixture { _tmp: tmp, server, addr }
 }
 
 fn closed(s: &mut std::net::TcpStream) -> bool {
@@ -71,13 +56,7 @@ fn bad_request_magic_closes_only_that_connection() {
     c.s.write_all(&[0u8; 24]).unwrap();
     assert!(closed(&mut c.s));
     still_served(&f.addr);
-    assert_eq!(
-        f.server
-            .stats
-            .protocol_violations
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(f.server.stats.protocol_violations.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -99,11 +78,7 @@ fn out_of_range_requests_fail_and_write_nothing() {
     assert_eq!(c.read(size - 100, 4096).unwrap(), Err(EINVAL));
     assert_eq!(c.read(u64::MAX - 10, 4096).unwrap(), Err(EINVAL));
     assert_eq!(c.write(size - 4096, &[7u8; 8192], 0).unwrap(), ENOSPC);
-    assert_eq!(
-        c.read(size - 4096, 4096).unwrap().unwrap(),
-        vec![0u8; 4096],
-        "rejected write left nothing"
-    );
+    assert_eq!(c.read(size - 4096, 4096).unwrap().unwrap(), vec![0u8; 4096], "rejected write left nothing");
     c.send(CMD_READ, 0, 0, 64 << 20, &[]);
     assert_eq!(c.reply().unwrap().0, EOVERFLOW);
     assert!(c.read(0, 512).unwrap().is_ok(), "connection still usable");
@@ -117,11 +92,7 @@ fn oversized_write_is_refused_and_the_connection_closed() {
     assert_eq!(c.reply().unwrap().0, EOVERFLOW);
     assert!(closed(&mut c.s));
     let mut d = Client::connect(&f.addr);
-    assert_eq!(
-        d.read(0, 3).unwrap().unwrap(),
-        vec![0, 0, 0],
-        "nothing of the payload was written"
-    );
+    assert_eq!(d.read(0, 3).unwrap().unwrap(), vec![0, 0, 0], "nothing of the payload was written");
     still_served(&f.addr);
 }
 

@@ -16,11 +16,7 @@ pub fn amf_bin() -> &'static str {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running `amf cluster`.
@@ -46,12 +42,7 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
     let mut child = Command::new(amf_bin())
         .args(["cluster", "--dir"])
         .arg(dir)
-        .args([
-            "--nbd-port",
-            &nbd.to_string(),
-            "--admin-port",
-            &admin.to_string(),
-        ])
+        .args(["--nbd-port", &nbd.to_string(), "--admin-port", &admin.to_string()])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr).unwrap())
@@ -75,11 +66,7 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
     // controller 0 pid PID nbd nbd://127.0.0.1:PORT/amf admin http://127.0.0.1:APORT
     let w: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(w.len(), 8, "ready line: {line}");
-    assert_eq!(
-        (w[0], w[1], w[2], w[4], w[6]),
-        ("controller", "0", "pid", "nbd", "admin"),
-        "ready line: {line}"
-    );
+    assert_eq!((w[0], w[1], w[2], w[4], w[6]), ("controller", "0", "pid", "nbd", "admin"), "ready line: {line}");
     assert_eq!(w[5], format!("nbd://127.0.0.1:{nbd}/amf"));
     assert_eq!(w[7], format!("http://127.0.0.1:{admin}"));
     Ok(Cluster {
@@ -113,24 +100,18 @@ impl Cluster {
 
     /// Host and port of the NBD export.
     pub fn nbd_addr(&self) -> String {
-        self.nbd_uri
-            .trim_start_matches("nbd://")
-            .trim_end_matches("/amf")
-            .to_string()
+        self.nbd_uri.trim_start_matches("nbd://").trim_end_matches("/amf").to_string()
     }
 
     /// GET an admin path, parsed as JSON.
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
-        let out = Command::new("curl")
-            .args(["-sf", &format!("{}{path}", self.admin)])
-            .output();
+        let out = Command::new("curl").args(["-sf", &format!("{}{path}", self.admin)]).output();
         match out {
             Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap(),
             _ => {
                 // curl may be missing: use a raw HTTP request.
                 use std::io::{Read, Write};
-                let mut s =
-                    std::net::TcpStream::connect(self.admin.trim_start_matches("http://")).unwrap();
+                let mut s = std::net::TcpStream::connect(self.admin.trim_start_matches("http://")).unwrap();
                 write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
                 let mut r = String::new();
                 s.read_to_string(&mut r).unwrap();
@@ -185,15 +166,8 @@ pub fn qemu_io(uri: &str, cmds: &[&str]) -> String {
     }
     c.arg(uri);
     let out = run_ok(&mut c);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !text.contains("Pattern verification failed") && !text.contains("failed:"),
-        "qemu-io {cmds:?}: {text}"
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!text.contains("Pattern verification failed") && !text.contains("failed:"), "qemu-io {cmds:?}: {text}");
     text
 }
 

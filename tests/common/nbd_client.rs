@@ -30,25 +30,17 @@ pub fn option(s: &mut TcpStream, opt: u32, data: &[u8]) {
 pub fn option_reply(s: &mut TcpStream) -> std::io::Result<(u32, u32, Vec<u8>)> {
     let mut h = [0u8; 20];
     s.read_exact(&mut h)?;
-    assert_eq!(
-        u64::from_be_bytes(h[0..8].try_into().unwrap()),
-        0x0003_e889_0455_65a9
-    );
+    assert_eq!(u64::from_be_bytes(h[0..8].try_into().unwrap()), 0x0003_e889_0455_65a9);
     let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
     let mut d = vec![0u8; len as usize];
     s.read_exact(&mut d)?;
-    Ok((
-        u32::from_be_bytes(h[8..12].try_into().unwrap()),
-        u32::from_be_bytes(h[12..16].try_into().unwrap()),
-        d,
-    ))
+    Ok((u32::from_be_bytes(h[8..12].try_into().unwrap()), u32::from_be_bytes(h[12..16].try_into().unwrap()), d))
 }
 
 /// Connects and reads the greeting; returns the socket in option haggling.
 pub fn greet(addr: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
     let mut g = [0u8; 18];
     s.read_exact(&mut g).unwrap();
     assert_eq!(&g[0..8], b"NBDMAGIC");
@@ -71,9 +63,7 @@ impl Client {
         loop {
             let (_, kind, d) = option_reply(&mut s).unwrap();
             match kind {
-                3 if u16::from_be_bytes([d[0], d[1]]) == 0 => {
-                    size = u64::from_be_bytes(d[2..10].try_into().unwrap())
-                }
+                3 if u16::from_be_bytes([d[0], d[1]]) == 0 => size = u64::from_be_bytes(d[2..10].try_into().unwrap()),
                 3 => {}
                 1 => break,
                 other => panic!("GO refused: {other:#x}"),
@@ -99,15 +89,8 @@ impl Client {
     pub fn reply(&mut self) -> std::io::Result<(u32, u64)> {
         let mut h = [0u8; 16];
         self.s.read_exact(&mut h)?;
-        assert_eq!(
-            u32::from_be_bytes(h[0..4].try_into().unwrap()),
-            0x6744_6698,
-            "simple reply magic"
-        );
-        Ok((
-            u32::from_be_bytes(h[4..8].try_into().unwrap()),
-            u64::from_be_bytes(h[8..16].try_into().unwrap()),
-        ))
+        assert_eq!(u32::from_be_bytes(h[0..4].try_into().unwrap()), 0x6744_6698, "simple reply magic");
+        Ok((u32::from_be_bytes(h[4..8].try_into().unwrap()), u64::from_be_bytes(h[8..16].try_into().unwrap())))
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8], flags: u16) -> std::io::Result<u32> {

@@ -45,18 +45,10 @@ impl Isal {
                 Err(e) => last = Some(e),
             }
         }
-        Err(IsalError::Load(
-            last.unwrap_or(libloading::Error::DlOpenUnknown),
-        ))
+        Err(IsalError::Load(last.unwrap_or(libloading::Error::DlOpenUnknown)))
     }
 
-    fn call(
-        &self,
-        f: GenFn,
-        name: &'static str,
-        bufs: Vec<*mut c_void>,
-        len: usize,
-    ) -> Result<(), IsalError> {
+    fn call(&self, f: GenFn, name: &'static str, bufs: Vec<*mut c_void>, len: usize) -> Result<(), IsalError> {
         if !len.is_multiple_of(32) || bufs.iter().any(|p| !(*p as usize).is_multiple_of(32)) {
             return Err(IsalError::Shape(name));
         }
@@ -104,24 +96,9 @@ mod tests {
     /// 32; odd lengths are checked by padding ISA-L's buffers with zeros (parity is bytewise).
     #[test]
     fn every_kernel_is_bit_exact_with_isal() {
-        let isal = Isal::load()
-            .expect("libisal must be installed for this test (apt-get install libisal-dev)");
+        let isal = Isal::load().expect("libisal must be installed for this test (apt-get install libisal-dev)");
         let mut rng = SmallRng::seed_from_u64(2024);
-        for len in [
-            32usize,
-            64,
-            96,
-            224,
-            4096,
-            4096 + 32,
-            65536 + 96,
-            1,
-            7,
-            33,
-            1000,
-            4097,
-            12345,
-        ] {
+        for len in [32usize, 64, 96, 224, 4096, 4096 + 32, 65536 + 96, 1, 7, 33, 1000, 4097, 12345] {
             let padded = len.div_ceil(32) * 32;
             for n in [2usize, 3, 4, 5, 8, 16, 24].into_iter().filter(|&n| len < 262144 || n <= 5) {
                 let data: Vec<AlignedBuf> = (0..n)
@@ -132,31 +109,20 @@ mod tests {
                     })
                     .collect();
                 let refs: Vec<&[u8]> = data.iter().map(|d| &d[..]).collect();
-                let (mut ip, mut iq, mut ix) = (
-                    AlignedBuf::zeroed(padded),
-                    AlignedBuf::zeroed(padded),
-                    AlignedBuf::zeroed(padded),
-                );
+                let (mut ip, mut iq, mut ix) =
+                    (AlignedBuf::zeroed(padded), AlignedBuf::zeroed(padded), AlignedBuf::zeroed(padded));
                 isal.pq_gen(&refs, &mut ip, &mut iq).unwrap();
                 isal.xor_gen(&refs, &mut ix).unwrap();
                 let short: Vec<&[u8]> = data.iter().map(|d| &d[..len]).collect();
                 for k in Kernel::available() {
                     // 64-byte aligned outputs, so the non-temporal store path of large buffers runs too.
-                    let (mut p, mut q, mut x) = (AlignedBuf::zeroed(len), AlignedBuf::zeroed(len), AlignedBuf::zeroed(len));
+                    let (mut p, mut q, mut x) =
+                        (AlignedBuf::zeroed(len), AlignedBuf::zeroed(len), AlignedBuf::zeroed(len));
                     k.pq_gen(&short, &mut p, &mut q);
                     k.xor_gen(&short, &mut x);
-                    assert!(
-                        p[..] == ip[..len],
-                        "{k:?} P differs from ISA-L, len {len}, n {n}"
-                    );
-                    assert!(
-                        q[..] == iq[..len],
-                        "{k:?} Q differs from ISA-L, len {len}, n {n}"
-                    );
-                    assert!(
-                        x[..] == ix[..len],
-                        "{k:?} XOR differs from ISA-L, len {len}, n {n}"
-                    );
+                    assert!(p[..] == ip[..len], "{k:?} P differs from ISA-L, len {len}, n {n}");
+                    assert!(q[..] == iq[..len], "{k:?} Q differs from ISA-L, len {len}, n {n}");
+                    assert!(x[..] == ix[..len], "{k:?} XOR differs from ISA-L, len {len}, n {n}");
                 }
             }
         }
@@ -168,9 +134,6 @@ mod tests {
         let a = AlignedBuf::zeroed(96);
         let mut p = AlignedBuf::zeroed(96);
         let refs: [&[u8]; 2] = [&a[1..65], &a[1..65]];
-        assert!(matches!(
-            isal.xor_gen(&refs, &mut p[..64]),
-            Err(IsalError::Shape(_))
-        ));
+        assert!(matches!(isal.xor_gen(&refs, &mut p[..64]), Err(IsalError::Shape(_))));
     }
 }

@@ -38,19 +38,13 @@ pub enum BenchError {
 /// Replaces the text between `<!-- bench:NAME:start -->` and `<!-- bench:NAME:end -->` in
 /// `path` (appending the section if absent).
 pub fn record(path: &Path, name: &str, body: &str) -> Result<(), BenchError> {
-    let io = |source| BenchError::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let io = |source| BenchError::Io { path: path.display().to_string(), source };
     let old = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io(e)),
     };
-    let (start, end) = (
-        format!("<!-- bench:{name}:start -->"),
-        format!("<!-- bench:{name}:end -->"),
-    );
+    let (start, end) = (format!("<!-- bench:{name}:start -->"), format!("<!-- bench:{name}:end -->"));
     let section = format!("{start}\n{body}\n{end}");
     let new = match (old.find(&start), old.find(&end)) {
         (Some(a), Some(b)) if b > a => format!("{}{}{}", &old[..a], section, &old[b + end.len()..]),
@@ -80,8 +74,6 @@ pub fn machine() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     format!("{cpu}, {cores} cores")
 }

@@ -52,7 +52,9 @@ fn start_amf(dir: &Path) -> Result<(Proc, String), BenchError> {
     let out = child.stdout.take().ok_or_else(|| peer_err("amf controller", "no stdout"))?;
     let proc = Proc(child);
     let line = BufReader::new(out).lines().map_while(Result::ok).find(|l| l.starts_with("controller "));
-    let uri = line.and_then(|l| l.split_whitespace().nth(5).map(str::to_string)).ok_or_else(|| peer_err("amf controller", "no ready line"))?;
+    let uri = line
+        .and_then(|l| l.split_whitespace().nth(5).map(str::to_string))
+        .ok_or_else(|| peer_err("amf controller", "no ready line"))?;
     Ok((proc, uri))
 }
 
@@ -102,13 +104,18 @@ pub fn run(count: u64) -> Result<String, BenchError> {
     let tmp = std::env::temp_dir().join(format!("amf-bench-nbd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let dir = tmp.join("group");
-    create(&dir, &CreateOptions { level: Level::Raid5, members: MEMBERS, member_bytes: MEMBER_BYTES, chunk_bytes: CHUNK_BYTES })?;
+    create(
+        &dir,
+        &CreateOptions { level: Level::Raid5, members: MEMBERS, member_bytes: MEMBER_BYTES, chunk_bytes: CHUNK_BYTES },
+    )?;
     let raw = tmp.join("peer.raw");
     let capacity = crate::raid::assemble::classify(&dir).map(|c| {
         let sb = c.reference;
         (sb.member_data_bytes / sb.chunk_bytes as u64) * sb.chunk_bytes as u64 * (MEMBERS as u64 - 1)
     })?;
-    std::fs::File::create(&raw).and_then(|f| f.set_len(capacity)).map_err(|source| BenchError::Io { path: raw.display().to_string(), source })?;
+    std::fs::File::create(&raw)
+        .and_then(|f| f.set_len(capacity))
+        .map_err(|source| BenchError::Io { path: raw.display().to_string(), source })?;
     let (_amf, amf_uri) = start_amf(&dir)?;
     let (_peer, peer_uri) = start_qemu_nbd(&raw)?;
     // Fill both completely so reads move real data (a sparse peer file would answer reads of

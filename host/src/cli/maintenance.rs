@@ -19,27 +19,14 @@ type Res = Result<(), Box<dyn Error>>;
 pub fn inspect(dir: &Path, json: bool) -> Res {
     let c = classify(dir)?;
     let sb = &c.reference;
-    let geo = Geometry::new(
-        sb.level,
-        sb.member_count as usize,
-        sb.chunk_bytes as u64,
-        sb.member_data_bytes,
-    )?;
+    let geo = Geometry::new(sb.level, sb.member_count as usize, sb.chunk_bytes as u64, sb.member_data_bytes)?;
     let members: Vec<serde_json::Value> = (0..sb.member_count as usize)
         .map(|i| {
             let (path, state, events) = match &c.slots[i] {
-                Some((m, own)) => (
-                    m.path().display().to_string(),
-                    state_name(sb.states[i]),
-                    Some(own.events),
-                ),
+                Some((m, own)) => (m.path().display().to_string(), state_name(sb.states[i]), Some(own.events)),
                 None => (
                     member_path(dir, i).display().to_string(),
-                    if sb.states[i] == MemberState::Faulty {
-                        "faulty"
-                    } else {
-                        "missing"
-                    },
+                    if sb.states[i] == MemberState::Faulty { "faulty" } else { "missing" },
                     None,
                 ),
             };
@@ -73,11 +60,7 @@ pub fn inspect(dir: &Path, json: bool) -> Res {
         sb.chunk_bytes / 1024,
         geo.capacity(),
         sb.events,
-        if sb.clean {
-            "clean"
-        } else {
-            "dirty (in use or crashed)"
-        }
+        if sb.clean { "clean" } else { "dirty (in use or crashed)" }
     );
     for m in &members {
         println!(
@@ -117,37 +100,21 @@ fn offline(dir: &Path, quiet: bool) -> Result<Assembled, Box<dyn Error>> {
 
 fn admin_url(dir: &Path) -> Result<String, ClusterError> {
     let path = controller_file(dir, 0);
-    let text = std::fs::read_to_string(&path).map_err(|source| ClusterError::File {
-        path: path.clone(),
-        source,
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ClusterError::File {
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ClusterError::File { path: path.clone(), source })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ClusterError::File { path: path.clone(), source: std::io::Error::other(e) })?;
     v["admin"]
         .as_str()
         .map(str::to_string)
-        .ok_or(ClusterError::File {
-            path,
-            source: std::io::Error::other("no admin URL"),
-        })
+        .ok_or(ClusterError::File { path, source: std::io::Error::other("no admin URL") })
 }
 
 /// Starts a task on the serving controller and follows it to the end.
-fn online(
-    dir: &Path,
-    path_query: &str,
-    label: &str,
-    quiet: bool,
-) -> Result<serde_json::Value, Box<dyn Error>> {
+fn online(dir: &Path, path_query: &str, label: &str, quiet: bool) -> Result<serde_json::Value, Box<dyn Error>> {
     let url = admin_url(dir)?;
     let (code, body) = admin::request(&url, "POST", path_query)?;
     if code != 202 {
-        return Err(Box::new(ClusterError::Admin {
-            url,
-            detail: format!("HTTP {code}: {body}"),
-        }));
+        return Err(Box::new(ClusterError::Admin { url, detail: format!("HTTP {code}: {body}") }));
     }
     let p = Progress::new(label, quiet);
     loop {
@@ -163,10 +130,7 @@ fn online(
                 return Ok(task.result.unwrap_or_default());
             }
             "failed" => {
-                return Err(Box::new(ClusterError::Admin {
-                    url,
-                    detail: task.error.unwrap_or_default(),
-                }));
+                return Err(Box::new(ClusterError::Admin { url, detail: task.error.unwrap_or_default() }));
             }
             _ => {}
         }
@@ -184,12 +148,7 @@ pub fn scrub(dir: &Path, repair: bool, json: bool) -> Res {
             asm.array.close()?;
             serde_json::to_value(r)?
         }
-        None => online(
-            dir,
-            if repair { "/scrub?repair=1" } else { "/scrub" },
-            "scrub (online)",
-            json,
-        )?,
+        None => online(dir, if repair { "/scrub?repair=1" } else { "/scrub" }, "scrub (online)", json)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -210,24 +169,13 @@ pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, 
             let a = &asm.array;
             let index = match member {
                 Some(i) => i,
-                None => *a
-                    .degraded_members()
-                    .first()
-                    .ok_or("every member is in sync; nothing to rebuild")?,
+                None => *a.degraded_members().first().ok_or("every member is in sync; nothing to rebuild")?,
             };
-            let resuming = a
-                .member_status()
-                .get(index)
-                .is_some_and(|m| m.state == MemberState::Rebuilding);
+            let resuming = a.member_status().get(index).is_some_and(|m| m.state == MemberState::Rebuilding);
             let m = if resuming && replacement.is_none() {
                 None
             } else {
-                Some(prepare_replacement(
-                    dir,
-                    index,
-                    replacement.as_deref(),
-                    a.member_bytes_needed(),
-                )?)
+                Some(prepare_replacement(dir, index, replacement.as_deref(), a.member_bytes_needed())?)
             };
             let p = Progress::new(&format!("rebuild member {index}"), json);
             let r = rebuild_member(a, index, m, &|d, t| p.update(d, t))?;
@@ -245,16 +193,12 @@ pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, 
                         .as_array()
                         .and_then(|ms| ms.iter().find(|m| m["state"] != "active"))
                         .and_then(|m| m["index"].as_u64())
-                        .ok_or("every member is in sync; nothing to rebuild")?
-                        as usize
+                        .ok_or("every member is in sync; nothing to rebuild")? as usize
                 }
             };
             let mut q = format!("/rebuild?member={index}");
             if let Some(r) = &replacement {
-                q += &format!(
-                    "&replacement={}",
-                    r.display().to_string().replace('/', "%2F")
-                );
+                q += &format!("&replacement={}", r.display().to_string().replace('/', "%2F"));
             }
             online(dir, &q, &format!("rebuild member {index} (online)"), json)?
         }
@@ -262,10 +206,7 @@ pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, 
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
-            "rebuild: member {} rebuilt ({} stripes)",
-            report["member"], report["stripes"]
-        );
+        println!("rebuild: member {} rebuilt ({} stripes)", report["member"], report["stripes"]);
     }
     Ok(())
 }

@@ -143,59 +143,22 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Cluster {
-            dir,
-            controllers,
-            level,
-            members,
-            member_size,
-            chunk,
-            nbd_port,
-            admin_port,
-            host,
-        } => {
+        Command::Cluster { dir, controllers, level, members, member_size, chunk, nbd_port, admin_port, host } => {
             let create = match (level, members, member_size) {
-                (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
-                    level,
-                    members,
-                    member_bytes,
-                    chunk_bytes: chunk,
-                }),
+                (Some(level), Some(members), Some(member_bytes)) => {
+                    Some(CreateOptions { level, members, member_bytes, chunk_bytes: chunk })
+                }
                 _ => None,
             };
-            supervisor::run(supervisor::ClusterOptions {
-                dir,
-                controllers,
-                create,
-                nbd_port,
-                admin_port,
-                host,
-            })?;
+            supervisor::run(supervisor::ClusterOptions { dir, controllers, create, nbd_port, admin_port, host })?;
         }
-        Command::Controller {
-            dir,
-            index,
-            nbd,
-            admin,
-        } => {
-            controller::run(controller::ControllerOptions {
-                dir,
-                index,
-                nbd,
-                admin,
-            })?;
+        Command::Controller { dir, index, nbd, admin } => {
+            controller::run(controller::ControllerOptions { dir, index, nbd, admin })?;
         }
         Command::Inspect { dir, json } => maintenance::inspect(&dir, json)?,
         Command::Scrub { dir, repair, json } => maintenance::scrub(&dir, repair, json)?,
-        Command::Rebuild {
-            dir,
-            member,
-            replacement,
-            json,
-        } => maintenance::rebuild(&dir, member, replacement, json)?,
-        Command::Bench {
-            what: BenchCommand::Parity { seconds, record },
-        } => {
+        Command::Rebuild { dir, member, replacement, json } => maintenance::rebuild(&dir, member, replacement, json)?,
+        Command::Bench { what: BenchCommand::Parity { seconds, record } } => {
             let (machine, rows) = crate::bench::parity::run(std::time::Duration::from_secs_f64(seconds))?;
             let table = crate::bench::parity::markdown(&machine, &rows, "amf bench parity");
             println!("{table}");
@@ -203,9 +166,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 crate::bench::record(&path, "parity", &table)?;
             }
         }
-        Command::Bench {
-            what: BenchCommand::Nbd { count, record },
-        } => {
+        Command::Bench { what: BenchCommand::Nbd { count, record } } => {
             let table = crate::bench::nbd::run(count)?;
             println!("{table}");
             if let Some(path) = record {

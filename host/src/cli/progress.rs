@@ -16,9 +16,7 @@ impl Progress {
     pub fn new(label: &str, quiet: bool) -> Progress {
         let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::new(0);
-            if let Ok(style) =
-                ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} stripes ({eta})")
-            {
+            if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} stripes ({eta})") {
                 b.set_style(style.progress_chars("=> "));
             }
             b.set_message(label.to_string());
@@ -26,11 +24,7 @@ impl Progress {
         });
         Progress {
             bar,
-            label: if quiet {
-                String::new()
-            } else {
-                label.to_string()
-            },
+            label: if quiet { String::new() } else { label.to_string() },
             last_decile: AtomicU64::new(u64::MAX),
         }
     }

@@ -49,19 +49,10 @@ impl Admin {
 }
 
 /// Serves the endpoint for `state`.
-pub fn spawn(
-    listener: std::net::TcpListener,
-    state: Arc<ControllerState>,
-) -> Result<Admin, ClusterError> {
-    let addr = listener.local_addr().map_err(|source| ClusterError::Bind {
-        addr: "admin".into(),
-        source,
-    })?;
-    let server =
-        tiny_http::Server::from_listener(listener, None).map_err(|e| ClusterError::Bind {
-            addr: addr.to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+pub fn spawn(listener: std::net::TcpListener, state: Arc<ControllerState>) -> Result<Admin, ClusterError> {
+    let addr = listener.local_addr().map_err(|source| ClusterError::Bind { addr: "admin".into(), source })?;
+    let server = tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| ClusterError::Bind { addr: addr.to_string(), source: std::io::Error::other(e.to_string()) })?;
     let addr = server.server_addr().to_ip().unwrap_or(addr);
     let server = Arc::new(server);
     let srv = server.clone();
@@ -78,30 +69,16 @@ pub fn spawn(
                 let _ = rq.respond(resp);
             }
         })
-        .map_err(|source| ClusterError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
-    Ok(Admin {
-        addr,
-        server,
-        thread: Some(thread),
-    })
+        .map_err(|source| ClusterError::Bind { addr: addr.to_string(), source })?;
+    Ok(Admin { addr, server, thread: Some(thread) })
 }
 
 fn query<'a>(url: &'a str, key: &str) -> Option<&'a str> {
-    url.split_once('?')?
-        .1
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    url.split_once('?')?.1.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn json_error(code: u16, msg: String) -> (u16, &'static str, String) {
-    (
-        code,
-        "application/json",
-        serde_json::json!({ "error": msg }).to_string(),
-    )
+    (code, "application/json", serde_json::json!({ "error": msg }).to_string())
 }
 
 /// Status document of a controller.
@@ -138,15 +115,15 @@ fn metrics(state: &ControllerState) -> String {
         if let serde_json::Value::Object(m) = v {
             for (k, v) in m {
                 if let Some(n) = v.as_u64() {
-                    out += &format!("# TYPE amf_{prefix}_{k} counter\namf_{prefix}_{k}{{controller=\"{}\"}} {n}\n", state.index);
+                    out += &format!(
+                        "# TYPE amf_{prefix}_{k} counter\namf_{prefix}_{k}{{controller=\"{}\"}} {n}\n",
+                        state.index
+                    );
                 }
             }
         }
     };
-    emit(
-        "engine",
-        serde_json::to_value(&state.array.stats).unwrap_or_default(),
-    );
+    emit("engine", serde_json::to_value(&state.array.stats).unwrap_or_default());
     emit("nbd", serde_json::to_value(&*state.nbd).unwrap_or_default());
     let degraded = state.array.degraded_members().len();
     out += &format!(
@@ -156,16 +133,10 @@ fn metrics(state: &ControllerState) -> String {
     out
 }
 
-fn route(
-    state: &Arc<ControllerState>,
-    method: &tiny_http::Method,
-    url: &str,
-) -> (u16, &'static str, String) {
+fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) -> (u16, &'static str, String) {
     let path = url.split('?').next().unwrap_or("");
     match (method, path) {
-        (tiny_http::Method::Get, "/status") => {
-            (200, "application/json", status_json(state).to_string())
-        }
+        (tiny_http::Method::Get, "/status") => (200, "application/json", status_json(state).to_string()),
         (tiny_http::Method::Get, "/metrics") => (200, "text/plain; version=0.0.4", metrics(state)),
         (tiny_http::Method::Post, "/scrub") => {
             let repair = query(url, "repair").is_some_and(|v| v == "1" || v == "true");
@@ -196,52 +167,29 @@ fn route(
 
 /// Opens or creates the member a rebuild writes to: the given path, else DIR/member-NN.img
 /// created afresh (None resumes a rebuild in progress).
-pub fn replacement_member(
-    st: &ControllerState,
-    index: usize,
-    path: Option<&str>,
-) -> Result<Option<Member>, String> {
-    let resuming = st
-        .array
-        .member_status()
-        .get(index)
-        .is_some_and(|m| m.state == crate::raid::MemberState::Rebuilding);
+pub fn replacement_member(st: &ControllerState, index: usize, path: Option<&str>) -> Result<Option<Member>, String> {
+    let resuming = st.array.member_status().get(index).is_some_and(|m| m.state == crate::raid::MemberState::Rebuilding);
     if resuming && path.is_none() {
         return Ok(None);
     }
-    prepare_replacement(
-        &st.dir,
-        index,
-        path.map(std::path::Path::new),
-        st.array.member_bytes_needed(),
-    )
-    .map(Some)
-    .map_err(|e| e.to_string())
+    prepare_replacement(&st.dir, index, path.map(std::path::Path::new), st.array.member_bytes_needed())
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
-type TaskFn =
-    dyn FnOnce(&ControllerState, &dyn Fn(u64, u64)) -> Result<serde_json::Value, String> + Send;
+type TaskFn = dyn FnOnce(&ControllerState, &dyn Fn(u64, u64)) -> Result<serde_json::Value, String> + Send;
 
 fn start_task(
     state: &Arc<ControllerState>,
     kind: &str,
-    f: impl FnOnce(&ControllerState, &dyn Fn(u64, u64)) -> Result<serde_json::Value, String>
-        + Send
-        + 'static,
+    f: impl FnOnce(&ControllerState, &dyn Fn(u64, u64)) -> Result<serde_json::Value, String> + Send + 'static,
 ) -> (u16, &'static str, String) {
     {
         let mut t = state.task.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = t.as_ref().filter(|t| t.state == "running") {
             return json_error(409, format!("a {} is already running", t.kind));
         }
-        *t = Some(Task {
-            kind: kind.into(),
-            state: "running".into(),
-            done: 0,
-            total: 0,
-            result: None,
-            error: None,
-        });
+        *t = Some(Task { kind: kind.into(), state: "running".into(), done: 0, total: 0, result: None, error: None });
     }
     let st = state.clone();
     let f: Box<TaskFn> = Box::new(f);
@@ -266,22 +214,14 @@ fn start_task(
             }
         }
     });
-    (
-        202,
-        "application/json",
-        serde_json::json!({ "started": kind }).to_string(),
-    )
+    (202, "application/json", serde_json::json!({ "started": kind }).to_string())
 }
 
 /// Waits for a running task to end (shutdown lets a rebuild or scrub reach a clean point).
 pub fn wait_for_task(state: &ControllerState) {
     loop {
-        let running = state
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|t| t.state == "running");
+        let running =
+            state.task.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|t| t.state == "running");
         if !running {
             return;
         }
@@ -291,28 +231,15 @@ pub fn wait_for_task(state: &ControllerState) {
 
 /// Minimal HTTP/1.0 client for the CLI: returns (status, body).
 pub fn request(base: &str, method: &str, path: &str) -> Result<(u16, String), ClusterError> {
-    let err = |detail: String| ClusterError::Admin {
-        url: base.to_string(),
-        detail,
-    };
-    let hostport = base
-        .strip_prefix("http://")
-        .unwrap_or(base)
-        .trim_end_matches('/');
+    let err = |detail: String| ClusterError::Admin { url: base.to_string(), detail };
+    let hostport = base.strip_prefix("http://").unwrap_or(base).trim_end_matches('/');
     let mut s = TcpStream::connect(hostport).map_err(|e| err(e.to_string()))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Length: 0\r\n\r\n")
         .map_err(|e| err(e.to_string()))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Length: 0\r\n\r\n"
-    )
-    .map_err(|e| err(e.to_string()))?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp)
-        .map_err(|e| err(e.to_string()))?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| err("malformed HTTP response".into()))?;
+    s.read_to_string(&mut resp).map_err(|e| err(e.to_string()))?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| err("malformed HTTP response".into()))?;
     let code = head
         .split_whitespace()
         .nth(1)

@@ -58,18 +58,13 @@ pub fn ready_line(index: usize, pid: u32, nbd: SocketAddr, admin: SocketAddr) ->
 pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     let signals = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, signals.clone()).map_err(|source| ClusterError::File {
-            path: "signal handler".into(),
-            source,
-        })?;
+        signal_hook::flag::register(sig, signals.clone())
+            .map_err(|source| ClusterError::File { path: "signal handler".into(), source })?;
     }
     let _lock = DirLock::acquire(&opts.dir)?;
     // Bind before touching the group so a busy port leaves it as it was.
     let bind = |addr: SocketAddr| {
-        TcpListener::bind(addr).map_err(|source| ClusterError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+        TcpListener::bind(addr).map_err(|source| ClusterError::Bind { addr: addr.to_string(), source })
     };
     let nbd_listener = bind(opts.nbd)?;
     let admin_listener = bind(opts.admin)?;
@@ -84,10 +79,7 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     }
     let mut resynced = 0;
     if asm.was_dirty {
-        eprintln!(
-            "{tag}: unclean shutdown; resyncing {} write-intent regions",
-            asm.dirty_regions.len()
-        );
+        eprintln!("{tag}: unclean shutdown; resyncing {} write-intent regions", asm.dirty_regions.len());
         let (done, skipped) = resync(&asm.array, &asm.dirty_regions, &|d, t| {
             eprintln!("{tag}: resync {d}/{t} stripes");
         })?;
@@ -98,19 +90,10 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
         );
     }
     let array = Arc::new(asm.array);
-    let nbd_addr = nbd_listener
-        .local_addr()
-        .map_err(|source| ClusterError::Bind {
-            addr: opts.nbd.to_string(),
-            source,
-        })?;
-    let mut server =
-        Server::spawn(nbd_listener, array.clone(), ServerConfig::default()).map_err(|source| {
-            ClusterError::Bind {
-                addr: opts.nbd.to_string(),
-                source,
-            }
-        })?;
+    let nbd_addr =
+        nbd_listener.local_addr().map_err(|source| ClusterError::Bind { addr: opts.nbd.to_string(), source })?;
+    let mut server = Server::spawn(nbd_listener, array.clone(), ServerConfig::default())
+        .map_err(|source| ClusterError::Bind { addr: opts.nbd.to_string(), source })?;
     let state = Arc::new(ControllerState {
         index: opts.index,
         dir: opts.dir.clone(),
@@ -126,15 +109,9 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     let status_file = controller_file(&opts.dir, opts.index);
     std::fs::write(
         &status_file,
-        format!(
-            "{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"http://{}\"}}\n",
-            state.nbd_uri, admin.addr
-        ),
+        format!("{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"http://{}\"}}\n", state.nbd_uri, admin.addr),
     )
-    .map_err(|source| ClusterError::File {
-        path: status_file.clone(),
-        source,
-    })?;
+    .map_err(|source| ClusterError::File { path: status_file.clone(), source })?;
     println!("{line}");
     let _ = std::io::stdout().flush();
 

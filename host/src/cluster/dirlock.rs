@@ -28,12 +28,9 @@ impl DirLock {
         match Self::try_acquire(dir)? {
             Some(l) => Ok(l),
             None => {
-                let holder = std::fs::read_to_string(controller_file(dir, 0))
-                    .unwrap_or_else(|_| "unknown process".into());
-                Err(ClusterError::Locked {
-                    dir: dir.to_path_buf(),
-                    holder: holder.trim().to_string(),
-                })
+                let holder =
+                    std::fs::read_to_string(controller_file(dir, 0)).unwrap_or_else(|_| "unknown process".into());
+                Err(ClusterError::Locked { dir: dir.to_path_buf(), holder: holder.trim().to_string() })
             }
         }
     }
@@ -46,10 +43,7 @@ impl DirLock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| ClusterError::File {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| ClusterError::File { path: path.clone(), source })?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc == 0 {

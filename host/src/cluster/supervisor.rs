@@ -52,16 +52,11 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|source| ClusterError::File {
-            path: "signal handler".into(),
-            source,
-        })?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|source| ClusterError::File { path: "signal handler".into(), source })?;
     }
     if !has_members(&opts.dir) {
-        let shape = opts
-            .create
-            .clone()
-            .ok_or_else(|| ClusterError::MissingShape(opts.dir.clone()))?;
+        let shape = opts.create.clone().ok_or_else(|| ClusterError::MissingShape(opts.dir.clone()))?;
         create(&opts.dir, &shape)?;
         eprintln!(
             "amf: created {} group of {} members ({} bytes each) in {}",
@@ -83,11 +78,7 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
             .arg("--nbd")
             .arg(format!("{}:{}", opts.host, opts.nbd_port as usize + index))
             .arg("--admin")
-            .arg(format!(
-                "{}:{}",
-                opts.host,
-                opts.admin_port as usize + index
-            ))
+            .arg(format!("{}:{}", opts.host, opts.admin_port as usize + index))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn();
@@ -100,16 +91,10 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
         };
         let Some(out) = child.stdout.take() else {
             terminate(&mut procs);
-            return Err(ClusterError::Spawn {
-                index,
-                source: std::io::Error::other("no stdout"),
-            });
+            return Err(ClusterError::Spawn { index, source: std::io::Error::other("no stdout") });
         };
         let mut lines = BufReader::new(out).lines();
-        let ready = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find(|l| l.starts_with("controller "));
+        let ready = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("controller "));
         match ready {
             Some(line) => {
                 println!("{line}");
@@ -123,10 +108,7 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
                 procs.push(Running { index, child });
             }
             None => {
-                let status = child
-                    .wait()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|e| e.to_string());
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 terminate(&mut procs);
                 return Err(ClusterError::ControllerDied { index, status });
             }
@@ -137,10 +119,7 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
         std::thread::sleep(Duration::from_millis(100));
         for p in procs.iter_mut() {
             if let Ok(Some(status)) = p.child.try_wait() {
-                died = Some(ClusterError::ControllerDied {
-                    index: p.index,
-                    status: status.to_string(),
-                });
+                died = Some(ClusterError::ControllerDied { index: p.index, status: status.to_string() });
             }
         }
     }
@@ -162,9 +141,6 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
     match died {
         Some(e) => Err(e),
         None if clean => Ok(()),
-        None => Err(ClusterError::ControllerDied {
-            index: 0,
-            status: "unclean stop".into(),
-        }),
+        None => Err(ClusterError::ControllerDied { index: 0, status: "unclean stop".into() }),
     }
 }

@@ -122,18 +122,8 @@ pub struct Request {
 /// Decodes a request header; None when the magic is wrong (the stream cannot be trusted).
 pub fn parse_request(b: &[u8; REQUEST_BYTES]) -> Option<Request> {
     let u32_at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    let u64_at = |i: usize| {
-        u64::from_be_bytes([
-            b[i],
-            b[i + 1],
-            b[i + 2],
-            b[i + 3],
-            b[i + 4],
-            b[i + 5],
-            b[i + 6],
-            b[i + 7],
-        ])
-    };
+    let u64_at =
+        |i: usize| u64::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
     if u32_at(0) != REQUEST_MAGIC {
         return None;
     }
@@ -187,10 +177,7 @@ pub fn parse_info(data: &[u8]) -> Option<InfoRequest> {
     }
     Some(InfoRequest {
         name: String::from_utf8_lossy(name).into_owned(),
-        requests: reqs
-            .chunks_exact(2)
-            .map(|c| u16::from_be_bytes([c[0], c[1]]))
-            .collect(),
+        requests: reqs.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect(),
     })
 }
 
@@ -207,10 +194,7 @@ mod tests {
         b[16..24].copy_from_slice(&4096u64.to_be_bytes());
         b[24..28].copy_from_slice(&512u32.to_be_bytes());
         let r = parse_request(&b).unwrap();
-        assert_eq!(
-            (r.kind, r.cookie, r.offset, r.len),
-            (CMD_WRITE, 42, 4096, 512)
-        );
+        assert_eq!((r.kind, r.cookie, r.offset, r.len), (CMD_WRITE, 42, 4096, 512));
         b[0] ^= 1;
         assert_eq!(parse_request(&b), None);
     }
@@ -220,13 +204,7 @@ mod tests {
         let mut d = vec![0, 0, 0, 3];
         d.extend_from_slice(b"amf");
         d.extend_from_slice(&[0, 1, 0, 3]);
-        assert_eq!(
-            parse_info(&d),
-            Some(InfoRequest {
-                name: "amf".into(),
-                requests: vec![3]
-            })
-        );
+        assert_eq!(parse_info(&d), Some(InfoRequest { name: "amf".into(), requests: vec![3] }));
         assert_eq!(parse_info(&d[..d.len() - 1]), None);
         assert_eq!(parse_info(&[0xff, 0xff, 0xff, 0xff]), None);
         assert_eq!(parse_info(&[]), None);

@@ -96,58 +96,42 @@ pub struct Server {
 
 impl Server {
     /// Serves `backend` on `listener` until [`Server::shutdown`].
-    pub fn spawn(
-        listener: TcpListener,
-        backend: Arc<dyn Backend>,
-        cfg: ServerConfig,
-    ) -> std::io::Result<Server> {
+    pub fn spawn(listener: TcpListener, backend: Arc<dyn Backend>, cfg: ServerConfig) -> std::io::Result<Server> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(ServerStats::default());
         let conns: Connections = Arc::default();
         let accept = {
             let (stop, stats, conns) = (stop.clone(), stats.clone(), conns.clone());
-            std::thread::Builder::new()
-                .name("nbd-accept".into())
-                .spawn(move || {
-                    for stream in listener.incoming() {
-                        if stop.load(Relaxed) {
-                            break;
-                        }
-                        let Ok(stream) = stream else { continue };
-                        let Ok(handle) = stream.try_clone() else {
-                            continue;
-                        };
-                        stats.connections.fetch_add(1, Relaxed);
-                        let (backend, cfg, stats2) = (backend.clone(), cfg.clone(), stats.clone());
-                        let t =
-                            std::thread::Builder::new()
-                                .name("nbd-conn".into())
-                                .spawn(move || {
-                                    stats2.connections_open.fetch_add(1, Relaxed);
-                                    if let Err(e) = serve_connection(stream, backend, &cfg, &stats2)
-                                    {
-                                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                                            eprintln!("amf: nbd connection closed: {e}");
-                                        }
-                                    }
-                                    stats2.connections_open.fetch_sub(1, Relaxed);
-                                });
-                        let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
-                        list.retain(|(_, t)| !t.is_finished());
-                        if let Ok(t) = t {
-                            list.push((handle, t));
-                        }
+            std::thread::Builder::new().name("nbd-accept".into()).spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Relaxed) {
+                        break;
                     }
-                })?
+                    let Ok(stream) = stream else { continue };
+                    let Ok(handle) = stream.try_clone() else {
+                        continue;
+                    };
+                    stats.connections.fetch_add(1, Relaxed);
+                    let (backend, cfg, stats2) = (backend.clone(), cfg.clone(), stats.clone());
+                    let t = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || {
+                        stats2.connections_open.fetch_add(1, Relaxed);
+                        if let Err(e) = serve_connection(stream, backend, &cfg, &stats2) {
+                            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                                eprintln!("amf: nbd connection closed: {e}");
+                            }
+                        }
+                        stats2.connections_open.fetch_sub(1, Relaxed);
+                    });
+                    let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
+                    list.retain(|(_, t)| !t.is_finished());
+                    if let Ok(t) = t {
+                        list.push((handle, t));
+                    }
+                }
+            })?
         };
-        Ok(Server {
-            stop,
-            addr,
-            accept: Some(accept),
-            conns,
-            stats,
-        })
+        Ok(Server { stop, addr, accept: Some(accept), conns, stats })
     }
 
     /// Address served.
@@ -193,11 +177,7 @@ fn transmission_flags() -> u16 {
 }
 
 /// Fixed newstyle negotiation. Ok(true) when the client entered transmission.
-fn negotiate(
-    s: &mut TcpStream,
-    backend: &dyn Backend,
-    cfg: &ServerConfig,
-) -> std::io::Result<bool> {
+fn negotiate(s: &mut TcpStream, backend: &dyn Backend, cfg: &ServerConfig) -> std::io::Result<bool> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -242,11 +222,7 @@ fn negotiate(
             }
             OPT_LIST => {
                 if !data.is_empty() {
-                    s.write_all(&option_reply(
-                        option,
-                        REP_ERR_INVALID,
-                        b"LIST takes no data",
-                    ))?;
+                    s.write_all(&option_reply(option, REP_ERR_INVALID, b"LIST takes no data"))?;
                     continue;
                 }
                 let mut d = (cfg.export.len() as u32).to_be_bytes().to_vec();
@@ -256,11 +232,7 @@ fn negotiate(
             }
             OPT_INFO | OPT_GO => {
                 let Some(info) = parse_info(&data) else {
-                    s.write_all(&option_reply(
-                        option,
-                        REP_ERR_INVALID,
-                        b"malformed INFO/GO payload",
-                    ))?;
+                    s.write_all(&option_reply(option, REP_ERR_INVALID, b"malformed INFO/GO payload"))?;
                     continue;
                 };
                 if !known(&info.name) {
@@ -363,7 +335,9 @@ fn worker(rx: Receiver<Job>, w: Writer, backend: Arc<dyn Backend>, stats: Arc<Se
                 }
                 (cookies, r, true)
             }
-            Job::Zero { cookie, offset, len, fua } => (vec![cookie], backend.write_zeroes(offset, len as u64, fua), true),
+            Job::Zero { cookie, offset, len, fua } => {
+                (vec![cookie], backend.write_zeroes(offset, len as u64, fua), true)
+            }
             Job::Trim { cookie, offset, len } => (vec![cookie], backend.trim(offset, len as u64), false),
             Job::Flush { cookie } => (vec![cookie], backend.flush(), false),
         };
@@ -409,13 +383,8 @@ fn serve_connection(
         })
         .collect();
     drop(rx);
-    let result = read_requests(
-        &mut BufReader::with_capacity(READ_BUFFER_BYTES, stream),
-        &*backend,
-        &tx,
-        &writer,
-        stats,
-    );
+    let result =
+        read_requests(&mut BufReader::with_capacity(READ_BUFFER_BYTES, stream), &*backend, &tx, &writer, stats);
     drop(tx);
     for w in workers {
         let _ = w.join();
@@ -492,22 +461,9 @@ fn read_requests(
                 reject(cookie, if flags_ok { ENOSPC } else { EINVAL });
                 continue;
             }
-            CMD_READ => Job::Read {
-                cookie,
-                offset,
-                len,
-            },
-            CMD_TRIM => Job::Trim {
-                cookie,
-                offset,
-                len,
-            },
-            CMD_WRITE_ZEROES => Job::Zero {
-                cookie,
-                offset,
-                len,
-                fua,
-            },
+            CMD_READ => Job::Read { cookie, offset, len },
+            CMD_TRIM => Job::Trim { cookie, offset, len },
+            CMD_WRITE_ZEROES => Job::Zero { cookie, offset, len, fua },
             CMD_FLUSH => Job::Flush { cookie },
             CMD_DISC => return Ok(()),
             _ => {

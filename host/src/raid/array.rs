@@ -140,22 +140,14 @@ impl Array {
 
     fn view(&self, m: usize) -> View {
         let slot = &self.slots[m];
-        let member = slot
-            .member
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let member = slot.member.read().unwrap_or_else(|p| p.into_inner()).clone();
         let state = *slot.state.read().unwrap_or_else(|p| p.into_inner());
         let readable_below = match (state, member.is_some()) {
             (_, false) | (MemberState::Faulty, _) => 0,
             (MemberState::Active, true) => u64::MAX,
             (MemberState::Rebuilding, true) => slot.recovered.load(Relaxed),
         };
-        View {
-            writable: member.is_some() && state != MemberState::Faulty,
-            member,
-            readable_below,
-        }
+        View { writable: member.is_some() && state != MemberState::Faulty, member, readable_below }
     }
 
     fn readable(&self, m: usize, stripe: u64) -> bool {
@@ -170,10 +162,7 @@ impl Array {
                 MemberStatus {
                     index: i,
                     path: v.member.as_ref().map(|m| m.path().display().to_string()),
-                    state: *self.slots[i]
-                        .state
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner()),
+                    state: *self.slots[i].state.read().unwrap_or_else(|p| p.into_inner()),
                     recovered_stripes: self.slots[i].recovered.load(Relaxed),
                 }
             })
@@ -182,21 +171,14 @@ impl Array {
 
     /// Members not active.
     pub fn degraded_members(&self) -> Vec<usize> {
-        self.member_status()
-            .into_iter()
-            .filter(|s| s.state != MemberState::Active)
-            .map(|s| s.index)
-            .collect()
+        self.member_status().into_iter().filter(|s| s.state != MemberState::Active).map(|s| s.index).collect()
     }
 
     // ---- member I/O with failure handling -------------------------------------------------
 
     fn member_read(&self, m: usize, offset: u64, buf: &mut [u8]) -> Result<(), RaidError> {
         let Some(member) = self.view(m).member else {
-            return Err(RaidError::BadMember {
-                index: m,
-                reason: "not present".into(),
-            });
+            return Err(RaidError::BadMember { index: m, reason: "not present".into() });
         };
         self.stats.member_reads.fetch_add(1, Relaxed);
         let r = member.read_at(offset, buf);
@@ -226,10 +208,7 @@ impl Array {
     /// Marks a member faulty and records that in the other members' superblocks.
     pub fn fail_member(&self, m: usize, why: &str) {
         {
-            let mut st = self.slots[m]
-                .state
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut st = self.slots[m].state.write().unwrap_or_else(|p| p.into_inner());
             if *st == MemberState::Faulty {
                 return;
             }
@@ -244,18 +223,11 @@ impl Array {
 
     /// Applies `change` to the reference superblock, bumps the event counter and writes it to every
     /// writable member (each with its own index, the current member states and its rebuild point).
-    pub fn update_superblocks(
-        &self,
-        change: impl FnOnce(&mut Superblock),
-    ) -> Result<(), RaidError> {
+    pub fn update_superblocks(&self, change: impl FnOnce(&mut Superblock)) -> Result<(), RaidError> {
         let mut sb = self.sb_lock();
         change(&mut sb);
         sb.events += 1;
-        sb.states = self
-            .slots
-            .iter()
-            .map(|s| *s.state.read().unwrap_or_else(|p| p.into_inner()))
-            .collect();
+        sb.states = self.slots.iter().map(|s| *s.state.read().unwrap_or_else(|p| p.into_inner())).collect();
         let mut written = 0;
         for (i, slot) in self.slots.iter().enumerate() {
             let v = self.view(i);
@@ -265,11 +237,7 @@ impl Array {
             let mut own = sb.clone();
             own.member_index = i as u32;
             own.recovery_stripes = slot.recovered.load(Relaxed);
-            if member
-                .write_at(0, &own.encode())
-                .and_then(|_| member.sync())
-                .is_ok()
-            {
+            if member.write_at(0, &own.encode()).and_then(|_| member.sync()).is_ok() {
                 written += 1;
             }
         }
@@ -283,11 +251,7 @@ impl Array {
         let capacity = self.capacity();
         match offset.checked_add(len) {
             Some(end) if end <= capacity => Ok(()),
-            _ => Err(RaidError::OutOfRange {
-                offset,
-                len,
-                capacity,
-            }),
+            _ => Err(RaidError::OutOfRange { offset, len, capacity }),
         }
     }
 
@@ -301,11 +265,7 @@ impl Array {
                     continue;
                 };
                 // The bit must be durable before the data it covers is written.
-                if member
-                    .write_at(base + off, page)
-                    .and_then(|_| member.sync())
-                    .is_ok()
-                {
+                if member.write_at(base + off, page).and_then(|_| member.sync()).is_ok() {
                     ok += 1;
                 }
             }
@@ -336,9 +296,7 @@ impl Array {
         for k in 0..places.len() {
             let place = places[(start + k) % places.len()];
             if self.readable(place.member, p.stripe)
-                && self
-                    .member_read(place.member, base + place.chunk_offset + p.in_chunk, dst)
-                    .is_ok()
+                && self.member_read(place.member, base + place.chunk_offset + p.in_chunk, dst).is_ok()
             {
                 if k > 0 && !self.geo.is_mirror() {
                     self.stats.degraded_reads.fetch_add(1, Relaxed);
@@ -361,13 +319,7 @@ impl Array {
 
     /// Reads blocks [lo, hi) of every member of a parity stripe (data, then P, then Q) and
     /// reconstructs the unreadable ones.
-    pub(crate) fn read_stripe_range(
-        &self,
-        base: u64,
-        s: u64,
-        lo: u64,
-        hi: u64,
-    ) -> Result<Vec<AlignedBuf>, RaidError> {
+    pub(crate) fn read_stripe_range(&self, base: u64, s: u64, lo: u64, hi: u64) -> Result<Vec<AlignedBuf>, RaidError> {
         let members = self.geo.parity_stripe_members(s);
         let row = base + s * self.geo.chunk_bytes;
         let len = (hi - lo) as usize;
@@ -422,14 +374,7 @@ impl Array {
         Ok(())
     }
 
-    fn write_stripe(
-        &self,
-        base: u64,
-        s: u64,
-        pieces: &[Piece],
-        data: &[u8],
-        offset: u64,
-    ) -> Result<(), RaidError> {
+    fn write_stripe(&self, base: u64, s: u64, pieces: &[Piece], data: &[u8], offset: u64) -> Result<(), RaidError> {
         let src = |p: &Piece| &data[(p.logical - offset) as usize..][..p.len as usize];
         if self.geo.level == Level::Raid0 {
             for p in pieces {
@@ -488,31 +433,19 @@ impl Array {
         let members = self.geo.parity_stripe_members(s);
         let row = base + s * self.geo.chunk_bytes;
         let lo = pieces.iter().map(|p| p.in_chunk).min().unwrap_or(0) / BLOCK_BYTES * BLOCK_BYTES;
-        let hi = pieces
-            .iter()
-            .map(|p| p.in_chunk + p.len)
-            .max()
-            .unwrap_or(0)
-            .div_ceil(BLOCK_BYTES)
-            * BLOCK_BYTES;
+        let hi = pieces.iter().map(|p| p.in_chunk + p.len).max().unwrap_or(0).div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
         let hi = hi.min(self.geo.chunk_bytes);
         let mut by_dd: Vec<Option<&Piece>> = vec![None; n];
         for p in pieces {
             by_dd[p.dd] = Some(p);
         }
-        let full =
-            |dd: usize| by_dd[dd].is_some_and(|p| p.in_chunk <= lo && p.in_chunk + p.len >= hi);
+        let full = |dd: usize| by_dd[dd].is_some_and(|p| p.in_chunk <= lo && p.in_chunk + p.len >= hi);
         let touched = by_dd.iter().filter(|p| p.is_some()).count();
-        let rmw_ok = (0..n)
-            .filter(|&dd| by_dd[dd].is_some())
-            .chain(n..n + par)
-            .all(|pos| self.readable(members[pos], s));
+        let rmw_ok =
+            (0..n).filter(|&dd| by_dd[dd].is_some()).chain(n..n + par).all(|pos| self.readable(members[pos], s));
         let rcw_reads = (0..n).filter(|&dd| !full(dd)).count();
         // Attempt the cheaper path; a member failing mid-way falls back to reconstruction.
-        if rmw_ok
-            && touched + par < rcw_reads
-            && self.rmw(row, lo, hi, &members, &by_dd, src).is_ok()
-        {
+        if rmw_ok && touched + par < rcw_reads && self.rmw(row, lo, hi, &members, &by_dd, src).is_ok() {
             self.stats.rmw_writes.fetch_add(1, Relaxed);
             return Ok(());
         }
@@ -550,11 +483,7 @@ impl Array {
             // delta = old ^ new over the piece; zero elsewhere.
             let mut delta = AlignedBuf::zeroed(len);
             let at = (p.in_chunk - lo) as usize;
-            for (i, (d, n)) in delta[at..at + p.len as usize]
-                .iter_mut()
-                .zip(src(p))
-                .enumerate()
-            {
+            for (i, (d, n)) in delta[at..at + p.len as usize].iter_mut().zip(src(p)).enumerate() {
                 *d = old[at + i] ^ n;
             }
             deltas.push((dd, delta));
@@ -606,11 +535,7 @@ impl Array {
                 continue;
             }
             reads += 1;
-            if !(self.readable(members[dd], s)
-                && self
-                    .member_read(members[dd], row + lo, &mut blocks[dd])
-                    .is_ok())
-            {
+            if !(self.readable(members[dd], s) && self.member_read(members[dd], row + lo, &mut blocks[dd]).is_ok()) {
                 missing.push(dd);
             }
         }
@@ -618,14 +543,11 @@ impl Array {
             for j in 0..par {
                 reads += 1;
                 let m = members[n + j];
-                if !(self.readable(m, s)
-                    && self.member_read(m, row + lo, &mut blocks[n + j]).is_ok())
-                {
+                if !(self.readable(m, s) && self.member_read(m, row + lo, &mut blocks[n + j]).is_ok()) {
                     missing.push(n + j);
                 }
             }
-            reconstruct(self.kernel, &mut blocks, par, &missing)
-                .map_err(|_| RaidError::Unrecoverable { stripe: s })?;
+            reconstruct(self.kernel, &mut blocks, par, &missing).map_err(|_| RaidError::Unrecoverable { stripe: s })?;
         }
         for (dd, p) in by_dd.iter().enumerate() {
             if let Some(p) = p {
@@ -707,10 +629,7 @@ impl Array {
             let places = self.geo.places(s, 0);
             let mut buf = AlignedBuf::scratch(chunk);
             let Some(src) = places.iter().find(|p| {
-                self.readable(p.member, s)
-                    && self
-                        .member_read(p.member, base + p.chunk_offset, &mut buf)
-                        .is_ok()
+                self.readable(p.member, s) && self.member_read(p.member, base + p.chunk_offset, &mut buf).is_ok()
             }) else {
                 return Ok(false);
             };
@@ -752,22 +671,12 @@ impl Array {
 
     /// Puts `member` into slot `index` as a rebuilding member starting at stripe 0 (or resumes a
     /// rebuilding one when `member` is None). Returns the stripe to start from.
-    pub(crate) fn begin_rebuild(
-        &self,
-        index: usize,
-        member: Option<Member>,
-    ) -> Result<u64, RaidError> {
-        let slot = self.slots.get(index).ok_or(RaidError::BadMember {
-            index,
-            reason: "no such member".into(),
-        })?;
+    pub(crate) fn begin_rebuild(&self, index: usize, member: Option<Member>) -> Result<u64, RaidError> {
+        let slot = self.slots.get(index).ok_or(RaidError::BadMember { index, reason: "no such member".into() })?;
         let state = *slot.state.read().unwrap_or_else(|p| p.into_inner());
         match (state, member) {
             (MemberState::Active, _) => {
-                return Err(RaidError::BadMember {
-                    index,
-                    reason: "is active; nothing to rebuild".into(),
-                })
+                return Err(RaidError::BadMember { index, reason: "is active; nothing to rebuild".into() })
             }
             (_, Some(m)) => {
                 *slot.member.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m));
@@ -775,10 +684,7 @@ impl Array {
             }
             (MemberState::Rebuilding, None) => {}
             (MemberState::Faulty, None) => {
-                return Err(RaidError::BadMember {
-                    index,
-                    reason: "is faulty and no replacement was given".into(),
-                })
+                return Err(RaidError::BadMember { index, reason: "is faulty and no replacement was given".into() })
             }
         }
         *slot.state.write().unwrap_or_else(|p| p.into_inner()) = MemberState::Rebuilding;
@@ -801,9 +707,7 @@ impl Array {
             let src = places.iter().find(|p| {
                 p.member != index
                     && self.readable(p.member, s)
-                    && self
-                        .member_read(p.member, base + p.chunk_offset, &mut buf)
-                        .is_ok()
+                    && self.member_read(p.member, base + p.chunk_offset, &mut buf).is_ok()
             });
             if src.is_none() {
                 return Err(RaidError::Unrecoverable { stripe: s });
@@ -812,16 +716,10 @@ impl Array {
             return Ok(());
         }
         if self.geo.parities() == 0 {
-            return Err(RaidError::BadMember {
-                index,
-                reason: "raid0 has no redundancy to rebuild from".into(),
-            });
+            return Err(RaidError::BadMember { index, reason: "raid0 has no redundancy to rebuild from".into() });
         }
         let members = self.geo.parity_stripe_members(s);
-        let pos = members
-            .iter()
-            .position(|&m| m == index)
-            .ok_or(RaidError::Unrecoverable { stripe: s })?;
+        let pos = members.iter().position(|&m| m == index).ok_or(RaidError::Unrecoverable { stripe: s })?;
         // The rebuilding member is not readable at s (s >= recovered), so it is reconstructed.
         let blocks = self.read_stripe_range(base, s, 0, chunk)?;
         self.member_write(index, base + s * chunk, &blocks[pos]);
@@ -836,10 +734,7 @@ impl Array {
     /// Marks a rebuilt member active.
     pub(crate) fn finish_rebuild(&self, index: usize) -> Result<(), RaidError> {
         self.sync_members()?;
-        *self.slots[index]
-            .state
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = MemberState::Active;
+        *self.slots[index].state.write().unwrap_or_else(|p| p.into_inner()) = MemberState::Active;
         self.slots[index].recovered.store(0, Relaxed);
         self.update_superblocks(|_| {})
     }
@@ -865,17 +760,9 @@ impl Array {
         let base = self.data_offset();
         let chunk = self.geo.chunk_bytes;
         let (members, offsets): (Vec<usize>, Vec<u64>) = if self.geo.is_mirror() {
-            self.geo
-                .places(s, 0)
-                .iter()
-                .map(|p| (p.member, base + p.chunk_offset))
-                .unzip()
+            self.geo.places(s, 0).iter().map(|p| (p.member, base + p.chunk_offset)).unzip()
         } else {
-            self.geo
-                .parity_stripe_members(s)
-                .into_iter()
-                .map(|m| (m, base + s * chunk))
-                .unzip()
+            self.geo.parity_stripe_members(s).into_iter().map(|m| (m, base + s * chunk)).unzip()
         };
         let mut bufs = Vec::with_capacity(members.len());
         for (&m, &off) in members.iter().zip(&offsets) {
@@ -885,11 +772,7 @@ impl Array {
             }
             bufs.push(b);
         }
-        Ok(Some(StripeBlocks {
-            members,
-            offsets,
-            bufs,
-        }))
+        Ok(Some(StripeBlocks { members, offsets, bufs }))
     }
 
     /// Writes one block to a member (scrub repair).

@@ -51,31 +51,19 @@ fn random_uuid() -> Result<[u8; 16], std::io::Error> {
 
 /// Creates member files in `dir` and writes fresh superblocks; the group starts clean.
 pub fn create(dir: &Path, opts: &CreateOptions) -> Result<(), RaidError> {
-    let dir_err = |source| RaidError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let dir_err = |source| RaidError::Dir { path: dir.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(dir_err)?;
     let usable = opts.member_bytes.saturating_sub(DATA_OFFSET_BYTES);
     let member_data_bytes = usable / opts.chunk_bytes.max(1) * opts.chunk_bytes;
-    let geo = Geometry::new(
-        opts.level,
-        opts.members,
-        opts.chunk_bytes,
-        member_data_bytes,
-    )?;
+    let geo = Geometry::new(opts.level, opts.members, opts.chunk_bytes, member_data_bytes)?;
     let mut region_stripes = (REGION_TARGET_BYTES / geo.stripe_bytes()).max(1);
     while WriteIntent::regions_for(geo.stripes(), region_stripes).div_ceil(8) > BITMAP_BYTES_MAX {
         region_stripes *= 2;
     }
-    let bitmap_bytes = WriteIntent::regions_for(geo.stripes(), region_stripes)
-        .div_ceil(8)
-        .div_ceil(PAGE_BYTES as u64)
+    let bitmap_bytes = WriteIntent::regions_for(geo.stripes(), region_stripes).div_ceil(8).div_ceil(PAGE_BYTES as u64)
         * PAGE_BYTES as u64;
-    let created_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created_unix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let sb = Superblock {
         uuid: random_uuid().map_err(dir_err)?,
         level: opts.level,
@@ -118,18 +106,11 @@ pub fn has_members(dir: &Path) -> bool {
 }
 
 fn member_files(dir: &Path) -> Result<Vec<PathBuf>, RaidError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| RaidError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| RaidError::Dir { path: dir.to_path_buf(), source })?;
     let mut v: Vec<PathBuf> = rd
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("member-"))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("member-")))
         .collect();
     v.sort();
     Ok(v)
@@ -143,10 +124,8 @@ pub fn scan(dir: &Path) -> Result<Vec<Scanned>, RaidError> {
             let result = Member::open(&path).and_then(|m| {
                 let mut b = vec![0u8; SUPERBLOCK_BYTES];
                 m.read_at(0, &mut b)?;
-                let sb = Superblock::decode(&b).map_err(|source| RaidError::Superblock {
-                    path: path.clone(),
-                    source,
-                })?;
+                let sb =
+                    Superblock::decode(&b).map_err(|source| RaidError::Superblock { path: path.clone(), source })?;
                 Ok((m, sb))
             });
             Scanned { path, result }
@@ -185,8 +164,9 @@ fn survives(geo: &Geometry, usable: &[bool]) -> bool {
         Level::Raid1 => lost < geo.members,
         Level::Raid5 | Level::Raid6 => lost <= geo.parities(),
         // Copies of stripe s sit at positions 2s, 2s+1 mod m: the pattern repeats every m stripes.
-        Level::Raid10 => (0..geo.stripes().min(geo.members as u64))
-            .all(|s| geo.places(s, 0).iter().any(|p| usable[p.member])),
+        Level::Raid10 => {
+            (0..geo.stripes().min(geo.members as u64)).all(|s| geo.places(s, 0).iter().any(|p| usable[p.member]))
+        }
     }
 }
 
@@ -212,10 +192,7 @@ pub fn classify(dir: &Path) -> Result<Classified, RaidError> {
     for s in scanned {
         match s.result {
             Ok((m, sb)) => good.push((s.path, m, sb)),
-            Err(e) => rejected.push(Rejected {
-                member: s.path.display().to_string(),
-                reason: e.to_string(),
-            }),
+            Err(e) => rejected.push(Rejected { member: s.path.display().to_string(), reason: e.to_string() }),
         }
     }
     // Majority uuid, then the freshest superblock within it.
@@ -230,18 +207,9 @@ pub fn classify(dir: &Path) -> Result<Classified, RaidError> {
         }
     }
     let Some(&(uuid, _, _)) = uuids.iter().max_by_key(|u| (u.1, u.2)) else {
-        return Err(RaidError::TooManyMissing {
-            level: Level::Raid0,
-            total: 0,
-            tolerated: 0,
-            unusable: rejected,
-        });
+        return Err(RaidError::TooManyMissing { level: Level::Raid0, total: 0, tolerated: 0, unusable: rejected });
     };
-    let Some(reference) = good
-        .iter()
-        .filter(|g| g.2.uuid == uuid)
-        .max_by_key(|g| g.2.events)
-        .map(|g| g.2.clone())
+    let Some(reference) = good.iter().filter(|g| g.2.uuid == uuid).max_by_key(|g| g.2.events).map(|g| g.2.clone())
     else {
         return Err(RaidError::NoMembers(dir.to_path_buf()));
     };
@@ -251,86 +219,52 @@ pub fn classify(dir: &Path) -> Result<Classified, RaidError> {
     for (path, m, sb) in good {
         let name = path.display().to_string();
         let reason = if sb.uuid != uuid {
-            Some(format!(
-                "belongs to group {}, not {}",
-                sb.uuid_string(),
-                reference.uuid_string()
-            ))
+            Some(format!("belongs to group {}, not {}", sb.uuid_string(), reference.uuid_string()))
         } else if !same_shape(&sb, &reference) {
             Some("superblock geometry differs from the group's".to_string())
         } else if m.size() < needed {
             Some(format!("is {} bytes, the group needs {needed}", m.size()))
         } else if reference.states[sb.member_index as usize] == MemberState::Faulty {
-            Some(format!(
-                "stale: the group recorded it as failed (events {} < {})",
-                sb.events, reference.events
-            ))
+            Some(format!("stale: the group recorded it as failed (events {} < {})", sb.events, reference.events))
         } else if sb.events + 1 < reference.events {
-            Some(format!(
-                "stale: events {} but the group is at {}",
-                sb.events, reference.events
-            ))
+            Some(format!("stale: events {} but the group is at {}", sb.events, reference.events))
         } else if slots[sb.member_index as usize].is_some() {
             Some(format!("duplicate of member index {}", sb.member_index))
         } else {
             None
         };
         match reason {
-            Some(reason) => rejected.push(Rejected {
-                member: name,
-                reason,
-            }),
+            Some(reason) => rejected.push(Rejected { member: name, reason }),
             None => {
                 let i = sb.member_index as usize;
                 slots[i] = Some((m, sb));
             }
         }
     }
-    Ok(Classified {
-        reference,
-        slots,
-        rejected,
-    })
+    Ok(Classified { reference, slots, rejected })
 }
 
 /// Assembles the group in `dir` (see [`classify`]), starts degraded if the level allows it,
 /// marks the group dirty and returns the regions to resync.
 pub fn assemble(dir: &Path) -> Result<Assembled, RaidError> {
-    let Classified {
-        reference,
-        slots,
-        rejected,
-    } = classify(dir)?;
+    let Classified { reference, slots, rejected } = classify(dir)?;
     let count = reference.member_count as usize;
-    let geo = Geometry::new(
-        reference.level,
-        count,
-        reference.chunk_bytes as u64,
-        reference.member_data_bytes,
-    )?;
+    let geo = Geometry::new(reference.level, count, reference.chunk_bytes as u64, reference.member_data_bytes)?;
     let mut usable = vec![true; count];
     let mut unusable = Vec::new();
     for (i, slot) in slots.iter().enumerate() {
         let why = match slot {
             None => Some(format!("no usable member with index {i}")),
             Some((_, sb))
-                if reference.states[i] == MemberState::Rebuilding
-                    || sb.states[i] == MemberState::Rebuilding =>
+                if reference.states[i] == MemberState::Rebuilding || sb.states[i] == MemberState::Rebuilding =>
             {
-                Some(format!(
-                    "rebuilding, {} of {} stripes done",
-                    sb.recovery_stripes,
-                    geo.stripes()
-                ))
+                Some(format!("rebuilding, {} of {} stripes done", sb.recovery_stripes, geo.stripes()))
             }
             Some(_) => None,
         };
         if let Some(reason) = why {
             usable[i] = false;
-            unusable.push(Rejected {
-                member: member_path(dir, i).display().to_string(),
-                reason,
-            });
+            unusable.push(Rejected { member: member_path(dir, i).display().to_string(), reason });
         }
     }
     if !survives(&geo, &usable) {
@@ -359,42 +293,22 @@ pub fn assemble(dir: &Path) -> Result<Assembled, RaidError> {
                         }
                     }
                 }
-                let state = if rebuilding {
-                    MemberState::Rebuilding
-                } else {
-                    MemberState::Active
-                };
-                members.push((
-                    Some(m),
-                    state,
-                    if rebuilding { sb.recovery_stripes } else { 0 },
-                ));
+                let state = if rebuilding { MemberState::Rebuilding } else { MemberState::Active };
+                members.push((Some(m), state, if rebuilding { sb.recovery_stripes } else { 0 }));
             }
         }
     }
     let array = Array::from_parts(geo, reference, members, bits);
     array.mark_dirty()?;
     let dirty_regions = array.bitmap().dirty_regions();
-    Ok(Assembled {
-        array,
-        rejected,
-        was_dirty,
-        dirty_regions,
-    })
+    Ok(Assembled { array, rejected, was_dirty, dirty_regions })
 }
 
 /// Resyncs the stripes of `regions` (after a crash) and clears their bits. Reports progress as
 /// (done, total) stripes. Returns (stripes resynced, stripes skipped for lack of members).
-pub fn resync(
-    array: &Array,
-    regions: &[u64],
-    progress: &dyn Fn(u64, u64),
-) -> Result<(u64, u64), RaidError> {
+pub fn resync(array: &Array, regions: &[u64], progress: &dyn Fn(u64, u64)) -> Result<(u64, u64), RaidError> {
     let stripes = array.geometry().stripes();
-    let ranges: Vec<_> = regions
-        .iter()
-        .map(|&r| array.bitmap().region_stripe_range(r, stripes))
-        .collect();
+    let ranges: Vec<_> = regions.iter().map(|&r| array.bitmap().region_stripe_range(r, stripes)).collect();
     let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
     let (mut done, mut skipped) = (0u64, 0u64);
     for range in ranges {

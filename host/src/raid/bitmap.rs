@@ -100,11 +100,7 @@ impl WriteIntent {
     }
 
     /// After the members were synced: clears the snapshot's regions that saw no write since.
-    pub fn clear_idle(
-        &self,
-        snap: IdleSnapshot,
-        persist: &Persist<'_>,
-    ) -> Result<usize, RaidError> {
+    pub fn clear_idle(&self, snap: IdleSnapshot, persist: &Persist<'_>) -> Result<usize, RaidError> {
         let mut g = self.lock();
         let mut pages = std::collections::BTreeSet::new();
         let mut cleared = 0;
@@ -116,10 +112,7 @@ impl WriteIntent {
             }
         }
         for page in pages {
-            persist(
-                (page * PAGE_BYTES) as u64,
-                &g.on_disk[page * PAGE_BYTES..(page + 1) * PAGE_BYTES],
-            )?;
+            persist((page * PAGE_BYTES) as u64, &g.on_disk[page * PAGE_BYTES..(page + 1) * PAGE_BYTES])?;
         }
         Ok(cleared)
     }
@@ -132,8 +125,7 @@ impl WriteIntent {
 }
 
 fn bit(bits: &[u8], r: u64) -> bool {
-    bits.get((r / 8) as usize)
-        .is_some_and(|b| b & (1 << (r % 8)) != 0)
+    bits.get((r / 8) as usize).is_some_and(|b| b & (1 << (r % 8)) != 0)
 }
 
 fn set_bit(bits: &mut [u8], r: u64, on: bool) {
@@ -161,28 +153,16 @@ mod tests {
         };
         wi.begin(15, &persist).unwrap();
         wi.begin(17, &persist).unwrap();
-        assert_eq!(
-            *writes.borrow(),
-            1,
-            "second write into a dirty region needs no bitmap write"
-        );
+        assert_eq!(*writes.borrow(), 1, "second write into a dirty region needs no bitmap write");
         assert_eq!(wi.dirty_regions(), vec![1]);
         let snap = wi.snapshot_idle();
-        assert_eq!(
-            wi.clear_idle(snap, &persist).unwrap(),
-            0,
-            "in-flight region stays dirty"
-        );
+        assert_eq!(wi.clear_idle(snap, &persist).unwrap(), 0, "in-flight region stays dirty");
         wi.end(15);
         wi.end(17);
         let snap = wi.snapshot_idle();
         wi.begin(12, &persist).unwrap();
         wi.end(12);
-        assert_eq!(
-            wi.clear_idle(snap, &persist).unwrap(),
-            0,
-            "region written after the snapshot stays dirty"
-        );
+        assert_eq!(wi.clear_idle(snap, &persist).unwrap(), 0, "region written after the snapshot stays dirty");
         let snap = wi.snapshot_idle();
         assert_eq!(wi.clear_idle(snap, &persist).unwrap(), 1);
         assert!(wi.dirty_regions().is_empty());

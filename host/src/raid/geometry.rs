@@ -89,11 +89,7 @@ impl std::str::FromStr for Level {
             "raid5" | "5" => Level::Raid5,
             "raid6" | "6" => Level::Raid6,
             "raid10" | "10" => Level::Raid10,
-            other => {
-                return Err(format!(
-                    "unknown RAID level {other:?} (raid0|raid1|raid5|raid6|raid10)"
-                ))
-            }
+            other => return Err(format!("unknown RAID level {other:?} (raid0|raid1|raid5|raid6|raid10)")),
         })
     }
 }
@@ -200,28 +196,16 @@ impl Geometry {
         member_data_bytes: u64,
     ) -> Result<Geometry, GeometryError> {
         if members < level.min_members() {
-            return Err(GeometryError::TooFewMembers {
-                level,
-                min: level.min_members(),
-                got: members,
-            });
+            return Err(GeometryError::TooFewMembers { level, min: level.min_members(), got: members });
         }
         if members > MAX_MEMBERS {
-            return Err(GeometryError::TooManyMembers {
-                max: MAX_MEMBERS,
-                got: members,
-            });
+            return Err(GeometryError::TooManyMembers { max: MAX_MEMBERS, got: members });
         }
         if chunk_bytes == 0 || !chunk_bytes.is_multiple_of(BLOCK_BYTES) {
             return Err(GeometryError::BadChunk(chunk_bytes));
         }
         let rows = member_data_bytes / chunk_bytes;
-        let g = Geometry {
-            level,
-            members,
-            chunk_bytes,
-            rows,
-        };
+        let g = Geometry { level, members, chunk_bytes, rows };
         if rows == 0 || g.stripes() == 0 {
             return Err(GeometryError::TooSmall(member_data_bytes));
         }
@@ -313,26 +297,15 @@ impl Geometry {
         let row_offset = |row: u64| row * self.chunk_bytes;
         match self.level {
             Level::Raid0 | Level::Raid5 | Level::Raid6 => {
-                vec![Place {
-                    member: self.data_member(stripe, dd),
-                    chunk_offset: row_offset(stripe),
-                }]
+                vec![Place { member: self.data_member(stripe, dd), chunk_offset: row_offset(stripe) }]
             }
-            Level::Raid1 => (0..self.members)
-                .map(|m| Place {
-                    member: m,
-                    chunk_offset: row_offset(stripe),
-                })
-                .collect(),
+            Level::Raid1 => (0..self.members).map(|m| Place { member: m, chunk_offset: row_offset(stripe) }).collect(),
             Level::Raid10 => {
                 let m = self.members as u64;
                 (0..2u64)
                     .map(|k| {
                         let pos = stripe * 2 + k;
-                        Place {
-                            member: (pos % m) as usize,
-                            chunk_offset: row_offset(pos / m),
-                        }
+                        Place { member: (pos % m) as usize, chunk_offset: row_offset(pos / m) }
                     })
                     .collect()
             }
@@ -341,9 +314,7 @@ impl Geometry {
 
     /// Data index and member of every block of a parity stripe, data first, then P, then Q.
     pub fn parity_stripe_members(&self, stripe: u64) -> Vec<usize> {
-        let mut v: Vec<usize> = (0..self.data_per_stripe())
-            .map(|dd| self.data_member(stripe, dd))
-            .collect();
+        let mut v: Vec<usize> = (0..self.data_per_stripe()).map(|dd| self.data_member(stripe, dd)).collect();
         if self.parities() >= 1 {
             v.push(self.p_member(stripe));
         }
@@ -365,13 +336,7 @@ impl Geometry {
             let in_chunk = pos % self.chunk_bytes;
             let n = (self.chunk_bytes - in_chunk).min(end - pos);
             let dps = self.data_per_stripe() as u64;
-            let piece = Piece {
-                stripe: chunk / dps,
-                dd: (chunk % dps) as usize,
-                in_chunk,
-                len: n,
-                logical: pos,
-            };
+            let piece = Piece { stripe: chunk / dps, dd: (chunk % dps) as usize, in_chunk, len: n, logical: pos };
             pos += n;
             Some(piece)
         })
@@ -419,11 +384,7 @@ mod tests {
         for s in 0..10 {
             let mut m = g.parity_stripe_members(s);
             m.sort();
-            assert_eq!(
-                m,
-                (0..5).collect::<Vec<_>>(),
-                "stripe {s} uses each member once"
-            );
+            assert_eq!(m, (0..5).collect::<Vec<_>>(), "stripe {s} uses each member once");
         }
     }
 
@@ -446,13 +407,7 @@ mod tests {
 
     #[test]
     fn split_round_trips() {
-        for level in [
-            Level::Raid0,
-            Level::Raid1,
-            Level::Raid5,
-            Level::Raid6,
-            Level::Raid10,
-        ] {
+        for level in [Level::Raid0, Level::Raid1, Level::Raid5, Level::Raid6, Level::Raid10] {
             let g = Geometry::new(level, 5, 8192, 8192 * 16).unwrap();
             let (off, len) = (5000u64, 100_000u64);
             let pieces: Vec<Piece> = g.split(off, len).collect();

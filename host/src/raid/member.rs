@@ -17,43 +17,19 @@ pub struct Member {
 impl Member {
     /// Opens an existing file or block device read-write.
     pub fn open(path: &Path) -> Result<Member, RaidError> {
-        let open_err = |source| RaidError::OpenMember {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(open_err)?;
+        let open_err = |source| RaidError::OpenMember { path: path.to_path_buf(), source };
+        let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(open_err)?;
         // Seeking to the end gives the size of block devices as well as files.
         let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
-        Ok(Member {
-            path: path.to_path_buf(),
-            file,
-            size,
-        })
+        Ok(Member { path: path.to_path_buf(), file, size })
     }
 
     /// Creates (or truncates) a regular file of `size` bytes.
     pub fn create_file(path: &Path, size: u64) -> Result<Member, RaidError> {
-        let err = |source| RaidError::OpenMember {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(err)?;
+        let err = |source| RaidError::OpenMember { path: path.to_path_buf(), source };
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(err)?;
         file.set_len(size).map_err(err)?;
-        Ok(Member {
-            path: path.to_path_buf(),
-            file,
-            size,
-        })
+        Ok(Member { path: path.to_path_buf(), file, size })
     }
 
     /// Path the member was opened from.
@@ -68,24 +44,20 @@ impl Member {
 
     /// Reads exactly `buf.len()` bytes at `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), RaidError> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|source| RaidError::ReadMember {
-                path: self.path.clone(),
-                offset,
-                source,
-            })
+        self.file.read_exact_at(buf, offset).map_err(|source| RaidError::ReadMember {
+            path: self.path.clone(),
+            offset,
+            source,
+        })
     }
 
     /// Writes all of `buf` at `offset`.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), RaidError> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|source| RaidError::WriteMember {
-                path: self.path.clone(),
-                offset,
-                source,
-            })
+        self.file.write_all_at(buf, offset).map_err(|source| RaidError::WriteMember {
+            path: self.path.clone(),
+            offset,
+            source,
+        })
     }
 
     /// Writes `buf` at `offset` and makes that range durable before returning (a FUA write):
@@ -108,11 +80,6 @@ impl Member {
 
     /// fdatasync: everything written so far survives power loss.
     pub fn sync(&self) -> Result<(), RaidError> {
-        self.file
-            .sync_data()
-            .map_err(|source| RaidError::SyncMember {
-                path: self.path.clone(),
-                source,
-            })
+        self.file.sync_data().map_err(|source| RaidError::SyncMember { path: self.path.clone(), source })
     }
 }

@@ -34,10 +34,7 @@ impl std::fmt::Display for Rejected {
 }
 
 fn list(r: &[Rejected]) -> String {
-    r.iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
+    r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("; ")
 }
 
 /// Errors of the RAID engine.

@@ -47,10 +47,7 @@ pub fn rebuild(
         }
     }
     array.finish_rebuild(index)?;
-    Ok(RebuildReport {
-        member: index,
-        stripes: total - start,
-    })
+    Ok(RebuildReport { member: index, stripes: total - start })
 }
 
 /// The member a rebuild of slot `index` writes to. With `replacement`, that file or block device
@@ -63,33 +60,19 @@ pub fn prepare_replacement(
     bytes: u64,
 ) -> Result<Member, RaidError> {
     let slot = member_path(dir, index);
-    let dir_err = |source| RaidError::Dir {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let dir_err = |source| RaidError::Dir { path: dir.to_path_buf(), source };
     if let Some(r) = replacement {
         let m = Member::open(r)?;
         if m.size() < bytes {
             return Err(RaidError::BadMember {
                 index,
-                reason: format!(
-                    "replacement {} is {} bytes, needs {bytes}",
-                    r.display(),
-                    m.size()
-                ),
+                reason: format!("replacement {} is {} bytes, needs {bytes}", r.display(), m.size()),
             });
         }
     }
     if std::fs::symlink_metadata(&slot).is_ok() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        std::fs::rename(
-            &slot,
-            dir.join(format!("replaced-member-{index:02}-{now}.img")),
-        )
-        .map_err(dir_err)?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        std::fs::rename(&slot, dir.join(format!("replaced-member-{index:02}-{now}.img"))).map_err(dir_err)?;
     }
     match replacement {
         Some(r) => {

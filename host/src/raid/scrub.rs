@@ -27,17 +27,10 @@ pub struct ScrubReport {
 }
 
 /// Checks (and with `repair` fixes) every stripe, reporting (done, total) progress.
-pub fn scrub(
-    array: &Array,
-    repair: bool,
-    progress: &dyn Fn(u64, u64),
-) -> Result<ScrubReport, RaidError> {
+pub fn scrub(array: &Array, repair: bool, progress: &dyn Fn(u64, u64)) -> Result<ScrubReport, RaidError> {
     let geo = *array.geometry();
     let total = geo.stripes();
-    let mut r = ScrubReport {
-        stripes: total,
-        ..Default::default()
-    };
+    let mut r = ScrubReport { stripes: total, ..Default::default() };
     if geo.copies() == 1 && geo.parities() == 0 {
         // RAID0 has nothing to check against.
         r.skipped = total;
@@ -52,11 +45,8 @@ pub fn scrub(
         };
         r.checked += 1;
         let want = expected(array, &blocks.bufs);
-        let bad: Vec<usize> = want
-            .iter()
-            .filter(|(pos, w)| blocks.bufs[*pos][..] != w[..])
-            .map(|(pos, _)| *pos)
-            .collect();
+        let bad: Vec<usize> =
+            want.iter().filter(|(pos, w)| blocks.bufs[*pos][..] != w[..]).map(|(pos, _)| *pos).collect();
         if !bad.is_empty() {
             r.mismatches += 1;
             if r.mismatched_stripes.len() < LISTED_MAX {

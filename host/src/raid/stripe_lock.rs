@@ -30,12 +30,7 @@ fn lock_set(m: &Mutex<HashSet<u64>>) -> MutexGuard<'_, HashSet<u64>> {
 impl Default for StripeLocks {
     fn default() -> Self {
         StripeLocks {
-            shards: (0..SHARDS)
-                .map(|_| Shard {
-                    held: Mutex::new(HashSet::new()),
-                    freed: Condvar::new(),
-                })
-                .collect(),
+            shards: (0..SHARDS).map(|_| Shard { held: Mutex::new(HashSet::new()), freed: Condvar::new() }).collect(),
         }
     }
 }
@@ -53,10 +48,7 @@ impl StripeLocks {
             held = shard.freed.wait(held).unwrap_or_else(|p| p.into_inner());
         }
         held.insert(stripe);
-        StripeGuard {
-            locks: self,
-            stripe,
-        }
+        StripeGuard { locks: self, stripe }
     }
 }
 

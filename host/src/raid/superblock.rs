@@ -130,14 +130,7 @@ impl Superblock {
     /// The group uuid as text.
     pub fn uuid_string(&self) -> String {
         let h: String = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
     }
 
     /// Serializes with a fresh checksum.
@@ -280,10 +273,7 @@ mod tests {
             bad[byte] ^= 0x10;
             assert!(Superblock::decode(&bad).is_err(), "flip at {byte} accepted");
         }
-        assert_eq!(
-            Superblock::decode(&enc[..100]),
-            Err(SuperblockError::Truncated(100))
-        );
+        assert_eq!(Superblock::decode(&enc[..100]), Err(SuperblockError::Truncated(100)));
     }
 
     proptest::proptest! {

@@ -25,16 +25,7 @@ fn shapes() -> Vec<(Level, usize)> {
 }
 
 fn new_group(dir: &Path, level: Level, members: usize) {
-    create(
-        dir,
-        &CreateOptions {
-            level,
-            members,
-            member_bytes: MEMBER_BYTES,
-            chunk_bytes: CHUNK,
-        },
-    )
-    .unwrap();
+    create(dir, &CreateOptions { level, members, member_bytes: MEMBER_BYTES, chunk_bytes: CHUNK }).unwrap();
 }
 
 /// Random writes (aligned and unaligned, small and multi-stripe) applied to the group and a model.
@@ -69,10 +60,7 @@ fn assert_reads(array: &super::Array, model: &[u8], what: &str) {
         let off = rng.gen_range(0..=model.len() - len);
         let mut b = vec![0u8; len];
         array.read(off as u64, &mut b).unwrap();
-        assert!(
-            b == model[off..off + len],
-            "{what}: read {off}+{len} differs"
-        );
+        assert!(b == model[off..off + len], "{what}: read {off}+{len} differs");
     }
 }
 
@@ -127,26 +115,17 @@ fn random_writes_read_back_healthy_and_degraded_then_rebuild_and_scrub() {
             let what = format!("{level}/{n} without {lost:?}");
             let dir = tmp.path().join(format!("case-{lost:?}"));
             copy_dir(&base, &dir);
-            let originals: Vec<Vec<u8>> = lost
-                .iter()
-                .map(|&i| data_area(&member_path(&dir, i)))
-                .collect();
+            let originals: Vec<Vec<u8>> = lost.iter().map(|&i| data_area(&member_path(&dir, i))).collect();
             for &i in &lost {
                 std::fs::remove_file(member_path(&dir, i)).unwrap();
             }
             let a = match assemble(&dir) {
                 Ok(a) => a,
                 Err(RaidError::TooManyMissing { unusable, .. }) => {
-                    assert!(
-                        lost.len() > tolerance || level == Level::Raid10,
-                        "{what}: refused"
-                    );
+                    assert!(lost.len() > tolerance || level == Level::Raid10, "{what}: refused");
                     for &i in &lost {
                         let name = member_path(&dir, i).display().to_string();
-                        assert!(
-                            unusable.iter().any(|u| u.member == name),
-                            "{what}: refusal names member {i}"
-                        );
+                        assert!(unusable.iter().any(|u| u.member == name), "{what}: refusal names member {i}");
                     }
                     continue;
                 }
@@ -159,24 +138,16 @@ fn random_writes_read_back_healthy_and_degraded_then_rebuild_and_scrub() {
             assert_reads(&a.array, &model, &what);
             // Rebuild each lost member onto a fresh file: byte-identical to what it held.
             for (k, &i) in lost.iter().enumerate() {
-                let m = Member::create_file(&member_path(&dir, i), a.array.member_bytes_needed())
-                    .unwrap();
+                let m = Member::create_file(&member_path(&dir, i), a.array.member_bytes_needed()).unwrap();
                 rebuild(&a.array, i, Some(m), &|_, _| {}).unwrap();
                 a.array.sync_members().unwrap();
-                assert!(
-                    data_area(&member_path(&dir, i)) == originals[k],
-                    "{what}: member {i} rebuilt differs"
-                );
+                assert!(data_area(&member_path(&dir, i)) == originals[k], "{what}: member {i} rebuilt differs");
             }
             assert!(a.array.degraded_members().is_empty());
             let mut m2 = model.clone();
             random_writes(&a.array, &mut m2, &mut rng, 20);
             assert_reads(&a.array, &m2, &format!("{what} after rebuild"));
-            assert_eq!(
-                scrub(&a.array, false, &|_, _| {}).unwrap().mismatches,
-                0,
-                "{what}: scrub after rebuild"
-            );
+            assert_eq!(scrub(&a.array, false, &|_, _| {}).unwrap().mismatches, 0, "{what}: scrub after rebuild");
             a.array.close().unwrap();
         }
         if level != Level::Raid0 {
@@ -203,21 +174,13 @@ fn degraded_writes_read_back_and_survive_rebuild() {
         assert_reads(&a.array, &model, &format!("{level} degraded writes"));
         let m = Member::create_file(&member_path(&dir, 1), a.array.member_bytes_needed()).unwrap();
         rebuild(&a.array, 1, Some(m), &|_, _| {}).unwrap();
-        assert_eq!(
-            scrub(&a.array, false, &|_, _| {}).unwrap().mismatches,
-            0,
-            "{level}"
-        );
+        assert_eq!(scrub(&a.array, false, &|_, _| {}).unwrap().mismatches, 0, "{level}");
         a.array.close().unwrap();
         drop(a);
         // The rebuilt member alone must now carry its share: lose a different one.
         std::fs::remove_file(member_path(&dir, 0)).unwrap();
         let a = assemble(&dir).unwrap();
-        assert_reads(
-            &a.array,
-            &model,
-            &format!("{level} after rebuild, member 0 lost"),
-        );
+        assert_reads(&a.array, &model, &format!("{level} after rebuild, member 0 lost"));
     }
 }
 
@@ -261,17 +224,10 @@ fn scrub_finds_and_repairs_every_injected_mismatch() {
         found.sort();
         let mut want = injected.clone();
         want.sort();
-        assert_eq!(
-            found, want,
-            "{level}: scrub finds exactly the injected stripes"
-        );
+        assert_eq!(found, want, "{level}: scrub finds exactly the injected stripes");
         let r = scrub(&a.array, true, &|_, _| {}).unwrap();
         assert_eq!(r.repaired, 5);
-        assert_eq!(
-            scrub(&a.array, false, &|_, _| {}).unwrap().mismatches,
-            0,
-            "{level}: clean after repair"
-        );
+        assert_eq!(scrub(&a.array, false, &|_, _| {}).unwrap().mismatches, 0, "{level}: clean after repair");
     }
 }
 
@@ -279,52 +235,20 @@ fn scrub_finds_and_repairs_every_injected_mismatch() {
 fn full_stripe_writes_read_nothing_and_small_writes_pick_fewer_reads() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    create(
-        &dir,
-        &CreateOptions {
-            level: Level::Raid6,
-            members: 8,
-            member_bytes: MEMBER_BYTES,
-            chunk_bytes: CHUNK,
-        },
-    )
-    .unwrap();
+    create(&dir, &CreateOptions { level: Level::Raid6, members: 8, member_bytes: MEMBER_BYTES, chunk_bytes: CHUNK })
+        .unwrap();
     let a = assemble(&dir).unwrap().array;
     let sb = a.geometry().stripe_bytes() as usize;
-    let reads0 = a
-        .stats
-        .member_reads
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let reads0 = a.stats.member_reads.load(std::sync::atomic::Ordering::Relaxed);
     a.write(0, &vec![7u8; sb * 2], false).unwrap();
-    assert_eq!(
-        a.stats
-            .member_reads
-            .load(std::sync::atomic::Ordering::Relaxed),
-        reads0,
-        "full stripes read nothing"
-    );
-    assert_eq!(
-        a.stats
-            .full_stripe_writes
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    assert_eq!(a.stats.member_reads.load(std::sync::atomic::Ordering::Relaxed), reads0, "full stripes read nothing");
+    assert_eq!(a.stats.full_stripe_writes.load(std::sync::atomic::Ordering::Relaxed), 2);
     // One 4 KiB block of 6 data chunks: RMW reads 1 data + 2 parity = 3 < RCW's 5.
     a.write(4096, &[1u8; 4096], false).unwrap();
-    assert_eq!(
-        a.stats
-            .rmw_writes
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(a.stats.rmw_writes.load(std::sync::atomic::Ordering::Relaxed), 1);
     // Five of six chunks: RCW reads 1 < RMW's 7.
     a.write(0, &vec![2u8; CHUNK as usize * 5], false).unwrap();
-    assert_eq!(
-        a.stats
-            .rcw_writes
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(a.stats.rcw_writes.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(scrub(&a, false, &|_, _| {}).unwrap().mismatches, 0);
 }
 
@@ -333,12 +257,8 @@ fn crash_leaves_dirty_bits_and_resync_fixes_only_those_regions() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
     // Big enough for several bitmap regions.
-    let opts = CreateOptions {
-        level: Level::Raid5,
-        members: 4,
-        member_bytes: (1 << 20) + 512 * CHUNK,
-        chunk_bytes: CHUNK,
-    };
+    let opts =
+        CreateOptions { level: Level::Raid5, members: 4, member_bytes: (1 << 20) + 512 * CHUNK, chunk_bytes: CHUNK };
     create(&dir, &opts).unwrap();
     let a = assemble(&dir).unwrap().array;
     let stripe = a.geometry().stripe_bytes();
@@ -347,20 +267,12 @@ fn crash_leaves_dirty_bits_and_resync_fixes_only_those_regions() {
     let p = a.geometry().p_member(3);
     drop(a); // no close: the group stays dirty
     let m = Member::open(&member_path(&dir, p)).unwrap();
-    m.write_at(super::assemble::DATA_OFFSET_BYTES + 3 * CHUNK, &[0xee; 64])
-        .unwrap();
+    m.write_at(super::assemble::DATA_OFFSET_BYTES + 3 * CHUNK, &[0xee; 64]).unwrap();
     let asm = assemble(&dir).unwrap();
     assert!(asm.was_dirty);
-    assert_eq!(
-        asm.dirty_regions.len(),
-        1,
-        "only the written region is dirty"
-    );
+    assert_eq!(asm.dirty_regions.len(), 1, "only the written region is dirty");
     let (done, skipped) = resync(&asm.array, &asm.dirty_regions, &|_, _| {}).unwrap();
-    assert!(
-        done >= 1 && done < asm.array.geometry().stripes(),
-        "resync limited to the region: {done}"
-    );
+    assert!(done >= 1 && done < asm.array.geometry().stripes(), "resync limited to the region: {done}");
     assert_eq!(skipped, 0);
     assert_eq!(scrub(&asm.array, false, &|_, _| {}).unwrap().mismatches, 0);
     assert!(asm.array.bitmap().dirty_regions().is_empty());
@@ -377,13 +289,7 @@ fn assembly_rejects_foreign_stale_short_and_corrupt_members_by_name() {
     std::fs::copy(member_path(&other, 2), member_path(&dir, 2)).unwrap();
     let a = assemble(&dir).unwrap();
     let name = member_path(&dir, 2).display().to_string();
-    assert!(
-        a.rejected
-            .iter()
-            .any(|r| r.member == name && r.reason.contains("belongs to group")),
-        "{:?}",
-        a.rejected
-    );
+    assert!(a.rejected.iter().any(|r| r.member == name && r.reason.contains("belongs to group")), "{:?}", a.rejected);
     assert_eq!(a.array.degraded_members(), vec![2]);
     a.array.close().unwrap();
     drop(a);
@@ -397,10 +303,7 @@ fn assembly_rejects_foreign_stale_short_and_corrupt_members_by_name() {
     match assemble(&dir) {
         Err(e @ RaidError::TooManyMissing { .. }) => {
             let msg = e.to_string();
-            assert!(
-                msg.contains("member-00.img") && msg.contains("checksum"),
-                "{msg}"
-            );
+            assert!(msg.contains("member-00.img") && msg.contains("checksum"), "{msg}");
             assert!(msg.contains("member-02.img"), "{msg}");
         }
         Err(e) => panic!("unexpected {e}"),
@@ -416,13 +319,7 @@ fn assembly_rejects_foreign_stale_short_and_corrupt_members_by_name() {
         .set_len(MEMBER_BYTES / 2)
         .unwrap();
     let a = assemble(tmp2.path()).unwrap();
-    assert!(
-        a.rejected
-            .iter()
-            .any(|r| r.reason.contains("bytes, the group needs")),
-        "{:?}",
-        a.rejected
-    );
+    assert!(a.rejected.iter().any(|r| r.reason.contains("bytes, the group needs")), "{:?}", a.rejected);
 }
 
 #[test]
@@ -431,14 +328,8 @@ fn out_of_range_io_is_an_error_and_writes_nothing() {
     new_group(tmp.path(), Level::Raid5, 3);
     let a = assemble(tmp.path()).unwrap().array;
     let cap = a.capacity();
-    assert!(matches!(
-        a.write(cap - 10, &[1u8; 20], false),
-        Err(RaidError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        a.read(u64::MAX - 5, &mut [0u8; 10]),
-        Err(RaidError::OutOfRange { .. })
-    ));
+    assert!(matches!(a.write(cap - 10, &[1u8; 20], false), Err(RaidError::OutOfRange { .. })));
+    assert!(matches!(a.read(u64::MAX - 5, &mut [0u8; 10]), Err(RaidError::OutOfRange { .. })));
     let mut b = vec![1u8; 10];
     a.read(cap - 10, &mut b).unwrap();
     assert_eq!(b, vec![0u8; 10], "rejected write left no trace");

@@ -44,8 +44,7 @@ pub unsafe fn xor_gen(data: &[&[u8]], p: &mut [u8]) -> usize {
         while k + 1 < data.len() {
             let (s, t) = (data[k].as_ptr().add(i), data[k + 1].as_ptr().add(i));
             for (j, v) in a.iter_mut().enumerate() {
-                *v =
-                    _mm512_ternarylogic_epi32::<XOR3>(*v, ld(s.add(j * LANE)), ld(t.add(j * LANE)));
+                *v = _mm512_ternarylogic_epi32::<XOR3>(*v, ld(s.add(j * LANE)), ld(t.add(j * LANE)));
             }
             k += 2;
         }

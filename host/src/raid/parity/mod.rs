@@ -41,9 +41,7 @@ impl Kernel {
             if std::arch::is_x86_feature_detected!("avx2") {
                 v.push(Kernel::Avx2);
             }
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-            {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
                 v.push(Kernel::Avx512);
             }
         }
@@ -61,10 +59,7 @@ impl Kernel {
 
     /// `p = data[0] ^ data[1] ^ ...`. Every data slice must be as long as `p`.
     pub fn xor_gen(self, data: &[&[u8]], p: &mut [u8]) {
-        assert!(
-            data.iter().all(|d| d.len() == p.len()),
-            "parity: unequal lengths"
-        );
+        assert!(data.iter().all(|d| d.len() == p.len()), "parity: unequal lengths");
         if data.is_empty() {
             p.fill(0);
             return;
@@ -85,10 +80,7 @@ impl Kernel {
 
     /// P and Q of `data` (data index i has coefficient g^i in Q).
     pub fn pq_gen(self, data: &[&[u8]], p: &mut [u8], q: &mut [u8]) {
-        assert!(
-            data.iter().all(|d| d.len() == p.len()) && q.len() == p.len(),
-            "parity: unequal lengths"
-        );
+        assert!(data.iter().all(|d| d.len() == p.len()) && q.len() == p.len(), "parity: unequal lengths");
         let done = match self {
             Kernel::Portable => 0,
             // SAFETY: as in `xor_gen`: features detected, lengths checked.
@@ -251,9 +243,7 @@ mod tests {
     #[test]
     fn every_kernel_matches_portable_on_odd_lengths() {
         let mut rng = SmallRng::seed_from_u64(7);
-        for len in [
-            0usize, 1, 7, 31, 33, 63, 64, 65, 255, 257, 1000, 4096, 4097, 12345,
-        ] {
+        for len in [0usize, 1, 7, 31, 33, 63, 64, 65, 255, 257, 1000, 4096, 4097, 12345] {
             for n in [1usize, 2, 3, 5, 16] {
                 let data = random_bufs(&mut rng, n, len);
                 let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();

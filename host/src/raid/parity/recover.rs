@@ -42,10 +42,7 @@ pub fn reconstruct(
     let q_missing = parities == 2 && missing.contains(&(n + 1));
     let count = md.len() + p_missing as usize + q_missing as usize;
     if count > parities {
-        return Err(TooManyMissing {
-            missing: count,
-            parities,
-        });
+        return Err(TooManyMissing { missing: count, parities });
     }
     for &x in &md {
         blocks[x].fill(0);
@@ -101,12 +98,7 @@ pub fn reconstruct(
             kernel.xor_gen(&refs, &mut dy);
             data[y].copy_from_slice(&dy);
         }
-        _ => {
-            return Err(TooManyMissing {
-                missing: count,
-                parities,
-            })
-        }
+        _ => return Err(TooManyMissing { missing: count, parities }),
     }
     Ok(())
 }
@@ -163,10 +155,7 @@ mod tests {
                         }
                         reconstruct(k, &mut blocks, parities, &set).unwrap();
                         for i in 0..total {
-                            assert!(
-                                blocks[i][..] == orig[i][..],
-                                "{k:?} n={n} lost {set:?} block {i}"
-                            );
+                            assert!(blocks[i][..] == orig[i][..], "{k:?} n={n} lost {set:?} block {i}");
                         }
                     }
                 }
