@@ -38,7 +38,11 @@ fn fixture() -> Fixture {
 fn closed(s: &mut std::net::TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut b = [0u8; 64];
-    matches!(s.read(&mut b), Ok(0) | Err(_))
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
 }
 
 fn still_served(addr: &str) {
@@ -144,6 +148,10 @@ fn negotiation_errors() {
     assert!(closed(&mut s));
     // A client that never negotiates is timed out.
     let mut idle = std::net::TcpStream::connect(&f.addr).unwrap();
+    let mut greeting = [0u8; 18];
+    idle.read_exact(&mut greeting).unwrap();
+    let t = std::time::Instant::now();
     assert!(closed(&mut idle));
+    assert!(t.elapsed() < Duration::from_secs(4), "closed by the negotiation timeout");
     still_served(&f.addr);
 }

@@ -366,6 +366,15 @@ fn serve_connection(
     cfg: &ServerConfig,
     stats: &Arc<ServerStats>,
 ) -> std::io::Result<()> {
+    // The server keeps a clone of the socket for shutdown, so dropping ours would not close the
+    // connection: close it explicitly however this function ends.
+    struct CloseOnDrop(TcpStream);
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.shutdown(Shutdown::Both);
+        }
+    }
+    let _closer = CloseOnDrop(stream.try_clone()?);
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(cfg.negotiation_timeout))?;
     if !negotiate(&mut stream, &*backend, cfg)? {
@@ -373,8 +382,6 @@ fn serve_connection(
     }
     stream.set_read_timeout(None)?;
     let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
-    // The server keeps a clone of the socket for shutdown, so dropping ours does not close it.
-    let closer = stream.try_clone()?;
     let (tx, rx) = bounded::<Job>(cfg.queue_depth);
     let workers: Vec<_> = (0..cfg.workers_per_connection.max(1))
         .map(|_| {
@@ -389,7 +396,6 @@ fn serve_connection(
     for w in workers {
         let _ = w.join();
     }
-    let _ = closer.shutdown(Shutdown::Both);
     result
 }
 
