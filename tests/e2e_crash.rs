@@ -23,8 +23,11 @@ fn pattern(block: u64, version: u32) -> Vec<u8> {
 fn kill_9_during_writes_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    // 64 MiB members, 16 KiB chunks: many bitmap regions, writes confined to a few.
-    let c = start(&dir, &["--level", "raid5", "--members", "4", "--member-size", "64M", "--chunk", "16K"]);
+    // 64 MiB members, 16 KiB chunks, 4 MiB bitmap regions: many regions, writes confined to a few.
+    let c = start(
+        &dir,
+        &["--level", "raid5", "--members", "4", "--member-size", "64M", "--chunk", "16K", "--bitmap-region", "4M"],
+    );
     let writers = 4u64;
     const BLOCKS_PER_WRITER: u64 = 96;
     // Writer w owns blocks spread over a 4 MiB window so only a few regions get dirty.

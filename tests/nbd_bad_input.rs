@@ -25,8 +25,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    create(&dir, &CreateOptions { level: Level::Raid5, members: 3, member_bytes: 8 << 20, chunk_bytes: 64 << 10 })
-        .unwrap();
+    create(&dir, &CreateOptions::new(Level::Raid5, 3, 8 << 20)).unwrap();
     let array = Arc::new(assemble(&dir).unwrap().array);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let cfg = ServerConfig { negotiation_timeout: Duration::from_millis(500), ..ServerConfig::default() };

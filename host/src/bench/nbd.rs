@@ -106,7 +106,7 @@ pub fn run(count: u64) -> Result<String, BenchError> {
     let dir = tmp.join("group");
     create(
         &dir,
-        &CreateOptions { level: Level::Raid5, members: MEMBERS, member_bytes: MEMBER_BYTES, chunk_bytes: CHUNK_BYTES },
+        &CreateOptions { chunk_bytes: CHUNK_BYTES, ..CreateOptions::new(Level::Raid5, MEMBERS, MEMBER_BYTES) },
     )?;
     let raw = tmp.join("peer.raw");
     let capacity = crate::raid::assemble::classify(&dir).map(|c| {

@@ -40,6 +40,10 @@ enum Command {
         /// Chunk size of a new group.
         #[arg(long, value_parser = size::parse, default_value = "64K")]
         chunk: u64,
+        /// Logical bytes per write-intent bit of a new group (more: fewer bitmap writes, longer
+        /// resync after a crash).
+        #[arg(long, value_parser = size::parse, default_value = "64M")]
+        bitmap_region: u64,
         /// NBD port of controller 0 (controller I uses PORT+I).
         #[arg(long, default_value_t = 10809)]
         nbd_port: u16,
@@ -143,11 +147,26 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Cluster { dir, controllers, level, members, member_size, chunk, nbd_port, admin_port, host } => {
+        Command::Cluster {
+            dir,
+            controllers,
+            level,
+            members,
+            member_size,
+            chunk,
+            bitmap_region,
+            nbd_port,
+            admin_port,
+            host,
+        } => {
             let create = match (level, members, member_size) {
-                (Some(level), Some(members), Some(member_bytes)) => {
-                    Some(CreateOptions { level, members, member_bytes, chunk_bytes: chunk })
-                }
+                (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
+                    level,
+                    members,
+                    member_bytes,
+                    chunk_bytes: chunk,
+                    region_bytes: bitmap_region,
+                }),
                 _ => None,
             };
             supervisor::run(supervisor::ClusterOptions { dir, controllers, create, nbd_port, admin_port, host })?;

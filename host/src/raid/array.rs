@@ -237,7 +237,7 @@ impl Array {
             let mut own = sb.clone();
             own.member_index = i as u32;
             own.recovery_stripes = slot.recovered.load(Relaxed);
-            if member.write_at(0, &own.encode()).and_then(|_| member.sync()).is_ok() {
+            if member.write_durable(0, &own.encode()).is_ok() {
                 written += 1;
             }
         }
@@ -258,17 +258,19 @@ impl Array {
     fn persist_bitmap(&self) -> impl Fn(u64, &[u8]) -> Result<(), RaidError> + '_ {
         move |off: u64, page: &[u8]| {
             let base = self.sb_lock().bitmap_offset_bytes;
-            let mut ok = 0;
-            for i in 0..self.slots.len() {
-                let v = self.view(i);
-                let (true, Some(member)) = (v.writable, v.member) else {
-                    continue;
-                };
-                // The bit must be durable before the data it covers is written.
-                if member.write_at(base + off, page).and_then(|_| member.sync()).is_ok() {
-                    ok += 1;
-                }
-            }
+            let members: Vec<Arc<Member>> = (0..self.slots.len())
+                .filter_map(|i| {
+                    let v = self.view(i);
+                    v.member.filter(|_| v.writable)
+                })
+                .collect();
+            // The bit must be durable before the data it covers is written; the members' durable
+            // writes run in parallel so the wait is one write, not one per member.
+            let ok = std::thread::scope(|scope| {
+                let handles: Vec<_> =
+                    members.iter().map(|m| scope.spawn(move || m.write_durable(base + off, page).is_ok())).collect();
+                handles.into_iter().map(|h| matches!(h.join(), Ok(true))).filter(|ok| *ok).count()
+            });
             if ok == 0 {
                 return Err(RaidError::Unrecoverable { stripe: 0 });
             }

@@ -16,9 +16,10 @@ pub const DATA_OFFSET_BYTES: u64 = 1 << 20;
 pub const BITMAP_OFFSET_BYTES: u64 = SUPERBLOCK_BYTES as u64;
 /// Largest bitmap.
 pub const BITMAP_BYTES_MAX: u64 = 256 * 1024;
-/// Logical bytes covered by one bitmap bit when the bitmap is large enough (md uses 64 MiB; a
-/// smaller region resyncs less after a crash for a few more bitmap writes).
-pub const REGION_TARGET_BYTES: u64 = 4 << 20;
+/// Default logical bytes covered by one write-intent bit (md's default bitmap chunk). Every first
+/// write into a clean region waits for a durable bitmap write on every member, so small regions
+/// cost sequential writers dearly; large ones resync more after a crash.
+pub const DEFAULT_REGION_BYTES: u64 = 64 << 20;
 /// Default chunk size.
 pub const DEFAULT_CHUNK_BYTES: u64 = 64 * 1024;
 
@@ -33,6 +34,22 @@ pub struct CreateOptions {
     pub member_bytes: u64,
     /// Chunk size in bytes.
     pub chunk_bytes: u64,
+    /// Logical bytes per write-intent bit (rounded to whole stripes; grown if the bitmap would
+    /// exceed its area).
+    pub region_bytes: u64,
+}
+
+impl CreateOptions {
+    /// A shape with the default chunk and bitmap region sizes.
+    pub fn new(level: Level, members: usize, member_bytes: u64) -> CreateOptions {
+        CreateOptions {
+            level,
+            members,
+            member_bytes,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            region_bytes: DEFAULT_REGION_BYTES,
+        }
+    }
 }
 
 /// Path of member `i` in a group directory.
@@ -56,7 +73,7 @@ pub fn create(dir: &Path, opts: &CreateOptions) -> Result<(), RaidError> {
     let usable = opts.member_bytes.saturating_sub(DATA_OFFSET_BYTES);
     let member_data_bytes = usable / opts.chunk_bytes.max(1) * opts.chunk_bytes;
     let geo = Geometry::new(opts.level, opts.members, opts.chunk_bytes, member_data_bytes)?;
-    let mut region_stripes = (REGION_TARGET_BYTES / geo.stripe_bytes()).max(1);
+    let mut region_stripes = (opts.region_bytes / geo.stripe_bytes()).max(1);
     while WriteIntent::regions_for(geo.stripes(), region_stripes).div_ceil(8) > BITMAP_BYTES_MAX {
         region_stripes *= 2;
     }

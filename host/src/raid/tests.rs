@@ -25,7 +25,7 @@ fn shapes() -> Vec<(Level, usize)> {
 }
 
 fn new_group(dir: &Path, level: Level, members: usize) {
-    create(dir, &CreateOptions { level, members, member_bytes: MEMBER_BYTES, chunk_bytes: CHUNK }).unwrap();
+    create(dir, &CreateOptions { chunk_bytes: CHUNK, ..CreateOptions::new(level, members, MEMBER_BYTES) }).unwrap();
 }
 
 /// Random writes (aligned and unaligned, small and multi-stripe) applied to the group and a model.
@@ -235,8 +235,7 @@ fn scrub_finds_and_repairs_every_injected_mismatch() {
 fn full_stripe_writes_read_nothing_and_small_writes_pick_fewer_reads() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    create(&dir, &CreateOptions { level: Level::Raid6, members: 8, member_bytes: MEMBER_BYTES, chunk_bytes: CHUNK })
-        .unwrap();
+    create(&dir, &CreateOptions { chunk_bytes: CHUNK, ..CreateOptions::new(Level::Raid6, 8, MEMBER_BYTES) }).unwrap();
     let a = assemble(&dir).unwrap().array;
     let sb = a.geometry().stripe_bytes() as usize;
     let reads0 = a.stats.member_reads.load(std::sync::atomic::Ordering::Relaxed);
@@ -257,8 +256,11 @@ fn crash_leaves_dirty_bits_and_resync_fixes_only_those_regions() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
     // Big enough for several bitmap regions.
-    let opts =
-        CreateOptions { level: Level::Raid5, members: 4, member_bytes: (1 << 20) + 512 * CHUNK, chunk_bytes: CHUNK };
+    let opts = CreateOptions {
+        chunk_bytes: CHUNK,
+        region_bytes: 1 << 20,
+        ..CreateOptions::new(Level::Raid5, 4, (1 << 20) + 512 * CHUNK)
+    };
     create(&dir, &opts).unwrap();
     let a = assemble(&dir).unwrap().array;
     let stripe = a.geometry().stripe_bytes();
