@@ -122,6 +122,15 @@ fn offline_scrub_repairs_and_rebuild_is_byte_identical() {
     assert!(rebuilt[1 << 20..] == original[1 << 20..], "rebuilt data area is byte-identical");
     let v = inspect(&dir);
     assert_eq!(v["members"][0]["state"], "active");
+    // A member index the group does not have is refused before anything is created.
+    let out = Command::new(amf_bin()).args(["rebuild", d, "--member", "9"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no member 9"), "{out:?}");
+    assert!(!member(&dir, 9).exists());
+    // Nothing to rebuild in a healthy group.
+    let out = Command::new(amf_bin()).args(["rebuild", d]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to rebuild"), "{out:?}");
     let c = start(&dir, &[]);
     qemu_io(&c.nbd_uri, &["read -P 0x61 0 3M", "read -P 0x62 4194304 100k"]);
 }

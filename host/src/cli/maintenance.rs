@@ -171,6 +171,9 @@ pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, 
                 Some(i) => i,
                 None => *a.degraded_members().first().ok_or("every member is in sync; nothing to rebuild")?,
             };
+            if index >= a.member_count() {
+                return Err(format!("the group has {} members; there is no member {index}", a.member_count()).into());
+            }
             let resuming = a.member_status().get(index).is_some_and(|m| m.state == MemberState::Rebuilding);
             let m = if resuming && replacement.is_none() {
                 None

@@ -30,10 +30,12 @@ pub struct ClusterOptions {
 struct Running {
     index: usize,
     child: Child,
+    /// Reaped already: its pid may belong to someone else now.
+    exited: bool,
 }
 
 fn terminate(procs: &mut [Running]) {
-    for p in procs.iter() {
+    for p in procs.iter().filter(|p| !p.exited) {
         // SAFETY: kill(2) on a pid we spawned; no memory is involved.
         unsafe {
             libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM);
@@ -105,7 +107,7 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
                         println!("{l}");
                     }
                 });
-                procs.push(Running { index, child });
+                procs.push(Running { index, child, exited: false });
             }
             None => {
                 let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
@@ -119,13 +121,14 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
         std::thread::sleep(Duration::from_millis(100));
         for p in procs.iter_mut() {
             if let Ok(Some(status)) = p.child.try_wait() {
+                p.exited = true;
                 died = Some(ClusterError::ControllerDied { index: p.index, status: status.to_string() });
             }
         }
     }
     terminate(&mut procs);
     let mut clean = true;
-    for p in procs.iter_mut() {
+    for p in procs.iter_mut().filter(|p| !p.exited) {
         match p.child.wait() {
             Ok(s) if s.success() => {}
             Ok(s) => {
