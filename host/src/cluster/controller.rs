@@ -58,8 +58,7 @@ pub fn ready_line(index: usize, pid: u32, nbd: SocketAddr, admin: SocketAddr) ->
 pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     let signals = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, signals.clone())
-            .map_err(|source| ClusterError::File { path: "signal handler".into(), source })?;
+        signal_hook::flag::register(sig, signals.clone()).map_err(ClusterError::Signals)?;
     }
     let _lock = DirLock::acquire(&opts.dir)?;
     // Bind before touching the group so a busy port leaves it as it was.

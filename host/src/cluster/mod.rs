@@ -40,6 +40,9 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
     /// A controller process could not be started.
     #[error("cannot start controller {index}: {source}")]
     Spawn {

@@ -54,8 +54,7 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|source| ClusterError::File { path: "signal handler".into(), source })?;
+        signal_hook::flag::register(sig, stop.clone()).map_err(ClusterError::Signals)?;
     }
     if !has_members(&opts.dir) {
         let shape = opts.create.clone().ok_or_else(|| ClusterError::MissingShape(opts.dir.clone()))?;

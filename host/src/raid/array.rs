@@ -7,7 +7,7 @@ use super::geometry::{Geometry, Level, Piece, BLOCK_BYTES};
 use super::member::Member;
 use super::parity::recover::reconstruct;
 use super::parity::{gf256, AlignedBuf, Kernel};
-use super::superblock::{MemberState, Superblock, SUPERBLOCK_BYTES};
+use super::superblock::{MemberState, Superblock};
 use super::{stripe_lock::StripeLocks, RaidError};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -50,6 +50,8 @@ struct View {
 /// An assembled group.
 pub struct Array {
     geo: Geometry,
+    /// Where data starts on every member (fixed at creation; kept out of the superblock lock).
+    data_offset: u64,
     sb: Mutex<Superblock>,
     slots: Vec<Slot>,
     locks: StripeLocks,
@@ -91,6 +93,7 @@ impl Array {
             .collect();
         Array {
             geo,
+            data_offset: sb.data_offset_bytes,
             sb: Mutex::new(sb),
             slots,
             locks: StripeLocks::default(),
@@ -135,7 +138,7 @@ impl Array {
     }
 
     fn data_offset(&self) -> u64 {
-        self.sb_lock().data_offset_bytes
+        self.data_offset
     }
 
     fn view(&self, m: usize) -> View {
@@ -293,20 +296,17 @@ impl Array {
 
     fn read_piece(&self, base: u64, p: &Piece, dst: &mut [u8]) -> Result<(), RaidError> {
         let places = self.geo.places(p.stripe, p.dd);
-        // Spread mirror reads over the copies.
+        // Spread mirror reads over the copies; any copy but the preferred one is a degraded read.
         let start = (p.stripe as usize) % places.len();
         for k in 0..places.len() {
             let place = places[(start + k) % places.len()];
             if self.readable(place.member, p.stripe)
                 && self.member_read(place.member, base + place.chunk_offset + p.in_chunk, dst).is_ok()
             {
-                if k > 0 && !self.geo.is_mirror() {
+                if k > 0 {
                     self.stats.degraded_reads.fetch_add(1, Relaxed);
                 }
                 return Ok(());
-            }
-            if self.geo.is_mirror() {
-                self.stats.degraded_reads.fetch_add(1, Relaxed);
             }
         }
         if self.geo.parities() == 0 {
@@ -744,7 +744,7 @@ impl Array {
     /// Size a replacement member needs.
     pub fn member_bytes_needed(&self) -> u64 {
         let sb = self.sb_lock();
-        (sb.data_offset_bytes + sb.member_data_bytes).max(SUPERBLOCK_BYTES as u64)
+        sb.data_offset_bytes + sb.member_data_bytes
     }
 }
 
