@@ -2,6 +2,8 @@
 //! `hdl-model/spec`, and the reference model the RTL is checked against.
 #![deny(missing_docs)]
 
+pub mod model;
+
 /// Generated from hdl-model/spec by amf-regen.
 pub mod gen {
     /// The register map.

@@ -1,0 +1,6 @@
+//! The card's RTL, compiled by Verilator, as Rust objects. Each simulated module has a small
+//! extern "C" shim (verilator/csrc) and a safe wrapper here; unsafe stays in `ffi` blocks with
+//! SAFETY comments.
+#![deny(missing_docs)]
+
+pub mod sharer_table;
