@@ -4,8 +4,9 @@
 // then treats the resource as "unknown: ask everyone", so correctness never depends on the table
 // holding an entry.
 //
-// Timing: request accepted in IDLE (RAM read issued), ways compared and written in READ, the
-// response held for one cycle in RESP. A soft clear (and reset) walks every set.
+// Timing: request accepted in IDLE (RAM read issued), ways compared in READ, the entry written
+// in WRITE (compare and write in one cycle would limit an iCE40 to ~55 MHz), the response held
+// for one cycle in RESP. A soft clear (and reset) walks every set.
 
 module amf_sharer_table #(
   parameter int unsigned SetsLog2 = 6,
@@ -36,14 +37,16 @@ module amf_sharer_table #(
   localparam int unsigned Sets = 1 << SetsLog2;
   localparam int unsigned WayW = Ways > 1 ? $clog2(Ways) : 1;
 
-  typedef struct packed {
-    logic             valid;
-    logic [3:0]       owner;
-    logic [Nodes-1:0] sharers;
-    logic [63:0]      tag;
-  } entry_t;
+  // Entry layout {valid, owner, sharers, tag}, as bit fields (yosys 0.23 mishandles members of
+  // arrays of packed structs).
+  localparam int unsigned TagLsb     = 0;
+  localparam int unsigned SharersLsb = 64;
+  localparam int unsigned OwnerLsb   = SharersLsb + Nodes;
+  localparam int unsigned ValidBit   = OwnerLsb + 4;
+  localparam int unsigned EntryW     = ValidBit + 1;
+  typedef logic [EntryW-1:0] entry_t;
 
-  typedef enum logic [1:0] {StClear, StIdle, StRead, StResp} state_e;
+  typedef enum logic [2:0] {StClear, StIdle, StRead, StWrite, StResp} state_e;
 
   state_e              state_q, state_d;
   logic [SetsLog2-1:0] clear_idx_q, clear_idx_d;
@@ -52,23 +55,25 @@ module amf_sharer_table #(
   logic [Nodes-1:0]    sharers_q;
   logic [3:0]          owner_q;
   logic                rsp_hit_q, rsp_hit_d, rsp_full_q, rsp_full_d;
+  logic                any_free_q, any_free_d;
+  logic [WayW-1:0]     hit_way_q, hit_way_d, free_way_q, free_way_d;
   logic [Nodes-1:0]    rsp_sharers_q, rsp_sharers_d;
   logic [3:0]          rsp_owner_q, rsp_owner_d;
   logic [31:0]         occupancy_q, occupancy_d, full_q, full_d;
 
-  // One RAM per way, synchronous read.
-  entry_t              mem_q [Ways][Sets];
-  entry_t              rd_q  [Ways];
+  // One RAM per way, synchronous read; the read words side by side in a packed array.
+  logic [Ways*EntryW-1:0] rd_q;  // way w at [w*EntryW +: EntryW] (flat, for yosys)
   logic [SetsLog2-1:0] ram_addr;
   logic [Ways-1:0]     ram_we;
   entry_t              ram_wdata;
 
   for (genvar w = 0; w < Ways; w++) begin : gen_way
+    entry_t mem_q [Sets];
     always_ff @(posedge clk_i) begin
       if (ram_we[w]) begin
-        mem_q[w][ram_addr] <= ram_wdata;
+        mem_q[ram_addr] <= ram_wdata;
       end
-      rd_q[w] <= mem_q[w][ram_addr];
+      rd_q[w*EntryW+:EntryW] <= mem_q[ram_addr];
     end
   end
 
@@ -76,21 +81,29 @@ module amf_sharer_table #(
   logic [Ways-1:0] hit_vec, free_vec;
   logic            hit, any_free;
   logic [WayW-1:0] hit_way, free_way;
+  logic [Nodes-1:0] hit_sharers;
+  logic [3:0]       hit_owner;
 
   always_comb begin
     hit_vec  = '0;
     free_vec = '0;
     for (int unsigned w = 0; w < Ways; w++) begin
-      hit_vec[w]  = rd_q[w].valid && rd_q[w].tag == resource_q;
-      free_vec[w] = !rd_q[w].valid;
+      hit_vec[w]  = rd_q[w*EntryW+ValidBit] && rd_q[w*EntryW+TagLsb+:64] == resource_q;
+      free_vec[w] = !rd_q[w*EntryW+ValidBit];
     end
     hit      = |hit_vec;
     any_free = |free_vec;
-    hit_way  = '0;
-    free_way = '0;
+    hit_way   = '0;
+    free_way  = '0;
+    hit_sharers = '0;
+    hit_owner   = '0;
     // Lowest matching and lowest free way (the reference model allocates the same way).
     for (int w = Ways - 1; w >= 0; w--) begin
-      if (hit_vec[w]) hit_way = WayW'(w);
+      if (hit_vec[w]) begin
+        hit_way   = WayW'(w);
+        hit_sharers = rd_q[w*EntryW+SharersLsb+:Nodes];
+        hit_owner   = rd_q[w*EntryW+OwnerLsb+:4];
+      end
       if (free_vec[w]) free_way = WayW'(w);
     end
   end
@@ -107,6 +120,9 @@ module amf_sharer_table #(
     rsp_owner_d   = rsp_owner_q;
     occupancy_d   = occupancy_q;
     full_d        = full_q;
+    any_free_d    = any_free_q;
+    hit_way_d     = hit_way_q;
+    free_way_d    = free_way_q;
     ram_addr      = req_resource_i[SetsLog2-1:0];
     ram_we        = '0;
     ram_wdata     = '0;
@@ -130,21 +146,25 @@ module amf_sharer_table #(
         ram_addr      = resource_q[SetsLog2-1:0];
         rsp_hit_d     = hit;
         rsp_full_d    = 1'b0;
-        rsp_sharers_d = hit ? rd_q[hit_way].sharers : '0;
-        rsp_owner_d   = hit ? rd_q[hit_way].owner : '0;
-        if (write_q) begin
-          ram_wdata = release_req ? '0 : entry_t'{valid: 1'b1, owner: owner_q, sharers: sharers_q,
-                                                  tag: resource_q};
-          if (hit) begin
-            ram_we[hit_way] = 1'b1;
-            if (release_req) occupancy_d = occupancy_q - 1;
-          end else if (!release_req && any_free) begin
-            ram_we[free_way] = 1'b1;
-            occupancy_d      = occupancy_q + 1;
-          end else if (!release_req) begin
-            rsp_full_d = 1'b1;
-            full_d     = full_q + 1;
-          end
+        rsp_sharers_d = hit_sharers;
+        rsp_owner_d   = hit_owner;
+        any_free_d    = any_free;
+        hit_way_d     = hit_way;
+        free_way_d    = free_way;
+        state_d       = write_q ? StWrite : StResp;
+      end
+      StWrite: begin
+        ram_addr  = resource_q[SetsLog2-1:0];
+        ram_wdata = release_req ? '0 : {1'b1, owner_q, sharers_q, resource_q};
+        if (rsp_hit_q) begin
+          ram_we[hit_way_q] = 1'b1;
+          if (release_req) occupancy_d = occupancy_q - 1;
+        end else if (!release_req && any_free_q) begin
+          ram_we[free_way_q] = 1'b1;
+          occupancy_d        = occupancy_q + 1;
+        end else if (!release_req) begin
+          rsp_full_d = 1'b1;
+          full_d     = full_q + 1;
         end
         state_d = StResp;
       end
@@ -167,6 +187,9 @@ module amf_sharer_table #(
       rsp_owner_q   <= '0;
       occupancy_q   <= '0;
       full_q        <= '0;
+      any_free_q    <= 1'b0;
+      hit_way_q     <= '0;
+      free_way_q    <= '0;
     end else begin
       state_q       <= state_d;
       clear_idx_q   <= clear_idx_d;
@@ -176,6 +199,9 @@ module amf_sharer_table #(
       rsp_owner_q   <= rsp_owner_d;
       occupancy_q   <= occupancy_d;
       full_q        <= full_d;
+      any_free_q    <= any_free_d;
+      hit_way_q     <= hit_way_d;
+      free_way_q    <= free_way_d;
       if (state_q == StIdle && req_valid_i && !clear_i) begin
         write_q    <= req_write_i;
         resource_q <= req_resource_i;

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Synthesizes the card's RTL for an iCE40 HX8K (ct256) with yosys and places and routes it with
+# nextpnr-ice40 (Debian packages yosys, nextpnr-ice40), then rewrites bitstreams/report.md with
+# logic cells, block RAM and nextpnr's "Max frequency" line. Target: >= 60 MHz.
+# Usage: bitstreams/synth.sh            (installs yosys and nextpnr-ice40 if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v yosys >/dev/null || need+=(yosys)
+command -v nextpnr-ice40 >/dev/null || need+=(nextpnr-ice40)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "synth: installing ${need[*]}"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+FREQ_MHZ=60
+# Each entry: top module, parameters (yosys chparam), RTL files.
+tops=(
+  "amf_sharer_table|-set SetsLog2 6 -set Ways 4|hdl-model/rtl/amf_sharer_table.sv"
+)
+{
+  echo "# Synthesis report (iCE40 HX8K)"
+  echo
+  echo "Produced by \`bitstreams/synth.sh\` with $(yosys -V | head -1 | cut -d' ' -f1-2) and"
+  echo "$(nextpnr-ice40 --version 2>&1 | head -1); target clock ${FREQ_MHZ} MHz, device hx8k, package ct256,"
+  echo "IO pins placed automatically. Re-run the script to regenerate this file."
+  echo
+  echo "| top | parameters | logic cells (used/ available) | block RAM (used/ available) | max frequency |"
+  echo "|---|---|---|---|---|"
+} > "$out/report.md"
+for t in "${tops[@]}"; do
+  IFS='|' read -r top params files <<<"$t"
+  yosys -q -l "$out/$top.yosys.log" -p "read_verilog -sv hdl-model/rtl/gen/amf_regs_pkg.sv hdl-model/rtl/gen/amf_structs_pkg.sv $files; chparam $params $top; synth_ice40 -top $top -json $out/$top.json"
+  nextpnr-ice40 --hx8k --package ct256 --json "$out/$top.json" --freq "$FREQ_MHZ" --asc "$out/$top.asc" -q -l "$out/$top.pnr.log" 2>/dev/null || true
+  lc=$(grep -E '^Info:[[:space:]]+ICESTORM_LC:' "$out/$top.pnr.log" | tail -1 | awk '{print $3 " " $4}')
+  ram=$(grep -E '^Info:[[:space:]]+ICESTORM_RAM:' "$out/$top.pnr.log" | tail -1 | awk '{print $3 " " $4}')
+  fmax=$(grep -E 'Max frequency for clock' "$out/$top.pnr.log" | tail -1 | sed -E 's/.*: ([0-9.]+ MHz \([A-Z]+ at [0-9.]+ MHz\)).*/\1/')
+  echo "| $top | ${params//-set /} | $lc | $ram | $fmax |" >> "$out/report.md"
+  grep -E 'Max frequency for clock' "$out/$top.pnr.log" | tail -1 | sed 's/^Info: /    nextpnr: /' >> "$out/lines.txt"
+done
+{
+  echo
+  echo "nextpnr's lines, verbatim:"
+  echo
+  cat "$out/lines.txt"
+} >> "$out/report.md"
+cp "$out/report.md" bitstreams/report.md
+cat bitstreams/report.md
