@@ -39,7 +39,8 @@ package amf_structs_pkg;
     EventKindInvalidate = 8'd1,
     EventKindPeerUp = 8'd2,
     EventKindPeerDown = 8'd3,
-    EventKindError = 8'd4
+    EventKindError = 8'd4,
+    EventKindDowngrade = 8'd5
   } event_kind_e;
 
   // Card-to-card message (UDP payload in simulation). (32 bytes, little-endian; first field at bit 0)

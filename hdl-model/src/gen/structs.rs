@@ -145,6 +145,8 @@ pub enum EventKind {
     PeerDown = 3,
     /// status.error_code changed.
     Error = 4,
+    /// A peer acquired the resource shared while this node held it exclusively: the line is shared now (write back dirty data; acquire exclusive again before writing).
+    Downgrade = 5,
 }
 
 impl EventKind {
@@ -155,11 +157,12 @@ impl EventKind {
             2 => Some(Self::PeerUp),
             3 => Some(Self::PeerDown),
             4 => Some(Self::Error),
+            5 => Some(Self::Downgrade),
             _ => None,
         }
     }
     /// Every value.
-    pub const ALL: [Self; 4] = [Self::Invalidate, Self::PeerUp, Self::PeerDown, Self::Error];
+    pub const ALL: [Self; 5] = [Self::Invalidate, Self::PeerUp, Self::PeerDown, Self::Error, Self::Downgrade];
 }
 
 /// Card-to-card message (UDP payload in simulation).
@@ -183,9 +186,9 @@ pub struct LinkFrame {
     pub stamp: u32,
     /// Resource id (cache block or stripe).
     pub resource: u64,
-    /// Sharer mask (search_reply).
+    /// Sharer mask as the sender knows it (ack, search_reply; 0 if it does not hold the resource).
     pub sharers: u8,
-    /// Exclusive owner + 1, 0 for none (search_reply).
+    /// Exclusive owner + 1, 0 for none (ack, search_reply).
     pub owner: u8,
     /// Reserved, zero.
     pub status: u8,
@@ -295,7 +298,7 @@ pub struct Completion {
     pub opcode: u8,
     /// [`Status`]).
     pub status: u8,
-    /// Bit 0: no broadcast was needed (the table proved the resource unshared).
+    /// Bit 0: no broadcast was needed (the table proved the resource unshared). Bits 6:1: retries after conflicts.
     pub flags: u8,
     /// Ring pass parity.
     pub phase: u8,
