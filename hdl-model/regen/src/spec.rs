@@ -260,7 +260,7 @@ impl RegSpec {
                 if !ident_ok(&r.name) {
                     return Err(invalid(format!("{}.{}: bad name", b.name, r.name)));
                 }
-                if r.offset < 0x0c || r.offset % 4 != 0 || r.offset + 4 > self.device.block_bytes {
+                if r.offset < 0x0c || !r.offset.is_multiple_of(4) || r.offset + 4 > self.device.block_bytes {
                     return Err(invalid(format!(
                         "{}.{}: offset {:#x} not word-aligned after the header",
                         b.name, r.name, r.offset

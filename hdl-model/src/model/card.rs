@@ -1,0 +1,873 @@
+//! Reference model of the whole card at transaction level: BAR0 registers, the command,
+//! completion and event rings in host memory, link frames, the sharer table, broadcasts with ack
+//! collection and timeouts, conflict ordering (docs/protocol.md), heartbeats. Time is counted in
+//! card clock cycles so timeouts match the RTL.
+
+use super::sharer_table::SharerTable;
+use crate::gen::regs;
+use crate::gen::structs::{Command, Completion, Event, EventKind, FrameKind, LinkFrame, Opcode, Status};
+use std::collections::VecDeque;
+
+/// Host memory as the card's DMA engine sees it.
+pub trait HostMemory {
+    /// Reads `buf.len()` bytes at a DMA address.
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError>;
+    /// Writes bytes at a DMA address.
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), DmaError>;
+}
+
+/// A DMA access the host memory refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("DMA access to {addr:#x} (+{len}) refused")]
+pub struct DmaError {
+    /// Address.
+    pub addr: u64,
+    /// Length.
+    pub len: usize,
+}
+
+/// Most nodes a cluster has (sharer masks are 8 bits).
+pub const NODES_MAX: u8 = 8;
+/// Commands in flight (waiting for acks) at once.
+pub const INFLIGHT_MAX: usize = 16;
+/// Received frames held while the event ring is full.
+pub const DEFERRED_MAX: usize = 64;
+/// Retries of an acquire that lost a conflict before it completes with status `conflict`.
+pub const RETRIES_MAX: u8 = 16;
+/// Cycles of back-off per retry.
+pub const BACKOFF_CYCLES: u64 = 64;
+/// Heartbeat periods of silence before a peer is reported down.
+pub const DOWN_PERIODS: u64 = 4;
+/// Completion flag: no broadcast was needed.
+pub const FLAG_NO_BROADCAST: u8 = 1;
+/// Completion flag: the sharer table had no room, so this node does not hold the resource: the
+/// host may use the data for this operation but must not keep the line cached.
+pub const FLAG_UNTRACKED: u8 = 2;
+/// Completion flags: retries after lost conflicts, in bits 6:2.
+pub const FLAG_RETRIES_SHIFT: u8 = 2;
+/// Sharer table shape of the model (the RTL's default parameters).
+pub const TABLE_SETS_LOG2: u32 = 6;
+/// Ways of the model's table.
+pub const TABLE_WAYS: usize = 4;
+
+/// A frame leaving the card for one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Destination node.
+    pub dst: u8,
+    /// Encoded frame.
+    pub bytes: [u8; 32],
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Ring {
+    base: u64,
+    size_log2: u32,
+    /// Producer (cmd: host's; cpl/evt: card's).
+    prod: u32,
+    /// Consumer (cmd: card's; cpl/evt: host's).
+    cons: u32,
+}
+
+impl Ring {
+    fn size(&self) -> u32 {
+        1 << self.size_log2
+    }
+    fn valid(&self) -> bool {
+        (4..=12).contains(&self.size_log2)
+    }
+    fn slot(&self, index: u32) -> u64 {
+        self.base + (index & (self.size() - 1)) as u64 * 32
+    }
+    fn phase(&self, index: u32) -> u8 {
+        // First pass over the ring writes phase 1, the next 0, and so on.
+        ((index >> self.size_log2) & 1 == 0) as u8
+    }
+    fn full(&self) -> bool {
+        self.prod.wrapping_sub(self.cons) >= self.size()
+    }
+}
+
+/// An acquire, search or other command waiting for answers.
+#[derive(Clone, Debug)]
+struct Pending {
+    cmd: Command,
+    kind: FrameKind,
+    seq: u32,
+    stamp: u32,
+    targets: u8,
+    answered: u8,
+    sharers_seen: u8,
+    owner_seen: u8,
+    start: u64,
+    deadline: u64,
+    retries: u8,
+    /// Lost a conflict: retry at `retry_at` instead of completing.
+    aborted: bool,
+    retry_at: Option<u64>,
+}
+
+/// Counters of the stats block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames sent.
+    pub frames_tx: u32,
+    /// Frames accepted.
+    pub frames_rx: u32,
+    /// Dropped: bad CRC.
+    pub crc_errors: u32,
+    /// Dropped: other epoch.
+    pub stale_epoch: u32,
+    /// Dropped: bad kind or field.
+    pub malformed: u32,
+    /// Commands with a bad opcode.
+    pub bad_commands: u32,
+    /// Acquires that broadcast.
+    pub broadcasts: u32,
+    /// Acquires decided locally.
+    pub broadcasts_skipped: u32,
+    /// Broadcasts completed with peers missing.
+    pub ack_timeouts: u32,
+}
+
+/// One card.
+pub struct Card {
+    ctrl_enable: bool,
+    node: u32,
+    epoch: u32,
+    ack_timeout: u32,
+    heartbeat_period: u32,
+    irq: u32,
+    irq_enable: u32,
+    scratch: u32,
+    error_code: u32,
+    cmd: Ring,
+    cmd_cons_addr: u64,
+    cpl: Ring,
+    evt: Ring,
+    table: SharerTable,
+    stats: Stats,
+    cycle: u64,
+    clock: u32,
+    next_seq: u32,
+    pending: Vec<Pending>,
+    deferred: VecDeque<LinkFrame>,
+    out: Vec<Outgoing>,
+    last_seen: [u64; NODES_MAX as usize],
+    peer_up: u8,
+    next_heartbeat: u64,
+}
+
+impl Default for Card {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn crc(bytes: &[u8; 32]) -> u32 {
+    crc32c::crc32c(&bytes[..28])
+}
+
+impl Card {
+    /// A card out of reset.
+    pub fn new() -> Card {
+        Card {
+            ctrl_enable: false,
+            node: 0,
+            epoch: 0,
+            ack_timeout: regs::device::ack_timeout::RESET,
+            heartbeat_period: regs::device::heartbeat_period::RESET,
+            irq: 0,
+            irq_enable: 0,
+            scratch: 0,
+            error_code: 0,
+            cmd: Ring { size_log2: regs::cmd_ring::size_log2::RESET, ..Ring::default() },
+            cmd_cons_addr: 0,
+            cpl: Ring { size_log2: regs::cpl_ring::size_log2::RESET, ..Ring::default() },
+            evt: Ring { size_log2: regs::evt_ring::size_log2::RESET, ..Ring::default() },
+            table: SharerTable::new(TABLE_SETS_LOG2, TABLE_WAYS),
+            stats: Stats::default(),
+            cycle: 0,
+            clock: 0,
+            next_seq: 1,
+            pending: Vec::new(),
+            deferred: VecDeque::new(),
+            out: Vec::new(),
+            last_seen: [0; NODES_MAX as usize],
+            peer_up: 0,
+            next_heartbeat: 0,
+        }
+    }
+
+    fn node_id(&self) -> u8 {
+        regs::device::node::id::get(self.node) as u8
+    }
+
+    fn peers(&self) -> u8 {
+        regs::device::node::peers::get(self.node) as u8 & !(1 << self.node_id())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Cycles run.
+    pub fn cycle(&self) -> u64 {
+        self.cycle
+    }
+
+    fn status(&self) -> u32 {
+        let s = regs::device::status::ready::set(0, 1);
+        let s = regs::device::status::ring_error::set(s, (self.error_code != 0) as u32);
+        regs::device::status::error_code::set(s, self.error_code)
+    }
+
+    fn fail(&mut self, code: u32) {
+        if self.error_code == 0 {
+            self.error_code = code;
+            self.irq |= 1 << regs::device::irq::error::LSB;
+        }
+    }
+
+    /// A 32-bit MMIO read of BAR0. Unmapped offsets inside the BAR read 0, outside all-ones
+    /// (as a PCIe read of nothing would).
+    pub fn mmio_read(&self, addr: u32) -> u32 {
+        if addr >= regs::BAR_BYTES || !addr.is_multiple_of(4) {
+            return u32::MAX;
+        }
+        let bi = (addr / regs::BLOCK_BYTES) as usize;
+        let b = &regs::BLOCKS[bi];
+        let off = addr % regs::BLOCK_BYTES;
+        match off {
+            regs::header::TYPE => return b.type_id,
+            regs::header::VERSION => return b.version,
+            regs::header::NEXT => {
+                return if bi + 1 < regs::BLOCKS.len() { regs::BLOCKS[bi + 1].base } else { 0 };
+            }
+            _ => {}
+        }
+        use regs::*;
+        match (b.type_id, off) {
+            (device::TYPE, device::ctrl::OFFSET) => self.ctrl_enable as u32,
+            (device::TYPE, device::status::OFFSET) => self.status(),
+            (device::TYPE, device::node::OFFSET) => self.node,
+            (device::TYPE, device::epoch::OFFSET) => self.epoch,
+            (device::TYPE, device::ack_timeout::OFFSET) => self.ack_timeout,
+            (device::TYPE, device::heartbeat_period::OFFSET) => self.heartbeat_period,
+            (device::TYPE, device::irq::OFFSET) => self.irq,
+            (device::TYPE, device::irq_enable::OFFSET) => self.irq_enable,
+            (device::TYPE, device::scratch::OFFSET) => self.scratch,
+            (cmd_ring::TYPE, cmd_ring::base_lo::OFFSET) => self.cmd.base as u32,
+            (cmd_ring::TYPE, cmd_ring::base_hi::OFFSET) => (self.cmd.base >> 32) as u32,
+            (cmd_ring::TYPE, cmd_ring::size_log2::OFFSET) => self.cmd.size_log2,
+            (cmd_ring::TYPE, cmd_ring::cons_addr_lo::OFFSET) => self.cmd_cons_addr as u32,
+            (cmd_ring::TYPE, cmd_ring::cons_addr_hi::OFFSET) => (self.cmd_cons_addr >> 32) as u32,
+            (cpl_ring::TYPE, cpl_ring::base_lo::OFFSET) => self.cpl.base as u32,
+            (cpl_ring::TYPE, cpl_ring::base_hi::OFFSET) => (self.cpl.base >> 32) as u32,
+            (cpl_ring::TYPE, cpl_ring::size_log2::OFFSET) => self.cpl.size_log2,
+            (evt_ring::TYPE, evt_ring::base_lo::OFFSET) => self.evt.base as u32,
+            (evt_ring::TYPE, evt_ring::base_hi::OFFSET) => (self.evt.base >> 32) as u32,
+            (evt_ring::TYPE, evt_ring::size_log2::OFFSET) => self.evt.size_log2,
+            (sharer_table::TYPE, sharer_table::geometry::OFFSET) => {
+                let g = sharer_table::geometry::sets_log2::set(0, TABLE_SETS_LOG2);
+                sharer_table::geometry::ways::set(g, TABLE_WAYS as u32)
+            }
+            (sharer_table::TYPE, sharer_table::occupancy::OFFSET) => self.table.occupancy(),
+            (sharer_table::TYPE, sharer_table::full_fallbacks::OFFSET) => self.table.full_fallbacks(),
+            (stats::TYPE, stats::frames_tx::OFFSET) => self.stats.frames_tx,
+            (stats::TYPE, stats::frames_rx::OFFSET) => self.stats.frames_rx,
+            (stats::TYPE, stats::crc_errors::OFFSET) => self.stats.crc_errors,
+            (stats::TYPE, stats::stale_epoch::OFFSET) => self.stats.stale_epoch,
+            (stats::TYPE, stats::malformed::OFFSET) => self.stats.malformed,
+            (stats::TYPE, stats::bad_commands::OFFSET) => self.stats.bad_commands,
+            (stats::TYPE, stats::broadcasts::OFFSET) => self.stats.broadcasts,
+            (stats::TYPE, stats::broadcasts_skipped::OFFSET) => self.stats.broadcasts_skipped,
+            (stats::TYPE, stats::ack_timeouts::OFFSET) => self.stats.ack_timeouts,
+            _ => 0,
+        }
+    }
+
+    /// A 32-bit MMIO write of BAR0 (posted: no answer). Writes to read-only or unmapped
+    /// offsets are ignored.
+    pub fn mmio_write(&mut self, addr: u32, value: u32) {
+        if addr >= regs::BAR_BYTES || !addr.is_multiple_of(4) {
+            return;
+        }
+        let b = &regs::BLOCKS[(addr / regs::BLOCK_BYTES) as usize];
+        let off = addr % regs::BLOCK_BYTES;
+        let lo = |x: u64| (x & !0xffff_ffff) | value as u64;
+        let hi = |x: u64| (x & 0xffff_ffff) | (value as u64) << 32;
+        use regs::*;
+        match (b.type_id, off) {
+            (device::TYPE, device::ctrl::OFFSET) => {
+                self.ctrl_enable = device::ctrl::enable::get(value) == 1;
+                if device::ctrl::soft_reset::get(value) == 1 {
+                    self.soft_reset();
+                }
+            }
+            (device::TYPE, device::node::OFFSET) => {
+                self.node = value & (device::node::id::MASK | device::node::peers::MASK << device::node::peers::LSB)
+            }
+            (device::TYPE, device::epoch::OFFSET) => self.epoch = value,
+            (device::TYPE, device::ack_timeout::OFFSET) => self.ack_timeout = value,
+            (device::TYPE, device::heartbeat_period::OFFSET) => self.heartbeat_period = value,
+            (device::TYPE, device::irq::OFFSET) => self.irq &= !value,
+            (device::TYPE, device::irq_enable::OFFSET) => self.irq_enable = value & 7,
+            (device::TYPE, device::scratch::OFFSET) => self.scratch = value,
+            (cmd_ring::TYPE, cmd_ring::base_lo::OFFSET) => self.cmd.base = lo(self.cmd.base),
+            (cmd_ring::TYPE, cmd_ring::base_hi::OFFSET) => self.cmd.base = hi(self.cmd.base),
+            (cmd_ring::TYPE, cmd_ring::size_log2::OFFSET) => self.cmd.size_log2 = value,
+            (cmd_ring::TYPE, cmd_ring::cons_addr_lo::OFFSET) => self.cmd_cons_addr = lo(self.cmd_cons_addr),
+            (cmd_ring::TYPE, cmd_ring::cons_addr_hi::OFFSET) => self.cmd_cons_addr = hi(self.cmd_cons_addr),
+            (cmd_ring::TYPE, cmd_ring::doorbell::OFFSET) => {
+                if !self.cmd.valid() {
+                    self.fail(device::status::error_code::BAD_RING_SIZE);
+                } else if value.wrapping_sub(self.cmd.cons) > self.cmd.size() {
+                    self.fail(device::status::error_code::DOORBELL_OVERRUN);
+                } else {
+                    self.cmd.prod = value;
+                }
+            }
+            (cpl_ring::TYPE, cpl_ring::base_lo::OFFSET) => self.cpl.base = lo(self.cpl.base),
+            (cpl_ring::TYPE, cpl_ring::base_hi::OFFSET) => self.cpl.base = hi(self.cpl.base),
+            (cpl_ring::TYPE, cpl_ring::size_log2::OFFSET) => self.cpl.size_log2 = value,
+            (cpl_ring::TYPE, cpl_ring::doorbell::OFFSET) => self.host_consumed(true, value),
+            (evt_ring::TYPE, evt_ring::base_lo::OFFSET) => self.evt.base = lo(self.evt.base),
+            (evt_ring::TYPE, evt_ring::base_hi::OFFSET) => self.evt.base = hi(self.evt.base),
+            (evt_ring::TYPE, evt_ring::size_log2::OFFSET) => self.evt.size_log2 = value,
+            (evt_ring::TYPE, evt_ring::doorbell::OFFSET) => self.host_consumed(false, value),
+            _ => {}
+        }
+    }
+
+    fn host_consumed(&mut self, completions: bool, value: u32) {
+        let ring = if completions { &mut self.cpl } else { &mut self.evt };
+        // The host may only move its consumer up to the card's producer.
+        if ring.prod.wrapping_sub(value) > ring.size() {
+            self.fail(regs::device::status::error_code::DOORBELL_OVERRUN);
+        } else {
+            ring.cons = value;
+        }
+    }
+
+    fn soft_reset(&mut self) {
+        self.cmd.prod = 0;
+        self.cmd.cons = 0;
+        self.cpl.prod = 0;
+        self.cpl.cons = 0;
+        self.evt.prod = 0;
+        self.evt.cons = 0;
+        self.table.clear();
+        self.stats = Stats::default();
+        self.pending.clear();
+        self.deferred.clear();
+        self.error_code = 0;
+        self.irq = 0;
+        self.peer_up = 0;
+    }
+
+    /// True when the card would do something on `tick` without new input.
+    pub fn busy(&self) -> bool {
+        self.ctrl_enable
+            && self.error_code == 0
+            && (self.cmd.prod != self.cmd.cons || !self.pending.is_empty() || !self.deferred.is_empty())
+    }
+
+    /// Frames the card sent since the last call.
+    pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn send(&mut self, dst: u8, mut f: LinkFrame) {
+        f.src = self.node_id();
+        f.dst = dst;
+        f.epoch = self.epoch;
+        let mut bytes = f.encode();
+        f.crc = crc(&bytes);
+        bytes = f.encode();
+        self.stats.frames_tx = self.stats.frames_tx.wrapping_add(1);
+        self.out.push(Outgoing { dst, bytes });
+    }
+
+    fn each_peer(mask: u8) -> impl Iterator<Item = u8> {
+        (0..NODES_MAX).filter(move |n| mask & (1 << n) != 0)
+    }
+
+    /// Advances the card by `cycles` clock cycles, serving host memory through `mem`.
+    pub fn tick(&mut self, cycles: u64, mem: &mut dyn HostMemory) {
+        self.cycle += cycles;
+        if !self.ctrl_enable || self.error_code != 0 {
+            return;
+        }
+        self.heartbeats(mem);
+        while let Some(f) = self.deferred.pop_front() {
+            if !self.handle_frame(f, mem) {
+                self.deferred.push_front(f);
+                break;
+            }
+        }
+        self.expire(mem);
+        self.fetch_commands(mem);
+    }
+
+    fn heartbeats(&mut self, mem: &mut dyn HostMemory) {
+        let period = self.heartbeat_period as u64;
+        if period == 0 {
+            return;
+        }
+        if self.cycle >= self.next_heartbeat {
+            self.next_heartbeat = self.cycle + period;
+            for p in Self::each_peer(self.peers()) {
+                self.send(p, LinkFrame { kind: FrameKind::Heartbeat as u8, ..Default::default() });
+            }
+        }
+        for p in Self::each_peer(self.peers() & self.peer_up) {
+            if self.cycle > self.last_seen[p as usize] + DOWN_PERIODS * period {
+                self.peer_up &= !(1 << p);
+                self.post_event(mem, Event { kind: EventKind::PeerDown as u8, node: p, ..Default::default() });
+            }
+        }
+    }
+
+    fn post_event(&mut self, mem: &mut dyn HostMemory, mut e: Event) -> bool {
+        if !self.evt.valid() {
+            self.fail(regs::device::status::error_code::BAD_RING_SIZE);
+            return false;
+        }
+        if self.evt.full() {
+            return false;
+        }
+        e.phase = self.evt.phase(self.evt.prod);
+        if mem.write(self.evt.slot(self.evt.prod), &e.encode()).is_err() {
+            self.fail(regs::device::status::error_code::DMA_ERROR);
+            return false;
+        }
+        self.evt.prod = self.evt.prod.wrapping_add(1);
+        self.irq |= 1 << regs::device::irq::event::LSB;
+        true
+    }
+
+    fn complete(&mut self, mem: &mut dyn HostMemory, mut c: Completion) {
+        c.phase = self.cpl.phase(self.cpl.prod);
+        if mem.write(self.cpl.slot(self.cpl.prod), &c.encode()).is_err() {
+            self.fail(regs::device::status::error_code::DMA_ERROR);
+            return;
+        }
+        self.cpl.prod = self.cpl.prod.wrapping_add(1);
+        self.irq |= 1 << regs::device::irq::completion::LSB;
+    }
+
+    fn fetch_commands(&mut self, mem: &mut dyn HostMemory) {
+        while self.cmd.prod != self.cmd.cons && self.pending.len() < INFLIGHT_MAX {
+            if !self.cmd.valid() || !self.cpl.valid() {
+                self.fail(regs::device::status::error_code::BAD_RING_SIZE);
+                return;
+            }
+            // Room for every completion in flight plus this one.
+            if self.cpl.prod.wrapping_sub(self.cpl.cons) + self.pending.len() as u32 >= self.cpl.size() {
+                return;
+            }
+            let mut b = [0u8; 32];
+            if mem.read(self.cmd.slot(self.cmd.cons), &mut b).is_err() {
+                self.fail(regs::device::status::error_code::DMA_ERROR);
+                return;
+            }
+            self.cmd.cons = self.cmd.cons.wrapping_add(1);
+            if self.cmd_cons_addr != 0 && mem.write(self.cmd_cons_addr, &self.cmd.cons.to_le_bytes()).is_err() {
+                self.fail(regs::device::status::error_code::DMA_ERROR);
+                return;
+            }
+            self.execute(Command::decode(&b), mem);
+        }
+    }
+
+    fn done(&self, cmd: &Command, status: Status) -> Completion {
+        Completion {
+            opcode: cmd.opcode,
+            status: status as u8,
+            tag: cmd.tag,
+            resource: cmd.resource,
+            ..Default::default()
+        }
+    }
+
+    /// Whether this node holds `r`, and the recorded owner + 1 (for checkers).
+    pub fn debug_holds(&self, r: u64) -> (bool, u8) {
+        let (held, _, owner) = self.holds(r);
+        (held, owner)
+    }
+
+    fn holds(&self, r: u64) -> (bool, u8, u8) {
+        let e = self.table.lookup(r);
+        let me = 1u8 << self.node_id();
+        (e.hit && e.sharers & me != 0, e.sharers, e.owner)
+    }
+
+    fn execute(&mut self, cmd: Command, mem: &mut dyn HostMemory) {
+        let Some(op) = Opcode::from_raw(cmd.opcode) else {
+            self.stats.bad_commands = self.stats.bad_commands.wrapping_add(1);
+            let c = self.done(&cmd, Status::BadOpcode);
+            self.complete(mem, c);
+            return;
+        };
+        if op != Opcode::Nop && cmd.epoch != self.epoch {
+            let c = self.done(&cmd, Status::StaleEpoch);
+            self.complete(mem, c);
+            return;
+        }
+        let me = 1u8 << self.node_id();
+        let (held, sharers, owner) = self.holds(cmd.resource);
+        let local = |c: &mut Completion, sharers: u8, owner: u8| {
+            c.flags = FLAG_NO_BROADCAST;
+            c.sharers = sharers;
+            c.owner = owner;
+        };
+        match op {
+            Opcode::Nop => {
+                let c = self.done(&cmd, Status::Ok);
+                self.complete(mem, c);
+            }
+            Opcode::AcquireShared if held => {
+                self.stats.broadcasts_skipped += 1;
+                let mut c = self.done(&cmd, Status::Ok);
+                local(&mut c, sharers, owner);
+                self.complete(mem, c);
+            }
+            Opcode::AcquireExclusive if held && (owner == self.node_id() + 1 || sharers & !me == 0) => {
+                self.stats.broadcasts_skipped += 1;
+                // Same entry, so it cannot find the set full.
+                self.table.update(cmd.resource, me, self.node_id() + 1);
+                let mut c = self.done(&cmd, Status::Ok);
+                local(&mut c, me, self.node_id() + 1);
+                self.complete(mem, c);
+            }
+            Opcode::AcquireShared | Opcode::AcquireExclusive => {
+                // Holders know the exact sharers; everyone else asks every peer.
+                let targets = if held { sharers & !me & self.peers() } else { self.peers() };
+                let kind = if op == Opcode::AcquireShared { FrameKind::AcquireShared } else { FrameKind::Invalidate };
+                self.stats.broadcasts += 1;
+                self.clock = self.clock.wrapping_add(1);
+                let stamp = self.clock;
+                self.start(cmd, kind, targets, stamp, 0, mem);
+            }
+            Opcode::Release => {
+                if held {
+                    for p in Self::each_peer(sharers & !me & self.peers()) {
+                        self.send(
+                            p,
+                            LinkFrame { kind: FrameKind::Release as u8, resource: cmd.resource, ..Default::default() },
+                        );
+                    }
+                    self.table.update(cmd.resource, 0, 0);
+                }
+                let c = self.done(&cmd, Status::Ok);
+                self.complete(mem, c);
+            }
+            Opcode::Search => {
+                self.clock = self.clock.wrapping_add(1);
+                let stamp = self.clock;
+                self.start(cmd, FrameKind::Search, self.peers(), stamp, 0, mem);
+            }
+            Opcode::Heartbeat => {
+                for p in Self::each_peer(self.peers()) {
+                    self.send(p, LinkFrame { kind: FrameKind::Heartbeat as u8, ..Default::default() });
+                }
+                let c = self.done(&cmd, Status::Ok);
+                self.complete(mem, c);
+            }
+        }
+    }
+
+    fn start(&mut self, cmd: Command, kind: FrameKind, targets: u8, stamp: u32, retries: u8, mem: &mut dyn HostMemory) {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let p = Pending {
+            cmd,
+            kind,
+            seq,
+            stamp,
+            targets,
+            answered: 0,
+            sharers_seen: 0,
+            owner_seen: 0,
+            start: self.cycle,
+            deadline: self.cycle + self.ack_timeout as u64,
+            retries,
+            aborted: false,
+            retry_at: None,
+        };
+        for t in Self::each_peer(targets) {
+            self.send(t, LinkFrame { kind: kind as u8, seq, stamp, resource: cmd.resource, ..Default::default() });
+        }
+        self.pending.push(p);
+        if targets == 0 {
+            self.finish_ready(mem);
+        }
+    }
+
+    /// Completes pending operations that have every answer, retries aborted ones.
+    fn finish_ready(&mut self, mem: &mut dyn HostMemory) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            if p.retry_at.is_some() || p.answered & p.targets != p.targets {
+                i += 1;
+                continue;
+            }
+            let p = self.pending.remove(i);
+            if p.aborted {
+                self.retry(p, mem);
+                continue;
+            }
+            let me = 1u8 << self.node_id();
+            let mut c = self.done(&p.cmd, Status::Ok);
+            c.peers_asked = p.targets;
+            c.flags = p.retries.min(31) << FLAG_RETRIES_SHIFT;
+            c.cycles = (self.cycle - p.start) as u32;
+            match p.kind {
+                FrameKind::AcquireShared => {
+                    let sharers = p.sharers_seen | me;
+                    if self.table.update(p.cmd.resource, sharers, 0).full {
+                        c.flags |= FLAG_UNTRACKED;
+                    }
+                    c.sharers = sharers;
+                }
+                FrameKind::Invalidate => {
+                    if self.table.update(p.cmd.resource, me, self.node_id() + 1).full {
+                        c.flags |= FLAG_UNTRACKED;
+                    }
+                    c.sharers = me;
+                    c.owner = self.node_id() + 1;
+                }
+                _ => {
+                    c.sharers = p.sharers_seen;
+                    c.owner = p.owner_seen;
+                }
+            }
+            self.complete(mem, c);
+        }
+    }
+
+    fn retry(&mut self, mut p: Pending, mem: &mut dyn HostMemory) {
+        if p.retries >= RETRIES_MAX {
+            let mut c = self.done(&p.cmd, Status::Conflict);
+            c.flags = p.retries.min(31) << FLAG_RETRIES_SHIFT;
+            self.complete(mem, c);
+            return;
+        }
+        p.retries += 1;
+        p.aborted = false;
+        p.retry_at = Some(self.cycle + BACKOFF_CYCLES * p.retries as u64);
+        self.pending.push(p);
+    }
+
+    fn expire(&mut self, mem: &mut dyn HostMemory) {
+        // Back-offs that ended: send again with the same priority (stamp).
+        let due: Vec<usize> =
+            (0..self.pending.len()).filter(|&i| self.pending[i].retry_at.is_some_and(|t| self.cycle >= t)).collect();
+        for i in due.into_iter().rev() {
+            let p = self.pending.remove(i);
+            let (held, sharers, _) = self.holds(p.cmd.resource);
+            let me = 1u8 << self.node_id();
+            let targets = if held { sharers & !me & self.peers() } else { self.peers() };
+            self.start(p.cmd, p.kind, targets, p.stamp, p.retries, mem);
+        }
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            if p.retry_at.is_none() && self.cycle >= p.deadline {
+                let p = self.pending.remove(i);
+                self.stats.ack_timeouts += 1;
+                let mut c = self.done(&p.cmd, Status::Timeout);
+                c.peers_asked = p.targets;
+                c.missing = p.targets & !p.answered;
+                c.cycles = (self.cycle - p.start) as u32;
+                self.complete(mem, c);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Delivers a frame from the link. Returns false if it was dropped (bad CRC, stale epoch,
+    /// malformed) — counted in the stats either way.
+    pub fn receive(&mut self, bytes: &[u8], mem: &mut dyn HostMemory) -> bool {
+        let Ok(raw) = <[u8; 32]>::try_from(bytes) else {
+            self.stats.malformed = self.stats.malformed.wrapping_add(1);
+            return false;
+        };
+        let f = LinkFrame::decode(&raw);
+        if f.crc != crc(&raw) {
+            self.stats.crc_errors = self.stats.crc_errors.wrapping_add(1);
+            return false;
+        }
+        let me = self.node_id();
+        if FrameKind::from_raw(f.kind).is_none()
+            || f.src >= NODES_MAX
+            || f.src == me
+            || self.peers() & (1 << f.src) == 0
+            || f.dst != me
+        {
+            self.stats.malformed = self.stats.malformed.wrapping_add(1);
+            return false;
+        }
+        if f.epoch != self.epoch {
+            self.stats.stale_epoch = self.stats.stale_epoch.wrapping_add(1);
+            return false;
+        }
+        self.stats.frames_rx = self.stats.frames_rx.wrapping_add(1);
+        if !self.ctrl_enable {
+            return true;
+        }
+        self.last_seen[f.src as usize] = self.cycle;
+        if self.peer_up & (1 << f.src) == 0
+            && self.post_event(
+                mem,
+                Event { kind: EventKind::PeerUp as u8, node: f.src, epoch: f.epoch, ..Default::default() },
+            )
+        {
+            self.peer_up |= 1 << f.src;
+        }
+        self.clock = self.clock.max(f.stamp).wrapping_add(1);
+        if !self.handle_frame(f, mem) {
+            if self.deferred.len() < DEFERRED_MAX {
+                self.deferred.push_back(f);
+            } else {
+                self.stats.malformed = self.stats.malformed.wrapping_add(1);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Acts on a valid frame; false if it must wait (event ring full).
+    fn handle_frame(&mut self, f: LinkFrame, mem: &mut dyn HostMemory) -> bool {
+        let me = 1u8 << self.node_id();
+        let Some(kind) = FrameKind::from_raw(f.kind) else { return true };
+        let reply = |kind: FrameKind, sharers: u8, owner: u8| LinkFrame {
+            kind: kind as u8,
+            seq: f.seq,
+            stamp: f.stamp,
+            resource: f.resource,
+            sharers,
+            owner,
+            ..Default::default()
+        };
+        match kind {
+            FrameKind::AcquireShared | FrameKind::Invalidate => {
+                let exclusive = kind == FrameKind::Invalidate;
+                // Conflict with our own acquire of the same resource in flight.
+                let theirs = (f.stamp, f.src);
+                let my_node = self.node_id();
+                let mut nack = false;
+                for p in self.pending.iter_mut().filter(|p| {
+                    p.cmd.resource == f.resource && matches!(p.kind, FrameKind::AcquireShared | FrameKind::Invalidate)
+                }) {
+                    if !(exclusive || p.kind == FrameKind::Invalidate) {
+                        continue; // two shared acquires do not conflict
+                    }
+                    if (p.stamp, my_node) < theirs {
+                        nack = true;
+                    } else {
+                        p.aborted = true;
+                    }
+                }
+                if nack {
+                    self.send(f.src, reply(FrameKind::Nack, 0, 0));
+                    return true;
+                }
+                // A shared acquire of ours in flight for the same resource will hold it together
+                // with the requester: each must learn the other, or a later upgrade by either
+                // could skip the other's invalidation.
+                let mut coming = 0u8;
+                if !exclusive {
+                    for p in self
+                        .pending
+                        .iter_mut()
+                        .filter(|p| p.cmd.resource == f.resource && p.kind == FrameKind::AcquireShared && !p.aborted)
+                    {
+                        p.sharers_seen |= 1 << f.src;
+                        coming = me;
+                    }
+                }
+                let (held, sharers, owner) = self.holds(f.resource);
+                if exclusive {
+                    if held {
+                        if !self.post_event(
+                            mem,
+                            Event {
+                                kind: EventKind::Invalidate as u8,
+                                node: f.src,
+                                epoch: f.epoch,
+                                resource: f.resource,
+                                seq: f.seq,
+                                ..Default::default()
+                            },
+                        ) {
+                            return false;
+                        }
+                        self.table.update(f.resource, 0, 0);
+                    }
+                    self.send(
+                        f.src,
+                        reply(FrameKind::Ack, if held { sharers } else { 0 }, if held { owner } else { 0 }),
+                    );
+                } else {
+                    if held {
+                        if owner == self.node_id() + 1
+                            && !self.post_event(
+                                mem,
+                                Event {
+                                    kind: EventKind::Downgrade as u8,
+                                    node: f.src,
+                                    epoch: f.epoch,
+                                    resource: f.resource,
+                                    seq: f.seq,
+                                    ..Default::default()
+                                },
+                            )
+                        {
+                            return false;
+                        }
+                        self.table.update(f.resource, sharers | 1 << f.src, 0);
+                    }
+                    self.send(
+                        f.src,
+                        reply(FrameKind::Ack, if held { sharers | me } else { coming }, if held { owner } else { 0 }),
+                    );
+                }
+            }
+            FrameKind::Ack | FrameKind::Nack | FrameKind::SearchReply => {
+                if let Some(p) = self
+                    .pending
+                    .iter_mut()
+                    .find(|p| p.seq == f.seq && p.targets & (1 << f.src) != 0 && p.retry_at.is_none())
+                {
+                    p.answered |= 1 << f.src;
+                    p.sharers_seen |= f.sharers;
+                    if f.owner != 0 {
+                        p.owner_seen = f.owner;
+                    }
+                    if kind == FrameKind::Nack {
+                        p.aborted = true;
+                    }
+                }
+                self.finish_ready(mem);
+            }
+            FrameKind::Search => {
+                let (held, sharers, owner) = self.holds(f.resource);
+                self.send(
+                    f.src,
+                    reply(FrameKind::SearchReply, if held { sharers } else { 0 }, if held { owner } else { 0 }),
+                );
+            }
+            // Advisory: a release can be overtaken by the same node's next acquire, so acting on
+            // it could shrink a holder's sharer set below the truth. Sets shrink only through
+            // invalidation; a node named in a set it left just gets one needless invalidate.
+            FrameKind::Release => {}
+            FrameKind::Heartbeat => {}
+        }
+        true
+    }
+}
