@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// (top module, RTL files relative to hdl-model/rtl, shim).
-const TOPS: &[(&str, &[&str], &str)] = &[("amf_sharer_table", &["amf_sharer_table.sv"], "csrc/sharer_table_shim.cpp")];
+const TOPS: &[(&str, &[&str], &str)] = &[
+    ("amf_sharer_table", &["amf_sharer_table.sv"], "csrc/sharer_table_shim.cpp"),
+    ("amf_frame_check", &["gen/amf_structs_pkg.sv", "amf_frame_check.sv"], "csrc/frame_check_shim.cpp"),
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

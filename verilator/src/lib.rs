@@ -3,4 +3,5 @@
 //! SAFETY comments.
 #![deny(missing_docs)]
 
+pub mod frame_check;
 pub mod sharer_table;

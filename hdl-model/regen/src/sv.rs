@@ -62,6 +62,13 @@ pub(crate) fn structs(s: &StructSpec) -> String {
     for st in &s.structs {
         let _ = writeln!(o, "\n  // {} ({} bytes, little-endian; first field at bit 0)", st.description, st.bytes);
         let _ = writeln!(o, "  localparam int unsigned {}Bytes = {};", camel(&st.name), st.bytes);
+        // Field positions as plain constants, for tools without full struct support (yosys).
+        let mut off = 0;
+        for f in &st.fields {
+            let _ = writeln!(o, "  localparam int unsigned {}{}Lsb = {off};", camel(&st.name), camel(&f.name));
+            let _ = writeln!(o, "  localparam int unsigned {}{}Width = {};", camel(&st.name), camel(&f.name), f.bits);
+            off += f.bits;
+        }
         let _ = writeln!(o, "  typedef struct packed {{");
         for f in st.fields.iter().rev() {
             let ty = match &f.enumeration {

@@ -45,6 +45,32 @@ package amf_structs_pkg;
 
   // Card-to-card message (UDP payload in simulation). (32 bytes, little-endian; first field at bit 0)
   localparam int unsigned LinkFrameBytes = 32;
+  localparam int unsigned LinkFrameKindLsb = 0;
+  localparam int unsigned LinkFrameKindWidth = 8;
+  localparam int unsigned LinkFrameSrcLsb = 8;
+  localparam int unsigned LinkFrameSrcWidth = 8;
+  localparam int unsigned LinkFrameDstLsb = 16;
+  localparam int unsigned LinkFrameDstWidth = 8;
+  localparam int unsigned LinkFrameFlagsLsb = 24;
+  localparam int unsigned LinkFrameFlagsWidth = 8;
+  localparam int unsigned LinkFrameEpochLsb = 32;
+  localparam int unsigned LinkFrameEpochWidth = 32;
+  localparam int unsigned LinkFrameSeqLsb = 64;
+  localparam int unsigned LinkFrameSeqWidth = 32;
+  localparam int unsigned LinkFrameStampLsb = 96;
+  localparam int unsigned LinkFrameStampWidth = 32;
+  localparam int unsigned LinkFrameResourceLsb = 128;
+  localparam int unsigned LinkFrameResourceWidth = 64;
+  localparam int unsigned LinkFrameSharersLsb = 192;
+  localparam int unsigned LinkFrameSharersWidth = 8;
+  localparam int unsigned LinkFrameOwnerLsb = 200;
+  localparam int unsigned LinkFrameOwnerWidth = 8;
+  localparam int unsigned LinkFrameStatusLsb = 208;
+  localparam int unsigned LinkFrameStatusWidth = 8;
+  localparam int unsigned LinkFrameReservedLsb = 216;
+  localparam int unsigned LinkFrameReservedWidth = 8;
+  localparam int unsigned LinkFrameCrcLsb = 224;
+  localparam int unsigned LinkFrameCrcWidth = 32;
   typedef struct packed {
     logic [31:0] crc;
     logic [7:0] reserved;
@@ -63,6 +89,20 @@ package amf_structs_pkg;
 
   // Command descriptor, host to card. (32 bytes, little-endian; first field at bit 0)
   localparam int unsigned CommandBytes = 32;
+  localparam int unsigned CommandOpcodeLsb = 0;
+  localparam int unsigned CommandOpcodeWidth = 8;
+  localparam int unsigned CommandFlagsLsb = 8;
+  localparam int unsigned CommandFlagsWidth = 8;
+  localparam int unsigned CommandReservedLsb = 16;
+  localparam int unsigned CommandReservedWidth = 16;
+  localparam int unsigned CommandTagLsb = 32;
+  localparam int unsigned CommandTagWidth = 32;
+  localparam int unsigned CommandResourceLsb = 64;
+  localparam int unsigned CommandResourceWidth = 64;
+  localparam int unsigned CommandEpochLsb = 128;
+  localparam int unsigned CommandEpochWidth = 32;
+  localparam int unsigned CommandPadLsb = 160;
+  localparam int unsigned CommandPadWidth = 96;
   typedef struct packed {
     logic [95:0] pad;
     logic [31:0] epoch;
@@ -75,6 +115,32 @@ package amf_structs_pkg;
 
   // Completion, card to host. The phase bit flips on every pass over the ring, so the host finds new entries without reading a register. (32 bytes, little-endian; first field at bit 0)
   localparam int unsigned CompletionBytes = 32;
+  localparam int unsigned CompletionOpcodeLsb = 0;
+  localparam int unsigned CompletionOpcodeWidth = 8;
+  localparam int unsigned CompletionStatusLsb = 8;
+  localparam int unsigned CompletionStatusWidth = 8;
+  localparam int unsigned CompletionFlagsLsb = 16;
+  localparam int unsigned CompletionFlagsWidth = 7;
+  localparam int unsigned CompletionPhaseLsb = 23;
+  localparam int unsigned CompletionPhaseWidth = 1;
+  localparam int unsigned CompletionPeersAskedLsb = 24;
+  localparam int unsigned CompletionPeersAskedWidth = 8;
+  localparam int unsigned CompletionTagLsb = 32;
+  localparam int unsigned CompletionTagWidth = 32;
+  localparam int unsigned CompletionResourceLsb = 64;
+  localparam int unsigned CompletionResourceWidth = 64;
+  localparam int unsigned CompletionSharersLsb = 128;
+  localparam int unsigned CompletionSharersWidth = 8;
+  localparam int unsigned CompletionOwnerLsb = 136;
+  localparam int unsigned CompletionOwnerWidth = 8;
+  localparam int unsigned CompletionMissingLsb = 144;
+  localparam int unsigned CompletionMissingWidth = 8;
+  localparam int unsigned CompletionReservedLsb = 152;
+  localparam int unsigned CompletionReservedWidth = 8;
+  localparam int unsigned CompletionCyclesLsb = 160;
+  localparam int unsigned CompletionCyclesWidth = 32;
+  localparam int unsigned CompletionPadLsb = 192;
+  localparam int unsigned CompletionPadWidth = 64;
   typedef struct packed {
     logic [63:0] pad;
     logic [31:0] cycles;
@@ -93,6 +159,24 @@ package amf_structs_pkg;
 
   // Event, card to host, with a phase bit like completions. (32 bytes, little-endian; first field at bit 0)
   localparam int unsigned EventBytes = 32;
+  localparam int unsigned EventKindLsb = 0;
+  localparam int unsigned EventKindWidth = 8;
+  localparam int unsigned EventNodeLsb = 8;
+  localparam int unsigned EventNodeWidth = 8;
+  localparam int unsigned EventFlagsLsb = 16;
+  localparam int unsigned EventFlagsWidth = 7;
+  localparam int unsigned EventPhaseLsb = 23;
+  localparam int unsigned EventPhaseWidth = 1;
+  localparam int unsigned EventReservedLsb = 24;
+  localparam int unsigned EventReservedWidth = 8;
+  localparam int unsigned EventEpochLsb = 32;
+  localparam int unsigned EventEpochWidth = 32;
+  localparam int unsigned EventResourceLsb = 64;
+  localparam int unsigned EventResourceWidth = 64;
+  localparam int unsigned EventSeqLsb = 128;
+  localparam int unsigned EventSeqWidth = 32;
+  localparam int unsigned EventPadLsb = 160;
+  localparam int unsigned EventPadWidth = 96;
   typedef struct packed {
     logic [95:0] pad;
     logic [31:0] seq;

@@ -168,6 +168,38 @@ fn crc(bytes: &[u8; 32]) -> u32 {
     crc32c::crc32c(&bytes[..28])
 }
 
+/// What the receive path decides about a frame, in check order (the RTL's `amf_frame_check`
+/// uses the same codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Verdict {
+    /// Accept.
+    Ok = 0,
+    /// CRC-32C of bytes 0..28 does not match.
+    BadCrc = 1,
+    /// Unknown kind, impossible source, or not addressed to this node.
+    Malformed = 2,
+    /// Another membership epoch.
+    StaleEpoch = 3,
+}
+
+/// Classifies a received frame for node `node` whose cluster is `peers` (a mask that may include
+/// the node itself) in epoch `epoch`.
+pub fn classify(raw: &[u8; 32], node: u8, peers: u8, epoch: u32) -> Verdict {
+    let f = LinkFrame::decode(raw);
+    if f.crc != crc(raw) {
+        return Verdict::BadCrc;
+    }
+    let others = peers & !(1u8 << (node & 7));
+    if FrameKind::from_raw(f.kind).is_none() || f.src >= NODES_MAX || others & (1 << f.src) == 0 || f.dst != node {
+        return Verdict::Malformed;
+    }
+    if f.epoch != epoch {
+        return Verdict::StaleEpoch;
+    }
+    Verdict::Ok
+}
+
 impl Card {
     /// A card out of reset.
     pub fn new() -> Card {
@@ -697,25 +729,17 @@ impl Card {
             self.stats.malformed = self.stats.malformed.wrapping_add(1);
             return false;
         };
+        let counter = match classify(&raw, self.node_id(), self.peers(), self.epoch) {
+            Verdict::Ok => None,
+            Verdict::BadCrc => Some(&mut self.stats.crc_errors),
+            Verdict::Malformed => Some(&mut self.stats.malformed),
+            Verdict::StaleEpoch => Some(&mut self.stats.stale_epoch),
+        };
+        if let Some(c) = counter {
+            *c = c.wrapping_add(1);
+            return false;
+        }
         let f = LinkFrame::decode(&raw);
-        if f.crc != crc(&raw) {
-            self.stats.crc_errors = self.stats.crc_errors.wrapping_add(1);
-            return false;
-        }
-        let me = self.node_id();
-        if FrameKind::from_raw(f.kind).is_none()
-            || f.src >= NODES_MAX
-            || f.src == me
-            || self.peers() & (1 << f.src) == 0
-            || f.dst != me
-        {
-            self.stats.malformed = self.stats.malformed.wrapping_add(1);
-            return false;
-        }
-        if f.epoch != self.epoch {
-            self.stats.stale_epoch = self.stats.stale_epoch.wrapping_add(1);
-            return false;
-        }
         self.stats.frames_rx = self.stats.frames_rx.wrapping_add(1);
         if !self.ctrl_enable {
             return true;

@@ -1,0 +1,39 @@
+// Synthesis wrapper: the checker's 256-bit frame ports exceed an HX8K's pins, so the frame is
+// shifted in serially and the passed-through frame is reduced to its parity. Only for the
+// resource and fmax report; the card's top will have narrow external ports.
+module amf_frame_check_syn (
+  input  logic       clk_i,
+  input  logic       rst_ni,
+  input  logic       in_bit_i,
+  input  logic       in_valid_i,
+  output logic       out_valid_o,
+  output logic       out_parity_o,
+  output logic [1:0] out_verdict_o
+);
+  logic [255:0] shift_q;
+  logic [255:0] out_frame;
+  logic [42:0]  cfg_q;
+
+  always_ff @(posedge clk_i) begin
+    shift_q <= {shift_q[254:0], in_bit_i};
+    cfg_q   <= {cfg_q[41:0], shift_q[255]};
+  end
+
+  logic in_ready_unused;
+
+  amf_frame_check u_check (
+    .clk_i,
+    .rst_ni,
+    .in_valid_i,
+    .in_ready_o   (in_ready_unused),
+    .in_frame_i   (shift_q),
+    .node_id_i    (cfg_q[2:0]),
+    .peers_i      (cfg_q[10:3]),
+    .epoch_i      (cfg_q[42:11]),
+    .out_valid_o,
+    .out_frame_o  (out_frame),
+    .out_verdict_o
+  );
+
+  assign out_parity_o = ^{out_frame, in_ready_unused};
+endmodule
