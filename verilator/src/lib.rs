@@ -4,4 +4,5 @@
 #![deny(missing_docs)]
 
 pub mod frame_check;
+pub mod regs;
 pub mod sharer_table;
