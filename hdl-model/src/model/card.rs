@@ -3,6 +3,7 @@
 //! collection and timeouts, conflict ordering (docs/protocol.md), heartbeats. Time is counted in
 //! card clock cycles so timeouts match the RTL.
 
+use super::ring::{RingError, RingWriter};
 use super::sharer_table::SharerTable;
 use crate::gen::regs;
 use crate::gen::structs::{Command, Completion, Event, EventKind, FrameKind, LinkFrame, Opcode, Status};
@@ -59,32 +60,26 @@ pub struct Outgoing {
     pub bytes: [u8; 32],
 }
 
+/// The host-to-card command ring, from the card's side.
 #[derive(Clone, Copy, Debug, Default)]
-struct Ring {
+struct CmdRing {
     base: u64,
     size_log2: u32,
-    /// Producer (cmd: host's; cpl/evt: card's).
+    /// Host's producer (doorbell).
     prod: u32,
-    /// Consumer (cmd: card's; cpl/evt: host's).
+    /// Card's consumer.
     cons: u32,
 }
 
-impl Ring {
+impl CmdRing {
     fn size(&self) -> u32 {
         1 << self.size_log2
     }
     fn valid(&self) -> bool {
-        (4..=12).contains(&self.size_log2)
+        (super::ring::SIZE_LOG2_MIN..=super::ring::SIZE_LOG2_MAX).contains(&self.size_log2)
     }
     fn slot(&self, index: u32) -> u64 {
-        self.base + (index & (self.size() - 1)) as u64 * 32
-    }
-    fn phase(&self, index: u32) -> u8 {
-        // First pass over the ring writes phase 1, the next 0, and so on.
-        ((index >> self.size_log2) & 1 == 0) as u8
-    }
-    fn full(&self) -> bool {
-        self.prod.wrapping_sub(self.cons) >= self.size()
+        self.base.wrapping_add((index & (self.size() - 1)) as u64 * 32)
     }
 }
 
@@ -141,10 +136,10 @@ pub struct Card {
     irq_enable: u32,
     scratch: u32,
     error_code: u32,
-    cmd: Ring,
+    cmd: CmdRing,
     cmd_cons_addr: u64,
-    cpl: Ring,
-    evt: Ring,
+    cpl: RingWriter,
+    evt: RingWriter,
     table: SharerTable,
     stats: Stats,
     cycle: u64,
@@ -213,10 +208,10 @@ impl Card {
             irq_enable: 0,
             scratch: 0,
             error_code: 0,
-            cmd: Ring { size_log2: regs::cmd_ring::size_log2::RESET, ..Ring::default() },
+            cmd: CmdRing { size_log2: regs::cmd_ring::size_log2::RESET, ..CmdRing::default() },
             cmd_cons_addr: 0,
-            cpl: Ring { size_log2: regs::cpl_ring::size_log2::RESET, ..Ring::default() },
-            evt: Ring { size_log2: regs::evt_ring::size_log2::RESET, ..Ring::default() },
+            cpl: RingWriter { size_log2: regs::cpl_ring::size_log2::RESET, ..RingWriter::default() },
+            evt: RingWriter { size_log2: regs::evt_ring::size_log2::RESET, ..RingWriter::default() },
             table: SharerTable::new(TABLE_SETS_LOG2, TABLE_WAYS),
             stats: Stats::default(),
             cycle: 0,
@@ -375,21 +370,25 @@ impl Card {
 
     fn host_consumed(&mut self, completions: bool, value: u32) {
         let ring = if completions { &mut self.cpl } else { &mut self.evt };
-        // The host may only move its consumer up to the card's producer.
-        if ring.prod.wrapping_sub(value) > ring.size() {
-            self.fail(regs::device::status::error_code::DOORBELL_OVERRUN);
-        } else {
-            ring.cons = value;
+        if let Err(e) = ring.host_consumed(value) {
+            self.ring_failed(e);
         }
+    }
+
+    fn ring_failed(&mut self, e: RingError) {
+        use regs::device::status::error_code as code;
+        self.fail(match e {
+            RingError::BadSize => code::BAD_RING_SIZE,
+            RingError::DoorbellOverrun => code::DOORBELL_OVERRUN,
+            RingError::Dma => code::DMA_ERROR,
+        });
     }
 
     fn soft_reset(&mut self) {
         self.cmd.prod = 0;
         self.cmd.cons = 0;
-        self.cpl.prod = 0;
-        self.cpl.cons = 0;
-        self.evt.prod = 0;
-        self.evt.cons = 0;
+        self.cpl.reset();
+        self.evt.reset();
         self.table.clear();
         self.stats = Stats::default();
         self.pending.clear();
@@ -462,32 +461,28 @@ impl Card {
         }
     }
 
-    fn post_event(&mut self, mem: &mut dyn HostMemory, mut e: Event) -> bool {
-        if !self.evt.valid() {
-            self.fail(regs::device::status::error_code::BAD_RING_SIZE);
-            return false;
+    /// Writes an event; false if the ring is full or failed (the caller retries later).
+    fn post_event(&mut self, mem: &mut dyn HostMemory, e: Event) -> bool {
+        match self.evt.post(mem, e.encode()) {
+            Ok(true) => {
+                self.irq |= 1 << regs::device::irq::event::LSB;
+                true
+            }
+            Ok(false) => false,
+            Err(err) => {
+                self.ring_failed(err);
+                false
+            }
         }
-        if self.evt.full() {
-            return false;
-        }
-        e.phase = self.evt.phase(self.evt.prod);
-        if mem.write(self.evt.slot(self.evt.prod), &e.encode()).is_err() {
-            self.fail(regs::device::status::error_code::DMA_ERROR);
-            return false;
-        }
-        self.evt.prod = self.evt.prod.wrapping_add(1);
-        self.irq |= 1 << regs::device::irq::event::LSB;
-        true
     }
 
-    fn complete(&mut self, mem: &mut dyn HostMemory, mut c: Completion) {
-        c.phase = self.cpl.phase(self.cpl.prod);
-        if mem.write(self.cpl.slot(self.cpl.prod), &c.encode()).is_err() {
-            self.fail(regs::device::status::error_code::DMA_ERROR);
-            return;
+    /// Writes a completion; command fetch reserved its slot.
+    fn complete(&mut self, mem: &mut dyn HostMemory, c: Completion) {
+        match self.cpl.post(mem, c.encode()) {
+            Ok(true) => self.irq |= 1 << regs::device::irq::completion::LSB,
+            Ok(false) => self.ring_failed(RingError::DoorbellOverrun),
+            Err(err) => self.ring_failed(err),
         }
-        self.cpl.prod = self.cpl.prod.wrapping_add(1);
-        self.irq |= 1 << regs::device::irq::completion::LSB;
     }
 
     fn fetch_commands(&mut self, mem: &mut dyn HostMemory) {
@@ -497,7 +492,7 @@ impl Card {
                 return;
             }
             // Room for every completion in flight plus this one.
-            if self.cpl.prod.wrapping_sub(self.cpl.cons) + self.pending.len() as u32 >= self.cpl.size() {
+            if self.cpl.space() <= self.pending.len() as u32 {
                 return;
             }
             let mut b = [0u8; 32];

@@ -2,6 +2,7 @@
 //! large simulations.
 
 pub mod card;
+pub mod ring;
 pub mod sharer_table;
 
 /// Host memory backed by a byte vector starting at DMA address `base` (tests and simulations).
