@@ -10,6 +10,7 @@ const TOPS: &[(&str, &[&str], &str)] = &[
     ("amf_sharer_table", &["amf_sharer_table.sv"], "csrc/sharer_table_shim.cpp"),
     ("amf_frame_check", &["gen/amf_structs_pkg.sv", "amf_frame_check.sv"], "csrc/frame_check_shim.cpp"),
     ("amf_regs", &["gen/amf_regs_pkg.sv", "amf_regs.sv"], "csrc/regs_shim.cpp"),
+    ("amf_ring_writer", &["amf_ring_writer.sv"], "csrc/ring_writer_shim.cpp"),
 ];
 
 fn main() {

@@ -5,4 +5,5 @@
 
 pub mod frame_check;
 pub mod regs;
+pub mod ring_writer;
 pub mod sharer_table;

@@ -73,7 +73,7 @@ struct CmdRing {
 
 impl CmdRing {
     fn size(&self) -> u32 {
-        1 << self.size_log2
+        1 << (self.size_log2 & 15)
     }
     fn valid(&self) -> bool {
         (super::ring::SIZE_LOG2_MIN..=super::ring::SIZE_LOG2_MAX).contains(&self.size_log2)

@@ -36,8 +36,10 @@ pub struct RingWriter {
 }
 
 impl RingWriter {
+    /// Entries. Only the low 4 bits of size_log2 count (as in the RTL), so a garbage value
+    /// cannot overflow; values outside 4..=12 are refused for writing anyway.
     fn size(&self) -> u32 {
-        1 << self.size_log2
+        1 << (self.size_log2 & 15)
     }
 
     /// size_log2 is usable.
