@@ -3,7 +3,7 @@
 //! collection and timeouts, conflict ordering (docs/protocol.md), heartbeats. Time is counted in
 //! card clock cycles so timeouts match the RTL.
 
-use super::ring::{RingError, RingWriter};
+use super::ring::{RingError, RingReader, RingWriter};
 use super::sharer_table::SharerTable;
 use crate::gen::regs;
 use crate::gen::structs::{Command, Completion, Event, EventKind, FrameKind, LinkFrame, Opcode, Status};
@@ -60,29 +60,6 @@ pub struct Outgoing {
     pub bytes: [u8; 32],
 }
 
-/// The host-to-card command ring, from the card's side.
-#[derive(Clone, Copy, Debug, Default)]
-struct CmdRing {
-    base: u64,
-    size_log2: u32,
-    /// Host's producer (doorbell).
-    prod: u32,
-    /// Card's consumer.
-    cons: u32,
-}
-
-impl CmdRing {
-    fn size(&self) -> u32 {
-        1 << (self.size_log2 & 15)
-    }
-    fn valid(&self) -> bool {
-        (super::ring::SIZE_LOG2_MIN..=super::ring::SIZE_LOG2_MAX).contains(&self.size_log2)
-    }
-    fn slot(&self, index: u32) -> u64 {
-        self.base.wrapping_add((index & (self.size() - 1)) as u64 * 32)
-    }
-}
-
 /// An acquire, search or other command waiting for answers.
 #[derive(Clone, Debug)]
 struct Pending {
@@ -136,8 +113,7 @@ pub struct Card {
     irq_enable: u32,
     scratch: u32,
     error_code: u32,
-    cmd: CmdRing,
-    cmd_cons_addr: u64,
+    cmd: RingReader,
     cpl: RingWriter,
     evt: RingWriter,
     table: SharerTable,
@@ -208,8 +184,7 @@ impl Card {
             irq_enable: 0,
             scratch: 0,
             error_code: 0,
-            cmd: CmdRing { size_log2: regs::cmd_ring::size_log2::RESET, ..CmdRing::default() },
-            cmd_cons_addr: 0,
+            cmd: RingReader { size_log2: regs::cmd_ring::size_log2::RESET, ..RingReader::default() },
             cpl: RingWriter { size_log2: regs::cpl_ring::size_log2::RESET, ..RingWriter::default() },
             evt: RingWriter { size_log2: regs::evt_ring::size_log2::RESET, ..RingWriter::default() },
             table: SharerTable::new(TABLE_SETS_LOG2, TABLE_WAYS),
@@ -288,8 +263,8 @@ impl Card {
             (cmd_ring::TYPE, cmd_ring::base_lo::OFFSET) => self.cmd.base as u32,
             (cmd_ring::TYPE, cmd_ring::base_hi::OFFSET) => (self.cmd.base >> 32) as u32,
             (cmd_ring::TYPE, cmd_ring::size_log2::OFFSET) => self.cmd.size_log2,
-            (cmd_ring::TYPE, cmd_ring::cons_addr_lo::OFFSET) => self.cmd_cons_addr as u32,
-            (cmd_ring::TYPE, cmd_ring::cons_addr_hi::OFFSET) => (self.cmd_cons_addr >> 32) as u32,
+            (cmd_ring::TYPE, cmd_ring::cons_addr_lo::OFFSET) => self.cmd.cons_addr as u32,
+            (cmd_ring::TYPE, cmd_ring::cons_addr_hi::OFFSET) => (self.cmd.cons_addr >> 32) as u32,
             (cpl_ring::TYPE, cpl_ring::base_lo::OFFSET) => self.cpl.base as u32,
             (cpl_ring::TYPE, cpl_ring::base_hi::OFFSET) => (self.cpl.base >> 32) as u32,
             (cpl_ring::TYPE, cpl_ring::size_log2::OFFSET) => self.cpl.size_log2,
@@ -345,15 +320,11 @@ impl Card {
             (cmd_ring::TYPE, cmd_ring::base_lo::OFFSET) => self.cmd.base = lo(self.cmd.base),
             (cmd_ring::TYPE, cmd_ring::base_hi::OFFSET) => self.cmd.base = hi(self.cmd.base),
             (cmd_ring::TYPE, cmd_ring::size_log2::OFFSET) => self.cmd.size_log2 = value,
-            (cmd_ring::TYPE, cmd_ring::cons_addr_lo::OFFSET) => self.cmd_cons_addr = lo(self.cmd_cons_addr),
-            (cmd_ring::TYPE, cmd_ring::cons_addr_hi::OFFSET) => self.cmd_cons_addr = hi(self.cmd_cons_addr),
+            (cmd_ring::TYPE, cmd_ring::cons_addr_lo::OFFSET) => self.cmd.cons_addr = lo(self.cmd.cons_addr),
+            (cmd_ring::TYPE, cmd_ring::cons_addr_hi::OFFSET) => self.cmd.cons_addr = hi(self.cmd.cons_addr),
             (cmd_ring::TYPE, cmd_ring::doorbell::OFFSET) => {
-                if !self.cmd.valid() {
-                    self.fail(device::status::error_code::BAD_RING_SIZE);
-                } else if value.wrapping_sub(self.cmd.cons) > self.cmd.size() {
-                    self.fail(device::status::error_code::DOORBELL_OVERRUN);
-                } else {
-                    self.cmd.prod = value;
+                if let Err(e) = self.cmd.doorbell(value) {
+                    self.ring_failed(e);
                 }
             }
             (cpl_ring::TYPE, cpl_ring::base_lo::OFFSET) => self.cpl.base = lo(self.cpl.base),
@@ -385,8 +356,7 @@ impl Card {
     }
 
     fn soft_reset(&mut self) {
-        self.cmd.prod = 0;
-        self.cmd.cons = 0;
+        self.cmd.reset();
         self.cpl.reset();
         self.evt.reset();
         self.table.clear();
@@ -402,7 +372,7 @@ impl Card {
     pub fn busy(&self) -> bool {
         self.ctrl_enable
             && self.error_code == 0
-            && (self.cmd.prod != self.cmd.cons || !self.pending.is_empty() || !self.deferred.is_empty())
+            && (self.cmd.pending() || !self.pending.is_empty() || !self.deferred.is_empty())
     }
 
     /// Frames the card sent since the last call.
@@ -486,26 +456,23 @@ impl Card {
     }
 
     fn fetch_commands(&mut self, mem: &mut dyn HostMemory) {
-        while self.cmd.prod != self.cmd.cons && self.pending.len() < INFLIGHT_MAX {
-            if !self.cmd.valid() || !self.cpl.valid() {
-                self.fail(regs::device::status::error_code::BAD_RING_SIZE);
+        while self.cmd.pending() && self.pending.len() < INFLIGHT_MAX {
+            if !self.cpl.valid() {
+                self.ring_failed(RingError::BadSize);
                 return;
             }
             // Room for every completion in flight plus this one.
             if self.cpl.space() <= self.pending.len() as u32 {
                 return;
             }
-            let mut b = [0u8; 32];
-            if mem.read(self.cmd.slot(self.cmd.cons), &mut b).is_err() {
-                self.fail(regs::device::status::error_code::DMA_ERROR);
-                return;
+            match self.cmd.fetch(mem) {
+                Ok(Some(b)) => self.execute(Command::decode(&b), mem),
+                Ok(None) => return,
+                Err(e) => {
+                    self.ring_failed(e);
+                    return;
+                }
             }
-            self.cmd.cons = self.cmd.cons.wrapping_add(1);
-            if self.cmd_cons_addr != 0 && mem.write(self.cmd_cons_addr, &self.cmd.cons.to_le_bytes()).is_err() {
-                self.fail(regs::device::status::error_code::DMA_ERROR);
-                return;
-            }
-            self.execute(Command::decode(&b), mem);
         }
     }
 

@@ -99,3 +99,72 @@ impl RingWriter {
         self.cons = 0;
     }
 }
+
+/// The card's side of the host-to-card command ring: the host posts its producer index with a
+/// doorbell; the card reads descriptors in order and, if the host gave an address, writes its
+/// consumer index back there (so the host never reads it over MMIO).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RingReader {
+    /// DMA address of entry 0.
+    pub base: u64,
+    /// Entries = 2^size_log2.
+    pub size_log2: u32,
+    /// Where the consumer index is written back (0: nowhere).
+    pub cons_addr: u64,
+    /// Host's producer index.
+    pub prod: u32,
+    /// Entries read.
+    pub cons: u32,
+}
+
+impl RingReader {
+    fn size(&self) -> u32 {
+        1 << (self.size_log2 & 15)
+    }
+
+    /// size_log2 is usable.
+    pub fn valid(&self) -> bool {
+        (SIZE_LOG2_MIN..=SIZE_LOG2_MAX).contains(&self.size_log2)
+    }
+
+    /// Descriptors posted and not yet read.
+    pub fn pending(&self) -> bool {
+        self.prod != self.cons
+    }
+
+    /// The host's producer doorbell.
+    pub fn doorbell(&mut self, value: u32) -> Result<(), RingError> {
+        if !self.valid() {
+            return Err(RingError::BadSize);
+        }
+        if value.wrapping_sub(self.cons) > self.size() {
+            return Err(RingError::DoorbellOverrun);
+        }
+        self.prod = value;
+        Ok(())
+    }
+
+    /// Reads the next descriptor (and writes the consumer index back); None if none is posted.
+    pub fn fetch(&mut self, mem: &mut dyn HostMemory) -> Result<Option<[u8; 32]>, RingError> {
+        if !self.pending() {
+            return Ok(None);
+        }
+        if !self.valid() {
+            return Err(RingError::BadSize);
+        }
+        let mut b = [0u8; 32];
+        let slot = self.base.wrapping_add((self.cons & (self.size() - 1)) as u64 * 32);
+        mem.read(slot, &mut b).map_err(|_| RingError::Dma)?;
+        self.cons = self.cons.wrapping_add(1);
+        if self.cons_addr != 0 {
+            mem.write(self.cons_addr, &self.cons.to_le_bytes()).map_err(|_| RingError::Dma)?;
+        }
+        Ok(Some(b))
+    }
+
+    /// Empties the ring (soft reset).
+    pub fn reset(&mut self) {
+        self.prod = 0;
+        self.cons = 0;
+    }
+}
