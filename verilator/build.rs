@@ -11,6 +11,7 @@ const TOPS: &[(&str, &[&str], &str)] = &[
     ("amf_frame_check", &["gen/amf_structs_pkg.sv", "amf_frame_check.sv"], "csrc/frame_check_shim.cpp"),
     ("amf_regs", &["gen/amf_regs_pkg.sv", "amf_regs.sv"], "csrc/regs_shim.cpp"),
     ("amf_ring_writer", &["amf_ring_writer.sv"], "csrc/ring_writer_shim.cpp"),
+    ("amf_cmd_fetch", &["amf_cmd_fetch.sv"], "csrc/cmd_fetch_shim.cpp"),
 ];
 
 fn main() {

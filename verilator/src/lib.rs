@@ -3,6 +3,7 @@
 //! SAFETY comments.
 #![deny(missing_docs)]
 
+pub mod cmd_fetch;
 pub mod frame_check;
 pub mod regs;
 pub mod ring_writer;
