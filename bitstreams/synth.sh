@@ -20,7 +20,7 @@ FREQ_MHZ=60
 # package's pins go through a wrapper in bitstreams/wrap (named *_syn).
 tops=(
   "amf_sharer_table|-set SetsLog2 6 -set Ways 4|hdl-model/rtl/amf_sharer_table.sv"
-  "amf_frame_check_syn||hdl-model/rtl/amf_frame_check.sv bitstreams/wrap/amf_frame_check_syn.sv"
+  "amf_frame_check_syn||hdl-model/rtl/amf_crc_pkg.sv hdl-model/rtl/amf_frame_check.sv bitstreams/wrap/amf_frame_check_syn.sv"
 )
 {
   echo "# Synthesis report (iCE40 HX8K)"
@@ -34,7 +34,7 @@ tops=(
 } > "$out/report.md"
 for t in "${tops[@]}"; do
   IFS='|' read -r top params files <<<"$t"
-  yosys -q -l "$out/$top.yosys.log" -p "read_verilog -sv hdl-model/rtl/gen/amf_regs_pkg.sv hdl-model/rtl/gen/amf_structs_pkg.sv $files; ${params:+chparam $params $top;} synth_ice40 -top $top -json $out/$top.json"
+  yosys -q -l "$out/$top.yosys.log" -p "read_verilog -sv hdl-model/gen/sv/amf_regs_pkg.sv hdl-model/gen/sv/amf_structs_pkg.sv $files; ${params:+chparam $params $top;} synth_ice40 -top $top -json $out/$top.json"
   nextpnr-ice40 --hx8k --package ct256 --json "$out/$top.json" --freq "$FREQ_MHZ" --asc "$out/$top.asc" -q -l "$out/$top.pnr.log" 2>/dev/null || true
   lc=$(grep -E '^Info:[[:space:]]+ICESTORM_LC:' "$out/$top.pnr.log" | tail -1 | awk '{print $3 " " $4}')
   ram=$(grep -E '^Info:[[:space:]]+ICESTORM_RAM:' "$out/$top.pnr.log" | tail -1 | awk '{print $3 " " $4}')

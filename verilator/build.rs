@@ -8,8 +8,8 @@ use std::process::Command;
 /// (top module, RTL files relative to hdl-model/rtl, shim).
 const TOPS: &[(&str, &[&str], &str)] = &[
     ("amf_sharer_table", &["amf_sharer_table.sv"], "csrc/sharer_table_shim.cpp"),
-    ("amf_frame_check", &["gen/amf_structs_pkg.sv", "amf_frame_check.sv"], "csrc/frame_check_shim.cpp"),
-    ("amf_regs", &["gen/amf_regs_pkg.sv", "amf_regs.sv"], "csrc/regs_shim.cpp"),
+    ("amf_frame_check", &["../gen/sv/amf_structs_pkg.sv", "amf_crc_pkg.sv", "amf_frame_check.sv"], "csrc/frame_check_shim.cpp"),
+    ("amf_regs", &["../gen/sv/amf_regs_pkg.sv", "amf_regs.sv"], "csrc/regs_shim.cpp"),
     ("amf_ring_writer", &["amf_ring_writer.sv"], "csrc/ring_writer_shim.cpp"),
     ("amf_cmd_fetch", &["amf_cmd_fetch.sv"], "csrc/cmd_fetch_shim.cpp"),
 ];
@@ -21,6 +21,7 @@ fn main() {
     let root = verilator_root();
     println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-changed={}", rtl.display());
+    println!("cargo:rerun-if-changed={}", rtl.join("../gen/sv").display());
     let mut shims = cc::Build::new();
     shims
         .cpp(true)

@@ -24,17 +24,7 @@ module amf_frame_check (
   localparam logic [1:0] VerdictBadCrc   = 2'd1;
   localparam logic [1:0] VerdictMalformed = 2'd2;
   localparam logic [1:0] VerdictStale    = 2'd3;
-  localparam logic [31:0] Crc32cPoly     = 32'h82f6_3b78;  // reflected Castagnoli
   localparam int unsigned CrcWords       = 7;              // 28 bytes, 4 per cycle
-
-  function automatic logic [31:0] crc_word(input logic [31:0] crc, input logic [31:0] data);
-    logic [31:0] c;
-    c = crc ^ data;
-    for (int i = 0; i < 32; i++) begin
-      c = c[0] ? (c >> 1) ^ Crc32cPoly : (c >> 1);
-    end
-    crc_word = c;
-  endfunction
 
   typedef enum logic [1:0] {StIdle, StCrc, StDone} state_e;
 
@@ -69,7 +59,7 @@ module amf_frame_check (
         end
       end
       StCrc: begin
-        crc_d  = crc_word(crc_q, data_q[31:0]);
+        crc_d  = amf_crc_pkg::crc32c_word(crc_q, data_q[31:0]);
         data_d = data_q >> 32;
         word_d = word_q + 1'b1;
         if (word_q == 3'(CrcWords - 1)) state_d = StDone;

@@ -37,8 +37,8 @@ pub fn load(root: &Path) -> Result<Specs, SpecError> {
 pub fn generate(root: &Path) -> Result<Vec<(PathBuf, String)>, SpecError> {
     let s = load(root)?;
     Ok(vec![
-        (PathBuf::from("hdl-model/rtl/gen/amf_regs_pkg.sv"), sv::regs(&s.regs)),
-        (PathBuf::from("hdl-model/rtl/gen/amf_structs_pkg.sv"), sv::structs(&s.structs)),
+        (PathBuf::from("hdl-model/gen/sv/amf_regs_pkg.sv"), sv::regs(&s.regs)),
+        (PathBuf::from("hdl-model/gen/sv/amf_structs_pkg.sv"), sv::structs(&s.structs)),
         (PathBuf::from("hdl-model/src/gen/regs.rs"), rust::regs(&s.regs)),
         (PathBuf::from("hdl-model/src/gen/structs.rs"), rust::structs(&s.structs)),
         (PathBuf::from("docs/registers.md"), md::doc(&s.regs, &s.structs)),
