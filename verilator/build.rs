@@ -8,10 +8,15 @@ use std::process::Command;
 /// (top module, RTL files relative to hdl-model/rtl, shim).
 const TOPS: &[(&str, &[&str], &str)] = &[
     ("amf_sharer_table", &["amf_sharer_table.sv"], "csrc/sharer_table_shim.cpp"),
-    ("amf_frame_check", &["../gen/sv/amf_structs_pkg.sv", "amf_crc_pkg.sv", "amf_frame_check.sv"], "csrc/frame_check_shim.cpp"),
+    (
+        "amf_frame_check",
+        &["../gen/sv/amf_structs_pkg.sv", "amf_crc_pkg.sv", "amf_frame_check.sv"],
+        "csrc/frame_check_shim.cpp",
+    ),
     ("amf_regs", &["../gen/sv/amf_regs_pkg.sv", "amf_regs.sv"], "csrc/regs_shim.cpp"),
     ("amf_ring_writer", &["amf_ring_writer.sv"], "csrc/ring_writer_shim.cpp"),
     ("amf_cmd_fetch", &["amf_cmd_fetch.sv"], "csrc/cmd_fetch_shim.cpp"),
+    ("amf_frame_tx", &["amf_crc_pkg.sv", "amf_frame_tx.sv"], "csrc/frame_tx_shim.cpp"),
 ];
 
 fn main() {

@@ -41,6 +41,9 @@ struct amf_cf {
 void* amf_cf_new() {
     auto* s = new amf_cf;
     s->ctx.threads(1);
+    // Verilator keeps a per-thread "current context" that scopes register with; several models
+    // in one thread each need theirs current whenever they are built, run or destroyed.
+    Verilated::threadContextp(&s->ctx);
     s->top = new Vamf_cmd_fetch{&s->ctx};
     s->top->clk_i = 0;
     s->top->rst_ni = 0;
@@ -50,13 +53,16 @@ void* amf_cf_new() {
 
 void amf_cf_free(void* p) {
     auto* s = static_cast<amf_cf*>(p);
+    Verilated::threadContextp(&s->ctx);
     s->top->final();
     delete s->top;
     delete s;
 }
 
 void amf_cf_cycle(void* p, amf_cf_io* io) {
-    auto* t = static_cast<amf_cf*>(p)->top;
+    auto* s = static_cast<amf_cf*>(p);
+    Verilated::threadContextp(&s->ctx);
+    auto* t = s->top;
     t->rst_ni = io->rst_n;
     t->clear_i = io->clear;
     t->enable_i = io->enable;

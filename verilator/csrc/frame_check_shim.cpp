@@ -27,6 +27,9 @@ struct amf_fc {
 void* amf_fc_new() {
     auto* s = new amf_fc;
     s->ctx.threads(1);
+    // Verilator keeps a per-thread "current context" that scopes register with; several models
+    // in one thread each need theirs current whenever they are built, run or destroyed.
+    Verilated::threadContextp(&s->ctx);
     s->top = new Vamf_frame_check{&s->ctx};
     s->top->clk_i = 0;
     s->top->rst_ni = 0;
@@ -36,13 +39,16 @@ void* amf_fc_new() {
 
 void amf_fc_free(void* p) {
     auto* s = static_cast<amf_fc*>(p);
+    Verilated::threadContextp(&s->ctx);
     s->top->final();
     delete s->top;
     delete s;
 }
 
 void amf_fc_cycle(void* p, amf_fc_io* io) {
-    auto* t = static_cast<amf_fc*>(p)->top;
+    auto* s = static_cast<amf_fc*>(p);
+    Verilated::threadContextp(&s->ctx);
+    auto* t = s->top;
     t->rst_ni = io->rst_n;
     t->in_valid_i = io->in_valid;
     t->node_id_i = io->node_id;

@@ -40,6 +40,9 @@ struct amf_rg {
 void* amf_rg_new() {
     auto* s = new amf_rg;
     s->ctx.threads(1);
+    // Verilator keeps a per-thread "current context" that scopes register with; several models
+    // in one thread each need theirs current whenever they are built, run or destroyed.
+    Verilated::threadContextp(&s->ctx);
     s->top = new Vamf_regs{&s->ctx};
     s->top->clk_i = 0;
     s->top->rst_ni = 0;
@@ -49,13 +52,16 @@ void* amf_rg_new() {
 
 void amf_rg_free(void* p) {
     auto* s = static_cast<amf_rg*>(p);
+    Verilated::threadContextp(&s->ctx);
     s->top->final();
     delete s->top;
     delete s;
 }
 
 void amf_rg_cycle(void* p, amf_rg_io* io) {
-    auto* t = static_cast<amf_rg*>(p)->top;
+    auto* s = static_cast<amf_rg*>(p);
+    Verilated::threadContextp(&s->ctx);
+    auto* t = s->top;
     t->rst_ni = io->rst_n;
     t->req_valid_i = io->req_valid;
     t->req_write_i = io->req_write;

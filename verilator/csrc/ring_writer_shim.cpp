@@ -39,6 +39,9 @@ struct amf_rw {
 void* amf_rw_new() {
     auto* s = new amf_rw;
     s->ctx.threads(1);
+    // Verilator keeps a per-thread "current context" that scopes register with; several models
+    // in one thread each need theirs current whenever they are built, run or destroyed.
+    Verilated::threadContextp(&s->ctx);
     s->top = new Vamf_ring_writer{&s->ctx};
     s->top->clk_i = 0;
     s->top->rst_ni = 0;
@@ -48,13 +51,16 @@ void* amf_rw_new() {
 
 void amf_rw_free(void* p) {
     auto* s = static_cast<amf_rw*>(p);
+    Verilated::threadContextp(&s->ctx);
     s->top->final();
     delete s->top;
     delete s;
 }
 
 void amf_rw_cycle(void* p, amf_rw_io* io) {
-    auto* t = static_cast<amf_rw*>(p)->top;
+    auto* s = static_cast<amf_rw*>(p);
+    Verilated::threadContextp(&s->ctx);
+    auto* t = s->top;
     t->rst_ni = io->rst_n;
     t->clear_i = io->clear;
     t->base_i = io->base;

@@ -35,6 +35,9 @@ struct amf_st {
 void* amf_st_new() {
     auto* s = new amf_st;
     s->ctx.threads(1);
+    // Verilator keeps a per-thread "current context" that scopes register with; several models
+    // in one thread each need theirs current whenever they are built, run or destroyed.
+    Verilated::threadContextp(&s->ctx);
     s->top = new Vamf_sharer_table{&s->ctx};
     s->top->clk_i = 0;
     s->top->rst_ni = 0;
@@ -44,6 +47,7 @@ void* amf_st_new() {
 
 void amf_st_free(void* p) {
     auto* s = static_cast<amf_st*>(p);
+    Verilated::threadContextp(&s->ctx);
     s->top->final();
     delete s->top;
     delete s;
@@ -65,6 +69,7 @@ static void read_outputs(Vamf_sharer_table* t, amf_st_io* io) {
 // On return `io` holds the outputs as they were when the inputs were sampled.
 void amf_st_cycle(void* p, amf_st_io* io) {
     auto* s = static_cast<amf_st*>(p);
+    Verilated::threadContextp(&s->ctx);
     auto* t = s->top;
     t->rst_ni = io->rst_n;
     t->clear_i = io->clear;

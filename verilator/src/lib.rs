@@ -5,6 +5,7 @@
 
 pub mod cmd_fetch;
 pub mod frame_check;
+pub mod frame_tx;
 pub mod regs;
 pub mod ring_writer;
 pub mod sharer_table;
