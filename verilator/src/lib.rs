@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod cmd_fetch;
+pub mod dma_arb;
 pub mod frame_check;
 pub mod frame_tx;
 pub mod regs;
