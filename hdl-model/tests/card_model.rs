@@ -35,7 +35,7 @@ impl Node {
     fn new(id: u8, nodes: u8, epoch: u32) -> Node {
         let mut n = Node {
             card: Card::new(),
-            mem: VecMemory { base: BASE, bytes: vec![0; 0x40000] },
+            mem: VecMemory::new(BASE, 0x40000),
             cmd_prod: 0,
             cpl_cons: 0,
             evt_cons: 0,

@@ -2,47 +2,13 @@
 //! doorbells (valid, overrunning, with garbage ring sizes), refused DMA reads and write-backs,
 //! with and without a consumer write-back address. AMF_SEED=N replays one seed.
 
-use amf_hdl_model::model::card::{DmaError, HostMemory};
-use amf_hdl_model::model::ring::{RingError, RingReader as Model};
+use amf_hdl_model::model::ring::RingReader as Model;
+use amf_hdl_model::model::VecMemory;
 use amf_verilator::cmd_fetch::CmdFetch as Rtl;
 use rand::{rngs::SmallRng, Rng, RngCore, SeedableRng};
 
 const BASE: u64 = 0x4000_0000;
 const CONS_ADDR: u64 = BASE + 0x20000;
-
-struct Mem {
-    bytes: Vec<u8>,
-    fail: bool,
-}
-
-impl HostMemory for Mem {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let err = DmaError { addr, len: buf.len() };
-        if self.fail {
-            return Err(err);
-        }
-        let at = addr.checked_sub(BASE).ok_or(err)? as usize;
-        buf.copy_from_slice(self.bytes.get(at..at + buf.len()).ok_or(err)?);
-        Ok(())
-    }
-    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        let err = DmaError { addr, len: data.len() };
-        if self.fail {
-            return Err(err);
-        }
-        let at = addr.checked_sub(BASE).ok_or(err)? as usize;
-        self.bytes.get_mut(at..at + data.len()).ok_or(err)?.copy_from_slice(data);
-        Ok(())
-    }
-}
-
-fn code(e: RingError) -> u8 {
-    match e {
-        RingError::BadSize => 1,
-        RingError::DoorbellOverrun => 2,
-        RingError::Dma => 3,
-    }
-}
 
 #[test]
 fn rtl_cmd_fetch_matches_model() {
@@ -54,8 +20,8 @@ fn rtl_cmd_fetch_matches_model() {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut bytes = vec![0u8; 0x30000];
         rng.fill_bytes(&mut bytes[..0x20000]);
-        let mut rtl_mem = Mem { bytes: bytes.clone(), fail: false };
-        let mut model_mem = Mem { bytes, fail: false };
+        let mut rtl_mem = VecMemory { base: BASE, bytes: bytes.clone(), refuse: false };
+        let mut model_mem = VecMemory { base: BASE, bytes, refuse: false };
         let mut rtl = Rtl::new();
         let mut model = Model { base: BASE, size_log2: 5, cons_addr: CONS_ADDR, ..Model::default() };
         rtl.configure(BASE, 5, CONS_ADDR);
@@ -72,14 +38,14 @@ fn rtl_cmd_fetch_matches_model() {
                 3..=40 => {
                     let value =
                         if rng.gen_bool(0.9) { model.cons.wrapping_add(rng.gen_range(0..=20)) } else { rng.gen() };
-                    let want = model.doorbell(value).err().map(code);
+                    let want = model.doorbell(value).err().map(|e| e.code() as u8);
                     assert_eq!(rtl.doorbell(value), want, "seed {seed} op {op}: doorbell {value}");
                 }
                 _ => {
                     let fail = rng.gen_range(0..25) == 0;
-                    rtl_mem.fail = fail;
-                    model_mem.fail = fail;
-                    let want = model.fetch(&mut model_mem).map_err(code);
+                    rtl_mem.refuse = fail;
+                    model_mem.refuse = fail;
+                    let want = model.fetch(&mut model_mem).map_err(|e| e.code() as u8);
                     let got = rtl.fetch(&mut rtl_mem).unwrap_or_else(|| panic!("seed {seed} op {op}: RTL hung"));
                     assert_eq!(got, want, "seed {seed} op {op}: fetch");
                     match got {

@@ -2,44 +2,14 @@
 //! entries, host doorbells (valid and garbage), size changes and refused DMA writes; host memory
 //! must end up identical. AMF_SEED=N replays one seed.
 
-use amf_hdl_model::model::card::{DmaError, HostMemory};
-use amf_hdl_model::model::ring::{RingError, RingWriter as Model};
+use amf_hdl_model::model::ring::RingWriter as Model;
+use amf_hdl_model::model::VecMemory;
 use amf_verilator::ring_writer::{Posted, RingWriter as Rtl};
 use rand::{rngs::SmallRng, Rng, RngCore, SeedableRng};
 
 const BASE: u64 = 0x8000_0000;
 
 /// Host memory that refuses writes while `fail` is set.
-struct Mem {
-    bytes: Vec<u8>,
-    fail: bool,
-}
-
-impl HostMemory for Mem {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let at = (addr - BASE) as usize;
-        buf.copy_from_slice(&self.bytes[at..at + buf.len()]);
-        Ok(())
-    }
-    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        let err = DmaError { addr, len: data.len() };
-        if self.fail {
-            return Err(err);
-        }
-        let at = addr.checked_sub(BASE).ok_or(err)? as usize;
-        self.bytes.get_mut(at..at + data.len()).ok_or(err)?.copy_from_slice(data);
-        Ok(())
-    }
-}
-
-fn code(e: RingError) -> u8 {
-    match e {
-        RingError::BadSize => 1,
-        RingError::DoorbellOverrun => 2,
-        RingError::Dma => 3,
-    }
-}
-
 #[test]
 fn rtl_ring_writer_matches_model() {
     let seeds: Vec<u64> = match std::env::var("AMF_SEED") {
@@ -51,8 +21,8 @@ fn rtl_ring_writer_matches_model() {
         let mut rtl = Rtl::new();
         let mut model = Model { base: BASE, size_log2: 4, ..Model::default() };
         rtl.configure(BASE, 4);
-        let mut rtl_mem = Mem { bytes: vec![0; 32 << 12], fail: false };
-        let mut model_mem = Mem { bytes: vec![0; 32 << 12], fail: false };
+        let mut rtl_mem = VecMemory::new(BASE, 32 << 12);
+        let mut model_mem = VecMemory::new(BASE, 32 << 12);
         let (mut written, mut full, mut errors) = (0, 0, 0);
         for op in 0..6000 {
             match rng.gen_range(0..100) {
@@ -64,14 +34,14 @@ fn rtl_ring_writer_matches_model() {
                 }
                 2..=79 => {
                     let fail = rng.gen_range(0..30) == 0;
-                    rtl_mem.fail = fail;
-                    model_mem.fail = fail;
+                    rtl_mem.refuse = fail;
+                    model_mem.refuse = fail;
                     let mut e = [0u8; 32];
                     rng.fill_bytes(&mut e);
                     let want = match model.post(&mut model_mem, e) {
                         Ok(true) => Posted::Written,
                         Ok(false) => Posted::Full,
-                        Err(err) => Posted::Error(code(err)),
+                        Err(err) => Posted::Error(err.code() as u8),
                     };
                     let got = rtl.post(&e, &mut rtl_mem).unwrap_or_else(|| panic!("seed {seed} op {op}: RTL hung"));
                     assert_eq!(got, want, "seed {seed} op {op}: post");
@@ -88,7 +58,7 @@ fn rtl_ring_writer_matches_model() {
                     } else {
                         rng.gen()
                     };
-                    let want = model.host_consumed(value).err().map(code);
+                    let want = model.host_consumed(value).err().map(|e| e.code() as u8);
                     assert_eq!(rtl.host_consumed(value), want, "seed {seed} op {op}: doorbell {value}");
                 }
             }

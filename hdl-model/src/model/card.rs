@@ -347,12 +347,7 @@ impl Card {
     }
 
     fn ring_failed(&mut self, e: RingError) {
-        use regs::device::status::error_code as code;
-        self.fail(match e {
-            RingError::BadSize => code::BAD_RING_SIZE,
-            RingError::DoorbellOverrun => code::DOORBELL_OVERRUN,
-            RingError::Dma => code::DMA_ERROR,
-        });
+        self.fail(e.code());
     }
 
     fn soft_reset(&mut self) {

@@ -6,26 +6,42 @@ pub mod ring;
 pub mod sharer_table;
 
 /// Host memory backed by a byte vector starting at DMA address `base` (tests and simulations).
+/// With `refuse` set every access fails, as a host memory port returning errors would.
 pub struct VecMemory {
     /// DMA address of byte 0.
     pub base: u64,
     /// Contents.
     pub bytes: Vec<u8>,
+    /// Refuse every access.
+    pub refuse: bool,
+}
+
+impl VecMemory {
+    /// `len` zero bytes at `base`.
+    pub fn new(base: u64, len: usize) -> VecMemory {
+        VecMemory { base, bytes: vec![0; len], refuse: false }
+    }
+
+    fn range(&self, addr: u64, len: usize) -> Result<std::ops::Range<usize>, card::DmaError> {
+        let err = card::DmaError { addr, len };
+        if self.refuse {
+            return Err(err);
+        }
+        let at = addr.checked_sub(self.base).ok_or(err)? as usize;
+        let end = at.checked_add(len).filter(|&e| e <= self.bytes.len()).ok_or(err)?;
+        Ok(at..end)
+    }
 }
 
 impl card::HostMemory for VecMemory {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), card::DmaError> {
-        let err = card::DmaError { addr, len: buf.len() };
-        let at = addr.checked_sub(self.base).ok_or(err)? as usize;
-        let src = self.bytes.get(at..at + buf.len()).ok_or(err)?;
-        buf.copy_from_slice(src);
+        let r = self.range(addr, buf.len())?;
+        buf.copy_from_slice(&self.bytes[r]);
         Ok(())
     }
     fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), card::DmaError> {
-        let err = card::DmaError { addr, len: data.len() };
-        let at = addr.checked_sub(self.base).ok_or(err)? as usize;
-        let dst = self.bytes.get_mut(at..at + data.len()).ok_or(err)?;
-        dst.copy_from_slice(data);
+        let r = self.range(addr, data.len())?;
+        self.bytes[r].copy_from_slice(data);
         Ok(())
     }
 }

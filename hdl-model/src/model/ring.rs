@@ -22,6 +22,18 @@ pub enum RingError {
     Dma,
 }
 
+impl RingError {
+    /// The device.status.error_code value that reports it.
+    pub fn code(self) -> u32 {
+        use crate::gen::regs::device::status::error_code as code;
+        match self {
+            RingError::BadSize => code::BAD_RING_SIZE,
+            RingError::DoorbellOverrun => code::DOORBELL_OVERRUN,
+            RingError::Dma => code::DMA_ERROR,
+        }
+    }
+}
+
 /// The card's side of one card-to-host ring.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RingWriter {
