@@ -1,7 +1,7 @@
 //! `amf_cmd_fetch` under Verilator, with its DMA port served from host memory.
 
+use crate::sim::Sim;
 use amf_hdl_model::model::card::HostMemory;
-use std::ffi::c_void;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,12 +44,9 @@ mod ffi {
 
 /// One simulated command fetcher.
 pub struct CmdFetch {
-    raw: *mut c_void,
+    sim: Sim<Io>,
     io: Io,
 }
-
-// SAFETY: the model has no thread affinity; &mut self serialises every call.
-unsafe impl Send for CmdFetch {}
 
 /// Cycles without a DMA request after which "nothing to fetch" is concluded.
 const IDLE_CYCLES: u32 = 4;
@@ -58,9 +55,9 @@ const CYCLES_MAX: u32 = 64;
 impl CmdFetch {
     /// A fetcher out of reset, enabled.
     pub fn new() -> CmdFetch {
-        // SAFETY: a fresh model owned by the new value.
-        let raw = unsafe { ffi::amf_cf_new() };
-        let mut f = CmdFetch { raw, io: Io::default() };
+        // SAFETY: the three functions come from this top's shim and Io mirrors its struct.
+        let sim = unsafe { Sim::new(ffi::amf_cf_new, ffi::amf_cf_free, ffi::amf_cf_cycle) };
+        let mut f = CmdFetch { sim, io: Io::default() };
         for _ in 0..3 {
             f.cycle();
         }
@@ -70,8 +67,7 @@ impl CmdFetch {
     }
 
     fn cycle(&mut self) {
-        // SAFETY: raw is live until Drop; Io is #[repr(C)] and matches amf_cf_io.
-        unsafe { ffi::amf_cf_cycle(self.raw, &mut self.io) }
+        self.sim.cycle(&mut self.io);
     }
 
     /// Sets the ring registers.
@@ -158,12 +154,5 @@ impl CmdFetch {
 impl Default for CmdFetch {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for CmdFetch {
-    fn drop(&mut self) {
-        // SAFETY: raw came from amf_cf_new and is freed once.
-        unsafe { ffi::amf_cf_free(self.raw) }
     }
 }

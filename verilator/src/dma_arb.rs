@@ -1,6 +1,6 @@
 //! `amf_dma_arb` (3 clients) under Verilator: raw cycle access for tests.
 
-use std::ffi::c_void;
+use crate::sim::Sim;
 
 /// Inputs and outputs of one cycle (mirrors `amf_da_io` in csrc/dma_arb_shim.cpp).
 #[repr(C)]
@@ -64,18 +64,15 @@ mod ffi {
 
 /// One simulated arbiter.
 pub struct DmaArb {
-    raw: *mut c_void,
+    sim: Sim<Io>,
 }
-
-// SAFETY: the model has no thread affinity; &mut self serialises every call.
-unsafe impl Send for DmaArb {}
 
 impl DmaArb {
     /// An arbiter out of reset.
     pub fn new() -> DmaArb {
-        // SAFETY: a fresh model owned by the new value.
-        let raw = unsafe { ffi::amf_da_new() };
-        let mut a = DmaArb { raw };
+        // SAFETY: the three functions come from this top's shim and Io mirrors its struct.
+        let sim = unsafe { Sim::new(ffi::amf_da_new, ffi::amf_da_free, ffi::amf_da_cycle) };
+        let mut a = DmaArb { sim };
         let mut io = Io::default();
         for _ in 0..3 {
             a.cycle(&mut io);
@@ -85,20 +82,12 @@ impl DmaArb {
 
     /// One clock cycle with `io`'s inputs; fills its outputs (as seen before the edge).
     pub fn cycle(&mut self, io: &mut Io) {
-        // SAFETY: raw is live until Drop; Io is #[repr(C)] and matches amf_da_io.
-        unsafe { ffi::amf_da_cycle(self.raw, io) }
+        self.sim.cycle(io);
     }
 }
 
 impl Default for DmaArb {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for DmaArb {
-    fn drop(&mut self) {
-        // SAFETY: raw came from amf_da_new and is freed once.
-        unsafe { ffi::amf_da_free(self.raw) }
     }
 }

@@ -1,6 +1,6 @@
 //! `amf_frame_check` under Verilator.
 
-use std::ffi::c_void;
+use crate::sim::Sim;
 
 /// Inputs and outputs of one cycle (mirrors `amf_fc_io` in csrc/frame_check_shim.cpp).
 #[repr(C)]
@@ -31,20 +31,17 @@ mod ffi {
 
 /// One simulated frame checker.
 pub struct FrameCheck {
-    raw: *mut c_void,
+    sim: Sim<Io>,
 }
-
-// SAFETY: the model has no thread affinity; &mut self serialises every call.
-unsafe impl Send for FrameCheck {}
 
 const CYCLES_MAX: u32 = 64;
 
 impl FrameCheck {
     /// A checker out of reset.
     pub fn new() -> FrameCheck {
-        // SAFETY: a fresh model owned by the new value.
-        let raw = unsafe { ffi::amf_fc_new() };
-        let mut f = FrameCheck { raw };
+        // SAFETY: the three functions come from this top's shim and Io mirrors its struct.
+        let sim = unsafe { Sim::new(ffi::amf_fc_new, ffi::amf_fc_free, ffi::amf_fc_cycle) };
+        let mut f = FrameCheck { sim };
         let mut io = Io::default();
         for _ in 0..3 {
             f.cycle(&mut io);
@@ -53,8 +50,7 @@ impl FrameCheck {
     }
 
     fn cycle(&mut self, io: &mut Io) {
-        // SAFETY: raw is live until Drop; Io is #[repr(C)] and matches amf_fc_io.
-        unsafe { ffi::amf_fc_cycle(self.raw, io) }
+        self.sim.cycle(io);
     }
 
     /// Checks one frame for node `node` of cluster `peers` in `epoch`; returns the verdict code
@@ -89,12 +85,5 @@ impl FrameCheck {
 impl Default for FrameCheck {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for FrameCheck {
-    fn drop(&mut self) {
-        // SAFETY: raw came from amf_fc_new and is freed once.
-        unsafe { ffi::amf_fc_free(self.raw) }
     }
 }

@@ -1,6 +1,6 @@
 //! `amf_frame_tx` under Verilator.
 
-use std::ffi::c_void;
+use crate::sim::Sim;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -27,21 +27,18 @@ mod ffi {
 
 /// One simulated transmit stage.
 pub struct FrameTx {
-    raw: *mut c_void,
+    sim: Sim<Io>,
     io: Io,
 }
-
-// SAFETY: the model has no thread affinity; &mut self serialises every call.
-unsafe impl Send for FrameTx {}
 
 const CYCLES_MAX: u32 = 64;
 
 impl FrameTx {
     /// A transmit stage out of reset.
     pub fn new() -> FrameTx {
-        // SAFETY: a fresh model owned by the new value.
-        let raw = unsafe { ffi::amf_tx_new() };
-        let mut t = FrameTx { raw, io: Io::default() };
+        // SAFETY: the three functions come from this top's shim and Io mirrors its struct.
+        let sim = unsafe { Sim::new(ffi::amf_tx_new, ffi::amf_tx_free, ffi::amf_tx_cycle) };
+        let mut t = FrameTx { sim, io: Io::default() };
         for _ in 0..3 {
             t.cycle();
         }
@@ -50,8 +47,7 @@ impl FrameTx {
     }
 
     fn cycle(&mut self) {
-        // SAFETY: raw is live until Drop; Io is #[repr(C)] and matches amf_tx_io.
-        unsafe { ffi::amf_tx_cycle(self.raw, &mut self.io) }
+        self.sim.cycle(&mut self.io);
     }
 
     /// Sends one frame through the stage; returns what appears on the link, with the number of
@@ -93,12 +89,5 @@ impl FrameTx {
 impl Default for FrameTx {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for FrameTx {
-    fn drop(&mut self) {
-        // SAFETY: raw came from amf_tx_new and is freed once.
-        unsafe { ffi::amf_tx_free(self.raw) }
     }
 }

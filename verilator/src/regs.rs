@@ -1,6 +1,6 @@
 //! `amf_regs` (the BAR0 register file) under Verilator.
 
-use std::ffi::c_void;
+use crate::sim::Sim;
 
 /// Inputs and outputs of one cycle (mirrors `amf_rg_io` in csrc/regs_shim.cpp).
 #[repr(C)]
@@ -64,20 +64,17 @@ mod ffi {
 
 /// One simulated register file.
 pub struct Regs {
-    raw: *mut c_void,
+    sim: Sim<Io>,
     /// Engine-side inputs applied on every cycle.
     pub engine: Io,
 }
 
-// SAFETY: the model has no thread affinity; &mut self serialises every call.
-unsafe impl Send for Regs {}
-
 impl Regs {
     /// A register file out of reset, engine inputs idle (ready, no error, counters 0).
     pub fn new() -> Regs {
-        // SAFETY: a fresh model owned by the new value.
-        let raw = unsafe { ffi::amf_rg_new() };
-        let mut r = Regs { raw, engine: Io { ready: 1, ..Io::default() } };
+        // SAFETY: the three functions come from this top's shim and Io mirrors its struct.
+        let sim = unsafe { Sim::new(ffi::amf_rg_new, ffi::amf_rg_free, ffi::amf_rg_cycle) };
+        let mut r = Regs { sim, engine: Io { ready: 1, ..Io::default() } };
         let mut io = r.engine;
         for _ in 0..3 {
             r.cycle(&mut io);
@@ -88,8 +85,7 @@ impl Regs {
 
     /// One clock cycle with `io`'s inputs; fills its outputs.
     pub fn cycle(&mut self, io: &mut Io) {
-        // SAFETY: raw is live until Drop; Io is #[repr(C)] and matches amf_rg_io.
-        unsafe { ffi::amf_rg_cycle(self.raw, io) }
+        self.sim.cycle(io);
     }
 
     /// A posted write; returns the outputs seen in the write's cycle (doorbell pulses).
@@ -112,12 +108,5 @@ impl Regs {
 impl Default for Regs {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for Regs {
-    fn drop(&mut self) {
-        // SAFETY: raw came from amf_rg_new and is freed once.
-        unsafe { ffi::amf_rg_free(self.raw) }
     }
 }

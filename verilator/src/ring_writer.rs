@@ -1,7 +1,7 @@
 //! `amf_ring_writer` under Verilator, with its DMA write port served from host memory.
 
+use crate::sim::Sim;
 use amf_hdl_model::model::card::HostMemory;
-use std::ffi::c_void;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,16 +30,6 @@ struct Io {
     dma_req_data: [u32; 8],
 }
 
-mod ffi {
-    use super::Io;
-    use std::ffi::c_void;
-    extern "C" {
-        pub fn amf_rw_new() -> *mut c_void;
-        pub fn amf_rw_free(p: *mut c_void);
-        pub fn amf_rw_cycle(p: *mut c_void, io: *mut Io);
-    }
-}
-
 /// Outcome of offering one entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Posted {
@@ -51,23 +41,30 @@ pub enum Posted {
     Error(u8),
 }
 
-/// One simulated ring writer.
-pub struct RingWriter {
-    raw: *mut c_void,
-    io: Io,
+mod ffi {
+    use super::Io;
+    use std::ffi::c_void;
+    extern "C" {
+        pub fn amf_rw_new() -> *mut c_void;
+        pub fn amf_rw_free(p: *mut c_void);
+        pub fn amf_rw_cycle(p: *mut c_void, io: *mut Io);
+    }
 }
 
-// SAFETY: the model has no thread affinity; &mut self serialises every call.
-unsafe impl Send for RingWriter {}
+/// One simulated ring writer.
+pub struct RingWriter {
+    sim: Sim<Io>,
+    io: Io,
+}
 
 const CYCLES_MAX: u32 = 64;
 
 impl RingWriter {
     /// A writer out of reset.
     pub fn new() -> RingWriter {
-        // SAFETY: a fresh model owned by the new value.
-        let raw = unsafe { ffi::amf_rw_new() };
-        let mut w = RingWriter { raw, io: Io::default() };
+        // SAFETY: the three functions come from this top's shim and Io mirrors its struct.
+        let sim = unsafe { Sim::new(ffi::amf_rw_new, ffi::amf_rw_free, ffi::amf_rw_cycle) };
+        let mut w = RingWriter { sim, io: Io::default() };
         for _ in 0..3 {
             w.cycle();
         }
@@ -76,8 +73,7 @@ impl RingWriter {
     }
 
     fn cycle(&mut self) {
-        // SAFETY: raw is live until Drop; Io is #[repr(C)] and matches amf_rw_io.
-        unsafe { ffi::amf_rw_cycle(self.raw, &mut self.io) }
+        self.sim.cycle(&mut self.io);
     }
 
     /// Sets the ring's base and size registers.
@@ -153,12 +149,5 @@ impl RingWriter {
 impl Default for RingWriter {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for RingWriter {
-    fn drop(&mut self) {
-        // SAFETY: raw came from amf_rw_new and is freed once.
-        unsafe { ffi::amf_rw_free(self.raw) }
     }
 }

@@ -1,6 +1,6 @@
 //! `amf_sharer_table` under Verilator.
 
-use std::ffi::c_void;
+use crate::sim::Sim;
 
 /// Inputs and outputs of one cycle (mirrors `amf_st_io` in csrc/sharer_table_shim.cpp).
 #[repr(C)]
@@ -52,12 +52,8 @@ mod ffi {
 
 /// One simulated sharer table (default parameters: 64 sets, 4 ways, 8 nodes).
 pub struct SharerTable {
-    raw: *mut c_void,
-    cycles: u64,
+    sim: Sim<Io>,
 }
-
-// SAFETY: the Verilated model has no thread affinity; &mut self serialises every call.
-unsafe impl Send for SharerTable {}
 
 /// The table's answer to one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,9 +79,9 @@ impl SharerTable {
 
     /// A table out of reset, cleared.
     pub fn new() -> SharerTable {
-        // SAFETY: amf_st_new returns a fresh model owned by the new SharerTable.
-        let raw = unsafe { ffi::amf_st_new() };
-        let mut t = SharerTable { raw, cycles: 0 };
+        // SAFETY: the three functions come from this top's shim and Io mirrors its struct.
+        let sim = unsafe { Sim::new(ffi::amf_st_new, ffi::amf_st_free, ffi::amf_st_cycle) };
+        let mut t = SharerTable { sim };
         let mut io = Io::default();
         for _ in 0..4 {
             t.cycle(&mut io);
@@ -99,15 +95,12 @@ impl SharerTable {
 
     /// Runs one clock cycle with `io`'s inputs; fills its outputs.
     pub fn cycle(&mut self, io: &mut Io) {
-        // SAFETY: raw is a live model (freed only in Drop); io is a valid #[repr(C)] struct
-        // matching amf_st_io.
-        unsafe { ffi::amf_st_cycle(self.raw, io) };
-        self.cycles += 1;
+        self.sim.cycle(io);
     }
 
     /// Cycles run so far.
     pub fn cycles(&self) -> u64 {
-        self.cycles
+        self.sim.cycles()
     }
 
     /// Issues one request and waits for its response; None if the RTL does not answer.
@@ -166,12 +159,5 @@ impl SharerTable {
 impl Default for SharerTable {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for SharerTable {
-    fn drop(&mut self) {
-        // SAFETY: raw came from amf_st_new and is freed exactly once.
-        unsafe { ffi::amf_st_free(self.raw) }
     }
 }
