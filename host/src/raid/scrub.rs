@@ -1,5 +1,7 @@
 //! Scrub: reads every stripe, checks parity (or that mirror copies agree) and, with repair,
-//! rewrites the redundancy from the data.
+//! rewrites the redundancy from the data. RAID6 first locates a single bad block from the two
+//! syndromes (as md's raid6check does): a corrupt data block is rewritten from P, not made
+//! permanent by recomputing P and Q from it.
 
 use super::array::Array;
 use super::parity::AlignedBuf;
@@ -22,6 +24,8 @@ pub struct ScrubReport {
     pub mismatches: u64,
     /// Stripes rewritten.
     pub repaired: u64,
+    /// RAID6 stripes whose bad block was located in the data (and, with repair, rewritten).
+    pub data_blocks_located: u64,
     /// The first mismatching stripes.
     pub mismatched_stripes: Vec<u64>,
 }
@@ -44,6 +48,20 @@ pub fn scrub(array: &Array, repair: bool, progress: &dyn Fn(u64, u64)) -> Result
             continue;
         };
         r.checked += 1;
+        if geo.parities() == 2 {
+            if let Some((pos, fixed)) = locate_raid6_data_error(array, &blocks.bufs) {
+                r.mismatches += 1;
+                r.data_blocks_located += 1;
+                if r.mismatched_stripes.len() < LISTED_MAX {
+                    r.mismatched_stripes.push(s);
+                }
+                if repair {
+                    array.write_block(blocks.members[pos], blocks.offsets[pos], &fixed);
+                    r.repaired += 1;
+                }
+                continue;
+            }
+        }
         let want = expected(array, &blocks.bufs);
         let bad: Vec<usize> =
             want.iter().filter(|(pos, w)| blocks.bufs[*pos][..] != w[..]).map(|(pos, _)| *pos).collect();
@@ -67,6 +85,45 @@ pub fn scrub(array: &Array, repair: bool, progress: &dyn Fn(u64, u64)) -> Result
         array.sync_members()?;
     }
     Ok(r)
+}
+
+/// RAID6: if P and Q both disagree with the data and the disagreement is explained by one data
+/// block z (Q' = g^z * P' byte for byte), returns z's position and its corrected contents.
+fn locate_raid6_data_error(array: &Array, bufs: &[AlignedBuf]) -> Option<(usize, AlignedBuf)> {
+    use super::parity::gf256;
+    let n = array.geometry().data_per_stripe();
+    let len = bufs[0].len();
+    let refs: Vec<&[u8]> = bufs[..n].iter().map(|b| &b[..]).collect();
+    let (mut p, mut q) = (AlignedBuf::scratch(len), AlignedBuf::scratch(len));
+    array.kernel().pq_gen(&refs, &mut p, &mut q);
+    // P' and Q': the syndromes' differences.
+    for (a, b) in p.iter_mut().zip(bufs[n].iter()) {
+        *a ^= *b;
+    }
+    for (a, b) in q.iter_mut().zip(bufs[n + 1].iter()) {
+        *a ^= *b;
+    }
+    let mut z: Option<usize> = None;
+    for (dp, dq) in p.iter().zip(q.iter()) {
+        match (*dp, *dq) {
+            (0, 0) => continue,
+            (0, _) | (_, 0) => return None, // only one syndrome is off here: not a data block
+            (dp, dq) => {
+                let ratio = gf256::mul(dq, gf256::inv(dp));
+                let idx = (0..n).find(|&i| gf256::exp(i) == ratio)?;
+                if z.is_some_and(|z| z != idx) {
+                    return None; // more than one block is bad
+                }
+                z = Some(idx);
+            }
+        }
+    }
+    let z = z?;
+    let mut fixed = AlignedBuf::scratch(len);
+    for ((f, d), e) in fixed.iter_mut().zip(bufs[z].iter()).zip(p.iter()) {
+        *f = d ^ e;
+    }
+    Some((z, fixed))
 }
 
 /// The redundancy blocks as the data says they should be: (position, contents).

@@ -336,3 +336,29 @@ fn out_of_range_io_is_an_error_and_writes_nothing() {
     a.read(cap - 10, &mut b).unwrap();
     assert_eq!(b, vec![0u8; 10], "rejected write left no trace");
 }
+
+#[test]
+fn raid6_scrub_locates_and_rewrites_a_corrupt_data_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    new_group(&dir, Level::Raid6, 6);
+    let a = assemble(&dir).unwrap();
+    let mut rng = SmallRng::seed_from_u64(8);
+    let mut model = vec![0u8; a.array.capacity() as usize];
+    random_writes(&a.array, &mut model, &mut rng, 60);
+    let geo = *a.array.geometry();
+    a.array.close().unwrap();
+    drop(a);
+    // Corrupt a data block (data index 2 of stripe 3) over a few bytes.
+    let member = geo.parity_stripe_members(3)[2];
+    let m = Member::open(&member_path(&dir, member)).unwrap();
+    let at = super::assemble::DATA_OFFSET_BYTES + 3 * geo.chunk_bytes + 100;
+    m.write_at(at, &[0xde, 0xad, 0xbe, 0xef]).unwrap();
+    let a = assemble(&dir).unwrap();
+    let r = scrub(&a.array, false, &|_, _| {}).unwrap();
+    assert_eq!((r.mismatches, r.data_blocks_located), (1, 1));
+    let r = scrub(&a.array, true, &|_, _| {}).unwrap();
+    assert_eq!(r.repaired, 1);
+    assert_eq!(scrub(&a.array, false, &|_, _| {}).unwrap().mismatches, 0);
+    assert_reads(&a.array, &model, "raid6 after locating and repairing a data block");
+}
