@@ -5,7 +5,7 @@ use super::progress::Progress;
 use crate::cluster::admin::{self, Task};
 use crate::cluster::dirlock::{controller_file, DirLock};
 use crate::cluster::ClusterError;
-use crate::raid::assemble::{assemble, classify, member_path, resync, Assembled};
+use crate::raid::assemble::{assemble, check_write_hole, classify, member_path, resync, Assembled};
 use crate::raid::rebuild::{prepare_replacement, rebuild as rebuild_member};
 use crate::raid::scrub::scrub as scrub_group;
 use crate::raid::{Geometry, MemberState};
@@ -85,8 +85,9 @@ fn state_name(s: MemberState) -> &'static str {
 }
 
 /// Assembles for offline maintenance, resyncing first if the group was not shut down cleanly.
-fn offline(dir: &Path, quiet: bool) -> Result<Assembled, Box<dyn Error>> {
+fn offline(dir: &Path, quiet: bool, force: bool) -> Result<Assembled, Box<dyn Error>> {
     let asm = assemble(dir)?;
+    check_write_hole(&asm, force)?;
     for r in &asm.rejected {
         eprintln!("amf: member left out: {r}");
     }
@@ -138,10 +139,10 @@ fn online(dir: &Path, path_query: &str, label: &str, quiet: bool) -> Result<serd
 }
 
 /// `amf scrub`.
-pub fn scrub(dir: &Path, repair: bool, json: bool) -> Res {
+pub fn scrub(dir: &Path, repair: bool, json: bool, force: bool) -> Res {
     let report = match DirLock::try_acquire(dir)? {
         Some(_lock) => {
-            let asm = offline(dir, json)?;
+            let asm = offline(dir, json, force)?;
             let p = Progress::new(if repair { "scrub --repair" } else { "scrub" }, json);
             let r = scrub_group(&asm.array, repair, &|d, t| p.update(d, t))?;
             p.finish();
@@ -162,10 +163,10 @@ pub fn scrub(dir: &Path, repair: bool, json: bool) -> Res {
 }
 
 /// `amf rebuild`.
-pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, json: bool) -> Res {
+pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, json: bool, force: bool) -> Res {
     let report = match DirLock::try_acquire(dir)? {
         Some(_lock) => {
-            let asm = offline(dir, json)?;
+            let asm = offline(dir, json, force)?;
             let a = &asm.array;
             let index = match member {
                 Some(i) => i,

@@ -53,6 +53,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
+        /// Serve a group that crashed while degraded (parity of the stripes being written then
+        /// may not match their data; the missing members' blocks there may read back wrong).
+        #[arg(long)]
+        force: bool,
     },
     /// Run one controller (started by `amf cluster`).
     #[command(hide = true)]
@@ -65,6 +69,8 @@ enum Command {
         nbd: std::net::SocketAddr,
         #[arg(long)]
         admin: std::net::SocketAddr,
+        #[arg(long)]
+        force: bool,
     },
     /// Describe the group in DIR as its superblocks record it.
     Inspect {
@@ -84,6 +90,9 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Proceed on a group that crashed while degraded.
+        #[arg(long)]
+        force: bool,
     },
     /// Rebuild a failed or missing member onto a replacement (online if a controller serves DIR).
     Rebuild {
@@ -98,6 +107,10 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Rebuild a group that crashed while degraded (stripes written at the crash may
+        /// rebuild wrong data).
+        #[arg(long)]
+        force: bool,
     },
     /// Benchmarks against a peer on this machine.
     Bench {
@@ -158,6 +171,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             nbd_port,
             admin_port,
             host,
+            force,
         } => {
             let create = match (level, members, member_size) {
                 (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
@@ -169,14 +183,24 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }),
                 _ => None,
             };
-            supervisor::run(supervisor::ClusterOptions { dir, controllers, create, nbd_port, admin_port, host })?;
+            supervisor::run(supervisor::ClusterOptions {
+                dir,
+                controllers,
+                create,
+                nbd_port,
+                admin_port,
+                host,
+                force,
+            })?;
         }
-        Command::Controller { dir, index, nbd, admin } => {
-            controller::run(controller::ControllerOptions { dir, index, nbd, admin })?;
+        Command::Controller { dir, index, nbd, admin, force } => {
+            controller::run(controller::ControllerOptions { dir, index, nbd, admin, force })?;
         }
         Command::Inspect { dir, json } => maintenance::inspect(&dir, json)?,
-        Command::Scrub { dir, repair, json } => maintenance::scrub(&dir, repair, json)?,
-        Command::Rebuild { dir, member, replacement, json } => maintenance::rebuild(&dir, member, replacement, json)?,
+        Command::Scrub { dir, repair, json, force } => maintenance::scrub(&dir, repair, json, force)?,
+        Command::Rebuild { dir, member, replacement, json, force } => {
+            maintenance::rebuild(&dir, member, replacement, json, force)?
+        }
         Command::Bench { what: BenchCommand::Parity { seconds, record } } => {
             let (machine, rows) = crate::bench::parity::run(std::time::Duration::from_secs_f64(seconds))?;
             let table = crate::bench::parity::markdown(&machine, &rows, "amf bench parity");

@@ -6,7 +6,7 @@ use super::admin::{self, Task};
 use super::dirlock::{controller_file, DirLock};
 use super::ClusterError;
 use crate::nbd::{Server, ServerConfig};
-use crate::raid::assemble::{assemble, resync};
+use crate::raid::assemble::{assemble, check_write_hole, resync};
 use crate::raid::Array;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -29,6 +29,8 @@ pub struct ControllerOptions {
     pub nbd: SocketAddr,
     /// Admin HTTP listen address.
     pub admin: SocketAddr,
+    /// Start even if the group crashed while degraded (see `check_write_hole`).
+    pub force: bool,
 }
 
 /// What the admin endpoint and maintenance tasks share with the controller.
@@ -68,6 +70,10 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     let nbd_listener = bind(opts.nbd)?;
     let admin_listener = bind(opts.admin)?;
     let asm = assemble(&opts.dir)?;
+    if let Err(e) = check_write_hole(&asm, opts.force) {
+        // Leave the group as found: not serving, still dirty, bitmap intact.
+        return Err(e.into());
+    }
     let tag = format!("amf: controller {}", opts.index);
     for r in &asm.rejected {
         eprintln!("{tag}: member left out: {r}");

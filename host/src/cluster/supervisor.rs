@@ -25,6 +25,8 @@ pub struct ClusterOptions {
     pub admin_port: u16,
     /// Listen host.
     pub host: String,
+    /// Passed to the controllers: start a group that crashed while degraded.
+    pub force: bool,
 }
 
 struct Running {
@@ -80,6 +82,7 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
             .arg(format!("{}:{}", opts.host, opts.nbd_port as usize + index))
             .arg("--admin")
             .arg(format!("{}:{}", opts.host, opts.admin_port as usize + index))
+            .args(opts.force.then_some("--force"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn();

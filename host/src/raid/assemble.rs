@@ -321,6 +321,22 @@ pub fn assemble(dir: &Path) -> Result<Assembled, RaidError> {
     Ok(Assembled { array, rejected, was_dirty, dirty_regions })
 }
 
+/// Refuses a group that crashed while degraded (parity levels), unless `force`: stripes being
+/// written at the crash may have data and parity out of step, and a missing member's blocks
+/// reconstructed from them would be silently wrong. md refuses such a start without --force too.
+pub fn check_write_hole(asm: &Assembled, force: bool) -> Result<(), RaidError> {
+    let missing = asm.array.degraded_members();
+    if force
+        || !asm.was_dirty
+        || asm.dirty_regions.is_empty()
+        || missing.is_empty()
+        || asm.array.geometry().parities() == 0
+    {
+        return Ok(());
+    }
+    Err(RaidError::WriteHole { missing, dirty_regions: asm.dirty_regions.len() })
+}
+
 /// Resyncs the stripes of `regions` (after a crash) and clears their bits. Reports progress as
 /// (done, total) stripes. Returns (stripes resynced, stripes skipped for lack of members).
 pub fn resync(array: &Array, regions: &[u64], progress: &dyn Fn(u64, u64)) -> Result<(u64, u64), RaidError> {

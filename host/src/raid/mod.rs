@@ -133,6 +133,20 @@ pub enum RaidError {
         /// Group capacity.
         capacity: u64,
     },
+    /// The group crashed while degraded: parity of the stripes being written may not match
+    /// their data, so reconstructing the missing members there could return wrong data.
+    #[error(
+        "the group was not shut down cleanly and is degraded (members {missing:?} unusable): {dirty_regions} \
+         write-intent regions may hold stripes whose parity does not match their data, and the missing \
+         members' data there cannot be reconstructed reliably (the RAID write hole); bring the members \
+         back, or start with --force to accept that risk"
+    )]
+    WriteHole {
+        /// Unusable members.
+        missing: Vec<usize>,
+        /// Dirty regions.
+        dirty_regions: usize,
+    },
     /// A maintenance command named a member that cannot take it.
     #[error("member {index}: {reason}")]
     BadMember {
