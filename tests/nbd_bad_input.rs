@@ -154,3 +154,23 @@ fn negotiation_errors() {
     assert!(t.elapsed() < Duration::from_secs(4), "closed by the negotiation timeout");
     still_served(&f.addr);
 }
+
+#[test]
+fn pipelined_large_reads_are_held_to_the_byte_budget() {
+    let f = fixture();
+    let mut c = Client::connect(&f.addr);
+    let len = 8u32 << 20;
+    assert!(c.size >= len as u64);
+    // 24 reads of 8 MiB (192 MiB) sent before any reply is read: the reader must wait for the
+    // workers to hand budget back instead of allocating them all.
+    for _ in 0..24 {
+        c.send(CMD_READ, 0, 0, len, &[]);
+    }
+    let mut buf = vec![0u8; len as usize];
+    for _ in 0..24 {
+        assert_eq!(c.reply().unwrap().0, 0);
+        c.s.read_exact(&mut buf).unwrap();
+    }
+    assert!(f.server.stats.budget_waits.load(std::sync::atomic::Ordering::Relaxed) > 0, "back-pressure engaged");
+    still_served(&f.addr);
+}

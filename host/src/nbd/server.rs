@@ -79,6 +79,8 @@ pub struct ServerStats {
     pub read_bytes: AtomicU64,
     /// Bytes written by clients.
     pub written_bytes: AtomicU64,
+    /// Times a connection's reader waited for its in-flight byte budget (back-pressure).
+    pub budget_waits: AtomicU64,
 }
 
 /// Open connections: a socket handle (to end it at shutdown) and its thread.
@@ -289,6 +291,17 @@ enum Job {
     },
 }
 
+impl Job {
+    /// Bytes of the connection's budget the job holds until it is answered.
+    fn bytes(&self) -> u64 {
+        match self {
+            Job::Read { len, .. } => *len as u64,
+            Job::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
 type Writer = Arc<Mutex<TcpStream>>;
 
 fn send(w: &Writer, bytes: &[u8]) {
@@ -312,8 +325,44 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Largest write assembled from adjacent pipelined writes.
 const MERGE_BYTES_MAX: usize = 4 << 20;
 
-fn worker(rx: Receiver<Job>, w: Writer, backend: Arc<dyn Backend>, stats: Arc<ServerStats>) {
+/// Payload and read-buffer bytes one connection may hold at once. The request queue bounds the
+/// number of requests; this bounds their memory (64 queued 32 MiB reads would be 2 GiB).
+const INFLIGHT_BYTES_MAX: u64 = 64 << 20;
+
+/// A connection's in-flight byte budget: the reader takes before it allocates, the worker gives
+/// back after replying.
+struct Budget {
+    used: Mutex<u64>,
+    freed: std::sync::Condvar,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget { used: Mutex::new(0), freed: std::sync::Condvar::new() }
+    }
+
+    fn take(&self, bytes: u64, stats: &ServerStats) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        // A request larger than the budget still runs, alone.
+        if *used > 0 && *used + bytes > INFLIGHT_BYTES_MAX {
+            stats.budget_waits.fetch_add(1, Relaxed);
+        }
+        while *used > 0 && *used + bytes > INFLIGHT_BYTES_MAX {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += bytes;
+    }
+
+    fn give(&self, bytes: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(bytes);
+        self.freed.notify_all();
+    }
+}
+
+fn worker(rx: Receiver<Job>, w: Writer, backend: Arc<dyn Backend>, stats: Arc<ServerStats>, budget: Arc<Budget>) {
     for job in rx {
+        let held = job.bytes();
         let (cookies, result, write) = match job {
             Job::Read { cookie, offset, len } => {
                 let mut buf = vec![0u8; 16 + len as usize];
@@ -323,6 +372,7 @@ fn worker(rx: Receiver<Job>, w: Writer, backend: Arc<dyn Backend>, stats: Arc<Se
                         stats.requests.fetch_add(1, Relaxed);
                         stats.read_bytes.fetch_add(len as u64, Relaxed);
                         send(&w, &buf);
+                        budget.give(held);
                         continue;
                     }
                     Err(e) => (vec![cookie], Err(e), false),
@@ -357,6 +407,7 @@ fn worker(rx: Receiver<Job>, w: Writer, backend: Arc<dyn Backend>, stats: Arc<Se
             replies.extend_from_slice(&simple_reply(code, *c));
         }
         send(&w, &replies);
+        budget.give(held);
     }
 }
 
@@ -383,15 +434,22 @@ fn serve_connection(
     stream.set_read_timeout(None)?;
     let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
     let (tx, rx) = bounded::<Job>(cfg.queue_depth);
+    let budget = Arc::new(Budget::new());
     let workers: Vec<_> = (0..cfg.workers_per_connection.max(1))
         .map(|_| {
-            let (rx, w, b, st) = (rx.clone(), writer.clone(), backend.clone(), stats.clone());
-            std::thread::spawn(move || worker(rx, w, b, st))
+            let (rx, w, b, st, bu) = (rx.clone(), writer.clone(), backend.clone(), stats.clone(), budget.clone());
+            std::thread::spawn(move || worker(rx, w, b, st, bu))
         })
         .collect();
     drop(rx);
-    let result =
-        read_requests(&mut BufReader::with_capacity(READ_BUFFER_BYTES, stream), &*backend, &tx, &writer, stats);
+    let result = read_requests(
+        &mut BufReader::with_capacity(READ_BUFFER_BYTES, stream),
+        &*backend,
+        &tx,
+        &writer,
+        stats,
+        &budget,
+    );
     drop(tx);
     for w in workers {
         let _ = w.join();
@@ -409,6 +467,7 @@ fn read_requests(
     tx: &crossbeam_channel::Sender<Job>,
     writer: &Writer,
     stats: &ServerStats,
+    budget: &Budget,
 ) -> std::io::Result<()> {
     let size = backend.size();
     let reject = |cookie: u64, code: u32| {
@@ -437,22 +496,20 @@ fn read_requests(
                     stats.protocol_violations.fetch_add(1, Relaxed);
                     return Err(protocol("write payload larger than the advertised maximum"));
                 }
+                budget.take(len as u64, stats);
                 let mut data = Vec::with_capacity(len as usize);
                 // A client that disconnects here has written nothing.
                 r.by_ref().take(len as u64).read_to_end(&mut data)?;
                 if data.len() != len as usize {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
-                if !flags_ok {
-                    reject(cookie, EINVAL);
-                    continue;
-                }
-                if !in_range(offset, len as u64, size) {
-                    reject(cookie, ENOSPC);
+                if !flags_ok || !in_range(offset, len as u64, size) {
+                    budget.give(len as u64);
+                    reject(cookie, if flags_ok { ENOSPC } else { EINVAL });
                     continue;
                 }
                 let mut cookies = vec![cookie];
-                merge_adjacent_writes(r, req, size, &mut data, &mut cookies)?;
+                merge_adjacent_writes(r, req, size, &mut data, &mut cookies, budget, stats)?;
                 Job::Write { cookies, offset, data, fua }
             }
             CMD_READ if len > PAYLOAD_BYTES_MAX => {
@@ -467,7 +524,10 @@ fn read_requests(
                 reject(cookie, if flags_ok { ENOSPC } else { EINVAL });
                 continue;
             }
-            CMD_READ => Job::Read { cookie, offset, len },
+            CMD_READ => {
+                budget.take(len as u64, stats);
+                Job::Read { cookie, offset, len }
+            }
             CMD_TRIM => Job::Trim { cookie, offset, len },
             CMD_WRITE_ZEROES => Job::Zero { cookie, offset, len, fua },
             CMD_FLUSH => Job::Flush { cookie },
@@ -492,6 +552,8 @@ fn merge_adjacent_writes(
     size: u64,
     data: &mut Vec<u8>,
     cookies: &mut Vec<u64>,
+    budget: &Budget,
+    stats: &ServerStats,
 ) -> std::io::Result<()> {
     use std::io::BufRead;
     while data.len() < MERGE_BYTES_MAX {
@@ -509,6 +571,7 @@ fn merge_adjacent_writes(
             break;
         }
         r.consume(REQUEST_BYTES);
+        budget.take(next.len as u64, stats);
         let at = data.len();
         data.resize(at + next.len as usize, 0);
         // A client that disconnects here has none of these writes applied.
