@@ -15,6 +15,23 @@ fn inspect_json_describes_the_group() {
     assert!(c.ready_line.starts_with("controller 0 pid "));
     let st = c.admin_json("/status");
     assert_eq!(st["level"], "raid5");
+    // amf status, by directory and by endpoint, text and JSON.
+    let d = dir.to_str().unwrap();
+    let text = String::from_utf8(amf(&["status", d]).stdout).unwrap();
+    assert!(text.contains("raid5") && text.contains("healthy") && text.contains("member  3"), "{text}");
+    let js: serde_json::Value =
+        serde_json::from_slice(&amf(&["status", "--admin", &c.admin, "--json"]).stdout).unwrap();
+    assert_eq!(js["members"].as_array().unwrap().len(), 4);
+    // Prometheus text on /metrics.
+    let mut s = std::net::TcpStream::connect(c.admin.trim_start_matches("http://")).unwrap();
+    use std::io::{Read, Write};
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut m = String::new();
+    s.read_to_string(&mut m).unwrap();
+    assert!(
+        m.contains("# TYPE amf_engine_member_writes counter") && m.contains("amf_members_degraded{controller=\"0\"} 0"),
+        "{m}"
+    );
     assert!(c.stop().success());
     let v = inspect(&dir);
     assert_eq!(v["level"], "raid5");

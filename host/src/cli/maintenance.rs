@@ -214,3 +214,55 @@ pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, 
     }
     Ok(())
 }
+
+/// `amf status`: a running controller's status document, summarised or as JSON.
+pub fn status(dir: Option<&Path>, admin: Option<String>, json: bool) -> Res {
+    let url = match (admin, dir) {
+        (Some(url), _) => url,
+        (None, Some(dir)) => admin_url(dir)?,
+        (None, None) => return Err("amf status needs a group directory or --admin URL".into()),
+    };
+    let (code, body) = admin::request(&url, "GET", "/status")?;
+    if code != 200 {
+        return Err(Box::new(ClusterError::Admin { url, detail: format!("HTTP {code}: {body}") }));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let health = if v["degraded"] == true { "DEGRADED" } else { "healthy" };
+    println!(
+        "controller {} pid {}  {}  {} {}  {} bytes  {health}",
+        v["controller"],
+        v["pid"],
+        s("nbd"),
+        s("level"),
+        s("layout"),
+        v["capacity_bytes"]
+    );
+    for m in v["members"].as_array().into_iter().flatten() {
+        let path = m["path"].as_str().unwrap_or("-");
+        let (index, state) = (m["index"].as_u64().unwrap_or(0), m["state"].as_str().unwrap_or(""));
+        println!("  member {index:>2}  {state:<10}  {path}");
+    }
+    let e = &v["engine"];
+    println!(
+        "  engine: {} member reads, {} member writes, {} full-stripe / {} rmw / {} rcw writes, {} degraded reads",
+        e["member_reads"],
+        e["member_writes"],
+        e["full_stripe_writes"],
+        e["rmw_writes"],
+        e["rcw_writes"],
+        e["degraded_reads"]
+    );
+    let n = &v["nbd_server"];
+    println!("  nbd: {} connections open, {} requests, {} errors", n["connections_open"], n["requests"], n["errors"]);
+    if let Some(t) = v["task"].as_object() {
+        let kind = t.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        let state = t.get("state").and_then(|k| k.as_str()).unwrap_or("");
+        println!("  task: {kind} {state} ({}/{} stripes)", t["done"], t["total"]);
+    }
+    Ok(())
+}

@@ -72,6 +72,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Status of a running controller: members, counters, the current maintenance task.
+    Status {
+        /// Group directory of the controller (its controller-0.json names the endpoint).
+        #[arg(conflicts_with = "admin")]
+        dir: Option<PathBuf>,
+        /// Admin endpoint, e.g. http://127.0.0.1:9100.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Describe the group in DIR as its superblocks record it.
     Inspect {
         /// Group directory.
@@ -197,6 +209,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             controller::run(controller::ControllerOptions { dir, index, nbd, admin, force })?;
         }
         Command::Inspect { dir, json } => maintenance::inspect(&dir, json)?,
+        Command::Status { dir, admin, json } => maintenance::status(dir.as_deref(), admin, json)?,
         Command::Scrub { dir, repair, json, force } => maintenance::scrub(&dir, repair, json, force)?,
         Command::Rebuild { dir, member, replacement, json, force } => {
             maintenance::rebuild(&dir, member, replacement, json, force)?
