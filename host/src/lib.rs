@@ -5,5 +5,6 @@
 pub mod bench;
 pub mod cli;
 pub mod cluster;
+pub mod engine;
 pub mod nbd;
 pub mod raid;
