@@ -18,6 +18,24 @@ const TOPS: &[(&str, &[&str], &str)] = &[
     ("amf_cmd_fetch", &["amf_cmd_fetch.sv"], "csrc/cmd_fetch_shim.cpp"),
     ("amf_frame_tx", &["amf_crc_pkg.sv", "amf_frame_tx.sv"], "csrc/frame_tx_shim.cpp"),
     ("amf_dma_arb", &["amf_dma_arb.sv"], "csrc/dma_arb_shim.cpp"),
+    (
+        "amf_card",
+        &[
+            "../gen/sv/amf_regs_pkg.sv",
+            "../gen/sv/amf_structs_pkg.sv",
+            "amf_crc_pkg.sv",
+            "amf_regs.sv",
+            "amf_cmd_fetch.sv",
+            "amf_ring_writer.sv",
+            "amf_dma_arb.sv",
+            "amf_frame_check.sv",
+            "amf_frame_tx.sv",
+            "amf_sharer_table.sv",
+            "amf_engine.sv",
+            "amf_card.sv",
+        ],
+        "csrc/card_shim.cpp",
+    ),
 ];
 
 fn main() {

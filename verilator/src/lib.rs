@@ -3,6 +3,7 @@
 //! which owns a model through its shim's new/cycle/free functions.
 #![deny(missing_docs)]
 
+pub mod card;
 pub mod cmd_fetch;
 pub mod dma_arb;
 pub mod frame_check;

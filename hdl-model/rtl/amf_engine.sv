@@ -1,0 +1,754 @@
+// The card's engine: executes host commands against the sharer table (no frame when the table
+// proves a resource unshared), broadcasts acquires to the exact sharers or to every peer,
+// collects acks with a timeout, orders conflicting acquires by (stamp, node) and retries losers
+// with their priority, answers peers' frames (invalidate and downgrade events are written to the
+// host before the ack), and sends heartbeats. One thing at a time: a command, a received frame,
+// an expiry or a heartbeat; the reference model is hdl-model/src/model/card.rs.
+
+module amf_engine #(
+  parameter int unsigned Inflight = 16
+) (
+  input  logic         clk_i,
+  input  logic         rst_ni,
+  input  logic         clear_i,
+  input  logic         enable_i,
+  input  logic [2:0]   node_id_i,
+  input  logic [7:0]   peers_i,
+  input  logic [31:0]  epoch_i,
+  input  logic [31:0]  ack_timeout_i,
+  input  logic [31:0]  heartbeat_period_i,
+  // commands (from amf_cmd_fetch)
+  input  logic         cmd_valid_i,
+  output logic         cmd_ready_o,
+  input  logic [255:0] cmd_i,
+  input  logic [31:0]  cpl_space_i,
+  // completions and events (to the ring writers)
+  output logic         cpl_valid_o,
+  input  logic         cpl_ready_i,
+  output logic [255:0] cpl_o,
+  output logic         evt_valid_o,
+  input  logic         evt_ready_i,
+  output logic [255:0] evt_o,
+  input  logic [31:0]  evt_space_i,
+  // link: frames already checked by amf_frame_check, frames to amf_frame_tx
+  input  logic         rx_valid_i,
+  output logic         rx_ready_o,
+  input  logic [255:0] rx_frame_i,
+  output logic         tx_valid_o,
+  input  logic         tx_ready_i,
+  output logic [255:0] tx_frame_o,
+  // counters and table state
+  output logic [31:0]  frames_tx_o,
+  output logic [31:0]  bad_commands_o,
+  output logic [31:0]  broadcasts_o,
+  output logic [31:0]  skipped_o,
+  output logic [31:0]  ack_timeouts_o,
+  output logic [31:0]  occupancy_o,
+  output logic [31:0]  full_fallbacks_o
+);
+  import amf_structs_pkg::*;
+
+  localparam int unsigned IdxW         = $clog2(Inflight);
+  localparam int unsigned RetriesMax   = 16;
+  localparam int unsigned BackoffCycles = 64;
+  localparam int unsigned DownPeriods  = 4;
+
+  // Frame kinds and codes (amf_structs_pkg enums as plain values).
+  localparam logic [7:0] KAcqShared = 8'd1, KInvalidate = 8'd2, KAck = 8'd3, KNack = 8'd4,
+                         KSearch = 8'd5, KSearchReply = 8'd6, KRelease = 8'd7, KHeartbeat = 8'd8;
+  localparam logic [7:0] OpNop = 8'd0, OpAcqShared = 8'd1, OpAcqExcl = 8'd2, OpRelease = 8'd3,
+                         OpSearch = 8'd4, OpHeartbeat = 8'd5;
+  localparam logic [7:0] StOk = 8'd0, StTimeout = 8'd1, StBadOpcode = 8'd2, StStaleEpoch = 8'd3,
+                         StConflict = 8'd4;
+  localparam logic [7:0] EvInvalidate = 8'd1, EvPeerUp = 8'd2, EvPeerDown = 8'd3,
+                         EvDowngrade = 8'd5;
+
+  // ---- frame, completion and event builders ------------------------------------------------
+  function automatic logic [255:0] frame(input logic [7:0] kind, input logic [7:0] dst,
+                                         input logic [31:0] seq, input logic [31:0] stamp,
+                                         input logic [63:0] res, input logic [7:0] sharers,
+                                         input logic [7:0] owner);
+    logic [255:0] f;
+    f = '0;
+    f[LinkFrameKindLsb+:8]      = kind;
+    f[LinkFrameSrcLsb+:8]       = {5'd0, node_id_i};
+    f[LinkFrameDstLsb+:8]       = dst;
+    f[LinkFrameEpochLsb+:32]    = epoch_i;
+    f[LinkFrameSeqLsb+:32]      = seq;
+    f[LinkFrameStampLsb+:32]    = stamp;
+    f[LinkFrameResourceLsb+:64] = res;
+    f[LinkFrameSharersLsb+:8]   = sharers;
+    f[LinkFrameOwnerLsb+:8]     = owner;
+    frame = f;
+  endfunction
+
+  function automatic logic [255:0] completion(input logic [7:0] op, input logic [7:0] status,
+                                              input logic [6:0] flags, input logic [7:0] asked,
+                                              input logic [31:0] tag, input logic [63:0] res,
+                                              input logic [7:0] sharers, input logic [7:0] owner,
+                                              input logic [7:0] missing, input logic [31:0] cycles);
+    logic [255:0] c;
+    c = '0;
+    c[CompletionOpcodeLsb+:8]     = op;
+    c[CompletionStatusLsb+:8]     = status;
+    c[CompletionFlagsLsb+:7]      = flags;
+    c[CompletionPeersAskedLsb+:8] = asked;
+    c[CompletionTagLsb+:32]       = tag;
+    c[CompletionResourceLsb+:64]  = res;
+    c[CompletionSharersLsb+:8]    = sharers;
+    c[CompletionOwnerLsb+:8]      = owner;
+    c[CompletionMissingLsb+:8]    = missing;
+    c[CompletionCyclesLsb+:32]    = cycles;
+    completion = c;
+  endfunction
+
+  function automatic logic [255:0] event_entry(input logic [7:0] kind, input logic [7:0] node,
+                                               input logic [31:0] epoch, input logic [63:0] res,
+                                               input logic [31:0] seq);
+    logic [255:0] e;
+    e = '0;
+    e[EventKindLsb+:8]      = kind;
+    e[EventNodeLsb+:8]      = node;
+    e[EventEpochLsb+:32]    = epoch;
+    e[EventResourceLsb+:64] = res;
+    e[EventSeqLsb+:32]      = seq;
+    event_entry = e;
+  endfunction
+
+  // ---- sharer table --------------------------------------------------------------------------
+  logic        tbl_req_valid, tbl_req_ready, tbl_write;
+  logic [63:0] tbl_res;
+  logic [7:0]  tbl_sharers;
+  logic [3:0]  tbl_owner;
+  logic        tbl_rsp_valid, tbl_rsp_hit, tbl_rsp_full, tbl_ready;
+  logic [7:0]  tbl_rsp_sharers;
+  logic [3:0]  tbl_rsp_owner;
+
+  amf_sharer_table u_table (
+    .clk_i,
+    .rst_ni,
+    .clear_i          (clear_i),
+    .req_valid_i      (tbl_req_valid),
+    .req_ready_o      (tbl_req_ready),
+    .req_write_i      (tbl_write),
+    .req_resource_i   (tbl_res),
+    .req_sharers_i    (tbl_sharers),
+    .req_owner_i      (tbl_owner),
+    .rsp_valid_o      (tbl_rsp_valid),
+    .rsp_hit_o        (tbl_rsp_hit),
+    .rsp_full_o       (tbl_rsp_full),
+    .rsp_sharers_o    (tbl_rsp_sharers),
+    .rsp_owner_o      (tbl_rsp_owner),
+    .ready_o          (tbl_ready),
+    .occupancy_o      (occupancy_o),
+    .full_fallbacks_o (full_fallbacks_o)
+  );
+
+  // ---- pending operations --------------------------------------------------------------------
+  logic [Inflight-1:0] p_valid, p_aborted, p_wait;
+  logic [7:0]          p_kind     [Inflight];
+  logic [255:0]        p_cmd      [Inflight];
+  logic [31:0]         p_seq      [Inflight];
+  logic [31:0]         p_stamp    [Inflight];
+  logic [7:0]          p_targets  [Inflight];
+  logic [7:0]          p_answered [Inflight];
+  logic [7:0]          p_seen     [Inflight];
+  logic [7:0]          p_owner    [Inflight];
+  logic [7:0]          p_retries  [Inflight];
+  logic [63:0]         p_start    [Inflight];
+  logic [63:0]         p_due      [Inflight];  // deadline, or retry time while waiting
+
+  logic [IdxW:0] used;
+  always_comb begin
+    used = '0;
+    for (int unsigned i = 0; i < Inflight; i++) used = used + {{IdxW{1'b0}}, p_valid[i]};
+  end
+
+  logic          have_free;
+  logic [IdxW-1:0] free_idx;
+  always_comb begin
+    have_free = 1'b0;
+    free_idx  = '0;
+    for (int i = Inflight - 1; i >= 0; i--) begin
+      if (!p_valid[i]) begin
+        have_free = 1'b1;
+        free_idx  = IdxW'(i);
+      end
+    end
+  end
+
+  // ---- state -----------------------------------------------------------------------------------
+  typedef enum logic [4:0] {
+    SIdle, SCmd, SCmdLookup, SCmdDecide, SRelease, SStart, STx, SCpl, SEvt, STableWrite,
+    SRx, SRxLookup, SRxDecide, SRxAck, SFinish, SFinishTable, SRetryLookup, SHeartbeat
+  } state_e;
+
+  state_e        state_q, ret_q;
+  logic [63:0]   now_q, next_hb_q;
+  logic [31:0]   clock_q, next_seq_q;
+  logic [255:0]  cmd_q, rx_q, tx_tmpl_q, out_q;
+  logic [7:0]    tx_mask_q;
+  logic [IdxW-1:0] slot_q;
+  logic          held_q;
+  logic [7:0]    sharers_q, owner_q;
+  logic [7:0]    up_q;
+  logic [63:0]   last_seen_q [8];
+  logic [31:0]   frames_tx_q, bad_commands_q, broadcasts_q, skipped_q, ack_timeouts_q;
+  logic          tbl_busy_q;  // a table request issued, response pending
+  logic          rx_coming_q, rx_nack_q;
+  logic [1:0]    rsp_step_q;
+  logic          deferred_q;  // rx_q waits for room in the event ring
+
+  logic [7:0] me, others;
+  assign me     = 8'd1 << node_id_i;
+  assign others = peers_i & ~me;
+
+  // Fields of the latched command and frame.
+  logic [7:0]  c_op;
+  logic [31:0] c_tag, c_epoch;
+  logic [63:0] c_res;
+  assign c_op    = cmd_q[CommandOpcodeLsb+:8];
+  assign c_tag   = cmd_q[CommandTagLsb+:32];
+  assign c_res   = cmd_q[CommandResourceLsb+:64];
+  assign c_epoch = cmd_q[CommandEpochLsb+:32];
+
+  logic [7:0]  f_kind, f_src, f_sharers, f_owner;
+  logic [31:0] f_seq, f_stamp, f_epoch;
+  logic [63:0] f_res;
+  assign f_kind    = rx_q[LinkFrameKindLsb+:8];
+  assign f_src     = rx_q[LinkFrameSrcLsb+:8];
+  assign f_seq     = rx_q[LinkFrameSeqLsb+:32];
+  assign f_stamp   = rx_q[LinkFrameStampLsb+:32];
+  assign f_epoch   = rx_q[LinkFrameEpochLsb+:32];
+  assign f_res     = rx_q[LinkFrameResourceLsb+:64];
+  assign f_sharers = rx_q[LinkFrameSharersLsb+:8];
+  assign f_owner   = rx_q[LinkFrameOwnerLsb+:8];
+
+  // The lowest set bit of the transmit mask.
+  logic [2:0] tx_dst;
+  always_comb begin
+    tx_dst = '0;
+    for (int i = 7; i >= 0; i--) if (tx_mask_q[i]) tx_dst = 3'(i);
+  end
+
+  // Pending entry whose timer ran out (retry due or ack deadline), lowest index first.
+  logic            due_any;
+  logic [IdxW-1:0] due_idx;
+  always_comb begin
+    due_any = 1'b0;
+    due_idx = '0;
+    for (int i = Inflight - 1; i >= 0; i--) begin
+      if (p_valid[i] && now_q >= p_due[i]) begin
+        due_any = 1'b1;
+        due_idx = IdxW'(i);
+      end
+    end
+  end
+
+  // Ack matching: the pending entry with this seq that asked this source.
+  logic            ack_hit;
+  logic [IdxW-1:0] ack_idx;
+  always_comb begin
+    ack_hit = 1'b0;
+    ack_idx = '0;
+    for (int i = Inflight - 1; i >= 0; i--) begin
+      if (p_valid[i] && !p_wait[i] && p_seq[i] == f_seq && p_targets[i][f_src[2:0]]) begin
+        ack_hit = 1'b1;
+        ack_idx = IdxW'(i);
+      end
+    end
+  end
+
+  // Conflicts of a received acquire with ours in flight (docs/protocol.md).
+  logic                exclusive_rx;
+  logic                nack_rx;
+  logic [Inflight-1:0] abort_rx, learn_rx;
+  assign exclusive_rx = f_kind == KInvalidate;
+  always_comb begin
+    nack_rx  = 1'b0;
+    abort_rx = '0;
+    learn_rx = '0;
+    for (int unsigned i = 0; i < Inflight; i++) begin
+      if (p_valid[i] && p_cmd[i][CommandResourceLsb+:64] == f_res
+          && (p_kind[i] == KAcqShared || p_kind[i] == KInvalidate)) begin
+        if (exclusive_rx || p_kind[i] == KInvalidate) begin
+          if ({p_stamp[i], 5'd0, node_id_i} < {f_stamp, f_src}) nack_rx = 1'b1;
+          else abort_rx[i] = 1'b1;
+        end else if (!p_aborted[i]) begin
+          learn_rx[i] = 1'b1;
+        end
+      end
+    end
+  end
+
+  logic [63:0] hb_period;
+  assign hb_period = {32'd0, heartbeat_period_i};
+
+  // A peer silent for DownPeriods heartbeat periods.
+  logic       down_any;
+  logic [2:0] down_idx;
+  always_comb begin
+    down_any = 1'b0;
+    down_idx = '0;
+    for (int i = 7; i >= 0; i--) begin
+      if (hb_period != 0 && others[i] && up_q[i] && now_q > last_seen_q[i] + DownPeriods * hb_period) begin
+        down_any = 1'b1;
+        down_idx = 3'(i);
+      end
+    end
+  end
+
+  assign cmd_ready_o = state_q == SIdle && enable_i && !deferred_q && !rx_valid_i && !due_any && have_free
+                       && !(hb_period != 0 && now_q >= next_hb_q) && !down_any
+                       && cpl_space_i > {{(31 - IdxW){1'b0}}, used};
+  assign rx_ready_o  = state_q == SIdle && enable_i && !deferred_q;
+  assign tx_valid_o  = state_q == STx && tx_mask_q != '0;
+  assign tx_frame_o  = {tx_tmpl_q[255:24], 5'd0, tx_dst, tx_tmpl_q[15:0]};
+  assign cpl_valid_o = state_q == SCpl;
+  assign cpl_o       = out_q;
+  assign evt_valid_o = state_q == SEvt;
+  assign evt_o       = out_q;
+  // Only states that wait for the answer ask the table (a stray answer would be taken for the
+  // next state's).
+  logic rx_needs_table;
+  assign rx_needs_table = !rx_nack_q && (f_kind == KAcqShared || f_kind == KInvalidate || f_kind == KSearch);
+  assign tbl_req_valid = (state_q == SCmdLookup || (state_q == SRxLookup && rx_needs_table)
+                          || state_q == STableWrite || state_q == SFinishTable || state_q == SRetryLookup)
+                         && !tbl_busy_q;
+
+  // Table request fields by state.
+  always_comb begin
+    tbl_write   = 1'b0;
+    tbl_res     = c_res;
+    tbl_sharers = '0;
+    tbl_owner   = '0;
+    unique case (state_q)
+      SRxLookup:    tbl_res = f_res;
+      SRetryLookup: tbl_res = p_cmd[slot_q][CommandResourceLsb+:64];
+      STableWrite: begin
+        tbl_write   = 1'b1;
+        tbl_res     = out_q[63:0];
+        tbl_sharers = out_q[71:64];
+        tbl_owner   = out_q[75:72];
+      end
+      SFinishTable: begin
+        tbl_write = 1'b1;
+        tbl_res   = p_cmd[slot_q][CommandResourceLsb+:64];
+        if (p_kind[slot_q] == KAcqShared) begin
+          tbl_sharers = p_seen[slot_q] | me;
+        end else begin
+          tbl_sharers = me;
+          tbl_owner   = 4'(node_id_i) + 4'd1;
+        end
+      end
+      default: ;
+    endcase
+  end
+
+  logic tbl_done;  // the table answered the request issued in this state
+  assign tbl_done = tbl_busy_q && tbl_rsp_valid;
+
+  always_ff @(posedge clk_i or negedge rst_ni) begin
+    if (!rst_ni) begin
+      state_q        <= SIdle;
+      ret_q          <= SIdle;
+      now_q          <= '0;
+      next_hb_q      <= '0;
+      clock_q        <= '0;
+      next_seq_q     <= 32'd1;
+      cmd_q          <= '0;
+      rx_q           <= '0;
+      tx_tmpl_q      <= '0;
+      out_q          <= '0;
+      tx_mask_q      <= '0;
+      slot_q         <= '0;
+      held_q         <= 1'b0;
+      sharers_q      <= '0;
+      owner_q        <= '0;
+      up_q           <= '0;
+      frames_tx_q    <= '0;
+      bad_commands_q <= '0;
+      broadcasts_q   <= '0;
+      skipped_q      <= '0;
+      ack_timeouts_q <= '0;
+      tbl_busy_q     <= 1'b0;
+      rx_coming_q    <= 1'b0;
+      rx_nack_q      <= 1'b0;
+      rsp_step_q     <= '0;
+      deferred_q     <= 1'b0;
+      p_valid        <= '0;
+      p_aborted      <= '0;
+      p_wait         <= '0;
+      for (int unsigned i = 0; i < 8; i++) last_seen_q[i] <= '0;
+      for (int unsigned i = 0; i < Inflight; i++) begin
+        p_kind[i] <= '0; p_cmd[i] <= '0; p_seq[i] <= '0; p_stamp[i] <= '0; p_targets[i] <= '0;
+        p_answered[i] <= '0; p_seen[i] <= '0; p_owner[i] <= '0; p_retries[i] <= '0;
+        p_start[i] <= '0; p_due[i] <= '0;
+      end
+    end else if (clear_i) begin
+      state_q        <= SIdle;
+      p_valid        <= '0;
+      p_wait         <= '0;
+      p_aborted      <= '0;
+      up_q           <= '0;
+      tbl_busy_q     <= 1'b0;
+      deferred_q     <= 1'b0;
+      frames_tx_q    <= '0;
+      bad_commands_q <= '0;
+      broadcasts_q   <= '0;
+      skipped_q      <= '0;
+      ack_timeouts_q <= '0;
+      now_q          <= now_q + 64'd1;
+    end else begin
+      now_q <= now_q + 64'd1;
+      // Table handshake bookkeeping.
+      if (tbl_req_valid && tbl_req_ready) tbl_busy_q <= 1'b1;
+      if (tbl_done) tbl_busy_q <= 1'b0;
+      unique case (state_q)
+        SIdle: begin
+          if (!enable_i) begin
+            // nothing
+          end else if (deferred_q) begin
+            if (evt_space_i != 0) begin
+              deferred_q <= 1'b0;
+              state_q    <= SRxLookup;
+            end
+          end else if (rx_valid_i) begin
+            rx_q    <= rx_frame_i;
+            state_q <= SRx;
+          end else if (hb_period != 0 && now_q >= next_hb_q) begin
+            next_hb_q <= now_q + hb_period;
+            tx_tmpl_q <= frame(KHeartbeat, 8'd0, 32'd0, 32'd0, 64'd0, 8'd0, 8'd0);
+            tx_mask_q <= others;
+            ret_q     <= SIdle;
+            state_q   <= STx;
+          end else if (down_any) begin
+            up_q[down_idx] <= 1'b0;
+            out_q   <= event_entry(EvPeerDown, {5'd0, down_idx}, 32'd0, 64'd0, 32'd0);
+            ret_q   <= SIdle;
+            state_q <= evt_space_i != 0 ? SEvt : SIdle;
+          end else if (due_any) begin
+            slot_q <= due_idx;
+            if (p_wait[due_idx]) begin
+              state_q <= SRetryLookup;
+            end else begin
+              // Ack deadline passed: complete with the peers that did not answer.
+              ack_timeouts_q <= ack_timeouts_q + 32'd1;
+              p_valid[due_idx] <= 1'b0;
+              out_q <= completion(p_cmd[due_idx][CommandOpcodeLsb+:8], StTimeout, 7'd0, p_targets[due_idx],
+                                  p_cmd[due_idx][CommandTagLsb+:32], p_cmd[due_idx][CommandResourceLsb+:64],
+                                  8'd0, 8'd0, p_targets[due_idx] & ~p_answered[due_idx],
+                                  32'(now_q - p_start[due_idx]));
+              ret_q   <= SIdle;
+              state_q <= SCpl;
+            end
+          end else if (cmd_valid_i && cmd_ready_o) begin
+            cmd_q   <= cmd_i;
+            state_q <= SCmd;
+          end
+        end
+
+        // ---- commands ------------------------------------------------------------------------
+        SCmd: begin
+          ret_q <= SIdle;
+          if (c_op > OpHeartbeat) begin
+            bad_commands_q <= bad_commands_q + 32'd1;
+            out_q   <= completion(c_op, StBadOpcode, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            state_q <= SCpl;
+          end else if (c_op != OpNop && c_epoch != epoch_i) begin
+            out_q   <= completion(c_op, StStaleEpoch, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            state_q <= SCpl;
+          end else if (c_op == OpNop) begin
+            out_q   <= completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            state_q <= SCpl;
+          end else if (c_op == OpHeartbeat) begin
+            tx_tmpl_q <= frame(KHeartbeat, 8'd0, 32'd0, 32'd0, 64'd0, 8'd0, 8'd0);
+            tx_mask_q <= others;
+            out_q     <= completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            ret_q     <= SCpl;
+            state_q   <= STx;
+          end else begin
+            state_q <= SCmdLookup;
+          end
+        end
+        SCmdLookup: begin
+          if (tbl_done) begin
+            held_q    <= tbl_rsp_hit && (tbl_rsp_sharers & me) != 0;
+            sharers_q <= tbl_rsp_sharers;
+            owner_q   <= {4'd0, tbl_rsp_owner};
+            state_q   <= SCmdDecide;
+          end
+        end
+        SCmdDecide: begin
+          ret_q <= SIdle;
+          if (c_op == OpAcqShared && held_q) begin
+            skipped_q <= skipped_q + 32'd1;
+            out_q   <= completion(c_op, StOk, 7'd1, 8'd0, c_tag, c_res, sharers_q, owner_q, 8'd0, 32'd0);
+            state_q <= SCpl;
+          end else if (c_op == OpAcqExcl && held_q
+                       && (owner_q == {5'd0, node_id_i} + 8'd1 || (sharers_q & ~me) == 0)) begin
+            skipped_q <= skipped_q + 32'd1;
+            // Table write {res, sharers, owner} then the completion.
+            out_q   <= {180'd0, 4'(node_id_i) + 4'd1, me, c_res};
+            tx_tmpl_q <= completion(c_op, StOk, 7'd1, 8'd0, c_tag, c_res, me, {5'd0, node_id_i} + 8'd1,
+                                    8'd0, 32'd0);
+            ret_q   <= SCpl;
+            state_q <= STableWrite;
+          end else if (c_op == OpAcqShared || c_op == OpAcqExcl || c_op == OpSearch) begin
+            if (c_op != OpSearch) broadcasts_q <= broadcasts_q + 32'd1;
+            clock_q <= clock_q + 32'd1;
+            state_q <= SStart;
+          end else begin
+            // Release: tell the recorded sharers (advisory), drop our entry, complete.
+            out_q     <= {180'd0, 4'd0, 8'd0, c_res};
+            tx_tmpl_q <= frame(KRelease, 8'd0, 32'd0, 32'd0, c_res, 8'd0, 8'd0);
+            tx_mask_q <= held_q ? (sharers_q & others) : 8'd0;
+            state_q   <= held_q ? SRelease : SCpl;
+            if (!held_q) out_q <= completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+          end
+        end
+        SRelease: begin
+          // Frames first (STx returns to STableWrite), then the table, then the completion.
+          ret_q   <= STableWrite;
+          state_q <= STx;
+        end
+        SStart: begin
+          // A new pending operation in the free slot; its frames go out next.
+          p_valid[free_idx]    <= 1'b1;
+          p_aborted[free_idx]  <= 1'b0;
+          p_wait[free_idx]     <= 1'b0;
+          p_kind[free_idx]     <= c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch);
+          p_cmd[free_idx]      <= cmd_q;
+          p_seq[free_idx]      <= next_seq_q;
+          p_stamp[free_idx]    <= clock_q;
+          p_targets[free_idx]  <= (c_op != OpSearch && held_q) ? (sharers_q & others) : others;
+          p_answered[free_idx] <= '0;
+          p_seen[free_idx]     <= '0;
+          p_owner[free_idx]    <= '0;
+          p_retries[free_idx]  <= '0;
+          p_start[free_idx]    <= now_q;
+          p_due[free_idx]      <= now_q + {32'd0, ack_timeout_i};
+          next_seq_q <= next_seq_q + 32'd1;
+          slot_q     <= free_idx;
+          tx_tmpl_q  <= frame(c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch),
+                              8'd0, next_seq_q, clock_q, c_res, 8'd0, 8'd0);
+          tx_mask_q  <= (c_op != OpSearch && held_q) ? (sharers_q & others) : others;
+          ret_q      <= SFinish;  // nobody to ask: finish at once (checked there)
+          state_q    <= STx;
+        end
+        STx: begin
+          if (tx_mask_q == '0) begin
+            state_q <= ret_q;
+            if (ret_q == STableWrite) ret_q <= SCpl;
+          end else if (tx_ready_i) begin
+            tx_mask_q[tx_dst] <= 1'b0;
+            frames_tx_q <= frames_tx_q + 32'd1;
+          end
+        end
+        SCpl: begin
+          if (cpl_ready_i) state_q <= SIdle;
+        end
+        SEvt: begin
+          if (evt_ready_i) state_q <= ret_q;
+        end
+        STableWrite: begin
+          if (tbl_done) begin
+            state_q <= ret_q;
+            // A reply follows the table write (received frames): then back to idle.
+            if (ret_q == STx) ret_q <= SIdle;
+            if (ret_q == SCpl) begin
+              // Release and the local upgrade end with their completion (the upgrade's waits in
+              // tx_tmpl_q).
+              out_q <= c_op == OpRelease
+                       ? completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0) : tx_tmpl_q;
+            end
+          end
+        end
+
+        // ---- received frames -------------------------------------------------------------------
+        SRx: begin
+          clock_q <= (clock_q > f_stamp ? clock_q : f_stamp) + 32'd1;
+          last_seen_q[f_src[2:0]] <= now_q;
+          ret_q   <= SRxLookup;
+          if (!up_q[f_src[2:0]] && evt_space_i != 0) begin
+            up_q[f_src[2:0]] <= 1'b1;
+            out_q   <= event_entry(EvPeerUp, f_src, f_epoch, 64'd0, 32'd0);
+            state_q <= SEvt;
+          end else begin
+            state_q <= SRxLookup;
+          end
+          rx_nack_q   <= 1'b0;
+          rx_coming_q <= 1'b0;
+          if (f_kind == KAcqShared || f_kind == KInvalidate) begin
+            if (nack_rx) begin
+              rx_nack_q <= 1'b1;
+            end else begin
+              p_aborted <= p_aborted | abort_rx;
+              for (int unsigned i = 0; i < Inflight; i++) begin
+                if (learn_rx[i]) p_seen[i] <= p_seen[i] | (8'd1 << f_src[2:0]);
+              end
+              rx_coming_q <= |learn_rx;
+            end
+          end
+        end
+        SRxLookup: begin
+          if (f_kind == KAck || f_kind == KNack || f_kind == KSearchReply) begin
+            state_q <= SRxAck;
+          end else if (f_kind == KRelease || f_kind == KHeartbeat) begin
+            state_q <= SIdle;
+          end else if (rx_nack_q) begin
+            tx_tmpl_q <= frame(KNack, 8'd0, f_seq, f_stamp, f_res, 8'd0, 8'd0);
+            tx_mask_q <= 8'd1 << f_src[2:0];
+            ret_q     <= SIdle;
+            state_q   <= STx;
+          end else if (tbl_done) begin
+            held_q    <= tbl_rsp_hit && (tbl_rsp_sharers & me) != 0;
+            sharers_q <= tbl_rsp_sharers;
+            owner_q   <= {4'd0, tbl_rsp_owner};
+            state_q   <= SRxDecide;
+          end
+        end
+        SRxDecide: begin
+          ret_q <= SIdle;
+          if (f_kind == KSearch) begin
+            tx_tmpl_q <= frame(KSearchReply, 8'd0, f_seq, f_stamp, f_res, held_q ? sharers_q : 8'd0,
+                               held_q ? owner_q : 8'd0);
+            tx_mask_q <= 8'd1 << f_src[2:0];
+            state_q   <= STx;
+          end else if (f_kind == KInvalidate) begin
+            tx_tmpl_q <= frame(KAck, 8'd0, f_seq, f_stamp, f_res, held_q ? sharers_q : 8'd0,
+                               held_q ? owner_q : 8'd0);
+            tx_mask_q <= 8'd1 << f_src[2:0];
+            if (!held_q) begin
+              state_q <= STx;
+            end else if (rsp_step_q == 2'd0) begin
+              if (evt_space_i == 0) begin
+                deferred_q <= 1'b1;  // the host must see the invalidation before we ack
+                state_q    <= SIdle;
+              end else begin
+                // Event, then free the entry, then ack.
+                out_q      <= event_entry(EvInvalidate, f_src, f_epoch, f_res, f_seq);
+                rsp_step_q <= 2'd1;
+                ret_q      <= SRxDecide;
+                state_q    <= SEvt;
+              end
+            end else begin
+              out_q      <= {180'd0, 4'd0, 8'd0, f_res};
+              rsp_step_q <= 2'd0;
+              ret_q      <= STx;
+              state_q    <= STableWrite;
+            end
+          end else begin
+            tx_tmpl_q <= frame(KAck, 8'd0, f_seq, f_stamp, f_res,
+                               held_q ? (sharers_q | me) : (rx_coming_q ? me : 8'd0),
+                               held_q ? owner_q : 8'd0);
+            tx_mask_q <= 8'd1 << f_src[2:0];
+            if (held_q) begin
+              if (owner_q == {5'd0, node_id_i} + 8'd1 && rsp_step_q == 2'd0) begin
+                if (evt_space_i == 0) begin
+                  deferred_q <= 1'b1;
+                  state_q    <= SIdle;
+                end else begin
+                  out_q   <= event_entry(EvDowngrade, f_src, f_epoch, f_res, f_seq);
+                  rsp_step_q <= 2'd1;
+                  ret_q   <= SRxDecide;
+                  state_q <= SEvt;
+                end
+              end else begin
+                out_q   <= {180'd0, 4'd0, sharers_q | (8'd1 << f_src[2:0]), f_res};
+                rsp_step_q <= 2'd0;
+                ret_q   <= STx;
+                state_q <= STableWrite;
+              end
+            end else begin
+              state_q <= STx;
+            end
+          end
+        end
+        SRxAck: begin
+          state_q <= SIdle;
+          if (ack_hit) begin
+            p_answered[ack_idx] <= p_answered[ack_idx] | (8'd1 << f_src[2:0]);
+            p_seen[ack_idx]     <= p_seen[ack_idx] | f_sharers;
+            if (f_owner != 0) p_owner[ack_idx] <= f_owner;
+            if (f_kind == KNack) p_aborted[ack_idx] <= 1'b1;
+            slot_q  <= ack_idx;
+            state_q <= SFinish;
+          end
+        end
+
+        // ---- completing a pending operation ----------------------------------------------------
+        SFinish: begin
+          state_q <= SIdle;
+          if (p_valid[slot_q] && !p_wait[slot_q] && (p_answered[slot_q] & p_targets[slot_q]) == p_targets[slot_q]) begin
+            if (p_aborted[slot_q]) begin
+              if (p_retries[slot_q] >= 8'(RetriesMax)) begin
+                p_valid[slot_q] <= 1'b0;
+                out_q <= completion(p_cmd[slot_q][CommandOpcodeLsb+:8], StConflict, {p_retries[slot_q][4:0], 2'b00},
+                                    8'd0, p_cmd[slot_q][CommandTagLsb+:32], p_cmd[slot_q][CommandResourceLsb+:64],
+                                    8'd0, 8'd0, 8'd0, 32'd0);
+                state_q <= SCpl;
+              end else begin
+                p_retries[slot_q] <= p_retries[slot_q] + 8'd1;
+                p_aborted[slot_q] <= 1'b0;
+                p_wait[slot_q]    <= 1'b1;
+                p_due[slot_q]     <= now_q + 64'(BackoffCycles) * {56'd0, p_retries[slot_q] + 8'd1};
+              end
+            end else if (p_kind[slot_q] == KSearch) begin
+              p_valid[slot_q] <= 1'b0;
+              out_q <= completion(OpSearch, StOk, {p_retries[slot_q][4:0], 2'b00}, p_targets[slot_q],
+                                  p_cmd[slot_q][CommandTagLsb+:32], p_cmd[slot_q][CommandResourceLsb+:64],
+                                  p_seen[slot_q], p_owner[slot_q], 8'd0, 32'(now_q - p_start[slot_q]));
+              state_q <= SCpl;
+            end else begin
+              state_q <= SFinishTable;
+            end
+          end
+        end
+        SFinishTable: begin
+          if (tbl_done) begin
+            p_valid[slot_q] <= 1'b0;
+            out_q <= completion(p_cmd[slot_q][CommandOpcodeLsb+:8], StOk,
+                                {p_retries[slot_q][4:0], tbl_rsp_full, 1'b0}, p_targets[slot_q],
+                                p_cmd[slot_q][CommandTagLsb+:32], p_cmd[slot_q][CommandResourceLsb+:64],
+                                p_kind[slot_q] == KAcqShared ? (p_seen[slot_q] | me) : me,
+                                p_kind[slot_q] == KAcqShared ? 8'd0 : {5'd0, node_id_i} + 8'd1,
+                                8'd0, 32'(now_q - p_start[slot_q]));
+            state_q <= SCpl;
+          end
+        end
+        SRetryLookup: begin
+          // Back-off over: send again with the same stamp, to the sharers as now recorded.
+          if (tbl_done) begin
+            p_wait[slot_q]     <= 1'b0;
+            p_seq[slot_q]      <= next_seq_q;
+            p_answered[slot_q] <= '0;
+            p_seen[slot_q]     <= '0;
+            p_owner[slot_q]    <= '0;
+            p_start[slot_q]    <= now_q;
+            p_due[slot_q]      <= now_q + {32'd0, ack_timeout_i};
+            next_seq_q <= next_seq_q + 32'd1;
+            p_targets[slot_q] <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
+            tx_mask_q <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
+            tx_tmpl_q <= frame(p_kind[slot_q], 8'd0, next_seq_q, p_stamp[slot_q],
+                               p_cmd[slot_q][CommandResourceLsb+:64], 8'd0, 8'd0);
+            ret_q   <= SFinish;
+            state_q <= STx;
+          end
+        end
+        SHeartbeat: state_q <= SIdle;
+        default: state_q <= SIdle;
+      endcase
+    end
+  end
+
+  assign frames_tx_o    = frames_tx_q;
+  assign bad_commands_o = bad_commands_q;
+  assign broadcasts_o   = broadcasts_q;
+  assign skipped_o      = skipped_q;
+  assign ack_timeouts_o = ack_timeouts_q;
+
+  logic unused;
+  assign unused = ^{tbl_ready, cmd_q[255:160], rx_q[255:208], rx_q[31:16], out_q[255:76]};
+
+endmodule
