@@ -93,8 +93,10 @@ module amf_ring_writer (
       default: state_d = StIdle;
     endcase
     // The host may only move its consumer up to the producer, and not more than a ring behind.
+    // An entry whose write the port has taken may already be visible to the host (and consumed)
+    // before its response arrives, so it counts as produced here.
     if (host_cons_valid_i) begin
-      if (prod_q - host_cons_i > size) begin
+      if (prod_q + {31'd0, state_q == StWait} - host_cons_i > size) begin
         error_o      = 1'b1;
         error_code_o = ErrOverrun;
       end else begin
