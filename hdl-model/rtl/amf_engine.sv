@@ -147,7 +147,9 @@ module amf_engine #(
   // ---- pending operations --------------------------------------------------------------------
   logic [Inflight-1:0] p_valid, p_aborted, p_wait;
   logic [7:0]          p_kind     [Inflight];
-  logic [255:0]        p_cmd      [Inflight];
+  logic [7:0]          p_op       [Inflight];  // the command's opcode, tag and resource
+  logic [31:0]         p_tag      [Inflight];
+  logic [63:0]         p_res      [Inflight];
   logic [31:0]         p_seq      [Inflight];
   logic [31:0]         p_stamp    [Inflight];
   logic [7:0]          p_targets  [Inflight];
@@ -269,7 +271,7 @@ module amf_engine #(
     abort_rx = '0;
     learn_rx = '0;
     for (int unsigned i = 0; i < Inflight; i++) begin
-      if (p_valid[i] && p_cmd[i][CommandResourceLsb+:64] == f_res
+      if (p_valid[i] && p_res[i] == f_res
           && (p_kind[i] == KAcqShared || p_kind[i] == KInvalidate)) begin
         if (exclusive_rx || p_kind[i] == KInvalidate) begin
           if ({p_stamp[i], 5'd0, node_id_i} < {f_stamp, f_src}) nack_rx = 1'b1;
@@ -324,7 +326,7 @@ module amf_engine #(
     tbl_owner   = '0;
     unique case (state_q)
       SRxLookup:    tbl_res = f_res;
-      SRetryLookup: tbl_res = p_cmd[slot_q][CommandResourceLsb+:64];
+      SRetryLookup: tbl_res = p_res[slot_q];
       STableWrite: begin
         tbl_write   = 1'b1;
         tbl_res     = out_q[63:0];
@@ -333,7 +335,7 @@ module amf_engine #(
       end
       SFinishTable: begin
         tbl_write = 1'b1;
-        tbl_res   = p_cmd[slot_q][CommandResourceLsb+:64];
+        tbl_res   = p_res[slot_q];
         if (p_kind[slot_q] == KAcqShared) begin
           tbl_sharers = p_seen[slot_q] | me;
         end else begin
@@ -381,7 +383,7 @@ module amf_engine #(
       p_wait         <= '0;
       for (int unsigned i = 0; i < 8; i++) last_seen_q[i] <= '0;
       for (int unsigned i = 0; i < Inflight; i++) begin
-        p_kind[i] <= '0; p_cmd[i] <= '0; p_seq[i] <= '0; p_stamp[i] <= '0; p_targets[i] <= '0;
+        p_kind[i] <= '0; p_op[i] <= '0; p_tag[i] <= '0; p_res[i] <= '0; p_seq[i] <= '0; p_stamp[i] <= '0; p_targets[i] <= '0;
         p_answered[i] <= '0; p_seen[i] <= '0; p_owner[i] <= '0; p_retries[i] <= '0;
         p_start[i] <= '0; p_due[i] <= '0;
       end
@@ -435,8 +437,8 @@ module amf_engine #(
               // Ack deadline passed: complete with the peers that did not answer.
               ack_timeouts_q <= ack_timeouts_q + 32'd1;
               p_valid[due_idx] <= 1'b0;
-              out_q <= completion(p_cmd[due_idx][CommandOpcodeLsb+:8], StTimeout, 7'd0, p_targets[due_idx],
-                                  p_cmd[due_idx][CommandTagLsb+:32], p_cmd[due_idx][CommandResourceLsb+:64],
+              out_q <= completion(p_op[due_idx], StTimeout, 7'd0, p_targets[due_idx],
+                                  p_tag[due_idx], p_res[due_idx],
                                   8'd0, 8'd0, p_targets[due_idx] & ~p_answered[due_idx],
                                   32'(now_q - p_start[due_idx]));
               ret_q   <= SIdle;
@@ -518,7 +520,9 @@ module amf_engine #(
           p_aborted[free_idx]  <= 1'b0;
           p_wait[free_idx]     <= 1'b0;
           p_kind[free_idx]     <= c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch);
-          p_cmd[free_idx]      <= cmd_q;
+          p_op[free_idx]       <= c_op;
+          p_tag[free_idx]      <= c_tag;
+          p_res[free_idx]      <= c_res;
           p_seq[free_idx]      <= next_seq_q;
           p_stamp[free_idx]    <= clock_q;
           p_targets[free_idx]  <= (c_op != OpSearch && held_q) ? (sharers_q & others) : others;
@@ -684,8 +688,8 @@ module amf_engine #(
             if (p_aborted[slot_q]) begin
               if (p_retries[slot_q] >= 8'(RetriesMax)) begin
                 p_valid[slot_q] <= 1'b0;
-                out_q <= completion(p_cmd[slot_q][CommandOpcodeLsb+:8], StConflict, {p_retries[slot_q][4:0], 2'b00},
-                                    8'd0, p_cmd[slot_q][CommandTagLsb+:32], p_cmd[slot_q][CommandResourceLsb+:64],
+                out_q <= completion(p_op[slot_q], StConflict, {p_retries[slot_q][4:0], 2'b00},
+                                    8'd0, p_tag[slot_q], p_res[slot_q],
                                     8'd0, 8'd0, 8'd0, 32'd0);
                 state_q <= SCpl;
               end else begin
@@ -697,7 +701,7 @@ module amf_engine #(
             end else if (p_kind[slot_q] == KSearch) begin
               p_valid[slot_q] <= 1'b0;
               out_q <= completion(OpSearch, StOk, {p_retries[slot_q][4:0], 2'b00}, p_targets[slot_q],
-                                  p_cmd[slot_q][CommandTagLsb+:32], p_cmd[slot_q][CommandResourceLsb+:64],
+                                  p_tag[slot_q], p_res[slot_q],
                                   p_seen[slot_q], p_owner[slot_q], 8'd0, 32'(now_q - p_start[slot_q]));
               state_q <= SCpl;
             end else begin
@@ -708,9 +712,9 @@ module amf_engine #(
         SFinishTable: begin
           if (tbl_done) begin
             p_valid[slot_q] <= 1'b0;
-            out_q <= completion(p_cmd[slot_q][CommandOpcodeLsb+:8], StOk,
+            out_q <= completion(p_op[slot_q], StOk,
                                 {p_retries[slot_q][4:0], tbl_rsp_full, 1'b0}, p_targets[slot_q],
-                                p_cmd[slot_q][CommandTagLsb+:32], p_cmd[slot_q][CommandResourceLsb+:64],
+                                p_tag[slot_q], p_res[slot_q],
                                 p_kind[slot_q] == KAcqShared ? (p_seen[slot_q] | me) : me,
                                 p_kind[slot_q] == KAcqShared ? 8'd0 : {5'd0, node_id_i} + 8'd1,
                                 8'd0, 32'(now_q - p_start[slot_q]));
@@ -731,7 +735,7 @@ module amf_engine #(
             p_targets[slot_q] <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
             tx_mask_q <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
             tx_tmpl_q <= frame(p_kind[slot_q], 8'd0, next_seq_q, p_stamp[slot_q],
-                               p_cmd[slot_q][CommandResourceLsb+:64], 8'd0, 8'd0);
+                               p_res[slot_q], 8'd0, 8'd0);
             ret_q   <= SFinish;
             state_q <= STx;
           end
@@ -749,6 +753,6 @@ module amf_engine #(
   assign ack_timeouts_o = ack_timeouts_q;
 
   logic unused;
-  assign unused = ^{tbl_ready, cmd_q[255:160], rx_q[255:208], rx_q[31:16], out_q[255:76]};
+  assign unused = ^{tbl_ready, cmd_q[255:160], cmd_q[31:8], rx_q[255:208], rx_q[31:16], out_q[255:76]};
 
 endmodule
