@@ -333,3 +333,75 @@ fn restart<B: Linked>() {
     let (c, _) = d.call(Opcode::Nop, 0, T, &mut nothing).unwrap();
     assert_eq!(c.status, Status::Ok as u8);
 }
+
+/// A simulated card running on its own clock thread, linked to the others over UDP on loopback.
+#[derive(Clone)]
+struct DeviceBackend(std::sync::Arc<amf_verilator::device::SimDevice>);
+
+impl Backend for DeviceBackend {
+    fn read32(&self, o: u32) -> u32 {
+        self.0.read32(o)
+    }
+    fn write32(&self, o: u32, v: u32) {
+        self.0.write32(o, v)
+    }
+    fn dma_alloc(&self, n: usize) -> Result<u64, String> {
+        self.0.dma_alloc(n)
+    }
+    fn dma_read(&self, a: u64, b: &mut [u8]) -> Result<(), String> {
+        self.0.dma_read(a, b)
+    }
+    fn dma_write(&self, a: u64, d: &[u8]) -> Result<(), String> {
+        self.0.dma_write(a, d)
+    }
+    fn run(&self, _cycles: u64) {
+        // The card's own clock thread runs it; the driver just waits a little.
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+#[test]
+fn simulated_cards_exchange_broadcasts_over_udp() {
+    for n in [2u8, 4] {
+        let devs: Vec<DeviceBackend> = (0..n)
+            .map(|_| {
+                DeviceBackend(std::sync::Arc::new(
+                    amf_verilator::device::SimDevice::start("127.0.0.1:0".parse().unwrap()).unwrap(),
+                ))
+            })
+            .collect();
+        for a in &devs {
+            for (i, b) in devs.iter().enumerate() {
+                a.0.set_peer(i as u8, b.0.link_addr().unwrap());
+            }
+        }
+        let mut d: Vec<Driver<DeviceBackend>> = (0..n)
+            .map(|i| {
+                let cfg = DriverConfig { node: i, peers: ((1u16 << n) - 1) as u8, epoch: 3, ..DriverConfig::default() };
+                Driver::open(devs[i as usize].clone(), cfg).unwrap()
+            })
+            .collect();
+        let others = ((1u16 << n) - 2) as u8;
+        let (c, _) = d[0].call(Opcode::AcquireShared, 9, T, &mut nothing).unwrap();
+        assert_eq!((c.status, c.peers_asked), (Status::Ok as u8, others), "n={n}");
+        let (c, _) = d[1].call(Opcode::AcquireShared, 9, T, &mut nothing).unwrap();
+        assert_eq!(c.sharers & 0b11, 0b11, "n={n}");
+        let (c, _) = d[1].call(Opcode::AcquireExclusive, 9, T, &mut nothing).unwrap();
+        assert_eq!((c.status, c.peers_asked), (Status::Ok as u8, 0b01), "n={n}: one invalidate round, to the sharer");
+        let mut ev = vec![];
+        for _ in 0..100 {
+            ev.extend(d[0].events().unwrap());
+            if ev.iter().any(|e| e.kind == EventKind::Invalidate as u8) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(ev.iter().any(|e| e.kind == EventKind::Invalidate as u8 && e.resource == 9), "n={n}: {ev:?}");
+        // An idle card stops its clock: no cycles pass while nothing happens.
+        std::thread::sleep(Duration::from_millis(100));
+        let before = devs[2 % n as usize].0.cycles();
+        std::thread::sleep(Duration::from_millis(200));
+        let after = devs[2 % n as usize].0.cycles();
+        assert!(after - before <= 2 * 256 * 8, "n={n}: idle card kept running ({} cycles)", after - before);
+    }
+}

@@ -32,7 +32,9 @@ module amf_card #(
   output logic         link_tx_valid_o,
   input  logic         link_tx_ready_i,
   output logic [255:0] link_tx_frame_o,
-  output logic         irq_o
+  output logic         irq_o,
+  // the card has work or a timer running; a simulation may stop its clock while this is low
+  output logic         busy_o
 );
   // ---- registers ----------------------------------------------------------------------------
   logic        enable, soft_reset, cmd_db, cpl_db, evt_db;
@@ -122,6 +124,7 @@ module amf_card #(
   logic [255:0] cmd;
   logic [7:0]   fetch_code;
   logic [31:0]  fetch_wdata, cmd_cons;
+  logic         fetch_busy, cpl_busy, evt_busy, engine_busy;
 
   amf_cmd_fetch u_fetch (
     .clk_i,
@@ -147,7 +150,8 @@ module amf_card #(
     .dma_rsp_rdata_i  (drsp_rdata),
     .error_o          (fetch_err),
     .error_code_o     (fetch_code),
-    .cons_o           (cmd_cons)
+    .cons_o           (cmd_cons),
+    .busy_o           (fetch_busy)
   );
   assign dreq_wdata[0] = {224'd0, fetch_wdata};
 
@@ -179,7 +183,8 @@ module amf_card #(
     .error_o           (cpl_err),
     .error_code_o      (cpl_code),
     .prod_o            (cpl_prod),
-    .space_o           (cpl_space)
+    .space_o           (cpl_space),
+    .busy_o            (cpl_busy)
   );
 
   amf_ring_writer u_evt (
@@ -203,7 +208,8 @@ module amf_card #(
     .error_o           (evt_err),
     .error_code_o      (evt_code),
     .prod_o            (evt_prod),
-    .space_o           (evt_space)
+    .space_o           (evt_space),
+    .busy_o            (evt_busy)
   );
   assign dreq_write[1] = 1'b1;
   assign dreq_write[2] = 1'b1;
@@ -330,8 +336,12 @@ module amf_card #(
     .skipped_o          (skipped),
     .ack_timeouts_o     (ack_timeouts),
     .occupancy_o        (occupancy),
-    .full_fallbacks_o   (full_fallbacks)
+    .full_fallbacks_o   (full_fallbacks),
+    .busy_o             (engine_busy)
   );
+
+  assign busy_o = fetch_busy || cpl_busy || evt_busy || engine_busy || hold_q || !chk_in_ready
+                  || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
 
   logic unused;
   assign unused = ^{cmd_cons, cpl_prod, evt_prod};

@@ -33,7 +33,8 @@ module amf_cmd_fetch (
   // status
   output logic         error_o,
   output logic [7:0]   error_code_o,
-  output logic [31:0]  cons_o
+  output logic [31:0]  cons_o,
+  output logic         busy_o
 );
   // device.status.error_code values (amf_regs_pkg).
   localparam logic [7:0] ErrBadSize = 8'd1;
@@ -138,5 +139,6 @@ module amf_cmd_fetch (
   assign out_valid_o     = state_q == StOut;
   assign out_cmd_o       = cmd_q;
   assign cons_o          = cons_q;
+  assign busy_o          = state_q != StIdle || (enable_i && prod_q != cons_q);
 
 endmodule

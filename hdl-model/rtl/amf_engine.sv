@@ -44,7 +44,9 @@ module amf_engine #(
   output logic [31:0]  skipped_o,
   output logic [31:0]  ack_timeouts_o,
   output logic [31:0]  occupancy_o,
-  output logic [31:0]  full_fallbacks_o
+  output logic [31:0]  full_fallbacks_o,
+  // something to do or wait for (a clock may stop while this is low)
+  output logic         busy_o
 );
   import amf_structs_pkg::*;
 
@@ -746,6 +748,8 @@ module amf_engine #(
     end
   end
 
+  assign busy_o         = state_q != SIdle || |p_valid || deferred_q || rx_valid_i || cmd_valid_i
+                          || (enable_i && hb_period != 0);
   assign frames_tx_o    = frames_tx_q;
   assign bad_commands_o = bad_commands_q;
   assign broadcasts_o   = broadcasts_q;

@@ -30,7 +30,8 @@ module amf_ring_writer (
   output logic         error_o,
   output logic [7:0]   error_code_o,
   output logic [31:0]  prod_o,
-  output logic [31:0]  space_o
+  output logic [31:0]  space_o,
+  output logic         busy_o
 );
   localparam int unsigned PhaseBit = 23;
   // device.status.error_code values (amf_regs_pkg).
@@ -134,6 +135,7 @@ module amf_ring_writer (
   assign dma_req_addr_o  = addr_q;
   assign dma_req_data_o  = data_q;
   assign prod_o          = prod_q;
+  assign busy_o          = state_q != StIdle;
   assign space_o         = size_ok && !full ? size - used : 32'd0;
 
 endmodule

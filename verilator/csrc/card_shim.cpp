@@ -28,7 +28,7 @@ struct amf_cd_io {
     uint8_t link_rx_ready;
     uint8_t link_tx_valid;
     uint8_t irq;
-    uint8_t pad1;
+    uint8_t busy;
     uint32_t reg_rsp_rdata;
     uint64_t dma_req_addr;
     uint32_t dma_req_wdata[8];
@@ -87,6 +87,7 @@ void amf_cd_cycle(void* p, amf_cd_io* io) {
     io->link_tx_valid = t->link_tx_valid_o;
     for (int i = 0; i < 8; i++) io->link_tx_frame[i] = t->link_tx_frame_o[i];
     io->irq = t->irq_o;
+    io->busy = t->busy_o;
     t->clk_i = 1;
     t->eval();
     t->clk_i = 0;

@@ -28,7 +28,7 @@ struct Io {
     link_rx_ready: u8,
     link_tx_valid: u8,
     irq: u8,
-    pad1: u8,
+    busy: u8,
     reg_rsp_rdata: u32,
     dma_req_addr: u64,
     dma_req_wdata: [u32; 8],
@@ -178,6 +178,12 @@ impl SimCard {
     /// The interrupt line.
     pub fn irq(&self) -> bool {
         self.io.irq == 1
+    }
+
+    /// The card has work or a timer running (as of the last cycle), or a frame or DMA response
+    /// is waiting to go in: its clock must keep running.
+    pub fn busy(&self) -> bool {
+        self.io.busy == 1 || !self.rx.is_empty() || self.dma_rsp.is_some()
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod card;
 pub mod cmd_fetch;
+pub mod device;
 pub mod dma_arb;
 pub mod frame_check;
 pub mod frame_tx;

@@ -1,0 +1,218 @@
+//! The simulated card as a device of its own: a clock thread that runs the RTL only while the
+//! card is busy (a doorbell, a frame, a pending acquire or a timer) and sleeps otherwise, host
+//! memory the driver shares, and the link bridged to UDP on loopback so cards in different
+//! processes talk (one datagram per 32-byte frame).
+
+use crate::card::SimCard;
+use amf_hdl_model::gen::structs::LinkFrame;
+use amf_hdl_model::model::card::HostMemory;
+use amf_hdl_model::model::VecMemory;
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Cycles run per burst while busy.
+const BURST_CYCLES: u64 = 256;
+/// Idle bursts before the clock stops (lets in-flight answers arrive).
+const IDLE_BURSTS: u32 = 8;
+/// Longest sleep without a wake-up (a safety net, not a timer).
+const SLEEP_MAX: Duration = Duration::from_millis(50);
+
+struct Inner {
+    card: SimCard,
+    mem: VecMemory,
+    next_free: u64,
+}
+
+/// Shared state of the device's threads and its users.
+struct Shared {
+    inner: Mutex<Inner>,
+    wake: Condvar,
+    stop: AtomicBool,
+    cycles: AtomicU64,
+    peers: Mutex<HashMap<u8, SocketAddr>>,
+    socket: UdpSocket,
+    /// Frames from the link, handed to the card at the next burst. A queue of its own so the
+    /// link thread never waits for a running burst (std's mutex is not fair: a busy clock
+    /// thread that relocks at once would starve it).
+    rx: Mutex<std::collections::VecDeque<[u8; 32]>>,
+}
+
+/// One simulated card with its clock and link threads.
+pub struct SimDevice {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// DMA window of a simulated card.
+pub const DMA_BASE: u64 = 0x1_0000_0000;
+const DMA_BYTES: usize = 4 << 20;
+
+impl SimDevice {
+    /// Starts a card whose link listens on `bind` (e.g. 127.0.0.1:0).
+    pub fn start(bind: SocketAddr) -> std::io::Result<SimDevice> {
+        let socket = UdpSocket::bind(bind)?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                card: SimCard::new(),
+                mem: VecMemory::new(DMA_BASE, DMA_BYTES),
+                next_free: DMA_BASE,
+            }),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            cycles: AtomicU64::new(0),
+            peers: Mutex::new(HashMap::new()),
+            socket,
+            rx: Mutex::new(std::collections::VecDeque::new()),
+        });
+        let (a, b) = (shared.clone(), shared.clone());
+        let clock = std::thread::Builder::new().name("card-clock".into()).spawn(move || clock(a))?;
+        let rx = std::thread::Builder::new().name("card-link".into()).spawn(move || receive(b))?;
+        Ok(SimDevice { shared, threads: vec![clock, rx] })
+    }
+
+    /// The link's UDP address.
+    pub fn link_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.socket.local_addr()
+    }
+
+    /// Where node `id`'s card listens.
+    pub fn set_peer(&self, id: u8, addr: SocketAddr) {
+        lock(&self.shared.peers).insert(id, addr);
+    }
+
+    /// Cycles simulated so far.
+    pub fn cycles(&self) -> u64 {
+        self.shared.cycles.load(Relaxed)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let r = f(&mut lock(&self.shared.inner));
+        // Anything the host did may be work for the card (a doorbell, ring space).
+        self.shared.wake.notify_all();
+        r
+    }
+
+    /// A BAR0 read.
+    pub fn read32(&self, offset: u32) -> u32 {
+        self.with(|i| {
+            let Inner { card, mem, .. } = i;
+            card.mmio_read(offset, mem)
+        })
+    }
+
+    /// A posted BAR0 write.
+    pub fn write32(&self, offset: u32, value: u32) {
+        self.with(|i| {
+            let Inner { card, mem, .. } = i;
+            card.mmio_write(offset, value, mem)
+        })
+    }
+
+    /// Allocates DMA memory; returns its device address.
+    pub fn dma_alloc(&self, bytes: usize) -> Result<u64, String> {
+        let mut g = lock(&self.shared.inner);
+        let addr = g.next_free;
+        let end = addr + bytes.next_multiple_of(64) as u64;
+        if end > DMA_BASE + DMA_BYTES as u64 {
+            return Err(format!("simulated card DMA window exhausted ({bytes} bytes asked)"));
+        }
+        g.next_free = end;
+        Ok(addr)
+    }
+
+    /// Reads host memory.
+    pub fn dma_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
+        lock(&self.shared.inner).mem.read(addr, buf).map_err(|e| e.to_string())
+    }
+
+    /// Writes host memory.
+    pub fn dma_write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
+        lock(&self.shared.inner).mem.write(addr, data).map_err(|e| e.to_string())
+    }
+
+    /// Stops the threads.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.shared.stop.store(true, Relaxed);
+        self.shared.wake.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SimDevice {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The clock: bursts of cycles while the card is busy, sleep when it is not.
+fn clock(s: Arc<Shared>) {
+    let mut idle = 0;
+    while !s.stop.load(Relaxed) {
+        let mut g = lock(&s.inner);
+        for f in lock(&s.rx).drain(..) {
+            g.card.receive(f);
+        }
+        if !g.card.busy() && idle >= IDLE_BURSTS {
+            let (g2, timeout) = s.wake.wait_timeout(g, SLEEP_MAX).unwrap_or_else(|p| p.into_inner());
+            g = g2;
+            for f in lock(&s.rx).drain(..) {
+                g.card.receive(f);
+            }
+            if timeout.timed_out() && !g.card.busy() {
+                continue; // nothing happened: stay asleep
+            }
+            // Woken by the host or the link: run a burst (a host write may make work the card
+            // flags as busy only after its next cycle), then sleep again if nothing came of it.
+            idle = IDLE_BURSTS - 1;
+        }
+        let Inner { card, mem, .. } = &mut *g;
+        card.run(BURST_CYCLES, mem);
+        s.cycles.fetch_add(BURST_CYCLES, Relaxed);
+        let out = card.take_outgoing();
+        idle = if card.busy() || !out.is_empty() { 0 } else { idle + 1 };
+        drop(g);
+        // Let the driver and the link thread in between bursts.
+        std::thread::yield_now();
+        if !out.is_empty() {
+            let peers = lock(&s.peers).clone();
+            for f in out {
+                let dst = LinkFrame::decode(&f).dst;
+                if let Some(addr) = peers.get(&dst) {
+                    // A lost datagram is a lost frame: the protocol's timeouts cover it.
+                    let _ = s.socket.send_to(&f, addr);
+                }
+            }
+        }
+    }
+}
+
+/// The link receiver: datagrams of exactly one frame go to the card; anything else is counted
+/// by the card as malformed only if it is 32 bytes (others cannot be frames and are dropped).
+fn receive(s: Arc<Shared>) {
+    let mut buf = [0u8; 64];
+    while !s.stop.load(Relaxed) {
+        if let Ok((32, _)) = s.socket.recv_from(&mut buf) {
+            let mut f = [0u8; 32];
+            f.copy_from_slice(&buf[..32]);
+            lock(&s.rx).push_back(f);
+            // Take the card lock only to order the wake-up after the clock's busy check.
+            drop(lock(&s.inner));
+            s.wake.notify_all();
+        }
+    }
+}
