@@ -309,3 +309,38 @@ fn rtl_card_matches_model() {
         }
     }
 }
+
+/// A peer that never answers: after the ack timeout both cards complete the acquire with status
+/// timeout naming the silent peers, and keep working.
+#[test]
+fn silent_peers_time_out_on_rtl_and_model() {
+    let mut p = Pair::new();
+    p.write(regs::device::BASE + regs::device::ack_timeout::OFFSET, 1000);
+    p.submit(Command {
+        opcode: Opcode::AcquireExclusive as u8,
+        tag: 1,
+        resource: 3,
+        epoch: EPOCH,
+        ..Default::default()
+    });
+    // Two settles: the model fetches at the end of its first tick, so its deadline falls in the
+    // second; the RTL's falls in the first.
+    p.settle();
+    p.settle();
+    let (a, b) = (p.rtl.take_outgoing(), p.model.take_outgoing());
+    assert_eq!(a.len(), 2, "invalidates to both peers");
+    assert_eq!(b.len(), 2);
+    compare_memory(&p, 0, 0);
+    let (cpls, _) = p.consume();
+    assert_eq!(cpls.len(), 1);
+    let c = Completion::decode(&cpls[0]);
+    assert_eq!((c.status, c.missing, c.peers_asked), (Status::Timeout as u8, 0b110, 0b110));
+    let t = regs::stats::BASE + regs::stats::ack_timeouts::OFFSET;
+    assert_eq!(p.rtl.mmio_read(t, &mut p.rtl_mem), 1);
+    assert_eq!(p.model.mmio_read(t), 1);
+    // Still serving: a nop completes on both.
+    p.submit(Command { opcode: Opcode::Nop as u8, tag: 2, epoch: EPOCH, ..Default::default() });
+    p.settle();
+    compare_memory(&p, 0, 1);
+    assert_eq!(p.consume().0.len(), 1);
+}
