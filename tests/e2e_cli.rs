@@ -151,3 +151,28 @@ fn offline_scrub_repairs_and_rebuild_is_byte_identical() {
     let c = start(&dir, &[]);
     qemu_io(&c.nbd_uri, &["read -P 0x61 0 3M", "read -P 0x62 4194304 100k"]);
 }
+
+#[test]
+fn card_diagnostics_decode_registers_for_model_and_sim_cards() {
+    for card in ["model", "sim"] {
+        let v: serde_json::Value = serde_json::from_slice(&amf(&["regs", "--card", card, "--json"]).stdout).unwrap();
+        let blocks = v["blocks"].as_array().unwrap();
+        assert_eq!(blocks.len(), 6, "{card}");
+        assert_eq!(blocks[0]["block"], "device");
+        let status = blocks[0]["registers"].as_array().unwrap().iter().find(|r| r["name"] == "status").unwrap();
+        let ready = status["fields"].as_array().unwrap().iter().find(|f| f["name"] == "ready").unwrap();
+        assert_eq!(ready["value"], 1, "{card}: status.ready decoded");
+        let code = status["fields"].as_array().unwrap().iter().find(|f| f["name"] == "error_code").unwrap();
+        assert_eq!(code["meaning"], "none", "{card}: enum values named");
+        let c: serde_json::Value = serde_json::from_slice(&amf(&["card", "--card", card, "--json"]).stdout).unwrap();
+        assert_eq!(
+            (c["ready"].clone(), c["enabled"].clone(), c["error_code"].clone()),
+            (true.into(), true.into(), 0.into()),
+            "{card}"
+        );
+        assert_eq!(c["rings"]["command"]["entries"], 256);
+        assert!(c["counters"]["frames_tx"].is_u64());
+        let text = String::from_utf8(amf(&["regs", "--card", card]).stdout).unwrap();
+        assert!(text.contains("error_code=0 (none)"), "{text}");
+    }
+}

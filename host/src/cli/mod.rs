@@ -124,11 +124,57 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// A card's registers decoded by name and field (a standalone card for now).
+    Regs {
+        /// Which card: model (the reference model) or sim (the RTL under Verilator).
+        #[arg(long, default_value = "model")]
+        card: CardKind,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A card's state: status, rings, counters (a standalone card for now).
+    Card {
+        /// Which card: model or sim.
+        #[arg(long, default_value = "model")]
+        card: CardKind,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks against a peer on this machine.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// Card backends selectable on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum CardKind {
+    /// The Rust reference model.
+    Model,
+    /// The card's RTL under Verilator.
+    Sim,
+}
+
+/// Opens a standalone card of the given kind through the driver and hands its backend to `f`.
+fn with_card<T>(
+    kind: CardKind,
+    f: impl FnOnce(&dyn crate::engine::Backend) -> Result<T, crate::engine::EngineError>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    use crate::engine::{Driver, DriverConfig, ModelBackend, SimBackend};
+    let cfg = DriverConfig::default();
+    Ok(match kind {
+        CardKind::Model => {
+            let d = Driver::open(ModelBackend::new(), cfg)?;
+            f(d.backend())?
+        }
+        CardKind::Sim => {
+            let d = Driver::open(SimBackend::start("127.0.0.1:0".parse()?)?, cfg)?;
+            f(d.backend())?
+        }
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,6 +255,39 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             controller::run(controller::ControllerOptions { dir, index, nbd, admin, force })?;
         }
         Command::Inspect { dir, json } => maintenance::inspect(&dir, json)?,
+        Command::Regs { card, json } => {
+            let v = with_card(card, crate::engine::diag::dump_registers)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", crate::engine::diag::format_registers(&v));
+            }
+        }
+        Command::Card { card, json } => {
+            let v = with_card(card, crate::engine::diag::card_state)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "card node {} peers {:#04x} epoch {}  {}  {}",
+                    v["node"],
+                    v["peers"].as_u64().unwrap_or(0),
+                    v["epoch"],
+                    if v["enabled"] == true { "enabled" } else { "disabled" },
+                    if v["error_code"] == 0 {
+                        "no error".to_string()
+                    } else {
+                        format!("error code {}", v["error_code"])
+                    }
+                );
+                for (name, r) in v["rings"].as_object().into_iter().flatten() {
+                    println!("  {name:<10} ring at {:#x}, {} entries", r["base"].as_u64().unwrap_or(0), r["entries"]);
+                }
+                for (name, c) in v["counters"].as_object().into_iter().flatten() {
+                    println!("  {name:<20} {c}");
+                }
+            }
+        }
         Command::Status { dir, admin, json } => maintenance::status(dir.as_deref(), admin, json)?,
         Command::Scrub { dir, repair, json, force } => maintenance::scrub(&dir, repair, json, force)?,
         Command::Rebuild { dir, member, replacement, json, force } => {

@@ -3,10 +3,13 @@
 //! process); the Verilator card and VFIO come next (see docs/driver.md).
 
 pub mod backend;
+pub mod diag;
 pub mod driver;
+pub mod sim;
 
 pub use backend::{Backend, ModelBackend};
 pub use driver::{Driver, DriverConfig};
+pub use sim::SimBackend;
 
 /// Errors of the driver.
 #[derive(Debug, thiserror::Error)]
