@@ -405,3 +405,15 @@ fn simulated_cards_exchange_broadcasts_over_udp() {
         assert!(after - before <= 2 * 256 * 8, "n={n}: idle card kept running ({} cycles)", after - before);
     }
 }
+
+#[test]
+fn a_simulated_device_keeps_completing_through_many_ring_wraps() {
+    let dev = DeviceBackend(std::sync::Arc::new(
+        amf_verilator::device::SimDevice::start("127.0.0.1:0".parse().unwrap()).unwrap(),
+    ));
+    let mut d = Driver::open(dev, DriverConfig { ring_log2: 4, ..DriverConfig::default() }).unwrap();
+    for i in 0..2000u64 {
+        let r = d.call(Opcode::Nop, i, Duration::from_secs(5), &mut nothing);
+        assert!(r.is_ok(), "command {i}: {r:?}");
+    }
+}

@@ -23,13 +23,29 @@ const SLEEP_MAX: Duration = Duration::from_millis(50);
 
 struct Inner {
     card: SimCard,
-    mem: VecMemory,
     next_free: u64,
+}
+
+/// Host memory behind its own lock: the driver reads completions and writes descriptors without
+/// waiting for a running burst, and the card takes the lock per DMA access.
+struct LockedMem<'a>(&'a Mutex<VecMemory>);
+
+impl HostMemory for LockedMem<'_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), amf_hdl_model::model::card::DmaError> {
+        lock(self.0).read(addr, buf)
+    }
+    fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), amf_hdl_model::model::card::DmaError> {
+        lock(self.0).write(addr, data)
+    }
 }
 
 /// Shared state of the device's threads and its users.
 struct Shared {
     inner: Mutex<Inner>,
+    /// The clock's sleep decision, never held during a burst. True: someone gave the card work
+    /// (a posted write, a frame) since the last burst; the card's busy output shows such work
+    /// only a cycle after it arrives, too late for the decision.
+    gate: Mutex<bool>,
     wake: Condvar,
     stop: AtomicBool,
     cycles: AtomicU64,
@@ -39,6 +55,11 @@ struct Shared {
     /// link thread never waits for a running burst (std's mutex is not fair: a busy clock
     /// thread that relocks at once would starve it).
     rx: Mutex<std::collections::VecDeque<[u8; 32]>>,
+    /// Host memory.
+    mem: Mutex<VecMemory>,
+    /// Register writes posted by the host, applied in order before the next burst (as PCIe
+    /// posted writes: the host does not wait for the card).
+    posted: Mutex<std::collections::VecDeque<(u32, u32)>>,
 }
 
 /// One simulated card with its clock and link threads.
@@ -57,11 +78,10 @@ impl SimDevice {
         let socket = UdpSocket::bind(bind)?;
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                card: SimCard::new(),
-                mem: VecMemory::new(DMA_BASE, DMA_BYTES),
-                next_free: DMA_BASE,
-            }),
+            inner: Mutex::new(Inner { card: SimCard::new(), next_free: DMA_BASE }),
+            gate: Mutex::new(false),
+            mem: Mutex::new(VecMemory::new(DMA_BASE, DMA_BYTES)),
+            posted: Mutex::new(std::collections::VecDeque::new()),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             cycles: AtomicU64::new(0),
@@ -90,27 +110,21 @@ impl SimDevice {
         self.shared.cycles.load(Relaxed)
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let r = f(&mut lock(&self.shared.inner));
-        // Anything the host did may be work for the card (a doorbell, ring space).
-        self.shared.wake.notify_all();
-        r
-    }
-
-    /// A BAR0 read.
+    /// A BAR0 read: waits for the card, after the writes posted before it (PCIe ordering).
     pub fn read32(&self, offset: u32) -> u32 {
-        self.with(|i| {
-            let Inner { card, mem, .. } = i;
-            card.mmio_read(offset, mem)
-        })
+        let v = {
+            let mut g = lock(&self.shared.inner);
+            apply_posted(&self.shared, &mut g);
+            g.card.mmio_read(offset, &mut LockedMem(&self.shared.mem))
+        };
+        kick(&self.shared);
+        v
     }
 
-    /// A posted BAR0 write.
+    /// A posted BAR0 write: queued for the card, the host goes on at once.
     pub fn write32(&self, offset: u32, value: u32) {
-        self.with(|i| {
-            let Inner { card, mem, .. } = i;
-            card.mmio_write(offset, value, mem)
-        })
+        lock(&self.shared.posted).push_back((offset, value));
+        kick(&self.shared);
     }
 
     /// Allocates DMA memory; returns its device address.
@@ -127,12 +141,12 @@ impl SimDevice {
 
     /// Reads host memory.
     pub fn dma_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
-        lock(&self.shared.inner).mem.read(addr, buf).map_err(|e| e.to_string())
+        lock(&self.shared.mem).read(addr, buf).map_err(|e| e.to_string())
     }
 
     /// Writes host memory.
     pub fn dma_write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
-        lock(&self.shared.inner).mem.write(addr, data).map_err(|e| e.to_string())
+        lock(&self.shared.mem).write(addr, data).map_err(|e| e.to_string())
     }
 
     /// Stops the threads.
@@ -155,6 +169,20 @@ impl Drop for SimDevice {
     }
 }
 
+/// Tells the clock there is work (under the gate, so the clock cannot miss it).
+fn kick(s: &Shared) {
+    *lock(&s.gate) = true;
+    s.wake.notify_all();
+}
+
+/// Applies the host's posted register writes to the card, in order.
+fn apply_posted(s: &Shared, g: &mut Inner) {
+    let writes: Vec<(u32, u32)> = lock(&s.posted).drain(..).collect();
+    for (offset, value) in writes {
+        g.card.mmio_write(offset, value, &mut LockedMem(&s.mem));
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -162,30 +190,34 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The clock: bursts of cycles while the card is busy, sleep when it is not.
 fn clock(s: Arc<Shared>) {
     let mut idle = 0;
+    let mut busy = true;
     while !s.stop.load(Relaxed) {
-        let mut g = lock(&s.inner);
-        for f in lock(&s.rx).drain(..) {
-            g.card.receive(f);
+        {
+            let mut gate = lock(&s.gate);
+            let queued = !lock(&s.rx).is_empty() || !lock(&s.posted).is_empty();
+            if !*gate && !busy && !queued && idle >= IDLE_BURSTS {
+                let (g, timeout) = s.wake.wait_timeout(gate, SLEEP_MAX).unwrap_or_else(|p| p.into_inner());
+                gate = g;
+                if timeout.timed_out() && !*gate {
+                    continue; // nothing happened: stay asleep
+                }
+                // Woken: run a burst, then sleep again if nothing came of it.
+                idle = IDLE_BURSTS - 1;
+            }
+            *gate = false;
         }
-        if !g.card.busy() && idle >= IDLE_BURSTS {
-            let (g2, timeout) = s.wake.wait_timeout(g, SLEEP_MAX).unwrap_or_else(|p| p.into_inner());
-            g = g2;
+        let out = {
+            let mut g = lock(&s.inner);
             for f in lock(&s.rx).drain(..) {
                 g.card.receive(f);
             }
-            if timeout.timed_out() && !g.card.busy() {
-                continue; // nothing happened: stay asleep
-            }
-            // Woken by the host or the link: run a burst (a host write may make work the card
-            // flags as busy only after its next cycle), then sleep again if nothing came of it.
-            idle = IDLE_BURSTS - 1;
-        }
-        let Inner { card, mem, .. } = &mut *g;
-        card.run(BURST_CYCLES, mem);
-        s.cycles.fetch_add(BURST_CYCLES, Relaxed);
-        let out = card.take_outgoing();
-        idle = if card.busy() || !out.is_empty() { 0 } else { idle + 1 };
-        drop(g);
+            apply_posted(&s, &mut g);
+            g.card.run(BURST_CYCLES, &mut LockedMem(&s.mem));
+            s.cycles.fetch_add(BURST_CYCLES, Relaxed);
+            busy = g.card.busy();
+            g.card.take_outgoing()
+        };
+        idle = if busy || !out.is_empty() { 0 } else { idle + 1 };
         // Let the driver and the link thread in between bursts.
         std::thread::yield_now();
         if !out.is_empty() {
@@ -210,9 +242,7 @@ fn receive(s: Arc<Shared>) {
             let mut f = [0u8; 32];
             f.copy_from_slice(&buf[..32]);
             lock(&s.rx).push_back(f);
-            // Take the card lock only to order the wake-up after the clock's busy check.
-            drop(lock(&s.inner));
-            s.wake.notify_all();
+            kick(&s);
         }
     }
 }

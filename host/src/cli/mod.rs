@@ -188,6 +188,15 @@ enum BenchCommand {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// Commands through the card driver: model and simulated card, host overhead per command.
+    Driver {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Record the table in this markdown file (between bench markers).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
     /// qemu-img bench against one amf controller (RAID5) and qemu-nbd on a raw file.
     Nbd {
         /// Requests per qemu-img bench run.
@@ -299,6 +308,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{table}");
             if let Some(path) = record {
                 crate::bench::record(&path, "parity", &table)?;
+            }
+        }
+        Command::Bench { what: BenchCommand::Driver { seconds, record } } => {
+            let table = crate::bench::driver::run_all(std::time::Duration::from_secs_f64(seconds))?;
+            println!("{table}");
+            if let Some(path) = record {
+                crate::bench::record(&path, "driver", &table)?;
             }
         }
         Command::Bench { what: BenchCommand::Nbd { count, record } } => {
