@@ -2,11 +2,13 @@
 //! access to BAR0 and DMA-able host memory. Backends: `model` (the Rust reference model, in
 //! process); the Verilator card and VFIO come next (see docs/driver.md).
 
+pub mod asynch;
 pub mod backend;
 pub mod diag;
 pub mod driver;
 pub mod sim;
 
+pub use asynch::AsyncDriver;
 pub use backend::{Backend, ModelBackend};
 pub use driver::{Driver, DriverConfig};
 pub use sim::SimBackend;

@@ -1,0 +1,103 @@
+//! Async face of the driver (tokio): `call` submits a command and resolves when its completion
+//! arrives or its timeout passes. In-flight commands are bounded by a semaphore (back-pressure:
+//! callers wait for a slot instead of failing), and one poller task owns the driver, reaping
+//! completions and handing each to the caller waiting for its tag.
+
+use super::{Backend, Driver, EngineError};
+use amf_hdl_model::gen::structs::{Completion, Event, Opcode};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, Semaphore};
+
+type Waiters = Arc<Mutex<HashMap<u32, oneshot::Sender<Completion>>>>;
+
+/// A driver shared by async callers.
+pub struct AsyncDriver<B: Backend + 'static> {
+    driver: Arc<Mutex<Driver<B>>>,
+    waiters: Waiters,
+    slots: Arc<Semaphore>,
+    events: Arc<Mutex<Vec<Event>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    poller: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Time between polls when nothing is in flight.
+const IDLE_POLL: Duration = Duration::from_millis(1);
+
+impl<B: Backend + 'static> AsyncDriver<B> {
+    /// Wraps an open driver; at most `in_flight` commands at once (below the ring size).
+    pub fn new(driver: Driver<B>, in_flight: usize) -> AsyncDriver<B> {
+        let driver = Arc::new(Mutex::new(driver));
+        let waiters: Waiters = Arc::default();
+        let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poller = {
+            let (driver, waiters, events, stop) = (driver.clone(), waiters.clone(), events.clone(), stop.clone());
+            tokio::task::spawn_blocking(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let busy = !lock(&waiters).is_empty();
+                    let (done, evs) = {
+                        let mut d = lock(&driver);
+                        d.poll();
+                        (d.reap().unwrap_or_default(), d.events().unwrap_or_default())
+                    };
+                    lock(&events).extend(evs);
+                    let mut w = lock(&waiters);
+                    for c in done {
+                        if let Some(tx) = w.remove(&c.tag) {
+                            let _ = tx.send(c);
+                        }
+                    }
+                    drop(w);
+                    if !busy {
+                        std::thread::sleep(IDLE_POLL);
+                    }
+                }
+            })
+        };
+        AsyncDriver { driver, waiters, slots: Arc::new(Semaphore::new(in_flight)), events, stop, poller: Some(poller) }
+    }
+
+    /// Submits a command and waits for its completion, at most `timeout`.
+    pub async fn call(&self, opcode: Opcode, resource: u64, timeout: Duration) -> Result<Completion, EngineError> {
+        let _slot = self.slots.acquire().await.map_err(|_| EngineError::NotReady)?;
+        let (tx, rx) = oneshot::channel();
+        let tag = {
+            let mut d = lock(&self.driver);
+            let tag = d.submit(opcode, resource)?;
+            lock(&self.waiters).insert(tag, tx);
+            tag
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(c)) => Ok(c),
+            _ => {
+                lock(&self.waiters).remove(&tag);
+                Err(EngineError::Timeout { tag, waited_ms: timeout.as_millis() as u64 })
+            }
+        }
+    }
+
+    /// Events reaped so far (taken).
+    pub fn take_events(&self) -> Vec<Event> {
+        std::mem::take(&mut *lock(&self.events))
+    }
+
+    /// Stops the poller.
+    pub async fn shutdown(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = self.poller.take() {
+            let _ = p.await;
+        }
+    }
+}
+
+impl<B: Backend + 'static> Drop for AsyncDriver<B> {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
