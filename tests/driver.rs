@@ -335,41 +335,13 @@ fn restart<B: Linked>() {
 }
 
 /// A simulated card running on its own clock thread, linked to the others over UDP on loopback.
-#[derive(Clone)]
-struct DeviceBackend(std::sync::Arc<amf_verilator::device::SimDevice>);
-
-impl Backend for DeviceBackend {
-    fn read32(&self, o: u32) -> u32 {
-        self.0.read32(o)
-    }
-    fn write32(&self, o: u32, v: u32) {
-        self.0.write32(o, v)
-    }
-    fn dma_alloc(&self, n: usize) -> Result<u64, String> {
-        self.0.dma_alloc(n)
-    }
-    fn dma_read(&self, a: u64, b: &mut [u8]) -> Result<(), String> {
-        self.0.dma_read(a, b)
-    }
-    fn dma_write(&self, a: u64, d: &[u8]) -> Result<(), String> {
-        self.0.dma_write(a, d)
-    }
-    fn run(&self, _cycles: u64) {
-        // The card's own clock thread runs it; the driver just waits a little.
-        std::thread::sleep(Duration::from_micros(50));
-    }
-}
+type DeviceBackend = amf::engine::SimBackend;
 
 #[test]
 fn simulated_cards_exchange_broadcasts_over_udp() {
     for n in [2u8, 4] {
-        let devs: Vec<DeviceBackend> = (0..n)
-            .map(|_| {
-                DeviceBackend(std::sync::Arc::new(
-                    amf_verilator::device::SimDevice::start("127.0.0.1:0".parse().unwrap()).unwrap(),
-                ))
-            })
-            .collect();
+        let devs: Vec<DeviceBackend> =
+            (0..n).map(|_| DeviceBackend::start("127.0.0.1:0".parse().unwrap()).unwrap()).collect();
         for a in &devs {
             for (i, b) in devs.iter().enumerate() {
                 a.0.set_peer(i as u8, b.0.link_addr().unwrap());
@@ -408,9 +380,7 @@ fn simulated_cards_exchange_broadcasts_over_udp() {
 
 #[test]
 fn a_simulated_device_keeps_completing_through_many_ring_wraps() {
-    let dev = DeviceBackend(std::sync::Arc::new(
-        amf_verilator::device::SimDevice::start("127.0.0.1:0".parse().unwrap()).unwrap(),
-    ));
+    let dev = DeviceBackend::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut d = Driver::open(dev, DriverConfig { ring_log2: 4, ..DriverConfig::default() }).unwrap();
     for i in 0..2000u64 {
         let r = d.call(Opcode::Nop, i, Duration::from_secs(5), &mut nothing);
