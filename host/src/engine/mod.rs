@@ -7,11 +7,13 @@ pub mod backend;
 pub mod diag;
 pub mod driver;
 pub mod sim;
+pub mod vfio;
 
 pub use asynch::AsyncDriver;
 pub use backend::{Backend, ModelBackend};
 pub use driver::{Driver, DriverConfig};
 pub use sim::SimBackend;
+pub use vfio::VfioBackend;
 
 /// Errors of the driver.
 #[derive(Debug, thiserror::Error)]
