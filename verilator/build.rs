@@ -73,6 +73,10 @@ fn main() {
             "fast",
             "--x-initial",
             "fast",
+            // Verilator's makefile builds the per-cycle code with -Os; the simulation is the
+            // product here, so trade code size for speed.
+            "-MAKEFLAGS",
+            "OPT_FAST=-O2",
         ])
         .args(["--top-module", top, "-Mdir"])
         .arg(&mdir)
