@@ -211,8 +211,21 @@ impl VfioBackend {
             )
         };
         if dma == libc::MAP_FAILED {
-            return Err(VfioError::Ioctl { what: "mmap of ring memory", source: std::io::Error::last_os_error() });
+            let source = std::io::Error::last_os_error();
+            // SAFETY: unmapping the BAR mapped just above, which nothing else refers to.
+            unsafe { libc::munmap(bar, bar_len) };
+            return Err(VfioError::Ioctl { what: "mmap of ring memory", source });
         }
+        // From here on Drop unmaps both mappings, on the error path too.
+        let backend = VfioBackend {
+            _container: container,
+            _group: group_file,
+            _device: device,
+            bar: bar as *mut u8,
+            bar_len,
+            dma: dma as *mut u8,
+            next_free: Mutex::new(IOVA_BASE),
+        };
         let map = DmaMap {
             argsz: std::mem::size_of::<DmaMap>() as u32,
             flags: VFIO_DMA_MAP_FLAG_READ_WRITE,
@@ -221,15 +234,7 @@ impl VfioBackend {
             size: DMA_BYTES as u64,
         };
         ioctl(cfd, "IOMMU_MAP_DMA", VFIO_IOMMU_MAP_DMA, &map as *const _ as u64)?;
-        Ok(VfioBackend {
-            _container: container,
-            _group: group_file,
-            _device: device,
-            bar: bar as *mut u8,
-            bar_len,
-            dma: dma as *mut u8,
-            next_free: Mutex::new(IOVA_BASE),
-        })
+        Ok(backend)
     }
 
     fn dma_range(&self, addr: u64, len: usize) -> Result<usize, String> {
