@@ -49,6 +49,23 @@ fn inspect_json_describes_the_group() {
 }
 
 #[test]
+fn ctrl_c_stops_the_group_cleanly() {
+    // The terminal signals the whole foreground group: the supervisor must still see every
+    // controller stop as the clean stop it asked for, whichever of them the signal reaches first.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    for round in 0..3 {
+        let c = start(&dir, if round == 0 { &SHAPE[..] } else { &[] });
+        let stderr = c.stderr.clone();
+        let status = c.interrupt();
+        let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+        assert!(status.success(), "round {round}: {status}\n{log}");
+        assert!(!log.contains("error"), "round {round}: {log}");
+        assert_eq!(inspect(&dir)["clean"], true, "round {round}");
+    }
+}
+
+#[test]
 fn bad_invocations_fail_with_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("empty");

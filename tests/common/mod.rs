@@ -5,6 +5,7 @@ pub mod nbd_client;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -44,6 +45,8 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
         .arg(dir)
         .args(["--nbd-port", &nbd.to_string(), "--admin-port", &admin.to_string()])
         .args(args)
+        // Its own process group, as a shell job has: `interrupt` signals the whole group.
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
@@ -84,6 +87,12 @@ impl Cluster {
     /// SIGTERM and wait; returns the supervisor's exit status.
     pub fn stop(mut self) -> ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_timeout(&mut self.child, Duration::from_secs(60))
+    }
+
+    /// Ctrl-C at a terminal: SIGINT to the supervisor's whole process group; returns its status.
+    pub fn interrupt(mut self) -> ExitStatus {
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGINT) };
         wait_timeout(&mut self.child, Duration::from_secs(60))
     }
 

@@ -4,6 +4,7 @@
 use super::ClusterError;
 use crate::raid::assemble::{create, has_members, CreateOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -83,6 +84,10 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
             .arg("--admin")
             .arg(format!("{}:{}", opts.host, opts.admin_port as usize + index))
             .args(opts.force.then_some("--force"))
+            // Out of the terminal's process group: Ctrl-C reaches the supervisor alone, which
+            // stops the controllers itself (otherwise a controller that stops first looks like
+            // one that died).
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn();
