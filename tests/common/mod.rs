@@ -4,7 +4,6 @@
 pub mod nbd_client;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -13,11 +12,6 @@ use std::time::{Duration, Instant};
 /// The amf binary under test.
 pub fn amf_bin() -> &'static str {
     env!("CARGO_BIN_EXE_amf")
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running `amf cluster`.
@@ -31,19 +25,22 @@ pub struct Cluster {
     pub ready_line: String,
 }
 
-/// Starts `amf cluster --dir DIR ARGS...` on fresh ports and waits for the ready line.
+/// Starts `amf cluster --dir DIR ARGS...` on ports the kernel picks (port 0; the ready line says
+/// which: a port probed free beforehand can be taken by another test before the cluster binds it)
+/// and waits for the ready line.
 pub fn start(dir: &Path, args: &[&str]) -> Cluster {
     try_start(dir, args).unwrap_or_else(|e| panic!("cluster did not start: {e}"))
 }
 
 /// Like [`start`], returning the error output when the cluster does not come up.
 pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
-    let (nbd, admin) = (free_port(), free_port());
-    let stderr = dir.with_extension(format!("stderr-{nbd}.log"));
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stderr = dir.with_extension(format!("stderr-{n}.log"));
     let mut child = Command::new(amf_bin())
         .args(["cluster", "--dir"])
         .arg(dir)
-        .args(["--nbd-port", &nbd.to_string(), "--admin-port", &admin.to_string()])
+        .args(["--nbd-port", "0", "--admin-port", "0"])
         .args(args)
         // Its own process group, as a shell job has: `interrupt` signals the whole group.
         .process_group(0)
@@ -70,8 +67,10 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
     let w: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(w.len(), 8, "ready line: {line}");
     assert_eq!((w[0], w[1], w[2], w[4], w[6]), ("controller", "0", "pid", "nbd", "admin"), "ready line: {line}");
-    assert_eq!(w[5], format!("nbd://127.0.0.1:{nbd}/amf"));
-    assert_eq!(w[7], format!("http://127.0.0.1:{admin}"));
+    let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p != 0);
+    let nbd = w[5].strip_prefix("nbd://127.0.0.1:").and_then(|r| r.strip_suffix("/amf"));
+    assert!(nbd.and_then(port).is_some(), "ready line: {line}");
+    assert!(w[7].strip_prefix("http://127.0.0.1:").and_then(port).is_some(), "ready line: {line}");
     Ok(Cluster {
         child,
         dir: dir.to_path_buf(),
