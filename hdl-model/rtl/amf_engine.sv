@@ -191,6 +191,7 @@ module amf_engine #(
   logic [63:0]   now_q, next_hb_q;
   logic [31:0]   clock_q, next_seq_q;
   logic [255:0]  cmd_q, rx_q, tx_tmpl_q, out_q;
+  logic [31:0]   evt_count_q;
   logic [7:0]    tx_mask_q;
   logic [IdxW-1:0] slot_q;
   logic          held_q;
@@ -309,7 +310,12 @@ module amf_engine #(
   assign tx_valid_o  = state_q == STx && tx_mask_q != '0;
   assign tx_frame_o  = {tx_tmpl_q[255:24], 5'd0, tx_dst, tx_tmpl_q[15:0]};
   assign cpl_valid_o = state_q == SCpl;
-  assign cpl_o       = out_q;
+  // Every completion carries the number of events posted before it, so the host can order the
+  // completion and event rings (one FSM writes both, so this is exact).
+  always_comb begin
+    cpl_o = out_q;
+    cpl_o[CompletionEventsBeforeLsb+:CompletionEventsBeforeWidth] = evt_count_q;
+  end
   assign evt_valid_o = state_q == SEvt;
   assign evt_o       = out_q;
   // Only states that wait for the answer ask the table (a stray answer would be taken for the
@@ -380,6 +386,7 @@ module amf_engine #(
       rx_nack_q      <= 1'b0;
       rsp_step_q     <= '0;
       deferred_q     <= 1'b0;
+      evt_count_q    <= '0;
       p_valid        <= '0;
       p_aborted      <= '0;
       p_wait         <= '0;
@@ -391,6 +398,7 @@ module amf_engine #(
       end
     end else if (clear_i) begin
       state_q        <= SIdle;
+      evt_count_q    <= '0;
       p_valid        <= '0;
       p_wait         <= '0;
       p_aborted      <= '0;
@@ -555,7 +563,10 @@ module amf_engine #(
           if (cpl_ready_i) state_q <= SIdle;
         end
         SEvt: begin
-          if (evt_ready_i) state_q <= ret_q;
+          if (evt_ready_i) begin
+            state_q     <= ret_q;
+            evt_count_q <= evt_count_q + 32'd1;
+          end
         end
         STableWrite: begin
           if (tbl_done) begin

@@ -3,8 +3,11 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod cluster;
+pub mod coherency;
 pub mod engine;
+pub mod fabric;
 pub mod nbd;
 pub mod raid;

@@ -23,6 +23,8 @@ pub struct Cluster {
     pub controller_pid: i32,
     pub stderr: PathBuf,
     pub ready_line: String,
+    /// Every controller's (NBD URI, admin URL), by index.
+    pub controllers: Vec<(String, String)>,
 }
 
 /// Starts `amf cluster --dir DIR ARGS...` on ports the kernel picks (port 0; the ready line says
@@ -55,14 +57,31 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
             let _ = tx.send(line);
         }
     });
-    let line = match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(l) => l,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(std::fs::read_to_string(&stderr).unwrap_or_default());
+    let count = args
+        .iter()
+        .position(|a| *a == "--controllers")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1);
+    let mut lines = Vec::new();
+    for _ in 0..count {
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(l) => lines.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::fs::read_to_string(&stderr).unwrap_or_default());
+            }
         }
-    };
+    }
+    let mut controllers = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(w.len(), 8, "ready line: {l}");
+        assert_eq!((w[0], w[1]), ("controller", i.to_string().as_str()), "ready lines in order: {lines:?}");
+        controllers.push((w[5].to_string(), w[7].to_string()));
+    }
+    let line = lines[0].clone();
     // controller 0 pid PID nbd nbd://127.0.0.1:PORT/amf admin http://127.0.0.1:APORT
     let w: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(w.len(), 8, "ready line: {line}");
@@ -79,6 +98,7 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
         controller_pid: w[3].parse().unwrap(),
         stderr,
         ready_line: line,
+        controllers,
     })
 }
 
@@ -111,15 +131,32 @@ impl Cluster {
         self.nbd_uri.trim_start_matches("nbd://").trim_end_matches("/amf").to_string()
     }
 
-    /// GET an admin path, parsed as JSON.
+    /// GET an admin path of controller 0, parsed as JSON.
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
-        let out = Command::new("curl").args(["-sf", &format!("{}{path}", self.admin)]).output();
+        admin_get(&self.admin, path)
+    }
+
+    /// GET an admin path of controller `i`, parsed as JSON.
+    pub fn admin_of(&self, i: usize, path: &str) -> serde_json::Value {
+        admin_get(&self.controllers[i].1, path)
+    }
+
+    /// NBD URI of controller `i`.
+    pub fn uri(&self, i: usize) -> &str {
+        &self.controllers[i].0
+    }
+}
+
+/// GET `path` from an admin endpoint, parsed as JSON.
+pub fn admin_get(admin: &str, path: &str) -> serde_json::Value {
+    {
+        let out = Command::new("curl").args(["-sf", &format!("{admin}{path}")]).output();
         match out {
             Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap(),
             _ => {
                 // curl may be missing: use a raw HTTP request.
                 use std::io::{Read, Write};
-                let mut s = std::net::TcpStream::connect(self.admin.trim_start_matches("http://")).unwrap();
+                let mut s = std::net::TcpStream::connect(admin.trim_start_matches("http://")).unwrap();
                 write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
                 let mut r = String::new();
                 s.read_to_string(&mut r).unwrap();

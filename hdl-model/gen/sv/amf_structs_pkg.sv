@@ -139,10 +139,13 @@ package amf_structs_pkg;
   localparam int unsigned CompletionReservedWidth = 8;
   localparam int unsigned CompletionCyclesLsb = 160;
   localparam int unsigned CompletionCyclesWidth = 32;
-  localparam int unsigned CompletionPadLsb = 192;
-  localparam int unsigned CompletionPadWidth = 64;
+  localparam int unsigned CompletionEventsBeforeLsb = 192;
+  localparam int unsigned CompletionEventsBeforeWidth = 32;
+  localparam int unsigned CompletionPadLsb = 224;
+  localparam int unsigned CompletionPadWidth = 32;
   typedef struct packed {
-    logic [63:0] pad;
+    logic [31:0] pad;
+    logic [31:0] events_before;
     logic [31:0] cycles;
     logic [7:0] reserved;
     logic [7:0] missing;

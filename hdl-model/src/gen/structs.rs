@@ -318,8 +318,10 @@ pub struct Completion {
     pub reserved: u8,
     /// Cycles from doorbell to completion.
     pub cycles: u32,
+    /// Events the card had posted since reset when it wrote this completion (wrapping): the host orders the two rings with it, e.g. an invalidate of a resource before or after the host's own exclusive acquire of it.
+    pub events_before: u32,
     /// Zero.
-    pub pad: u64,
+    pub pad: u32,
 }
 
 impl Completion {
@@ -340,7 +342,8 @@ impl Completion {
         put_bits(&mut b, 144, 8, self.missing as u128);
         put_bits(&mut b, 152, 8, self.reserved as u128);
         put_bits(&mut b, 160, 32, self.cycles as u128);
-        put_bits(&mut b, 192, 64, self.pad as u128);
+        put_bits(&mut b, 192, 32, self.events_before as u128);
+        put_bits(&mut b, 224, 32, self.pad as u128);
         b
     }
     /// Decodes; every bit pattern decodes (validation is the receiver's job).
@@ -358,7 +361,8 @@ impl Completion {
             missing: get_bits(b, 144, 8) as u8,
             reserved: get_bits(b, 152, 8) as u8,
             cycles: get_bits(b, 160, 32) as u32,
-            pad: get_bits(b, 192, 64) as u64,
+            events_before: get_bits(b, 192, 32) as u32,
+            pad: get_bits(b, 224, 32) as u32,
         }
     }
 }

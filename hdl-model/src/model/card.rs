@@ -127,6 +127,8 @@ pub struct Card {
     last_seen: [u64; NODES_MAX as usize],
     peer_up: u8,
     next_heartbeat: u64,
+    /// Events posted since reset (reported in every completion).
+    events_posted: u32,
 }
 
 impl Default for Card {
@@ -198,6 +200,7 @@ impl Card {
             last_seen: [0; NODES_MAX as usize],
             peer_up: 0,
             next_heartbeat: 0,
+            events_posted: 0,
         }
     }
 
@@ -361,6 +364,7 @@ impl Card {
         self.error_code = 0;
         self.irq = 0;
         self.peer_up = 0;
+        self.events_posted = 0;
     }
 
     /// True when the card would do something on `tick` without new input.
@@ -430,6 +434,7 @@ impl Card {
     fn post_event(&mut self, mem: &mut dyn HostMemory, e: Event) -> bool {
         match self.evt.post(mem, e.encode()) {
             Ok(true) => {
+                self.events_posted = self.events_posted.wrapping_add(1);
                 self.irq |= 1 << regs::device::irq::event::LSB;
                 true
             }
@@ -442,7 +447,8 @@ impl Card {
     }
 
     /// Writes a completion; command fetch reserved its slot.
-    fn complete(&mut self, mem: &mut dyn HostMemory, c: Completion) {
+    fn complete(&mut self, mem: &mut dyn HostMemory, mut c: Completion) {
+        c.events_before = self.events_posted;
         match self.cpl.post(mem, c.encode()) {
             Ok(true) => self.irq |= 1 << regs::device::irq::completion::LSB,
             Ok(false) => self.ring_failed(RingError::DoorbellOverrun),

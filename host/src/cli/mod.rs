@@ -57,6 +57,22 @@ enum Command {
         /// may not match their data; the missing members' blocks there may read back wrong).
         #[arg(long)]
         force: bool,
+        /// Card of each controller when there are several: sim (the RTL under Verilator) or
+        /// model (the Rust reference model).
+        #[arg(long, default_value = "sim")]
+        card: CardKind,
+        /// Cache budget of each controller, MiB (several controllers).
+        #[arg(long, default_value_t = 64)]
+        cache_mib: u64,
+        /// Cache line (coherency resource) size, KiB (several controllers).
+        #[arg(long, default_value_t = 64)]
+        line_kib: u32,
+    },
+    /// Run one controller of a coherent cluster from a TOML configuration.
+    Serve {
+        /// Configuration file (docs/cli.md describes it).
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Run one controller (started by `amf cluster`).
     #[command(hide = true)]
@@ -239,6 +255,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             admin_port,
             host,
             force,
+            card,
+            cache_mib,
+            line_kib,
         } => {
             let create = match (level, members, member_size) {
                 (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
@@ -258,7 +277,17 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 admin_port,
                 host,
                 force,
+                card: match card {
+                    CardKind::Sim => crate::coherency::card::CardKind::Sim,
+                    CardKind::Model => crate::coherency::card::CardKind::Model,
+                },
+                cache_mib,
+                line_kib,
             })?;
+        }
+        Command::Serve { config } => {
+            let cfg = crate::cluster::config::Config::load(&config)?;
+            crate::cluster::serve::run(cfg)?;
         }
         Command::Controller { dir, index, nbd, admin, force } => {
             controller::run(controller::ControllerOptions { dir, index, nbd, admin, force })?;

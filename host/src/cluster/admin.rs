@@ -83,9 +83,28 @@ fn json_error(code: u16, msg: String) -> (u16, &'static str, String) {
 
 /// Status document of a controller.
 pub fn status_json(state: &ControllerState) -> serde_json::Value {
-    let a = &state.array;
-    let sb = a.superblock();
     let task = state.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut v = match &state.array {
+        Some(a) => group_json(state, a),
+        None => serde_json::json!({
+            "controller": state.index,
+            "pid": std::process::id(),
+            "dir": state.dir.display().to_string(),
+            "nbd": state.nbd_uri,
+            "capacity_bytes": state.amf.as_ref().map(|a| a.capacity()),
+            "members_via": "controller 0 (the primary)",
+            "nbd_server": &*state.nbd,
+        }),
+    };
+    v["task"] = serde_json::to_value(task).unwrap_or_default();
+    if let Some(amf) = &state.amf {
+        v["coherency"] = amf.status();
+    }
+    v
+}
+
+fn group_json(state: &ControllerState, a: &crate::raid::Array) -> serde_json::Value {
+    let sb = a.superblock();
     serde_json::json!({
         "controller": state.index,
         "pid": std::process::id(),
@@ -105,7 +124,6 @@ pub fn status_json(state: &ControllerState) -> serde_json::Value {
         "dirty_regions": a.bitmap().dirty_regions().len(),
         "engine": &a.stats,
         "nbd_server": &*state.nbd,
-        "task": task,
     })
 }
 
@@ -123,13 +141,20 @@ fn metrics(state: &ControllerState) -> String {
             }
         }
     };
-    emit("engine", serde_json::to_value(&state.array.stats).unwrap_or_default());
+    if let Some(a) = &state.array {
+        emit("engine", serde_json::to_value(&a.stats).unwrap_or_default());
+    }
     emit("nbd", serde_json::to_value(&*state.nbd).unwrap_or_default());
-    let degraded = state.array.degraded_members().len();
-    out += &format!(
-        "# TYPE amf_members_degraded gauge\namf_members_degraded{{controller=\"{}\"}} {degraded}\n",
-        state.index
-    );
+    if let Some(amf) = &state.amf {
+        emit("coherency", amf.counters.json());
+    }
+    if let Some(a) = &state.array {
+        let degraded = a.degraded_members().len();
+        out += &format!(
+            "# TYPE amf_members_degraded gauge\namf_members_degraded{{controller=\"{}\"}} {degraded}\n",
+            state.index
+        );
+    }
     out
 }
 
@@ -138,10 +163,28 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
     match (method, path) {
         (tiny_http::Method::Get, "/status") => (200, "application/json", status_json(state).to_string()),
         (tiny_http::Method::Get, "/metrics") => (200, "text/plain; version=0.0.4", metrics(state)),
+        (tiny_http::Method::Get, "/card") => match &state.amf {
+            Some(amf) => match amf.card_state() {
+                Ok(v) => (200, "application/json", v.to_string()),
+                Err(e) => json_error(503, e.to_string()),
+            },
+            None => json_error(404, "this controller runs without a card (one controller)".into()),
+        },
+        (tiny_http::Method::Get, "/regs") => match &state.amf {
+            Some(amf) => match amf.card_registers() {
+                Ok(v) => (200, "application/json", v.to_string()),
+                Err(e) => json_error(503, e.to_string()),
+            },
+            None => json_error(404, "this controller runs without a card (one controller)".into()),
+        },
+        (tiny_http::Method::Post, "/scrub" | "/rebuild") if state.array.is_none() => {
+            json_error(409, "member maintenance runs on controller 0 (the primary), which owns the members".into())
+        }
         (tiny_http::Method::Post, "/scrub") => {
             let repair = query(url, "repair").is_some_and(|v| v == "1" || v == "true");
             start_task(state, "scrub", move |st, progress| {
-                scrub(&st.array, repair, progress)
+                let a = st.array.as_ref().ok_or("no members here")?;
+                scrub(a, repair, progress)
                     .map(|r| serde_json::to_value(r).unwrap_or_default())
                     .map_err(|e| e.to_string())
             })
@@ -150,13 +193,14 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
             let Some(member) = query(url, "member").and_then(|m| m.parse::<usize>().ok()) else {
                 return json_error(400, "rebuild needs ?member=INDEX".into());
             };
-            if member >= state.array.member_count() {
+            if member >= state.array.as_ref().map_or(0, |a| a.member_count()) {
                 return json_error(400, format!("no member {member}"));
             }
             let replacement = query(url, "replacement").map(|p| p.replace("%2F", "/"));
             start_task(state, "rebuild", move |st, progress| {
                 let m = replacement_member(st, member, replacement.as_deref())?;
-                rebuild(&st.array, member, m, progress)
+                let a = st.array.as_ref().ok_or("no members here")?;
+                rebuild(a, member, m, progress)
                     .map(|r| serde_json::to_value(r).unwrap_or_default())
                     .map_err(|e| e.to_string())
             })
@@ -168,11 +212,12 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
 /// Opens or creates the member a rebuild writes to: the given path, else DIR/member-NN.img
 /// created afresh (None resumes a rebuild in progress).
 pub fn replacement_member(st: &ControllerState, index: usize, path: Option<&str>) -> Result<Option<Member>, String> {
-    let resuming = st.array.member_status().get(index).is_some_and(|m| m.state == crate::raid::MemberState::Rebuilding);
+    let array = st.array.as_ref().ok_or("no members here")?;
+    let resuming = array.member_status().get(index).is_some_and(|m| m.state == crate::raid::MemberState::Rebuilding);
     if resuming && path.is_none() {
         return Ok(None);
     }
-    prepare_replacement(&st.dir, index, path.map(std::path::Path::new), st.array.member_bytes_needed())
+    prepare_replacement(&st.dir, index, path.map(std::path::Path::new), array.member_bytes_needed())
         .map(Some)
         .map_err(|e| e.to_string())
 }

@@ -39,8 +39,10 @@ pub struct ControllerState {
     pub index: usize,
     /// Group directory.
     pub dir: PathBuf,
-    /// The group.
-    pub array: Arc<Array>,
+    /// The group, where this process owns the members (one controller, or the primary).
+    pub array: Option<Arc<Array>>,
+    /// The coherent cache, where this controller is one of several.
+    pub amf: Option<Arc<crate::coherency::Amf>>,
     /// NBD server counters.
     pub nbd: Arc<crate::nbd::ServerStats>,
     /// The current or last maintenance task.
@@ -102,7 +104,8 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     let state = Arc::new(ControllerState {
         index: opts.index,
         dir: opts.dir.clone(),
-        array: array.clone(),
+        array: Some(array.clone()),
+        amf: None,
         nbd: server.stats.clone(),
         task: Mutex::new(None),
         resynced_stripes: resynced,

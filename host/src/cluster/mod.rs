@@ -2,8 +2,10 @@
 //! serving NBD and an admin HTTP endpoint, started and stopped together.
 
 pub mod admin;
+pub mod config;
 pub mod controller;
 pub mod dirlock;
+pub mod serve;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -60,6 +62,12 @@ pub enum ClusterError {
         /// Exit status.
         status: String,
     },
+    /// A configuration that cannot work.
+    #[error("config: {0}")]
+    Config(String),
+    /// The coherent cache could not start.
+    #[error(transparent)]
+    Coherency(#[from] crate::coherency::CoherencyError),
     /// The request cannot be served by this build.
     #[error("{0}")]
     Unsupported(String),

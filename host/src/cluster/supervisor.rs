@@ -28,6 +28,12 @@ pub struct ClusterOptions {
     pub host: String,
     /// Passed to the controllers: start a group that crashed while degraded.
     pub force: bool,
+    /// Card of each controller (several controllers).
+    pub card: crate::coherency::card::CardKind,
+    /// Cache budget per controller (several controllers).
+    pub cache_mib: u64,
+    /// Cache line size (several controllers).
+    pub line_kib: u32,
 }
 
 struct Running {
@@ -48,11 +54,11 @@ fn terminate(procs: &mut [Running]) {
 
 /// Runs the cluster until a signal; Ok when every controller stopped cleanly.
 pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
-    if opts.controllers != 1 {
+    if !(1..=super::config::NODES_MAX as usize).contains(&opts.controllers) {
         return Err(ClusterError::Unsupported(format!(
-            "--controllers {}: controllers sharing a group need the coherency card, which this build \
-             does not have yet; use --controllers 1",
-            opts.controllers
+            "--controllers {}: a cluster has 1 to {} controllers",
+            opts.controllers,
+            super::config::NODES_MAX
         )));
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -71,19 +77,40 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
         );
     }
     let exe = std::env::current_exe().map_err(|source| ClusterError::Spawn { index: 0, source })?;
+    // Several controllers meet through files here (fresh for every start: old addresses would
+    // point at processes that are gone).
+    let run_dir = opts.dir.join("run");
+    if opts.controllers > 1 {
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(run_dir.join("rendezvous"))
+            .map_err(|source| ClusterError::File { path: run_dir.clone(), source })?;
+    }
     let mut procs: Vec<Running> = Vec::new();
+    let mut outputs = Vec::new();
     for index in 0..opts.controllers {
-        let spawned = Command::new(&exe)
-            .arg("controller")
-            .arg("--dir")
-            .arg(&opts.dir)
-            .arg("--index")
-            .arg(index.to_string())
-            .arg("--nbd")
-            .arg(format!("{}:{}", opts.host, opts.nbd_port as usize + index))
-            .arg("--admin")
-            .arg(format!("{}:{}", opts.host, opts.admin_port as usize + index))
-            .args(opts.force.then_some("--force"))
+        let mut cmd = Command::new(&exe);
+        if opts.controllers == 1 {
+            cmd.arg("controller")
+                .arg("--dir")
+                .arg(&opts.dir)
+                .arg("--index")
+                .arg(index.to_string())
+                .arg("--nbd")
+                .arg(format!("{}:{}", opts.host, opts.nbd_port as usize + index))
+                .arg("--admin")
+                .arg(format!("{}:{}", opts.host, opts.admin_port as usize + index))
+                .args(opts.force.then_some("--force"));
+        } else {
+            let path = match write_config(&opts, index, &run_dir) {
+                Ok(p) => p,
+                Err(e) => {
+                    terminate(&mut procs);
+                    return Err(e);
+                }
+            };
+            cmd.arg("serve").arg("--config").arg(path);
+        }
+        let spawned = cmd
             // Out of the terminal's process group: Ctrl-C reaches the supervisor alone, which
             // stops the controllers itself (otherwise a controller that stops first looks like
             // one that died).
@@ -102,7 +129,12 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
             terminate(&mut procs);
             return Err(ClusterError::Spawn { index, source: std::io::Error::other("no stdout") });
         };
-        let mut lines = BufReader::new(out).lines();
+        procs.push(Running { index, child, exited: false });
+        outputs.push(BufReader::new(out).lines());
+    }
+    // Ready lines in controller order (several controllers start together: they wait for each
+    // other at the rendezvous before any is ready).
+    for (i, mut lines) in outputs.into_iter().enumerate() {
         let ready = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("controller "));
         match ready {
             Some(line) => {
@@ -114,12 +146,13 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
                         println!("{l}");
                     }
                 });
-                procs.push(Running { index, child, exited: false });
             }
             None => {
-                let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                let p = &mut procs[i];
+                let status = p.child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                p.exited = true;
                 terminate(&mut procs);
-                return Err(ClusterError::ControllerDied { index, status });
+                return Err(ClusterError::ControllerDied { index: i, status });
             }
         }
     }
@@ -133,8 +166,32 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
             }
         }
     }
-    terminate(&mut procs);
+    // The others first: they write their dirty lines back through the primary, which must
+    // still be there; then the primary, which marks the group clean.
+    let (rest, first): (Vec<&mut Running>, Vec<&mut Running>) = procs.iter_mut().partition(|p| p.index != 0);
     let mut clean = true;
+    for group in [rest, first] {
+        for p in group.iter().filter(|p| !p.exited) {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped; no memory is involved.
+            unsafe {
+                libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        for p in group.into_iter().filter(|p| !p.exited) {
+            match p.child.wait() {
+                Ok(s) if s.success() => {}
+                Ok(s) => {
+                    eprintln!("amf: controller {} stopped with {s}", p.index);
+                    clean = false;
+                }
+                Err(e) => {
+                    eprintln!("amf: controller {}: {e}", p.index);
+                    clean = false;
+                }
+            }
+            p.exited = true;
+        }
+    }
     for p in procs.iter_mut().filter(|p| !p.exited) {
         match p.child.wait() {
             Ok(s) if s.success() => {}
@@ -153,4 +210,35 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
         None if clean => Ok(()),
         None => Err(ClusterError::ControllerDied { index: 0, status: "unclean stop".into() }),
     }
+}
+
+/// Writes controller `index`'s configuration for a cluster on this machine: every address on
+/// `opts.host`, NBD and admin ports as for one controller (port + index, or 0), fabric and card
+/// link on port 0, peers found through the rendezvous directory.
+fn write_config(opts: &ClusterOptions, index: usize, run_dir: &std::path::Path) -> Result<PathBuf, ClusterError> {
+    let port = |base: u16| if base == 0 { 0 } else { base as usize + index };
+    let addr = |p: usize| -> Result<std::net::SocketAddr, ClusterError> {
+        format!("{}:{p}", opts.host).parse().map_err(|e| ClusterError::Config(format!("--host {}: {e}", opts.host)))
+    };
+    let cfg = super::config::Config {
+        node: index as u8,
+        nodes: opts.controllers as u8,
+        epoch: 1,
+        group: opts.dir.clone(),
+        members: Vec::new(),
+        nbd: addr(port(opts.nbd_port))?,
+        admin: addr(port(opts.admin_port))?,
+        fabric: addr(0)?,
+        cache_mib: opts.cache_mib,
+        line_kib: opts.line_kib,
+        force: opts.force,
+        card: super::config::CardConfig { backend: opts.card, link: addr(0)? },
+        peers: Vec::new(),
+        rendezvous: Some(run_dir.join("rendezvous")),
+    };
+    cfg.check()?;
+    let text = toml::to_string(&cfg).map_err(|e| ClusterError::Config(e.to_string()))?;
+    let path = run_dir.join(format!("controller-{index}.toml"));
+    std::fs::write(&path, text).map_err(|source| ClusterError::File { path: path.clone(), source })?;
+    Ok(path)
 }

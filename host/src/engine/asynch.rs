@@ -17,7 +17,7 @@ pub struct AsyncDriver<B: Backend + 'static> {
     driver: Arc<Mutex<Driver<B>>>,
     waiters: Waiters,
     slots: Arc<Semaphore>,
-    events: Arc<Mutex<Vec<Event>>>,
+    events: Arc<Mutex<Vec<(u32, Event)>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     poller: Option<tokio::task::JoinHandle<()>>,
 }
@@ -34,19 +34,22 @@ impl<B: Backend + 'static> AsyncDriver<B> {
     pub fn new(driver: Driver<B>, in_flight: usize) -> AsyncDriver<B> {
         let driver = Arc::new(Mutex::new(driver));
         let waiters: Waiters = Arc::default();
-        let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let events: Arc<Mutex<Vec<(u32, Event)>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let poller = {
             let (driver, waiters, events, stop) = (driver.clone(), waiters.clone(), events.clone(), stop.clone());
             tokio::task::spawn_blocking(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let busy = !lock(&waiters).is_empty();
-                    let (done, evs) = {
+                    let done = {
                         let mut d = lock(&driver);
                         d.poll();
-                        (d.reap().unwrap_or_default(), d.events().unwrap_or_default())
+                        let done = d.reap().unwrap_or_default();
+                        // Under the driver lock: a `drain_events` caller that reads the ring
+                        // next must find these queued already.
+                        lock(&events).extend(d.events_indexed().unwrap_or_default());
+                        done
                     };
-                    lock(&events).extend(evs);
                     let mut w = lock(&waiters);
                     for c in done {
                         if let Some(tx) = w.remove(&c.tag) {
@@ -84,7 +87,23 @@ impl<B: Backend + 'static> AsyncDriver<B> {
 
     /// Events reaped so far (taken).
     pub fn take_events(&self) -> Vec<Event> {
-        std::mem::take(&mut *lock(&self.events))
+        std::mem::take(&mut *lock(&self.events)).into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Every event the card has written so far, in ring order: the poller's backlog and what
+    /// is in the ring right now (read from host memory, no register access).
+    /// Each comes with its position (see [`Driver::events_indexed`]).
+    pub fn drain_events(&self) -> Result<Vec<(u32, Event)>, EngineError> {
+        let mut d = lock(&self.driver);
+        let fresh = d.events_indexed()?;
+        let mut q = lock(&self.events);
+        q.extend(fresh);
+        Ok(std::mem::take(&mut *q))
+    }
+
+    /// Runs `f` on the driver (slow-path register access: status, counters).
+    pub fn with_driver<T>(&self, f: impl FnOnce(&Driver<B>) -> T) -> T {
+        f(&lock(&self.driver))
     }
 
     /// Stops the poller.

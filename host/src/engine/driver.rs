@@ -248,10 +248,18 @@ impl<B: Backend> Driver<B> {
 
     /// New events (invalidations, downgrades, peer liveness).
     pub fn events(&mut self) -> Result<Vec<Event>, EngineError> {
-        self.take_ring(self.evt_base, false, |b| {
+        Ok(self.events_indexed()?.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// New events with their position since reset (wrapping): event `i` came before a
+    /// completion whose `events_before` is above `i`, after one whose is at or below it.
+    pub fn events_indexed(&mut self) -> Result<Vec<(u32, Event)>, EngineError> {
+        let first = self.evt_cons;
+        let evs = self.take_ring(self.evt_base, false, |b| {
             let e = Event::decode(b);
             (e.phase, e)
-        })
+        })?;
+        Ok(evs.into_iter().enumerate().map(|(i, e)| (first.wrapping_add(i as u32), e)).collect())
     }
 
     /// Lets the card run one polling step (simulated cards advance their clock).

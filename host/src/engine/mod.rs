@@ -6,12 +6,14 @@ pub mod asynch;
 pub mod backend;
 pub mod diag;
 pub mod driver;
+pub mod link;
 pub mod sim;
 pub mod vfio;
 
 pub use asynch::AsyncDriver;
 pub use backend::{Backend, ModelBackend};
 pub use driver::{Driver, DriverConfig};
+pub use link::LinkedModel;
 pub use sim::SimBackend;
 pub use vfio::VfioBackend;
 

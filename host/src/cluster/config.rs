@@ -1,0 +1,309 @@
+//! `amf serve --config FILE`: one controller of a coherent cluster, described in TOML.
+//!
+//! ```toml
+//! node = 1                      # this controller (0 is the primary: it owns the members)
+//! nodes = 3                     # controllers in the cluster, ids 0..nodes
+//! epoch = 1                     # membership epoch, carried by every card frame and fabric call
+//! group = "/srv/amf/group0"     # the group directory (its member files or device links)
+//! members = ["member-0.img"]    # optional: members this controller expects (checked)
+//! nbd = "0.0.0.0:10809"
+//! admin = "127.0.0.1:8080"
+//! fabric = "10.0.0.2:7000"      # controller-to-controller data path
+//! cache_mib = 64
+//! line_kib = 64                 # cache line = coherency resource
+//!
+//! [card]
+//! backend = "sim"               # sim (Verilator RTL) or model (Rust reference model)
+//! link = "10.0.0.2:7100"        # the card's link port (UDP)
+//!
+//! [[peer]]                      # every other controller, or `rendezvous = "DIR"` instead
+//! node = 0
+//! fabric = "10.0.0.1:7000"
+//! link = "10.0.0.1:7100"
+//! ```
+//!
+//! With `rendezvous = "DIR"` the controllers bind whatever ports they are given (port 0 too),
+//! write their addresses to DIR/node-N.json and read each other's: that is how `amf cluster`
+//! starts a cluster on one machine without choosing ports.
+
+use super::ClusterError;
+use crate::coherency::card::CardKind;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Most controllers (the card's node id is 3 bits).
+pub const NODES_MAX: u8 = 8;
+
+fn default_epoch() -> u32 {
+    1
+}
+fn default_cache_mib() -> u64 {
+    64
+}
+fn default_line_kib() -> u32 {
+    64
+}
+
+/// The card section.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardConfig {
+    /// Which card.
+    #[serde(default = "default_backend")]
+    pub backend: CardKind,
+    /// Its link port.
+    pub link: SocketAddr,
+}
+
+fn default_backend() -> CardKind {
+    CardKind::Sim
+}
+
+/// Another controller.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its node id.
+    pub node: u8,
+    /// Its fabric address.
+    pub fabric: SocketAddr,
+    /// Its card's link port.
+    pub link: SocketAddr,
+}
+
+/// One controller's configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This controller.
+    pub node: u8,
+    /// Controllers in the cluster.
+    pub nodes: u8,
+    /// Membership epoch.
+    #[serde(default = "default_epoch")]
+    pub epoch: u32,
+    /// Group directory.
+    pub group: PathBuf,
+    /// Members this controller expects to find in the group (file names or paths).
+    #[serde(default)]
+    pub members: Vec<PathBuf>,
+    /// NBD listen address.
+    pub nbd: SocketAddr,
+    /// Admin HTTP listen address.
+    pub admin: SocketAddr,
+    /// Fabric listen address.
+    pub fabric: SocketAddr,
+    /// Cache budget.
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
+    /// Cache line size.
+    #[serde(default = "default_line_kib")]
+    pub line_kib: u32,
+    /// Serve a group that crashed while degraded (primary only).
+    #[serde(default)]
+    pub force: bool,
+    /// The card.
+    pub card: CardConfig,
+    /// The other controllers.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerConfig>,
+    /// Exchange addresses through files in this directory instead of `peer` entries.
+    pub rendezvous: Option<PathBuf>,
+}
+
+fn bad(msg: String) -> ClusterError {
+    ClusterError::Config(msg)
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ClusterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::File { path: path.into(), source })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// The checks that need no other process: ids, sizes, peers, members.
+    pub fn check(&self) -> Result<(), ClusterError> {
+        if !(1..=NODES_MAX).contains(&self.nodes) {
+            return Err(bad(format!("nodes = {}: a cluster has 1 to {NODES_MAX} controllers", self.nodes)));
+        }
+        if self.node >= self.nodes {
+            return Err(bad(format!("node = {} is not below nodes = {}", self.node, self.nodes)));
+        }
+        if !self.line_kib.is_power_of_two() || !(4..=1024).contains(&self.line_kib) {
+            return Err(bad(format!("line_kib = {}: a power of two from 4 to 1024", self.line_kib)));
+        }
+        if self.cache_mib == 0 || self.cache_mib > 1 << 20 {
+            return Err(bad(format!("cache_mib = {}: 1 to 1048576", self.cache_mib)));
+        }
+        if self.epoch == 0 {
+            return Err(bad("epoch = 0 is reserved (a card out of reset)".into()));
+        }
+        match (&self.rendezvous, self.peers.is_empty()) {
+            (Some(_), false) => return Err(bad("give either [[peer]] entries or rendezvous, not both".into())),
+            (None, _) => {
+                let mut seen = vec![false; NODES_MAX as usize];
+                seen[self.node as usize] = true;
+                for p in &self.peers {
+                    if p.node >= self.nodes {
+                        return Err(bad(format!("peer node {} is not below nodes = {}", p.node, self.nodes)));
+                    }
+                    if std::mem::replace(&mut seen[p.node as usize], true) {
+                        return Err(bad(format!("node id {} appears twice (this node is {})", p.node, self.node)));
+                    }
+                }
+                if let Some(missing) = (0..self.nodes).find(|n| !seen[*n as usize]) {
+                    return Err(bad(format!("no [[peer]] entry for node {missing} (nodes = {})", self.nodes)));
+                }
+            }
+            (Some(_), true) => {}
+        }
+        self.check_members()
+    }
+
+    /// Every named member must be one of the group's members.
+    fn check_members(&self) -> Result<(), ClusterError> {
+        if self.members.is_empty() {
+            return Ok(());
+        }
+        let scanned = crate::raid::assemble::scan(&self.group)?;
+        let uuid = scanned.iter().find_map(|s| s.result.as_ref().ok().map(|(_, sb)| sb.uuid));
+        for m in &self.members {
+            let path = if m.is_absolute() { m.clone() } else { self.group.join(m) };
+            let canon = std::fs::canonicalize(&path).ok();
+            let found = scanned.iter().find(|s| {
+                let sb_uuid = s.result.as_ref().ok().map(|(_, sb)| sb.uuid);
+                canon.is_some() && std::fs::canonicalize(&s.path).ok() == canon && sb_uuid.is_some() && sb_uuid == uuid
+            });
+            if found.is_none() {
+                return Err(bad(format!(
+                    "member {} is not a member of the group in {}",
+                    path.display(),
+                    self.group.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Addresses one controller publishes at a rendezvous.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct Published {
+    fabric: SocketAddr,
+    link: SocketAddr,
+}
+
+/// Publishes this node's addresses in `dir` and waits (at most `wait`) for every other node's.
+pub fn rendezvous(
+    dir: &Path,
+    node: u8,
+    nodes: u8,
+    fabric: SocketAddr,
+    link: SocketAddr,
+    wait: Duration,
+) -> Result<Vec<PeerConfig>, ClusterError> {
+    std::fs::create_dir_all(dir).map_err(|source| ClusterError::File { path: dir.into(), source })?;
+    let mine = dir.join(format!("node-{node}.json"));
+    let tmp = dir.join(format!(".node-{node}.json.tmp"));
+    let body = serde_json::to_string(&Published { fabric, link }).unwrap_or_default();
+    std::fs::write(&tmp, body)
+        .and_then(|_| std::fs::rename(&tmp, &mine))
+        .map_err(|source| ClusterError::File { path: mine.clone(), source })?;
+    let start = Instant::now();
+    let mut peers = Vec::new();
+    for n in (0..nodes).filter(|n| *n != node) {
+        let path = dir.join(format!("node-{n}.json"));
+        loop {
+            if let Some(p) =
+                std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Published>(&t).ok())
+            {
+                peers.push(PeerConfig { node: n, fabric: p.fabric, link: p.link });
+                break;
+            }
+            if start.elapsed() > wait {
+                return Err(bad(format!(
+                    "node {n} did not publish its addresses in {} within {wait:?}",
+                    dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> String {
+        "node = 1\nnodes = 3\ngroup = \"/nonexistent\"\nnbd = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+         fabric = \"127.0.0.1:0\"\n[card]\nlink = \"127.0.0.1:0\"\n"
+            .into()
+    }
+    fn peer(n: u8) -> String {
+        format!(
+            "[[peer]]\nnode = {n}\nfabric = \"127.0.0.1:{}\"\nlink = \"127.0.0.1:{}\"\n",
+            7000 + n as u16,
+            7100 + n as u16
+        )
+    }
+    fn check(text: &str) -> Result<(), String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.check().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_good_config_passes_and_defaults_apply() {
+        let text = base() + &peer(0) + &peer(2);
+        check(&text).unwrap();
+        let c: Config = toml::from_str(&text).unwrap();
+        assert_eq!((c.epoch, c.cache_mib, c.line_kib, c.card.backend), (1, 64, 64, CardKind::Sim));
+    }
+
+    #[test]
+    fn broken_configs_say_what_is_wrong() {
+        let cases = [
+            (base() + &peer(0) + &peer(0), "appears twice"),
+            (base() + &peer(0) + &peer(1), "appears twice"),
+            (base() + &peer(0), "no [[peer]] entry for node 2"),
+            (base() + &peer(0) + &peer(5), "not below nodes"),
+            (base().replace("nodes = 3", "nodes = 9") + &peer(0), "1 to 8 controllers"),
+            (base() + "line_kib = 3\n" + &peer(0) + &peer(2), "power of two"),
+            (base() + "colour = 1\n", "unknown field"),
+            (base().replace("[card]\nlink = \"127.0.0.1:0\"\n", ""), "missing field `card`"),
+            (base() + "backend = \"fpga\"\n", "unknown variant"),
+            (base() + "rendezvous = \"/tmp\"\n" + &peer(0) + &peer(2), "not both"),
+            (base() + &peer(0) + &peer(2) + "members = [\"m0\"]\n", "unknown field"),
+        ];
+        for (text, want) in cases {
+            let e = check(&text).expect_err(&text);
+            assert!(e.contains(want), "{text}\n-> {e}\n(wanted {want})");
+        }
+    }
+
+    #[test]
+    fn members_must_belong_to_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::raid::assemble::CreateOptions::new(crate::raid::Level::Raid1, 2, 4 << 20);
+        crate::raid::assemble::create(dir.path(), &opts).unwrap();
+        let stranger = dir.path().join("stranger.img");
+        std::fs::write(&stranger, vec![0u8; 4096]).unwrap();
+        let first = crate::raid::assemble::member_path(dir.path(), 0);
+        let mk = |m: &Path| {
+            format!(
+                "node = 0\nnodes = 1\ngroup = {:?}\nmembers = [{:?}]\nnbd = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nfabric = \"127.0.0.1:0\"\n[card]\nlink = \"127.0.0.1:0\"\n",
+                dir.path(),
+                m
+            )
+        };
+        check(&mk(&first)).unwrap();
+        let e = check(&mk(&stranger)).unwrap_err();
+        assert!(e.contains("is not a member of the group"), "{e}");
+    }
+}

@@ -1,0 +1,147 @@
+//! Reads: a hit is served from the cache with no message; a miss acquires the line shared
+//! through the card, asks the sharers the card reports for it, and reads the members only when
+//! none of them has it.
+
+use super::card::FLAG_UNTRACKED;
+use super::{Amf, CoherencyError, ATTEMPTS_MAX};
+use crate::cache::{Busy, State};
+use crate::fabric::wire::{Kind, Request, Status};
+use amf_hdl_model::gen::structs::Opcode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+/// Where a line's data came from.
+pub(crate) enum Found {
+    /// A peer's cache.
+    Peer(Vec<u8>, u64),
+    /// The members.
+    Members(Vec<u8>, u64),
+    /// A peer holds the line in the middle of changing it: start over.
+    Retry,
+}
+
+/// Top bit of a forwarded line's version: the sender held it dirty.
+pub(crate) const DIRTY_BIT: u64 = 1 << 63;
+
+impl Amf {
+    /// Reads `buf.len()` bytes at `offset` (step 1: a host request arrives).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), CoherencyError> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.counters.reads.fetch_add(1, Relaxed);
+        let mut done = 0;
+        for (r, off, n) in self.pieces(offset, buf.len() as u64).collect::<Vec<_>>() {
+            self.read_line(r, off, &mut buf[done..done + n])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_line(&self, r: u64, off: usize, dst: &mut [u8]) -> Result<(), CoherencyError> {
+        for attempt in 0..ATTEMPTS_MAX {
+            if attempt > 0 {
+                self.counters.retries.fetch_add(1, Relaxed);
+                std::thread::sleep(Duration::from_micros(200 * attempt.min(20) as u64));
+            }
+            let g = self.lock_line(r, Busy::Filling)?;
+            // Step 2: a line present here is valid (events were applied just now): no message.
+            let mut g = g;
+            if let Some(l) = g.touch(r) {
+                dst.copy_from_slice(&l.data[off..off + dst.len()]);
+                self.counters.hits.fetch_add(1, Relaxed);
+                self.unlock_line(g, r);
+                return Ok(());
+            }
+            self.counters.misses.fetch_add(1, Relaxed);
+            let g = match self.make_room(g, r) {
+                Ok(g) => g,
+                Err(e) => {
+                    self.unlock_line(self.lock(), r);
+                    return Err(e);
+                }
+            };
+            let generation = g.generation(r);
+            drop(g);
+            let found = self.step3_search(r);
+            let mut g = self.lock();
+            let sync = self.sync_events(&mut g);
+            let (found, untracked) = match (found, sync) {
+                (Ok((f, untracked)), Ok(())) => (f, untracked),
+                (Err(e), _) | (_, Err(e)) => {
+                    self.unlock_line(g, r);
+                    return Err(e);
+                }
+            };
+            let (data, version) = match found {
+                Found::Peer(d, v) | Found::Members(d, v) => (d, v & !DIRTY_BIT),
+                Found::Retry => {
+                    self.unlock_line(g, r);
+                    continue;
+                }
+            };
+            dst.copy_from_slice(&data[off..off + dst.len()]);
+            // Step 4. Keep the line only if no invalidate arrived since the acquire (the data
+            // was current when it was read, so this read may return it either way) and the
+            // card tracks it.
+            if g.generation(r) == generation && !untracked {
+                g.install(r, State::Shared, false, version, data);
+            }
+            self.unlock_line(g, r);
+            return Ok(());
+        }
+        Err(CoherencyError::Contended(r))
+    }
+
+    /// Step 3 (read): acquire shared, then ask the sharers the card reports; members last.
+    fn step3_search(&self, r: u64) -> Result<(Found, bool), CoherencyError> {
+        let c = self.card.call(Opcode::AcquireShared, r)?;
+        self.count_acquire(c.flags);
+        super::trace!("n{} shared r{} flags {:#x} sharers {:#x}", self.cfg.node, r, c.flags, c.sharers);
+        let untracked = c.flags & FLAG_UNTRACKED != 0;
+        let holders = c.sharers & self.others();
+        for p in (0..8u8).filter(|p| holders & (1 << p) != 0) {
+            match self.fetch(p, r, false, 0)? {
+                Found::Peer(d, v) => {
+                    self.counters.remote_hits.fetch_add(1, Relaxed);
+                    return Ok((Found::Peer(d, v), untracked));
+                }
+                Found::Retry => return Ok((Found::Retry, untracked)),
+                Found::Members(..) => {}
+            }
+        }
+        let (d, v) = self.disk.read(r * self.cfg.line_bytes as u64, self.line_len(r))?;
+        self.counters.disk_reads.fetch_add(1, Relaxed);
+        Ok((Found::Members(d, v), untracked))
+    }
+
+    /// Asks peer `p` for line `r` (`handoff`: the line its invalidate gave to this node).
+    /// `Found::Members` means "not there".
+    pub(crate) fn fetch(&self, p: u8, r: u64, handoff: bool, floor: u64) -> Result<Found, CoherencyError> {
+        let Some(peer) = self.peer(p) else {
+            return Err(CoherencyError::BadRequest(format!("the card named node {p}, which has no fabric address")));
+        };
+        let mut q = Request { a: r, b: floor, ..Request::new(Kind::Fetch, self.cfg.node, self.cfg.epoch) };
+        if handoff {
+            q.flags |= crate::fabric::wire::FLAG_HANDOFF;
+        }
+        let (resp, data) = peer.call(&q, &[])?;
+        match resp.status {
+            Status::Ok if data.len() == self.line_len(r) => Ok(Found::Peer(data, resp.a)),
+            Status::Ok => Err(CoherencyError::BadRequest(format!(
+                "node {p} forwarded {} bytes for line {r} ({} expected)",
+                data.len(),
+                self.line_len(r)
+            ))),
+            Status::NotHeld => Ok(Found::Members(Vec::new(), 0)),
+            Status::Retry => Ok(Found::Retry),
+            s => Err(CoherencyError::Fabric(crate::fabric::FabricError::Refused { node: p, status: s })),
+        }
+    }
+
+    pub(crate) fn count_acquire(&self, flags: u8) {
+        if flags & super::card::FLAG_NO_BROADCAST != 0 {
+            self.counters.broadcasts_skipped.fetch_add(1, Relaxed);
+        } else {
+            self.counters.broadcasts.fetch_add(1, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Coherent clusters end to end: `amf cluster --controllers 3` (one `amf serve` process per
+//! controller, each with its own simulated card linked over UDP), unmodified qemu-io as the
+//! client on every controller, `amf scrub` on the members afterwards.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn start3(dir: &std::path::Path, level: &str, members: &str, card: &str) -> Cluster {
+    start(
+        dir,
+        &[
+            "--controllers",
+            "3",
+            "--level",
+            level,
+            "--members",
+            members,
+            "--member-size",
+            "16M",
+            "--chunk",
+            "16K",
+            "--card",
+            card,
+        ],
+    )
+}
+
+fn counters(c: &Cluster, i: usize) -> serde_json::Value {
+    c.admin_of(i, "/status")["coherency"]["counters"].clone()
+}
+
+fn count(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or_else(|| panic!("no counter {k} in {v}"))
+}
+
+fn scrub_clean(dir: &std::path::Path) {
+    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mismatches"], 0, "scrub: {v}");
+}
+
+/// Three qemu-io processes, one per controller, each overwriting its own 4 KiB blocks of the
+/// same stripe `rounds` times; the last round writes pattern `0x40 + controller`.
+fn race_one_stripe(c: &Cluster, base: u64, rounds: u32) {
+    let procs: Vec<_> = (0..3)
+        .map(|i| {
+            let mut cmd = Command::new("qemu-io");
+            cmd.args(["-f", "raw"]);
+            for round in 0..rounds {
+                let pattern = if round + 1 == rounds { 0x40 + i } else { 0x10 * (round % 3 + 1) + i };
+                for b in 0..2u64 {
+                    // Blocks interleave: controller i owns blocks i, i+3 of the stripe.
+                    let off = base + (i as u64 + 3 * b) * 4096;
+                    cmd.args(["-c", &format!("write -P {pattern} {off} 4096")]);
+                }
+            }
+            cmd.arg(c.uri(i as usize));
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for p in procs {
+        let out = p.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !text.contains("failed"), "concurrent writer: {text}");
+    }
+}
+
+fn check_race_result(uri: &str, base: u64) {
+    let mut cmds = Vec::new();
+    for i in 0..3u64 {
+        for b in 0..2u64 {
+            cmds.push(format!("read -P {} {} 4096", 0x40 + i, base + (i + 3 * b) * 4096));
+        }
+    }
+    let refs: Vec<&str> = cmds.iter().map(|s| s.as_str()).collect();
+    qemu_io(uri, &refs);
+}
+
+fn coherent_at(level: &str, members: &str, card: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start3(&dir, level, members, card);
+    // Written through 0, read through 1 and 2.
+    qemu_io(c.uri(0), &["write -P 0xa1 0 256k"]);
+    qemu_io(c.uri(1), &["read -P 0xa1 0 256k"]);
+    qemu_io(c.uri(2), &["read -P 0xa1 0 256k"]);
+    // Every controller caches it now; overwrite through 2, read through 0 and 1: no stale line.
+    qemu_io(c.uri(2), &["write -P 0xb2 65536 4096"]);
+    qemu_io(c.uri(0), &["read -P 0xa1 0 65536", "read -P 0xb2 65536 4096", "read -P 0xa1 69632 4096"]);
+    qemu_io(c.uri(1), &["read -P 0xb2 65536 4096"]);
+    // Three controllers writing different blocks of one stripe at once, repeatedly.
+    let base = 1 << 20;
+    race_one_stripe(&c, base, 12);
+    for i in 0..3 {
+        check_race_result(c.uri(i), base);
+    }
+    assert!(c.stop().success(), "clean stop");
+    scrub_clean(&dir);
+    // Everything reached the members: one controller alone reads it back.
+    let c = start(&dir, &[]);
+    qemu_io(&c.nbd_uri, &["read -P 0xa1 0 65536", "read -P 0xb2 65536 4096"]);
+    check_race_result(&c.nbd_uri, base);
+    assert!(c.stop().success());
+}
+
+#[test]
+fn raid0_is_coherent_across_three_controllers() {
+    coherent_at("raid0", "2", "sim");
+}
+
+#[test]
+fn raid1_is_coherent_across_three_controllers() {
+    coherent_at("raid1", "2", "sim");
+}
+
+#[test]
+fn raid5_is_coherent_across_three_controllers() {
+    coherent_at("raid5", "3", "sim");
+}
+
+#[test]
+fn raid6_is_coherent_across_three_controllers() {
+    coherent_at("raid6", "4", "sim");
+}
+
+#[test]
+fn raid10_is_coherent_across_three_controllers() {
+    coherent_at("raid10", "4", "sim");
+}
+
+#[test]
+fn the_model_card_serves_a_cluster_too() {
+    coherent_at("raid5", "3", "model");
+}
+
+#[test]
+fn counters_prove_the_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start3(&dir, "raid5", "3", "sim");
+    // One line (64 KiB) written by controller 0 only: after the first write, no broadcast.
+    qemu_io(c.uri(0), &["write -P 1 0 4096"]);
+    let before = counters(&c, 0);
+    let writes: Vec<String> = (0..10).map(|i| format!("write -P {} {} 4096", i + 2, i * 4096)).collect();
+    qemu_io(c.uri(0), &writes.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let after = counters(&c, 0);
+    assert_eq!(count(&after, "broadcasts"), count(&before, "broadcasts"), "unshared writes broadcast: {after}");
+    assert_eq!(count(&after, "writes_local") - count(&before, "writes_local"), 10, "{after}");
+
+    // A read miss on controller 1 is served from controller 0's cache: no member read anywhere.
+    let engine_before = c.admin_of(0, "/status")["engine"]["member_reads"].as_u64().unwrap();
+    let c1_before = counters(&c, 1);
+    qemu_io(c.uri(1), &["read -P 11 36864 4096"]);
+    let c1_after = counters(&c, 1);
+    assert_eq!(count(&c1_after, "remote_hits") - count(&c1_before, "remote_hits"), 1, "{c1_after}");
+    assert_eq!(count(&c1_after, "disk_reads"), count(&c1_before, "disk_reads"), "{c1_after}");
+    let engine_after = c.admin_of(0, "/status")["engine"]["member_reads"].as_u64().unwrap();
+    assert_eq!(engine_after, engine_before, "a remote hit read the members");
+
+    // Controller 2 shares it too; a write through 1 is exactly one invalidate round, and both
+    // other sharers drop their copies.
+    qemu_io(c.uri(2), &["read -P 11 36864 4096"]);
+    let (b0, b1, b2) = (counters(&c, 0), counters(&c, 1), counters(&c, 2));
+    qemu_io(c.uri(1), &["write -P 0x77 40960 4096"]);
+    let (a0, a1, a2) = (counters(&c, 0), counters(&c, 1), counters(&c, 2));
+    assert_eq!(count(&a1, "invalidate_rounds") - count(&b1, "invalidate_rounds"), 1, "{a1}");
+    assert_eq!(count(&a1, "broadcasts") - count(&b1, "broadcasts"), 1, "{a1}");
+    for (b, a) in [(&b0, &a0), (&b2, &a2)] {
+        assert_eq!(count(a, "invalidations_received") - count(b, "invalidations_received"), 1, "{a}");
+    }
+    qemu_io(c.uri(0), &["read -P 0x77 40960 4096"]);
+    qemu_io(c.uri(2), &["read -P 0x77 40960 4096"]);
+    // The card's own counters agree that it sent frames.
+    let card = &c.admin_of(1, "/status")["coherency"]["card"]["counters"];
+    assert!(card["frames_tx"].as_u64().unwrap() > 0, "{card}");
+    assert!(c.stop().success());
+    scrub_clean(&dir);
+}
+
+#[test]
+fn garbage_on_the_fabric_is_refused_and_changes_nothing() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start3(&dir, "raid1", "2", "model");
+    qemu_io(c.uri(0), &["write -P 0x5a 0 64k"]);
+    let published: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/rendezvous/node-1.json")).unwrap()).unwrap();
+    let fabric = published["fabric"].as_str().unwrap().to_string();
+    // Not the protocol: the connection is closed.
+    let mut s = std::net::TcpStream::connect(&fabric).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.write_all(&[0xde; 64]).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "garbage got an answer");
+    // A well-formed request from another epoch: refused with StaleEpoch (3), nothing done.
+    let mut s = std::net::TcpStream::connect(&fabric).unwrap();
+    let mut h = [0u8; 40];
+    h[0..4].copy_from_slice(&0x514d_4641u32.to_le_bytes());
+    h[4] = 2; // replicate
+    h[5] = 0; // from node 0
+    h[8..12].copy_from_slice(&99u32.to_le_bytes());
+    s.write_all(&h).unwrap();
+    let mut r = [0u8; 24];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(r[4], 3, "stale epoch answer");
+    // The cluster still serves the same data everywhere.
+    for i in 0..3 {
+        qemu_io(c.uri(i), &["read -P 0x5a 0 64k"]);
+    }
+    assert!(c.stop().success());
+}
+
+#[test]
+fn bad_configs_are_refused_with_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start(&dir, &["--level", "raid1", "--members", "2", "--member-size", "4M"]);
+    assert!(c.stop().success());
+    let body = |extra: &str| {
+        format!(
+            "node = 1\nnodes = 2\ngroup = {:?}\nnbd = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nfabric = \"127.0.0.1:0\"\n{extra}\n[card]\nlink = \"127.0.0.1:0\"\n",
+            dir
+        )
+    };
+    let cases = [
+        (body("") + "[[peer]]\nnode = 1\nfabric = \"127.0.0.1:1\"\nlink = \"127.0.0.1:1\"\n", "appears twice"),
+        (
+            body("members = [\"/etc/hostname\"]")
+                + "[[peer]]\nnode = 0\nfabric = \"127.0.0.1:1\"\nlink = \"127.0.0.1:1\"\n",
+            "is not a member of the group",
+        ),
+        (body("line_kib = 7"), "power of two"),
+        ("node = ".to_string(), "config"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(amf_bin()).args(["serve", "--config", path.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}: accepted");
+        assert!(err.contains(want) && !err.contains("panicked"), "{text}\n-> {err}");
+    }
+    // The group is as it was.
+    assert_eq!(inspect(&dir)["clean"], true);
+}
