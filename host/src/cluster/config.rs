@@ -274,12 +274,13 @@ mod tests {
             (base() + &peer(0), "no [[peer]] entry for node 2"),
             (base() + &peer(0) + &peer(5), "not below nodes"),
             (base().replace("nodes = 3", "nodes = 9") + &peer(0), "1 to 8 controllers"),
-            (base() + "line_kib = 3\n" + &peer(0) + &peer(2), "power of two"),
-            (base() + "colour = 1\n", "unknown field"),
+            (base().replace("[card]", "line_kib = 3\n[card]") + &peer(0) + &peer(2), "power of two"),
+            (base().replace("[card]", "cache_mib = 0\n[card]") + &peer(0) + &peer(2), "cache_mib = 0"),
+            (base().replace("[card]", "epoch = 0\n[card]") + &peer(0) + &peer(2), "epoch = 0"),
+            (base().replace("[card]", "colour = 1\n[card]"), "unknown field"),
             (base().replace("[card]\nlink = \"127.0.0.1:0\"\n", ""), "missing field `card`"),
             (base() + "backend = \"fpga\"\n", "unknown variant"),
-            (base() + "rendezvous = \"/tmp\"\n" + &peer(0) + &peer(2), "not both"),
-            (base() + &peer(0) + &peer(2) + "members = [\"m0\"]\n", "unknown field"),
+            (base().replace("[card]", "rendezvous = \"/tmp\"\n[card]") + &peer(0) + &peer(2), "not both"),
         ];
         for (text, want) in cases {
             let e = check(&text).expect_err(&text);
