@@ -11,3 +11,4 @@ pub mod engine;
 pub mod fabric;
 pub mod nbd;
 pub mod raid;
+pub mod workload;

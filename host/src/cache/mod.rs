@@ -81,6 +81,9 @@ pub struct Cache {
     busy: HashMap<u64, Busy>,
     /// The node whose invalidate removed the line last, and that event's position.
     invalidated_by: HashMap<u64, (u8, u32)>,
+    /// Position of the last downgrade of each line (recorded even when the line is absent: an
+    /// operation assembling it must install it Shared).
+    downgraded_at: HashMap<u64, u32>,
     /// Highest version this node has known of each line: handoff lines at or below it are
     /// leftovers of an older round and never taken.
     floor: HashMap<u64, u64>,
@@ -107,6 +110,7 @@ impl Cache {
             handoff: HashMap::new(),
             busy: HashMap::new(),
             invalidated_by: HashMap::new(),
+            downgraded_at: HashMap::new(),
             floor: HashMap::new(),
             generation: HashMap::new(),
             tick: 0,
@@ -207,7 +211,7 @@ impl Cache {
         v
     }
 
-    /// A handoff line's data and version, for destage.
+    /// A handoff line's data and version (destage; a reader's fetch, see coherency::read).
     pub fn handoff_line(&self, r: u64) -> Option<&Line> {
         self.handoff.get(&r).map(|(_, l)| l)
     }
@@ -221,8 +225,14 @@ impl Cache {
         }
     }
 
+    /// Whether a downgrade of `r` was event `mark` or later (positions wrap).
+    pub fn downgraded_since(&self, r: u64, mark: u32) -> bool {
+        self.downgraded_at.get(&r).is_some_and(|at| at.wrapping_sub(mark) as i32 >= 0)
+    }
+
     /// A peer's shared acquire: an exclusive line becomes Shared (keeping its dirty flag).
-    pub fn downgrade(&mut self, r: u64) -> bool {
+    pub fn downgrade(&mut self, r: u64, at: u32) -> bool {
+        self.downgraded_at.insert(r, at);
         match self.lines.get_mut(&r) {
             Some(l) if l.state != State::Shared => {
                 l.state = State::Shared;
@@ -237,9 +247,7 @@ impl Cache {
     /// `floor` (older ones are leftovers; they are dropped).
     pub fn take_handoff(&mut self, r: u64, by: u8, floor: u64) -> Option<Line> {
         match self.handoff.get(&r) {
-            Some((node, l)) if *node == by && (l.version > floor || floor == 0) => {
-                self.handoff.remove(&r).map(|(_, l)| l)
-            }
+            Some((node, l)) if *node == by && l.version >= floor => self.handoff.remove(&r).map(|(_, l)| l),
             Some((node, _)) if *node == by => {
                 self.handoff.remove(&r);
                 None
@@ -375,7 +383,8 @@ mod tests {
         let mut c = Cache::new(8, 4, 4, 4);
         c.install(3, State::Modified, true, 5, vec![7; 8]);
         let g = c.generation(3);
-        assert!(c.downgrade(3));
+        assert!(c.downgrade(3, 9));
+        assert!(c.downgraded_since(3, 9) && !c.downgraded_since(3, 10));
         assert_eq!(c.get(3).map(|l| (l.state, l.dirty)), Some((State::Shared, true)));
         assert!(c.invalidate(3, 2, 10));
         assert!(c.invalidated_since(3, 10) && !c.invalidated_since(3, 11));
@@ -386,7 +395,7 @@ mod tests {
         c.install(4, State::Exclusive, false, 3, vec![]);
         c.invalidate(4, 2, u32::MAX);
         assert!(c.invalidated_since(4, u32::MAX - 1) && !c.invalidated_since(4, 0), "positions wrap");
-        assert!(c.take_handoff(4, 2, 3).is_none(), "a leftover at or below the taker's floor is dropped");
+        assert!(c.take_handoff(4, 2, 4).is_none(), "a leftover below the taker's floor is dropped");
         assert!(c.take_handoff(4, 2, 0).is_none(), "and gone");
     }
 }

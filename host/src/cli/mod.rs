@@ -1,5 +1,6 @@
 //! The `amf` command line.
 
+mod demo;
 mod maintenance;
 mod progress;
 pub mod size;
@@ -67,6 +68,22 @@ enum Command {
         /// Cache line (coherency resource) size, KiB (several controllers).
         #[arg(long, default_value_t = 64)]
         line_kib: u32,
+    },
+    /// The main job: a 3-controller RAID5 cluster on files in a temp folder, a verified mixed
+    /// workload through all three controllers at once, a report, a clean stop and a scrub.
+    Demo {
+        /// Workload length in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Workload seed (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Card of each controller: sim (the RTL under Verilator) or model.
+        #[arg(long, default_value = "sim")]
+        card: CardKind,
+        /// Keep the group directory afterwards.
+        #[arg(long)]
+        keep: bool,
     },
     /// Run one controller of a coherent cluster from a TOML configuration.
     Serve {
@@ -284,6 +301,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 cache_mib,
                 line_kib,
             })?;
+        }
+        Command::Demo { seconds, seed, card, keep } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
+            });
+            let card = match card {
+                CardKind::Sim => "sim",
+                CardKind::Model => "model",
+            };
+            demo::run(demo::DemoOptions { seconds, seed, card: card.into(), keep })?;
         }
         Command::Serve { config } => {
             let cfg = crate::cluster::config::Config::load(&config)?;

@@ -26,6 +26,7 @@ impl Amf {
         }
         if q.flags & FLAG_HANDOFF != 0 {
             if let Some(l) = g.take_handoff(r, q.src, q.b) {
+                super::trace!("n{} handoff r{r} v{} dirty {} to n{}", self.cfg.node, l.version, l.dirty, q.src);
                 self.counters.handoffs.fetch_add(1, Relaxed);
                 return line_answer(l.version, l.dirty, l.data);
             }
@@ -37,6 +38,9 @@ impl Amf {
                 {
                     answer(Status::Retry)
                 }
+                // An operation whose acquire may have completed before the asker's invalidate
+                // without this node knowing yet: wait until it knows.
+                Some(Busy::Holding(None)) if g.invalidated_by(r) == Some(q.src) => answer(Status::Retry),
                 _ => answer(Status::NotHeld),
             };
         }
@@ -44,10 +48,17 @@ impl Amf {
             // Mid-write or mid-writeback: the asker tries again when it is done.
             (Some(Busy::Holding(_)), _) => answer(Status::Retry),
             (_, Some(l)) => {
+                super::trace!("n{} forward r{r} v{} to n{}", self.cfg.node, l.version, q.src);
                 self.counters.lines_forwarded.fetch_add(1, Relaxed);
                 line_answer(l.version, l.dirty, l.data.clone())
             }
-            (_, None) => answer(Status::NotHeld),
+            // Lost to a writer's round that has not taken it yet (that round may even have been
+            // aborted): still the newest data there is. The reader takes the newest version of
+            // all sharers' answers, and drops it if the round reaches it meanwhile.
+            (_, None) => match g.handoff_line(r) {
+                Some(l) => line_answer(l.version, l.dirty, l.data.clone()),
+                None => answer(Status::NotHeld),
+            },
         }
     }
 

@@ -106,6 +106,8 @@ pub struct Counters {
     pub destage_writes: AtomicU64,
     /// Operations retried after losing a line to a peer mid-way.
     pub retries: AtomicU64,
+    /// Member reads older than a version this node had known (must stay 0).
+    pub older_member_reads: AtomicU64,
 }
 
 macro_rules! snapshot {
@@ -136,7 +138,8 @@ impl Counters {
             replicas_held,
             destaged_lines,
             destage_writes,
-            retries
+            retries,
+            older_member_reads
         )
     }
 }
@@ -259,7 +262,7 @@ impl Amf {
                 }
                 Some(EventKind::Downgrade) => {
                     self.counters.downgrades_received.fetch_add(1, Relaxed);
-                    g.downgrade(e.resource);
+                    g.downgrade(e.resource, at);
                 }
                 Some(EventKind::PeerUp) => {
                     self.peer_up.fetch_or(1 << (e.node & 7), Relaxed);

@@ -78,11 +78,17 @@ impl Amf {
                     continue;
                 }
             };
+            // Step 4. A writer's round that reached this node during the fill may have taken
+            // the data from where it was read (to the members' older copy): start over. Keep
+            // the line only if the card tracks it.
+            let current = g.generation(r) == generation;
+            super::trace!("n{} fill r{r} v{version} current {current} first {:#x}", self.cfg.node, data[off]);
+            if !current {
+                self.unlock_line(g, r);
+                continue;
+            }
             dst.copy_from_slice(&data[off..off + dst.len()]);
-            // Step 4. Keep the line only if no invalidate arrived since the acquire (the data
-            // was current when it was read, so this read may return it either way) and the
-            // card tracks it.
-            if g.generation(r) == generation && !untracked {
+            if !untracked {
                 g.install(r, State::Shared, false, version, data);
             }
             self.unlock_line(g, r);
@@ -97,16 +103,24 @@ impl Amf {
         self.count_acquire(c.flags);
         super::trace!("n{} shared r{} flags {:#x} sharers {:#x}", self.cfg.node, r, c.flags, c.sharers);
         let untracked = c.flags & FLAG_UNTRACKED != 0;
+        // Every sharer is asked and the newest version wins: a sharer the card still lists
+        // may keep an older copy that a later writer's round took from it.
         let holders = c.sharers & self.others();
+        let mut best: Option<(Vec<u8>, u64)> = None;
         for p in (0..8u8).filter(|p| holders & (1 << p) != 0) {
             match self.fetch(p, r, false, 0)? {
                 Found::Peer(d, v) => {
-                    self.counters.remote_hits.fetch_add(1, Relaxed);
-                    return Ok((Found::Peer(d, v), untracked));
+                    if best.as_ref().is_none_or(|(_, bv)| (v & !DIRTY_BIT) > (bv & !DIRTY_BIT)) {
+                        best = Some((d, v));
+                    }
                 }
                 Found::Retry => return Ok((Found::Retry, untracked)),
                 Found::Members(..) => {}
             }
+        }
+        if let Some((d, v)) = best {
+            self.counters.remote_hits.fetch_add(1, Relaxed);
+            return Ok((Found::Peer(d, v), untracked));
         }
         let (d, v) = self.disk.read(r * self.cfg.line_bytes as u64, self.line_len(r))?;
         self.counters.disk_reads.fetch_add(1, Relaxed);

@@ -1,6 +1,7 @@
 //! NBD server: fixed newstyle negotiation (OPT_GO/INFO/LIST/ABORT/EXPORT_NAME), simple replies,
 //! READ/WRITE/FLUSH/FUA/TRIM/WRITE_ZEROES, several requests in flight per connection.
 
+pub mod client;
 pub mod proto;
 pub mod server;
 

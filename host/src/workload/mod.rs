@@ -1,0 +1,173 @@
+//! A verifying block workload over NBD: clients spread over several controllers read and write
+//! random 4 KiB blocks; every written block carries its value id, so each read can be traced to
+//! the write it returns, and the whole history is checked (see `check`) afterwards.
+
+pub mod check;
+
+use crate::nbd::client::Client;
+use check::{ReadRec, WriteRec};
+use rand::{Rng, SeedableRng};
+use std::time::{Duration, Instant};
+
+/// Bytes per block.
+pub const BLOCK_BYTES: usize = 4096;
+const MAGIC: &[u8; 8] = b"AMFVALUE";
+
+/// The bytes of value `id` in `block`.
+pub fn encode(block: u64, id: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK_BYTES];
+    b[0..8].copy_from_slice(MAGIC);
+    b[8..16].copy_from_slice(&id.to_le_bytes());
+    b[16..24].copy_from_slice(&block.to_le_bytes());
+    for (i, x) in b.iter_mut().enumerate().skip(24) {
+        *x = (id as u8).wrapping_add((i as u8).wrapping_mul(31)) ^ (id >> 40) as u8;
+    }
+    b
+}
+
+/// The value id in `bytes` of `block`: Some(0) for the initial zeroes, None for anything no
+/// write produced.
+pub fn decode(block: u64, bytes: &[u8]) -> Option<u64> {
+    if bytes.iter().all(|x| *x == 0) {
+        return Some(0);
+    }
+    let id = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
+    (bytes.len() == BLOCK_BYTES && encode(block, id) == bytes).then_some(id)
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// NBD addresses (host:port) of the controllers; client i uses target i mod len.
+    pub targets: Vec<String>,
+    /// Client connections.
+    pub clients: usize,
+    /// Blocks in the working set, from byte `base` on.
+    pub blocks: u64,
+    /// Offset of block 0.
+    pub base: u64,
+    /// Share of writes, percent.
+    pub write_percent: u32,
+    /// How long.
+    pub duration: Duration,
+    /// Seed of every client's choices.
+    pub seed: u64,
+}
+
+/// What happened.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Reads done.
+    pub reads: u64,
+    /// Writes acknowledged.
+    pub writes: u64,
+    /// Requests that failed (first few, with the client).
+    pub errors: Vec<String>,
+    /// History violations.
+    pub violations: Vec<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Per-client operations (to show the load reached every controller).
+    pub per_client: Vec<u64>,
+}
+
+struct ClientLog {
+    writes: Vec<WriteRec>,
+    reads: Vec<ReadRec>,
+    errors: Vec<String>,
+}
+
+fn client(spec: &Spec, i: usize, t0: Instant) -> ClientLog {
+    let mut log = ClientLog { writes: Vec::new(), reads: Vec::new(), errors: Vec::new() };
+    let target = &spec.targets[i % spec.targets.len()];
+    let mut c = match Client::connect(target, "amf") {
+        Ok(c) => c,
+        Err(e) => {
+            log.errors.push(format!("client {i} ({target}): {e}"));
+            return log;
+        }
+    };
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(spec.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let ns = |t: Instant| t.duration_since(t0).as_nanos() as u64;
+    let mut seq = 0u64;
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    while t0.elapsed() < spec.duration {
+        let block = rng.gen_range(0..spec.blocks);
+        let offset = spec.base + block * BLOCK_BYTES as u64;
+        if rng.gen_range(0..100) < spec.write_percent {
+            seq += 1;
+            let id = ((i as u64 + 1) << 40) | seq;
+            let start = Instant::now();
+            let r = c.write(offset, &encode(block, id), false);
+            let ack_ns = r.is_ok().then(|| ns(Instant::now()));
+            log.writes.push(WriteRec { block, id, start_ns: ns(start), ack_ns });
+            if let Err(e) = r {
+                log.errors.push(format!("client {i} write of block {block} via {target}: {e}"));
+                break;
+            }
+        } else {
+            let start = Instant::now();
+            match c.read(offset, &mut buf) {
+                Ok(()) => log.reads.push(ReadRec {
+                    block,
+                    id: decode(block, &buf),
+                    start_ns: ns(start),
+                    end_ns: ns(Instant::now()),
+                    client: i,
+                }),
+                Err(e) => {
+                    log.errors.push(format!("client {i} read of block {block} via {target}: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    c.disconnect();
+    log
+}
+
+/// Runs the workload and checks its history.
+pub fn run(spec: &Spec) -> Outcome {
+    let t0 = Instant::now();
+    let logs: Vec<ClientLog> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..spec.clients).map(|i| s.spawn(move || client(spec, i, t0))).collect();
+        hs.into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                h.join().unwrap_or_else(|_| ClientLog {
+                    writes: vec![],
+                    reads: vec![],
+                    errors: vec![format!("client {i} panicked")],
+                })
+            })
+            .collect()
+    });
+    let elapsed = t0.elapsed();
+    let per_client = logs.iter().map(|l| (l.reads.len() + l.writes.len()) as u64).collect();
+    let writes: Vec<WriteRec> = logs.iter().flat_map(|l| l.writes.iter().copied()).collect();
+    let reads: Vec<ReadRec> = logs.iter().flat_map(|l| l.reads.iter().copied()).collect();
+    Outcome {
+        reads: reads.len() as u64,
+        writes: writes.iter().filter(|w| w.ack_ns.is_some()).count() as u64,
+        errors: logs.iter().flat_map(|l| l.errors.iter().cloned()).take(10).collect(),
+        violations: check::check(&writes, &reads, 20),
+        elapsed,
+        per_client,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_foreign_bytes_do_not() {
+        let b = encode(7, 42);
+        assert_eq!(decode(7, &b), Some(42));
+        assert_eq!(decode(8, &b), None, "another block's value");
+        assert_eq!(decode(7, &vec![0; BLOCK_BYTES]), Some(0));
+        let mut torn = b.clone();
+        torn[2000..].copy_from_slice(&encode(7, 43)[2000..]);
+        assert_eq!(decode(7, &torn), None);
+    }
+}
