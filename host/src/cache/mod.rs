@@ -147,11 +147,12 @@ impl Cache {
         *self.generation.entry(r).or_insert(0) += 1;
     }
 
-    /// Installs a line (replacing any copy). The caller made room with `victim` first.
+    /// Installs a line (replacing any copy). The caller made room with `victim` first. A
+    /// handoff line of `r` stays: it is owed to another writer until that one takes it (the
+    /// write path retires it with `drop_handoff` when this node takes the line over itself).
     pub fn install(&mut self, r: u64, state: State, dirty: bool, version: u64, data: Vec<u8>) {
         self.tick += 1;
         self.bump(r);
-        self.handoff.remove(&r);
         self.raise_floor(r, version);
         self.lines.insert(r, Line { state, dirty, version, data, uses: 1, last_use: self.tick });
     }

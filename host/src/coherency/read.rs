@@ -106,7 +106,9 @@ impl Amf {
         // Every sharer is asked and the newest version wins: a sharer the card still lists
         // may keep an older copy that a later writer's round took from it.
         let holders = c.sharers & self.others();
-        let mut best: Option<(Vec<u8>, u64)> = None;
+        // This node's own handoff line counts too: it may be the newest data, owed to a
+        // writer whose round was aborted.
+        let mut best: Option<(Vec<u8>, u64)> = self.lock().handoff_line(r).map(|l| (l.data.clone(), l.version));
         for p in (0..8u8).filter(|p| holders & (1 << p) != 0) {
             match self.fetch(p, r, false, 0)? {
                 Found::Peer(d, v) => {

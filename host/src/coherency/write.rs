@@ -151,6 +151,8 @@ impl Amf {
             State::Exclusive
         };
         g.install(r, state, dirty, version, data);
+        // Taken over: whatever this node kept for another writer is older than this now.
+        g.drop_handoff(r);
         let v = Self::apply(&mut g, r, off, src);
         Ok(Some((g, v)))
     }
@@ -185,7 +187,13 @@ impl Amf {
     /// the lines the invalidated peers handed over (waiting for a peer that is still taking it
     /// itself), else the members. Returns (data, version, dirty).
     fn take_over(&self, r: u64, asked: u8, floor: u64) -> Result<(Vec<u8>, u64, bool), CoherencyError> {
-        let mut best: Option<(Vec<u8>, u64)> = None;
+        // A line this node itself lost to another round (which then lost to ours) is a
+        // candidate as well.
+        let mut best: Option<(Vec<u8>, u64)> = self
+            .lock()
+            .handoff_line(r)
+            .filter(|l| l.version >= floor)
+            .map(|l| (l.data.clone(), l.version | if l.dirty { DIRTY_BIT } else { 0 }));
         for p in (0..8u8).filter(|p| asked & self.others() & (1 << p) != 0) {
             let mut waits = 0;
             loop {
