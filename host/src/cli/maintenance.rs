@@ -216,21 +216,48 @@ pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, 
 }
 
 /// `amf status`: a running controller's status document, summarised or as JSON.
-pub fn status(dir: Option<&Path>, admin: Option<String>, json: bool) -> Res {
-    let url = match (admin, dir) {
-        (Some(url), _) => url,
-        (None, Some(dir)) => admin_url(dir)?,
-        (None, None) => return Err("amf status needs a group directory or --admin URL".into()),
-    };
+fn fetch_status(url: String) -> Result<serde_json::Value, Box<dyn Error>> {
     let (code, body) = admin::request(&url, "GET", "/status")?;
     if code != 200 {
         return Err(Box::new(ClusterError::Admin { url, detail: format!("HTTP {code}: {body}") }));
     }
-    let v: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Admin URLs of the other controllers serving `dir` (their status files).
+fn peer_urls(dir: &Path) -> Vec<String> {
+    (1..crate::cluster::config::NODES_MAX as usize)
+        .filter_map(|i| std::fs::read_to_string(controller_file(dir, i)).ok())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter_map(|v| v["admin"].as_str().map(str::to_string))
+        .collect()
+}
+
+pub fn status(dir: Option<&Path>, admin: Option<String>, json: bool) -> Res {
+    let (url, others) = match (admin, dir) {
+        (Some(url), _) => (url, Vec::new()),
+        (None, Some(dir)) => (admin_url(dir)?, peer_urls(dir)),
+        (None, None) => return Err("amf status needs a group directory or --admin URL".into()),
+    };
+    let mut v = fetch_status(url)?;
+    let peers: Vec<serde_json::Value> = others.into_iter().filter_map(|u| fetch_status(u).ok()).collect();
     if json {
+        // Controller 0's object as always; the other controllers of a cluster under "peers".
+        if !peers.is_empty() {
+            v["peers"] = serde_json::Value::Array(peers);
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
+    print_status(&v);
+    for p in &peers {
+        println!();
+        print_status(p);
+    }
+    Ok(())
+}
+
+fn print_status(v: &serde_json::Value) {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let health = if v["degraded"] == true { "DEGRADED" } else { "healthy" };
     println!(
@@ -248,21 +275,50 @@ pub fn status(dir: Option<&Path>, admin: Option<String>, json: bool) -> Res {
         println!("  member {index:>2}  {state:<10}  {path}");
     }
     let e = &v["engine"];
-    println!(
-        "  engine: {} member reads, {} member writes, {} full-stripe / {} rmw / {} rcw writes, {} degraded reads",
-        e["member_reads"],
-        e["member_writes"],
-        e["full_stripe_writes"],
-        e["rmw_writes"],
-        e["rcw_writes"],
-        e["degraded_reads"]
-    );
+    if e.is_object() {
+        println!(
+            "  engine: {} member reads, {} member writes, {} full-stripe / {} rmw / {} rcw writes, {} degraded reads",
+            e["member_reads"],
+            e["member_writes"],
+            e["full_stripe_writes"],
+            e["rmw_writes"],
+            e["rcw_writes"],
+            e["degraded_reads"]
+        );
+    }
     let n = &v["nbd_server"];
     println!("  nbd: {} connections open, {} requests, {} errors", n["connections_open"], n["requests"], n["errors"]);
+    if let Some(c) = v["coherency"].as_object() {
+        let k = &c["counters"];
+        let cache = &c["cache"];
+        println!(
+            "  coherency: node {} of {}, epoch {}, {} card, peers up {:#04x}{}",
+            c["node"],
+            c["nodes"],
+            c["epoch"],
+            c["card_kind"].as_str().unwrap_or("?"),
+            c["peers_up"].as_u64().unwrap_or(0),
+            if c["primary"] == true { ", primary (owns the members)" } else { "" }
+        );
+        println!(
+            "  cache: {}/{} lines of {} bytes, {} dirty, {} evictions",
+            cache["lines"], cache["lines_max"], c["line_bytes"], cache["dirty"], cache["evictions"]
+        );
+        println!(
+            "  method: {} hits, {} remote hits, {} member reads, {} local writes, {} broadcasts ({} skipped), {} invalidate rounds",
+            k["hits"], k["remote_hits"], k["disk_reads"], k["writes_local"], k["broadcasts"], k["broadcasts_skipped"], k["invalidate_rounds"]
+        );
+        println!(
+            "          {} invalidations and {} downgrades received, {} replications, {} handoffs, {} lines written back",
+            k["invalidations_received"], k["downgrades_received"], k["replications"], k["handoffs"], k["destaged_lines"]
+        );
+        if let Some(e) = c["card_error"].as_str() {
+            println!("  CARD ERROR: {e}");
+        }
+    }
     if let Some(t) = v["task"].as_object() {
         let kind = t.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         let state = t.get("state").and_then(|k| k.as_str()).unwrap_or("");
         println!("  task: {kind} {state} ({}/{} stripes)", t["done"], t["total"]);
     }
-    Ok(())
 }

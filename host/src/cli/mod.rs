@@ -157,20 +157,28 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// A card's registers decoded by name and field (a standalone card for now).
+    /// A card's registers decoded by name and field: a running controller's (--admin) or a
+    /// standalone card's.
     Regs {
-        /// Which card: model (the reference model) or sim (the RTL under Verilator).
+        /// Which standalone card: model (the reference model) or sim (the RTL under Verilator).
         #[arg(long, default_value = "model")]
         card: CardKind,
+        /// A running controller's admin endpoint, e.g. http://127.0.0.1:9101: its own card.
+        #[arg(long)]
+        admin: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
-    /// A card's state: status, rings, counters (a standalone card for now).
+    /// A card's state: status, rings, counters — a running controller's (--admin) or a
+    /// standalone card's.
     Card {
-        /// Which card: model or sim.
+        /// Which standalone card: model or sim.
         #[arg(long, default_value = "model")]
         card: CardKind,
+        /// A running controller's admin endpoint: its own card.
+        #[arg(long)]
+        admin: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -192,6 +200,18 @@ enum CardKind {
 }
 
 /// Opens a standalone card of the given kind through the driver and hands its backend to `f`.
+/// GET a JSON document from a controller's admin endpoint.
+fn from_admin(url: &str, path: &str) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let (code, body) = crate::cluster::admin::request(url, "GET", path)?;
+    if code != 200 {
+        return Err(Box::new(crate::cluster::ClusterError::Admin {
+            url: url.to_string(),
+            detail: format!("HTTP {code}: {body}"),
+        }));
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
 fn with_card<T>(
     kind: CardKind,
     f: impl FnOnce(&dyn crate::engine::Backend) -> Result<T, crate::engine::EngineError>,
@@ -320,16 +340,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             controller::run(controller::ControllerOptions { dir, index, nbd, admin, force })?;
         }
         Command::Inspect { dir, json } => maintenance::inspect(&dir, json)?,
-        Command::Regs { card, json } => {
-            let v = with_card(card, crate::engine::diag::dump_registers)?;
+        Command::Regs { card, admin, json } => {
+            let v = match admin {
+                Some(url) => from_admin(&url, "/regs")?,
+                None => with_card(card, crate::engine::diag::dump_registers)?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", crate::engine::diag::format_registers(&v));
             }
         }
-        Command::Card { card, json } => {
-            let v = with_card(card, crate::engine::diag::card_state)?;
+        Command::Card { card, admin, json } => {
+            let v = match admin {
+                Some(url) => from_admin(&url, "/card")?,
+                None => with_card(card, crate::engine::diag::card_state)?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
