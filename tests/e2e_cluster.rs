@@ -181,12 +181,16 @@ fn counters_prove_the_method() {
     for i in 0..3 {
         assert!(text.contains(&format!("coherency: node {i} of 3")), "{text}");
     }
-    let v: serde_json::Value = serde_json::from_slice(&amf(&["status", dir.to_str().unwrap(), "--json"]).stdout).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&amf(&["status", dir.to_str().unwrap(), "--json"]).stdout).unwrap();
     assert_eq!(v["controller"], 0);
     assert_eq!(v["peers"].as_array().map(|p| p.len()), Some(2), "{v}");
     let admin1 = c.controllers[1].1.clone();
     let card: serde_json::Value = serde_json::from_slice(&amf(&["card", "--admin", &admin1, "--json"]).stdout).unwrap();
-    assert_eq!((card["node"].as_u64(), card["peers"].as_u64(), card["enabled"].as_bool()), (Some(1), Some(7), Some(true)));
+    assert_eq!(
+        (card["node"].as_u64(), card["peers"].as_u64(), card["enabled"].as_bool()),
+        (Some(1), Some(7), Some(true))
+    );
     let regs = String::from_utf8_lossy(&amf(&["regs", "--admin", &admin1]).stdout).to_string();
     assert!(regs.contains("sharer_table") && regs.contains("epoch"), "{regs}");
     assert!(c.stop().success());

@@ -243,18 +243,13 @@ impl Cache {
         }
     }
 
-    /// Takes the handoff line of `r` if node `by` invalidated it.
-    /// Takes the handoff line of `r` if node `by` invalidated it and it is newer than
-    /// `floor` (older ones are leftovers; they are dropped).
-    pub fn take_handoff(&mut self, r: u64, by: u8, floor: u64) -> Option<Line> {
-        match self.handoff.get(&r) {
-            Some((node, l)) if *node == by && l.version >= floor => self.handoff.remove(&r).map(|(_, l)| l),
-            Some((node, _)) if *node == by => {
-                self.handoff.remove(&r);
-                None
-            }
-            _ => None,
-        }
+    /// Takes the handoff line of `r` for a writer that now holds the line, if it is not older
+    /// than `floor` (older ones are leftovers; they are dropped). Any writer may take it, not
+    /// only the node whose invalidate put it there: that node's round may have been aborted
+    /// by the card's conflict rule, and then the line is the newest data there is.
+    pub fn take_handoff(&mut self, r: u64, floor: u64) -> Option<Line> {
+        let (_, l) = self.handoff.remove(&r)?;
+        (l.version >= floor).then_some(l)
     }
 
     /// Forgets a handoff line (this node holds `r` again, so it is outdated).
@@ -390,13 +385,13 @@ mod tests {
         assert!(c.invalidate(3, 2, 10));
         assert!(c.invalidated_since(3, 10) && !c.invalidated_since(3, 11));
         assert!(c.generation(3) > g && c.get(3).is_none());
-        assert!(c.take_handoff(3, 1, 0).is_none(), "only the invalidating node gets it");
-        assert_eq!(c.take_handoff(3, 2, 4).map(|l| l.version), Some(5));
+        assert_eq!(c.take_handoff(3, 4).map(|l| l.version), Some(5));
+        assert!(c.take_handoff(3, 0).is_none(), "taken once");
         assert_eq!(c.invalidated_by(3), Some(2));
         c.install(4, State::Exclusive, false, 3, vec![]);
         c.invalidate(4, 2, u32::MAX);
         assert!(c.invalidated_since(4, u32::MAX - 1) && !c.invalidated_since(4, 0), "positions wrap");
-        assert!(c.take_handoff(4, 2, 4).is_none(), "a leftover below the taker's floor is dropped");
-        assert!(c.take_handoff(4, 2, 0).is_none(), "and gone");
+        assert!(c.take_handoff(4, 4).is_none(), "a leftover below the taker's floor is dropped");
+        assert!(c.take_handoff(4, 0).is_none(), "and gone");
     }
 }

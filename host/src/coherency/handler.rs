@@ -25,30 +25,46 @@ impl Amf {
             return answer(Status::Failed);
         }
         if q.flags & FLAG_HANDOFF != 0 {
-            if let Some(l) = g.take_handoff(r, q.src, q.b) {
-                super::trace!("n{} handoff r{r} v{} dirty {} to n{}", self.cfg.node, l.version, l.dirty, q.src);
+            // First: is an operation here still taking the line, with the result owed to the
+            // asker? Then whatever sits in the handoff area now is older: wait for it.
+            let owed = match g.busy(r) {
+                // Its round completed and the asker's invalidate came after it.
+                Some(Busy::Holding(Some(acquired))) => {
+                    g.invalidated_since(r, acquired) && g.invalidated_by(r) == Some(q.src)
+                }
+                // Its acquire may have completed before the asker's invalidate without this
+                // node knowing yet.
+                Some(Busy::Holding(None)) => g.invalidated_by(r) == Some(q.src),
+                _ => false,
+            };
+            if owed {
+                return answer(Status::Retry);
+            }
+            if let Some(l) = g.take_handoff(r, q.b) {
+                super::trace!(
+                    "n{} handoff r{r} v{} {:08x} dirty {} to n{}",
+                    self.cfg.node,
+                    l.version,
+                    crc32c::crc32c(&l.data),
+                    l.dirty,
+                    q.src
+                );
                 self.counters.handoffs.fetch_add(1, Relaxed);
                 return line_answer(l.version, l.dirty, l.data);
             }
-            // Still taking the line after its own exclusive acquire, and the asker's
-            // invalidate came after that: the result is owed to the asker.
-            return match g.busy(r) {
-                Some(Busy::Holding(Some(acquired)))
-                    if g.invalidated_since(r, acquired) && g.invalidated_by(r) == Some(q.src) =>
-                {
-                    answer(Status::Retry)
-                }
-                // An operation whose acquire may have completed before the asker's invalidate
-                // without this node knowing yet: wait until it knows.
-                Some(Busy::Holding(None)) if g.invalidated_by(r) == Some(q.src) => answer(Status::Retry),
-                _ => answer(Status::NotHeld),
-            };
+            return answer(Status::NotHeld);
         }
         match (g.busy(r), g.get(r)) {
             // Mid-write or mid-writeback: the asker tries again when it is done.
             (Some(Busy::Holding(_)), _) => answer(Status::Retry),
             (_, Some(l)) => {
-                super::trace!("n{} forward r{r} v{} to n{}", self.cfg.node, l.version, q.src);
+                super::trace!(
+                    "n{} forward r{r} v{} {:08x} to n{}",
+                    self.cfg.node,
+                    l.version,
+                    crc32c::crc32c(&l.data),
+                    q.src
+                );
                 self.counters.lines_forwarded.fetch_add(1, Relaxed);
                 line_answer(l.version, l.dirty, l.data.clone())
             }

@@ -163,14 +163,33 @@ pub struct AmfConfig {
 /// Replicas of peers' dirty lines: (owner, line) -> (version, bytes).
 type Replicas = std::collections::HashMap<(u8, u64), (u64, Vec<u8>)>;
 
-/// `AMF_TRACE=1`: every coherency step of this controller on stderr (debugging aid).
+/// `AMF_TRACE=DIR`: every coherency step of this controller, with wall-clock nanoseconds, in
+/// DIR/trace-PID.log (a debugging aid; one file per process so lines never interleave).
+fn trace_file() -> Option<&'static Mutex<std::fs::File>> {
+    static FILE: std::sync::OnceLock<Option<Mutex<std::fs::File>>> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = std::env::var_os("AMF_TRACE")?;
+        let path = std::path::Path::new(&dir).join(format!("trace-{}.log", std::process::id()));
+        std::fs::File::create(path).ok().map(Mutex::new)
+    })
+    .as_ref()
+}
+
 pub(crate) fn trace_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("AMF_TRACE").is_some())
+    trace_file().is_some()
+}
+
+pub(crate) fn trace_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Some(f) = trace_file() {
+        let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(f, "{ns} {line}");
+    }
 }
 
 macro_rules! trace {
-    ($($t:tt)*) => { if $crate::coherency::trace_on() { eprintln!($($t)*); } };
+    ($($t:tt)*) => { if $crate::coherency::trace_on() { $crate::coherency::trace_line(format_args!($($t)*)); } };
 }
 pub(crate) use trace;
 

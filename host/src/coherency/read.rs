@@ -47,6 +47,12 @@ impl Amf {
             let mut g = g;
             if let Some(l) = g.touch(r) {
                 dst.copy_from_slice(&l.data[off..off + dst.len()]);
+                super::trace!(
+                    "hit r{r} off {off} v{} {:?} value {}",
+                    l.version,
+                    l.state,
+                    if dst.len() >= 16 { u64::from_le_bytes(dst[8..16].try_into().unwrap_or([0; 8])) } else { 0 }
+                );
                 self.counters.hits.fetch_add(1, Relaxed);
                 self.unlock_line(g, r);
                 return Ok(());
@@ -82,7 +88,12 @@ impl Amf {
             // the data from where it was read (to the members' older copy): start over. Keep
             // the line only if the card tracks it.
             let current = g.generation(r) == generation;
-            super::trace!("n{} fill r{r} v{version} current {current} first {:#x}", self.cfg.node, data[off]);
+            super::trace!(
+                "n{} fill r{r} off {off} v{version} {:08x} current {current} value {}",
+                self.cfg.node,
+                crc32c::crc32c(&data),
+                u64::from_le_bytes(data[off + 8..off + 16].try_into().unwrap_or([0; 8]))
+            );
             if !current {
                 self.unlock_line(g, r);
                 continue;
@@ -109,15 +120,23 @@ impl Amf {
         // This node's own handoff line counts too: it may be the newest data, owed to a
         // writer whose round was aborted.
         let mut best: Option<(Vec<u8>, u64)> = self.lock().handoff_line(r).map(|l| (l.data.clone(), l.version));
-        for p in (0..8u8).filter(|p| holders & (1 << p) != 0) {
-            match self.fetch(p, r, false, 0)? {
-                Found::Peer(d, v) => {
-                    if best.as_ref().is_none_or(|(_, bv)| (v & !DIRTY_BIT) > (bv & !DIRTY_BIT)) {
-                        best = Some((d, v));
+        // The listed sharers first; if none has the line, the other peers: a round the card
+        // aborted may have left the newest data with a node no list names any more.
+        let rest = self.others() & !holders;
+        for group in [holders, rest] {
+            if best.is_some() && group == rest {
+                break;
+            }
+            for p in (0..8u8).filter(|p| group & (1 << p) != 0) {
+                match self.fetch(p, r, false, 0)? {
+                    Found::Peer(d, v) => {
+                        if best.as_ref().is_none_or(|(_, bv)| (v & !DIRTY_BIT) > (bv & !DIRTY_BIT)) {
+                            best = Some((d, v));
+                        }
                     }
+                    Found::Retry => return Ok((Found::Retry, untracked)),
+                    Found::Members(..) => {}
                 }
-                Found::Retry => return Ok((Found::Retry, untracked)),
-                Found::Members(..) => {}
             }
         }
         if let Some((d, v)) = best {

@@ -120,7 +120,10 @@ impl Amf {
         // Even when a later writer's invalidate already came, the lines owed to this round
         // are taken and passed on to that writer: nobody else would fetch them.
         drop(g);
-        let asked = if c.flags & super::card::FLAG_NO_BROADCAST != 0 { self.others() } else { c.peers_asked };
+        // Every peer, not only those the round reached: a round the card aborted may have
+        // left the newest data with a node no sharer list names any more.
+        let asked = self.others();
+        let _ = c.peers_asked;
         let (data, version, dirty) = match self.take_over(r, asked, floor) {
             Ok(x) => x,
             Err(e) => {
@@ -170,8 +173,16 @@ impl Amf {
     /// Step 4: writes into the present, exclusive line; returns the new version.
     fn apply(g: &mut Cache, r: u64, off: usize, src: &[u8]) -> u64 {
         let Some(l) = g.touch(r) else { return 0 };
-        super::trace!("write r{r} off {off} v{} -> v{} {:?}", l.version, l.version + 1, l.state);
+        let before = if super::trace_on() { crc32c::crc32c(&l.data) } else { 0 };
         l.data[off..off + src.len()].copy_from_slice(src);
+        super::trace!(
+            "write r{r} off {off} v{} {before:08x} -> v{} {:08x} {:?} value {}",
+            l.version,
+            l.version + 1,
+            crc32c::crc32c(&l.data),
+            l.state,
+            if src.len() >= 16 { u64::from_le_bytes(src[8..16].try_into().unwrap_or([0; 8])) } else { 0 }
+        );
         // A line downgraded while this write was being prepared stays Shared (dirty).
         if l.state == State::Exclusive {
             l.state = State::Modified;
@@ -213,7 +224,12 @@ impl Amf {
                 }
             }
         }
-        super::trace!("n{} take_over r{} asked {asked:#x} best {:?}", self.cfg.node, r, best.as_ref().map(|b| b.1));
+        super::trace!(
+            "n{} take_over r{} asked {asked:#x} best {:?}",
+            self.cfg.node,
+            r,
+            best.as_ref().map(|b| (b.1 & !DIRTY_BIT, b.1 >> 63, format!("{:08x}", crc32c::crc32c(&b.0))))
+        );
         if let Some((d, v)) = best {
             self.counters.remote_hits.fetch_add(1, Relaxed);
             return Ok((d, v & !DIRTY_BIT, v & DIRTY_BIT != 0));
