@@ -3,12 +3,8 @@
 //! workload through all three controllers at once with every read checked against the history
 //! of writes, a report of what the coherency method did, a clean stop and a scrub.
 
-use crate::cluster::admin;
+use crate::cluster::launch::Launched;
 use crate::workload::{self, Spec};
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Settings of the demo.
@@ -21,45 +17,14 @@ pub struct DemoOptions {
     pub card: String,
     /// Keep the group directory afterwards.
     pub keep: bool,
+    /// Working set in 4 KiB blocks.
+    pub blocks: u64,
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-struct Group {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Group {
-    fn stop(&mut self) -> Res<bool> {
-        // SAFETY: kill(2) on our own child; no memory is involved.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        Ok(self.child.wait()?.success())
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.stop();
-        }
-    }
-}
-
-fn counters(admins: &[String]) -> Res<Vec<serde_json::Value>> {
-    admins
-        .iter()
-        .map(|a| {
-            let (code, body) = admin::request(a, "GET", "/status")?;
-            if code != 200 {
-                return Err(format!("{a}/status: HTTP {code}").into());
-            }
-            let v: serde_json::Value = serde_json::from_str(&body)?;
-            Ok(v["coherency"]["counters"].clone())
-        })
-        .collect()
+fn counters(group: &Launched) -> Res<Vec<serde_json::Value>> {
+    Ok(group.status()?.into_iter().map(|v| v["coherency"]["counters"].clone()).collect())
 }
 
 fn sum(cs: &[serde_json::Value], k: &str) -> u64 {
@@ -72,52 +37,34 @@ pub fn run(opts: DemoOptions) -> Res<()> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     println!("amf demo: 3 controllers serving one RAID5 group of 4 member files in {}", dir.display());
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(&exe)
-        .args(["cluster", "--controllers", "3", "--level", "raid5", "--members", "4", "--member-size", "64M"])
-        .args(["--nbd-port", "0", "--admin-port", "0", "--card", &opts.card, "--dir"])
-        .arg(&dir)
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let out = child.stdout.take().ok_or("no stdout from amf cluster")?;
-    let mut group = Group { child, dir: dir.clone() };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let mut nbd = Vec::new();
-    let mut admins = Vec::new();
-    while nbd.len() < 3 {
-        let line = rx.recv_timeout(Duration::from_secs(120)).map_err(|_| "the cluster did not start")?;
-        println!("  {line}");
-        let w: Vec<&str> = line.split_whitespace().collect();
-        if w.len() == 8 && w[0] == "controller" {
-            nbd.push(w[5].trim_start_matches("nbd://").trim_end_matches("/amf").to_string());
-            admins.push(w[7].to_string());
-        }
+    let mut group = Launched::start(
+        &dir,
+        3,
+        &["--level", "raid5", "--members", "4", "--member-size", "64M", "--card", &opts.card],
+    )?;
+    for (i, (n, a)) in group.nbd.iter().zip(&group.admin).enumerate() {
+        println!("  controller {i}: nbd://{n}/amf admin {a}");
     }
-    let before = counters(&admins)?;
+    let nbd = group.nbd.clone();
+    let before = counters(&group)?;
     let spec = Spec {
         targets: nbd.clone(),
         clients: 9,
-        blocks: 4096,
+        blocks: opts.blocks,
         base: 0,
         write_percent: 30,
         duration: Duration::from_secs_f64(opts.seconds),
         seed: opts.seed,
     };
     println!(
-        "amf demo: {} clients (3 per controller), 4 KiB random reads and writes (30% writes) over 16 MiB for {:.0} s, seed {}",
-        spec.clients, opts.seconds, opts.seed
+        "amf demo: {} clients (3 per controller), 4 KiB random reads and writes (30% writes) over {} MiB for {:.0} s, seed {}",
+        spec.clients,
+        opts.blocks * 4096 >> 20,
+        opts.seconds,
+        opts.seed
     );
     let outcome = workload::run(&spec);
-    let after = counters(&admins)?;
+    let after = counters(&group)?;
     let delta = |k: &str| sum(&after, k).saturating_sub(sum(&before, k));
     let ops = outcome.reads + outcome.writes;
     println!();
@@ -170,7 +117,7 @@ pub fn run(opts: DemoOptions) -> Res<()> {
     );
     println!();
     println!("amf demo: stopping the cluster (controllers write their dirty lines back, then the primary marks the group clean)");
-    if !group.stop()? {
+    if !group.stop() {
         failed.push("the cluster did not stop cleanly".into());
     }
     let asm = crate::raid::assemble::assemble(&dir)?;
@@ -185,7 +132,7 @@ pub fn run(opts: DemoOptions) -> Res<()> {
     }
     if failed.is_empty() {
         if !opts.keep {
-            let _ = std::fs::remove_dir_all(&group.dir);
+            let _ = std::fs::remove_dir_all(&dir);
         }
         println!("amf demo: OK");
         Ok(())

@@ -84,6 +84,9 @@ enum Command {
         /// Keep the group directory afterwards.
         #[arg(long)]
         keep: bool,
+        /// Working set in 4 KiB blocks (default 16 MiB, the caches' size; more forces evictions).
+        #[arg(long, default_value_t = 4096)]
+        blocks: u64,
     },
     /// Run one controller of a coherent cluster from a TOML configuration.
     Serve {
@@ -250,6 +253,16 @@ enum BenchCommand {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// The coherent cluster: IOPS for 1 and 3 controllers, write latency to unshared vs shared
+    /// data, messages per operation for 2..8 controllers.
+    Cluster {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// Record the tables in this markdown file (between bench markers).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
     /// qemu-img bench against one amf controller (RAID5) and qemu-nbd on a raw file.
     Nbd {
         /// Requests per qemu-img bench run.
@@ -322,7 +335,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 line_kib,
             })?;
         }
-        Command::Demo { seconds, seed, card, keep } => {
+        Command::Demo { seconds, seed, card, keep, blocks } => {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(1)
             });
@@ -330,7 +343,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 CardKind::Sim => "sim",
                 CardKind::Model => "model",
             };
-            demo::run(demo::DemoOptions { seconds, seed, card: card.into(), keep })?;
+            demo::run(demo::DemoOptions { seconds, seed, card: card.into(), keep, blocks })?;
         }
         Command::Serve { config } => {
             let cfg = crate::cluster::config::Config::load(&config)?;
@@ -397,6 +410,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{table}");
             if let Some(path) = record {
                 crate::bench::record(&path, "driver", &table)?;
+            }
+        }
+        Command::Bench { what: BenchCommand::Cluster { seconds, record } } => {
+            let table = crate::bench::cluster::run(seconds)?;
+            println!("{table}");
+            if let Some(path) = record {
+                crate::bench::record(&path, "cluster", &table)?;
             }
         }
         Command::Bench { what: BenchCommand::Nbd { count, record } } => {

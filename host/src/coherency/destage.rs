@@ -19,6 +19,7 @@ impl Amf {
             g.get(r).filter(|l| l.dirty).map(|l| (l.version, l.data.clone()))
         };
         let Some((version, data)) = snap else { return Ok(()) };
+        super::trace!("n{} destage r{r} v{version} {:08x}", self.cfg.node, crc32c::crc32c(&data));
         self.disk.write_lines(r, &[version], &data, false)?;
         self.cleaned(r, &[version]);
         Ok(())
@@ -119,6 +120,7 @@ impl Amf {
         }
         let mut n = 0;
         for (first, versions, data) in parts {
+            super::trace!("n{} destage run r{first}+{} v{versions:?}", self.cfg.node, versions.len());
             self.disk.write_lines(first, &versions, &data, false)?;
             self.cleaned(first, &versions);
             n += versions.len();

@@ -37,6 +37,7 @@ impl Members {
         let mut buf = vec![0u8; len];
         self.array.read(offset, &mut buf).map_err(CoherencyError::Raid)?;
         let v = self.versions().get(&(offset / self.line_bytes)).copied().unwrap_or(0);
+        super::trace!("members: read r{} v{v} {:08x}", offset / self.line_bytes, crc32c::crc32c(&buf));
         Ok((buf, v))
     }
 
@@ -56,6 +57,16 @@ impl Members {
         let mut map = self.versions();
         let fresh: Vec<bool> =
             versions.iter().enumerate().map(|(i, v)| map.get(&(first + i as u64)).is_none_or(|old| v >= old)).collect();
+        for (i, f) in fresh.iter().enumerate() {
+            if !f {
+                super::trace!(
+                    "members: skip r{} v{} (have v{:?})",
+                    first + i as u64,
+                    versions[i],
+                    map.get(&(first + i as u64))
+                );
+            }
+        }
         let mut written = 0;
         let mut i = 0;
         while i < versions.len() {

@@ -2,7 +2,7 @@
 //! its invalidate took (a peer's write), replicas, destage on FLUSH, and — on the primary —
 //! member I/O.
 
-use super::read::DIRTY_BIT;
+use super::read::{DIRTY_BIT, HANDOFF_BIT};
 use super::{disk::Disk, Amf};
 use crate::cache::Busy;
 use crate::fabric::wire::{Kind, Request, Response, Status, FLAG_FUA, FLAG_HANDOFF};
@@ -15,6 +15,12 @@ fn answer(status: Status) -> (Response, Vec<u8>) {
 
 fn line_answer(version: u64, dirty: bool, data: Vec<u8>) -> (Response, Vec<u8>) {
     (Response { status: Status::Ok, a: version | if dirty { DIRTY_BIT } else { 0 } }, data)
+}
+
+fn handoff_answer(version: u64, dirty: bool, data: Vec<u8>) -> (Response, Vec<u8>) {
+    let (mut r, d) = line_answer(version, dirty, data);
+    r.a |= HANDOFF_BIT;
+    (r, d)
 }
 
 impl Amf {
@@ -50,7 +56,7 @@ impl Amf {
                     q.src
                 );
                 self.counters.handoffs.fetch_add(1, Relaxed);
-                return line_answer(l.version, l.dirty, l.data);
+                return handoff_answer(l.version, l.dirty, l.data);
             }
             return answer(Status::NotHeld);
         }
@@ -72,7 +78,7 @@ impl Amf {
             // aborted): still the newest data there is. The reader takes the newest version of
             // all sharers' answers, and drops it if the round reaches it meanwhile.
             (_, None) => match g.handoff_line(r) {
-                Some(l) => line_answer(l.version, l.dirty, l.data.clone()),
+                Some(l) => handoff_answer(l.version, l.dirty, l.data.clone()),
                 None => answer(Status::NotHeld),
             },
         }

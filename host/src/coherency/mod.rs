@@ -389,6 +389,7 @@ impl Amf {
 
     /// Writes `v` back if dirty, releases it on the card, drops it. `v` is busy.
     fn evict(&self, v: u64) -> Result<(), CoherencyError> {
+        trace!("n{} evict r{v}", self.cfg.node);
         self.destage_line(v)?;
         // Released only once the members have the data: a later reader that finds no holder
         // reads them.

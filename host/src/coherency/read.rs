@@ -22,6 +22,11 @@ pub(crate) enum Found {
 
 /// Top bit of a forwarded line's version: the sender held it dirty.
 pub(crate) const DIRTY_BIT: u64 = 1 << 63;
+/// Next bit: the copy came from a handoff area, not a held line — it may be a leftover older
+/// than what reached the members since.
+pub(crate) const HANDOFF_BIT: u64 = 1 << 62;
+/// The version part of a forwarded line's tag.
+pub(crate) const VERSION_MASK: u64 = !(DIRTY_BIT | HANDOFF_BIT);
 
 impl Amf {
     /// Reads `buf.len()` bytes at `offset` (step 1: a host request arrives).
@@ -78,7 +83,7 @@ impl Amf {
                 }
             };
             let (data, version) = match found {
-                Found::Peer(d, v) | Found::Members(d, v) => (d, v & !DIRTY_BIT),
+                Found::Peer(d, v) | Found::Members(d, v) => (d, v & VERSION_MASK),
                 Found::Retry => {
                     self.unlock_line(g, r);
                     continue;
@@ -119,7 +124,8 @@ impl Amf {
         let holders = c.sharers & self.others();
         // This node's own handoff line counts too: it may be the newest data, owed to a
         // writer whose round was aborted.
-        let mut best: Option<(Vec<u8>, u64)> = self.lock().handoff_line(r).map(|l| (l.data.clone(), l.version));
+        let mut best: Option<(Vec<u8>, u64)> =
+            self.lock().handoff_line(r).map(|l| (l.data.clone(), l.version | HANDOFF_BIT));
         // The listed sharers first; if none has the line, the other peers: a round the card
         // aborted may have left the newest data with a node no list names any more.
         let rest = self.others() & !holders;
@@ -130,7 +136,7 @@ impl Amf {
             for p in (0..8u8).filter(|p| group & (1 << p) != 0) {
                 match self.fetch(p, r, false, 0)? {
                     Found::Peer(d, v) => {
-                        if best.as_ref().is_none_or(|(_, bv)| (v & !DIRTY_BIT) > (bv & !DIRTY_BIT)) {
+                        if best.as_ref().is_none_or(|(_, bv)| (v & VERSION_MASK) > (bv & VERSION_MASK)) {
                             best = Some((d, v));
                         }
                     }
@@ -140,12 +146,21 @@ impl Amf {
             }
         }
         if let Some((d, v)) = best {
-            self.counters.remote_hits.fetch_add(1, Relaxed);
-            return Ok((Found::Peer(d, v), untracked));
+            // A held line is the newest there is; a handoff copy only if the members do not
+            // have a newer version (a leftover from a round whose writer kept its own copy).
+            if v & HANDOFF_BIT == 0 || self.member_version(r)? <= v & VERSION_MASK {
+                self.counters.remote_hits.fetch_add(1, Relaxed);
+                return Ok((Found::Peer(d, v), untracked));
+            }
         }
         let (d, v) = self.disk.read(r * self.cfg.line_bytes as u64, self.line_len(r))?;
         self.counters.disk_reads.fetch_add(1, Relaxed);
         Ok((Found::Members(d, v), untracked))
+    }
+
+    /// The version of line `r` the members have (a zero-length read: no data moves).
+    pub(crate) fn member_version(&self, r: u64) -> Result<u64, CoherencyError> {
+        Ok(self.disk.read(r * self.cfg.line_bytes as u64, 0)?.1)
     }
 
     /// Asks peer `p` for line `r` (`handoff`: the line its invalidate gave to this node).

@@ -4,7 +4,7 @@
 //! is handed to this node when its own copy did not survive; then the write is applied,
 //! replicated to a peer, and acknowledged.
 
-use super::read::{Found, DIRTY_BIT};
+use super::read::{Found, DIRTY_BIT, VERSION_MASK};
 use super::{is_exclusive, Amf, CoherencyError, ATTEMPTS_MAX};
 use crate::cache::{Busy, Line, State};
 use crate::fabric::wire::{Kind, Request};
@@ -210,7 +210,7 @@ impl Amf {
             loop {
                 match self.fetch(p, r, true, floor)? {
                     Found::Peer(d, v) => {
-                        if best.as_ref().is_none_or(|(_, bv)| (v & !DIRTY_BIT) > (bv & !DIRTY_BIT)) {
+                        if best.as_ref().is_none_or(|(_, bv)| (v & VERSION_MASK) > (bv & VERSION_MASK)) {
                             best = Some((d, v));
                         }
                         break;
@@ -230,9 +230,12 @@ impl Amf {
             r,
             best.as_ref().map(|b| (b.1 & !DIRTY_BIT, b.1 >> 63, format!("{:08x}", crc32c::crc32c(&b.0))))
         );
+        // Handoff copies can be leftovers older than what reached the members since.
         if let Some((d, v)) = best {
-            self.counters.remote_hits.fetch_add(1, Relaxed);
-            return Ok((d, v & !DIRTY_BIT, v & DIRTY_BIT != 0));
+            if self.member_version(r)? <= v & VERSION_MASK {
+                self.counters.remote_hits.fetch_add(1, Relaxed);
+                return Ok((d, v & VERSION_MASK, v & DIRTY_BIT != 0));
+            }
         }
         // Also for a whole-line write: the members' version orders this write after theirs.
         let (d, v) = self.disk.read(r * self.cfg.line_bytes as u64, self.line_len(r))?;

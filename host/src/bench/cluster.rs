@@ -1,0 +1,151 @@
+//! `amf bench cluster`: the coherent cluster against one controller without a card, on the
+//! same machine and group shape: 4 KiB random read and write IOPS for 1 and 3 controllers; the
+//! latency of a write to unshared data (the line held exclusively: no card message) and to
+//! shared data (one write-invalidate round); and card frames and fabric requests per operation
+//! for 2 to 8 controllers (model cards: eight Verilator cards would measure the simulator).
+
+use super::BenchError;
+use crate::cluster::launch::Launched;
+use crate::nbd::client::Client;
+use crate::workload::{self, Spec, BLOCK_BYTES};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn peer_err(detail: impl ToString) -> BenchError {
+    BenchError::Peer { program: "amf cluster".into(), detail: detail.to_string() }
+}
+
+fn group(dir: &Path, n: usize, card: &str) -> Result<Launched, BenchError> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|source| BenchError::Io { path: dir.display().to_string(), source })?;
+    Launched::start(dir, n, &["--level", "raid5", "--members", "4", "--member-size", "128M", "--card", card])
+        .map_err(peer_err)
+}
+
+fn iops(g: &Launched, clients: usize, write_percent: u32, seconds: f64, seed: u64) -> Result<f64, BenchError> {
+    let spec = Spec {
+        targets: g.nbd.clone(),
+        clients,
+        blocks: 16384,
+        base: 0,
+        write_percent,
+        duration: Duration::from_secs_f64(seconds),
+        seed,
+    };
+    let out = workload::run(&spec);
+    if let Some(e) = out.errors.first().or(out.violations.first()) {
+        return Err(peer_err(e));
+    }
+    Ok((out.reads + out.writes) as f64 / out.elapsed.as_secs_f64())
+}
+
+fn sum(g: &Launched, path: &[&str]) -> Result<u64, BenchError> {
+    let st = g.status().map_err(peer_err)?;
+    Ok(st.iter().map(|v| path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)).sum())
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(((v.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0.0)
+}
+
+/// Write latency on controller 0: to a line only it uses, and to a line controller 1 has just
+/// read (so every write is one invalidate round). Returns (unshared, shared) as (mean, p99) µs.
+fn write_latency(g: &Launched, count: usize) -> Result<((f64, f64), (f64, f64)), BenchError> {
+    let c = |i: usize| Client::connect(&g.nbd[i], "amf").map_err(peer_err);
+    let (mut w, mut r) = (c(0)?, c(1)?);
+    let block = vec![0x5au8; BLOCK_BYTES];
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    let (unshared_at, shared_at) = (1u64 << 20, 2u64 << 20);
+    w.write(unshared_at, &block, false).map_err(peer_err)?;
+    let mut unshared = Vec::with_capacity(count);
+    let mut shared = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        w.write(unshared_at, &block, false).map_err(peer_err)?;
+        unshared.push(t.elapsed().as_secs_f64() * 1e6);
+        r.read(shared_at, &mut buf).map_err(peer_err)?;
+        let t = Instant::now();
+        w.write(shared_at, &block, false).map_err(peer_err)?;
+        shared.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    Ok(((mean(&unshared), percentile(&mut unshared, 0.99)), (mean(&shared), percentile(&mut shared, 0.99))))
+}
+
+/// Runs everything; returns the markdown report.
+pub fn run(seconds: f64) -> Result<String, BenchError> {
+    let base = std::env::temp_dir().join(format!("amf-bench-cluster-{}", std::process::id()));
+    let mut out = format!(
+        "Machine: {}. RAID5 of 4 member files, 4 KiB random I/O over 64 MiB, {seconds} s per row, \
+         3 clients per controller (verifying workload: every read checked).\n\n",
+        super::machine()
+    );
+    out += "| controllers | card | read IOPS | write IOPS | ratio to 1 controller (read / write) |\n|---|---|---|---|---|\n";
+    let mut one = (0.0, 0.0);
+    for (n, card) in [(1usize, "none"), (3, "sim"), (3, "model")] {
+        let mut g = group(&base.join(format!("n{n}-{card}")), n, if card == "none" { "sim" } else { card })?;
+        let rd = iops(&g, 3 * n, 0, seconds, 1)?;
+        let wr = iops(&g, 3 * n, 100, seconds, 2)?;
+        if n == 1 {
+            one = (rd, wr);
+        }
+        out += &format!("| {n} | {card} | {rd:.0} | {wr:.0} | {:.2} / {:.2} |\n", rd / one.0, wr / one.1);
+        g.stop();
+    }
+    out += "\nWrite latency through controller 0 of 3 (sim cards), 2000 writes each:\n\n";
+    out += "| write to | mean µs | p99 µs | card frames per write |\n|---|---|---|---|\n";
+    {
+        let mut g = group(&base.join("lat"), 3, "sim")?;
+        let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
+        let f0 = frames(&g)?;
+        let ((um, up), (sm, sp)) = write_latency(&g, 2000)?;
+        let f1 = frames(&g)?;
+        // Unshared writes send nothing; the frames are the shared writes' rounds and the
+        // reads that re-share the line.
+        out += &format!("| unshared line (held exclusively) | {um:.0} | {up:.0} | 0 (counted: writes_local) |\n");
+        out += &format!(
+            "| shared line (read by controller 1 before each write) | {sm:.0} | {sp:.0} | {:.1} incl. the read's |\n",
+            (f1 - f0) as f64 / 2000.0
+        );
+        g.stop();
+    }
+    out += "\nMessages per operation, model cards, 50% writes, 3 clients per controller:\n\n";
+    out += "| controllers | ops | card frames / op | broadcasts / op | invalidate rounds / write | fabric requests / op |\n|---|---|---|---|---|---|\n";
+    for n in 2..=8usize {
+        let mut g = group(&base.join(format!("m{n}")), n, "model")?;
+        let k = |g: &Launched, key: &str| sum(g, &["coherency", "counters", key]);
+        let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
+        let (f0, b0, i0, w0) = (frames(&g)?, k(&g, "broadcasts")?, k(&g, "invalidate_rounds")?, k(&g, "writes")?);
+        let (q0, r0) = (k(&g, "lines_forwarded")? + k(&g, "handoffs")?, k(&g, "replications")?);
+        let spec = Spec {
+            targets: g.nbd.clone(),
+            clients: 3 * n,
+            blocks: 16384,
+            base: 0,
+            write_percent: 50,
+            duration: Duration::from_secs_f64(seconds),
+            seed: n as u64,
+        };
+        let o = workload::run(&spec);
+        if let Some(e) = o.errors.first().or(o.violations.first()) {
+            return Err(peer_err(e));
+        }
+        let ops = (o.reads + o.writes).max(1) as f64;
+        let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
+        let (f1, b1, i1, w1) = (frames(&g)?, k(&g, "broadcasts")?, k(&g, "invalidate_rounds")?, k(&g, "writes")?);
+        let (q1, r1) = (k(&g, "lines_forwarded")? + k(&g, "handoffs")?, k(&g, "replications")?);
+        out += &format!(
+            "| {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            ops,
+            d(f1, f0) / ops,
+            d(b1, b0) / ops,
+            d(i1, i0) / d(w1, w0).max(1.0),
+            (d(q1, q0) + d(r1, r0)) / ops
+        );
+        g.stop();
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    out += &format!("\nCommand: `amf bench cluster --seconds {seconds} --record docs/benchmarks.md`\n");
+    Ok(out)
+}
