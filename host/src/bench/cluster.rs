@@ -51,7 +51,10 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 /// Write latency on controller 0: to a line only it uses, and to a line controller 1 has just
 /// read (so every write is one invalidate round). Returns (unshared, shared) as (mean, p99) µs.
-fn write_latency(g: &Launched, count: usize) -> Result<((f64, f64), (f64, f64)), BenchError> {
+/// (mean, p99) in µs.
+type Latency = (f64, f64);
+
+fn write_latency(g: &Launched, count: usize) -> Result<(Latency, Latency), BenchError> {
     let c = |i: usize| Client::connect(&g.nbd[i], "amf").map_err(peer_err);
     let (mut w, mut r) = (c(0)?, c(1)?);
     let block = vec![0x5au8; BLOCK_BYTES];

@@ -59,7 +59,7 @@ pub fn run(opts: DemoOptions) -> Res<()> {
     println!(
         "amf demo: {} clients (3 per controller), 4 KiB random reads and writes (30% writes) over {} MiB for {:.0} s, seed {}",
         spec.clients,
-        opts.blocks * 4096 >> 20,
+        (opts.blocks * 4096) >> 20,
         opts.seconds,
         opts.seed
     );
