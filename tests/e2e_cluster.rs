@@ -295,3 +295,37 @@ fn every_read_returns_the_latest_acknowledged_write_under_a_mixed_workload() {
     assert!(c.stop().success());
     scrub_clean(&dir);
 }
+
+#[test]
+fn a_peer_that_stops_answering_fails_requests_cleanly_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start3(&dir, "raid5", "3", "sim");
+    qemu_io(c.uri(0), &["write -P 0x21 0 64k"]);
+    // Controller 2 (its card, its fabric, everything) stops answering.
+    let pid2 = c.admin_of(2, "/status")["pid"].as_i64().unwrap() as i32;
+    unsafe { libc::kill(pid2, libc::SIGSTOP) };
+    // A line controller 0 holds alone: no message needed, so it still works.
+    qemu_io(c.uri(0), &["write -P 0x22 0 4096", "read -P 0x22 0 4096"]);
+    // A new line needs a broadcast that controller 2 never answers: a clear error, no hang.
+    let start = std::time::Instant::now();
+    let out =
+        Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x23 1048576 4096", c.uri(0)]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Input/output error") || !out.status.success(), "{text}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30), "took {:?}", start.elapsed());
+    // The controller says why: the silent peer's card or fabric.
+    let log = c.log();
+    assert!(
+        log.contains("nbd request failed") && (log.contains("did not answer") || log.contains("fabric I/O")),
+        "{log}"
+    );
+    unsafe { libc::kill(pid2, libc::SIGCONT) };
+    // Back: everything works, and what was acknowledged is there, through every controller.
+    qemu_io(c.uri(0), &["write -P 0x23 1048576 4096"]);
+    for i in 0..3 {
+        qemu_io(c.uri(i), &["read -P 0x22 0 4096", "read -P 0x21 4096 61440", "read -P 0x23 1048576 4096"]);
+    }
+    assert!(c.stop().success());
+    scrub_clean(&dir);
+}
