@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod controller;
 pub mod dirlock;
+pub mod inproc;
 pub mod launch;
 pub mod serve;
 pub mod supervisor;

@@ -106,7 +106,7 @@ pub struct Counters {
     pub destage_writes: AtomicU64,
     /// Operations retried after losing a line to a peer mid-way.
     pub retries: AtomicU64,
-    /// Member reads older than a version this node had known (must stay 0).
+    /// Take-overs that installed a line older than a version this node had known (must stay 0).
     pub older_member_reads: AtomicU64,
 }
 

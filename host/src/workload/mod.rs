@@ -71,16 +71,41 @@ pub struct Outcome {
     pub per_client: Vec<u64>,
 }
 
+/// Where a workload client sends its requests: an NBD connection, or an in-process controller.
+pub trait Port: Send {
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String>;
+    /// Writes `data` at `offset`, returning once it is acknowledged.
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String>;
+    /// Ends the session politely.
+    fn close(self: Box<Self>) {}
+}
+
+impl Port for Client {
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        Client::read(self, offset, buf).map_err(|e| e.to_string())
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), String> {
+        Client::write(self, offset, data, false).map_err(|e| e.to_string())
+    }
+    fn close(self: Box<Self>) {
+        self.disconnect();
+    }
+}
+
+/// Opens client `i`'s port.
+pub type Open<'a> = dyn Fn(usize) -> Result<Box<dyn Port>, String> + Sync + 'a;
+
 struct ClientLog {
     writes: Vec<WriteRec>,
     reads: Vec<ReadRec>,
     errors: Vec<String>,
 }
 
-fn client(spec: &Spec, i: usize, t0: Instant) -> ClientLog {
+fn client(spec: &Spec, open: &Open<'_>, i: usize, t0: Instant) -> ClientLog {
     let mut log = ClientLog { writes: Vec::new(), reads: Vec::new(), errors: Vec::new() };
-    let target = &spec.targets[i % spec.targets.len()];
-    let mut c = match Client::connect(target, "amf") {
+    let target = spec.targets.get(i % spec.targets.len().max(1)).cloned().unwrap_or_default();
+    let mut c = match open(i) {
         Ok(c) => c,
         Err(e) => {
             log.errors.push(format!("client {i} ({target}): {e}"));
@@ -98,7 +123,7 @@ fn client(spec: &Spec, i: usize, t0: Instant) -> ClientLog {
             seq += 1;
             let id = ((i as u64 + 1) << 40) | seq;
             let start = Instant::now();
-            let r = c.write(offset, &encode(block, id), false);
+            let r = c.write(offset, &encode(block, id));
             let ack_ns = r.is_ok().then(|| ns(Instant::now()));
             log.writes.push(WriteRec { block, id, start_ns: ns(start), ack_ns });
             if let Err(e) = r {
@@ -122,15 +147,26 @@ fn client(spec: &Spec, i: usize, t0: Instant) -> ClientLog {
             }
         }
     }
-    c.disconnect();
+    c.close();
     log
 }
 
-/// Runs the workload and checks its history.
+/// Runs the workload over NBD (client i connects to target i mod targets) and checks its
+/// history.
 pub fn run(spec: &Spec) -> Outcome {
+    let targets = spec.targets.clone();
+    let open = move |i: usize| -> Result<Box<dyn Port>, String> {
+        let t = targets.get(i % targets.len().max(1)).ok_or("no targets")?;
+        Client::connect(t, "amf").map(|c| Box::new(c) as Box<dyn Port>).map_err(|e| e.to_string())
+    };
+    run_on(spec, &open)
+}
+
+/// Runs the workload over the ports `open` gives and checks its history.
+pub fn run_on(spec: &Spec, open: &Open<'_>) -> Outcome {
     let t0 = Instant::now();
     let logs: Vec<ClientLog> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..spec.clients).map(|i| s.spawn(move || client(spec, i, t0))).collect();
+        let hs: Vec<_> = (0..spec.clients).map(|i| s.spawn(move || client(spec, open, i, t0))).collect();
         hs.into_iter()
             .enumerate()
             .map(|(i, h)| {
