@@ -114,17 +114,11 @@ impl Amf {
             let v = self.apply(&mut g, r, off, src);
             return Ok(Some((g, v)));
         }
-        // Our copy is gone or never was: take the line from whoever the round invalidated,
-        // else from the members. A round the card decided locally asked nobody, yet lines
-        // owed to this node may wait anywhere (an earlier attempt that failed half-way): ask all.
-        // Even when a later writer's invalidate already came, the lines owed to this round
-        // are taken and passed on to that writer: nobody else would fetch them.
+        // Our copy is gone or never was: take the newest copy the peers hold in their handoff
+        // areas, else the members. Even when a later writer's invalidate already came, the
+        // lines are taken and passed on to that writer: nobody else would fetch them.
         drop(g);
-        // Every peer, not only those the round reached: a round the card aborted may have
-        // left the newest data with a node no sharer list names any more.
-        let asked = self.others();
-        let _ = c.peers_asked;
-        let (data, version, dirty) = match self.take_over(r, asked, floor) {
+        let (data, version, dirty) = match self.take_over(r, floor) {
             Ok(x) => x,
             Err(e) => {
                 // Hold nothing we have no data for: the next attempt asks again.
@@ -202,9 +196,14 @@ impl Amf {
     }
 
     /// Gets the line after an exclusive acquire that found no valid copy here: the newest of
-    /// the lines the invalidated peers handed over (waiting for a peer that is still taking it
-    /// itself), else the members. Returns (data, version, dirty).
-    fn take_over(&self, r: u64, asked: u8, floor: u64) -> Result<(Vec<u8>, u64, bool), CoherencyError> {
+    /// the handoff lines the peers and this node hold (waiting for a peer that is still taking
+    /// it itself), unless the members have a newer version; else the members. Returns (data,
+    /// version, dirty).
+    fn take_over(&self, r: u64, floor: u64) -> Result<(Vec<u8>, u64, bool), CoherencyError> {
+        // Every peer, not only those the round reached: a round the card aborted may have left
+        // the newest data with a node no sharer list names any more; and a round the card
+        // decided locally asked nobody, yet lines owed to this node may wait anywhere.
+        let asked = self.others();
         // A line this node itself lost to another round (which then lost to ours) is a
         // candidate as well.
         let mut best: Option<(Vec<u8>, u64)> = self
@@ -212,7 +211,7 @@ impl Amf {
             .handoff_line(r)
             .filter(|l| l.version >= floor)
             .map(|l| (l.data.clone(), l.version | if l.dirty { DIRTY_BIT } else { 0 }));
-        for p in (0..8u8).filter(|p| asked & self.others() & (1 << p) != 0) {
+        for p in (0..8u8).filter(|p| asked & (1 << p) != 0) {
             let mut waits = 0;
             loop {
                 match self.fetch(p, r, true, floor)? {

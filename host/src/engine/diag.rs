@@ -104,8 +104,8 @@ pub fn card_state(b: &dyn Backend) -> Result<Value, EngineError> {
 /// The sharer table's shape from its geometry register: (sets, ways). A card that answers
 /// nonsense (zero ways, more than 2^20 sets) is refused.
 pub fn table_geometry(b: &dyn Backend) -> Result<(u64, usize), EngineError> {
-    let blocks = discover(b)?;
-    let _ = blocks;
+    // A broken or dead card fails the walk before its geometry is believed.
+    discover(b)?;
     let g = b.read32(regs::sharer_table::BASE + regs::sharer_table::geometry::OFFSET);
     let sets_log2 = regs::sharer_table::geometry::sets_log2::get(g);
     let ways = regs::sharer_table::geometry::ways::get(g) as usize;
