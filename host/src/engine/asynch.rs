@@ -20,6 +20,9 @@ pub struct AsyncDriver<B: Backend + 'static> {
     events: Arc<Mutex<Vec<(u32, Event)>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     poller: Option<tokio::task::JoinHandle<()>>,
+    /// The poller's thread, unparked by every submission so a command never waits out an
+    /// idle sleep.
+    poller_thread: Arc<Mutex<Option<std::thread::Thread>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -36,9 +39,12 @@ impl<B: Backend + 'static> AsyncDriver<B> {
         let waiters: Waiters = Arc::default();
         let events: Arc<Mutex<Vec<(u32, Event)>>> = Arc::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poller_thread: Arc<Mutex<Option<std::thread::Thread>>> = Arc::default();
         let poller = {
             let (driver, waiters, events, stop) = (driver.clone(), waiters.clone(), events.clone(), stop.clone());
+            let me = poller_thread.clone();
             tokio::task::spawn_blocking(move || {
+                *lock(&me) = Some(std::thread::current());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let busy = !lock(&waiters).is_empty();
                     let done = {
@@ -58,12 +64,20 @@ impl<B: Backend + 'static> AsyncDriver<B> {
                     }
                     drop(w);
                     if !busy {
-                        std::thread::sleep(IDLE_POLL);
+                        std::thread::park_timeout(IDLE_POLL);
                     }
                 }
             })
         };
-        AsyncDriver { driver, waiters, slots: Arc::new(Semaphore::new(in_flight)), events, stop, poller: Some(poller) }
+        AsyncDriver {
+            driver,
+            waiters,
+            slots: Arc::new(Semaphore::new(in_flight)),
+            events,
+            stop,
+            poller: Some(poller),
+            poller_thread,
+        }
     }
 
     /// Submits a command and waits for its completion, at most `timeout`.
@@ -76,6 +90,9 @@ impl<B: Backend + 'static> AsyncDriver<B> {
             lock(&self.waiters).insert(tag, tx);
             tag
         };
+        if let Some(t) = lock(&self.poller_thread).as_ref() {
+            t.unpark();
+        }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(c)) => Ok(c),
             _ => {
