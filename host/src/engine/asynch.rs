@@ -31,10 +31,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Time between polls when nothing is in flight.
 const IDLE_POLL: Duration = Duration::from_millis(1);
+/// With interrupts: the longest wait for one before the rings are looked at anyway.
+const IRQ_FALLBACK: Duration = Duration::from_millis(10);
+
+/// Waits until `fd` (an eventfd) is readable or `timeout` passes, then resets its counter.
+fn wait_interrupt(fd: std::os::fd::RawFd, timeout: Duration) {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd on the stack, valid for the call; the fd belongs to the backend,
+    // which outlives the poller (the poller holds the driver that owns it).
+    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+    if n > 0 {
+        let mut count = [0u8; 8];
+        // SAFETY: reading the 8-byte eventfd counter into a local buffer; the fd is
+        // non-blocking, so a racing reader makes this fail harmlessly with EAGAIN.
+        unsafe { libc::read(fd, count.as_mut_ptr() as *mut libc::c_void, count.len()) };
+    }
+}
 
 impl<B: Backend + 'static> AsyncDriver<B> {
     /// Wraps an open driver; at most `in_flight` commands at once (below the ring size).
     pub fn new(driver: Driver<B>, in_flight: usize) -> AsyncDriver<B> {
+        Self::with_fallback(driver, in_flight, IRQ_FALLBACK)
+    }
+
+    /// Like `new`; with an interrupt-driven backend the poller also looks at the rings every
+    /// `fallback` without an interrupt (a lost interrupt costs that much latency, never a hang).
+    pub fn with_fallback(driver: Driver<B>, in_flight: usize, fallback: Duration) -> AsyncDriver<B> {
         let driver = Arc::new(Mutex::new(driver));
         let waiters: Waiters = Arc::default();
         let events: Arc<Mutex<Vec<(u32, Event)>>> = Arc::default();
@@ -45,10 +67,17 @@ impl<B: Backend + 'static> AsyncDriver<B> {
             let me = poller_thread.clone();
             tokio::task::spawn_blocking(move || {
                 *lock(&me) = Some(std::thread::current());
+                let irq = lock(&driver).backend().interrupt();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let busy = !lock(&waiters).is_empty();
+                    if let (Some(fd), true) = (irq, busy) {
+                        // Interrupt-driven: sleep until the card signals (or the fallback
+                        // period passes), instead of spinning on the rings.
+                        wait_interrupt(fd, fallback);
+                    }
                     let done = {
                         let mut d = lock(&driver);
+                        d.ack_interrupt();
                         d.poll();
                         let done = d.reap().unwrap_or_default();
                         // Under the driver lock: a `drain_events` caller that reads the ring

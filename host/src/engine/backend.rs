@@ -19,6 +19,11 @@ pub trait Backend: Send {
     fn dma_write(&self, addr: u64, data: &[u8]) -> Result<(), String>;
     /// Lets the card run (a simulated card advances its clock; a real one needs nothing).
     fn run(&self, _cycles: u64) {}
+    /// An eventfd that becomes readable when the card raises its interrupt (MSI-X through VFIO),
+    /// if the backend has one: the driver then sleeps on it instead of polling.
+    fn interrupt(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 struct ModelState {

@@ -132,6 +132,14 @@ impl<B: Backend> Driver<B> {
             b.write32(block + regs::cmd_ring::base_hi::OFFSET, (base >> 32) as u32);
             b.write32(block + regs::cmd_ring::size_log2::OFFSET, cfg.ring_log2);
         }
+        if b.interrupt().is_some() {
+            // Interrupt on completions, events and errors; the driver clears the causes (a
+            // posted write) before it reaps, so the next one raises the line again.
+            let all = regs::device::irq::completion::set(0, 1)
+                | regs::device::irq::event::set(0, 1)
+                | regs::device::irq::error::set(0, 1);
+            b.write32(dev + regs::device::irq_enable::OFFSET, all);
+        }
         b.write32(blocks.cmd + regs::cmd_ring::cons_addr_lo::OFFSET, cons_addr as u32);
         b.write32(blocks.cmd + regs::cmd_ring::cons_addr_hi::OFFSET, (cons_addr >> 32) as u32);
         b.write32(dev + regs::device::ctrl::OFFSET, regs::device::ctrl::enable::set(0, 1));
@@ -230,6 +238,14 @@ impl<B: Backend> Driver<B> {
             self.b.write32(block, value);
         }
         Ok(out)
+    }
+
+    /// Clears the card's interrupt causes before a reap (interrupt-driven backends only):
+    /// whatever the card writes after this raises the line again.
+    pub fn ack_interrupt(&self) {
+        if self.b.interrupt().is_some() {
+            self.b.write32(self.blocks.device + regs::device::irq::OFFSET, u32::MAX);
+        }
     }
 
     /// New completions, found by phase bit; their tags leave the in-flight set.

@@ -86,6 +86,11 @@ const VFIO_GROUP_SET_CONTAINER: u64 = vfio_io(4);
 const VFIO_GROUP_GET_DEVICE_FD: u64 = vfio_io(6);
 const VFIO_DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
 const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
+const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
+/// vfio-pci's interrupt index for MSI-X.
+const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
+const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 const VFIO_API_VERSION: i32 = 0;
 const VFIO_TYPE1_IOMMU: u64 = 1;
 const VFIO_GROUP_FLAGS_VIABLE: u32 = 1;
@@ -109,6 +114,31 @@ struct RegionInfo {
     cap_offset: u32,
     size: u64,
     offset: u64,
+}
+
+/// `struct vfio_irq_set` with room for one eventfd.
+#[repr(C)]
+struct IrqSetOne {
+    argsz: u32,
+    flags: u32,
+    index: u32,
+    start: u32,
+    count: u32,
+    eventfd: i32,
+}
+
+impl IrqSetOne {
+    /// MSI-X vector 0 signals `eventfd`.
+    fn msix_vector0(eventfd: i32) -> IrqSetOne {
+        IrqSetOne {
+            argsz: std::mem::size_of::<IrqSetOne>() as u32,
+            flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            index: VFIO_PCI_MSIX_IRQ_INDEX,
+            start: 0,
+            count: 1,
+            eventfd,
+        }
+    }
 }
 
 #[repr(C)]
@@ -139,6 +169,8 @@ pub struct VfioBackend {
     bar_len: usize,
     dma: *mut u8,
     next_free: Mutex<u64>,
+    /// MSI-X vector 0's eventfd; None when the card has no MSI-X (the driver polls then).
+    irq: Option<File>,
 }
 
 // SAFETY: the BAR and DMA mappings are owned by this value; MMIO goes through volatile accesses
@@ -225,6 +257,7 @@ impl VfioBackend {
             bar_len,
             dma: dma as *mut u8,
             next_free: Mutex::new(IOVA_BASE),
+            irq: None,
         };
         let map = DmaMap {
             argsz: std::mem::size_of::<DmaMap>() as u32,
@@ -234,6 +267,8 @@ impl VfioBackend {
             size: DMA_BYTES as u64,
         };
         ioctl(cfd, "IOMMU_MAP_DMA", VFIO_IOMMU_MAP_DMA, &map as *const _ as u64)?;
+        let mut backend = backend;
+        backend.irq = msix_eventfd(dfd);
         Ok(backend)
     }
 
@@ -260,6 +295,9 @@ impl Backend for VfioBackend {
             unsafe { std::ptr::write_volatile(self.bar.add(offset as usize) as *mut u32, value) }
         }
     }
+    fn interrupt(&self) -> Option<RawFd> {
+        self.irq.as_ref().map(|f| f.as_raw_fd())
+    }
     fn dma_alloc(&self, bytes: usize) -> Result<u64, String> {
         let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
         let addr = *next;
@@ -279,6 +317,26 @@ impl Backend for VfioBackend {
         // SAFETY: in bounds of the DMA mapping (checked).
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.dma.add(off), data.len()) };
         Ok(())
+    }
+}
+
+/// Routes MSI-X vector 0 of the device to a new eventfd. None (and the driver polls) when the
+/// card has no MSI-X or the kernel refuses.
+fn msix_eventfd(device: RawFd) -> Option<File> {
+    // SAFETY: eventfd(2) creates a new descriptor, owned by the File below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let file = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
+    let set = IrqSetOne::msix_vector0(fd);
+    match ioctl(device, "DEVICE_SET_IRQS", VFIO_DEVICE_SET_IRQS, &set as *const _ as u64) {
+        Ok(_) => Some(file),
+        Err(e) => {
+            eprintln!("amf: card interrupts unavailable ({e}); the driver polls");
+            None
+        }
     }
 }
 
@@ -335,6 +393,11 @@ mod tests {
         assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3b71);
         assert_eq!(std::mem::size_of::<RegionInfo>(), 32);
         assert_eq!(std::mem::size_of::<DmaMap>(), 32);
+        // VFIO_DEVICE_SET_IRQS = _IO(';', 110); struct vfio_irq_set is 20 bytes + u8 data[].
+        assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
+        let set = IrqSetOne::msix_vector0(7);
+        assert_eq!((set.argsz, set.flags, set.index, set.count), (24, 0x24, 2, 1));
+        assert_eq!(std::mem::offset_of!(IrqSetOne, eventfd), 20);
     }
 
     #[test]
