@@ -91,7 +91,7 @@ pub fn run(opts: DemoOptions) -> Res<()> {
         delta("invalidations_received")
     );
     println!("  replication     {} writes replicated to a peer before their acknowledgement", delta("replications"));
-    println!("  handoffs        {} dirty lines passed to the writer that invalidated them", delta("handoffs"));
+    println!("  handoffs        {} lines passed to the writer whose round took them", delta("handoffs"));
     println!("  write-back      {} lines destaged to the members", delta("destaged_lines"));
     let mut failed = Vec::new();
     if delta("older_member_reads") != 0 {
