@@ -160,8 +160,12 @@ impl Cache {
     /// A peer's invalidate: the line is gone. A dirty line moves to the handoff area for the
     /// invalidating node `by` to fetch. Returns whether a line was present.
     pub fn invalidate(&mut self, r: u64, by: u8, at: u32) -> bool {
-        self.bump(r);
-        self.invalidated_by.insert(r, (by, at));
+        // Only a present line or an operation in progress can be affected; recording events of
+        // other lines would grow these maps with every line any peer writes.
+        if self.watched(r) {
+            self.bump(r);
+            self.invalidated_by.insert(r, (by, at));
+        }
         match self.lines.remove(&r) {
             Some(l) => {
                 self.hand_off(r, by, l);
@@ -177,6 +181,7 @@ impl Cache {
             // Clean leftovers go first; a dirty one is only ever replaced by a newer round.
             if let Some(k) = self.handoff.iter().find(|(_, (_, l))| !l.dirty).map(|(k, _)| *k) {
                 self.handoff.remove(&k);
+                self.forget(k);
             }
         }
         if self.handoff.len() < HANDOFF_MAX || self.handoff.contains_key(&r) {
@@ -233,7 +238,9 @@ impl Cache {
 
     /// A peer's shared acquire: an exclusive line becomes Shared (keeping its dirty flag).
     pub fn downgrade(&mut self, r: u64, at: u32) -> bool {
-        self.downgraded_at.insert(r, at);
+        if self.watched(r) {
+            self.downgraded_at.insert(r, at);
+        }
         match self.lines.get_mut(&r) {
             Some(l) if l.state != State::Shared => {
                 l.state = State::Shared;
@@ -249,6 +256,7 @@ impl Cache {
     /// by the card's conflict rule, and then the line is the newest data there is.
     pub fn take_handoff(&mut self, r: u64, floor: u64) -> Option<Line> {
         let (_, l) = self.handoff.remove(&r)?;
+        self.forget(r);
         (l.version >= floor).then_some(l)
     }
 
@@ -289,6 +297,30 @@ impl Cache {
     /// Ends the operation on `r`.
     pub fn end(&mut self, r: u64) {
         self.busy.remove(&r);
+        self.forget(r);
+    }
+
+    /// Whether events of `r` can matter: the line is here or an operation is working on it.
+    /// (An operation compares only against events from its own acquire on, so events from
+    /// before it began need no record.)
+    fn watched(&self, r: u64) -> bool {
+        self.lines.contains_key(&r) || self.busy.contains_key(&r)
+    }
+
+    /// Drops the bookkeeping of a line nothing refers to any more (absent, idle, no handoff
+    /// copy): the maps stay as large as the cache, not the group.
+    fn forget(&mut self, r: u64) {
+        if !self.watched(r) && !self.handoff.contains_key(&r) {
+            self.generation.remove(&r);
+            self.invalidated_by.remove(&r);
+            self.downgraded_at.remove(&r);
+            self.floor.remove(&r);
+        }
+    }
+
+    /// Entries in the per-line bookkeeping maps (for tests and status).
+    pub fn bookkeeping(&self) -> usize {
+        self.generation.len() + self.invalidated_by.len() + self.downgraded_at.len() + self.floor.len()
     }
 
     /// The line to evict so that `r` fits, if one must go: the set's lines when the card set is
@@ -375,6 +407,29 @@ mod tests {
     }
 
     #[test]
+    fn bookkeeping_stays_as_large_as_the_cache() {
+        let mut c = Cache::new(8, 4, 4, 4);
+        // Events of lines this node neither holds nor works on leave nothing behind.
+        for r in 0..1000 {
+            assert!(!c.invalidate(r, 1, r as u32));
+            c.downgrade(r, r as u32);
+        }
+        assert_eq!(c.bookkeeping(), 0);
+        // An operation's line is watched while it runs and forgotten when it ends empty.
+        assert!(c.try_begin(5, Busy::Filling));
+        c.invalidate(5, 1, 7);
+        assert!(c.invalidated_since(5, 7));
+        c.end(5);
+        assert_eq!(c.bookkeeping(), 0);
+        // A present line keeps its floor; a handoff copy keeps it until taken.
+        c.install(6, State::Modified, true, 3, vec![0; 8]);
+        c.invalidate(6, 2, 9);
+        assert!(c.bookkeeping() > 0 && c.floor(6) == 3);
+        assert!(c.take_handoff(6, 0).is_some());
+        assert_eq!(c.bookkeeping(), 0);
+    }
+
+    #[test]
     fn invalidation_keeps_dirty_data_for_the_invalidator_only() {
         let mut c = Cache::new(8, 4, 4, 4);
         c.install(3, State::Modified, true, 5, vec![7; 8]);
@@ -385,9 +440,9 @@ mod tests {
         assert!(c.invalidate(3, 2, 10));
         assert!(c.invalidated_since(3, 10) && !c.invalidated_since(3, 11));
         assert!(c.generation(3) > g && c.get(3).is_none());
+        assert_eq!(c.invalidated_by(3), Some(2));
         assert_eq!(c.take_handoff(3, 4).map(|l| l.version), Some(5));
         assert!(c.take_handoff(3, 0).is_none(), "taken once");
-        assert_eq!(c.invalidated_by(3), Some(2));
         c.install(4, State::Exclusive, false, 3, vec![]);
         c.invalidate(4, 2, u32::MAX);
         assert!(c.invalidated_since(4, u32::MAX - 1) && !c.invalidated_since(4, 0), "positions wrap");

@@ -28,6 +28,13 @@ pub(crate) const HANDOFF_BIT: u64 = 1 << 62;
 /// The version part of a forwarded line's tag.
 pub(crate) const VERSION_MASK: u64 = !(DIRTY_BIT | HANDOFF_BIT);
 
+/// Keeps the newer of `best` and the copy `(data, tag)` (tags as forwarded: version and bits).
+pub(crate) fn keep_newest(best: &mut Option<(Vec<u8>, u64)>, data: Vec<u8>, tag: u64) {
+    if best.as_ref().is_none_or(|(_, b)| (tag & VERSION_MASK) > (b & VERSION_MASK)) {
+        *best = Some((data, tag));
+    }
+}
+
 impl Amf {
     /// Reads `buf.len()` bytes at `offset` (step 1: a host request arrives).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), CoherencyError> {
@@ -135,11 +142,7 @@ impl Amf {
             }
             for p in (0..8u8).filter(|p| group & (1 << p) != 0) {
                 match self.fetch(p, r, false, 0)? {
-                    Found::Peer(d, v) => {
-                        if best.as_ref().is_none_or(|(_, bv)| (v & VERSION_MASK) > (bv & VERSION_MASK)) {
-                            best = Some((d, v));
-                        }
-                    }
+                    Found::Peer(d, v) => keep_newest(&mut best, d, v),
                     Found::Retry => return Ok((Found::Retry, untracked)),
                     Found::Members(..) => {}
                 }

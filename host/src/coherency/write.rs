@@ -4,7 +4,7 @@
 //! is handed to this node when its own copy did not survive; then the write is applied,
 //! replicated to a peer, and acknowledged.
 
-use super::read::{Found, DIRTY_BIT, VERSION_MASK};
+use super::read::{keep_newest, Found, DIRTY_BIT, VERSION_MASK};
 use super::{is_exclusive, Amf, CoherencyError, ATTEMPTS_MAX};
 use crate::cache::{Busy, Line, State};
 use crate::fabric::wire::{Kind, Request};
@@ -216,9 +216,7 @@ impl Amf {
             loop {
                 match self.fetch(p, r, true, floor)? {
                     Found::Peer(d, v) => {
-                        if best.as_ref().is_none_or(|(_, bv)| (v & VERSION_MASK) > (bv & VERSION_MASK)) {
-                            best = Some((d, v));
-                        }
+                        keep_newest(&mut best, d, v);
                         break;
                     }
                     Found::Retry if waits < HANDOFF_WAITS_MAX => {
