@@ -193,8 +193,12 @@ macro_rules! trace {
 }
 pub(crate) use trace;
 
-/// Most attempts of one line operation before it fails as contended.
-const ATTEMPTS_MAX: u32 = 200;
+/// How long one line operation keeps starting over after losing its line to other writers
+/// before it fails as contended (a count of attempts ran out in under a second on a busy
+/// machine with five writers on one line).
+const RETRY_PATIENCE: Duration = Duration::from_secs(20);
+/// Longest back-off between two attempts.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(4);
 /// Longest wait for a busy line.
 const LINE_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -315,6 +319,20 @@ impl Amf {
                 .map(|x| x.0)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+    }
+
+    /// Before attempt `attempt` of an operation on `r` begun at `start`: backs off (longer
+    /// each time, at most `RETRY_PAUSE_MAX`), or gives up once `RETRY_PATIENCE` has passed.
+    fn before_attempt(&self, r: u64, attempt: u32, start: Instant) -> Result<(), CoherencyError> {
+        if attempt == 0 {
+            return Ok(());
+        }
+        if start.elapsed() > RETRY_PATIENCE {
+            return Err(CoherencyError::Contended(r));
+        }
+        self.counters.retries.fetch_add(1, Relaxed);
+        std::thread::sleep((RETRY_PAUSE_MAX / 20).saturating_mul(attempt.min(20)));
+        Ok(())
     }
 
     /// Ends the operation on `r`.

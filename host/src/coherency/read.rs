@@ -3,12 +3,11 @@
 //! none of them has it.
 
 use super::card::FLAG_UNTRACKED;
-use super::{Amf, CoherencyError, ATTEMPTS_MAX};
+use super::{Amf, CoherencyError};
 use crate::cache::{Busy, State};
 use crate::fabric::wire::{Kind, Request, Status};
 use amf_hdl_model::gen::structs::Opcode;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 /// Where a line's data came from.
 pub(crate) enum Found {
@@ -49,11 +48,9 @@ impl Amf {
     }
 
     fn read_line(&self, r: u64, off: usize, dst: &mut [u8]) -> Result<(), CoherencyError> {
-        for attempt in 0..ATTEMPTS_MAX {
-            if attempt > 0 {
-                self.counters.retries.fetch_add(1, Relaxed);
-                std::thread::sleep(Duration::from_micros(200 * attempt.min(20) as u64));
-            }
+        let start = std::time::Instant::now();
+        for attempt in 0u32.. {
+            self.before_attempt(r, attempt, start)?;
             let g = self.lock_line(r, Busy::Filling)?;
             // Step 2: a line present here is valid (events were applied just now): no message.
             let mut g = g;

@@ -5,7 +5,7 @@
 //! replicated to a peer, and acknowledged.
 
 use super::read::{keep_newest, Found, DIRTY_BIT, VERSION_MASK};
-use super::{is_exclusive, Amf, CoherencyError, ATTEMPTS_MAX};
+use super::{is_exclusive, Amf, CoherencyError};
 use crate::cache::{Busy, Line, State};
 use crate::fabric::wire::{Kind, Request};
 use amf_hdl_model::gen::structs::Opcode;
@@ -33,11 +33,9 @@ impl Amf {
     }
 
     fn write_line(&self, r: u64, off: usize, src: &[u8], fua: bool) -> Result<(), CoherencyError> {
-        for attempt in 0..ATTEMPTS_MAX {
-            if attempt > 0 {
-                self.counters.retries.fetch_add(1, Relaxed);
-                std::thread::sleep(Duration::from_micros(200 * attempt.min(20) as u64));
-            }
+        let start = std::time::Instant::now();
+        for attempt in 0u32.. {
+            self.before_attempt(r, attempt, start)?;
             let g = self.lock_line(r, Busy::Holding(None))?;
             match self.write_attempt(g, r, off, src) {
                 Ok(Some((g, version))) => {
