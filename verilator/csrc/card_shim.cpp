@@ -75,6 +75,9 @@ void amf_cd_cycle(void* p, amf_cd_io* io) {
     t->link_rx_valid_i = io->link_rx_valid;
     for (int i = 0; i < 8; i++) t->link_rx_frame_i[i] = io->link_rx_frame[i];
     t->link_tx_ready_i = io->link_tx_ready;
+    // The falling edge of the previous cycle and the settling of this cycle's inputs share one
+    // eval (nothing in the RTL is sensitive to the falling edge): two evals per cycle, not three.
+    t->clk_i = 0;
     t->eval();
     io->reg_rsp_valid = t->reg_rsp_valid_o;
     io->reg_rsp_rdata = t->reg_rsp_rdata_o;
@@ -89,8 +92,6 @@ void amf_cd_cycle(void* p, amf_cd_io* io) {
     io->irq = t->irq_o;
     io->busy = t->busy_o;
     t->clk_i = 1;
-    t->eval();
-    t->clk_i = 0;
     t->eval();
 }
 
