@@ -263,8 +263,12 @@ fn pump_link<B: Linked>(cards: &[B]) {
         for c in cards {
             for f in c.outgoing() {
                 moved = true;
-                if let Some(dst) = cards.get(amf_hdl_model::gen::structs::LinkFrame::decode(&f).dst as usize) {
-                    dst.deliver_frame(f);
+                // The link multicasts: every card the frame's dst mask names gets it.
+                let dst_mask = amf_hdl_model::gen::structs::LinkFrame::decode(&f).dst;
+                for (i, dst) in cards.iter().enumerate() {
+                    if dst_mask & (1 << i) != 0 {
+                        dst.deliver_frame(f);
+                    }
                 }
             }
         }

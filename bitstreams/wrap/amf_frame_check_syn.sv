@@ -31,6 +31,7 @@ module amf_frame_check_syn (
     .peers_i      (cfg_q[10:3]),
     .epoch_i      (cfg_q[42:11]),
     .out_valid_o,
+    .out_ready_i  (1'b1),
     .out_frame_o  (out_frame),
     .out_verdict_o
   );

@@ -4,7 +4,11 @@
 // until a soft reset, like the reference model.
 
 module amf_card #(
-  parameter int unsigned Inflight = 16
+  // Operations waiting for acks at once (the model's INFLIGHT_MAX).
+  parameter int unsigned Inflight      = 16,
+  // Sharer table shape (the model's TABLE_SETS_LOG2, TABLE_WAYS).
+  parameter int unsigned TableSetsLog2 = 6,
+  parameter int unsigned TableWays     = 4
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
@@ -90,9 +94,10 @@ module amf_card #(
 
   // ---- DMA clients --------------------------------------------------------------------------
   logic [2:0]        dreq_valid, dreq_ready, dreq_write, drsp_valid;
-  logic [2:0][63:0]  dreq_addr;
-  logic [2:0][5:0]   dreq_bytes;
-  logic [2:0][255:0] dreq_wdata;
+  // Per-client buses, client c at [c*W +: W] (see amf_dma_arb).
+  logic [3*64-1:0]   dreq_addr;
+  logic [3*6-1:0]    dreq_bytes;
+  logic [3*256-1:0]  dreq_wdata;
   logic              drsp_error;
   logic [255:0]      drsp_rdata;
 
@@ -142,8 +147,8 @@ module amf_card #(
     .dma_req_valid_o  (dreq_valid[0]),
     .dma_req_ready_i  (dreq_ready[0]),
     .dma_req_write_o  (dreq_write[0]),
-    .dma_req_addr_o   (dreq_addr[0]),
-    .dma_req_bytes_o  (dreq_bytes[0]),
+    .dma_req_addr_o   (dreq_addr[0+:64]),
+    .dma_req_bytes_o  (dreq_bytes[0+:6]),
     .dma_req_wdata_o  (fetch_wdata),
     .dma_rsp_valid_i  (drsp_valid[0]),
     .dma_rsp_error_i  (drsp_error),
@@ -153,7 +158,7 @@ module amf_card #(
     .cons_o           (cmd_cons),
     .busy_o           (fetch_busy)
   );
-  assign dreq_wdata[0] = {224'd0, fetch_wdata};
+  assign dreq_wdata[0+:256] = {224'd0, fetch_wdata};
 
   // Clients 1 and 2: completion and event writers.
   logic         cpl_valid, cpl_ready, cpl_written, cpl_err;
@@ -175,8 +180,8 @@ module amf_card #(
     .entry_i           (cpl_entry),
     .dma_req_valid_o   (dreq_valid[1]),
     .dma_req_ready_i   (dreq_ready[1]),
-    .dma_req_addr_o    (dreq_addr[1]),
-    .dma_req_data_o    (dreq_wdata[1]),
+    .dma_req_addr_o    (dreq_addr[64+:64]),
+    .dma_req_data_o    (dreq_wdata[256+:256]),
     .dma_rsp_valid_i   (drsp_valid[1]),
     .dma_rsp_error_i   (drsp_error),
     .written_o         (cpl_written),
@@ -200,8 +205,8 @@ module amf_card #(
     .entry_i           (evt_entry),
     .dma_req_valid_o   (dreq_valid[2]),
     .dma_req_ready_i   (dreq_ready[2]),
-    .dma_req_addr_o    (dreq_addr[2]),
-    .dma_req_data_o    (dreq_wdata[2]),
+    .dma_req_addr_o    (dreq_addr[128+:64]),
+    .dma_req_data_o    (dreq_wdata[512+:256]),
     .dma_rsp_valid_i   (drsp_valid[2]),
     .dma_rsp_error_i   (drsp_error),
     .written_o         (evt_written),
@@ -213,8 +218,8 @@ module amf_card #(
   );
   assign dreq_write[1] = 1'b1;
   assign dreq_write[2] = 1'b1;
-  assign dreq_bytes[1] = 6'd32;
-  assign dreq_bytes[2] = 6'd32;
+  assign dreq_bytes[6+:6] = 6'd32;
+  assign dreq_bytes[12+:6] = 6'd32;
 
   // First error wins; a soft reset clears it.
   always_ff @(posedge clk_i or negedge rst_ni) begin
@@ -230,60 +235,49 @@ module amf_card #(
   end
   assign irq_set = {error_q == 8'd0 && (fetch_err || cpl_err || evt_err), evt_written, cpl_written};
 
-  // ---- link receive: check, hold one frame for the engine -----------------------------------
-  logic         chk_in_ready, chk_valid;
+  // ---- link receive: the checker's output stage holds a frame until the engine takes it -------
+  logic         chk_valid, chk_ready, chk_ok;
   logic [255:0] chk_frame;
   logic [1:0]   chk_verdict;
-  logic         hold_q;
-  logic [255:0] hold_frame_q;
   logic         rx_ready;
 
   amf_frame_check u_check (
     .clk_i,
     .rst_ni,
-    .in_valid_i    (link_rx_valid_i && !hold_q),
-    .in_ready_o    (chk_in_ready),
+    .in_valid_i    (link_rx_valid_i),
+    .in_ready_o    (link_rx_ready_o),
     .in_frame_i    (link_rx_frame_i),
     .node_id_i     (node_id),
     .peers_i       (peers),
     .epoch_i       (epoch),
     .out_valid_o   (chk_valid),
+    .out_ready_i   (chk_ready),
     .out_frame_o   (chk_frame),
     .out_verdict_o (chk_verdict)
   );
-  assign link_rx_ready_o = chk_in_ready && !hold_q;
+  // Good frames wait for the engine; frames arriving while the card is disabled are counted, not
+  // acted on; bad ones are counted and dropped at once.
+  assign chk_ok    = chk_verdict == 2'd0 && enable;
+  assign chk_ready = !chk_ok || rx_ready;
 
   always_ff @(posedge clk_i or negedge rst_ni) begin
     if (!rst_ni) begin
-      hold_q       <= 1'b0;
-      hold_frame_q <= '0;
       frames_rx_q  <= '0;
       crc_errors_q <= '0;
       malformed_q  <= '0;
       stale_q      <= '0;
     end else if (soft_reset) begin
-      hold_q       <= 1'b0;
       frames_rx_q  <= '0;
       crc_errors_q <= '0;
       malformed_q  <= '0;
       stale_q      <= '0;
-    end else begin
-      if (hold_q && rx_ready) hold_q <= 1'b0;
-      if (chk_valid) begin
-        unique case (chk_verdict)
-          2'd0: begin
-            frames_rx_q <= frames_rx_q + 32'd1;
-            // Frames arriving while the card is disabled are counted, not acted on.
-            if (enable) begin
-              hold_q       <= 1'b1;
-              hold_frame_q <= chk_frame;
-            end
-          end
-          2'd1: crc_errors_q <= crc_errors_q + 32'd1;
-          2'd2: malformed_q <= malformed_q + 32'd1;
-          default: stale_q <= stale_q + 32'd1;
-        endcase
-      end
+    end else if (chk_valid && chk_ready) begin
+      unique case (chk_verdict)
+        2'd0:    frames_rx_q <= frames_rx_q + 32'd1;
+        2'd1:    crc_errors_q <= crc_errors_q + 32'd1;
+        2'd2:    malformed_q <= malformed_q + 32'd1;
+        default: stale_q <= stale_q + 32'd1;
+      endcase
     end
   end
 
@@ -303,7 +297,7 @@ module amf_card #(
   );
 
   // ---- engine -------------------------------------------------------------------------------
-  amf_engine #(.Inflight(Inflight)) u_engine (
+  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays)) u_engine (
     .clk_i,
     .rst_ni,
     .clear_i            (soft_reset),
@@ -324,9 +318,9 @@ module amf_card #(
     .evt_ready_i        (evt_ready),
     .evt_o              (evt_entry),
     .evt_space_i        (evt_space),
-    .rx_valid_i         (hold_q),
+    .rx_valid_i         (chk_valid && chk_ok),
     .rx_ready_o         (rx_ready),
-    .rx_frame_i         (hold_frame_q),
+    .rx_frame_i         (chk_frame),
     .tx_valid_o         (tx_valid),
     .tx_ready_i         (tx_ready),
     .tx_frame_o         (tx_frame),
@@ -340,7 +334,7 @@ module amf_card #(
     .busy_o             (engine_busy)
   );
 
-  assign busy_o = fetch_busy || cpl_busy || evt_busy || engine_busy || hold_q || !chk_in_ready
+  assign busy_o = fetch_busy || cpl_busy || evt_busy || engine_busy || chk_valid || !link_rx_ready_o
                   || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
 
   logic unused;

@@ -13,4 +13,15 @@ package amf_crc_pkg;
     crc32c_word = c;
   endfunction
 
+  // CRC-32C of a frame's bytes 0..27 (init all ones, final inversion not applied): seven words
+  // folded in one go, so a frame can be checked or sealed every cycle.
+  function automatic logic [31:0] crc32c_frame(input logic [223:0] data);
+    logic [31:0] c;
+    c = '1;
+    for (int w = 0; w < 7; w++) begin
+      c = crc32c_word(c, data[32*w+:32]);
+    end
+    crc32c_frame = c;
+  endfunction
+
 endpackage

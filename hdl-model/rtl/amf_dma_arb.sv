@@ -1,7 +1,8 @@
 // DMA request arbiter: several engine clients (command fetch, completion writer, event writer)
 // share the card's one DMA port. One request is outstanding at a time; grants rotate
 // round-robin among the requesting clients so none starves, and the response goes back to the
-// client that was granted.
+// client that was granted. Per-client buses are flat vectors (client c at [c*W +: W]), the
+// same bits as a packed [Clients-1:0][W-1:0] array, which yosys does not take on ports.
 
 module amf_dma_arb #(
   parameter int unsigned Clients = 3
@@ -12,9 +13,9 @@ module amf_dma_arb #(
   input  logic [Clients-1:0]        req_valid_i,
   output logic [Clients-1:0]        req_ready_o,
   input  logic [Clients-1:0]        req_write_i,
-  input  logic [Clients-1:0][63:0]  req_addr_i,
-  input  logic [Clients-1:0][5:0]   req_bytes_i,
-  input  logic [Clients-1:0][255:0] req_wdata_i,
+  input  logic [Clients*64-1:0]     req_addr_i,
+  input  logic [Clients*6-1:0]      req_bytes_i,
+  input  logic [Clients*256-1:0]    req_wdata_i,
   output logic [Clients-1:0]        rsp_valid_o,
   output logic                      rsp_error_o,
   output logic [255:0]              rsp_rdata_o,
@@ -43,7 +44,7 @@ module amf_dma_arb #(
     pick       = '0;
     for (int unsigned k = 1; k <= Clients; k++) begin
       logic [IdxW-1:0] c;
-      c = IdxW'((int'(last_q) + k) % Clients);
+      c = IdxW'(({{(32 - IdxW){1'b0}}, last_q} + k) % Clients);
       if (!pick_valid && req_valid_i[c]) begin
         pick_valid = 1'b1;
         pick       = c;
@@ -58,9 +59,9 @@ module amf_dma_arb #(
   logic issued_q;  // the owner's request was accepted by the port, waiting for the response
   assign dma_req_valid_o = busy_q && !issued_q;
   assign dma_req_write_o = req_write_i[owner_q];
-  assign dma_req_addr_o  = req_addr_i[owner_q];
-  assign dma_req_bytes_o = req_bytes_i[owner_q];
-  assign dma_req_wdata_o = req_wdata_i[owner_q];
+  assign dma_req_addr_o  = req_addr_i[64*owner_q+:64];
+  assign dma_req_bytes_o = req_bytes_i[6*owner_q+:6];
+  assign dma_req_wdata_o = req_wdata_i[256*owner_q+:256];
 
   always_comb begin
     req_ready_o = '0;

@@ -6,7 +6,9 @@
 // an expiry or a heartbeat; the reference model is hdl-model/src/model/card.rs.
 
 module amf_engine #(
-  parameter int unsigned Inflight = 16
+  parameter int unsigned Inflight      = 16,
+  parameter int unsigned TableSetsLog2 = 6,
+  parameter int unsigned TableWays     = 4
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
@@ -48,8 +50,6 @@ module amf_engine #(
   // something to do or wait for (a clock may stop while this is low)
   output logic         busy_o
 );
-  import amf_structs_pkg::*;
-
   localparam int unsigned IdxW         = $clog2(Inflight);
   localparam int unsigned RetriesMax   = 16;
   localparam int unsigned BackoffCycles = 64;
@@ -72,15 +72,15 @@ module amf_engine #(
                                          input logic [7:0] owner);
     logic [255:0] f;
     f = '0;
-    f[LinkFrameKindLsb+:8]      = kind;
-    f[LinkFrameSrcLsb+:8]       = {5'd0, node_id_i};
-    f[LinkFrameDstLsb+:8]       = dst;
-    f[LinkFrameEpochLsb+:32]    = epoch_i;
-    f[LinkFrameSeqLsb+:32]      = seq;
-    f[LinkFrameStampLsb+:32]    = stamp;
-    f[LinkFrameResourceLsb+:64] = res;
-    f[LinkFrameSharersLsb+:8]   = sharers;
-    f[LinkFrameOwnerLsb+:8]     = owner;
+    f[amf_structs_pkg::LinkFrameKindLsb+:8]      = kind;
+    f[amf_structs_pkg::LinkFrameSrcLsb+:8]       = {5'd0, node_id_i};
+    f[amf_structs_pkg::LinkFrameDstLsb+:8]       = dst;
+    f[amf_structs_pkg::LinkFrameEpochLsb+:32]    = epoch_i;
+    f[amf_structs_pkg::LinkFrameSeqLsb+:32]      = seq;
+    f[amf_structs_pkg::LinkFrameStampLsb+:32]    = stamp;
+    f[amf_structs_pkg::LinkFrameResourceLsb+:64] = res;
+    f[amf_structs_pkg::LinkFrameSharersLsb+:8]   = sharers;
+    f[amf_structs_pkg::LinkFrameOwnerLsb+:8]     = owner;
     frame = f;
   endfunction
 
@@ -91,16 +91,16 @@ module amf_engine #(
                                               input logic [7:0] missing, input logic [31:0] cycles);
     logic [255:0] c;
     c = '0;
-    c[CompletionOpcodeLsb+:8]     = op;
-    c[CompletionStatusLsb+:8]     = status;
-    c[CompletionFlagsLsb+:7]      = flags;
-    c[CompletionPeersAskedLsb+:8] = asked;
-    c[CompletionTagLsb+:32]       = tag;
-    c[CompletionResourceLsb+:64]  = res;
-    c[CompletionSharersLsb+:8]    = sharers;
-    c[CompletionOwnerLsb+:8]      = owner;
-    c[CompletionMissingLsb+:8]    = missing;
-    c[CompletionCyclesLsb+:32]    = cycles;
+    c[amf_structs_pkg::CompletionOpcodeLsb+:8]     = op;
+    c[amf_structs_pkg::CompletionStatusLsb+:8]     = status;
+    c[amf_structs_pkg::CompletionFlagsLsb+:7]      = flags;
+    c[amf_structs_pkg::CompletionPeersAskedLsb+:8] = asked;
+    c[amf_structs_pkg::CompletionTagLsb+:32]       = tag;
+    c[amf_structs_pkg::CompletionResourceLsb+:64]  = res;
+    c[amf_structs_pkg::CompletionSharersLsb+:8]    = sharers;
+    c[amf_structs_pkg::CompletionOwnerLsb+:8]      = owner;
+    c[amf_structs_pkg::CompletionMissingLsb+:8]    = missing;
+    c[amf_structs_pkg::CompletionCyclesLsb+:32]    = cycles;
     completion = c;
   endfunction
 
@@ -109,11 +109,11 @@ module amf_engine #(
                                                input logic [31:0] seq);
     logic [255:0] e;
     e = '0;
-    e[EventKindLsb+:8]      = kind;
-    e[EventNodeLsb+:8]      = node;
-    e[EventEpochLsb+:32]    = epoch;
-    e[EventResourceLsb+:64] = res;
-    e[EventSeqLsb+:32]      = seq;
+    e[amf_structs_pkg::EventKindLsb+:8]      = kind;
+    e[amf_structs_pkg::EventNodeLsb+:8]      = node;
+    e[amf_structs_pkg::EventEpochLsb+:32]    = epoch;
+    e[amf_structs_pkg::EventResourceLsb+:64] = res;
+    e[amf_structs_pkg::EventSeqLsb+:32]      = seq;
     event_entry = e;
   endfunction
 
@@ -126,7 +126,7 @@ module amf_engine #(
   logic [7:0]  tbl_rsp_sharers;
   logic [3:0]  tbl_rsp_owner;
 
-  amf_sharer_table u_table (
+  amf_sharer_table #(.SetsLog2(TableSetsLog2), .Ways(TableWays)) u_table (
     .clk_i,
     .rst_ni,
     .clear_i          (clear_i),
@@ -212,29 +212,22 @@ module amf_engine #(
   logic [7:0]  c_op;
   logic [31:0] c_tag, c_epoch;
   logic [63:0] c_res;
-  assign c_op    = cmd_q[CommandOpcodeLsb+:8];
-  assign c_tag   = cmd_q[CommandTagLsb+:32];
-  assign c_res   = cmd_q[CommandResourceLsb+:64];
-  assign c_epoch = cmd_q[CommandEpochLsb+:32];
+  assign c_op    = cmd_q[amf_structs_pkg::CommandOpcodeLsb+:8];
+  assign c_tag   = cmd_q[amf_structs_pkg::CommandTagLsb+:32];
+  assign c_res   = cmd_q[amf_structs_pkg::CommandResourceLsb+:64];
+  assign c_epoch = cmd_q[amf_structs_pkg::CommandEpochLsb+:32];
 
   logic [7:0]  f_kind, f_src, f_sharers, f_owner;
   logic [31:0] f_seq, f_stamp, f_epoch;
   logic [63:0] f_res;
-  assign f_kind    = rx_q[LinkFrameKindLsb+:8];
-  assign f_src     = rx_q[LinkFrameSrcLsb+:8];
-  assign f_seq     = rx_q[LinkFrameSeqLsb+:32];
-  assign f_stamp   = rx_q[LinkFrameStampLsb+:32];
-  assign f_epoch   = rx_q[LinkFrameEpochLsb+:32];
-  assign f_res     = rx_q[LinkFrameResourceLsb+:64];
-  assign f_sharers = rx_q[LinkFrameSharersLsb+:8];
-  assign f_owner   = rx_q[LinkFrameOwnerLsb+:8];
-
-  // The lowest set bit of the transmit mask.
-  logic [2:0] tx_dst;
-  always_comb begin
-    tx_dst = '0;
-    for (int i = 7; i >= 0; i--) if (tx_mask_q[i]) tx_dst = 3'(i);
-  end
+  assign f_kind    = rx_q[amf_structs_pkg::LinkFrameKindLsb+:8];
+  assign f_src     = rx_q[amf_structs_pkg::LinkFrameSrcLsb+:8];
+  assign f_seq     = rx_q[amf_structs_pkg::LinkFrameSeqLsb+:32];
+  assign f_stamp   = rx_q[amf_structs_pkg::LinkFrameStampLsb+:32];
+  assign f_epoch   = rx_q[amf_structs_pkg::LinkFrameEpochLsb+:32];
+  assign f_res     = rx_q[amf_structs_pkg::LinkFrameResourceLsb+:64];
+  assign f_sharers = rx_q[amf_structs_pkg::LinkFrameSharersLsb+:8];
+  assign f_owner   = rx_q[amf_structs_pkg::LinkFrameOwnerLsb+:8];
 
   // Pending entry whose timer ran out (retry due or ack deadline), lowest index first.
   logic            due_any;
@@ -250,6 +243,24 @@ module amf_engine #(
     end
   end
 
+  // Answers (ack, nack, search reply) are matched straight from the receive port in SIdle (the
+  // fast path: one cycle per answer, so a broadcast's acks drain in as many cycles as sharers),
+  // and from the latched frame after the slow path (a peer's first frame posts peer_up first).
+  logic [255:0] a_frame;
+  logic [7:0]   a_kind, a_src, a_sharers, a_owner;
+  logic [31:0]  a_seq, a_stamp;
+  assign a_frame   = state_q == SIdle ? rx_frame_i : rx_q;
+  assign a_kind    = a_frame[amf_structs_pkg::LinkFrameKindLsb+:8];
+  assign a_src     = a_frame[amf_structs_pkg::LinkFrameSrcLsb+:8];
+  assign a_seq     = a_frame[amf_structs_pkg::LinkFrameSeqLsb+:32];
+  assign a_stamp   = a_frame[amf_structs_pkg::LinkFrameStampLsb+:32];
+  assign a_sharers = a_frame[amf_structs_pkg::LinkFrameSharersLsb+:8];
+  assign a_owner   = a_frame[amf_structs_pkg::LinkFrameOwnerLsb+:8];
+
+  logic a_answer, rx_fast;
+  assign a_answer = a_kind == KAck || a_kind == KNack || a_kind == KSearchReply;
+  assign rx_fast  = a_answer && (up_q[a_src[2:0]] || evt_space_i == 0);
+
   // Ack matching: the pending entry with this seq that asked this source.
   logic            ack_hit;
   logic [IdxW-1:0] ack_idx;
@@ -257,12 +268,15 @@ module amf_engine #(
     ack_hit = 1'b0;
     ack_idx = '0;
     for (int i = Inflight - 1; i >= 0; i--) begin
-      if (p_valid[i] && !p_wait[i] && p_seq[i] == f_seq && p_targets[i][f_src[2:0]]) begin
+      if (p_valid[i] && !p_wait[i] && p_seq[i] == a_seq && p_targets[i][a_src[2:0]]) begin
         ack_hit = 1'b1;
         ack_idx = IdxW'(i);
       end
     end
   end
+  // The answer completes its entry (every target answered).
+  logic [7:0] ack_answered;
+  assign ack_answered = p_answered[ack_idx] | (8'd1 << a_src[2:0]);
 
   // Conflicts of a received acquire with ours in flight (docs/protocol.md).
   logic                exclusive_rx;
@@ -308,13 +322,15 @@ module amf_engine #(
                        && cpl_space_i > {{(31 - IdxW){1'b0}}, used};
   assign rx_ready_o  = state_q == SIdle && enable_i && !deferred_q;
   assign tx_valid_o  = state_q == STx && tx_mask_q != '0;
-  assign tx_frame_o  = {tx_tmpl_q[255:24], 5'd0, tx_dst, tx_tmpl_q[15:0]};
+  // One frame per broadcast: dst is the mask of its targets and the link multicasts it, so the
+  // fan-out costs one transmit slot whatever the number of sharers.
+  assign tx_frame_o  = {tx_tmpl_q[255:24], tx_mask_q, tx_tmpl_q[15:0]};
   assign cpl_valid_o = state_q == SCpl;
   // Every completion carries the number of events posted before it, so the host can order the
   // completion and event rings (one FSM writes both, so this is exact).
   always_comb begin
     cpl_o = out_q;
-    cpl_o[CompletionEventsBeforeLsb+:CompletionEventsBeforeWidth] = evt_count_q;
+    cpl_o[amf_structs_pkg::CompletionEventsBeforeLsb+:amf_structs_pkg::CompletionEventsBeforeWidth] = evt_count_q;
   end
   assign evt_valid_o = state_q == SEvt;
   assign evt_o       = out_q;
@@ -424,6 +440,21 @@ module amf_engine #(
             if (evt_space_i != 0) begin
               deferred_q <= 1'b0;
               state_q    <= SRxLookup;
+            end
+          end else if (rx_valid_i && rx_fast) begin
+            // SRx and SRxAck in one cycle; SFinish only when the entry has every answer.
+            rx_q    <= rx_frame_i;
+            clock_q <= (clock_q > a_stamp ? clock_q : a_stamp) + 32'd1;
+            last_seen_q[a_src[2:0]] <= now_q;
+            if (ack_hit) begin
+              p_answered[ack_idx] <= ack_answered;
+              p_seen[ack_idx]     <= p_seen[ack_idx] | a_sharers;
+              if (a_owner != 0) p_owner[ack_idx] <= a_owner;
+              if (a_kind == KNack) p_aborted[ack_idx] <= 1'b1;
+              if ((ack_answered & p_targets[ack_idx]) == p_targets[ack_idx]) begin
+                slot_q  <= ack_idx;
+                state_q <= SFinish;
+              end
             end
           end else if (rx_valid_i) begin
             rx_q    <= rx_frame_i;
@@ -555,7 +586,7 @@ module amf_engine #(
             state_q <= ret_q;
             if (ret_q == STableWrite) ret_q <= SCpl;
           end else if (tx_ready_i) begin
-            tx_mask_q[tx_dst] <= 1'b0;
+            tx_mask_q   <= '0;
             frames_tx_q <= frames_tx_q + 32'd1;
           end
         end
@@ -685,7 +716,7 @@ module amf_engine #(
         SRxAck: begin
           state_q <= SIdle;
           if (ack_hit) begin
-            p_answered[ack_idx] <= p_answered[ack_idx] | (8'd1 << f_src[2:0]);
+            p_answered[ack_idx] <= ack_answered;
             p_seen[ack_idx]     <= p_seen[ack_idx] | f_sharers;
             if (f_owner != 0) p_owner[ack_idx] <= f_owner;
             if (f_kind == KNack) p_aborted[ack_idx] <= 1'b1;
@@ -768,6 +799,6 @@ module amf_engine #(
   assign ack_timeouts_o = ack_timeouts_q;
 
   logic unused;
-  assign unused = ^{tbl_ready, cmd_q[255:160], cmd_q[31:8], rx_q[255:208], rx_q[31:16], out_q[255:76]};
+  assign unused = ^{a_frame[255:208], a_frame[191:128], a_frame[63:16], a_src[7:3], tbl_ready, cmd_q[255:160], cmd_q[31:8], rx_q[255:208], rx_q[31:16], out_q[255:76]};
 
 endmodule

@@ -12,10 +12,10 @@ struct amf_fc_io {
     uint8_t peers;
     uint32_t epoch;
     uint32_t in_frame[8];  // bits 31:0 first
+    uint8_t out_ready;
     uint8_t in_ready;
     uint8_t out_valid;
     uint8_t out_verdict;
-    uint8_t pad;
     uint32_t out_frame[8];
 };
 
@@ -55,6 +55,7 @@ void amf_fc_cycle(void* p, amf_fc_io* io) {
     t->peers_i = io->peers;
     t->epoch_i = io->epoch;
     for (int i = 0; i < 8; i++) t->in_frame_i[i] = io->in_frame[i];
+    t->out_ready_i = io->out_ready;
     t->eval();
     io->in_ready = t->in_ready_o;
     io->out_valid = t->out_valid_o;

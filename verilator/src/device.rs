@@ -223,9 +223,10 @@ fn clock(s: Arc<Shared>) {
         if !out.is_empty() {
             let peers = lock(&s.peers).clone();
             for f in out {
-                let dst = LinkFrame::decode(&f).dst;
-                if let Some(addr) = peers.get(&dst) {
-                    // A lost datagram is a lost frame: the protocol's timeouts cover it.
+                // The link multicasts: one datagram to each node the frame names. A lost
+                // datagram is a lost frame: the protocol's timeouts cover it.
+                let dst_mask = LinkFrame::decode(&f).dst;
+                for (_, addr) in peers.iter().filter(|(n, _)| **n < 8 && dst_mask & (1 << **n) != 0) {
                     let _ = s.socket.send_to(&f, addr);
                 }
             }

@@ -12,10 +12,10 @@ struct Io {
     peers: u8,
     epoch: u32,
     in_frame: [u32; 8],
+    out_ready: u8,
     in_ready: u8,
     out_valid: u8,
     out_verdict: u8,
-    pad: u8,
     out_frame: [u32; 8],
 }
 
@@ -56,10 +56,8 @@ impl FrameCheck {
     /// Checks one frame for node `node` of cluster `peers` in `epoch`; returns the verdict code
     /// and the frame as passed through, or None if the RTL does not answer.
     pub fn check(&mut self, frame: &[u8; 32], node: u8, peers: u8, epoch: u32) -> Option<(u8, [u8; 32])> {
-        let mut io = Io { rst_n: 1, node_id: node, peers, epoch, ..Io::default() };
-        for (i, w) in io.in_frame.iter_mut().enumerate() {
-            *w = u32::from_le_bytes([frame[4 * i], frame[4 * i + 1], frame[4 * i + 2], frame[4 * i + 3]]);
-        }
+        let mut io = Io { rst_n: 1, node_id: node, peers, epoch, out_ready: 1, ..Io::default() };
+        io.in_frame = words(frame);
         for _ in 0..CYCLES_MAX {
             io.in_valid = 1;
             self.cycle(&mut io);
@@ -71,15 +69,58 @@ impl FrameCheck {
         for _ in 0..CYCLES_MAX {
             self.cycle(&mut io);
             if io.out_valid == 1 {
-                let mut out = [0u8; 32];
-                for (i, w) in io.out_frame.iter().enumerate() {
-                    out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
-                }
-                return Some((io.out_verdict, out));
+                return Some((io.out_verdict, bytes(&io.out_frame)));
             }
         }
         None
     }
+
+    /// Streams `frames` in back to back while the consumer takes a verdict only in the cycles
+    /// `take(cycle)` allows; returns the verdicts and frames in order, and the cycles it took.
+    /// The checker must neither drop nor duplicate a frame under back-pressure.
+    pub fn stream(
+        &mut self,
+        frames: &[[u8; 32]],
+        node: u8,
+        peers: u8,
+        epoch: u32,
+        mut take: impl FnMut(u64) -> bool,
+    ) -> (Vec<(u8, [u8; 32])>, u64) {
+        let mut io = Io { rst_n: 1, node_id: node, peers, epoch, ..Io::default() };
+        let mut next = 0;
+        let mut out = vec![];
+        let mut cycle = 0u64;
+        let cycles_max = 64 + 64 * frames.len() as u64;
+        while out.len() < frames.len() && cycle < cycles_max {
+            io.in_valid = (next < frames.len()) as u8;
+            if let Some(f) = frames.get(next) {
+                io.in_frame = words(f);
+            }
+            io.out_ready = take(cycle) as u8;
+            self.cycle(&mut io);
+            // Handshakes at this edge (outputs as seen before it).
+            if io.in_valid == 1 && io.in_ready == 1 {
+                next += 1;
+            }
+            if io.out_valid == 1 && io.out_ready == 1 {
+                out.push((io.out_verdict, bytes(&io.out_frame)));
+            }
+            cycle += 1;
+        }
+        (out, cycle)
+    }
+}
+
+fn words(b: &[u8; 32]) -> [u32; 8] {
+    std::array::from_fn(|i| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
+}
+
+fn bytes(w: &[u32; 8]) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, x) in w.iter().enumerate() {
+        b[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes());
+    }
+    b
 }
 
 impl Default for FrameCheck {

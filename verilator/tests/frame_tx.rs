@@ -25,7 +25,7 @@ fn rtl_frame_tx_seals_like_the_model() {
         let mut f = LinkFrame::decode(&raw);
         f.kind = 3;
         f.src = 1;
-        f.dst = 0;
+        f.dst = 1; // node 0
         f.epoch = 9;
         let sealed = tx.send(&f.encode(), 0).unwrap_or_else(|| panic!("frame {i}: TX hung"));
         assert_eq!(classify(&sealed, 0, 0b11, 9), Verdict::Ok);

@@ -174,7 +174,7 @@ pub struct LinkFrame {
     pub kind: u8,
     /// Sending node.
     pub src: u8,
-    /// Receiving node, 0xff for every peer.
+    /// Receiving nodes as a bit mask (bit n: node n). A broadcast is one frame naming every target; the link delivers it to each (multicast), so fan-out costs one transmit slot whatever the number of sharers.
     pub dst: u8,
     /// Reserved, zero.
     pub flags: u8,

@@ -51,11 +51,12 @@ pub const TABLE_SETS_LOG2: u32 = 6;
 /// Ways of the model's table.
 pub const TABLE_WAYS: usize = 4;
 
-/// A frame leaving the card for one peer.
+/// A frame leaving the card: one transmit slot, delivered by the link to every node in
+/// `dst_mask` (multicast).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outgoing {
-    /// Destination node.
-    pub dst: u8,
+    /// Destination nodes (bit n: node n), as in the frame's dst field.
+    pub dst_mask: u8,
     /// Encoded frame.
     pub bytes: [u8; 32],
 }
@@ -164,7 +165,11 @@ pub fn classify(raw: &[u8; 32], node: u8, peers: u8, epoch: u32) -> Verdict {
         return Verdict::BadCrc;
     }
     let others = peers & !(1u8 << (node & 7));
-    if FrameKind::from_raw(f.kind).is_none() || f.src >= NODES_MAX || others & (1 << f.src) == 0 || f.dst != node {
+    if FrameKind::from_raw(f.kind).is_none()
+        || f.src >= NODES_MAX
+        || others & (1 << f.src) == 0
+        || f.dst & (1 << (node & 7)) == 0
+    {
         return Verdict::Malformed;
     }
     if f.epoch != epoch {
@@ -379,15 +384,19 @@ impl Card {
         std::mem::take(&mut self.out)
     }
 
-    fn send(&mut self, dst: u8, mut f: LinkFrame) {
+    /// Sends one frame to every node in `dst_mask` (nothing when it is empty).
+    fn send(&mut self, dst_mask: u8, mut f: LinkFrame) {
+        if dst_mask == 0 {
+            return;
+        }
         f.src = self.node_id();
-        f.dst = dst;
+        f.dst = dst_mask;
         f.epoch = self.epoch;
         let mut bytes = f.encode();
         f.crc = crc(&bytes);
         bytes = f.encode();
         self.stats.frames_tx = self.stats.frames_tx.wrapping_add(1);
-        self.out.push(Outgoing { dst, bytes });
+        self.out.push(Outgoing { dst_mask, bytes });
     }
 
     fn each_peer(mask: u8) -> impl Iterator<Item = u8> {
@@ -418,9 +427,7 @@ impl Card {
         }
         if self.cycle >= self.next_heartbeat {
             self.next_heartbeat = self.cycle + period;
-            for p in Self::each_peer(self.peers()) {
-                self.send(p, LinkFrame { kind: FrameKind::Heartbeat as u8, ..Default::default() });
-            }
+            self.send(self.peers(), LinkFrame { kind: FrameKind::Heartbeat as u8, ..Default::default() });
         }
         for p in Self::each_peer(self.peers() & self.peer_up) {
             if self.cycle > self.last_seen[p as usize] + DOWN_PERIODS * period {
@@ -548,12 +555,10 @@ impl Card {
             }
             Opcode::Release => {
                 if held {
-                    for p in Self::each_peer(sharers & !me & self.peers()) {
-                        self.send(
-                            p,
-                            LinkFrame { kind: FrameKind::Release as u8, resource: cmd.resource, ..Default::default() },
-                        );
-                    }
+                    self.send(
+                        sharers & !me & self.peers(),
+                        LinkFrame { kind: FrameKind::Release as u8, resource: cmd.resource, ..Default::default() },
+                    );
                     self.table.update(cmd.resource, 0, 0);
                 }
                 let c = self.done(&cmd, Status::Ok);
@@ -565,9 +570,7 @@ impl Card {
                 self.start(cmd, FrameKind::Search, self.peers(), stamp, 0, mem);
             }
             Opcode::Heartbeat => {
-                for p in Self::each_peer(self.peers()) {
-                    self.send(p, LinkFrame { kind: FrameKind::Heartbeat as u8, ..Default::default() });
-                }
+                self.send(self.peers(), LinkFrame { kind: FrameKind::Heartbeat as u8, ..Default::default() });
                 let c = self.done(&cmd, Status::Ok);
                 self.complete(mem, c);
             }
@@ -592,9 +595,7 @@ impl Card {
             aborted: false,
             retry_at: None,
         };
-        for t in Self::each_peer(targets) {
-            self.send(t, LinkFrame { kind: kind as u8, seq, stamp, resource: cmd.resource, ..Default::default() });
-        }
+        self.send(targets, LinkFrame { kind: kind as u8, seq, stamp, resource: cmd.resource, ..Default::default() });
         self.pending.push(p);
         if targets == 0 {
             self.finish_ready(mem);
@@ -761,7 +762,7 @@ impl Card {
                     }
                 }
                 if nack {
-                    self.send(f.src, reply(FrameKind::Nack, 0, 0));
+                    self.send(1 << f.src, reply(FrameKind::Nack, 0, 0));
                     return true;
                 }
                 // A shared acquire of ours in flight for the same resource will hold it together
@@ -797,7 +798,7 @@ impl Card {
                         self.table.update(f.resource, 0, 0);
                     }
                     self.send(
-                        f.src,
+                        1 << f.src,
                         reply(FrameKind::Ack, if held { sharers } else { 0 }, if held { owner } else { 0 }),
                     );
                 } else {
@@ -820,7 +821,7 @@ impl Card {
                         self.table.update(f.resource, sharers | 1 << f.src, 0);
                     }
                     self.send(
-                        f.src,
+                        1 << f.src,
                         reply(FrameKind::Ack, if held { sharers | me } else { coming }, if held { owner } else { 0 }),
                     );
                 }
@@ -845,7 +846,7 @@ impl Card {
             FrameKind::Search => {
                 let (held, sharers, owner) = self.holds(f.resource);
                 self.send(
-                    f.src,
+                    1 << f.src,
                     reply(FrameKind::SearchReply, if held { sharers } else { 0 }, if held { owner } else { 0 }),
                 );
             }

@@ -197,8 +197,10 @@ pub(crate) use trace;
 /// before it fails as contended (a count of attempts ran out in under a second on a busy
 /// machine with five writers on one line).
 const RETRY_PATIENCE: Duration = Duration::from_secs(20);
+/// First back-off between two attempts; it doubles per attempt up to `RETRY_PAUSE_MAX`.
+const RETRY_PAUSE_MIN: Duration = Duration::from_micros(100);
 /// Longest back-off between two attempts.
-const RETRY_PAUSE_MAX: Duration = Duration::from_millis(4);
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(32);
 /// Longest wait for a busy line.
 const LINE_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -321,8 +323,11 @@ impl Amf {
         }
     }
 
-    /// Before attempt `attempt` of an operation on `r` begun at `start`: backs off (longer
-    /// each time, at most `RETRY_PAUSE_MAX`), or gives up once `RETRY_PATIENCE` has passed.
+    /// Before attempt `attempt` of an operation on `r` begun at `start`: backs off, or gives up
+    /// once `RETRY_PATIENCE` has passed. The pause is random in [0, window), the window doubling
+    /// per attempt up to `RETRY_PAUSE_MAX` (binary exponential back-off, as Ethernet): each new
+    /// invalidate supersedes a writer still taking the line over, so writers that retry in step
+    /// (the old fixed, linear pauses) can supersede each other for as long as they keep coming.
     fn before_attempt(&self, r: u64, attempt: u32, start: Instant) -> Result<(), CoherencyError> {
         if attempt == 0 {
             return Ok(());
@@ -331,7 +336,9 @@ impl Amf {
             return Err(CoherencyError::Contended(r));
         }
         self.counters.retries.fetch_add(1, Relaxed);
-        std::thread::sleep((RETRY_PAUSE_MAX / 20).saturating_mul(attempt.min(20)));
+        let window = RETRY_PAUSE_MIN.saturating_mul(1 << attempt.min(16)).min(RETRY_PAUSE_MAX);
+        let pause = window.mul_f64(rand::random::<f64>());
+        std::thread::sleep(pause);
         Ok(())
     }
 

@@ -77,8 +77,9 @@ impl LinkedModel {
                 std::thread::sleep(IDLE_SLEEP);
             } else {
                 let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                // The link multicasts: one datagram to each node the frame names.
                 for o in out {
-                    if let Some(a) = peers.get(&o.dst) {
+                    for (_, a) in peers.iter().filter(|(n, _)| **n < 8 && o.dst_mask & (1 << **n) != 0) {
                         let _ = self.socket.send_to(&o.bytes, a);
                     }
                 }

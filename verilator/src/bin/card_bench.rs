@@ -109,9 +109,11 @@ fn step(nodes: &mut [Node]) {
         moved.extend(n.card.take_outgoing());
     }
     for f in moved {
-        let dst = LinkFrame::decode(&f).dst as usize;
-        if let Some(n) = nodes.get_mut(dst) {
-            n.card.receive(f);
+        let dst_mask = LinkFrame::decode(&f).dst;
+        for (i, n) in nodes.iter_mut().enumerate() {
+            if dst_mask & (1 << i) != 0 {
+                n.card.receive(f);
+            }
         }
     }
 }
