@@ -303,14 +303,20 @@ module amf_engine #(
   logic [63:0] hb_period;
   assign hb_period = {32'd0, heartbeat_period_i};
 
-  // A peer silent for DownPeriods heartbeat periods.
-  logic       down_any;
-  logic [2:0] down_idx;
+  // A peer silent for DownPeriods heartbeat periods: now > last_seen + DownPeriods * period,
+  // tested as last_seen < now - DownPeriods * period with one subtractor for all peers (an adder
+  // per peer costs ~450 logic cells on an iCE40).
+  logic [63:0] down_window, seen_before;
+  logic        down_possible, down_any;
+  logic [2:0]  down_idx;
+  assign down_window   = 64'(DownPeriods) * hb_period;
+  assign down_possible = hb_period != 0 && now_q > down_window;
+  assign seen_before   = now_q - down_window;
   always_comb begin
     down_any = 1'b0;
     down_idx = '0;
     for (int i = 7; i >= 0; i--) begin
-      if (hb_period != 0 && others[i] && up_q[i] && now_q > last_seen_q[i] + DownPeriods * hb_period) begin
+      if (down_possible && others[i] && up_q[i] && last_seen_q[i] < seen_before) begin
         down_any = 1'b1;
         down_idx = 3'(i);
       end

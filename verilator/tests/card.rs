@@ -349,3 +349,39 @@ fn silent_peers_time_out_on_rtl_and_model() {
     compare_memory(&p, 0, 1);
     assert_eq!(p.consume().0.len(), 1);
 }
+
+/// Heartbeats: a peer heard once is reported up, and down once it has been silent for more than
+/// four heartbeat periods — not before — on the RTL and the model alike.
+#[test]
+fn silent_peer_is_reported_down_after_four_periods_on_rtl_and_model() {
+    const PERIOD: u64 = 500;
+    let mut p = Pair::new();
+    p.write(regs::device::BASE + regs::device::heartbeat_period::OFFSET, PERIOD as u32);
+    // Well past the first periods, so "silent since" is measured, not the card's age.
+    p.rtl.run(6 * PERIOD, &mut p.rtl_mem);
+    p.model.tick(6 * PERIOD, &mut p.model_mem);
+    let hb = seal(LinkFrame { kind: FrameKind::Heartbeat as u8, src: 1, dst: 1, epoch: EPOCH, ..Default::default() });
+    p.rtl.receive(hb);
+    p.model.receive(&hb, &mut p.model_mem);
+    let kinds = |p: &mut Pair| -> Vec<(u8, u8)> {
+        let (_, evts) = p.consume();
+        evts.iter().map(|e| Event::decode(e)).map(|e| (e.kind, e.node)).collect()
+    };
+    // Three periods later: up, not yet down (both cards' own heartbeats go out meanwhile).
+    p.rtl.run(3 * PERIOD, &mut p.rtl_mem);
+    p.model.tick(3 * PERIOD, &mut p.model_mem);
+    compare_memory(&p, 0, 0);
+    assert_eq!(kinds(&mut p), vec![(EventKind::PeerUp as u8, 1)]);
+    // Past four periods of silence: down, once.
+    p.rtl.run(2 * PERIOD, &mut p.rtl_mem);
+    p.model.tick(2 * PERIOD, &mut p.model_mem);
+    compare_memory(&p, 0, 1);
+    assert_eq!(kinds(&mut p), vec![(EventKind::PeerDown as u8, 1)]);
+    // Both sent heartbeats, each one frame to both peers. (How many differs: the model sends at
+    // most one per tick, whatever the tick's length.)
+    let (a, b) = (p.rtl.take_outgoing(), p.model.take_outgoing());
+    assert!(a.len() >= 4 && !b.is_empty(), "heartbeats sent: rtl {} model {}", a.len(), b.len());
+    for f in a.iter().chain(b.iter().map(|o| &o.bytes)).map(LinkFrame::decode) {
+        assert_eq!((f.kind, f.dst), (FrameKind::Heartbeat as u8, 0b110));
+    }
+}

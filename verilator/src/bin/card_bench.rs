@@ -1,8 +1,9 @@
 //! `cargo run --release -p amf-verilator --bin card_bench [-- --record docs/benchmarks.md]`:
-//! simulated cards linked in process (a frame moves to its destination the cycle after it is
-//! sent). Measures (1) cycles from the doorbell of an acquire-exclusive to its completion in host
-//! memory with 1..7 sharers to invalidate, and (2) simulated cycles per second for 4 cards
-//! exchanging broadcasts.
+//! simulated cards linked in process. Measures (1) cycles from the doorbell of an
+//! acquire-exclusive to its completion in host memory with 1..7 sharers to invalidate (lockstep,
+//! a frame moves to its destinations the cycle after it is sent), and (2) simulated cycles per
+//! second for 4 cards exchanging broadcasts, lockstep on one thread and on two threads with a
+//! link of `LINK_CYCLES`.
 
 use amf_hdl_model::gen::regs;
 use amf_hdl_model::gen::structs::{Command, Completion, LinkFrame, Opcode};
@@ -86,6 +87,7 @@ impl Node {
     }
 
     fn drain_events(&mut self) {
+        let before = self.evt_cons;
         loop {
             let slot = EVT + (self.evt_cons & ((1 << RING_LOG2) - 1)) as u64 * 32;
             let mut b = [0u8; 32];
@@ -95,7 +97,9 @@ impl Node {
             }
             self.evt_cons += 1;
         }
-        self.card.mmio_write(regs::evt_ring::BASE + regs::evt_ring::doorbell::OFFSET, self.evt_cons, &mut self.mem);
+        if self.evt_cons != before {
+            self.card.mmio_write(regs::evt_ring::BASE + regs::evt_ring::doorbell::OFFSET, self.evt_cons, &mut self.mem);
+        }
     }
 }
 
@@ -129,8 +133,155 @@ fn wait_completion(nodes: &mut [Node], node: usize) -> Option<u64> {
     None
 }
 
+/// Link latency of the threaded run: each thread runs its cards this many cycles between
+/// exchanges, exactly (a frame sent in cycle t is presented from cycle t + LINK_CYCLES, so no
+/// frame can arrive inside the window it was sent in). 64 cycles is 256 ns at 250 MHz, below a
+/// real card-to-card hop through an Ethernet switch.
+const LINK_CYCLES: u64 = 64;
+/// Cycles between the host's turns (submitting, reaping completions and events).
+const HOST_CYCLES: u64 = 64;
+/// Wall-clock length of each throughput run.
+const RUN_SECS: f64 = 3.0;
+
+/// A barrier that spins: the windows between exchanges are tens of microseconds, about what a
+/// futex wake-up costs on a VM, so a sleeping barrier would halve the rate.
+struct SpinBarrier {
+    threads: usize,
+    arrived: std::sync::atomic::AtomicUsize,
+    generation: std::sync::atomic::AtomicUsize,
+}
+
+impl SpinBarrier {
+    fn new(threads: usize) -> SpinBarrier {
+        SpinBarrier { threads, arrived: 0.into(), generation: 0.into() }
+    }
+
+    /// Waits for every thread; true for exactly one of them (the last to arrive).
+    fn wait(&self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+        let generation = self.generation.load(Acquire);
+        if self.arrived.fetch_add(1, AcqRel) + 1 == self.threads {
+            self.arrived.store(0, Release);
+            self.generation.fetch_add(1, Release);
+            return true;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Acquire) == generation {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1024) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        false
+    }
+}
+
+/// A frame on its way: (cycle from which it is presented, frame).
+type InFlight = (u64, [u8; 32]);
+
+/// 4 cards, each submitting an acquire whenever its last one completed, split over `threads`
+/// threads that meet every `link` cycles to exchange frames. Returns (cluster cycles per second,
+/// acquires completed, seconds).
+fn throughput(threads: usize, link: u64) -> (f64, u64, f64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::Mutex;
+    const NODES: usize = 4;
+    let mut nodes: Vec<Node> = (0..NODES as u8).map(|i| Node::new(i, NODES as u8)).collect();
+    // Two mailboxes per node, by window parity: a window's frames are posted to one while the
+    // other (last window's) is being emptied.
+    let mail: Vec<[Mutex<Vec<InFlight>>; 2]> = (0..NODES).map(|_| [Mutex::default(), Mutex::default()]).collect();
+    let barrier = SpinBarrier::new(threads);
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let start = Instant::now();
+    let cycles_before: u64 = nodes.iter().map(|n| n.card.cycles()).sum();
+    let mut cycles_after = 0u64;
+    let per = NODES.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut handles = vec![];
+        for (t, chunk) in nodes.chunks_mut(per).enumerate() {
+            let (mail, barrier, stop, done) = (&mail, &barrier, &stop, &done);
+            handles.push(scope.spawn(move || {
+                let first = t * per;
+                let mut pending: Vec<Vec<InFlight>> = vec![vec![]; chunk.len()];
+                let mut window = 0u64;
+                let mut next_res = 0u64;
+                let host_every = HOST_CYCLES.div_ceil(link).max(1);
+                loop {
+                    let host_turn = window.is_multiple_of(host_every);
+                    for (k, n) in chunk.iter_mut().enumerate().filter(|_| host_turn) {
+                        if n.cmd_prod == n.cpl_cons {
+                            next_res += 1;
+                            let op = if (next_res + (first + k) as u64).is_multiple_of(3) {
+                                Opcode::AcquireShared
+                            } else {
+                                Opcode::AcquireExclusive
+                            };
+                            n.submit(op, (next_res * 7 + (first + k) as u64) % 8);
+                        }
+                    }
+                    let base = window * link;
+                    for c in base..base + link {
+                        for (k, n) in chunk.iter_mut().enumerate() {
+                            pending[k].retain(|&(at, f)| {
+                                if at <= c {
+                                    n.card.receive(f);
+                                }
+                                at > c
+                            });
+                            n.card.run(1, &mut n.mem);
+                            for f in n.card.take_outgoing() {
+                                let dst_mask = LinkFrame::decode(&f).dst;
+                                for (d, m) in mail.iter().enumerate() {
+                                    if dst_mask & (1 << d) != 0 {
+                                        m[(window % 2) as usize]
+                                            .lock()
+                                            .unwrap_or_else(|p| p.into_inner())
+                                            .push((c + link, f));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for n in chunk.iter_mut().filter(|_| host_turn) {
+                        done.fetch_add(n.completions().len() as u64, Relaxed);
+                        n.drain_events();
+                    }
+                    if barrier.wait() && host_turn && start.elapsed().as_secs_f64() > RUN_SECS {
+                        stop.store(true, Relaxed);
+                    }
+                    barrier.wait();
+                    for (k, p) in pending.iter_mut().enumerate() {
+                        let mut m = mail[first + k][(window % 2) as usize].lock().unwrap_or_else(|p| p.into_inner());
+                        p.append(&mut m);
+                    }
+                    window += 1;
+                    if stop.load(Relaxed) {
+                        return chunk.iter().map(|n| n.card.cycles()).sum::<u64>();
+                    }
+                }
+            }));
+        }
+        for h in handles {
+            cycles_after += h.join().unwrap_or(0);
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+    // Cluster cycles: every card's cycles (register writes by the host included), per card.
+    let cycles = cycles_after.saturating_sub(cycles_before) / NODES as u64;
+    (cycles as f64 / secs, done.load(Relaxed), secs)
+}
+
 fn main() {
     let record = std::env::args().skip_while(|a| a != "--record").nth(1);
+    // AMF_BENCH_THREADS=N: only the throughput run, on N threads (N = 1 for one core's rate).
+    if let Ok(t) = std::env::var("AMF_BENCH_THREADS") {
+        let (cps, done, secs) = throughput(t.parse().unwrap_or(1).max(1), LINK_CYCLES);
+        println!("{:.2} M simulated cycles/s, {done} acquires in {secs:.1} s", cps / 1e6);
+        return;
+    }
     // (1) Doorbell-to-completion of an acquire-exclusive with k sharers to invalidate.
     let mut rows = vec![];
     for k in 1..=7usize {
@@ -148,48 +299,28 @@ fn main() {
         let cycles = wait_completion(&mut nodes, 0).expect("acquire exclusive completes");
         rows.push((k, cycles));
     }
-    // (2) 4 cards exchanging broadcasts: every card keeps writing resources the others read.
-    let mut nodes: Vec<Node> = (0..4).map(|i| Node::new(i, 4)).collect();
-    let start = Instant::now();
-    let mut cycles = 0u64;
-    let mut done = 0u64;
-    let mut next_res = 0u64;
-    while start.elapsed().as_secs_f64() < 3.0 {
-        for (i, n) in nodes.iter_mut().enumerate() {
-            if n.cmd_prod == n.cpl_cons {
-                next_res += 1;
-                n.submit(
-                    if (next_res + i as u64).is_multiple_of(3) {
-                        Opcode::AcquireShared
-                    } else {
-                        Opcode::AcquireExclusive
-                    },
-                    next_res % 8,
-                );
-            }
-        }
-        for _ in 0..64 {
-            step(&mut nodes);
-        }
-        cycles += 64;
-        for n in nodes.iter_mut() {
-            done += n.completions().len() as u64;
-            n.drain_events();
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
+    // (2) 4 cards exchanging broadcasts: lockstep on one thread with the one-cycle link, then
+    // on two threads (this machine's cores) with a LINK_CYCLES link.
+    let (lockstep_cps, lockstep_done, lockstep_secs) = throughput(1, 1);
+    let (threaded_cps, threaded_done, threaded_secs) = throughput(2, LINK_CYCLES);
     let mut s = String::from(
-        "Command: `cargo run --release -p amf-verilator --bin card_bench` — Verilator 5.006, the whole `amf_card` RTL per node, linked in process (a frame reaches its destination the cycle after it leaves).\n\n\
+        "Command: `cargo run --release -p amf-verilator --bin card_bench` — Verilator 5.006, the whole `amf_card` RTL per node, linked in process. Latency: lockstep, a frame reaches its destinations the cycle after it leaves (one multicast frame per broadcast).\n\n\
          | sharers invalidated | doorbell to completion (cycles) |\n|---|---|\n",
     );
     for (k, c) in &rows {
         s += &format!("| {k} | {c} |\n");
     }
     s += &format!(
-        "\n4 cards exchanging broadcasts: {:.2} M simulated cycles/s (cluster cycles, all 4 cards stepped), {} acquires completed in {:.1} s.\n",
-        cycles as f64 / secs / 1e6,
-        done,
-        secs
+        "\n4 cards exchanging broadcasts (every card keeps acquiring resources the others use; cluster cycles, all 4 cards stepped):\n\n\
+         | threads | link latency (cycles) | M simulated cycles/s | acquires completed |\n|---|---|---|---|\n\
+         | 1 | 1 | {:.2} | {} in {:.1} s |\n| 2 | {} | {:.2} | {} in {:.1} s |\n",
+        lockstep_cps / 1e6,
+        lockstep_done,
+        lockstep_secs,
+        LINK_CYCLES,
+        threaded_cps / 1e6,
+        threaded_done,
+        threaded_secs
     );
     println!("{s}");
     if let Some(path) = record {
