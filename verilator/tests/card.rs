@@ -365,7 +365,7 @@ fn silent_peer_is_reported_down_after_four_periods_on_rtl_and_model() {
     p.model.receive(&hb, &mut p.model_mem);
     let kinds = |p: &mut Pair| -> Vec<(u8, u8)> {
         let (_, evts) = p.consume();
-        evts.iter().map(|e| Event::decode(e)).map(|e| (e.kind, e.node)).collect()
+        evts.iter().map(Event::decode).map(|e| (e.kind, e.node)).collect()
     };
     // Three periods later: up, not yet down (both cards' own heartbeats go out meanwhile).
     p.rtl.run(3 * PERIOD, &mut p.rtl_mem);
