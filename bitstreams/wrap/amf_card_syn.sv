@@ -6,7 +6,8 @@
 module amf_card_syn #(
   parameter int unsigned Inflight      = 2,
   parameter int unsigned TableSetsLog2 = 4,
-  parameter int unsigned TableWays     = 2
+  parameter int unsigned TableWays     = 2,
+  parameter int unsigned Nodes         = 4
 ) (
   input  logic        clk_i,
   input  logic        rst_ni,
@@ -39,7 +40,7 @@ module amf_card_syn #(
   logic [63:0]  dma_req_addr;
   logic [255:0] dma_req_wdata, link_tx_frame;
 
-  amf_card #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays)) u_card (
+  amf_card #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes)) u_card (
     .clk_i,
     .rst_ni,
     .reg_req_valid_i,

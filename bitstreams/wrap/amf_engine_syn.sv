@@ -6,7 +6,8 @@
 module amf_engine_syn #(
   parameter int unsigned Inflight      = 2,
   parameter int unsigned TableSetsLog2 = 4,
-  parameter int unsigned TableWays     = 2
+  parameter int unsigned TableWays     = 2,
+  parameter int unsigned Nodes         = 4
 ) (
   input  logic       clk_i,
   input  logic       rst_ni,
@@ -35,7 +36,7 @@ module amf_engine_syn #(
   logic [255:0] cpl, evt, tx_frame;
   logic [31:0]  frames_tx, bad_commands, broadcasts, skipped, ack_timeouts, occupancy, full_fallbacks;
 
-  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays)) u_engine (
+  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes)) u_engine (
     .clk_i,
     .rst_ni,
     .clear_i,

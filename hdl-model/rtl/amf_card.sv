@@ -8,7 +8,9 @@ module amf_card #(
   parameter int unsigned Inflight      = 16,
   // Sharer table shape (the model's TABLE_SETS_LOG2, TABLE_WAYS).
   parameter int unsigned TableSetsLog2 = 6,
-  parameter int unsigned TableWays     = 4
+  parameter int unsigned TableWays     = 4,
+  // Nodes whose liveness the engine tracks (up to 8).
+  parameter int unsigned Nodes         = 8
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
@@ -297,7 +299,7 @@ module amf_card #(
   );
 
   // ---- engine -------------------------------------------------------------------------------
-  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays)) u_engine (
+  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes)) u_engine (
     .clk_i,
     .rst_ni,
     .clear_i            (soft_reset),

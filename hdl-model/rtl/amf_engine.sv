@@ -8,7 +8,9 @@
 module amf_engine #(
   parameter int unsigned Inflight      = 16,
   parameter int unsigned TableSetsLog2 = 6,
-  parameter int unsigned TableWays     = 4
+  parameter int unsigned TableWays     = 4,
+  // Nodes whose liveness is tracked (node ids 0..Nodes-1; frames and masks stay 8 nodes wide).
+  parameter int unsigned Nodes         = 8
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
@@ -117,6 +119,12 @@ module amf_engine #(
     event_entry = e;
   endfunction
 
+  // Liveness is kept for nodes below Nodes only.
+  localparam int unsigned NodeW = Nodes > 1 ? $clog2(Nodes) : 1;
+  function automatic logic tracked(input logic [2:0] node);
+    tracked = {29'd0, node} < Nodes;
+  endfunction
+
   // ---- sharer table --------------------------------------------------------------------------
   logic        tbl_req_valid, tbl_req_ready, tbl_write;
   logic [63:0] tbl_res;
@@ -197,7 +205,7 @@ module amf_engine #(
   logic          held_q;
   logic [7:0]    sharers_q, owner_q;
   logic [7:0]    up_q;
-  logic [63:0]   last_seen_q [8];
+  logic [63:0]   last_seen_q [Nodes];
   logic [31:0]   frames_tx_q, bad_commands_q, broadcasts_q, skipped_q, ack_timeouts_q;
   logic          tbl_busy_q;  // a table request issued, response pending
   logic          rx_coming_q, rx_nack_q;
@@ -315,7 +323,7 @@ module amf_engine #(
   always_comb begin
     down_any = 1'b0;
     down_idx = '0;
-    for (int i = 7; i >= 0; i--) begin
+    for (int i = Nodes - 1; i >= 0; i--) begin
       if (down_possible && others[i] && up_q[i] && last_seen_q[i] < seen_before) begin
         down_any = 1'b1;
         down_idx = 3'(i);
@@ -412,7 +420,7 @@ module amf_engine #(
       p_valid        <= '0;
       p_aborted      <= '0;
       p_wait         <= '0;
-      for (int unsigned i = 0; i < 8; i++) last_seen_q[i] <= '0;
+      for (int unsigned i = 0; i < Nodes; i++) last_seen_q[i] <= '0;
       for (int unsigned i = 0; i < Inflight; i++) begin
         p_kind[i] <= '0; p_op[i] <= '0; p_tag[i] <= '0; p_res[i] <= '0; p_seq[i] <= '0; p_stamp[i] <= '0; p_targets[i] <= '0;
         p_answered[i] <= '0; p_seen[i] <= '0; p_owner[i] <= '0; p_retries[i] <= '0;
@@ -451,7 +459,7 @@ module amf_engine #(
             // SRx and SRxAck in one cycle; SFinish only when the entry has every answer.
             rx_q    <= rx_frame_i;
             clock_q <= (clock_q > a_stamp ? clock_q : a_stamp) + 32'd1;
-            last_seen_q[a_src[2:0]] <= now_q;
+            if (tracked(a_src[2:0])) last_seen_q[NodeW'(a_src[2:0])] <= now_q;
             if (ack_hit) begin
               p_answered[ack_idx] <= ack_answered;
               p_seen[ack_idx]     <= p_seen[ack_idx] | a_sharers;
@@ -622,7 +630,7 @@ module amf_engine #(
         // ---- received frames -------------------------------------------------------------------
         SRx: begin
           clock_q <= (clock_q > f_stamp ? clock_q : f_stamp) + 32'd1;
-          last_seen_q[f_src[2:0]] <= now_q;
+          if (tracked(f_src[2:0])) last_seen_q[NodeW'(f_src[2:0])] <= now_q;
           ret_q   <= SRxLookup;
           if (!up_q[f_src[2:0]] && evt_space_i != 0) begin
             up_q[f_src[2:0]] <= 1'b1;
