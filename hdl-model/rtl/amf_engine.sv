@@ -167,7 +167,9 @@ module amf_engine #(
   logic [7:0]          p_seen     [Inflight];
   logic [7:0]          p_owner    [Inflight];
   logic [7:0]          p_retries  [Inflight];
-  logic [63:0]         p_start    [Inflight];
+  // Cycles since the operation (or its retry) started, as of this cycle: a counter rather than a
+  // start time, so a completion's `cycles` needs no subtractor behind the state logic.
+  logic [31:0]         p_age      [Inflight];
   logic [63:0]         p_due      [Inflight];  // deadline, or retry time while waiting
 
   logic [IdxW:0] used;
@@ -237,6 +239,16 @@ module amf_engine #(
   assign f_sharers = rx_q[amf_structs_pkg::LinkFrameSharersLsb+:8];
   assign f_owner   = rx_q[amf_structs_pkg::LinkFrameOwnerLsb+:8];
 
+  // Timers are compared against now_q one cycle ahead of use, in flip-flops (`*_due_q`), so no
+  // 64-bit carry chain sits in front of the state logic (an iCE40 ran at 31 MHz with them
+  // there). Writing a deadline clears its flag in the same cycle, so a flag is never stale; a
+  // timer fires one cycle later than it would combinationally, which no protocol rule notices.
+  logic [Inflight-1:0] p_due_q;   // now_q had reached p_due[i] last cycle
+  logic                hb_due_q;  // now_q had reached next_hb_q last cycle
+  logic [Nodes-1:0]    down_q;    // last_seen_q[i] was older than the down window last cycle
+  logic [63:0]         seen_before_q;
+  logic                down_possible_q;
+
   // Pending entry whose timer ran out (retry due or ack deadline), lowest index first.
   logic            due_any;
   logic [IdxW-1:0] due_idx;
@@ -244,7 +256,7 @@ module amf_engine #(
     due_any = 1'b0;
     due_idx = '0;
     for (int i = Inflight - 1; i >= 0; i--) begin
-      if (p_valid[i] && now_q >= p_due[i]) begin
+      if (p_valid[i] && p_due_q[i]) begin
         due_any = 1'b1;
         due_idx = IdxW'(i);
       end
@@ -313,18 +325,19 @@ module amf_engine #(
 
   // A peer silent for DownPeriods heartbeat periods: now > last_seen + DownPeriods * period,
   // tested as last_seen < now - DownPeriods * period with one subtractor for all peers (an adder
-  // per peer costs ~450 logic cells on an iCE40).
-  logic [63:0] down_window, seen_before;
-  logic        down_possible, down_any;
+  // per peer costs ~450 logic cells on an iCE40), the subtraction and the comparisons in two
+  // flip-flop stages.
+  logic [63:0] down_window;
+  logic        down_any;
   logic [2:0]  down_idx;
-  assign down_window   = 64'(DownPeriods) * hb_period;
-  assign down_possible = hb_period != 0 && now_q > down_window;
-  assign seen_before   = now_q - down_window;
+  logic        hb_due;
+  assign down_window = 64'(DownPeriods) * hb_period;
+  assign hb_due      = hb_period != 0 && hb_due_q;
   always_comb begin
     down_any = 1'b0;
     down_idx = '0;
     for (int i = Nodes - 1; i >= 0; i--) begin
-      if (down_possible && others[i] && up_q[i] && last_seen_q[i] < seen_before) begin
+      if (down_possible_q && others[i] && up_q[i] && down_q[i]) begin
         down_any = 1'b1;
         down_idx = 3'(i);
       end
@@ -332,7 +345,7 @@ module amf_engine #(
   end
 
   assign cmd_ready_o = state_q == SIdle && enable_i && !deferred_q && !rx_valid_i && !due_any && have_free
-                       && !(hb_period != 0 && now_q >= next_hb_q) && !down_any
+                       && !hb_due && !down_any
                        && cpl_space_i > {{(31 - IdxW){1'b0}}, used};
   assign rx_ready_o  = state_q == SIdle && enable_i && !deferred_q;
   assign tx_valid_o  = state_q == STx && tx_mask_q != '0;
@@ -394,6 +407,11 @@ module amf_engine #(
       ret_q          <= SIdle;
       now_q          <= '0;
       next_hb_q      <= '0;
+      p_due_q        <= '0;
+      hb_due_q       <= 1'b0;
+      down_q         <= '0;
+      seen_before_q  <= '0;
+      down_possible_q <= 1'b0;
       clock_q        <= '0;
       next_seq_q     <= 32'd1;
       cmd_q          <= '0;
@@ -424,10 +442,12 @@ module amf_engine #(
       for (int unsigned i = 0; i < Inflight; i++) begin
         p_kind[i] <= '0; p_op[i] <= '0; p_tag[i] <= '0; p_res[i] <= '0; p_seq[i] <= '0; p_stamp[i] <= '0; p_targets[i] <= '0;
         p_answered[i] <= '0; p_seen[i] <= '0; p_owner[i] <= '0; p_retries[i] <= '0;
-        p_start[i] <= '0; p_due[i] <= '0;
+        p_age[i] <= '0; p_due[i] <= '0;
       end
     end else if (clear_i) begin
       state_q        <= SIdle;
+      p_due_q        <= '0;
+      down_q         <= '0;
       evt_count_q    <= '0;
       p_valid        <= '0;
       p_wait         <= '0;
@@ -443,6 +463,15 @@ module amf_engine #(
       now_q          <= now_q + 64'd1;
     end else begin
       now_q <= now_q + 64'd1;
+      // Timer flags for the next cycle (the states below clear the ones they rearm).
+      for (int unsigned i = 0; i < Inflight; i++) begin
+        p_due_q[i] <= now_q >= p_due[i];
+        p_age[i]   <= p_age[i] + 32'd1;
+      end
+      hb_due_q        <= now_q >= next_hb_q;
+      seen_before_q   <= now_q - down_window;
+      down_possible_q <= hb_period != 0 && now_q > down_window;
+      for (int unsigned i = 0; i < Nodes; i++) down_q[i] <= last_seen_q[i] < seen_before_q;
       // Table handshake bookkeeping.
       if (tbl_req_valid && tbl_req_ready) tbl_busy_q <= 1'b1;
       if (tbl_done) tbl_busy_q <= 1'b0;
@@ -459,7 +488,10 @@ module amf_engine #(
             // SRx and SRxAck in one cycle; SFinish only when the entry has every answer.
             rx_q    <= rx_frame_i;
             clock_q <= (clock_q > a_stamp ? clock_q : a_stamp) + 32'd1;
-            if (tracked(a_src[2:0])) last_seen_q[NodeW'(a_src[2:0])] <= now_q;
+            if (tracked(a_src[2:0])) begin
+              last_seen_q[NodeW'(a_src[2:0])] <= now_q;
+              down_q[NodeW'(a_src[2:0])]      <= 1'b0;
+            end
             if (ack_hit) begin
               p_answered[ack_idx] <= ack_answered;
               p_seen[ack_idx]     <= p_seen[ack_idx] | a_sharers;
@@ -473,8 +505,9 @@ module amf_engine #(
           end else if (rx_valid_i) begin
             rx_q    <= rx_frame_i;
             state_q <= SRx;
-          end else if (hb_period != 0 && now_q >= next_hb_q) begin
+          end else if (hb_due) begin
             next_hb_q <= now_q + hb_period;
+            hb_due_q  <= 1'b0;
             tx_tmpl_q <= frame(KHeartbeat, 8'd0, 32'd0, 32'd0, 64'd0, 8'd0, 8'd0);
             tx_mask_q <= others;
             ret_q     <= SIdle;
@@ -495,7 +528,7 @@ module amf_engine #(
               out_q <= completion(p_op[due_idx], StTimeout, 7'd0, p_targets[due_idx],
                                   p_tag[due_idx], p_res[due_idx],
                                   8'd0, 8'd0, p_targets[due_idx] & ~p_answered[due_idx],
-                                  32'(now_q - p_start[due_idx]));
+                                  p_age[due_idx]);
               ret_q   <= SIdle;
               state_q <= SCpl;
             end
@@ -585,8 +618,9 @@ module amf_engine #(
           p_seen[free_idx]     <= '0;
           p_owner[free_idx]    <= '0;
           p_retries[free_idx]  <= '0;
-          p_start[free_idx]    <= now_q;
+          p_age[free_idx]      <= 32'd1;
           p_due[free_idx]      <= now_q + {32'd0, ack_timeout_i};
+          p_due_q[free_idx]    <= 1'b0;
           next_seq_q <= next_seq_q + 32'd1;
           slot_q     <= free_idx;
           tx_tmpl_q  <= frame(c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch),
@@ -630,7 +664,10 @@ module amf_engine #(
         // ---- received frames -------------------------------------------------------------------
         SRx: begin
           clock_q <= (clock_q > f_stamp ? clock_q : f_stamp) + 32'd1;
-          if (tracked(f_src[2:0])) last_seen_q[NodeW'(f_src[2:0])] <= now_q;
+          if (tracked(f_src[2:0])) begin
+            last_seen_q[NodeW'(f_src[2:0])] <= now_q;
+            down_q[NodeW'(f_src[2:0])]      <= 1'b0;
+          end
           ret_q   <= SRxLookup;
           if (!up_q[f_src[2:0]] && evt_space_i != 0) begin
             up_q[f_src[2:0]] <= 1'b1;
@@ -755,12 +792,13 @@ module amf_engine #(
                 p_aborted[slot_q] <= 1'b0;
                 p_wait[slot_q]    <= 1'b1;
                 p_due[slot_q]     <= now_q + 64'(BackoffCycles) * {56'd0, p_retries[slot_q] + 8'd1};
+                p_due_q[slot_q]   <= 1'b0;
               end
             end else if (p_kind[slot_q] == KSearch) begin
               p_valid[slot_q] <= 1'b0;
               out_q <= completion(OpSearch, StOk, {p_retries[slot_q][4:0], 2'b00}, p_targets[slot_q],
                                   p_tag[slot_q], p_res[slot_q],
-                                  p_seen[slot_q], p_owner[slot_q], 8'd0, 32'(now_q - p_start[slot_q]));
+                                  p_seen[slot_q], p_owner[slot_q], 8'd0, p_age[slot_q]);
               state_q <= SCpl;
             end else begin
               state_q <= SFinishTable;
@@ -775,7 +813,7 @@ module amf_engine #(
                                 p_tag[slot_q], p_res[slot_q],
                                 p_kind[slot_q] == KAcqShared ? (p_seen[slot_q] | me) : me,
                                 p_kind[slot_q] == KAcqShared ? 8'd0 : {5'd0, node_id_i} + 8'd1,
-                                8'd0, 32'(now_q - p_start[slot_q]));
+                                8'd0, p_age[slot_q]);
             state_q <= SCpl;
           end
         end
@@ -787,8 +825,9 @@ module amf_engine #(
             p_answered[slot_q] <= '0;
             p_seen[slot_q]     <= '0;
             p_owner[slot_q]    <= '0;
-            p_start[slot_q]    <= now_q;
+            p_age[slot_q]      <= 32'd1;
             p_due[slot_q]      <= now_q + {32'd0, ack_timeout_i};
+            p_due_q[slot_q]    <= 1'b0;
             next_seq_q <= next_seq_q + 32'd1;
             p_targets[slot_q] <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
             tx_mask_q <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
