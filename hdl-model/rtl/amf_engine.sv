@@ -194,7 +194,7 @@ module amf_engine #(
   // ---- state -----------------------------------------------------------------------------------
   typedef enum logic [4:0] {
     SIdle, SCmd, SCmdLookup, SCmdDecide, SRelease, SStart, STx, SCpl, SEvt, STableWrite,
-    SRx, SRxLookup, SRxDecide, SRxAck, SFinish, SFinishTable, SRetryLookup, SHeartbeat
+    SRx, SRxLookup, SRxDecide, SFinish, SFinishTable, SRetryLookup, SHeartbeat
   } state_e;
 
   state_e        state_q, ret_q;
@@ -227,7 +227,7 @@ module amf_engine #(
   assign c_res   = cmd_q[amf_structs_pkg::CommandResourceLsb+:64];
   assign c_epoch = cmd_q[amf_structs_pkg::CommandEpochLsb+:32];
 
-  logic [7:0]  f_kind, f_src, f_sharers, f_owner;
+  logic [7:0]  f_kind, f_src;
   logic [31:0] f_seq, f_stamp, f_epoch;
   logic [63:0] f_res;
   assign f_kind    = rx_q[amf_structs_pkg::LinkFrameKindLsb+:8];
@@ -236,8 +236,6 @@ module amf_engine #(
   assign f_stamp   = rx_q[amf_structs_pkg::LinkFrameStampLsb+:32];
   assign f_epoch   = rx_q[amf_structs_pkg::LinkFrameEpochLsb+:32];
   assign f_res     = rx_q[amf_structs_pkg::LinkFrameResourceLsb+:64];
-  assign f_sharers = rx_q[amf_structs_pkg::LinkFrameSharersLsb+:8];
-  assign f_owner   = rx_q[amf_structs_pkg::LinkFrameOwnerLsb+:8];
 
   // Timers are compared against now_q one cycle ahead of use, in flip-flops (`*_due_q`), so no
   // 64-bit carry chain sits in front of the state logic (an iCE40 ran at 31 MHz with them
@@ -263,23 +261,23 @@ module amf_engine #(
     end
   end
 
-  // Answers (ack, nack, search reply) are matched straight from the receive port in SIdle (the
-  // fast path: one cycle per answer, so a broadcast's acks drain in as many cycles as sharers),
-  // and from the latched frame after the slow path (a peer's first frame posts peer_up first).
-  logic [255:0] a_frame;
-  logic [7:0]   a_kind, a_src, a_sharers, a_owner;
-  logic [31:0]  a_seq, a_stamp;
-  assign a_frame   = state_q == SIdle ? rx_frame_i : rx_q;
-  assign a_kind    = a_frame[amf_structs_pkg::LinkFrameKindLsb+:8];
-  assign a_src     = a_frame[amf_structs_pkg::LinkFrameSrcLsb+:8];
-  assign a_seq     = a_frame[amf_structs_pkg::LinkFrameSeqLsb+:32];
-  assign a_stamp   = a_frame[amf_structs_pkg::LinkFrameStampLsb+:32];
-  assign a_sharers = a_frame[amf_structs_pkg::LinkFrameSharersLsb+:8];
-  assign a_owner   = a_frame[amf_structs_pkg::LinkFrameOwnerLsb+:8];
+  // Answers (ack, nack, search reply) are taken straight from the receive port in SIdle, in one
+  // cycle each, so a broadcast's acks drain in as many cycles as sharers. A peer's first frame
+  // posts peer_up before anything else: for an answer the card posts the event and leaves the
+  // frame at the port, then takes it as usual.
+  logic [7:0]  a_kind, a_src, a_sharers, a_owner;
+  logic [31:0] a_seq, a_stamp, a_epoch;
+  assign a_kind    = rx_frame_i[amf_structs_pkg::LinkFrameKindLsb+:8];
+  assign a_src     = rx_frame_i[amf_structs_pkg::LinkFrameSrcLsb+:8];
+  assign a_seq     = rx_frame_i[amf_structs_pkg::LinkFrameSeqLsb+:32];
+  assign a_stamp   = rx_frame_i[amf_structs_pkg::LinkFrameStampLsb+:32];
+  assign a_epoch   = rx_frame_i[amf_structs_pkg::LinkFrameEpochLsb+:32];
+  assign a_sharers = rx_frame_i[amf_structs_pkg::LinkFrameSharersLsb+:8];
+  assign a_owner   = rx_frame_i[amf_structs_pkg::LinkFrameOwnerLsb+:8];
 
-  logic a_answer, rx_fast;
-  assign a_answer = a_kind == KAck || a_kind == KNack || a_kind == KSearchReply;
-  assign rx_fast  = a_answer && (up_q[a_src[2:0]] || evt_space_i == 0);
+  logic a_answer, a_need_up;
+  assign a_answer  = a_kind == KAck || a_kind == KNack || a_kind == KSearchReply;
+  assign a_need_up = !up_q[a_src[2:0]] && evt_space_i != 0;
 
   // Ack matching: the pending entry with this seq that asked this source.
   logic            ack_hit;
@@ -297,6 +295,11 @@ module amf_engine #(
   // The answer completes its entry (every target answered).
   logic [7:0] ack_answered;
   assign ack_answered = p_answered[ack_idx] | (8'd1 << a_src[2:0]);
+  // Lamport time after a received stamp: max(clock, stamp) + 1, both increments beside the
+  // comparison rather than behind it.
+  logic [31:0] clock_inc, a_stamp_inc;
+  assign clock_inc   = clock_q + 32'd1;
+  assign a_stamp_inc = a_stamp + 32'd1;
 
   // Conflicts of a received acquire with ours in flight (docs/protocol.md).
   logic                exclusive_rx;
@@ -347,7 +350,7 @@ module amf_engine #(
   assign cmd_ready_o = state_q == SIdle && enable_i && !deferred_q && !rx_valid_i && !due_any && have_free
                        && !hb_due && !down_any
                        && cpl_space_i > {{(31 - IdxW){1'b0}}, used};
-  assign rx_ready_o  = state_q == SIdle && enable_i && !deferred_q;
+  assign rx_ready_o  = state_q == SIdle && enable_i && !deferred_q && !(a_answer && a_need_up);
   assign tx_valid_o  = state_q == STx && tx_mask_q != '0;
   // One frame per broadcast: dst is the mask of its targets and the link multicasts it, so the
   // fan-out costs one transmit slot whatever the number of sharers.
@@ -484,10 +487,15 @@ module amf_engine #(
               deferred_q <= 1'b0;
               state_q    <= SRxLookup;
             end
-          end else if (rx_valid_i && rx_fast) begin
-            // SRx and SRxAck in one cycle; SFinish only when the entry has every answer.
-            rx_q    <= rx_frame_i;
-            clock_q <= (clock_q > a_stamp ? clock_q : a_stamp) + 32'd1;
+          end else if (rx_valid_i && a_answer && a_need_up) begin
+            // The answer stays at the port (rx_ready_o is low) until the event is written.
+            up_q[a_src[2:0]] <= 1'b1;
+            out_q   <= event_entry(EvPeerUp, a_src, a_epoch, 64'd0, 32'd0);
+            ret_q   <= SIdle;
+            state_q <= SEvt;
+          end else if (rx_valid_i && a_answer) begin
+            // Taken in one cycle; SFinish only when the entry has every answer.
+            clock_q <= clock_q > a_stamp ? clock_inc : a_stamp_inc;
             if (tracked(a_src[2:0])) begin
               last_seen_q[NodeW'(a_src[2:0])] <= now_q;
               down_q[NodeW'(a_src[2:0])]      <= 1'b0;
@@ -691,9 +699,10 @@ module amf_engine #(
           end
         end
         SRxLookup: begin
-          if (f_kind == KAck || f_kind == KNack || f_kind == KSearchReply) begin
-            state_q <= SRxAck;
-          end else if (f_kind == KRelease || f_kind == KHeartbeat) begin
+          // Answers never come here (SIdle takes them from the port); releases and heartbeats
+          // need nothing more.
+          if (f_kind == KAck || f_kind == KNack || f_kind == KSearchReply || f_kind == KRelease
+              || f_kind == KHeartbeat) begin
             state_q <= SIdle;
           end else if (rx_nack_q) begin
             tx_tmpl_q <= frame(KNack, 8'd0, f_seq, f_stamp, f_res, 8'd0, 8'd0);
@@ -762,17 +771,6 @@ module amf_engine #(
             end else begin
               state_q <= STx;
             end
-          end
-        end
-        SRxAck: begin
-          state_q <= SIdle;
-          if (ack_hit) begin
-            p_answered[ack_idx] <= ack_answered;
-            p_seen[ack_idx]     <= p_seen[ack_idx] | f_sharers;
-            if (f_owner != 0) p_owner[ack_idx] <= f_owner;
-            if (f_kind == KNack) p_aborted[ack_idx] <= 1'b1;
-            slot_q  <= ack_idx;
-            state_q <= SFinish;
           end
         end
 
@@ -852,6 +850,6 @@ module amf_engine #(
   assign ack_timeouts_o = ack_timeouts_q;
 
   logic unused;
-  assign unused = ^{a_frame[255:208], a_frame[191:128], a_frame[63:16], a_src[7:3], tbl_ready, cmd_q[255:160], cmd_q[31:8], rx_q[255:208], rx_q[31:16], out_q[255:76]};
+  assign unused = ^{a_src[7:3], tbl_ready, cmd_q[255:160], cmd_q[31:8], rx_q[255:192], rx_q[31:16], out_q[255:76]};
 
 endmodule
