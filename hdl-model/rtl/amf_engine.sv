@@ -170,7 +170,9 @@ module amf_engine #(
   // Cycles since the operation (or its retry) started, as of this cycle: a counter rather than a
   // start time, so a completion's `cycles` needs no subtractor behind the state logic.
   logic [31:0]         p_age      [Inflight];
-  logic [63:0]         p_due      [Inflight];  // deadline, or retry time while waiting
+  // Cycles until the ack deadline, or until the retry while waiting: a countdown loaded when the
+  // timer is armed, so arming adds nothing to now_q and expiry is a zero test.
+  logic [31:0]         p_left     [Inflight];
 
   logic [IdxW:0] used;
   always_comb begin
@@ -237,11 +239,11 @@ module amf_engine #(
   assign f_epoch   = rx_q[amf_structs_pkg::LinkFrameEpochLsb+:32];
   assign f_res     = rx_q[amf_structs_pkg::LinkFrameResourceLsb+:64];
 
-  // Timers are compared against now_q one cycle ahead of use, in flip-flops (`*_due_q`), so no
-  // 64-bit carry chain sits in front of the state logic (an iCE40 ran at 31 MHz with them
-  // there). Writing a deadline clears its flag in the same cycle, so a flag is never stale; a
-  // timer fires one cycle later than it would combinationally, which no protocol rule notices.
-  logic [Inflight-1:0] p_due_q;   // now_q had reached p_due[i] last cycle
+  // No 64-bit carry chain sits in front of the state logic (an iCE40 ran at 31 MHz with them
+  // there): pending operations count down (`p_left`), and the heartbeat and peer-down timers are
+  // compared against now_q one cycle ahead of use, in flip-flops (`*_q` below). Rearming clears
+  // a flag in the same cycle, so a flag is never stale. Timers fire one cycle later than a
+  // combinational comparison would, which no protocol rule notices.
   logic                hb_due_q;  // now_q had reached next_hb_q last cycle
   logic [Nodes-1:0]    down_q;    // last_seen_q[i] was older than the down window last cycle
   logic [63:0]         seen_before_q;
@@ -254,7 +256,7 @@ module amf_engine #(
     due_any = 1'b0;
     due_idx = '0;
     for (int i = Inflight - 1; i >= 0; i--) begin
-      if (p_valid[i] && p_due_q[i]) begin
+      if (p_valid[i] && p_left[i] == 32'd0) begin
         due_any = 1'b1;
         due_idx = IdxW'(i);
       end
@@ -410,7 +412,6 @@ module amf_engine #(
       ret_q          <= SIdle;
       now_q          <= '0;
       next_hb_q      <= '0;
-      p_due_q        <= '0;
       hb_due_q       <= 1'b0;
       down_q         <= '0;
       seen_before_q  <= '0;
@@ -445,11 +446,10 @@ module amf_engine #(
       for (int unsigned i = 0; i < Inflight; i++) begin
         p_kind[i] <= '0; p_op[i] <= '0; p_tag[i] <= '0; p_res[i] <= '0; p_seq[i] <= '0; p_stamp[i] <= '0; p_targets[i] <= '0;
         p_answered[i] <= '0; p_seen[i] <= '0; p_owner[i] <= '0; p_retries[i] <= '0;
-        p_age[i] <= '0; p_due[i] <= '0;
+        p_age[i] <= '0; p_left[i] <= '0;
       end
     end else if (clear_i) begin
       state_q        <= SIdle;
-      p_due_q        <= '0;
       down_q         <= '0;
       evt_count_q    <= '0;
       p_valid        <= '0;
@@ -468,7 +468,7 @@ module amf_engine #(
       now_q <= now_q + 64'd1;
       // Timer flags for the next cycle (the states below clear the ones they rearm).
       for (int unsigned i = 0; i < Inflight; i++) begin
-        p_due_q[i] <= now_q >= p_due[i];
+        if (p_left[i] != 32'd0) p_left[i] <= p_left[i] - 32'd1;
         p_age[i]   <= p_age[i] + 32'd1;
       end
       hb_due_q        <= now_q >= next_hb_q;
@@ -627,8 +627,7 @@ module amf_engine #(
           p_owner[free_idx]    <= '0;
           p_retries[free_idx]  <= '0;
           p_age[free_idx]      <= 32'd1;
-          p_due[free_idx]      <= now_q + {32'd0, ack_timeout_i};
-          p_due_q[free_idx]    <= 1'b0;
+          p_left[free_idx]     <= ack_timeout_i;
           next_seq_q <= next_seq_q + 32'd1;
           slot_q     <= free_idx;
           tx_tmpl_q  <= frame(c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch),
@@ -789,8 +788,7 @@ module amf_engine #(
                 p_retries[slot_q] <= p_retries[slot_q] + 8'd1;
                 p_aborted[slot_q] <= 1'b0;
                 p_wait[slot_q]    <= 1'b1;
-                p_due[slot_q]     <= now_q + 64'(BackoffCycles) * {56'd0, p_retries[slot_q] + 8'd1};
-                p_due_q[slot_q]   <= 1'b0;
+                p_left[slot_q]    <= 32'(BackoffCycles) * {24'd0, p_retries[slot_q] + 8'd1};
               end
             end else if (p_kind[slot_q] == KSearch) begin
               p_valid[slot_q] <= 1'b0;
@@ -824,8 +822,7 @@ module amf_engine #(
             p_seen[slot_q]     <= '0;
             p_owner[slot_q]    <= '0;
             p_age[slot_q]      <= 32'd1;
-            p_due[slot_q]      <= now_q + {32'd0, ack_timeout_i};
-            p_due_q[slot_q]    <= 1'b0;
+            p_left[slot_q]     <= ack_timeout_i;
             next_seq_q <= next_seq_q + 32'd1;
             p_targets[slot_q] <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
             tx_mask_q <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
