@@ -29,9 +29,9 @@ module amf_engine_syn #(
 );
   logic [255:0] wide_q;
   always_ff @(posedge clk_i) wide_q <= {wide_q[254:0], wide_bit_i};
-  // node id, peers, epoch, ack timeout, heartbeat period, completion and event ring space
-  logic [170:0] cfg_q;
-  assign cfg_q = wide_q[170:0];
+  // node id, peers, epoch, ack timeout, heartbeat period, completion ring space, event ring room
+  logic [139:0] cfg_q;
+  assign cfg_q = wide_q[139:0];
 
   logic [255:0] cpl, evt, tx_frame;
   logic [31:0]  frames_tx, bad_commands, broadcasts, skipped, ack_timeouts, occupancy, full_fallbacks;
@@ -56,7 +56,7 @@ module amf_engine_syn #(
     .evt_valid_o,
     .evt_ready_i,
     .evt_o              (evt),
-    .evt_space_i        (cfg_q[170:139]),
+    .evt_room_i         (cfg_q[139]),
     .rx_valid_i,
     .rx_ready_o,
     .rx_frame_i         (wide_q),

@@ -168,6 +168,7 @@ module amf_card #(
   logic [255:0] cpl_entry, evt_entry;
   logic [7:0]   cpl_code, evt_code;
   logic [31:0]  cpl_prod, evt_prod, cpl_space, evt_space;
+  logic         cpl_room, evt_room;
 
   amf_ring_writer u_cpl (
     .clk_i,
@@ -191,6 +192,7 @@ module amf_card #(
     .error_code_o      (cpl_code),
     .prod_o            (cpl_prod),
     .space_o           (cpl_space),
+    .room_o            (cpl_room),
     .busy_o            (cpl_busy)
   );
 
@@ -216,6 +218,7 @@ module amf_card #(
     .error_code_o      (evt_code),
     .prod_o            (evt_prod),
     .space_o           (evt_space),
+    .room_o            (evt_room),
     .busy_o            (evt_busy)
   );
   assign dreq_write[1] = 1'b1;
@@ -319,7 +322,7 @@ module amf_card #(
     .evt_valid_o        (evt_valid),
     .evt_ready_i        (evt_ready),
     .evt_o              (evt_entry),
-    .evt_space_i        (evt_space),
+    .evt_room_i         (evt_room),
     .rx_valid_i         (chk_valid && chk_ok),
     .rx_ready_o         (rx_ready),
     .rx_frame_i         (chk_frame),
@@ -340,6 +343,6 @@ module amf_card #(
                   || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
 
   logic unused;
-  assign unused = ^{cmd_cons, cpl_prod, evt_prod};
+  assign unused = ^{cmd_cons, cpl_prod, evt_prod, evt_space, cpl_room};
 
 endmodule

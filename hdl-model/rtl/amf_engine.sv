@@ -33,7 +33,7 @@ module amf_engine #(
   output logic         evt_valid_o,
   input  logic         evt_ready_i,
   output logic [255:0] evt_o,
-  input  logic [31:0]  evt_space_i,
+  input  logic         evt_room_i,  // the event ring has a free slot
   // link: frames already checked by amf_frame_check, frames to amf_frame_tx
   input  logic         rx_valid_i,
   output logic         rx_ready_o,
@@ -279,7 +279,7 @@ module amf_engine #(
 
   logic a_answer, a_need_up;
   assign a_answer  = a_kind == KAck || a_kind == KNack || a_kind == KSearchReply;
-  assign a_need_up = !up_q[a_src[2:0]] && evt_space_i != 0;
+  assign a_need_up = !up_q[a_src[2:0]] && evt_room_i;
 
   // Ack matching: the pending entry with this seq that asked this source.
   logic            ack_hit;
@@ -483,7 +483,7 @@ module amf_engine #(
           if (!enable_i) begin
             // nothing
           end else if (deferred_q) begin
-            if (evt_space_i != 0) begin
+            if (evt_room_i) begin
               deferred_q <= 1'b0;
               state_q    <= SRxLookup;
             end
@@ -524,7 +524,7 @@ module amf_engine #(
             up_q[down_idx] <= 1'b0;
             out_q   <= event_entry(EvPeerDown, {5'd0, down_idx}, 32'd0, 64'd0, 32'd0);
             ret_q   <= SIdle;
-            state_q <= evt_space_i != 0 ? SEvt : SIdle;
+            state_q <= evt_room_i ? SEvt : SIdle;
           end else if (due_any) begin
             slot_q <= due_idx;
             if (p_wait[due_idx]) begin
@@ -676,7 +676,7 @@ module amf_engine #(
             down_q[NodeW'(f_src[2:0])]      <= 1'b0;
           end
           ret_q   <= SRxLookup;
-          if (!up_q[f_src[2:0]] && evt_space_i != 0) begin
+          if (!up_q[f_src[2:0]] && evt_room_i) begin
             up_q[f_src[2:0]] <= 1'b1;
             out_q   <= event_entry(EvPeerUp, f_src, f_epoch, 64'd0, 32'd0);
             state_q <= SEvt;
@@ -729,7 +729,7 @@ module amf_engine #(
             if (!held_q) begin
               state_q <= STx;
             end else if (rsp_step_q == 2'd0) begin
-              if (evt_space_i == 0) begin
+              if (!evt_room_i) begin
                 deferred_q <= 1'b1;  // the host must see the invalidation before we ack
                 state_q    <= SIdle;
               end else begin
@@ -752,7 +752,7 @@ module amf_engine #(
             tx_mask_q <= 8'd1 << f_src[2:0];
             if (held_q) begin
               if (owner_q == {5'd0, node_id_i} + 8'd1 && rsp_step_q == 2'd0) begin
-                if (evt_space_i == 0) begin
+                if (!evt_room_i) begin
                   deferred_q <= 1'b1;
                   state_q    <= SIdle;
                 end else begin

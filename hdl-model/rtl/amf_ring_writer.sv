@@ -31,6 +31,7 @@ module amf_ring_writer (
   output logic [7:0]   error_code_o,
   output logic [31:0]  prod_o,
   output logic [31:0]  space_o,
+  output logic         room_o,   // space_o != 0, from a flip-flop
   output logic         busy_o
 );
   localparam int unsigned PhaseBit = 23;
@@ -43,6 +44,11 @@ module amf_ring_writer (
 
   state_e       state_q, state_d;
   logic [31:0]  prod_q, prod_d, cons_q, cons_d;
+  // Free slots, kept in flip-flops computed from the next producer and consumer (so exact, not a
+  // cycle late): the engine decides on them, and two subtractions in front of its state logic
+  // cost an iCE40 its clock.
+  logic [31:0]  space_q, used_d;
+  logic         room_q;
   logic [255:0] data_q;
   logic [63:0]  addr_q;
 
@@ -53,6 +59,7 @@ module amf_ring_writer (
   assign size    = 32'd1 << size_log2_i[3:0];
   assign used    = prod_q - cons_q;
   assign full    = used >= size;
+  assign used_d  = prod_d - cons_d;
 
   logic         phase;
   logic [63:0]  slot_addr;
@@ -118,8 +125,12 @@ module amf_ring_writer (
       cons_q  <= '0;
       data_q  <= '0;
       addr_q  <= '0;
+      space_q <= '0;
+      room_q  <= 1'b0;
     end else begin
       state_q <= state_d;
+      room_q  <= size_ok && used_d < size;
+      space_q <= size_ok && used_d < size ? size - used_d : 32'd0;
       prod_q  <= prod_d;
       cons_q  <= cons_d;
       if (accept) begin
@@ -136,6 +147,7 @@ module amf_ring_writer (
   assign dma_req_data_o  = data_q;
   assign prod_o          = prod_q;
   assign busy_o          = state_q != StIdle;
-  assign space_o         = size_ok && !full ? size - used : 32'd0;
+  assign space_o         = space_q;
+  assign room_o          = room_q;
 
 endmodule
