@@ -269,11 +269,13 @@ module amf_engine #(
   // frame at the port, then takes it as usual.
   logic [7:0]  a_kind, a_src, a_sharers, a_owner;
   logic [31:0] a_seq, a_stamp, a_epoch;
+  logic [63:0] a_res;
   assign a_kind    = rx_frame_i[amf_structs_pkg::LinkFrameKindLsb+:8];
   assign a_src     = rx_frame_i[amf_structs_pkg::LinkFrameSrcLsb+:8];
   assign a_seq     = rx_frame_i[amf_structs_pkg::LinkFrameSeqLsb+:32];
   assign a_stamp   = rx_frame_i[amf_structs_pkg::LinkFrameStampLsb+:32];
   assign a_epoch   = rx_frame_i[amf_structs_pkg::LinkFrameEpochLsb+:32];
+  assign a_res     = rx_frame_i[amf_structs_pkg::LinkFrameResourceLsb+:64];
   assign a_sharers = rx_frame_i[amf_structs_pkg::LinkFrameSharersLsb+:8];
   assign a_owner   = rx_frame_i[amf_structs_pkg::LinkFrameOwnerLsb+:8];
 
@@ -303,7 +305,12 @@ module amf_engine #(
   assign clock_inc   = clock_q + 32'd1;
   assign a_stamp_inc = a_stamp + 32'd1;
 
-  // Conflicts of a received acquire with ours in flight (docs/protocol.md).
+  // Conflicts of a received acquire with ours in flight (docs/protocol.md). The resource and
+  // priority comparisons are made when SIdle takes the frame, into flip-flops for SRx (a 40-bit
+  // priority comparison in front of SRx's updates cost an iCE40 its clock); nothing they read
+  // changes in between.
+  logic [Inflight-1:0] rx_same_q;  // pending i is for the frame's resource
+  logic [Inflight-1:0] rx_wins_q;  // pending i comes first in the ({stamp, node}) order
   logic                exclusive_rx;
   logic                nack_rx;
   logic [Inflight-1:0] abort_rx, learn_rx;
@@ -313,10 +320,10 @@ module amf_engine #(
     abort_rx = '0;
     learn_rx = '0;
     for (int unsigned i = 0; i < Inflight; i++) begin
-      if (p_valid[i] && p_res[i] == f_res
+      if (p_valid[i] && rx_same_q[i]
           && (p_kind[i] == KAcqShared || p_kind[i] == KInvalidate)) begin
         if (exclusive_rx || p_kind[i] == KInvalidate) begin
-          if ({p_stamp[i], 5'd0, node_id_i} < {f_stamp, f_src}) nack_rx = 1'b1;
+          if (rx_wins_q[i]) nack_rx = 1'b1;
           else abort_rx[i] = 1'b1;
         end else if (!p_aborted[i]) begin
           learn_rx[i] = 1'b1;
@@ -442,6 +449,8 @@ module amf_engine #(
       p_valid        <= '0;
       p_aborted      <= '0;
       p_wait         <= '0;
+      rx_same_q      <= '0;
+      rx_wins_q      <= '0;
       for (int unsigned i = 0; i < Nodes; i++) last_seen_q[i] <= '0;
       for (int unsigned i = 0; i < Inflight; i++) begin
         p_kind[i] <= '0; p_op[i] <= '0; p_tag[i] <= '0; p_res[i] <= '0; p_seq[i] <= '0; p_stamp[i] <= '0; p_targets[i] <= '0;
@@ -513,6 +522,10 @@ module amf_engine #(
           end else if (rx_valid_i) begin
             rx_q    <= rx_frame_i;
             state_q <= SRx;
+            for (int unsigned i = 0; i < Inflight; i++) begin
+              rx_same_q[i] <= p_res[i] == a_res;
+              rx_wins_q[i] <= {p_stamp[i], 5'd0, node_id_i} < {a_stamp, a_src};
+            end
           end else if (hb_due) begin
             next_hb_q <= now_q + hb_period;
             hb_due_q  <= 1'b0;
