@@ -30,8 +30,8 @@ module amf_engine_syn #(
   logic [255:0] wide_q;
   always_ff @(posedge clk_i) wide_q <= {wide_q[254:0], wide_bit_i};
   // node id, peers, epoch, ack timeout, heartbeat period, completion ring space, event ring room
-  logic [139:0] cfg_q;
-  assign cfg_q = wide_q[139:0];
+  logic [115:0] cfg_q;
+  assign cfg_q = wide_q[115:0];
 
   logic [255:0] cpl, evt, tx_frame;
   logic [31:0]  frames_tx, bad_commands, broadcasts, skipped, ack_timeouts, occupancy, full_fallbacks;
@@ -49,14 +49,14 @@ module amf_engine_syn #(
     .cmd_valid_i,
     .cmd_ready_o,
     .cmd_i              (wide_q),
-    .cpl_space_i        (cfg_q[138:107]),
+    .cpl_space_i        (cfg_q[114:107]),
     .cpl_valid_o,
     .cpl_ready_i,
     .cpl_o              (cpl),
     .evt_valid_o,
     .evt_ready_i,
     .evt_o              (evt),
-    .evt_room_i         (cfg_q[139]),
+    .evt_room_i         (cfg_q[115]),
     .rx_valid_i,
     .rx_ready_o,
     .rx_frame_i         (wide_q),

@@ -169,6 +169,7 @@ module amf_card #(
   logic [7:0]   cpl_code, evt_code;
   logic [31:0]  cpl_prod, evt_prod, cpl_space, evt_space;
   logic         cpl_room, evt_room;
+  logic [7:0]   cpl_space_sat, evt_space_sat;
 
   amf_ring_writer u_cpl (
     .clk_i,
@@ -193,6 +194,7 @@ module amf_card #(
     .prod_o            (cpl_prod),
     .space_o           (cpl_space),
     .room_o            (cpl_room),
+    .space_sat_o       (cpl_space_sat),
     .busy_o            (cpl_busy)
   );
 
@@ -219,6 +221,7 @@ module amf_card #(
     .prod_o            (evt_prod),
     .space_o           (evt_space),
     .room_o            (evt_room),
+    .space_sat_o       (evt_space_sat),
     .busy_o            (evt_busy)
   );
   assign dreq_write[1] = 1'b1;
@@ -315,7 +318,7 @@ module amf_card #(
     .cmd_valid_i        (cmd_valid),
     .cmd_ready_o        (cmd_ready),
     .cmd_i              (cmd),
-    .cpl_space_i        (cpl_space),
+    .cpl_space_i        (cpl_space_sat),
     .cpl_valid_o        (cpl_valid),
     .cpl_ready_i        (cpl_ready),
     .cpl_o              (cpl_entry),
@@ -343,6 +346,6 @@ module amf_card #(
                   || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
 
   logic unused;
-  assign unused = ^{cmd_cons, cpl_prod, evt_prod, evt_space, cpl_room};
+  assign unused = ^{cmd_cons, cpl_prod, evt_prod, cpl_space, evt_space, cpl_room, evt_space_sat};
 
 endmodule

@@ -25,7 +25,7 @@ module amf_engine #(
   input  logic         cmd_valid_i,
   output logic         cmd_ready_o,
   input  logic [255:0] cmd_i,
-  input  logic [31:0]  cpl_space_i,
+  input  logic [7:0]   cpl_space_i,  // free completion slots, saturated at 255
   // completions and events (to the ring writers)
   output logic         cpl_valid_o,
   input  logic         cpl_ready_i,
@@ -53,6 +53,12 @@ module amf_engine #(
   output logic         busy_o
 );
   localparam int unsigned IdxW         = $clog2(Inflight);
+`ifndef SYNTHESIS
+  // cpl_space_i saturates at 255.
+  if (Inflight < 2 || Inflight > 254) begin : gen_inflight_check
+    $error("amf_engine: Inflight must be 2..254");
+  end
+`endif
   localparam int unsigned RetriesMax   = 16;
   localparam int unsigned BackoffCycles = 64;
   localparam int unsigned DownPeriods  = 4;
@@ -358,7 +364,7 @@ module amf_engine #(
 
   assign cmd_ready_o = state_q == SIdle && enable_i && !deferred_q && !rx_valid_i && !due_any && have_free
                        && !hb_due && !down_any
-                       && cpl_space_i > {{(31 - IdxW){1'b0}}, used};
+                       && cpl_space_i > 8'(used);
   assign rx_ready_o  = state_q == SIdle && enable_i && !deferred_q && !(a_answer && a_need_up);
   assign tx_valid_o  = state_q == STx && tx_mask_q != '0;
   // One frame per broadcast: dst is the mask of its targets and the link multicasts it, so the

@@ -32,6 +32,7 @@ module amf_ring_writer (
   output logic [31:0]  prod_o,
   output logic [31:0]  space_o,
   output logic         room_o,   // space_o != 0, from a flip-flop
+  output logic [7:0]   space_sat_o,  // space_o saturated at 255, from flip-flops
   output logic         busy_o
 );
   localparam int unsigned PhaseBit = 23;
@@ -47,7 +48,8 @@ module amf_ring_writer (
   // Free slots, kept in flip-flops computed from the next producer and consumer (so exact, not a
   // cycle late): the engine decides on them, and two subtractions in front of its state logic
   // cost an iCE40 its clock.
-  logic [31:0]  space_q, used_d;
+  logic [31:0]  space_q, space_d, used_d;
+  logic [7:0]   space_sat_q;
   logic         room_q;
   logic [255:0] data_q;
   logic [63:0]  addr_q;
@@ -60,6 +62,7 @@ module amf_ring_writer (
   assign used    = prod_q - cons_q;
   assign full    = used >= size;
   assign used_d  = prod_d - cons_d;
+  assign space_d = size_ok && used_d < size ? size - used_d : 32'd0;
 
   logic         phase;
   logic [63:0]  slot_addr;
@@ -127,10 +130,12 @@ module amf_ring_writer (
       addr_q  <= '0;
       space_q <= '0;
       room_q  <= 1'b0;
+      space_sat_q <= '0;
     end else begin
       state_q <= state_d;
-      room_q  <= size_ok && used_d < size;
-      space_q <= size_ok && used_d < size ? size - used_d : 32'd0;
+      room_q      <= space_d != 32'd0;
+      space_q     <= space_d;
+      space_sat_q <= space_d[31:8] != '0 ? 8'hff : space_d[7:0];
       prod_q  <= prod_d;
       cons_q  <= cons_d;
       if (accept) begin
@@ -149,5 +154,6 @@ module amf_ring_writer (
   assign busy_o          = state_q != StIdle;
   assign space_o         = space_q;
   assign room_o          = room_q;
+  assign space_sat_o     = space_sat_q;
 
 endmodule
