@@ -339,6 +339,7 @@ module amf_engine #(
   end
 
   logic [63:0] hb_period;
+  logic        hb_on_q;  // heartbeat_period_i != 0, a cycle late (it is configuration)
   assign hb_period = {32'd0, heartbeat_period_i};
 
   // A peer silent for DownPeriods heartbeat periods: now > last_seen + DownPeriods * period,
@@ -350,7 +351,7 @@ module amf_engine #(
   logic [2:0]  down_idx;
   logic        hb_due;
   assign down_window = 64'(DownPeriods) * hb_period;
-  assign hb_due      = hb_period != 0 && hb_due_q;
+  assign hb_due      = hb_on_q && hb_due_q;
   always_comb begin
     down_any = 1'b0;
     down_idx = '0;
@@ -426,6 +427,7 @@ module amf_engine #(
       now_q          <= '0;
       next_hb_q      <= '0;
       hb_due_q       <= 1'b0;
+      hb_on_q        <= 1'b0;
       down_q         <= '0;
       seen_before_q  <= '0;
       down_possible_q <= 1'b0;
@@ -488,7 +490,8 @@ module amf_engine #(
       end
       hb_due_q        <= now_q >= next_hb_q;
       seen_before_q   <= now_q - down_window;
-      down_possible_q <= hb_period != 0 && now_q > down_window;
+      down_possible_q <= hb_on_q && now_q > down_window;
+      hb_on_q         <= heartbeat_period_i != 32'd0;
       for (int unsigned i = 0; i < Nodes; i++) down_q[i] <= last_seen_q[i] < seen_before_q;
       // Table handshake bookkeeping.
       if (tbl_req_valid && tbl_req_ready) tbl_busy_q <= 1'b1;
@@ -526,12 +529,7 @@ module amf_engine #(
               end
             end
           end else if (rx_valid_i) begin
-            rx_q    <= rx_frame_i;
             state_q <= SRx;
-            for (int unsigned i = 0; i < Inflight; i++) begin
-              rx_same_q[i] <= p_res[i] == a_res;
-              rx_wins_q[i] <= {p_stamp[i], 5'd0, node_id_i} < {a_stamp, a_src};
-            end
           end else if (hb_due) begin
             next_hb_q <= now_q + hb_period;
             hb_due_q  <= 1'b0;
@@ -560,8 +558,19 @@ module amf_engine #(
               state_q <= SCpl;
             end
           end else if (cmd_valid_i && cmd_ready_o) begin
-            cmd_q   <= cmd_i;
             state_q <= SCmd;
+          end
+          // The port's frame and command are latched every idle cycle, whether taken or not:
+          // only the states after taking them read the copies, and a load enable decided by
+          // the handshake would put that logic in front of 400 flip-flops. rx_q keeps a frame
+          // deferred for room in the event ring.
+          cmd_q <= cmd_i;
+          if (!deferred_q) begin
+            rx_q <= rx_frame_i;
+            for (int unsigned i = 0; i < Inflight; i++) begin
+              rx_same_q[i] <= p_res[i] == a_res;
+              rx_wins_q[i] <= {p_stamp[i], 5'd0, node_id_i} < {a_stamp, a_src};
+            end
           end
         end
 
@@ -858,7 +867,7 @@ module amf_engine #(
   end
 
   assign busy_o         = state_q != SIdle || |p_valid || deferred_q || rx_valid_i || cmd_valid_i
-                          || (enable_i && hb_period != 0);
+                          || (enable_i && hb_on_q);
   assign frames_tx_o    = frames_tx_q;
   assign bad_commands_o = bad_commands_q;
   assign broadcasts_o   = broadcasts_q;
