@@ -307,9 +307,12 @@ module amf_engine #(
   assign ack_answered = p_answered[ack_idx] | (8'd1 << a_src[2:0]);
   // Lamport time after a received stamp: max(clock, stamp) + 1, both increments beside the
   // comparison rather than behind it.
-  logic [31:0] clock_inc, a_stamp_inc;
-  assign clock_inc   = clock_q + 32'd1;
-  assign a_stamp_inc = a_stamp + 32'd1;
+  // The slow path (SRx) takes the same value, latched with the frame (clock_q does not change
+  // in between).
+  logic [31:0] clock_inc, a_stamp_inc, clock_after_a, rx_clock_q;
+  assign clock_inc     = clock_q + 32'd1;
+  assign a_stamp_inc   = a_stamp + 32'd1;
+  assign clock_after_a = clock_q > a_stamp ? clock_inc : a_stamp_inc;
 
   // Conflicts of a received acquire with ours in flight (docs/protocol.md). The resource and
   // priority comparisons are made when SIdle takes the frame, into flip-flops for SRx (a 40-bit
@@ -459,6 +462,7 @@ module amf_engine #(
       p_wait         <= '0;
       rx_same_q      <= '0;
       rx_wins_q      <= '0;
+      rx_clock_q     <= '0;
       for (int unsigned i = 0; i < Nodes; i++) last_seen_q[i] <= '0;
       for (int unsigned i = 0; i < Inflight; i++) begin
         p_kind[i] <= '0; p_op[i] <= '0; p_tag[i] <= '0; p_res[i] <= '0; p_seq[i] <= '0; p_stamp[i] <= '0; p_targets[i] <= '0;
@@ -513,7 +517,7 @@ module amf_engine #(
             state_q <= SEvt;
           end else if (rx_valid_i && a_answer) begin
             // Taken in one cycle; SFinish only when the entry has every answer.
-            clock_q <= clock_q > a_stamp ? clock_inc : a_stamp_inc;
+            clock_q <= clock_after_a;
             if (tracked(a_src[2:0])) begin
               last_seen_q[NodeW'(a_src[2:0])] <= now_q;
               down_q[NodeW'(a_src[2:0])]      <= 1'b0;
@@ -566,7 +570,8 @@ module amf_engine #(
           // deferred for room in the event ring.
           cmd_q <= cmd_i;
           if (!deferred_q) begin
-            rx_q <= rx_frame_i;
+            rx_q       <= rx_frame_i;
+            rx_clock_q <= clock_after_a;
             for (int unsigned i = 0; i < Inflight; i++) begin
               rx_same_q[i] <= p_res[i] == a_res;
               rx_wins_q[i] <= {p_stamp[i], 5'd0, node_id_i} < {a_stamp, a_src};
@@ -698,7 +703,7 @@ module amf_engine #(
 
         // ---- received frames -------------------------------------------------------------------
         SRx: begin
-          clock_q <= (clock_q > f_stamp ? clock_q : f_stamp) + 32'd1;
+          clock_q <= rx_clock_q;
           if (tracked(f_src[2:0])) begin
             last_seen_q[NodeW'(f_src[2:0])] <= now_q;
             down_q[NodeW'(f_src[2:0])]      <= 1'b0;
