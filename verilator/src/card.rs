@@ -1,7 +1,7 @@
 //! `amf_card` (the whole card) under Verilator: BAR0 access, DMA served from host memory each
 //! cycle, and the link port as frame queues.
 
-use crate::sim::Sim;
+use crate::sim::{bytes, words, Sim};
 use amf_hdl_model::model::card::HostMemory;
 use std::collections::VecDeque;
 
@@ -43,18 +43,6 @@ mod ffi {
         pub fn amf_cd_free(p: *mut c_void);
         pub fn amf_cd_cycle(p: *mut c_void, io: *mut Io);
     }
-}
-
-fn words(b: &[u8; 32]) -> [u32; 8] {
-    std::array::from_fn(|i| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
-}
-
-fn bytes(w: &[u32; 8]) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    for (i, x) in w.iter().enumerate() {
-        b[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes());
-    }
-    b
 }
 
 /// One simulated card.

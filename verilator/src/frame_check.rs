@@ -1,6 +1,6 @@
 //! `amf_frame_check` under Verilator.
 
-use crate::sim::Sim;
+use crate::sim::{bytes, words, Sim};
 
 /// Inputs and outputs of one cycle (mirrors `amf_fc_io` in csrc/frame_check_shim.cpp).
 #[repr(C)]
@@ -109,18 +109,6 @@ impl FrameCheck {
         }
         (out, cycle)
     }
-}
-
-fn words(b: &[u8; 32]) -> [u32; 8] {
-    std::array::from_fn(|i| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
-}
-
-fn bytes(w: &[u32; 8]) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    for (i, x) in w.iter().enumerate() {
-        b[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes());
-    }
-    b
 }
 
 impl Default for FrameCheck {

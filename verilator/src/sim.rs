@@ -55,3 +55,17 @@ impl<Io> Drop for Sim<Io> {
         unsafe { (self.free)(self.raw) }
     }
 }
+
+/// A 32-byte frame or descriptor as the eight little-endian words of a 256-bit port.
+pub(crate) fn words(b: &[u8; 32]) -> [u32; 8] {
+    std::array::from_fn(|i| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
+}
+
+/// The bytes of a 256-bit port's eight words.
+pub(crate) fn bytes(w: &[u32; 8]) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, x) in w.iter().enumerate() {
+        b[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes());
+    }
+    b
+}
