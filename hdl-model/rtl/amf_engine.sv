@@ -564,12 +564,12 @@ module amf_engine #(
           end else if (cmd_valid_i && cmd_ready_o) begin
             state_q <= SCmd;
           end
-          // The port's frame and command are latched every idle cycle, whether taken or not:
-          // only the states after taking them read the copies, and a load enable decided by
-          // the handshake would put that logic in front of 400 flip-flops. rx_q keeps a frame
-          // deferred for room in the event ring.
-          cmd_q <= cmd_i;
-          if (!deferred_q) begin
+          // The port's frame and command are latched in every idle cycle they are offered,
+          // whether taken or not: only the states after taking them read the copies, and a
+          // load enable decided by the whole handshake would put that logic in front of 400
+          // flip-flops. rx_q keeps a frame deferred for room in the event ring.
+          if (cmd_valid_i) cmd_q <= cmd_i;
+          if (!deferred_q && rx_valid_i) begin
             rx_q       <= rx_frame_i;
             rx_clock_q <= clock_after_a;
             for (int unsigned i = 0; i < Inflight; i++) begin
