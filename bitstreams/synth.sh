@@ -44,7 +44,7 @@ for t in "${tops[@]}"; do
     ram=$(grep -E '^Info:[[:space:]]+ICESTORM_RAM:' "$out/$top.pnr.log" | tail -1 | awk '{print $3 " " $4}')
     fmax=$(grep -E 'Max frequency for clock' "$out/$top.pnr.log" | tail -1 | sed -E 's/.*: ([0-9.]+ MHz \([A-Z]+ at [0-9.]+ MHz\)).*/\1/')
     echo "| $top | ${params//-set /} | $lc | $ram | $fmax |" >> "$out/report.md"
-    grep -E 'Max frequency for clock' "$out/$top.pnr.log" | tail -1 | sed 's/^Info: /    nextpnr: /' >> "$out/lines.txt"
+    grep -E 'Max frequency for clock' "$out/$top.pnr.log" | tail -1 | sed -E 's/^(Info|ERROR): /    nextpnr: /' >> "$out/lines.txt"
   else
     # Did not place: say how much yosys mapped, from its statistics.
     luts=$(grep -E '^[[:space:]]+SB_LUT4[[:space:]]' "$out/$top.yosys.log" | tail -1 | awk '{print $2}')
