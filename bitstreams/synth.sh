@@ -20,8 +20,8 @@ FREQ_MHZ=60
 # package's pins go through a wrapper in bitstreams/wrap (named *_syn).
 card_rtl="hdl-model/rtl/amf_crc_pkg.sv hdl-model/rtl/amf_regs.sv hdl-model/rtl/amf_cmd_fetch.sv hdl-model/rtl/amf_ring_writer.sv hdl-model/rtl/amf_dma_arb.sv hdl-model/rtl/amf_frame_check.sv hdl-model/rtl/amf_frame_tx.sv hdl-model/rtl/amf_sharer_table.sv hdl-model/rtl/amf_engine.sv hdl-model/rtl/amf_card.sv"
 tops=(
-  "amf_engine_syn|-set Inflight 2 -set TableSetsLog2 4 -set TableWays 2|hdl-model/rtl/amf_sharer_table.sv hdl-model/rtl/amf_engine.sv bitstreams/wrap/amf_engine_syn.sv"
-  "amf_card_syn|-set Inflight 2 -set TableSetsLog2 4 -set TableWays 2|$card_rtl bitstreams/wrap/amf_card_syn.sv"
+  "amf_engine_syn|-set Inflight 2 -set TableSetsLog2 4 -set TableWays 2 -set Nodes 4|hdl-model/rtl/amf_sharer_table.sv hdl-model/rtl/amf_engine.sv bitstreams/wrap/amf_engine_syn.sv"
+  "amf_card_syn|-set Inflight 2 -set TableSetsLog2 4 -set TableWays 2 -set Nodes 4|$card_rtl bitstreams/wrap/amf_card_syn.sv"
   "amf_sharer_table|-set SetsLog2 6 -set Ways 4|hdl-model/rtl/amf_sharer_table.sv"
   "amf_frame_check_syn||hdl-model/rtl/amf_crc_pkg.sv hdl-model/rtl/amf_frame_check.sv bitstreams/wrap/amf_frame_check_syn.sv"
 )
