@@ -1,24 +1,12 @@
 // CRC-32C (Castagnoli, reflected, as the crc32c crate and iSCSI): the link frames' checksum.
 package amf_crc_pkg;
 
-  localparam logic [31:0] Crc32cPoly = 32'h82f6_3b78;
-
-  // Folds 32 data bits (little-endian byte order) into a running CRC.
-  function automatic logic [31:0] crc32c_word(input logic [31:0] crc, input logic [31:0] data);
-    logic [31:0] c;
-    c = crc ^ data;
-    for (int i = 0; i < 32; i++) begin
-      c = c[0] ? (c >> 1) ^ Crc32cPoly : (c >> 1);
-    end
-    crc32c_word = c;
-  endfunction
-
   // CRC-32C of a frame's bytes 0..27 from the all-ones start, without the final inversion,
   // as one XOR per output bit: CRC is affine in the data, so bit j is FrameCrcInit[j] XOR the
   // parity of the data bits in frame_crc_mask(j). A balanced XOR tree per bit, where the
-  // bit-serial form unrolled into a 224-step chain (12.7 MHz on an iCE40). The masks are the
-  // CRC's own constants (computed once from crc32c_word); the frame check and transmit tests
-  // compare every frame with the crc32c crate.
+  // bit-serial form unrolled into a 224-step chain (12.7 MHz on an iCE40). The constants are
+  // recomputed from the crc32c crate by hdl-model/tests/crc_constants.rs (which fails when they
+  // differ), and the frame check and transmit tests compare every frame with it.
   localparam logic [31:0] FrameCrcInit = 32'h08363896;
 
   function automatic logic [223:0] frame_crc_mask(input int unsigned j);

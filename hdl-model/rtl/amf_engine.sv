@@ -74,7 +74,8 @@ module amf_engine #(
                          EvDowngrade = 8'd5;
 
   // ---- frame, completion and event builders ------------------------------------------------
-  function automatic logic [255:0] frame(input logic [7:0] kind, input logic [7:0] dst,
+  // The destination mask is not part of the template: the transmit mux puts tx_mask_q there.
+  function automatic logic [255:0] frame(input logic [7:0] kind,
                                          input logic [31:0] seq, input logic [31:0] stamp,
                                          input logic [63:0] res, input logic [7:0] sharers,
                                          input logic [7:0] owner);
@@ -82,7 +83,6 @@ module amf_engine #(
     f = '0;
     f[amf_structs_pkg::LinkFrameKindLsb+:8]      = kind;
     f[amf_structs_pkg::LinkFrameSrcLsb+:8]       = {5'd0, node_id_i};
-    f[amf_structs_pkg::LinkFrameDstLsb+:8]       = dst;
     f[amf_structs_pkg::LinkFrameEpochLsb+:32]    = epoch_i;
     f[amf_structs_pkg::LinkFrameSeqLsb+:32]      = seq;
     f[amf_structs_pkg::LinkFrameStampLsb+:32]    = stamp;
@@ -537,7 +537,7 @@ module amf_engine #(
           end else if (hb_due) begin
             next_hb_q <= now_q + hb_period;
             hb_due_q  <= 1'b0;
-            tx_tmpl_q <= frame(KHeartbeat, 8'd0, 32'd0, 32'd0, 64'd0, 8'd0, 8'd0);
+            tx_tmpl_q <= frame(KHeartbeat, 32'd0, 32'd0, 64'd0, 8'd0, 8'd0);
             tx_mask_q <= others;
             ret_q     <= SIdle;
             state_q   <= STx;
@@ -593,7 +593,7 @@ module amf_engine #(
             out_q   <= completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             state_q <= SCpl;
           end else if (c_op == OpHeartbeat) begin
-            tx_tmpl_q <= frame(KHeartbeat, 8'd0, 32'd0, 32'd0, 64'd0, 8'd0, 8'd0);
+            tx_tmpl_q <= frame(KHeartbeat, 32'd0, 32'd0, 64'd0, 8'd0, 8'd0);
             tx_mask_q <= others;
             out_q     <= completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             ret_q     <= SCpl;
@@ -632,7 +632,7 @@ module amf_engine #(
           end else begin
             // Release: tell the recorded sharers (advisory), drop our entry, complete.
             out_q     <= {180'd0, 4'd0, 8'd0, c_res};
-            tx_tmpl_q <= frame(KRelease, 8'd0, 32'd0, 32'd0, c_res, 8'd0, 8'd0);
+            tx_tmpl_q <= frame(KRelease, 32'd0, 32'd0, c_res, 8'd0, 8'd0);
             tx_mask_q <= held_q ? (sharers_q & others) : 8'd0;
             state_q   <= held_q ? SRelease : SCpl;
             if (!held_q) out_q <= completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
@@ -664,7 +664,7 @@ module amf_engine #(
           next_seq_q <= next_seq_q + 32'd1;
           slot_q     <= free_idx;
           tx_tmpl_q  <= frame(c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch),
-                              8'd0, next_seq_q, clock_q, c_res, 8'd0, 8'd0);
+                              next_seq_q, clock_q, c_res, 8'd0, 8'd0);
           tx_mask_q  <= (c_op != OpSearch && held_q) ? (sharers_q & others) : others;
           ret_q      <= SFinish;  // nobody to ask: finish at once (checked there)
           state_q    <= STx;
@@ -737,7 +737,7 @@ module amf_engine #(
               || f_kind == KHeartbeat) begin
             state_q <= SIdle;
           end else if (rx_nack_q) begin
-            tx_tmpl_q <= frame(KNack, 8'd0, f_seq, f_stamp, f_res, 8'd0, 8'd0);
+            tx_tmpl_q <= frame(KNack, f_seq, f_stamp, f_res, 8'd0, 8'd0);
             tx_mask_q <= 8'd1 << f_src[2:0];
             ret_q     <= SIdle;
             state_q   <= STx;
@@ -751,12 +751,12 @@ module amf_engine #(
         SRxDecide: begin
           ret_q <= SIdle;
           if (f_kind == KSearch) begin
-            tx_tmpl_q <= frame(KSearchReply, 8'd0, f_seq, f_stamp, f_res, held_q ? sharers_q : 8'd0,
+            tx_tmpl_q <= frame(KSearchReply, f_seq, f_stamp, f_res, held_q ? sharers_q : 8'd0,
                                held_q ? owner_q : 8'd0);
             tx_mask_q <= 8'd1 << f_src[2:0];
             state_q   <= STx;
           end else if (f_kind == KInvalidate) begin
-            tx_tmpl_q <= frame(KAck, 8'd0, f_seq, f_stamp, f_res, held_q ? sharers_q : 8'd0,
+            tx_tmpl_q <= frame(KAck, f_seq, f_stamp, f_res, held_q ? sharers_q : 8'd0,
                                held_q ? owner_q : 8'd0);
             tx_mask_q <= 8'd1 << f_src[2:0];
             if (!held_q) begin
@@ -779,7 +779,7 @@ module amf_engine #(
               state_q    <= STableWrite;
             end
           end else begin
-            tx_tmpl_q <= frame(KAck, 8'd0, f_seq, f_stamp, f_res,
+            tx_tmpl_q <= frame(KAck, f_seq, f_stamp, f_res,
                                held_q ? (sharers_q | me) : (rx_coming_q ? me : 8'd0),
                                held_q ? owner_q : 8'd0);
             tx_mask_q <= 8'd1 << f_src[2:0];
@@ -859,7 +859,7 @@ module amf_engine #(
             next_seq_q <= next_seq_q + 32'd1;
             p_targets[slot_q] <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
             tx_mask_q <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
-            tx_tmpl_q <= frame(p_kind[slot_q], 8'd0, next_seq_q, p_stamp[slot_q],
+            tx_tmpl_q <= frame(p_kind[slot_q], next_seq_q, p_stamp[slot_q],
                                p_res[slot_q], 8'd0, 8'd0);
             ret_q   <= SFinish;
             state_q <= STx;

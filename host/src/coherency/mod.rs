@@ -312,15 +312,22 @@ impl Amf {
             if g.try_begin(r, kind) {
                 return Ok(g);
             }
-            if start.elapsed() > LINE_WAIT_MAX {
-                return Err(CoherencyError::Contended(r));
-            }
-            g = self
-                .changed
-                .wait_timeout(g, Duration::from_millis(5))
-                .map(|x| x.0)
-                .unwrap_or_else(|p| p.into_inner().0);
+            g = self.wait_changed(g, r, start)?;
         }
+    }
+
+    /// Waits (briefly) for another operation to change the cache while `r` waits on it; fails
+    /// as contended once `LINE_WAIT_MAX` has passed since `start`.
+    fn wait_changed<'a>(
+        &'a self,
+        g: MutexGuard<'a, Cache>,
+        r: u64,
+        start: Instant,
+    ) -> Result<MutexGuard<'a, Cache>, CoherencyError> {
+        if start.elapsed() > LINE_WAIT_MAX {
+            return Err(CoherencyError::Contended(r));
+        }
+        Ok(self.changed.wait_timeout(g, Duration::from_millis(5)).map(|x| x.0).unwrap_or_else(|p| p.into_inner().0))
     }
 
     /// Before attempt `attempt` of an operation on `r` begun at `start`: backs off, or gives up
@@ -390,14 +397,7 @@ impl Amf {
                 Ok(None) => return Ok(g),
                 Ok(Some(v)) => v,
                 Err(()) => {
-                    if start.elapsed() > LINE_WAIT_MAX {
-                        return Err(CoherencyError::Contended(r));
-                    }
-                    g = self
-                        .changed
-                        .wait_timeout(g, Duration::from_millis(5))
-                        .map(|x| x.0)
-                        .unwrap_or_else(|p| p.into_inner().0);
+                    g = self.wait_changed(g, r, start)?;
                     self.sync_events(&mut g)?;
                     continue;
                 }
