@@ -103,6 +103,17 @@ impl Array {
         }
     }
 
+    /// Puts `plan`'s fault layer between the engine and every present member (slot i is member
+    /// i of the plan). For fault tests and the simulator.
+    pub fn inject_faults(&self, plan: &Arc<super::faults::FaultPlan>) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let mut m = slot.member.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(old) = m.as_ref() {
+                *m = Some(Arc::new(old.with_faults(plan, i)));
+            }
+        }
+    }
+
     /// The geometry.
     pub fn geometry(&self) -> &Geometry {
         &self.geo
@@ -172,6 +183,13 @@ impl Array {
             .collect()
     }
 
+    /// True while every stripe keeps enough active members to hold its data (a member being
+    /// rebuilt does not count: it holds only part of it).
+    pub fn alive(&self) -> bool {
+        let usable: Vec<bool> = (0..self.slots.len()).map(|i| self.view(i).readable_below == u64::MAX).collect();
+        super::assemble::survives(&self.geo, &usable)
+    }
+
     /// Members not active.
     pub fn degraded_members(&self) -> Vec<usize> {
         self.member_status().into_iter().filter(|s| s.state != MemberState::Active).map(|s| s.index).collect()
@@ -191,6 +209,15 @@ impl Array {
         r
     }
 
+    /// Reads a member block of stripe `s` if the member holds it; true when `buf` now holds it.
+    fn try_read(&self, m: usize, s: u64, offset: u64, buf: &mut [u8], reads: &mut usize) -> bool {
+        if !self.readable(m, s) {
+            return false;
+        }
+        *reads += 1;
+        self.member_read(m, offset, buf).is_ok()
+    }
+
     /// Writes to a member if it is writable; a failed write fails the member, which is not an
     /// error for the caller as long as the group still has the redundancy to do without it.
     fn member_write(&self, m: usize, offset: u64, buf: &[u8]) -> bool {
@@ -208,44 +235,64 @@ impl Array {
         }
     }
 
-    /// Marks a member faulty and records that in the other members' superblocks.
+    /// Marks a member faulty and records that in the other members' superblocks before
+    /// returning, so that the operation that saw the failure completes only once it is recorded.
     pub fn fail_member(&self, m: usize, why: &str) {
-        {
-            let mut st = self.slots[m].state.write().unwrap_or_else(|p| p.into_inner());
-            if *st == MemberState::Faulty {
-                return;
-            }
-            *st = MemberState::Faulty;
+        if !self.mark_faulty(m, why) {
+            return;
         }
-        self.stats.member_failures.fetch_add(1, Relaxed);
-        eprintln!("amf: member {m} failed: {why}");
         if let Err(e) = self.update_superblocks(|_| {}) {
             eprintln!("amf: recording the failure of member {m} failed too: {e}");
         }
     }
 
+    /// Sets a member's state to faulty; false if it already was.
+    fn mark_faulty(&self, m: usize, why: &str) -> bool {
+        {
+            let mut st = self.slots[m].state.write().unwrap_or_else(|p| p.into_inner());
+            if *st == MemberState::Faulty {
+                return false;
+            }
+            *st = MemberState::Faulty;
+        }
+        self.stats.member_failures.fetch_add(1, Relaxed);
+        eprintln!("amf: member {m} failed: {why}");
+        true
+    }
+
     /// Applies `change` to the reference superblock, bumps the event counter and writes it to every
     /// writable member (each with its own index, the current member states and its rebuild point).
+    /// A member whose superblock write fails is failed, and the others are written again so that
+    /// they record it: a member holding a superblock older than the others' must not look current.
     pub fn update_superblocks(&self, change: impl FnOnce(&mut Superblock)) -> Result<(), RaidError> {
         let mut sb = self.sb_lock();
         change(&mut sb);
-        sb.events += 1;
-        sb.states = self.slots.iter().map(|s| *s.state.read().unwrap_or_else(|p| p.into_inner())).collect();
-        let mut written = 0;
-        for (i, slot) in self.slots.iter().enumerate() {
-            let v = self.view(i);
-            let (true, Some(member)) = (v.writable, v.member) else {
-                continue;
-            };
-            let mut own = sb.clone();
-            own.member_index = i as u32;
-            own.recovery_stripes = slot.recovered.load(Relaxed);
-            if member.write_durable(0, &own.encode()).is_ok() {
-                written += 1;
+        // Each pass either writes every writable member or fails one more: bounded by the count.
+        for _ in 0..=self.slots.len() {
+            sb.events += 1;
+            sb.states = self.slots.iter().map(|s| *s.state.read().unwrap_or_else(|p| p.into_inner())).collect();
+            let (mut written, mut failed) = (0, false);
+            for (i, slot) in self.slots.iter().enumerate() {
+                let v = self.view(i);
+                let (true, Some(member)) = (v.writable, v.member) else {
+                    continue;
+                };
+                let mut own = sb.clone();
+                own.member_index = i as u32;
+                own.recovery_stripes = slot.recovered.load(Relaxed);
+                match member.write_durable(0, &own.encode()) {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        failed |= self.mark_faulty(i, &e.to_string());
+                    }
+                }
             }
-        }
-        if written == 0 {
-            return Err(RaidError::Unrecoverable { stripe: 0 });
+            if written == 0 {
+                return Err(RaidError::GroupFailed { reason: "no member took the superblock update".into() });
+            }
+            if !failed {
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -261,24 +308,41 @@ impl Array {
     fn persist_bitmap(&self) -> impl Fn(u64, &[u8]) -> Result<(), RaidError> + '_ {
         move |off: u64, page: &[u8]| {
             let base = self.sb_lock().bitmap_offset_bytes;
-            let members: Vec<Arc<Member>> = (0..self.slots.len())
+            let members: Vec<(usize, Arc<Member>)> = (0..self.slots.len())
                 .filter_map(|i| {
                     let v = self.view(i);
-                    v.member.filter(|_| v.writable)
+                    v.member.filter(|_| v.writable).map(|m| (i, m))
                 })
                 .collect();
             // The bit must be durable before the data it covers is written; the members' durable
             // writes run in parallel so the wait is one write, not one per member.
-            let ok = std::thread::scope(|scope| {
-                let handles: Vec<_> =
-                    members.iter().map(|m| scope.spawn(move || m.write_durable(base + off, page).is_ok())).collect();
-                handles.into_iter().map(|h| matches!(h.join(), Ok(true))).filter(|ok| *ok).count()
+            let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = members
+                    .iter()
+                    .map(|(_, m)| scope.spawn(move || m.write_durable(base + off, page).map_err(|e| e.to_string())))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("bitmap writer panicked".into()))).collect()
             });
-            if ok == 0 {
-                return Err(RaidError::Unrecoverable { stripe: 0 });
+            // A member without the bit could hide a stripe that needs a resync: it is failed.
+            for ((i, _), r) in members.iter().zip(&results) {
+                if let Err(e) = r {
+                    self.fail_member(*i, e);
+                }
+            }
+            if !results.iter().any(|r| r.is_ok()) {
+                return Err(RaidError::GroupFailed { reason: "no member took the write-intent bit".into() });
             }
             Ok(())
         }
+    }
+
+    /// Fails the request once the group has lost more members than it tolerates: what a write
+    /// put there may not read back, and a group that failed takes no more writes (as md does).
+    fn check_alive(&self) -> Result<(), RaidError> {
+        if self.alive() {
+            return Ok(());
+        }
+        Err(RaidError::GroupFailed { reason: format!("members {:?} failed", self.degraded_members()) })
     }
 
     // ---- reads ------------------------------------------------------------------------------
@@ -381,15 +445,19 @@ impl Array {
         if self.geo.level == Level::Raid0 {
             for p in pieces {
                 let place = self.geo.places(s, p.dd)[0];
-                let member = self.view(place.member).member;
-                let Some(member) = member else {
+                let v = self.view(place.member);
+                let (true, Some(member)) = (v.writable, v.member) else {
                     return Err(RaidError::Unrecoverable { stripe: s });
                 };
                 self.stats.member_writes.fetch_add(1, Relaxed);
-                member.write_at(base + place.chunk_offset + p.in_chunk, src(p))?;
+                if let Err(e) = member.write_at(base + place.chunk_offset + p.in_chunk, src(p)) {
+                    self.fail_member(place.member, &e.to_string());
+                    return Err(e);
+                }
             }
             return Ok(());
         }
+        self.check_alive()?;
         let _g = self.locks.lock(s);
         let persist = self.persist_bitmap();
         self.bitmap.begin(s, &persist as &Persist<'_>)?;
@@ -399,7 +467,8 @@ impl Array {
             self.write_parity(base, s, pieces, &src)
         };
         self.bitmap.end(s);
-        r
+        r?;
+        self.check_alive()
     }
 
     fn write_mirror<'d>(
@@ -528,27 +597,21 @@ impl Array {
         let len = (hi - lo) as usize;
         let mut blocks: Vec<AlignedBuf> = (0..n + par).map(|_| AlignedBuf::scratch(len)).collect();
         let mut reads = 0;
-        // Blocks whose old contents are needed but cannot be read force a full reconstruction,
-        // which needs every surviving block.
-        let need_all = (0..n).any(|dd| !full(dd) && !self.readable(members[dd], s));
-        let mut missing = Vec::new();
-        for dd in 0..n {
-            if full(dd) && !need_all {
-                continue;
-            }
-            reads += 1;
-            if !(self.readable(members[dd], s) && self.member_read(members[dd], row + lo, &mut blocks[dd]).is_ok()) {
-                missing.push(dd);
-            }
+        // First the blocks whose old contents the new parity needs. If one of them cannot be read
+        // (unreadable from the start, or failing now), the plan changes to a full reconstruction,
+        // which needs every surviving block: the ones skipped as overwritten and the parity too.
+        // A block is used only once it has been read (`have`).
+        let mut have = vec![false; n + par];
+        let mut tried = vec![false; n + par];
+        for dd in (0..n).filter(|&dd| !full(dd)) {
+            tried[dd] = true;
+            have[dd] = self.try_read(members[dd], s, row + lo, &mut blocks[dd], &mut reads);
         }
-        if !missing.is_empty() {
-            for j in 0..par {
-                reads += 1;
-                let m = members[n + j];
-                if !(self.readable(m, s) && self.member_read(m, row + lo, &mut blocks[n + j]).is_ok()) {
-                    missing.push(n + j);
-                }
+        if (0..n).any(|dd| !full(dd) && !have[dd]) {
+            for pos in (0..n + par).filter(|&pos| !tried[pos]) {
+                have[pos] = self.try_read(members[pos], s, row + lo, &mut blocks[pos], &mut reads);
             }
+            let missing: Vec<usize> = (0..n + par).filter(|&pos| !have[pos]).collect();
             reconstruct(self.kernel, &mut blocks, par, &missing).map_err(|_| RaidError::Unrecoverable { stripe: s })?;
         }
         for (dd, p) in by_dd.iter().enumerate() {
@@ -594,8 +657,8 @@ impl Array {
                 Err(e) => self.fail_member(i, &e.to_string()),
             }
         }
-        if ok == 0 {
-            return Err(RaidError::Unrecoverable { stripe: 0 });
+        if ok == 0 || !self.alive() {
+            return Err(RaidError::GroupFailed { reason: "too many members failed to sync".into() });
         }
         Ok(())
     }
@@ -714,8 +777,7 @@ impl Array {
             if src.is_none() {
                 return Err(RaidError::Unrecoverable { stripe: s });
             }
-            self.member_write(index, base + target.chunk_offset, &buf);
-            return Ok(());
+            return self.rebuild_write(index, base + target.chunk_offset, &buf);
         }
         if self.geo.parities() == 0 {
             return Err(RaidError::BadMember { index, reason: "raid0 has no redundancy to rebuild from".into() });
@@ -724,8 +786,16 @@ impl Array {
         let pos = members.iter().position(|&m| m == index).ok_or(RaidError::Unrecoverable { stripe: s })?;
         // The rebuilding member is not readable at s (s >= recovered), so it is reconstructed.
         let blocks = self.read_stripe_range(base, s, 0, chunk)?;
-        self.member_write(index, base + s * chunk, &blocks[pos]);
-        Ok(())
+        self.rebuild_write(index, base + s * chunk, &blocks[pos])
+    }
+
+    /// Writes a rebuilt block; a replacement that fails its writes ends the rebuild (the write
+    /// failed it, so it will not be marked active).
+    fn rebuild_write(&self, index: usize, offset: u64, buf: &[u8]) -> Result<(), RaidError> {
+        if self.member_write(index, offset, buf) {
+            return Ok(());
+        }
+        Err(RaidError::BadMember { index, reason: "the replacement failed during the rebuild".into() })
     }
 
     /// Advances the rebuild point of a rebuilding member.
@@ -736,7 +806,13 @@ impl Array {
     /// Marks a rebuilt member active.
     pub(crate) fn finish_rebuild(&self, index: usize) -> Result<(), RaidError> {
         self.sync_members()?;
-        *self.slots[index].state.write().unwrap_or_else(|p| p.into_inner()) = MemberState::Active;
+        {
+            let mut st = self.slots[index].state.write().unwrap_or_else(|p| p.into_inner());
+            if *st != MemberState::Rebuilding {
+                return Err(RaidError::BadMember { index, reason: "failed during the rebuild".into() });
+            }
+            *st = MemberState::Active;
+        }
         self.slots[index].recovered.store(0, Relaxed);
         self.update_superblocks(|_| {})
     }

@@ -174,7 +174,7 @@ fn same_shape(a: &Superblock, b: &Superblock) -> bool {
 }
 
 /// True when every stripe keeps enough members among `usable`.
-fn survives(geo: &Geometry, usable: &[bool]) -> bool {
+pub(crate) fn survives(geo: &Geometry, usable: &[bool]) -> bool {
     let lost = usable.iter().filter(|u| !**u).count();
     match geo.level {
         Level::Raid0 => lost == 0,

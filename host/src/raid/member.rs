@@ -1,16 +1,68 @@
-//! One member disk: a regular file or a block device, accessed with positional I/O.
+//! One member disk: a regular file or a block device, accessed with positional I/O through the
+//! [`MemberIo`] trait so that a fault layer ([`super::faults`]) can stand between the engine and
+//! the device.
 
+use super::faults::{FaultPlan, FaultyIo};
 use super::RaidError;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Positional I/O on one member device. Every call may fail; the engine treats any failure as a
+/// failure of that member.
+pub trait MemberIo: Send + Sync + std::fmt::Debug {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()>;
+    /// Writes all of `buf` at `offset` and makes that range durable before returning.
+    fn write_durable(&self, offset: u64, buf: &[u8]) -> std::io::Result<()>;
+    /// Everything written so far survives power loss.
+    fn sync(&self) -> std::io::Result<()>;
+}
+
+/// A member that is a file or block device.
+#[derive(Debug)]
+pub struct FileIo(File);
+
+impl MemberIo for FileIo {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+
+    /// pwritev2 with RWF_DSYNC syncs only this range, where fdatasync would flush every dirty
+    /// page of the member. Used for superblocks and write-intent bits, which must be on stable
+    /// storage before the data they cover is written.
+    fn write_durable(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::io::AsRawFd;
+        let iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        // SAFETY: iov points at `buf`, valid for its length for the duration of the call; the
+        // kernel only reads it. The descriptor is owned by self.0.
+        let n = unsafe { libc::pwritev2(self.0.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_DSYNC) };
+        if n == buf.len() as isize {
+            return Ok(());
+        }
+        // Kernels or filesystems without RWF_DSYNC (or a short write): the portable way.
+        self.0.write_all_at(buf, offset)?;
+        self.0.sync_data()
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+}
 
 /// An open member.
 #[derive(Debug)]
 pub struct Member {
     path: PathBuf,
-    file: File,
+    io: Arc<dyn MemberIo>,
     size: u64,
 }
 
@@ -21,7 +73,7 @@ impl Member {
         let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(open_err)?;
         // Seeking to the end gives the size of block devices as well as files.
         let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
-        Ok(Member { path: path.to_path_buf(), file, size })
+        Ok(Member { path: path.to_path_buf(), io: Arc::new(FileIo(file)), size })
     }
 
     /// Creates (or truncates) a regular file of `size` bytes.
@@ -29,7 +81,13 @@ impl Member {
         let err = |source| RaidError::OpenMember { path: path.to_path_buf(), source };
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(err)?;
         file.set_len(size).map_err(err)?;
-        Ok(Member { path: path.to_path_buf(), file, size })
+        Ok(Member { path: path.to_path_buf(), io: Arc::new(FileIo(file)), size })
+    }
+
+    /// The same device seen through `plan`'s fault layer as member `index` of the plan.
+    pub fn with_faults(&self, plan: &Arc<FaultPlan>, index: usize) -> Member {
+        let io = FaultyIo::new(self.io.clone(), plan.clone(), index);
+        Member { path: self.path.clone(), io: Arc::new(io), size: self.size }
     }
 
     /// Path the member was opened from.
@@ -44,42 +102,23 @@ impl Member {
 
     /// Reads exactly `buf.len()` bytes at `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), RaidError> {
-        self.file.read_exact_at(buf, offset).map_err(|source| RaidError::ReadMember {
-            path: self.path.clone(),
-            offset,
-            source,
-        })
+        self.io.read_at(offset, buf).map_err(|source| RaidError::ReadMember { path: self.path.clone(), offset, source })
     }
 
     /// Writes all of `buf` at `offset`.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), RaidError> {
-        self.file.write_all_at(buf, offset).map_err(|source| RaidError::WriteMember {
-            path: self.path.clone(),
-            offset,
-            source,
-        })
+        self.io.write_at(offset, buf).map_err(|source| RaidError::WriteMember { path: self.path.clone(), offset, source })
     }
 
-    /// Writes `buf` at `offset` and makes that range durable before returning (a FUA write):
-    /// pwritev2 with RWF_DSYNC syncs only this range, where fdatasync would flush every dirty
-    /// page of the member. Used for superblocks and write-intent bits, which must be on stable
-    /// storage before the data they cover is written.
+    /// Writes `buf` at `offset` and makes that range durable before returning (a FUA write).
     pub fn write_durable(&self, offset: u64, buf: &[u8]) -> Result<(), RaidError> {
-        use std::os::unix::io::AsRawFd;
-        let iov = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-        // SAFETY: iov points at `buf`, valid for its length for the duration of the call; the
-        // kernel only reads it. The descriptor is owned by self.file.
-        let n = unsafe { libc::pwritev2(self.file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_DSYNC) };
-        if n == buf.len() as isize {
-            return Ok(());
-        }
-        // Kernels or filesystems without RWF_DSYNC (or a short write): the portable way.
-        self.write_at(offset, buf)?;
-        self.sync()
+        self.io
+            .write_durable(offset, buf)
+            .map_err(|source| RaidError::WriteMember { path: self.path.clone(), offset, source })
     }
 
     /// fdatasync: everything written so far survives power loss.
     pub fn sync(&self) -> Result<(), RaidError> {
-        self.file.sync_data().map_err(|source| RaidError::SyncMember { path: self.path.clone(), source })
+        self.io.sync().map_err(|source| RaidError::SyncMember { path: self.path.clone(), source })
     }
 }

@@ -4,6 +4,7 @@
 pub mod array;
 pub mod assemble;
 pub mod bitmap;
+pub mod faults;
 pub mod geometry;
 pub mod member;
 pub mod parity;
@@ -122,6 +123,12 @@ pub enum RaidError {
     Unrecoverable {
         /// Stripe index.
         stripe: u64,
+    },
+    /// Too many members failed for the group to hold its data.
+    #[error("the group has failed: {reason}")]
+    GroupFailed {
+        /// What failed.
+        reason: String,
     },
     /// Access outside the group.
     #[error("range {offset}+{len} is outside the group ({capacity} bytes)")]

@@ -2,6 +2,8 @@
 //! and with every allowed set of members missing; rebuild restores byte-identical members; scrub
 //! finds nothing after random writes and every mismatch injected.
 
+mod faults;
+
 use super::assemble::{assemble, create, member_path, resync, CreateOptions};
 use super::member::Member;
 use super::rebuild::rebuild;
