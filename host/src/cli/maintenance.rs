@@ -179,7 +179,7 @@ pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, 
             let m = if resuming && replacement.is_none() {
                 None
             } else {
-                Some(prepare_replacement(dir, index, replacement.as_deref(), a.member_bytes_needed())?)
+                Some(prepare_replacement(a, dir, index, replacement.as_deref())?)
             };
             let p = Progress::new(&format!("rebuild member {index}"), json);
             let r = rebuild_member(a, index, m, &|d, t| p.update(d, t))?;

@@ -5,8 +5,9 @@
 use super::controller::ControllerState;
 use super::ClusterError;
 use crate::raid::member::Member;
-use crate::raid::rebuild::{prepare_replacement, rebuild};
+use crate::raid::rebuild::{check_replacement, prepare_replacement, rebuild};
 use crate::raid::scrub::scrub;
+use crate::raid::MemberState;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -118,6 +119,7 @@ fn group_json(state: &ControllerState, a: &crate::raid::Array) -> serde_json::Va
         "stripes": a.geometry().stripes(),
         "parity_kernel": a.kernel(),
         "degraded": !a.degraded_members().is_empty(),
+        "failed": !a.alive(),
         "members": a.member_status(),
         "events": sb.events,
         "resynced_stripes_at_start": state.resynced_stripes,
@@ -193,10 +195,16 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
             let Some(member) = query(url, "member").and_then(|m| m.parse::<usize>().ok()) else {
                 return json_error(400, "rebuild needs ?member=INDEX".into());
             };
-            if member >= state.array.as_ref().map_or(0, |a| a.member_count()) {
-                return json_error(400, format!("no member {member}"));
-            }
             let replacement = query(url, "replacement").map(|p| p.replace("%2F", "/"));
+            // Every precondition before anything changes (and before the 202).
+            if let Some(a) = state.array.as_ref() {
+                let resuming = a.member_status().get(member).is_some_and(|m| m.state == MemberState::Rebuilding);
+                if !(resuming && replacement.is_none()) {
+                    if let Err(e) = check_replacement(a, member, replacement.as_deref().map(std::path::Path::new)) {
+                        return json_error(409, e.to_string());
+                    }
+                }
+            }
             start_task(state, "rebuild", move |st, progress| {
                 let m = replacement_member(st, member, replacement.as_deref())?;
                 let a = st.array.as_ref().ok_or("no members here")?;
@@ -213,13 +221,11 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
 /// created afresh (None resumes a rebuild in progress).
 pub fn replacement_member(st: &ControllerState, index: usize, path: Option<&str>) -> Result<Option<Member>, String> {
     let array = st.array.as_ref().ok_or("no members here")?;
-    let resuming = array.member_status().get(index).is_some_and(|m| m.state == crate::raid::MemberState::Rebuilding);
+    let resuming = array.member_status().get(index).is_some_and(|m| m.state == MemberState::Rebuilding);
     if resuming && path.is_none() {
         return Ok(None);
     }
-    prepare_replacement(&st.dir, index, path.map(std::path::Path::new), array.member_bytes_needed())
-        .map(Some)
-        .map_err(|e| e.to_string())
+    prepare_replacement(array, &st.dir, index, path.map(std::path::Path::new)).map(Some).map_err(|e| e.to_string())
 }
 
 type TaskFn = dyn FnOnce(&ControllerState, &dyn Fn(u64, u64)) -> Result<serde_json::Value, String> + Send;

@@ -164,7 +164,10 @@ impl FaultPlan {
             return Some(FaultKind::Vanish);
         }
         let applies = |k: FaultKind| !(k == FaultKind::NoSpace && !matches!(op, IoOp::Write | IoOp::DurableWrite));
-        let rule = st.rules.iter_mut().find(|r| r.times > 0 && applies(r.kind) && r.target.matches(index, member, op, offset, len))?;
+        let rule = st
+            .rules
+            .iter_mut()
+            .find(|r| r.times > 0 && applies(r.kind) && r.target.matches(index, member, op, offset, len))?;
         rule.times -= 1;
         let kind = rule.kind;
         if kind == FaultKind::Vanish {

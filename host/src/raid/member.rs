@@ -107,14 +107,20 @@ impl Member {
 
     /// Writes all of `buf` at `offset`.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), RaidError> {
-        self.io.write_at(offset, buf).map_err(|source| RaidError::WriteMember { path: self.path.clone(), offset, source })
+        self.io.write_at(offset, buf).map_err(|source| RaidError::WriteMember {
+            path: self.path.clone(),
+            offset,
+            source,
+        })
     }
 
     /// Writes `buf` at `offset` and makes that range durable before returning (a FUA write).
     pub fn write_durable(&self, offset: u64, buf: &[u8]) -> Result<(), RaidError> {
-        self.io
-            .write_durable(offset, buf)
-            .map_err(|source| RaidError::WriteMember { path: self.path.clone(), offset, source })
+        self.io.write_durable(offset, buf).map_err(|source| RaidError::WriteMember {
+            path: self.path.clone(),
+            offset,
+            source,
+        })
     }
 
     /// fdatasync: everything written so far survives power loss.

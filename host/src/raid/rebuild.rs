@@ -5,7 +5,7 @@
 use super::array::Array;
 use super::assemble::member_path;
 use super::member::Member;
-use super::RaidError;
+use super::{MemberState, RaidError};
 use serde::Serialize;
 use std::path::Path;
 
@@ -50,33 +50,72 @@ pub fn rebuild(
     Ok(RebuildReport { member: index, stripes: total - start })
 }
 
-/// The member a rebuild of slot `index` writes to. With `replacement`, that file or block device
-/// is used and DIR/member-NN.img becomes a symlink to it; without, a new DIR/member-NN.img of
-/// `bytes` is created. An old file in the slot is kept, renamed `replaced-member-NN-<time>.img`.
-pub fn prepare_replacement(
-    dir: &Path,
-    index: usize,
-    replacement: Option<&Path>,
-    bytes: u64,
-) -> Result<Member, RaidError> {
-    let slot = member_path(dir, index);
-    let dir_err = |source| RaidError::Dir { path: dir.to_path_buf(), source };
-    if let Some(r) = replacement {
-        let m = Member::open(r)?;
-        if m.size() < bytes {
+/// Checks everything a rebuild of slot `index` onto `replacement` (or onto a new file in the
+/// slot) needs, changing nothing: the slot exists and is not active, the group keeps enough
+/// members to rebuild from, and a replacement opens, is large enough and is not a member of the
+/// group already.
+pub fn check_replacement(array: &Array, index: usize, replacement: Option<&Path>) -> Result<(), RaidError> {
+    let status = array.member_status();
+    let Some(slot) = status.get(index) else {
+        return Err(RaidError::BadMember { index, reason: format!("the group has {} members", status.len()) });
+    };
+    if slot.state == MemberState::Active {
+        return Err(RaidError::BadMember { index, reason: "is active; nothing to rebuild".into() });
+    }
+    if !array.alive() {
+        return Err(RaidError::GroupFailed {
+            reason: format!("members {:?} are not active: too few are left to rebuild from", array.degraded_members()),
+        });
+    }
+    let Some(r) = replacement else {
+        return Ok(());
+    };
+    let bytes = array.member_bytes_needed();
+    let m = Member::open(r)?;
+    if m.size() < bytes {
+        return Err(RaidError::BadMember {
+            index,
+            reason: format!("replacement {} is {} bytes, needs {bytes}", r.display(), m.size()),
+        });
+    }
+    let target = std::fs::canonicalize(r).map_err(|source| RaidError::OpenMember { path: r.to_path_buf(), source })?;
+    for other in &status {
+        let Some(path) = &other.path else { continue };
+        if std::fs::canonicalize(path).is_ok_and(|p| p == target) {
             return Err(RaidError::BadMember {
                 index,
-                reason: format!("replacement {} is {} bytes, needs {bytes}", r.display(), m.size()),
+                reason: format!(
+                    "replacement {} is member {} of this group; rebuild without a replacement path creates a new file",
+                    r.display(),
+                    other.index
+                ),
             });
         }
     }
+    Ok(())
+}
+
+/// The member a rebuild of slot `index` writes to, after [`check_replacement`] passed. With
+/// `replacement`, that file or block device is used and DIR/member-NN.img becomes a symlink to
+/// it; without, a new DIR/member-NN.img is created. An old file in the slot is kept, renamed
+/// `replaced-member-NN-<time>.img`.
+pub fn prepare_replacement(
+    array: &Array,
+    dir: &Path,
+    index: usize,
+    replacement: Option<&Path>,
+) -> Result<Member, RaidError> {
+    check_replacement(array, index, replacement)?;
+    let bytes = array.member_bytes_needed();
+    let slot = member_path(dir, index);
+    let dir_err = |source| RaidError::Dir { path: dir.to_path_buf(), source };
+    let target = replacement.map(std::fs::canonicalize).transpose().map_err(dir_err)?;
     if std::fs::symlink_metadata(&slot).is_ok() {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         std::fs::rename(&slot, dir.join(format!("replaced-member-{index:02}-{now}.img"))).map_err(dir_err)?;
     }
-    match replacement {
-        Some(r) => {
-            let target = std::fs::canonicalize(r).map_err(dir_err)?;
+    match target {
+        Some(target) => {
             std::os::unix::fs::symlink(&target, &slot).map_err(dir_err)?;
             Member::open(&slot)
         }

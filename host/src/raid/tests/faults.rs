@@ -238,7 +238,7 @@ fn run_op(case: &Case, s: &Setup, plan: &Arc<FaultPlan>) -> Result<(), RaidError
             Ok(())
         }
         Op::Rebuild => {
-            let m = prepare_replacement(s.dir.path(), 1, None, s.array.member_bytes_needed()).unwrap();
+            let m = prepare_replacement(&s.array, s.dir.path(), 1, None).unwrap();
             rebuild(&s.array, 1, Some(m.with_faults(plan, 1)), &|_, _| {}).map(|_| ())
         }
         Op::ScrubRepair => scrub(&s.array, true, &|_, _| {}).map(|_| ()),
@@ -337,7 +337,10 @@ fn run_case(case: &Case) {
                     seen[off..off + b.len()].copy_from_slice(&b);
                 } else if let Some((o, d)) = s.write.as_ref().filter(|_| r.is_ok()) {
                     let o = *o as usize;
-                    assert!(off + b.len() <= o || off >= o + d.len(), "{case}: an acknowledged write does not read back");
+                    assert!(
+                        off + b.len() <= o || off >= o + d.len(),
+                        "{case}: an acknowledged write does not read back"
+                    );
                 }
             }
             check(&seen, "block reads of a failed group");
@@ -367,7 +370,7 @@ fn run_case(case: &Case) {
     assert!(again == seen, "{case}: data differs after a restart");
     // 4. Rebuild every failed member onto a fresh file, resync what was being written, scrub.
     for &m in &failed {
-        let fresh = prepare_replacement(dir.path(), m, None, array.member_bytes_needed()).unwrap();
+        let fresh = prepare_replacement(&array, dir.path(), m, None).unwrap();
         rebuild(&array, m, Some(fresh), &|_, _| {}).unwrap_or_else(|e| panic!("{case}: rebuild of {m}: {e}"));
     }
     resync(&array, &asm.dirty_regions, &|_, _| {}).unwrap();
