@@ -5,7 +5,7 @@ use super::progress::Progress;
 use crate::cluster::admin::{self, Task};
 use crate::cluster::dirlock::{controller_file, DirLock};
 use crate::cluster::ClusterError;
-use crate::raid::assemble::{assemble, check_write_hole, classify, member_path, resync, Assembled};
+use crate::raid::assemble::{assemble_with, check_write_hole, classify, member_path, resync, Assembled};
 use crate::raid::rebuild::{prepare_replacement, rebuild as rebuild_member};
 use crate::raid::scrub::scrub as scrub_group;
 use crate::raid::{Geometry, MemberState};
@@ -86,10 +86,10 @@ fn state_name(s: MemberState) -> &'static str {
 
 /// Assembles for offline maintenance, resyncing first if the group was not shut down cleanly.
 fn offline(dir: &Path, quiet: bool, force: bool) -> Result<Assembled, Box<dyn Error>> {
-    let asm = assemble(dir)?;
+    let asm = assemble_with(dir, force)?;
     check_write_hole(&asm, force)?;
-    for r in &asm.rejected {
-        eprintln!("amf: member left out: {r}");
+    for note in asm.notes() {
+        eprintln!("amf: {note}");
     }
     if asm.was_dirty {
         let p = Progress::new("resync", quiet);

@@ -54,8 +54,11 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
-        /// Serve a group that crashed while degraded (parity of the stripes being written then
-        /// may not match their data; the missing members' blocks there may read back wrong).
+        /// Start a group that cannot start as it is: one that crashed while degraded (parity of
+        /// the stripes being written then may not match their data), or one whose members were
+        /// failed for a transient cause (a full filesystem, a cable): the freshest of them are
+        /// taken back, as few as needed, and every region written since is resynced; what was
+        /// forced is printed. Like `mdadm --assemble --force`.
         #[arg(long)]
         force: bool,
         /// Card of each controller when there are several: sim (the RTL under Verilator) or

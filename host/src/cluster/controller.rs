@@ -6,7 +6,7 @@ use super::admin::{self, Task};
 use super::dirlock::{controller_file, DirLock};
 use super::ClusterError;
 use crate::nbd::{Server, ServerConfig};
-use crate::raid::assemble::{assemble, check_write_hole, resync};
+use crate::raid::assemble::{assemble_with, check_write_hole, resync};
 use crate::raid::Array;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -71,14 +71,14 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     };
     let nbd_listener = bind(opts.nbd)?;
     let admin_listener = bind(opts.admin)?;
-    let asm = assemble(&opts.dir)?;
+    let asm = assemble_with(&opts.dir, opts.force)?;
     if let Err(e) = check_write_hole(&asm, opts.force) {
         // Leave the group as found: not serving, still dirty, bitmap intact.
         return Err(e.into());
     }
     let tag = format!("amf: controller {}", opts.index);
-    for r in &asm.rejected {
-        eprintln!("{tag}: member left out: {r}");
+    for note in asm.notes() {
+        eprintln!("{tag}: {note}");
     }
     let degraded = asm.array.degraded_members();
     if !degraded.is_empty() {

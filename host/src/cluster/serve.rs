@@ -16,7 +16,7 @@ use crate::coherency::{Amf, AmfConfig};
 use crate::fabric::wire::{Kind, Request, Status};
 use crate::fabric::{FabricServer, Peer};
 use crate::nbd::{Server, ServerConfig};
-use crate::raid::assemble::{assemble, check_write_hole, resync};
+use crate::raid::assemble::{assemble_with, check_write_hole, resync};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -92,10 +92,10 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     // The members: assembled here on the primary, reached through it elsewhere.
     let mut array = None;
     let (disk, capacity) = if primary {
-        let asm = assemble(&cfg.group)?;
+        let asm = assemble_with(&cfg.group, cfg.force)?;
         check_write_hole(&asm, cfg.force)?;
-        for r in &asm.rejected {
-            eprintln!("{tag}: member left out: {r}");
+        for note in asm.notes() {
+            eprintln!("{tag}: {note}");
         }
         if asm.was_dirty {
             eprintln!("{tag}: unclean shutdown; resyncing {} write-intent regions", asm.dirty_regions.len());

@@ -664,9 +664,14 @@ impl Array {
     }
 
     /// Makes every completed write durable and clears write-intent bits of idle regions.
+    /// While a member is out, bits stay set (as md keeps them): they then name every region
+    /// written since, which a forced assembly that takes the member back must resync.
     pub fn flush(&self) -> Result<(), RaidError> {
         let snap = self.bitmap.snapshot_idle();
         self.sync_members()?;
+        if !self.degraded_members().is_empty() {
+            return Ok(());
+        }
         let persist = self.persist_bitmap();
         self.bitmap.clear_idle(snap, &persist as &Persist<'_>)?;
         Ok(())

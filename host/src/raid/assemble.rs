@@ -158,8 +158,43 @@ pub struct Assembled {
     pub rejected: Vec<Rejected>,
     /// The group was not shut down cleanly.
     pub was_dirty: bool,
-    /// Bitmap regions to resync (non-empty only after a crash).
+    /// Bitmap regions to resync (non-empty only after a crash or a forced assembly).
     pub dirty_regions: Vec<u64>,
+    /// Members a forced assembly took back.
+    pub forced: Vec<Forced>,
+}
+
+impl Assembled {
+    /// What assembly decided that an operator must see: members left out, members forced back
+    /// and the regions a forced assembly resyncs (byte ranges of the group).
+    pub fn notes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.rejected.iter().map(|r| format!("member left out: {r}")).collect();
+        for f in &self.forced {
+            v.push(format!(
+                "FORCED: member {} ({}) taken back although the group recorded it as failed (its events {}, the group's {})",
+                f.index, f.member, f.events, f.group_events
+            ));
+        }
+        if !self.forced.is_empty() {
+            let stripes = self.array.geometry().stripes();
+            let sb = self.array.geometry().stripe_bytes();
+            let ranges: Vec<String> = self
+                .dirty_regions
+                .iter()
+                .map(|&r| {
+                    let s = self.array.bitmap().region_stripe_range(r, stripes);
+                    format!("{}..{}", s.start * sb, s.end * sb)
+                })
+                .collect();
+            v.push(format!(
+                "FORCED: {} regions were being written when members failed; their redundancy is recomputed from \
+                 the data now, and writes there that were not acknowledged may read back old, bytes {}",
+                ranges.len(),
+                if ranges.is_empty() { "none".to_string() } else { ranges.join(", ") }
+            ));
+        }
+        v
+    }
 }
 
 fn same_shape(a: &Superblock, b: &Superblock) -> bool {
@@ -195,6 +230,9 @@ pub struct Classified {
     pub slots: Vec<Option<(Member, Superblock)>>,
     /// Members left out, with reasons.
     pub rejected: Vec<Rejected>,
+    /// Members left out only because the group recorded them as failed or their superblock is
+    /// behind: whole, of this group and shape. A forced assembly may take them back.
+    pub stale: Vec<(Member, Superblock)>,
 }
 
 /// Reads every member of `dir` and decides which belong to the group, without writing anything:
@@ -233,7 +271,9 @@ pub fn classify(dir: &Path) -> Result<Classified, RaidError> {
     let count = reference.member_count as usize;
     let needed = reference.data_offset_bytes + reference.member_data_bytes;
     let mut slots: Vec<Option<(Member, Superblock)>> = (0..count).map(|_| None).collect();
+    let mut stale = Vec::new();
     for (path, m, sb) in good {
+        let recorded_failed = reference.states[sb.member_index as usize] == MemberState::Faulty;
         let name = path.display().to_string();
         let reason = if sb.uuid != uuid {
             Some(format!("belongs to group {}, not {}", sb.uuid_string(), reference.uuid_string()))
@@ -241,10 +281,14 @@ pub fn classify(dir: &Path) -> Result<Classified, RaidError> {
             Some("superblock geometry differs from the group's".to_string())
         } else if m.size() < needed {
             Some(format!("is {} bytes, the group needs {needed}", m.size()))
-        } else if reference.states[sb.member_index as usize] == MemberState::Faulty {
-            Some(format!("stale: the group recorded it as failed (events {} < {})", sb.events, reference.events))
-        } else if sb.events + 1 < reference.events {
-            Some(format!("stale: events {} but the group is at {}", sb.events, reference.events))
+        } else if recorded_failed || sb.events + 1 < reference.events {
+            let why = if recorded_failed { "the group recorded it as failed" } else { "its superblock is behind" };
+            rejected.push(Rejected {
+                member: name,
+                reason: format!("stale: {why} (events {} < {})", sb.events, reference.events),
+            });
+            stale.push((m, sb));
+            continue;
         } else if slots[sb.member_index as usize].is_some() {
             Some(format!("duplicate of member index {}", sb.member_index))
         } else {
@@ -258,31 +302,78 @@ pub fn classify(dir: &Path) -> Result<Classified, RaidError> {
             }
         }
     }
-    Ok(Classified { reference, slots, rejected })
+    Ok(Classified { reference, slots, rejected, stale })
+}
+
+/// A member that a forced assembly took back although the group had recorded it as failed.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Forced {
+    /// Slot.
+    pub index: usize,
+    /// Its path.
+    pub member: String,
+    /// Its superblock's event count.
+    pub events: u64,
+    /// The group's event count.
+    pub group_events: u64,
 }
 
 /// Assembles the group in `dir` (see [`classify`]), starts degraded if the level allows it,
 /// marks the group dirty and returns the regions to resync.
 pub fn assemble(dir: &Path) -> Result<Assembled, RaidError> {
-    let Classified { reference, slots, rejected } = classify(dir)?;
+    assemble_with(dir, false)
+}
+
+/// Like [`assemble`]; with `force`, a group that cannot start because members were recorded as
+/// failed takes back the freshest of them (highest event count first), as few as it needs, like
+/// `mdadm --assemble --force`. Their write-intent bits are merged in, so the resync covers every
+/// region written since the first member failed (bits stay set while a group is degraded).
+pub fn assemble_with(dir: &Path, force: bool) -> Result<Assembled, RaidError> {
+    let Classified { mut reference, mut slots, mut rejected, mut stale } = classify(dir)?;
     let count = reference.member_count as usize;
     let geo = Geometry::new(reference.level, count, reference.chunk_bytes as u64, reference.member_data_bytes)?;
-    let mut usable = vec![true; count];
+    let usable_now = |slots: &[Option<(Member, Superblock)>], reference: &Superblock| -> Vec<bool> {
+        slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.as_ref().is_some_and(|(_, sb)| {
+                    reference.states[i] != MemberState::Rebuilding && sb.states[i] != MemberState::Rebuilding
+                })
+            })
+            .collect()
+    };
+    let mut forced = Vec::new();
+    if force && !survives(&geo, &usable_now(&slots, &reference)) {
+        stale.sort_by_key(|(_, sb)| std::cmp::Reverse(sb.events));
+        for (m, sb) in stale {
+            let i = sb.member_index as usize;
+            if usable_now(&slots, &reference)[i] {
+                continue;
+            }
+            let name = m.path().display().to_string();
+            forced.push(Forced { index: i, member: name.clone(), events: sb.events, group_events: reference.events });
+            rejected.retain(|r| r.member != name);
+            reference.states[i] = MemberState::Active;
+            slots[i] = Some((m, sb));
+            if survives(&geo, &usable_now(&slots, &reference)) {
+                break;
+            }
+        }
+        // Stripes written while members were out are in the merged bitmap: resync them.
+        reference.clean &= forced.is_empty();
+    }
+    let usable = usable_now(&slots, &reference);
     let mut unusable = Vec::new();
     for (i, slot) in slots.iter().enumerate() {
-        let why = match slot {
-            None => Some(format!("no usable member with index {i}")),
-            Some((_, sb))
-                if reference.states[i] == MemberState::Rebuilding || sb.states[i] == MemberState::Rebuilding =>
-            {
-                Some(format!("rebuilding, {} of {} stripes done", sb.recovery_stripes, geo.stripes()))
-            }
-            Some(_) => None,
-        };
-        if let Some(reason) = why {
-            usable[i] = false;
-            unusable.push(Rejected { member: member_path(dir, i).display().to_string(), reason });
+        if usable[i] {
+            continue;
         }
+        let reason = match slot {
+            None => format!("no usable member with index {i}"),
+            Some((_, sb)) => format!("rebuilding, {} of {} stripes done", sb.recovery_stripes, geo.stripes()),
+        };
+        unusable.push(Rejected { member: member_path(dir, i).display().to_string(), reason });
     }
     if !survives(&geo, &usable) {
         let mut all = rejected.clone();
@@ -318,7 +409,7 @@ pub fn assemble(dir: &Path) -> Result<Assembled, RaidError> {
     let array = Array::from_parts(geo, reference, members, bits);
     array.mark_dirty()?;
     let dirty_regions = array.bitmap().dirty_regions();
-    Ok(Assembled { array, rejected, was_dirty, dirty_regions })
+    Ok(Assembled { array, rejected, was_dirty, dirty_regions, forced })
 }
 
 /// Refuses a group that crashed while degraded (parity levels), unless `force`: stripes being

@@ -464,3 +464,63 @@ fn raid6_every_fault_at_every_member_io() {
 fn raid10_every_fault_at_every_member_io() {
     assert!(run_all(Level::Raid10, 4) > 0 || std::env::var("AMF_FAULT_CASE").is_ok());
 }
+
+/// Every member of a RAID5 group runs out of space on the same write (a full filesystem): the
+/// members fail one after another and the group fails. Without --force it does not start; with
+/// it, the freshest members come back, every flushed write reads back, the last one is rebuilt
+/// and the scrub is clean.
+#[test]
+fn members_failed_by_a_full_filesystem_come_back_with_force() {
+    use super::super::assemble::assemble_with;
+    use super::super::faults::{IoOp, Rule, Target};
+    let case = Case { level: Level::Raid5, members: 4, op: Op::Read, fault: None };
+    let s = setup(&case);
+    let sb = s.array.geometry().stripe_bytes();
+    let mut rng = rng_for(&case);
+    let mut model = s.model.clone();
+    let mut flushed = vec![0u8; 3 * sb as usize];
+    rng.fill_bytes(&mut flushed);
+    s.array.write(0, &flushed, false).unwrap();
+    s.array.flush().unwrap();
+    model[..flushed.len()].copy_from_slice(&flushed);
+    // From now on no member can allocate: every write fails with ENOSPC.
+    let plan = FaultPlan::new();
+    let data = Target { op: Some(IoOp::Write), ..Target::default() };
+    plan.add(Rule { target: data, kind: FaultKind::NoSpace, times: u32::MAX });
+    s.array.inject_faults(&plan);
+    let mut later = vec![0u8; sb as usize];
+    rng.fill_bytes(&mut later);
+    assert!(s.array.write(4 * sb, &later, false).is_err(), "a write with every member full fails");
+    assert!(!s.array.alive(), "the group failed");
+    let Setup { dir, array, .. } = s;
+    drop(array);
+    // Space is back. A plain start refuses, naming the members recorded as failed.
+    match assemble(dir.path()) {
+        Err(RaidError::TooManyMissing { unusable, .. }) => {
+            assert!(unusable.iter().any(|u| u.reason.contains("recorded it as failed")), "{unusable:?}")
+        }
+        Err(e) => panic!("unexpected {e}"),
+        Ok(_) => panic!("a failed group must not start without --force"),
+    }
+    let asm = assemble_with(dir.path(), true).unwrap();
+    assert!(!asm.forced.is_empty(), "force took members back");
+    let notes = asm.notes().join("\n");
+    assert!(notes.contains("FORCED: member") && notes.contains("regions were being written"), "{notes}");
+    resync(&asm.array, &asm.dirty_regions, &|_, _| {}).unwrap();
+    let got = read_all(&asm.array).expect("the forced group reads");
+    assert!(got[..flushed.len()] == flushed[..], "flushed writes read back after the forced start");
+    for (i, (g, w)) in got.iter().zip(&model).enumerate() {
+        let new = (i as u64).checked_sub(4 * sb).and_then(|j| later.get(j as usize));
+        assert!(g == w || new == Some(g), "byte {i}: neither old nor the failed write's data");
+    }
+    for m in asm.array.degraded_members() {
+        let fresh = prepare_replacement(&asm.array, dir.path(), m, None).unwrap();
+        rebuild(&asm.array, m, Some(fresh), &|_, _| {}).unwrap();
+    }
+    assert_eq!(scrub(&asm.array, false, &|_, _| {}).unwrap().mismatches, 0);
+    asm.array.close().unwrap();
+    drop(asm);
+    let a = assemble(dir.path()).unwrap();
+    assert!(a.array.degraded_members().is_empty() && !a.was_dirty);
+    assert!(read_all(&a.array).unwrap() == got);
+}
