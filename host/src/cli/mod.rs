@@ -280,6 +280,14 @@ enum BenchCommand {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. } | Command::Controller { .. } | Command::Cluster { .. }) {
+        // A report piped into `head` ends quietly when the reader leaves, as Unix tools do.
+        // The daemons keep SIGPIPE ignored: a client that leaves is an error on its socket.
+        // SAFETY: restores the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {

@@ -206,6 +206,7 @@ pub fn rendezvous(
     fabric: SocketAddr,
     link: SocketAddr,
     wait: Duration,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> Result<Vec<PeerConfig>, ClusterError> {
     std::fs::create_dir_all(dir).map_err(|source| ClusterError::File { path: dir.into(), source })?;
     let mine = dir.join(format!("node-{node}.json"));
@@ -224,6 +225,9 @@ pub fn rendezvous(
             {
                 peers.push(PeerConfig { node: n, fabric: p.fabric, link: p.link });
                 break;
+            }
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(bad("stopped while waiting for the other controllers".into()));
             }
             if start.elapsed() > wait {
                 return Err(bad(format!(

@@ -53,6 +53,13 @@ pub struct ControllerState {
     pub nbd_uri: String,
 }
 
+/// Prints a line on stdout and flushes it; a reader that went away is not an error here (the
+/// controller keeps serving; `println!` would panic).
+pub fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
+}
+
 /// The ready line printed once the controller serves (the `amf cluster` contract).
 pub fn ready_line(index: usize, pid: u32, nbd: SocketAddr, admin: SocketAddr) -> String {
     format!("controller {index} pid {pid} nbd nbd://{nbd}/amf admin http://{admin}")
@@ -120,8 +127,7 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
         format!("{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"http://{}\"}}\n", state.nbd_uri, admin.addr),
     )
     .map_err(|source| ClusterError::File { path: status_file.clone(), source })?;
-    println!("{line}");
-    let _ = std::io::stdout().flush();
+    say(&line);
 
     let mut last_written = 0;
     let mut since_flush = Duration::ZERO;

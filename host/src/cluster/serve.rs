@@ -7,7 +7,7 @@
 
 use super::admin::{self};
 use super::config::{rendezvous, Config};
-use super::controller::{ready_line, ControllerState};
+use super::controller::{ready_line, say, ControllerState};
 use super::dirlock::{controller_file, DirLock};
 use super::ClusterError;
 use crate::coherency::card::{AnyCard, CardPort};
@@ -17,7 +17,6 @@ use crate::fabric::wire::{Kind, Request, Status};
 use crate::fabric::{FabricServer, Peer};
 use crate::nbd::{Server, ServerConfig};
 use crate::raid::assemble::{assemble_with, check_write_hole, resync};
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -37,9 +36,19 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ClusterError> {
 }
 
 /// Asks the primary for the group's size, waiting for it to come up.
-fn primary_capacity(primary: &Peer, node: u8, epoch: u32, line_bytes: u64) -> Result<u64, ClusterError> {
+/// A stop signal ends the wait.
+fn primary_capacity(
+    primary: &Peer,
+    node: u8,
+    epoch: u32,
+    line_bytes: u64,
+    stop: &AtomicBool,
+) -> Result<u64, ClusterError> {
     let start = Instant::now();
     loop {
+        if stop.load(Relaxed) {
+            return Err(ClusterError::Config("stopped while waiting for the primary".into()));
+        }
         let q = Request { c: line_bytes, ..Request::new(Kind::Info, node, epoch) };
         match primary.call(&q, &[]) {
             Ok((r, _)) if r.status == Status::Ok => return Ok(r.a),
@@ -80,7 +89,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     let link_addr =
         card.link_addr().map_err(|source| ClusterError::Bind { addr: cfg.card.link.to_string(), source })?;
     let peers = match &cfg.rendezvous {
-        Some(dir) => rendezvous(dir, cfg.node, cfg.nodes, fabric_addr, link_addr, PEER_WAIT)?,
+        Some(dir) => rendezvous(dir, cfg.node, cfg.nodes, fabric_addr, link_addr, PEER_WAIT, &signals)?,
         None => cfg.peers.clone(),
     };
     for p in &peers {
@@ -113,7 +122,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             .find(|p| p.node == 0)
             .cloned()
             .ok_or_else(|| ClusterError::Config("no address for node 0, the primary".into()))?;
-        let capacity = primary_capacity(&p0, cfg.node, cfg.epoch, line_bytes as u64)?;
+        let capacity = primary_capacity(&p0, cfg.node, cfg.epoch, line_bytes as u64, &signals)?;
         (Disk::Remote { primary: p0, node: cfg.node, epoch: cfg.epoch, line_bytes: line_bytes as u64 }, capacity)
     };
 
@@ -157,8 +166,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         format!("{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"http://{}\"}}\n", state.nbd_uri, admin.addr),
     )
     .map_err(|source| ClusterError::File { path: status_file.clone(), source })?;
-    println!("{}", ready_line(cfg.node as usize, pid, nbd_addr, admin.addr));
-    let _ = std::io::stdout().flush();
+    say(&ready_line(cfg.node as usize, pid, nbd_addr, admin.addr));
 
     let mut last_error = Instant::now() - Duration::from_secs(60);
     while !signals.load(Relaxed) {

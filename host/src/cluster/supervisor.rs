@@ -1,9 +1,10 @@
 //! `amf cluster`: creates or assembles the group, starts one `amf controller` process per
 //! controller, prints each one's ready line, and on SIGINT/SIGTERM stops them all cleanly.
 
+use super::controller::say;
 use super::ClusterError;
 use crate::raid::assemble::{create, has_members, CreateOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -43,13 +44,60 @@ struct Running {
     exited: bool,
 }
 
-fn terminate(procs: &mut [Running]) {
-    for p in procs.iter().filter(|p| !p.exited) {
-        // SAFETY: kill(2) on a pid we spawned; no memory is involved.
+/// How long a stop waits for controllers to finish cleanly before it kills them: the cluster
+/// stops within about twice this whatever its clients do.
+pub const STOP_GRACE: Duration = Duration::from_secs(4);
+
+fn signal(p: &Running, sig: libc::c_int) {
+    if !p.exited {
+        // SAFETY: kill(2) on a pid we spawned and have not reaped; no memory is involved.
         unsafe {
-            libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM);
+            libc::kill(p.child.id() as libc::pid_t, sig);
         }
     }
+}
+
+/// SIGTERM to `procs`, then waits up to `grace` for them; those still running get SIGKILL.
+/// Every one is reaped. Returns false if any stopped uncleanly.
+fn stop_all(procs: &mut [&mut Running], grace: Duration) -> bool {
+    for p in procs.iter() {
+        signal(p, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    let mut clean = true;
+    for p in procs.iter_mut().filter(|p| !p.exited) {
+        let status = loop {
+            match p.child.try_wait() {
+                Ok(Some(s)) => break Ok(s),
+                Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    eprintln!("amf: controller {} did not stop within {grace:?}; killing it", p.index);
+                    signal(p, libc::SIGKILL);
+                    break p.child.wait();
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        p.exited = true;
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => {
+                eprintln!("amf: controller {} stopped with {s}", p.index);
+                clean = false;
+            }
+            Err(e) => {
+                eprintln!("amf: controller {}: {e}", p.index);
+                clean = false;
+            }
+        }
+    }
+    clean
+}
+
+/// Stops every controller started so far (a start that failed part-way).
+fn terminate(procs: &mut [Running]) {
+    let mut all: Vec<&mut Running> = procs.iter_mut().collect();
+    stop_all(&mut all, STOP_GRACE);
 }
 
 /// Runs the cluster until a signal; Ok when every controller stopped cleanly.
@@ -110,6 +158,17 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
             };
             cmd.arg("serve").arg("--config").arg(path);
         }
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
+        // which is async-signal-safe. A controller must not outlive its supervisor (it would
+        // hold the ports and the group and join the next cluster started on the folder).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let spawned = cmd
             // Out of the terminal's process group: Ctrl-C reaches the supervisor alone, which
             // stops the controllers itself (otherwise a controller that stops first looks like
@@ -138,12 +197,11 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
         let ready = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("controller "));
         match ready {
             Some(line) => {
-                println!("{line}");
-                let _ = std::io::stdout().flush();
+                say(&line);
                 // Keep forwarding whatever the controller prints later.
                 std::thread::spawn(move || {
                     for l in lines.map_while(Result::ok) {
-                        println!("{l}");
+                        say(&l);
                     }
                 });
             }
@@ -167,44 +225,9 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
         }
     }
     // The others first: they write their dirty lines back through the primary, which must
-    // still be there; then the primary, which marks the group clean.
-    let (rest, first): (Vec<&mut Running>, Vec<&mut Running>) = procs.iter_mut().partition(|p| p.index != 0);
-    let mut clean = true;
-    for group in [rest, first] {
-        for p in group.iter().filter(|p| !p.exited) {
-            // SAFETY: kill(2) on a pid we spawned and have not reaped; no memory is involved.
-            unsafe {
-                libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM);
-            }
-        }
-        for p in group.into_iter().filter(|p| !p.exited) {
-            match p.child.wait() {
-                Ok(s) if s.success() => {}
-                Ok(s) => {
-                    eprintln!("amf: controller {} stopped with {s}", p.index);
-                    clean = false;
-                }
-                Err(e) => {
-                    eprintln!("amf: controller {}: {e}", p.index);
-                    clean = false;
-                }
-            }
-            p.exited = true;
-        }
-    }
-    for p in procs.iter_mut().filter(|p| !p.exited) {
-        match p.child.wait() {
-            Ok(s) if s.success() => {}
-            Ok(s) => {
-                eprintln!("amf: controller {} stopped with {s}", p.index);
-                clean = false;
-            }
-            Err(e) => {
-                eprintln!("amf: controller {}: {e}", p.index);
-                clean = false;
-            }
-        }
-    }
+    // still be there; then the primary, which marks the group clean. Each step is bounded.
+    let (mut rest, mut first): (Vec<&mut Running>, Vec<&mut Running>) = procs.iter_mut().partition(|p| p.index != 0);
+    let clean = stop_all(&mut rest, STOP_GRACE) & stop_all(&mut first, STOP_GRACE);
     match died {
         Some(e) => Err(e),
         None if clean => Ok(()),

@@ -81,6 +81,8 @@ pub struct ServerStats {
     pub written_bytes: AtomicU64,
     /// Times a connection's reader waited for its in-flight byte budget (back-pressure).
     pub budget_waits: AtomicU64,
+    /// Queued requests not run because their client had gone.
+    pub dropped: AtomicU64,
 }
 
 /// Open connections: a socket handle (to end it at shutdown) and its thread.
@@ -302,12 +304,25 @@ impl Job {
     }
 }
 
-type Writer = Arc<Mutex<TcpStream>>;
+/// The reply side of a connection, and whether its client is gone: requests of a connection
+/// that closed without NBD_CMD_DISC (or whose replies cannot be sent) are dropped, not run.
+struct Writer {
+    stream: Mutex<TcpStream>,
+    gone: AtomicBool,
+}
+
+impl Writer {
+    fn gone(&self) -> bool {
+        self.gone.load(Relaxed)
+    }
+}
 
 fn send(w: &Writer, bytes: &[u8]) {
-    let mut s = w.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = w.stream.lock().unwrap_or_else(|p| p.into_inner());
     // A failed reply means the client is gone; the reader notices and ends the connection.
-    let _ = s.write_all(bytes);
+    if s.write_all(bytes).is_err() {
+        w.gone.store(true, Relaxed);
+    }
 }
 
 fn errno(e: &BackendError, write: bool) -> u32 {
@@ -360,9 +375,14 @@ impl Budget {
     }
 }
 
-fn worker(rx: Receiver<Job>, w: Writer, backend: Arc<dyn Backend>, stats: Arc<ServerStats>, budget: Arc<Budget>) {
+fn worker(rx: Receiver<Job>, w: Arc<Writer>, backend: Arc<dyn Backend>, stats: Arc<ServerStats>, budget: Arc<Budget>) {
     for job in rx {
         let held = job.bytes();
+        if w.gone() {
+            stats.dropped.fetch_add(1, Relaxed);
+            budget.give(held);
+            continue;
+        }
         let (cookies, result, write) = match job {
             Job::Read { cookie, offset, len } => {
                 let mut buf = vec![0u8; 16 + len as usize];
@@ -432,7 +452,7 @@ fn serve_connection(
         return Ok(());
     }
     stream.set_read_timeout(None)?;
-    let writer: Writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let writer = Arc::new(Writer { stream: Mutex::new(stream.try_clone()?), gone: AtomicBool::new(false) });
     let (tx, rx) = bounded::<Job>(cfg.queue_depth);
     let budget = Arc::new(Budget::new());
     let workers: Vec<_> = (0..cfg.workers_per_connection.max(1))
@@ -450,11 +470,24 @@ fn serve_connection(
         stats,
         &budget,
     );
+    // Only NBD_CMD_DISC asks for the queued requests to be finished (the protocol says so);
+    // a client that hung up or broke the protocol gets nothing more done.
+    if !matches!(result, Ok(Ending::Disconnect)) {
+        writer.gone.store(true, Relaxed);
+    }
     drop(tx);
     for w in workers {
         let _ = w.join();
     }
-    result
+    result.map(|_| ())
+}
+
+/// How a connection's request stream ended.
+enum Ending {
+    /// NBD_CMD_DISC: finish what is queued, then close.
+    Disconnect,
+    /// The client closed the socket.
+    Closed,
 }
 
 fn in_range(offset: u64, len: u64, size: u64) -> bool {
@@ -468,17 +501,20 @@ fn read_requests(
     writer: &Writer,
     stats: &ServerStats,
     budget: &Budget,
-) -> std::io::Result<()> {
+) -> std::io::Result<Ending> {
     let size = backend.size();
     let reject = |cookie: u64, code: u32| {
         stats.errors.fetch_add(1, Relaxed);
         send(writer, &simple_reply(code, cookie));
     };
     loop {
+        if writer.gone() {
+            return Ok(Ending::Closed);
+        }
         let mut h = [0u8; REQUEST_BYTES];
         match r.read_exact(&mut h) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Ending::Closed),
             Err(e) => return Err(e),
         }
         let Some(req) = parse_request(&h) else {
@@ -531,14 +567,14 @@ fn read_requests(
             CMD_TRIM => Job::Trim { cookie, offset, len },
             CMD_WRITE_ZEROES => Job::Zero { cookie, offset, len, fua },
             CMD_FLUSH => Job::Flush { cookie },
-            CMD_DISC => return Ok(()),
+            CMD_DISC => return Ok(Ending::Disconnect),
             _ => {
                 reject(cookie, EINVAL);
                 continue;
             }
         };
         if tx.send(job).is_err() {
-            return Ok(());
+            return Ok(Ending::Closed);
         }
     }
 }

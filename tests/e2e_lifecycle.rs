@@ -1,0 +1,97 @@
+//! Controller lifecycle under hostile clients and failed starts: requests of a connection that
+//! closed are dropped, not run; SIGTERM stops the cluster within a bound whatever clients do; a
+//! start that is refused leaves no process behind.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+const READ_BYTES: u32 = 32 << 20;
+
+#[test]
+fn requests_of_closed_connections_are_dropped_and_sigterm_stops_within_10_s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start(&dir, &["--level", "raid5", "--members", "4", "--member-size", "128M"]);
+    let addr = c.nbd_addr();
+    let (conns, reads) = (8, 64u64);
+    for _ in 0..conns {
+        let mut cl = nbd_client::Client::connect(&addr);
+        let span = cl.size - READ_BYTES as u64;
+        for i in 0..reads {
+            cl.send(nbd_client::CMD_READ, 0, (i * (READ_BYTES as u64)) % span / 4096 * 4096, READ_BYTES, &[]);
+        }
+        drop(cl); // hang up with every request queued
+    }
+    let asked = conns * reads * READ_BYTES as u64;
+    // The controller stops working for them: the bytes it reads settle well below what was asked.
+    let read_bytes = || c.admin_json("/status")["nbd_server"]["read_bytes"].as_u64().unwrap();
+    let mut last = read_bytes();
+    let settle = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = read_bytes();
+        if now == last {
+            break;
+        }
+        assert!(settle.elapsed() < Duration::from_secs(30), "still reading for closed connections: {now} bytes");
+        last = now;
+    }
+    let st = c.admin_json("/status");
+    assert!(last < asked / 4, "read {last} of the {asked} bytes asked by clients that hung up");
+    assert!(st["nbd_server"]["dropped"].as_u64().unwrap() > 0, "{st}");
+    // Again, and SIGTERM while the flood is queued: the whole cluster exits within 10 s.
+    for _ in 0..conns {
+        let mut cl = nbd_client::Client::connect(&addr);
+        for i in 0..reads {
+            cl.send(nbd_client::CMD_READ, 0, i * 4096, READ_BYTES, &[]);
+        }
+    }
+    let t = Instant::now();
+    let status = c.stop();
+    assert!(t.elapsed() < Duration::from_secs(10), "stop took {:?}", t.elapsed());
+    assert!(status.success(), "{status}");
+}
+
+/// `amf` processes whose command line names `dir`.
+fn amf_processes(dir: &std::path::Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(amf_bin()) && cmd.contains(&needle) {
+            found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[test]
+fn a_refused_start_leaves_no_process_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start(
+        &dir,
+        &["--level", "raid5", "--members", "4", "--member-size", "16M", "--controllers", "3", "--card", "model"],
+    );
+    qemu_io(&c.nbd_uri, &["write -P 0x5a 0 1M", "flush"]);
+    assert!(c.stop().success());
+    // Two members gone: RAID5 cannot start, on any controller.
+    std::fs::remove_file(member(&dir, 1)).unwrap();
+    std::fs::remove_file(member(&dir, 2)).unwrap();
+    let t = Instant::now();
+    let r = try_start(&dir, &["--controllers", "3", "--card", "model"]);
+    assert!(r.is_err(), "a RAID5 group without two members must not start");
+    let err = r.err().unwrap();
+    assert!(err.contains("member-01.img") && err.contains("member-02.img"), "{err}");
+    // Everything it started is gone, promptly.
+    loop {
+        let left = amf_processes(&dir);
+        if left.is_empty() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "processes left behind: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
