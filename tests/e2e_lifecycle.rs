@@ -95,3 +95,20 @@ fn a_refused_start_leaves_no_process_behind() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn the_group_stays_dirty_when_a_controller_could_not_write_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let args = ["--level", "raid5", "--members", "4", "--member-size", "16M", "--controllers", "3", "--card", "model"];
+    let c = start(&dir, &args);
+    qemu_io(c.uri(1), &["write -P 0x5a 0 256k"]);
+    assert!(c.stop().success());
+    assert_eq!(inspect(&dir)["clean"], true, "every controller wrote back: clean");
+    let c = start(&dir, &["--controllers", "3", "--card", "model"]);
+    // Controller 2 acknowledges writes, then dies with them in its cache.
+    qemu_io(c.uri(2), &["write -P 0x77 1M 256k"]);
+    unsafe { libc::kill(c.pids[2], libc::SIGKILL) };
+    let _ = c.stop();
+    assert_eq!(inspect(&dir)["clean"], false, "a controller died with acknowledged writes: the group stays dirty");
+}

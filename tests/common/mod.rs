@@ -25,6 +25,8 @@ pub struct Cluster {
     pub ready_line: String,
     /// Every controller's (NBD URI, admin URL), by index.
     pub controllers: Vec<(String, String)>,
+    /// Every controller's pid, by index.
+    pub pids: Vec<i32>,
 }
 
 /// Starts `amf cluster --dir DIR ARGS...` on ports the kernel picks (port 0; the ready line says
@@ -75,11 +77,13 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
         }
     }
     let mut controllers = Vec::new();
+    let mut pids = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         let w: Vec<&str> = l.split_whitespace().collect();
         assert_eq!(w.len(), 8, "ready line: {l}");
         assert_eq!((w[0], w[1]), ("controller", i.to_string().as_str()), "ready lines in order: {lines:?}");
         controllers.push((w[5].to_string(), w[7].to_string()));
+        pids.push(w[3].parse().unwrap());
     }
     let line = lines[0].clone();
     // controller 0 pid PID nbd nbd://127.0.0.1:PORT/amf admin http://127.0.0.1:APORT
@@ -99,6 +103,7 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
         stderr,
         ready_line: line,
         controllers,
+        pids,
     })
 }
 

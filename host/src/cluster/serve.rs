@@ -182,13 +182,36 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     server.shutdown();
     admin.stop();
     let written = amf.destage_all();
-    if let Err(e) = &written {
-        eprintln!("{tag}: write-back at stop failed: {e}");
+    match &written {
+        Err(e) => eprintln!("{tag}: write-back at stop failed: {e}"),
+        Ok(_) if !primary => {
+            if let Err(e) = amf.leave_clean() {
+                eprintln!("{tag}: could not tell the primary that this controller left clean: {e}");
+            }
+        }
+        Ok(_) => {}
     }
     fabric.stop();
     if let Some(a) = &array {
         super::admin::wait_for_task(&state);
-        a.close()?;
+        // Clean only if no controller may have left acknowledged writes unwritten: the next
+        // start of a dirty group resyncs what was being written.
+        let unconfirmed = amf.unconfirmed_peers();
+        if written.is_ok() && unconfirmed.is_empty() {
+            a.close()?;
+        } else {
+            eprintln!(
+                "{tag}: leaving the group marked dirty: {}",
+                if written.is_err() {
+                    "this controller's write-back failed".to_string()
+                } else {
+                    format!(
+                        "controllers {unconfirmed:?} did not confirm that they wrote back every line they acknowledged"
+                    )
+                }
+            );
+            a.sync_members()?;
+        }
     }
     let _ = std::fs::remove_file(&status_file);
     written.map(|_| ()).map_err(ClusterError::Coherency)

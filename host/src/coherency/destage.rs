@@ -128,6 +128,17 @@ impl Amf {
         Ok(n)
     }
 
+    /// At stop, after [`Amf::destage_all`] succeeded: tells the primary this node leaves with
+    /// nothing dirty.
+    pub fn leave_clean(&self) -> Result<(), CoherencyError> {
+        self.disk.leave()
+    }
+
+    /// Nodes that joined this primary and did not confirm their write-back.
+    pub fn unconfirmed_peers(&self) -> Vec<u8> {
+        self.disk.unconfirmed()
+    }
+
     /// Writes back every dirty line, waiting for busy ones, and the dirty lines kept for
     /// peers that have not taken them yet (their writes were acknowledged too).
     pub fn destage_all(&self) -> Result<usize, CoherencyError> {

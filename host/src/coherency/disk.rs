@@ -8,10 +8,11 @@
 //! writing it back) is skipped instead of overwriting newer data.
 
 use super::CoherencyError;
-use crate::fabric::wire::{Kind, Request, FLAG_FUA};
+use crate::fabric::wire::{Kind, Request, FLAG_FUA, FLAG_LEAVING};
 use crate::fabric::Peer;
 use crate::raid::Array;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 /// The members, owned by this process (the primary).
@@ -20,12 +21,43 @@ pub struct Members {
     pub array: Arc<Array>,
     line_bytes: u64,
     versions: Mutex<HashMap<u64, u64>>,
+    /// Nodes that joined (asked for the group's size), as a bit mask.
+    joined: AtomicU8,
+    /// Nodes that left after writing back everything they acknowledged.
+    left_clean: AtomicU8,
 }
 
 impl Members {
     /// Wraps the assembled group.
     pub fn new(array: Arc<Array>, line_bytes: u64) -> Members {
-        Members { array, line_bytes, versions: Mutex::new(HashMap::new()) }
+        Members {
+            array,
+            line_bytes,
+            versions: Mutex::new(HashMap::new()),
+            joined: AtomicU8::new(0),
+            left_clean: AtomicU8::new(0),
+        }
+    }
+
+    /// Node `node` joined: until it leaves clean, the group cannot be marked clean.
+    pub fn note_join(&self, node: u8) {
+        if node < 8 {
+            self.joined.fetch_or(1 << node, SeqCst);
+            self.left_clean.fetch_and(!(1 << node), SeqCst);
+        }
+    }
+
+    /// Node `node` wrote back everything it acknowledged and left.
+    pub fn note_clean_leave(&self, node: u8) {
+        if node < 8 {
+            self.left_clean.fetch_or(1 << node, SeqCst);
+        }
+    }
+
+    /// Nodes that joined and did not confirm their write-back.
+    pub fn unconfirmed(&self) -> Vec<u8> {
+        let open = self.joined.load(SeqCst) & !self.left_clean.load(SeqCst);
+        (0..8).filter(|n| open & (1 << n) != 0).collect()
     }
 
     fn versions(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
@@ -148,6 +180,27 @@ impl Disk {
                 }
                 primary.call_ok(&q, &payload).map(|_| ()).map_err(CoherencyError::Fabric)
             }
+        }
+    }
+
+    /// Tells the primary that this node wrote back everything it acknowledged and leaves (the
+    /// primary marks the group clean only when every node that joined did).
+    pub fn leave(&self) -> Result<(), CoherencyError> {
+        match self {
+            Disk::Local(m) => m.sync(),
+            Disk::Remote { primary, node, epoch, .. } => {
+                let mut q = Request::new(Kind::DiskSync, *node, *epoch);
+                q.flags |= FLAG_LEAVING;
+                primary.call_ok(&q, &[]).map(|_| ()).map_err(CoherencyError::Fabric)
+            }
+        }
+    }
+
+    /// Nodes that joined this primary and did not confirm their write-back (none elsewhere).
+    pub fn unconfirmed(&self) -> Vec<u8> {
+        match self {
+            Disk::Local(m) => m.unconfirmed(),
+            Disk::Remote { .. } => Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 use super::read::{DIRTY_BIT, HANDOFF_BIT};
 use super::{disk::Disk, Amf};
 use crate::cache::Busy;
-use crate::fabric::wire::{Kind, Request, Response, Status, FLAG_FUA, FLAG_HANDOFF};
+use crate::fabric::wire::{Kind, Request, Response, Status, FLAG_FUA, FLAG_HANDOFF, FLAG_LEAVING};
 use crate::fabric::Handler;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -107,7 +107,12 @@ impl Amf {
                 }
                 m.write_lines(q.a, &versions, data, q.flags & FLAG_FUA != 0).map(|_| answer(Status::Ok))
             }
-            _ => m.sync().map(|_| answer(Status::Ok)),
+            _ => m.sync().map(|_| {
+                if q.flags & FLAG_LEAVING != 0 {
+                    m.note_clean_leave(q.src);
+                }
+                answer(Status::Ok)
+            }),
         };
         result.unwrap_or_else(|e| {
             eprintln!("amf: node {}: member I/O for node {}: {e}", self.cfg.node, q.src);
@@ -175,6 +180,9 @@ impl Handler for Amf {
             Kind::Info => {
                 if q.c != self.cfg.line_bytes as u64 {
                     return answer(Status::BadRequest);
+                }
+                if let Disk::Local(m) = &self.disk {
+                    m.note_join(q.src);
                 }
                 (Response { status: Status::Ok, a: self.cfg.capacity }, Vec::new())
             }

@@ -31,7 +31,8 @@ pub enum Kind {
     DiskRead = 4,
     /// Primary only: write the payload at offset `a` (flag `FLAG_FUA`: durable first).
     DiskWrite = 5,
-    /// Primary only: make every completed member write durable.
+    /// Primary only: make every completed member write durable (flag `FLAG_LEAVING`: and
+    /// record that the sender left with nothing dirty).
     DiskSync = 6,
     /// Write every dirty line of this node to the members (a FLUSH on another controller).
     DestageAll = 7,
@@ -60,6 +61,9 @@ impl Kind {
 pub const FLAG_HANDOFF: u16 = 1;
 /// DiskWrite: force unit access.
 pub const FLAG_FUA: u16 = 2;
+/// DiskSync: the sender wrote back every line it acknowledged and is leaving; the primary may
+/// count it when it decides whether the group is clean.
+pub const FLAG_LEAVING: u16 = 4;
 
 /// Outcome of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
