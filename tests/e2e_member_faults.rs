@@ -102,3 +102,32 @@ fn refused_rebuilds_change_nothing() {
     assert_eq!(members.len(), 4, "{v}");
     assert!(members.iter().all(|m| m["state"] == "active"), "{v}");
 }
+
+#[test]
+fn a_member_deleted_while_running_shows_in_status_within_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start(&dir, &["--level", "raid5", "--members", "4", "--member-size", "16M"]);
+    qemu_io(&c.nbd_uri, &["write -P 0x5a 0 1M", "flush"]);
+    std::fs::remove_file(member(&dir, 3)).unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        let st = c.admin_json("/status");
+        if st["members"][3]["state"] == "faulty" {
+            assert_eq!(st["degraded"], true, "{st}");
+            break;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "member 3 still healthy: {st}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    qemu_io(&c.nbd_uri, &["read -P 0x5a 0 1M"]);
+    // `amf status` piped into a reader that leaves early ends quietly.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} status {} | true", amf_bin(), dir.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(c.stop().success());
+}

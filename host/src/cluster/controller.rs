@@ -60,6 +60,9 @@ pub fn say(line: &str) {
     let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
+/// How often a controller checks that its members are still there.
+pub const MEMBER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The ready line printed once the controller serves (the `amf cluster` contract).
 pub fn ready_line(index: usize, pid: u32, nbd: SocketAddr, admin: SocketAddr) -> String {
     format!("controller {index} pid {pid} nbd nbd://{nbd}/amf admin http://{admin}")
@@ -131,10 +134,15 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
 
     let mut last_written = 0;
     let mut since_flush = Duration::ZERO;
+    let mut last_check = std::time::Instant::now();
     let tick = Duration::from_millis(50);
     while !signals.load(Relaxed) {
         std::thread::sleep(tick);
         since_flush += tick;
+        if last_check.elapsed() >= MEMBER_CHECK_INTERVAL {
+            last_check = std::time::Instant::now();
+            array.check_members();
+        }
         if since_flush >= BITMAP_FLUSH_INTERVAL {
             since_flush = Duration::ZERO;
             let written = state.nbd.written_bytes.load(Relaxed) + state.nbd.requests.load(Relaxed);

@@ -169,8 +169,13 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     say(&ready_line(cfg.node as usize, pid, nbd_addr, admin.addr));
 
     let mut last_error = Instant::now() - Duration::from_secs(60);
+    let mut last_check = Instant::now();
     while !signals.load(Relaxed) {
         std::thread::sleep(DESTAGE_PERIOD);
+        if let Some(a) = array.as_ref().filter(|_| last_check.elapsed() >= super::controller::MEMBER_CHECK_INTERVAL) {
+            last_check = Instant::now();
+            a.check_members();
+        }
         if let Err(e) = amf.apply_events().and_then(|_| amf.destage(DESTAGE_BATCH, false)) {
             if last_error.elapsed() > Duration::from_secs(5) {
                 eprintln!("{tag}: background write-back failed (will retry): {e}");

@@ -190,6 +190,22 @@ impl Array {
         super::assemble::survives(&self.geo, &usable)
     }
 
+    /// Checks every member in use (see [`Member::check`]) and fails those that are gone or
+    /// do not answer; returns their indexes. Controllers call it every few seconds so a member
+    /// that vanishes while idle shows in the status before a request trips over it.
+    pub fn check_members(&self) -> Vec<usize> {
+        let mut failed = vec![];
+        for i in 0..self.slots.len() {
+            let v = self.view(i);
+            let (true, Some(member)) = (v.writable, v.member) else { continue };
+            if let Err(e) = member.check() {
+                self.fail_member(i, &e.to_string());
+                failed.push(i);
+            }
+        }
+        failed
+    }
+
     /// Members not active.
     pub fn degraded_members(&self) -> Vec<usize> {
         self.member_status().into_iter().filter(|s| s.state != MemberState::Active).map(|s| s.index).collect()

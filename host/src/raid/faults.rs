@@ -265,6 +265,10 @@ impl MemberIo for FaultyIo {
         self.write_with(IoOp::DurableWrite, offset, buf, |o, b| self.inner.write_durable(o, b))
     }
 
+    fn identity(&self) -> std::io::Result<(u64, u64)> {
+        self.inner.identity()
+    }
+
     fn sync(&self) -> std::io::Result<()> {
         match self.plan.decide(self.member, IoOp::Sync, 0, 0) {
             None | Some(FaultKind::NoSpace) => self.inner.sync(),

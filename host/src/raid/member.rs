@@ -21,6 +21,8 @@ pub trait MemberIo: Send + Sync + std::fmt::Debug {
     fn write_durable(&self, offset: u64, buf: &[u8]) -> std::io::Result<()>;
     /// Everything written so far survives power loss.
     fn sync(&self) -> std::io::Result<()>;
+    /// Device and inode of the open file, to tell whether its path still names it.
+    fn identity(&self) -> std::io::Result<(u64, u64)>;
 }
 
 /// A member that is a file or block device.
@@ -55,6 +57,12 @@ impl MemberIo for FileIo {
 
     fn sync(&self) -> std::io::Result<()> {
         self.0.sync_data()
+    }
+
+    fn identity(&self) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.0.metadata()?;
+        Ok((m.dev(), m.ino()))
     }
 }
 
@@ -126,5 +134,25 @@ impl Member {
     /// fdatasync: everything written so far survives power loss.
     pub fn sync(&self) -> Result<(), RaidError> {
         self.io.sync().map_err(|source| RaidError::SyncMember { path: self.path.clone(), source })
+    }
+
+    /// Checks that the member is still there: its path names the file that is open (a member
+    /// file deleted or replaced while running still answers through the open descriptor, and
+    /// would be gone at the next start) and its first block reads.
+    pub fn check(&self) -> Result<(), RaidError> {
+        use std::os::unix::fs::MetadataExt;
+        let gone = |what: String| RaidError::ReadMember {
+            path: self.path.clone(),
+            offset: 0,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, what),
+        };
+        let open = self.io.identity().map_err(|source| RaidError::ReadMember { path: self.path.clone(), offset: 0, source })?;
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == open => {}
+            Ok(_) => return Err(gone("the member path now names another file".into())),
+            Err(e) => return Err(gone(format!("the member file is gone: {e}"))),
+        }
+        let mut block = [0u8; 512];
+        self.read_at(0, &mut block)
     }
 }
