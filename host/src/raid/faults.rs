@@ -111,7 +111,12 @@ struct State {
     rules: Vec<Rule>,
     vanished: Vec<usize>,
     fired: Vec<Fired>,
+    /// The call of every I/O, when tracing.
+    trace: Option<Vec<IoOp>>,
 }
+
+/// Longest trace kept: a fault test's operation does far fewer member I/Os.
+const TRACE_IOS_MAX: usize = 1 << 20;
 
 /// Faults shared by the members of one group.
 #[derive(Default)]
@@ -128,6 +133,18 @@ impl FaultPlan {
     /// A plan with no rules: it only counts I/Os.
     pub fn new() -> Arc<FaultPlan> {
         Arc::new(FaultPlan { latency: LATENCY_DEFAULT, ..FaultPlan::default() })
+    }
+
+    /// A plan with no rules that records the call of every I/O (see [`FaultPlan::trace`]).
+    pub fn tracing() -> Arc<FaultPlan> {
+        let plan = FaultPlan::new();
+        plan.lock().trace = Some(Vec::new());
+        plan
+    }
+
+    /// The call of every I/O so far, by index (empty unless made with [`FaultPlan::tracing`]).
+    pub fn trace(&self) -> Vec<IoOp> {
+        self.lock().trace.clone().unwrap_or_default()
     }
 
     /// A plan that fails the I/O with index `io_index` with `kind`.
@@ -160,10 +177,13 @@ impl FaultPlan {
     fn decide(&self, member: usize, op: IoOp, offset: u64, len: u64) -> Option<FaultKind> {
         let index = self.ios.fetch_add(1, SeqCst);
         let mut st = self.lock();
+        if let Some(t) = st.trace.as_mut().filter(|t| t.len() < TRACE_IOS_MAX) {
+            t.push(op);
+        }
         if st.vanished.contains(&member) {
             return Some(FaultKind::Vanish);
         }
-        let applies = |k: FaultKind| !(k == FaultKind::NoSpace && !matches!(op, IoOp::Write | IoOp::DurableWrite));
+        let applies = |k: FaultKind| k != FaultKind::NoSpace || matches!(op, IoOp::Write | IoOp::DurableWrite);
         let rule = st
             .rules
             .iter_mut()

@@ -146,7 +146,11 @@ impl Member {
             offset: 0,
             source: std::io::Error::new(std::io::ErrorKind::NotFound, what),
         };
-        let open = self.io.identity().map_err(|source| RaidError::ReadMember { path: self.path.clone(), offset: 0, source })?;
+        let open = self.io.identity().map_err(|source| RaidError::ReadMember {
+            path: self.path.clone(),
+            offset: 0,
+            source,
+        })?;
         match std::fs::metadata(&self.path) {
             Ok(m) if (m.dev(), m.ino()) == open => {}
             Ok(_) => return Err(gone("the member path now names another file".into())),
