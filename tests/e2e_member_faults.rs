@@ -131,3 +131,76 @@ fn a_member_deleted_while_running_shows_in_status_within_seconds() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(c.stop().success());
 }
+
+/// A small tmpfs that the test mounts and always unmounts.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, bytes: u64) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `dir` with a file until it is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![0xffu8; 1 << 16];
+    while f.write_all(&block).is_ok() {}
+}
+
+#[test]
+fn members_on_a_full_filesystem_fail_and_come_back_with_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&tmp.path().join("mnt"), 48 << 20);
+    let dir = fs.0.join("g");
+    // Four sparse 24 MiB members on 48 MiB: they cannot all be filled.
+    let c = start(&dir, &["--level", "raid5", "--members", "4", "--member-size", "24M", "--chunk", "64K"]);
+    qemu_io(&c.nbd_uri, &["write -P 0x11 0 8M", "flush"]);
+    fill(&fs.0.join("filler"));
+    // Writes into unallocated space now fail on every member: the members fail one after another.
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x22 16M 8M", &c.nbd_uri])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("failed") || !out.status.success(), "a write with every member full must fail: {text}");
+    let st = c.admin_json("/status");
+    assert_eq!(st["failed"], true, "the group failed: {st}");
+    let _ = c.stop();
+    std::fs::remove_file(fs.0.join("filler")).unwrap();
+    // Space is back, the files are intact; a plain start refuses...
+    let refused = try_start(&dir, &[]).err().expect("a failed group must not start without --force");
+    assert!(refused.contains("recorded it as failed"), "{refused}");
+    // ... and --force brings it back, saying what it forced.
+    let c = start(&dir, &["--force"]);
+    let log = c.log();
+    assert!(log.contains("FORCED: member") && log.contains("regions were being written"), "{log}");
+    qemu_io(&c.nbd_uri, &["read -P 0x11 0 8M"]);
+    qemu_io(&c.nbd_uri, &["write -P 0x33 8M 1M", "flush", "read -P 0x33 8M 1M"]);
+    assert!(c.stop().success());
+    // Rebuild what stayed out, then the scrub is clean and everything reads back.
+    let d = dir.to_str().unwrap();
+    while inspect(&dir)["members"].as_array().unwrap().iter().any(|m| m["state"] != "active") {
+        amf(&["rebuild", d]);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&amf(&["scrub", d, "--json"]).stdout).unwrap();
+    assert_eq!(v["mismatches"], 0, "{v}");
+    assert_eq!(v["skipped"], 0, "{v}");
+    let c = start(&dir, &[]);
+    qemu_io(&c.nbd_uri, &["read -P 0x11 0 8M", "read -P 0x33 8M 1M"]);
+    assert!(c.stop().success());
+}
