@@ -96,6 +96,23 @@ fn refused_rebuilds_change_nothing() {
     assert!(std::fs::read(&big).unwrap().iter().all(|b| *b == 0), "the refused replacement was written");
     qemu_io(&c.nbd_uri, &["read -P 0x5a 0 1M"]);
     assert!(c.stop().success());
+    // Offline, the same refusals write nothing either (not even the superblocks).
+    let before = snapshot(&dir);
+    let d = dir.to_str().unwrap();
+    let offline: [&[&str]; 5] = [
+        &["rebuild", d],
+        &["rebuild", d, "--member", "1"],
+        &["rebuild", d, "--member", "7"],
+        &["rebuild", d, "--member", "1", "--replacement", small.to_str().unwrap()],
+        &["rebuild", d, "--member", "1", "--replacement", m2.to_str().unwrap()],
+    ];
+    for args in offline {
+        let out = std::process::Command::new(amf_bin()).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("error"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(snapshot(&dir) == before, "a refused offline rebuild changed the group folder");
     // And after a restart every member is still there and active.
     let v = inspect(&dir);
     let members = v["members"].as_array().unwrap();

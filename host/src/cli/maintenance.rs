@@ -6,7 +6,7 @@ use crate::cluster::admin::{self, Task};
 use crate::cluster::dirlock::{controller_file, DirLock};
 use crate::cluster::ClusterError;
 use crate::raid::assemble::{assemble_with, check_write_hole, classify, member_path, resync, Assembled};
-use crate::raid::rebuild::{prepare_replacement, rebuild as rebuild_member};
+use crate::raid::rebuild::{check_replacement_file, prepare_replacement, rebuild as rebuild_member};
 use crate::raid::scrub::scrub as scrub_group;
 use crate::raid::{Geometry, MemberState};
 use std::error::Error;
@@ -162,19 +162,43 @@ pub fn scrub(dir: &Path, repair: bool, json: bool, force: bool) -> Res {
     Ok(())
 }
 
+/// Which member an offline rebuild takes, checked from the superblocks without writing: the
+/// slot exists and is not active, and a replacement file is usable.
+fn precheck_rebuild(dir: &Path, member: Option<usize>, replacement: Option<&Path>) -> Result<usize, Box<dyn Error>> {
+    let c = classify(dir)?;
+    let count = c.reference.member_count as usize;
+    let active = |i: usize| c.slots[i].is_some() && c.reference.states[i] == MemberState::Active;
+    let index = match member {
+        Some(i) => i,
+        None => (0..count).find(|&i| !active(i)).ok_or("every member is in sync; nothing to rebuild")?,
+    };
+    if index >= count {
+        return Err(format!("the group has {count} members; there is no member {index}").into());
+    }
+    if active(index) {
+        return Err(format!("member {index} is active; nothing to rebuild").into());
+    }
+    if let Some(r) = replacement {
+        let members: Vec<(usize, PathBuf)> = c
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|(m, _)| (i, m.path().to_path_buf())))
+            .collect();
+        let bytes = c.reference.data_offset_bytes + c.reference.member_data_bytes;
+        check_replacement_file(index, r, bytes, &members)?;
+    }
+    Ok(index)
+}
+
 /// `amf rebuild`.
 pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, json: bool, force: bool) -> Res {
     let report = match DirLock::try_acquire(dir)? {
         Some(_lock) => {
+            // Refusals before assembly, which writes the superblocks.
+            let index = precheck_rebuild(dir, member, replacement.as_deref())?;
             let asm = offline(dir, json, force)?;
             let a = &asm.array;
-            let index = match member {
-                Some(i) => i,
-                None => *a.degraded_members().first().ok_or("every member is in sync; nothing to rebuild")?,
-            };
-            if index >= a.member_count() {
-                return Err(format!("the group has {} members; there is no member {index}", a.member_count()).into());
-            }
             let resuming = a.member_status().get(index).is_some_and(|m| m.state == MemberState::Rebuilding);
             let m = if resuming && replacement.is_none() {
                 None

@@ -7,7 +7,7 @@ use super::assemble::member_path;
 use super::member::Member;
 use super::{MemberState, RaidError};
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Stripes between superblock updates that record the rebuild point (so an interrupted rebuild
 /// resumes near where it stopped).
@@ -67,10 +67,24 @@ pub fn check_replacement(array: &Array, index: usize, replacement: Option<&Path>
             reason: format!("members {:?} are not active: too few are left to rebuild from", array.degraded_members()),
         });
     }
-    let Some(r) = replacement else {
-        return Ok(());
-    };
-    let bytes = array.member_bytes_needed();
+    match replacement {
+        None => Ok(()),
+        Some(r) => {
+            let members: Vec<(usize, PathBuf)> =
+                status.iter().filter_map(|m| m.path.as_ref().map(|p| (m.index, PathBuf::from(p)))).collect();
+            check_replacement_file(index, r, array.member_bytes_needed(), &members)
+        }
+    }
+}
+
+/// Checks a replacement file without changing anything: it opens, holds `bytes`, and is not one
+/// of `members` (slot, path) of the group.
+pub fn check_replacement_file(
+    index: usize,
+    r: &Path,
+    bytes: u64,
+    members: &[(usize, PathBuf)],
+) -> Result<(), RaidError> {
     let m = Member::open(r)?;
     if m.size() < bytes {
         return Err(RaidError::BadMember {
@@ -79,15 +93,13 @@ pub fn check_replacement(array: &Array, index: usize, replacement: Option<&Path>
         });
     }
     let target = std::fs::canonicalize(r).map_err(|source| RaidError::OpenMember { path: r.to_path_buf(), source })?;
-    for other in &status {
-        let Some(path) = &other.path else { continue };
+    for (slot, path) in members {
         if std::fs::canonicalize(path).is_ok_and(|p| p == target) {
             return Err(RaidError::BadMember {
                 index,
                 reason: format!(
-                    "replacement {} is member {} of this group; rebuild without a replacement path creates a new file",
-                    r.display(),
-                    other.index
+                    "replacement {} is member {slot} of this group; rebuild without a replacement path creates a new file",
+                    r.display()
                 ),
             });
         }
