@@ -5,7 +5,7 @@ use super::progress::Progress;
 use crate::cluster::admin::{self, Task};
 use crate::cluster::dirlock::{controller_file, DirLock};
 use crate::cluster::ClusterError;
-use crate::raid::assemble::{assemble_with, check_write_hole, classify, member_path, resync, Assembled};
+use crate::raid::assemble::{assemble_with, check_write_hole, classify, member_path, resync, Assembled, Classified};
 use crate::raid::rebuild::{check_replacement_file, prepare_replacement, rebuild as rebuild_member};
 use crate::raid::scrub::scrub as scrub_group;
 use crate::raid::{Geometry, MemberState};
@@ -45,6 +45,7 @@ pub fn inspect(dir: &Path, json: bool) -> Res {
         "events": sb.events,
         "clean": sb.clean,
         "bitmap_region_stripes": sb.region_stripes,
+        "bitmap_slots": bitmap_slots(&c),
         "members": members,
         "rejected": c.rejected,
     });
@@ -74,6 +75,23 @@ pub fn inspect(dir: &Path, json: bool) -> Res {
         println!("  rejected   {r}");
     }
     Ok(())
+}
+
+/// Regions set in each controller's write-intent slot, read from the freshest member (null for a
+/// slot that cannot be read).
+fn bitmap_slots(c: &Classified) -> Vec<serde_json::Value> {
+    let sb = &c.reference;
+    let fresh = c.slots.iter().flatten().find(|(_, own)| own.events == sb.events);
+    (0..sb.bitmap_slots as u64)
+        .map(|slot| {
+            let mut b = vec![0u8; sb.bitmap_bytes as usize];
+            let at = sb.bitmap_offset_bytes + slot * sb.bitmap_bytes as u64;
+            let dirty = fresh
+                .and_then(|(m, _)| m.read_at(at, &mut b).ok())
+                .map(|_| b.iter().map(|x| x.count_ones() as u64).sum::<u64>());
+            serde_json::json!({ "slot": slot, "dirty_regions": dirty })
+        })
+        .collect()
 }
 
 fn state_name(s: MemberState) -> &'static str {

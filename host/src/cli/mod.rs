@@ -322,11 +322,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let create = match (level, members, member_size) {
                 (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
-                    level,
-                    members,
-                    member_bytes,
                     chunk_bytes: chunk,
                     region_bytes: bitmap_region,
+                    ..CreateOptions::new(level, members, member_bytes)
                 }),
                 _ => None,
             };

@@ -56,6 +56,8 @@ pub struct Array {
     slots: Vec<Slot>,
     locks: StripeLocks,
     bitmap: WriteIntent,
+    /// This controller's write-intent bitmap slot.
+    bitmap_slot: usize,
     kernel: Kernel,
     /// Counters.
     pub stats: Stats,
@@ -81,6 +83,7 @@ impl Array {
         sb: Superblock,
         members: Vec<(Option<Member>, MemberState, u64)>,
         bitmap_bits: Vec<u8>,
+        bitmap_slot: usize,
     ) -> Array {
         let bitmap = WriteIntent::new(geo.stripes(), sb.region_stripes as u64, bitmap_bits);
         let slots = members
@@ -98,6 +101,7 @@ impl Array {
             slots,
             locks: StripeLocks::default(),
             bitmap,
+            bitmap_slot,
             kernel: Kernel::detect(),
             stats: Stats::default(),
         }
@@ -323,7 +327,10 @@ impl Array {
 
     fn persist_bitmap(&self) -> impl Fn(u64, &[u8]) -> Result<(), RaidError> + '_ {
         move |off: u64, page: &[u8]| {
-            let base = self.sb_lock().bitmap_offset_bytes;
+            let base = {
+                let sb = self.sb_lock();
+                sb.bitmap_offset_bytes + self.bitmap_slot as u64 * sb.bitmap_bytes as u64
+            };
             let members: Vec<(usize, Arc<Member>)> = (0..self.slots.len())
                 .filter_map(|i| {
                     let v = self.view(i);
@@ -691,6 +698,32 @@ impl Array {
         let persist = self.persist_bitmap();
         self.bitmap.clear_idle(snap, &persist as &Persist<'_>)?;
         Ok(())
+    }
+
+    /// Zeroes every write-intent slot but this controller's on every writable member: after a
+    /// start that resynced the regions of all slots (their bits are merged into this one's in
+    /// memory), so old bits of controllers that are gone do not cost a resync after every crash.
+    /// Only while no member is out (then the bits must stay).
+    pub fn clear_other_bitmap_slots(&self) -> Result<(), RaidError> {
+        if !self.degraded_members().is_empty() {
+            return Ok(());
+        }
+        let (base, bytes, slots) = {
+            let sb = self.sb_lock();
+            (sb.bitmap_offset_bytes, sb.bitmap_bytes as u64, sb.bitmap_slots as usize)
+        };
+        let zeros = vec![0u8; bytes as usize];
+        for slot in (0..slots).filter(|&s| s != self.bitmap_slot) {
+            for i in 0..self.slots.len() {
+                self.member_write(i, base + slot as u64 * bytes, &zeros);
+            }
+        }
+        self.sync_members()
+    }
+
+    /// This controller's write-intent bitmap slot.
+    pub fn bitmap_slot(&self) -> usize {
+        self.bitmap_slot
     }
 
     /// Flushes, clears the bitmap and records a clean shutdown.

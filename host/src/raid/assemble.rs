@@ -6,7 +6,7 @@ use super::array::Array;
 use super::bitmap::{WriteIntent, PAGE_BYTES};
 use super::geometry::{Geometry, Level};
 use super::member::Member;
-use super::superblock::{MemberState, Superblock, SUPERBLOCK_BYTES};
+use super::superblock::{MemberState, Superblock, BITMAP_SLOTS_MAX, SUPERBLOCK_BYTES};
 use super::{RaidError, Rejected};
 use std::path::{Path, PathBuf};
 
@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 pub const DATA_OFFSET_BYTES: u64 = 1 << 20;
 /// Where the write-intent bitmap starts.
 pub const BITMAP_OFFSET_BYTES: u64 = SUPERBLOCK_BYTES as u64;
-/// Largest bitmap.
-pub const BITMAP_BYTES_MAX: u64 = 256 * 1024;
+/// Largest bitmap slot: the slots of every controller share the room before the data.
+pub fn bitmap_bytes_max(slots: u32) -> u64 {
+    (DATA_OFFSET_BYTES - BITMAP_OFFSET_BYTES) / slots.max(1) as u64 / PAGE_BYTES as u64 * PAGE_BYTES as u64
+}
 /// Default logical bytes covered by one write-intent bit (md's default bitmap chunk). Every first
 /// write into a clean region waits for a durable bitmap write on every member, so small regions
 /// cost sequential writers dearly; large ones resync more after a crash.
@@ -37,6 +39,8 @@ pub struct CreateOptions {
     /// Logical bytes per write-intent bit (rounded to whole stripes; grown if the bitmap would
     /// exceed its area).
     pub region_bytes: u64,
+    /// Write-intent bitmap slots, one per controller that may write the group.
+    pub bitmap_slots: u32,
 }
 
 impl CreateOptions {
@@ -48,6 +52,7 @@ impl CreateOptions {
             member_bytes,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             region_bytes: DEFAULT_REGION_BYTES,
+            bitmap_slots: BITMAP_SLOTS_MAX,
         }
     }
 }
@@ -74,7 +79,13 @@ pub fn create(dir: &Path, opts: &CreateOptions) -> Result<(), RaidError> {
     let member_data_bytes = usable / opts.chunk_bytes.max(1) * opts.chunk_bytes;
     let geo = Geometry::new(opts.level, opts.members, opts.chunk_bytes, member_data_bytes)?;
     let mut region_stripes = (opts.region_bytes / geo.stripe_bytes()).max(1);
-    while WriteIntent::regions_for(geo.stripes(), region_stripes).div_ceil(8) > BITMAP_BYTES_MAX {
+    if !(1..=BITMAP_SLOTS_MAX).contains(&opts.bitmap_slots) {
+        return Err(RaidError::BadMember {
+            index: 0,
+            reason: format!("{} write-intent bitmap slots: 1 to {BITMAP_SLOTS_MAX}", opts.bitmap_slots),
+        });
+    }
+    while WriteIntent::regions_for(geo.stripes(), region_stripes).div_ceil(8) > bitmap_bytes_max(opts.bitmap_slots) {
         region_stripes *= 2;
     }
     let bitmap_bytes = WriteIntent::regions_for(geo.stripes(), region_stripes).div_ceil(8).div_ceil(PAGE_BYTES as u64)
@@ -94,6 +105,7 @@ pub fn create(dir: &Path, opts: &CreateOptions) -> Result<(), RaidError> {
         clean: true,
         bitmap_offset_bytes: BITMAP_OFFSET_BYTES,
         bitmap_bytes: bitmap_bytes as u32,
+        bitmap_slots: opts.bitmap_slots,
         region_stripes: region_stripes as u32,
         recovery_stripes: 0,
         created_unix,
@@ -205,6 +217,7 @@ fn same_shape(a: &Superblock, b: &Superblock) -> bool {
         && a.member_data_bytes == b.member_data_bytes
         && a.bitmap_offset_bytes == b.bitmap_offset_bytes
         && a.bitmap_bytes == b.bitmap_bytes
+        && a.bitmap_slots == b.bitmap_slots
         && a.region_stripes == b.region_stripes
 }
 
@@ -329,6 +342,12 @@ pub fn assemble(dir: &Path) -> Result<Assembled, RaidError> {
 /// `mdadm --assemble --force`. Their write-intent bits are merged in, so the resync covers every
 /// region written since the first member failed (bits stay set while a group is degraded).
 pub fn assemble_with(dir: &Path, force: bool) -> Result<Assembled, RaidError> {
+    assemble_as(dir, force, 0)
+}
+
+/// Like [`assemble_with`], for the controller that owns write-intent bitmap slot `slot`: its
+/// writes set bits in that slot; a dirty group's regions are those of every slot.
+pub fn assemble_as(dir: &Path, force: bool, slot: usize) -> Result<Assembled, RaidError> {
     let Classified { mut reference, mut slots, mut rejected, mut stale } = classify(dir)?;
     let count = reference.member_count as usize;
     let geo = Geometry::new(reference.level, count, reference.chunk_bytes as u64, reference.member_data_bytes)?;
@@ -385,18 +404,34 @@ pub fn assemble_with(dir: &Path, force: bool) -> Result<Assembled, RaidError> {
             unusable: all,
         });
     }
+    if slot >= reference.bitmap_slots as usize {
+        return Err(RaidError::BadMember {
+            index: 0,
+            reason: format!("the group has {} write-intent bitmap slots, not {}", reference.bitmap_slots, slot + 1),
+        });
+    }
     let was_dirty = !reference.clean;
-    let mut bits = vec![0u8; reference.bitmap_bytes as usize];
+    let slot_bytes = reference.bitmap_bytes as usize;
+    let mut bits = vec![0u8; slot_bytes];
+    let mut usable = usable;
     let mut members = Vec::with_capacity(count);
-    for (i, slot) in slots.into_iter().enumerate() {
-        match slot {
+    for (i, entry) in slots.into_iter().enumerate() {
+        match entry {
             None => members.push((None, MemberState::Faulty, 0)),
             Some((m, sb)) => {
                 let rebuilding = !usable[i];
                 if was_dirty && !rebuilding {
-                    let mut b = vec![0u8; reference.bitmap_bytes as usize];
-                    if m.read_at(reference.bitmap_offset_bytes, &mut b).is_ok() {
-                        for (x, y) in bits.iter_mut().zip(&b) {
+                    // Every controller's slot: a crash resyncs whatever any of them was writing.
+                    let mut b = vec![0u8; slot_bytes * reference.bitmap_slots as usize];
+                    if let Err(e) = m.read_at(reference.bitmap_offset_bytes, &mut b) {
+                        // Bits that cannot be read cannot be trusted: the member is left out.
+                        rejected.push(Rejected { member: m.path().display().to_string(), reason: e.to_string() });
+                        usable[i] = false;
+                        members.push((None, MemberState::Faulty, 0));
+                        continue;
+                    }
+                    for one in b.chunks_exact(slot_bytes) {
+                        for (x, y) in bits.iter_mut().zip(one) {
                             *x |= *y;
                         }
                     }
@@ -406,7 +441,15 @@ pub fn assemble_with(dir: &Path, force: bool) -> Result<Assembled, RaidError> {
             }
         }
     }
-    let array = Array::from_parts(geo, reference, members, bits);
+    if !survives(&geo, &usable) {
+        return Err(RaidError::TooManyMissing {
+            level: geo.level,
+            total: count,
+            tolerated: geo.tolerance(),
+            unusable: rejected,
+        });
+    }
+    let array = Array::from_parts(geo, reference, members, bits, slot);
     array.mark_dirty()?;
     let dirty_regions = array.bitmap().dirty_regions();
     Ok(Assembled { array, rejected, was_dirty, dirty_regions, forced })
@@ -448,5 +491,6 @@ pub fn resync(array: &Array, regions: &[u64], progress: &dyn Fn(u64, u64)) -> Re
         }
     }
     array.flush()?;
+    array.clear_other_bitmap_slots()?;
     Ok((done, skipped))
 }

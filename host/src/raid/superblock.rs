@@ -3,8 +3,12 @@
 //! Layout (little-endian): magic[8] version:u32 crc:u32 uuid[16] level:u8 layout:u8 clean:u8 pad:u8
 //! chunk:u32 data_offset:u64 member_data_bytes:u64 index:u32 count:u32 events:u64 epoch:u64
 //! bitmap_offset:u64 bitmap_bytes:u32 region_stripes:u32 recovery_stripes:u64 created_unix:u64
-//! then at byte 128 one state byte per member slot. The crc covers the whole block with the crc
-//! field zeroed.
+//! bitmap_slots:u32 (version 2) then at byte 128 one state byte per member slot. The crc covers
+//! the whole block with the crc field zeroed.
+//!
+//! Version 2 added the write-intent bitmap slots: `bitmap_slots` bitmaps of `bitmap_bytes` each,
+//! one per controller, back to back from `bitmap_offset`. A version 1 superblock (one slot) is
+//! still read; the next superblock update writes version 2.
 
 use super::geometry::{Layout, Level, MAX_MEMBERS};
 use serde::Serialize;
@@ -13,8 +17,12 @@ use serde::Serialize;
 pub const SUPERBLOCK_BYTES: usize = 4096;
 /// Identifies an amf member.
 pub const MAGIC: [u8; 8] = *b"AMF-RAID";
-/// The format this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The format this build writes.
+pub const VERSION: u32 = 2;
+/// The oldest format this build reads.
+pub const VERSION_MIN: u32 = 1;
+/// Most write-intent bitmap slots (one per controller of a cluster).
+pub const BITMAP_SLOTS_MAX: u32 = 8;
 const CRC_AT: usize = 12;
 const STATES_AT: usize = 128;
 
@@ -103,8 +111,10 @@ pub struct Superblock {
     pub clean: bool,
     /// Write-intent bitmap location on each member.
     pub bitmap_offset_bytes: u64,
-    /// Write-intent bitmap size.
+    /// Write-intent bitmap size of one slot.
     pub bitmap_bytes: u32,
+    /// Write-intent bitmap slots: one per controller, each `bitmap_bytes` long.
+    pub bitmap_slots: u32,
     /// Stripes per bitmap bit.
     pub region_stripes: u32,
     /// For a rebuilding member: stripes already rebuilt.
@@ -154,6 +164,7 @@ impl Superblock {
         b[92..96].copy_from_slice(&self.region_stripes.to_le_bytes());
         b[96..104].copy_from_slice(&self.recovery_stripes.to_le_bytes());
         b[104..112].copy_from_slice(&self.created_unix.to_le_bytes());
+        b[112..116].copy_from_slice(&self.bitmap_slots.to_le_bytes());
         for (i, s) in self.states.iter().enumerate().take(MAX_MEMBERS) {
             b[STATES_AT + i] = s.code();
         }
@@ -172,7 +183,7 @@ impl Superblock {
             return Err(SuperblockError::BadMagic);
         }
         let version = u32::from_le_bytes(get(b, 8));
-        if version != VERSION {
+        if !(VERSION_MIN..=VERSION).contains(&version) {
             return Err(SuperblockError::Version(version));
         }
         let stored = u32::from_le_bytes(get(b, CRC_AT));
@@ -202,8 +213,12 @@ impl Superblock {
         let data_offset_bytes = u64::from_le_bytes(get(b, 40));
         let bitmap_offset_bytes = u64::from_le_bytes(get(b, 80));
         let bitmap_bytes = u32::from_le_bytes(get(b, 88));
+        let bitmap_slots = if version == 1 { 1 } else { u32::from_le_bytes(get(b, 112)) };
+        if bitmap_slots == 0 || bitmap_slots > BITMAP_SLOTS_MAX {
+            return Err(field("bitmap_slots", bitmap_slots as u64));
+        }
         if bitmap_offset_bytes < SUPERBLOCK_BYTES as u64
-            || bitmap_offset_bytes + bitmap_bytes as u64 > data_offset_bytes
+            || bitmap_offset_bytes + bitmap_slots as u64 * bitmap_bytes as u64 > data_offset_bytes
         {
             return Err(field("bitmap_offset_bytes", bitmap_offset_bytes));
         }
@@ -229,6 +244,7 @@ impl Superblock {
             clean: b[34] != 0,
             bitmap_offset_bytes,
             bitmap_bytes,
+            bitmap_slots,
             region_stripes,
             recovery_stripes: u64::from_le_bytes(get(b, 96)),
             created_unix: u64::from_le_bytes(get(b, 104)),
@@ -252,6 +268,7 @@ pub(crate) fn sample() -> Superblock {
         clean: true,
         bitmap_offset_bytes: 4096,
         bitmap_bytes: 4096,
+        bitmap_slots: 8,
         region_stripes: 4,
         recovery_stripes: 0,
         created_unix: 1,
@@ -274,6 +291,22 @@ mod tests {
             assert!(Superblock::decode(&bad).is_err(), "flip at {byte} accepted");
         }
         assert_eq!(Superblock::decode(&enc[..100]), Err(SuperblockError::Truncated(100)));
+    }
+
+    #[test]
+    fn version_1_reads_as_one_bitmap_slot() {
+        let mut v1 = sample().encode();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1[112..116].fill(0);
+        v1[CRC_AT..CRC_AT + 4].fill(0);
+        let crc = crc32c::crc32c(&v1);
+        v1[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        let sb = Superblock::decode(&v1).unwrap();
+        assert_eq!(sb.bitmap_slots, 1);
+        assert_eq!(Superblock { bitmap_slots: 8, ..sb }, sample());
+        let mut v3 = sample().encode();
+        v3[8..12].copy_from_slice(&3u32.to_le_bytes());
+        assert!(matches!(Superblock::decode(&v3), Err(SuperblockError::Version(3))));
     }
 
     proptest::proptest! {

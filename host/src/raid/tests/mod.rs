@@ -364,3 +364,70 @@ fn raid6_scrub_locates_and_rewrites_a_corrupt_data_block() {
     assert_eq!(scrub(&a.array, false, &|_, _| {}).unwrap().mismatches, 0);
     assert_reads(&a.array, &model, "raid6 after locating and repairing a data block");
 }
+
+#[test]
+fn each_controller_writes_its_own_bitmap_slot_and_a_crash_resyncs_every_slot() {
+    use super::assemble::assemble_as;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let opts = CreateOptions {
+        chunk_bytes: CHUNK,
+        region_bytes: 4 * 3 * CHUNK,
+        ..CreateOptions::new(Level::Raid5, 4, MEMBER_BYTES)
+    };
+    create(&dir, &opts).unwrap();
+    assert!(matches!(assemble_as(&dir, false, 8), Err(RaidError::BadMember { .. })), "slot 8 of 8 refused");
+    // Controller 3 writes, then crashes.
+    let a = assemble_as(&dir, false, 3).unwrap().array;
+    let sb = a.superblock();
+    assert_eq!((sb.bitmap_slots, a.bitmap_slot()), (8, 3));
+    let stripe = a.geometry().stripe_bytes();
+    a.write(stripe * 20, &[3u8; 4096], false).unwrap();
+    drop(a);
+    let slot_bits = |slot: u64| {
+        let m = Member::open(&member_path(&dir, 0)).unwrap();
+        let mut b = vec![0u8; sb.bitmap_bytes as usize];
+        m.read_at(sb.bitmap_offset_bytes + slot * sb.bitmap_bytes as u64, &mut b).unwrap();
+        b.iter().map(|x| x.count_ones()).sum::<u32>()
+    };
+    assert_eq!((slot_bits(0), slot_bits(3)), (0, 1), "the bit is in controller 3's slot only");
+    // Controller 0 starts the group: it resyncs controller 3's region and clears its slot.
+    let asm = assemble(&dir).unwrap();
+    assert!(asm.was_dirty);
+    let region = 20 / asm.array.bitmap().region_stripes();
+    assert_eq!(asm.dirty_regions, vec![region]);
+    resync(&asm.array, &asm.dirty_regions, &|_, _| {}).unwrap();
+    assert_eq!((slot_bits(0), slot_bits(3)), (0, 0), "every slot clean after the resync");
+    let mut b = vec![0u8; 4096];
+    asm.array.read(stripe * 20, &mut b).unwrap();
+    assert_eq!(b, vec![3u8; 4096]);
+}
+
+#[test]
+fn a_version_1_group_is_still_assembled_and_upgraded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let opts =
+        CreateOptions { chunk_bytes: CHUNK, bitmap_slots: 1, ..CreateOptions::new(Level::Raid6, 5, MEMBER_BYTES) };
+    create(&dir, &opts).unwrap();
+    // Rewrite every superblock as version 1 wrote it: version 1, no slot count.
+    for i in 0..5 {
+        let m = Member::open(&member_path(&dir, i)).unwrap();
+        let mut b = vec![0u8; 4096];
+        m.read_at(0, &mut b).unwrap();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[112..116].fill(0);
+        b[12..16].fill(0);
+        let crc = crc32c::crc32c(&b);
+        b[12..16].copy_from_slice(&crc.to_le_bytes());
+        m.write_at(0, &b).unwrap();
+    }
+    let a = assemble(&dir).unwrap().array;
+    assert_eq!(a.superblock().bitmap_slots, 1);
+    a.write(0, &[9u8; 8192], false).unwrap();
+    a.close().unwrap();
+    let m = Member::open(&member_path(&dir, 2)).unwrap();
+    let mut b = vec![0u8; 4096];
+    m.read_at(0, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), super::superblock::VERSION, "upgraded on update");
+}
