@@ -93,7 +93,8 @@ module amf_engine #(
   endfunction
 
   function automatic logic [255:0] completion(input logic [7:0] op, input logic [7:0] status,
-                                              input logic [6:0] flags, input logic [7:0] asked,
+                                              input logic no_broadcast, input logic untracked,
+                                              input logic [4:0] retries, input logic [7:0] asked,
                                               input logic [31:0] tag, input logic [63:0] res,
                                               input logic [7:0] sharers, input logic [7:0] owner,
                                               input logic [7:0] missing, input logic [31:0] cycles);
@@ -101,7 +102,9 @@ module amf_engine #(
     c = '0;
     c[amf_structs_pkg::CompletionOpcodeLsb+:8]     = op;
     c[amf_structs_pkg::CompletionStatusLsb+:8]     = status;
-    c[amf_structs_pkg::CompletionFlagsLsb+:7]      = flags;
+    c[amf_structs_pkg::CompletionNoBroadcastLsb]   = no_broadcast;
+    c[amf_structs_pkg::CompletionUntrackedLsb]     = untracked;
+    c[amf_structs_pkg::CompletionRetriesLsb+:amf_structs_pkg::CompletionRetriesWidth] = retries;
     c[amf_structs_pkg::CompletionPeersAskedLsb+:8] = asked;
     c[amf_structs_pkg::CompletionTagLsb+:32]       = tag;
     c[amf_structs_pkg::CompletionResourceLsb+:64]  = res;
@@ -554,7 +557,7 @@ module amf_engine #(
               // Ack deadline passed: complete with the peers that did not answer.
               ack_timeouts_q <= ack_timeouts_q + 32'd1;
               p_valid[due_idx] <= 1'b0;
-              out_q <= completion(p_op[due_idx], StTimeout, 7'd0, p_targets[due_idx],
+              out_q <= completion(p_op[due_idx], StTimeout, 1'b0, 1'b0, 5'd0, p_targets[due_idx],
                                   p_tag[due_idx], p_res[due_idx],
                                   8'd0, 8'd0, p_targets[due_idx] & ~p_answered[due_idx],
                                   p_age[due_idx]);
@@ -584,18 +587,18 @@ module amf_engine #(
           ret_q <= SIdle;
           if (c_op > OpHeartbeat) begin
             bad_commands_q <= bad_commands_q + 32'd1;
-            out_q   <= completion(c_op, StBadOpcode, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            out_q   <= completion(c_op, StBadOpcode, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             state_q <= SCpl;
           end else if (c_op != OpNop && c_epoch != epoch_i) begin
-            out_q   <= completion(c_op, StStaleEpoch, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            out_q   <= completion(c_op, StStaleEpoch, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             state_q <= SCpl;
           end else if (c_op == OpNop) begin
-            out_q   <= completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            out_q   <= completion(c_op, StOk, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             state_q <= SCpl;
           end else if (c_op == OpHeartbeat) begin
             tx_tmpl_q <= frame(KHeartbeat, 32'd0, 32'd0, 64'd0, 8'd0, 8'd0);
             tx_mask_q <= others;
-            out_q     <= completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            out_q     <= completion(c_op, StOk, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             ret_q     <= SCpl;
             state_q   <= STx;
           end else begin
@@ -614,14 +617,14 @@ module amf_engine #(
           ret_q <= SIdle;
           if (c_op == OpAcqShared && held_q) begin
             skipped_q <= skipped_q + 32'd1;
-            out_q   <= completion(c_op, StOk, 7'd1, 8'd0, c_tag, c_res, sharers_q, owner_q, 8'd0, 32'd0);
+            out_q   <= completion(c_op, StOk, 1'b1, 1'b0, 5'd0, 8'd0, c_tag, c_res, sharers_q, owner_q, 8'd0, 32'd0);
             state_q <= SCpl;
           end else if (c_op == OpAcqExcl && held_q
                        && (owner_q == {5'd0, node_id_i} + 8'd1 || (sharers_q & ~me) == 0)) begin
             skipped_q <= skipped_q + 32'd1;
             // Table write {res, sharers, owner} then the completion.
             out_q   <= {180'd0, 4'(node_id_i) + 4'd1, me, c_res};
-            tx_tmpl_q <= completion(c_op, StOk, 7'd1, 8'd0, c_tag, c_res, me, {5'd0, node_id_i} + 8'd1,
+            tx_tmpl_q <= completion(c_op, StOk, 1'b1, 1'b0, 5'd0, 8'd0, c_tag, c_res, me, {5'd0, node_id_i} + 8'd1,
                                     8'd0, 32'd0);
             ret_q   <= SCpl;
             state_q <= STableWrite;
@@ -635,7 +638,7 @@ module amf_engine #(
             tx_tmpl_q <= frame(KRelease, 32'd0, 32'd0, c_res, 8'd0, 8'd0);
             tx_mask_q <= held_q ? (sharers_q & others) : 8'd0;
             state_q   <= held_q ? SRelease : SCpl;
-            if (!held_q) out_q <= completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            if (!held_q) out_q <= completion(c_op, StOk, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
           end
         end
         SRelease: begin
@@ -696,7 +699,7 @@ module amf_engine #(
               // Release and the local upgrade end with their completion (the upgrade's waits in
               // tx_tmpl_q).
               out_q <= c_op == OpRelease
-                       ? completion(c_op, StOk, 7'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0) : tx_tmpl_q;
+                       ? completion(c_op, StOk, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0) : tx_tmpl_q;
             end
           end
         end
@@ -813,7 +816,7 @@ module amf_engine #(
             if (p_aborted[slot_q]) begin
               if (p_retries[slot_q] >= 8'(RetriesMax)) begin
                 p_valid[slot_q] <= 1'b0;
-                out_q <= completion(p_op[slot_q], StConflict, {p_retries[slot_q][4:0], 2'b00},
+                out_q <= completion(p_op[slot_q], StConflict, 1'b0, 1'b0, p_retries[slot_q][4:0],
                                     8'd0, p_tag[slot_q], p_res[slot_q],
                                     8'd0, 8'd0, 8'd0, 32'd0);
                 state_q <= SCpl;
@@ -825,7 +828,7 @@ module amf_engine #(
               end
             end else if (p_kind[slot_q] == KSearch) begin
               p_valid[slot_q] <= 1'b0;
-              out_q <= completion(OpSearch, StOk, {p_retries[slot_q][4:0], 2'b00}, p_targets[slot_q],
+              out_q <= completion(OpSearch, StOk, 1'b0, 1'b0, p_retries[slot_q][4:0], p_targets[slot_q],
                                   p_tag[slot_q], p_res[slot_q],
                                   p_seen[slot_q], p_owner[slot_q], 8'd0, p_age[slot_q]);
               state_q <= SCpl;
@@ -838,7 +841,7 @@ module amf_engine #(
           if (tbl_done) begin
             p_valid[slot_q] <= 1'b0;
             out_q <= completion(p_op[slot_q], StOk,
-                                {p_retries[slot_q][4:0], tbl_rsp_full, 1'b0}, p_targets[slot_q],
+                                1'b0, tbl_rsp_full, p_retries[slot_q][4:0], p_targets[slot_q],
                                 p_tag[slot_q], p_res[slot_q],
                                 p_kind[slot_q] == KAcqShared ? (p_seen[slot_q] | me) : me,
                                 p_kind[slot_q] == KAcqShared ? 8'd0 : {5'd0, node_id_i} + 8'd1,

@@ -58,10 +58,13 @@ mod tests {
         assert_eq!(&b[16..24], &0x0102_0304_0506_0708u64.to_le_bytes());
         assert_eq!(&b[28..32], &0xdead_beefu32.to_le_bytes());
         assert_eq!(structs::LinkFrame::decode(&b), f);
-        let c = structs::Completion { phase: 1, flags: 0x7f, tag: 9, ..Default::default() };
+        let c =
+            structs::Completion { phase: 1, no_broadcast: 1, untracked: 1, retries: 31, tag: 9, ..Default::default() };
         let cb = c.encode();
-        assert_eq!(cb[2], 0xff, "flags in bits 22:16, phase in bit 23");
+        assert_eq!(cb[2], 0xff, "no_broadcast bit 16, untracked bit 17, retries bits 22:18, phase bit 23");
         assert_eq!(structs::Completion::decode(&cb), c);
+        let r = structs::Completion { retries: 1, ..Default::default() }.encode();
+        assert_eq!(r[2], 0b0000_0100, "retries start at bit 18 (the RTL and the model used bit 1 for untracked)");
         assert_eq!(structs::FrameKind::from_raw(9), None);
         assert_eq!(structs::Opcode::from_raw(2), Some(structs::Opcode::AcquireExclusive));
     }

@@ -249,6 +249,10 @@ fn put_bits(b: &mut [u8], offset: u32, width: u32, v: u128) {
         let _ = writeln!(o, "\nimpl {name} {{");
         o += "    /// Encoded size.\n";
         let _ = writeln!(o, "    pub const BYTES: usize = {};", st.bytes);
+        for f in &st.fields {
+            let _ = writeln!(o, "    /// Width of `{}` in bits.", f.name);
+            let _ = writeln!(o, "    pub const {}_BITS: u32 = {};", f.name.to_uppercase(), f.bits);
+        }
         o += "    /// Little-endian encoding.\n";
         let _ =
             writeln!(o, "    pub fn encode(&self) -> [u8; {}] {{\n        let mut b = [0u8; {}];", st.bytes, st.bytes);

@@ -201,6 +201,32 @@ pub struct LinkFrame {
 impl LinkFrame {
     /// Encoded size.
     pub const BYTES: usize = 32;
+    /// Width of `kind` in bits.
+    pub const KIND_BITS: u32 = 8;
+    /// Width of `src` in bits.
+    pub const SRC_BITS: u32 = 8;
+    /// Width of `dst` in bits.
+    pub const DST_BITS: u32 = 8;
+    /// Width of `flags` in bits.
+    pub const FLAGS_BITS: u32 = 8;
+    /// Width of `epoch` in bits.
+    pub const EPOCH_BITS: u32 = 32;
+    /// Width of `seq` in bits.
+    pub const SEQ_BITS: u32 = 32;
+    /// Width of `stamp` in bits.
+    pub const STAMP_BITS: u32 = 32;
+    /// Width of `resource` in bits.
+    pub const RESOURCE_BITS: u32 = 64;
+    /// Width of `sharers` in bits.
+    pub const SHARERS_BITS: u32 = 8;
+    /// Width of `owner` in bits.
+    pub const OWNER_BITS: u32 = 8;
+    /// Width of `status` in bits.
+    pub const STATUS_BITS: u32 = 8;
+    /// Width of `reserved` in bits.
+    pub const RESERVED_BITS: u32 = 8;
+    /// Width of `crc` in bits.
+    pub const CRC_BITS: u32 = 32;
     /// Little-endian encoding.
     pub fn encode(&self) -> [u8; 32] {
         let mut b = [0u8; 32];
@@ -263,6 +289,20 @@ pub struct Command {
 impl Command {
     /// Encoded size.
     pub const BYTES: usize = 32;
+    /// Width of `opcode` in bits.
+    pub const OPCODE_BITS: u32 = 8;
+    /// Width of `flags` in bits.
+    pub const FLAGS_BITS: u32 = 8;
+    /// Width of `reserved` in bits.
+    pub const RESERVED_BITS: u32 = 16;
+    /// Width of `tag` in bits.
+    pub const TAG_BITS: u32 = 32;
+    /// Width of `resource` in bits.
+    pub const RESOURCE_BITS: u32 = 64;
+    /// Width of `epoch` in bits.
+    pub const EPOCH_BITS: u32 = 32;
+    /// Width of `pad` in bits.
+    pub const PAD_BITS: u32 = 96;
     /// Little-endian encoding.
     pub fn encode(&self) -> [u8; 32] {
         let mut b = [0u8; 32];
@@ -298,8 +338,12 @@ pub struct Completion {
     pub opcode: u8,
     /// [`Status`]).
     pub status: u8,
-    /// Bit 0: no broadcast was needed (the table proved the resource unshared). Bits 6:1: retries after conflicts.
-    pub flags: u8,
+    /// 1: no broadcast was needed (the table proved the resource unshared).
+    pub no_broadcast: u8,
+    /// 1: the sharer table had no room, so this node does not hold the resource: the host may use the data for this one operation but must not keep it cached.
+    pub untracked: u8,
+    /// Retries after lost conflicts (saturates at 31).
+    pub retries: u8,
     /// Ring pass parity.
     pub phase: u8,
     /// Mask of the peers the request went to.
@@ -327,12 +371,46 @@ pub struct Completion {
 impl Completion {
     /// Encoded size.
     pub const BYTES: usize = 32;
+    /// Width of `opcode` in bits.
+    pub const OPCODE_BITS: u32 = 8;
+    /// Width of `status` in bits.
+    pub const STATUS_BITS: u32 = 8;
+    /// Width of `no_broadcast` in bits.
+    pub const NO_BROADCAST_BITS: u32 = 1;
+    /// Width of `untracked` in bits.
+    pub const UNTRACKED_BITS: u32 = 1;
+    /// Width of `retries` in bits.
+    pub const RETRIES_BITS: u32 = 5;
+    /// Width of `phase` in bits.
+    pub const PHASE_BITS: u32 = 1;
+    /// Width of `peers_asked` in bits.
+    pub const PEERS_ASKED_BITS: u32 = 8;
+    /// Width of `tag` in bits.
+    pub const TAG_BITS: u32 = 32;
+    /// Width of `resource` in bits.
+    pub const RESOURCE_BITS: u32 = 64;
+    /// Width of `sharers` in bits.
+    pub const SHARERS_BITS: u32 = 8;
+    /// Width of `owner` in bits.
+    pub const OWNER_BITS: u32 = 8;
+    /// Width of `missing` in bits.
+    pub const MISSING_BITS: u32 = 8;
+    /// Width of `reserved` in bits.
+    pub const RESERVED_BITS: u32 = 8;
+    /// Width of `cycles` in bits.
+    pub const CYCLES_BITS: u32 = 32;
+    /// Width of `events_before` in bits.
+    pub const EVENTS_BEFORE_BITS: u32 = 32;
+    /// Width of `pad` in bits.
+    pub const PAD_BITS: u32 = 32;
     /// Little-endian encoding.
     pub fn encode(&self) -> [u8; 32] {
         let mut b = [0u8; 32];
         put_bits(&mut b, 0, 8, self.opcode as u128);
         put_bits(&mut b, 8, 8, self.status as u128);
-        put_bits(&mut b, 16, 7, self.flags as u128);
+        put_bits(&mut b, 16, 1, self.no_broadcast as u128);
+        put_bits(&mut b, 17, 1, self.untracked as u128);
+        put_bits(&mut b, 18, 5, self.retries as u128);
         put_bits(&mut b, 23, 1, self.phase as u128);
         put_bits(&mut b, 24, 8, self.peers_asked as u128);
         put_bits(&mut b, 32, 32, self.tag as u128);
@@ -351,7 +429,9 @@ impl Completion {
         Self {
             opcode: get_bits(b, 0, 8) as u8,
             status: get_bits(b, 8, 8) as u8,
-            flags: get_bits(b, 16, 7) as u8,
+            no_broadcast: get_bits(b, 16, 1) as u8,
+            untracked: get_bits(b, 17, 1) as u8,
+            retries: get_bits(b, 18, 5) as u8,
             phase: get_bits(b, 23, 1) as u8,
             peers_asked: get_bits(b, 24, 8) as u8,
             tag: get_bits(b, 32, 32) as u32,
@@ -395,6 +475,24 @@ pub struct Event {
 impl Event {
     /// Encoded size.
     pub const BYTES: usize = 32;
+    /// Width of `kind` in bits.
+    pub const KIND_BITS: u32 = 8;
+    /// Width of `node` in bits.
+    pub const NODE_BITS: u32 = 8;
+    /// Width of `flags` in bits.
+    pub const FLAGS_BITS: u32 = 7;
+    /// Width of `phase` in bits.
+    pub const PHASE_BITS: u32 = 1;
+    /// Width of `reserved` in bits.
+    pub const RESERVED_BITS: u32 = 8;
+    /// Width of `epoch` in bits.
+    pub const EPOCH_BITS: u32 = 32;
+    /// Width of `resource` in bits.
+    pub const RESOURCE_BITS: u32 = 64;
+    /// Width of `seq` in bits.
+    pub const SEQ_BITS: u32 = 32;
+    /// Width of `pad` in bits.
+    pub const PAD_BITS: u32 = 96;
     /// Little-endian encoding.
     pub fn encode(&self) -> [u8; 32] {
         let mut b = [0u8; 32];

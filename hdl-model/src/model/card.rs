@@ -39,13 +39,8 @@ pub const RETRIES_MAX: u8 = 16;
 pub const BACKOFF_CYCLES: u64 = 64;
 /// Heartbeat periods of silence before a peer is reported down.
 pub const DOWN_PERIODS: u64 = 4;
-/// Completion flag: no broadcast was needed.
-pub const FLAG_NO_BROADCAST: u8 = 1;
-/// Completion flag: the sharer table had no room, so this node does not hold the resource: the
-/// host may use the data for this operation but must not keep the line cached.
-pub const FLAG_UNTRACKED: u8 = 2;
-/// Completion flags: retries after lost conflicts, in bits 6:2.
-pub const FLAG_RETRIES_SHIFT: u8 = 2;
+/// Largest retry count a completion reports (its `retries` field saturates).
+pub const RETRIES_REPORTED_MAX: u8 = (1 << crate::gen::structs::Completion::RETRIES_BITS) - 1;
 /// Sharer table shape of the model (the RTL's default parameters).
 pub const TABLE_SETS_LOG2: u32 = 6;
 /// Ways of the model's table.
@@ -521,7 +516,7 @@ impl Card {
         let me = 1u8 << self.node_id();
         let (held, sharers, owner) = self.holds(cmd.resource);
         let local = |c: &mut Completion, sharers: u8, owner: u8| {
-            c.flags = FLAG_NO_BROADCAST;
+            c.no_broadcast = 1;
             c.sharers = sharers;
             c.owner = owner;
         };
@@ -619,19 +614,19 @@ impl Card {
             let me = 1u8 << self.node_id();
             let mut c = self.done(&p.cmd, Status::Ok);
             c.peers_asked = p.targets;
-            c.flags = p.retries.min(31) << FLAG_RETRIES_SHIFT;
+            c.retries = p.retries.min(RETRIES_REPORTED_MAX);
             c.cycles = (self.cycle - p.start) as u32;
             match p.kind {
                 FrameKind::AcquireShared => {
                     let sharers = p.sharers_seen | me;
                     if self.table.update(p.cmd.resource, sharers, 0).full {
-                        c.flags |= FLAG_UNTRACKED;
+                        c.untracked = 1;
                     }
                     c.sharers = sharers;
                 }
                 FrameKind::Invalidate => {
                     if self.table.update(p.cmd.resource, me, self.node_id() + 1).full {
-                        c.flags |= FLAG_UNTRACKED;
+                        c.untracked = 1;
                     }
                     c.sharers = me;
                     c.owner = self.node_id() + 1;
@@ -648,7 +643,7 @@ impl Card {
     fn retry(&mut self, mut p: Pending, mem: &mut dyn HostMemory) {
         if p.retries >= RETRIES_MAX {
             let mut c = self.done(&p.cmd, Status::Conflict);
-            c.flags = p.retries.min(31) << FLAG_RETRIES_SHIFT;
+            c.retries = p.retries.min(RETRIES_REPORTED_MAX);
             self.complete(mem, c);
             return;
         }

@@ -80,11 +80,6 @@ impl Backend for AnyCard {
     }
 }
 
-/// Completion flag: no broadcast was needed.
-pub const FLAG_NO_BROADCAST: u8 = 1;
-/// Completion flag: the sharer table had no room; the node does not hold the resource.
-pub const FLAG_UNTRACKED: u8 = 2;
-
 /// Commands in flight at once (below the ring size).
 const IN_FLIGHT_MAX: usize = 64;
 

@@ -2,7 +2,6 @@
 //! through the card, asks the sharers the card reports for it, and reads the members only when
 //! none of them has it.
 
-use super::card::FLAG_UNTRACKED;
 use super::{Amf, CoherencyError};
 use crate::cache::{Busy, State};
 use crate::fabric::wire::{Kind, Request, Status};
@@ -120,9 +119,9 @@ impl Amf {
     /// Step 3 (read): acquire shared, then ask the sharers the card reports; members last.
     fn step3_search(&self, r: u64) -> Result<(Found, bool), CoherencyError> {
         let c = self.card.call(Opcode::AcquireShared, r)?;
-        self.count_acquire(c.flags);
-        super::trace!("n{} shared r{} flags {:#x} sharers {:#x}", self.cfg.node, r, c.flags, c.sharers);
-        let untracked = c.flags & FLAG_UNTRACKED != 0;
+        self.count_acquire(&c);
+        super::trace!("n{} shared r{} untracked {} sharers {:#x}", self.cfg.node, r, c.untracked, c.sharers);
+        let untracked = c.untracked != 0;
         // Every sharer is asked and the newest version wins: a sharer the card still lists
         // may keep an older copy that a later writer's round took from it.
         let holders = c.sharers & self.others();
@@ -187,8 +186,8 @@ impl Amf {
         }
     }
 
-    pub(crate) fn count_acquire(&self, flags: u8) {
-        if flags & super::card::FLAG_NO_BROADCAST != 0 {
+    pub(crate) fn count_acquire(&self, c: &amf_hdl_model::gen::structs::Completion) {
+        if c.no_broadcast != 0 {
             self.counters.broadcasts_skipped.fetch_add(1, Relaxed);
         } else {
             self.counters.broadcasts.fetch_add(1, Relaxed);

@@ -80,15 +80,15 @@ impl Amf {
         self.sync_events(&mut g)?;
         g.set_busy(r, Busy::Holding(Some(acquired)));
         super::trace!(
-            "n{} excl r{} flags {:#x} asked {:#x} events_before {acquired} present {} superseded {}",
+            "n{} excl r{} untracked {} asked {:#x} events_before {acquired} present {} superseded {}",
             self.cfg.node,
             r,
-            c.flags,
+            c.untracked,
             c.peers_asked,
             g.get(r).is_some(),
             g.invalidated_since(r, acquired)
         );
-        if c.flags & super::card::FLAG_UNTRACKED != 0 {
+        if c.untracked != 0 {
             // The host keeps at most `ways` lines per card set, so this means host and card
             // disagree; give the line back and try again rather than write untracked.
             drop(g);
@@ -161,8 +161,8 @@ impl Amf {
     /// Step 3 (write): the exclusive acquire; counts the round when it went to peers.
     fn step3_invalidate(&self, r: u64) -> Result<amf_hdl_model::gen::structs::Completion, CoherencyError> {
         let c = self.card.call(Opcode::AcquireExclusive, r)?;
-        self.count_acquire(c.flags);
-        if c.flags & super::card::FLAG_NO_BROADCAST == 0 {
+        self.count_acquire(&c);
+        if c.no_broadcast == 0 {
             self.counters.invalidate_rounds.fetch_add(1, Relaxed);
         }
         Ok(c)
