@@ -37,9 +37,9 @@ module amf_cmd_fetch (
   output logic         busy_o
 );
   // device.status.error_code values (amf_regs_pkg).
-  localparam logic [7:0] ErrBadSize = 8'd1;
-  localparam logic [7:0] ErrOverrun = 8'd2;
-  localparam logic [7:0] ErrDma     = 8'd3;
+  localparam logic [7:0] ErrBadSize  = amf_regs_pkg::DeviceStatusErrorCodeBadRingSize;
+  localparam logic [7:0] ErrOverrun  = amf_regs_pkg::DeviceStatusErrorCodeDoorbellOverrun;
+  localparam logic [7:0] ErrDma      = amf_regs_pkg::DeviceStatusErrorCodeDmaError;
 
   typedef enum logic [2:0] {StIdle, StReadReq, StReadWait, StConsReq, StConsWait, StOut} state_e;
 

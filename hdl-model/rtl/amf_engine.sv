@@ -63,15 +63,30 @@ module amf_engine #(
   localparam int unsigned BackoffCycles = 64;
   localparam int unsigned DownPeriods  = 4;
 
-  // Frame kinds and codes (amf_structs_pkg enums as plain values).
-  localparam logic [7:0] KAcqShared = 8'd1, KInvalidate = 8'd2, KAck = 8'd3, KNack = 8'd4,
-                         KSearch = 8'd5, KSearchReply = 8'd6, KRelease = 8'd7, KHeartbeat = 8'd8;
-  localparam logic [7:0] OpNop = 8'd0, OpAcqShared = 8'd1, OpAcqExcl = 8'd2, OpRelease = 8'd3,
-                         OpSearch = 8'd4, OpHeartbeat = 8'd5;
-  localparam logic [7:0] StOk = 8'd0, StTimeout = 8'd1, StBadOpcode = 8'd2, StStaleEpoch = 8'd3,
-                         StConflict = 8'd4;
-  localparam logic [7:0] EvInvalidate = 8'd1, EvPeerUp = 8'd2, EvPeerDown = 8'd3,
-                         EvDowngrade = 8'd5;
+  // Frame kinds and codes: the generated package enums (amf_structs_pkg), under short names.
+  localparam logic [7:0] KAcqShared   = amf_structs_pkg::FrameKindAcquireShared,
+                         KInvalidate  = amf_structs_pkg::FrameKindInvalidate,
+                         KAck         = amf_structs_pkg::FrameKindAck,
+                         KNack        = amf_structs_pkg::FrameKindNack,
+                         KSearch      = amf_structs_pkg::FrameKindSearch,
+                         KSearchReply = amf_structs_pkg::FrameKindSearchReply,
+                         KRelease     = amf_structs_pkg::FrameKindRelease,
+                         KHeartbeat   = amf_structs_pkg::FrameKindHeartbeat;
+  localparam logic [7:0] OpNop        = amf_structs_pkg::OpcodeNop,
+                         OpAcqShared  = amf_structs_pkg::OpcodeAcquireShared,
+                         OpAcqExcl    = amf_structs_pkg::OpcodeAcquireExclusive,
+                         OpRelease    = amf_structs_pkg::OpcodeRelease,
+                         OpSearch     = amf_structs_pkg::OpcodeSearch,
+                         OpHeartbeat  = amf_structs_pkg::OpcodeHeartbeat;
+  localparam logic [7:0] StOk         = amf_structs_pkg::StatusOk,
+                         StTimeout    = amf_structs_pkg::StatusTimeout,
+                         StBadOpcode  = amf_structs_pkg::StatusBadOpcode,
+                         StStaleEpoch = amf_structs_pkg::StatusStaleEpoch,
+                         StConflict   = amf_structs_pkg::StatusConflict;
+  localparam logic [7:0] EvInvalidate = amf_structs_pkg::EventKindInvalidate,
+                         EvPeerUp     = amf_structs_pkg::EventKindPeerUp,
+                         EvPeerDown   = amf_structs_pkg::EventKindPeerDown,
+                         EvDowngrade  = amf_structs_pkg::EventKindDowngrade;
 
   // ---- frame, completion and event builders ------------------------------------------------
   // The destination mask is not part of the template: the transmit mux puts tx_mask_q there.
