@@ -14,8 +14,8 @@ const TOPS: &[(&str, &[&str], &str)] = &[
         "csrc/frame_check_shim.cpp",
     ),
     ("amf_regs", &["../gen/sv/amf_regs_pkg.sv", "amf_regs.sv"], "csrc/regs_shim.cpp"),
-    ("amf_ring_writer", &["amf_ring_writer.sv"], "csrc/ring_writer_shim.cpp"),
-    ("amf_cmd_fetch", &["amf_cmd_fetch.sv"], "csrc/cmd_fetch_shim.cpp"),
+    ("amf_ring_writer", &["../gen/sv/amf_regs_pkg.sv", "amf_ring_writer.sv"], "csrc/ring_writer_shim.cpp"),
+    ("amf_cmd_fetch", &["../gen/sv/amf_regs_pkg.sv", "amf_cmd_fetch.sv"], "csrc/cmd_fetch_shim.cpp"),
     ("amf_frame_tx", &["amf_crc_pkg.sv", "amf_frame_tx.sv"], "csrc/frame_tx_shim.cpp"),
     ("amf_dma_arb", &["amf_dma_arb.sv"], "csrc/dma_arb_shim.cpp"),
     (

@@ -36,10 +36,11 @@ module amf_cmd_fetch (
   output logic [31:0]  cons_o,
   output logic         busy_o
 );
-  // device.status.error_code values (amf_regs_pkg).
-  localparam logic [7:0] ErrBadSize  = amf_regs_pkg::DeviceStatusErrorCodeBadRingSize;
-  localparam logic [7:0] ErrOverrun  = amf_regs_pkg::DeviceStatusErrorCodeDoorbellOverrun;
-  localparam logic [7:0] ErrDma      = amf_regs_pkg::DeviceStatusErrorCodeDmaError;
+  // device.status.error_code values (amf_regs_pkg; cast: Verilator 5.006 has an internal fault on
+  // the enum constant alone in this module).
+  localparam logic [7:0] ErrBadSize  = 8'(amf_regs_pkg::DeviceStatusErrorCodeBadRingSize);
+  localparam logic [7:0] ErrOverrun  = 8'(amf_regs_pkg::DeviceStatusErrorCodeDoorbellOverrun);
+  localparam logic [7:0] ErrDma      = 8'(amf_regs_pkg::DeviceStatusErrorCodeDmaError);
 
   typedef enum logic [2:0] {StIdle, StReadReq, StReadWait, StConsReq, StConsWait, StOut} state_e;
 
