@@ -22,7 +22,8 @@ fn inspect_json_describes_the_group() {
     let js: serde_json::Value =
         serde_json::from_slice(&amf(&["status", "--admin", &c.admin, "--json"]).stdout).unwrap();
     assert_eq!(js["members"].as_array().unwrap().len(), 4);
-    // Prometheus text on /metrics.
+    // Prometheus text on /metrics, after some I/O.
+    qemu_io(&c.nbd_uri, &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"]);
     let mut s = std::net::TcpStream::connect(c.admin.trim_start_matches("http://")).unwrap();
     use std::io::{Read, Write};
     write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
@@ -32,6 +33,14 @@ fn inspect_json_describes_the_group() {
         m.contains("# TYPE amf_engine_member_writes counter") && m.contains("amf_members_degraded{controller=\"0\"} 0"),
         "{m}"
     );
+    // A Prometheus text parser reads it, with latency histograms of the I/O that ran.
+    let body = m.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
+    let samples = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap().samples;
+    for op in ["write", "read", "member_write", "member_read"] {
+        let h = samples.iter().find(|s| s.metric == "amf_latency_seconds" && s.labels.get("op") == Some(op));
+        let Some(prometheus_parse::Value::Histogram(b)) = h.map(|s| &s.value) else { panic!("{op} histogram: {body}") };
+        assert!(b.last().is_some_and(|b| b.count > 0.0), "{op} observed: {b:?}");
+    }
     assert!(c.stop().success());
     let v = inspect(&dir);
     assert_eq!(v["level"], "raid5");

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod coherency;
 pub mod engine;
 pub mod fabric;
+pub mod metrics;
 pub mod nbd;
 pub mod raid;
 pub mod workload;

@@ -130,41 +130,32 @@ fn group_json(state: &ControllerState, a: &crate::raid::Array) -> serde_json::Va
 }
 
 fn metrics(state: &ControllerState) -> String {
-    let mut out = String::new();
-    let mut emit = |prefix: &str, v: serde_json::Value| {
-        if let serde_json::Value::Object(m) = v {
-            for (k, v) in m {
-                if let Some(n) = v.as_u64() {
-                    out += &format!(
-                        "# TYPE amf_{prefix}_{k} counter\namf_{prefix}_{k}{{controller=\"{}\"}} {n}\n",
-                        state.index
-                    );
-                }
-            }
-        }
-    };
+    let mut doc = crate::metrics::Document::new(state.index);
     if let Some(a) = &state.array {
-        emit("engine", serde_json::to_value(&a.stats).unwrap_or_default());
+        doc.counters("engine", serde_json::to_value(&a.stats).unwrap_or_default());
     }
-    emit("nbd", serde_json::to_value(&*state.nbd).unwrap_or_default());
+    doc.counters("nbd", serde_json::to_value(&*state.nbd).unwrap_or_default());
     if let Some(amf) = &state.amf {
-        emit("coherency", amf.counters.json());
+        doc.counters("coherency", amf.counters.json());
     }
     if let Some(a) = &state.array {
-        let degraded = a.degraded_members().len();
-        out += &format!(
-            "# TYPE amf_members_degraded gauge\namf_members_degraded{{controller=\"{}\"}} {degraded}\n",
-            state.index
-        );
+        doc.gauge("members_degraded", "Members not active", a.degraded_members().len() as i64);
+        doc.gauge("group_failed", "1 when more members are out than the level tolerates", !a.alive() as i64);
     }
-    out
+    if let Some(t) = state.task.lock().unwrap_or_else(|p| p.into_inner()).as_ref().filter(|t| t.state == "running") {
+        doc.gauge(&format!("{}_done_stripes", t.kind), "Progress of the running maintenance task", t.done as i64);
+        doc.gauge(&format!("{}_total_stripes", t.kind), "Stripes the running maintenance task covers", t.total as i64);
+    }
+    doc.finish()
 }
 
 fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) -> (u16, &'static str, String) {
     let path = url.split('?').next().unwrap_or("");
     match (method, path) {
         (tiny_http::Method::Get, "/status") => (200, "application/json", status_json(state).to_string()),
-        (tiny_http::Method::Get, "/metrics") => (200, "text/plain; version=0.0.4", metrics(state)),
+        (tiny_http::Method::Get, "/metrics") => {
+            (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics(state))
+        }
         (tiny_http::Method::Get, "/card") => match &state.amf {
             Some(amf) => match amf.card_state() {
                 Ok(v) => (200, "application/json", v.to_string()),

@@ -126,7 +126,9 @@ impl CardPort {
     /// Runs a command to completion; a status other than Ok is an error naming it.
     pub fn call(&self, op: Opcode, resource: u64) -> Result<Completion, CoherencyError> {
         let drv = self.drv()?;
+        let start = std::time::Instant::now();
         let c = self.rt.block_on(drv.call(op, resource, self.timeout)).map_err(CoherencyError::Engine)?;
+        crate::metrics::observe(crate::metrics::Op::CardRoundTrip, start);
         match Status::from_raw(c.status) {
             Some(Status::Ok) => Ok(c),
             Some(Status::Timeout) => Err(CoherencyError::PeersSilent { resource, missing: c.missing }),

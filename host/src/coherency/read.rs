@@ -118,6 +118,7 @@ impl Amf {
 
     /// Step 3 (read): acquire shared, then ask the sharers the card reports; members last.
     fn step3_search(&self, r: u64) -> Result<(Found, bool), CoherencyError> {
+        let start = std::time::Instant::now();
         let c = self.card.call(Opcode::AcquireShared, r)?;
         self.count_acquire(&c);
         super::trace!("n{} shared r{} untracked {} sharers {:#x}", self.cfg.node, r, c.untracked, c.sharers);
@@ -149,6 +150,7 @@ impl Amf {
             // have a newer version (a leftover from a round whose writer kept its own copy).
             if v & HANDOFF_BIT == 0 || self.member_version(r)? <= v & VERSION_MASK {
                 self.counters.remote_hits.fetch_add(1, Relaxed);
+                crate::metrics::observe(crate::metrics::Op::RemoteHit, start);
                 return Ok((Found::Peer(d, v), untracked));
             }
         }

@@ -160,10 +160,12 @@ impl Amf {
 
     /// Step 3 (write): the exclusive acquire; counts the round when it went to peers.
     fn step3_invalidate(&self, r: u64) -> Result<amf_hdl_model::gen::structs::Completion, CoherencyError> {
+        let start = std::time::Instant::now();
         let c = self.card.call(Opcode::AcquireExclusive, r)?;
         self.count_acquire(&c);
         if c.no_broadcast == 0 {
             self.counters.invalidate_rounds.fetch_add(1, Relaxed);
+            crate::metrics::observe(crate::metrics::Op::SharedWrite, start);
         }
         Ok(c)
     }

@@ -375,14 +375,29 @@ impl Budget {
     }
 }
 
-fn worker(rx: Receiver<Job>, w: Arc<Writer>, backend: Arc<dyn Backend>, stats: Arc<ServerStats>, budget: Arc<Budget>) {
-    for job in rx {
+/// A request and when its header arrived (latencies include the time it queued).
+type Queued = (std::time::Instant, Job);
+
+fn worker(
+    rx: Receiver<Queued>,
+    w: Arc<Writer>,
+    backend: Arc<dyn Backend>,
+    stats: Arc<ServerStats>,
+    budget: Arc<Budget>,
+) {
+    use crate::metrics::{observe, Op};
+    for (received, job) in rx {
         let held = job.bytes();
         if w.gone() {
             stats.dropped.fetch_add(1, Relaxed);
             budget.give(held);
             continue;
         }
+        let op = match &job {
+            Job::Read { .. } => Op::Read,
+            Job::Flush { .. } => Op::Flush,
+            _ => Op::Write,
+        };
         let (cookies, result, write) = match job {
             Job::Read { cookie, offset, len } => {
                 let mut buf = vec![0u8; 16 + len as usize];
@@ -393,6 +408,7 @@ fn worker(rx: Receiver<Job>, w: Arc<Writer>, backend: Arc<dyn Backend>, stats: A
                         stats.read_bytes.fetch_add(len as u64, Relaxed);
                         send(&w, &buf);
                         budget.give(held);
+                        observe(Op::Read, received);
                         continue;
                     }
                     Err(e) => (vec![cookie], Err(e), false),
@@ -428,6 +444,7 @@ fn worker(rx: Receiver<Job>, w: Arc<Writer>, backend: Arc<dyn Backend>, stats: A
         }
         send(&w, &replies);
         budget.give(held);
+        observe(op, received);
     }
 }
 
@@ -453,7 +470,7 @@ fn serve_connection(
     }
     stream.set_read_timeout(None)?;
     let writer = Arc::new(Writer { stream: Mutex::new(stream.try_clone()?), gone: AtomicBool::new(false) });
-    let (tx, rx) = bounded::<Job>(cfg.queue_depth);
+    let (tx, rx) = bounded::<Queued>(cfg.queue_depth);
     let budget = Arc::new(Budget::new());
     let workers: Vec<_> = (0..cfg.workers_per_connection.max(1))
         .map(|_| {
@@ -497,7 +514,7 @@ fn in_range(offset: u64, len: u64, size: u64) -> bool {
 fn read_requests(
     r: &mut BufReader<TcpStream>,
     backend: &dyn Backend,
-    tx: &crossbeam_channel::Sender<Job>,
+    tx: &crossbeam_channel::Sender<Queued>,
     writer: &Writer,
     stats: &ServerStats,
     budget: &Budget,
@@ -517,6 +534,7 @@ fn read_requests(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Ending::Closed),
             Err(e) => return Err(e),
         }
+        let received = std::time::Instant::now();
         let Some(req) = parse_request(&h) else {
             stats.protocol_violations.fetch_add(1, Relaxed);
             return Err(protocol("bad request magic"));
@@ -573,7 +591,7 @@ fn read_requests(
                 continue;
             }
         };
-        if tx.send(job).is_err() {
+        if tx.send((received, job)).is_err() {
             return Ok(Ending::Closed);
         }
     }

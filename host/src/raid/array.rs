@@ -222,7 +222,9 @@ impl Array {
             return Err(RaidError::BadMember { index: m, reason: "not present".into() });
         };
         self.stats.member_reads.fetch_add(1, Relaxed);
+        let start = std::time::Instant::now();
         let r = member.read_at(offset, buf);
+        crate::metrics::observe(crate::metrics::Op::MemberRead, start);
         if let Err(e) = &r {
             self.fail_member(m, &e.to_string());
         }
@@ -246,7 +248,10 @@ impl Array {
             return false;
         };
         self.stats.member_writes.fetch_add(1, Relaxed);
-        match member.write_at(offset, buf) {
+        let start = std::time::Instant::now();
+        let r = member.write_at(offset, buf);
+        crate::metrics::observe(crate::metrics::Op::MemberWrite, start);
+        match r {
             Ok(()) => true,
             Err(e) => {
                 self.fail_member(m, &e.to_string());
