@@ -1,16 +1,20 @@
 //! A real card bound to vfio-pci: BAR0 mapped through the VFIO device, ring memory pinned and
 //! mapped through the IOMMU. There is no such card on the machines this project is built on: the
 //! checks up to the first ioctl are tested against a fake sysfs tree, the ioctls themselves are
-//! not exercised (docs/driver.md says how to deploy on a real card).
+//! not exercised (docs/driver.md and docs/operations.md say how to deploy on a real card).
 //!
-//! Raw ioctls through libc (the VFIO uAPI is small and stable); unsafe stays in this module.
+//! The VFIO container, group, device, region, DMA-map and interrupt ioctls are rust-vmm's
+//! (vfio-ioctls, with the uAPI structs and constants of vfio-bindings); the mappings are memmap2's.
+//! The unsafe that remains is the volatile MMIO and the DMA window, in this module.
 
 use super::Backend;
-use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use memmap2::{MmapOptions, MmapRaw};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use vfio_bindings::bindings::vfio::{VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_ioctls::{VfioContainer, VfioDevice};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Why a card could not be opened through VFIO, with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +40,24 @@ pub enum VfioError {
         path: PathBuf,
         /// Cause.
         #[source]
-        source: std::io::Error,
+        source: vfio_ioctls::VfioError,
     },
     /// The group has devices not bound to vfio-pci.
     #[error("IOMMU group {0} is not viable: every device in it must be bound to vfio-pci (or removed)")]
     NotViable(String),
-    /// An ioctl failed.
+    /// A VFIO operation failed.
     #[error("VFIO {what} failed: {source}")]
-    Ioctl {
-        /// Which request.
+    Vfio {
+        /// Which operation.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: vfio_ioctls::VfioError,
+    },
+    /// A mapping failed.
+    #[error("mapping {what} failed: {source}")]
+    Map {
+        /// What was being mapped.
         what: &'static str,
         /// Cause.
         #[source]
@@ -74,202 +87,63 @@ pub fn check_device(sysfs: &Path, bdf: &str) -> Result<String, VfioError> {
     Ok(group)
 }
 
-// VFIO uAPI (linux/vfio.h): _IO(';', 100 + n).
-const VFIO_TYPE: u64 = b';' as u64;
-const fn vfio_io(nr: u64) -> u64 {
-    (VFIO_TYPE << 8) | (100 + nr)
-}
-const VFIO_GET_API_VERSION: u64 = vfio_io(0);
-const VFIO_SET_IOMMU: u64 = vfio_io(2);
-const VFIO_GROUP_GET_STATUS: u64 = vfio_io(3);
-const VFIO_GROUP_SET_CONTAINER: u64 = vfio_io(4);
-const VFIO_GROUP_GET_DEVICE_FD: u64 = vfio_io(6);
-const VFIO_DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
-const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
-const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
-/// vfio-pci's interrupt index for MSI-X.
-const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
-const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
-const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
-const VFIO_API_VERSION: i32 = 0;
-const VFIO_TYPE1_IOMMU: u64 = 1;
-const VFIO_GROUP_FLAGS_VIABLE: u32 = 1;
-const VFIO_REGION_INFO_FLAG_MMAP: u32 = 4;
-const VFIO_DMA_MAP_FLAG_READ_WRITE: u32 = 3;
 const DMA_BYTES: usize = 4 << 20;
 /// Where ring memory appears to the card.
 const IOVA_BASE: u64 = 0x1_0000_0000;
 
-#[repr(C)]
-struct GroupStatus {
-    argsz: u32,
-    flags: u32,
-}
-
-#[repr(C)]
-struct RegionInfo {
-    argsz: u32,
-    flags: u32,
-    index: u32,
-    cap_offset: u32,
-    size: u64,
-    offset: u64,
-}
-
-/// `struct vfio_irq_set` with room for one eventfd.
-#[repr(C)]
-struct IrqSetOne {
-    argsz: u32,
-    flags: u32,
-    index: u32,
-    start: u32,
-    count: u32,
-    eventfd: i32,
-}
-
-impl IrqSetOne {
-    /// MSI-X vector 0 signals `eventfd`.
-    fn msix_vector0(eventfd: i32) -> IrqSetOne {
-        IrqSetOne {
-            argsz: std::mem::size_of::<IrqSetOne>() as u32,
-            flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-            index: VFIO_PCI_MSIX_IRQ_INDEX,
-            start: 0,
-            count: 1,
-            eventfd,
-        }
-    }
-}
-
-#[repr(C)]
-struct DmaMap {
-    argsz: u32,
-    flags: u32,
-    vaddr: u64,
-    iova: u64,
-    size: u64,
-}
-
-fn ioctl(fd: RawFd, what: &'static str, req: u64, arg: u64) -> Result<i32, VfioError> {
-    // SAFETY: `arg` is either an integer or a pointer to a live #[repr(C)] struct of the layout
-    // the request expects (the callers below pair them); the kernel validates argsz.
-    let r = unsafe { libc::ioctl(fd, req as libc::c_ulong, arg) };
-    if r < 0 {
-        return Err(VfioError::Ioctl { what, source: std::io::Error::last_os_error() });
-    }
-    Ok(r)
-}
-
 /// A card bound to vfio-pci.
 pub struct VfioBackend {
-    _container: File,
-    _group: File,
-    _device: File,
-    bar: *mut u8,
-    bar_len: usize,
-    dma: *mut u8,
+    // Field order is drop order: the device and container close (the kernel unmaps the DMA
+    // window and drops the pins) before the memory behind them is unmapped.
+    device: VfioDevice,
+    _container: Arc<VfioContainer>,
+    bar: MmapRaw,
+    dma: MmapRaw,
     next_free: Mutex<u64>,
     /// MSI-X vector 0's eventfd; None when the card has no MSI-X (the driver polls then).
-    irq: Option<File>,
+    irq: Option<EventFd>,
 }
-
-// SAFETY: the BAR and DMA mappings are owned by this value; MMIO goes through volatile accesses
-// and DMA memory through the bounds-checked copies below.
-unsafe impl Send for VfioBackend {}
 
 impl VfioBackend {
     /// Opens the card at PCI address `bdf` (e.g. 0000:03:00.0).
     pub fn open(bdf: &str) -> Result<VfioBackend, VfioError> {
         let group = check_device(Path::new("/sys"), bdf)?;
-        let open = |p: PathBuf| {
-            OpenOptions::new().read(true).write(true).open(&p).map_err(|source| VfioError::Open { path: p, source })
-        };
-        let container = open(PathBuf::from("/dev/vfio/vfio"))?;
-        if ioctl(container.as_raw_fd(), "GET_API_VERSION", VFIO_GET_API_VERSION, 0)? != VFIO_API_VERSION {
-            return Err(VfioError::Ioctl {
-                what: "GET_API_VERSION",
-                source: std::io::Error::other("unknown API version"),
-            });
-        }
-        let group_file = open(PathBuf::from(format!("/dev/vfio/{group}")))?;
-        let mut status = GroupStatus { argsz: std::mem::size_of::<GroupStatus>() as u32, flags: 0 };
-        ioctl(group_file.as_raw_fd(), "GROUP_GET_STATUS", VFIO_GROUP_GET_STATUS, &mut status as *mut _ as u64)?;
-        if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
-            return Err(VfioError::NotViable(group));
-        }
-        let cfd = container.as_raw_fd();
-        ioctl(group_file.as_raw_fd(), "GROUP_SET_CONTAINER", VFIO_GROUP_SET_CONTAINER, &cfd as *const _ as u64)?;
-        ioctl(cfd, "SET_IOMMU", VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU)?;
-        let name = CString::new(bdf).map_err(|_| VfioError::NoDevice(bdf.into()))?;
-        let dfd = ioctl(group_file.as_raw_fd(), "GROUP_GET_DEVICE_FD", VFIO_GROUP_GET_DEVICE_FD, name.as_ptr() as u64)?;
-        // SAFETY: the kernel returned a new descriptor that we now own.
-        let device = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(dfd) };
-        let mut info = RegionInfo {
-            argsz: std::mem::size_of::<RegionInfo>() as u32,
-            flags: 0,
-            index: 0,
-            cap_offset: 0,
-            size: 0,
-            offset: 0,
-        };
-        ioctl(dfd, "DEVICE_GET_REGION_INFO", VFIO_DEVICE_GET_REGION_INFO, &mut info as *mut _ as u64)?;
-        let bar_len = info.size as usize;
-        if info.flags & VFIO_REGION_INFO_FLAG_MMAP == 0 || bar_len < amf_hdl_model::gen::regs::BAR_BYTES as usize {
+        let container = VfioContainer::new(None).map_err(|source| match source {
+            vfio_ioctls::VfioError::OpenContainer(_) => VfioError::Open { path: "/dev/vfio/vfio".into(), source },
+            source => VfioError::Vfio { what: "container setup", source },
+        })?;
+        let container = Arc::new(container);
+        let sysfs = Path::new("/sys/bus/pci/devices").join(bdf);
+        let device = VfioDevice::new(&sysfs, container.clone(), false).map_err(|source| match source {
+            vfio_ioctls::VfioError::GroupViable => VfioError::NotViable(group.clone()),
+            vfio_ioctls::VfioError::OpenGroup(..) => {
+                VfioError::Open { path: format!("/dev/vfio/{group}").into(), source }
+            }
+            source => VfioError::Vfio { what: "device setup", source },
+        })?;
+        let bar0 = VFIO_PCI_BAR0_REGION_INDEX;
+        let bar_len = device.get_region_size(bar0) as usize;
+        if device.get_region_flags(bar0) & VFIO_REGION_INFO_FLAG_MMAP == 0
+            || bar_len < amf_hdl_model::gen::regs::BAR_BYTES as usize
+        {
             return Err(VfioError::Bar(bdf.into()));
         }
-        // SAFETY: mapping the device's BAR0 region at the offset VFIO reported; checked below.
-        let bar = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bar_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                dfd,
-                info.offset as libc::off_t,
-            )
-        };
-        if bar == libc::MAP_FAILED {
-            return Err(VfioError::Bar(bdf.into()));
-        }
-        // SAFETY: anonymous private memory for the rings, pinned and mapped for the card below.
-        let dma = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                DMA_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if dma == libc::MAP_FAILED {
-            let source = std::io::Error::last_os_error();
-            // SAFETY: unmapping the BAR mapped just above, which nothing else refers to.
-            unsafe { libc::munmap(bar, bar_len) };
-            return Err(VfioError::Ioctl { what: "mmap of ring memory", source });
-        }
-        // From here on Drop unmaps both mappings, on the error path too.
-        let backend = VfioBackend {
-            _container: container,
-            _group: group_file,
-            _device: device,
-            bar: bar as *mut u8,
-            bar_len,
-            dma: dma as *mut u8,
-            next_free: Mutex::new(IOVA_BASE),
-            irq: None,
-        };
-        let map = DmaMap {
-            argsz: std::mem::size_of::<DmaMap>() as u32,
-            flags: VFIO_DMA_MAP_FLAG_READ_WRITE,
-            vaddr: dma as u64,
-            iova: IOVA_BASE,
-            size: DMA_BYTES as u64,
-        };
-        ioctl(cfd, "IOMMU_MAP_DMA", VFIO_IOMMU_MAP_DMA, &map as *const _ as u64)?;
-        let mut backend = backend;
-        backend.irq = msix_eventfd(dfd);
-        Ok(backend)
+        let bar = MmapOptions::new()
+            .offset(device.get_region_offset(bar0))
+            .len(bar_len)
+            .map_raw(&device)
+            .map_err(|source| VfioError::Map { what: "BAR0", source })?;
+        let dma: MmapRaw = MmapOptions::new()
+            .len(DMA_BYTES)
+            .map_anon()
+            .map_err(|source| VfioError::Map { what: "ring memory", source })?
+            .into();
+        // SAFETY: `dma` is a live anonymous mapping of DMA_BYTES owned by the backend, which
+        // keeps it until after the container (and with it the IOMMU mapping) is gone.
+        unsafe { container.vfio_dma_map(IOVA_BASE, DMA_BYTES, dma.as_mut_ptr()) }
+            .map_err(|source| VfioError::Vfio { what: "IOMMU mapping of ring memory", source })?;
+        let irq = msix_eventfd(&device);
+        Ok(VfioBackend { device, _container: container, bar, dma, next_free: Mutex::new(IOVA_BASE), irq })
     }
 
     fn dma_range(&self, addr: u64, len: usize) -> Result<usize, String> {
@@ -283,16 +157,16 @@ impl VfioBackend {
 
 impl Backend for VfioBackend {
     fn read32(&self, offset: u32) -> u32 {
-        if offset as usize + 4 > self.bar_len || !offset.is_multiple_of(4) {
+        if offset as usize + 4 > self.bar.len() || !offset.is_multiple_of(4) {
             return u32::MAX;
         }
         // SAFETY: in bounds and aligned (checked); MMIO must be a single volatile access.
-        unsafe { std::ptr::read_volatile(self.bar.add(offset as usize) as *const u32) }
+        unsafe { std::ptr::read_volatile(self.bar.as_ptr().add(offset as usize) as *const u32) }
     }
     fn write32(&self, offset: u32, value: u32) {
-        if offset as usize + 4 <= self.bar_len && offset.is_multiple_of(4) {
+        if offset as usize + 4 <= self.bar.len() && offset.is_multiple_of(4) {
             // SAFETY: as in read32.
-            unsafe { std::ptr::write_volatile(self.bar.add(offset as usize) as *mut u32, value) }
+            unsafe { std::ptr::write_volatile(self.bar.as_mut_ptr().add(offset as usize) as *mut u32, value) }
         }
     }
     fn interrupt(&self) -> Option<RawFd> {
@@ -308,31 +182,26 @@ impl Backend for VfioBackend {
     fn dma_read(&self, addr: u64, buf: &mut [u8]) -> Result<(), String> {
         let off = self.dma_range(addr, buf.len())?;
         // SAFETY: in bounds of the DMA mapping (checked); the card may write concurrently, which
-        // is why completions carry a phase bit and are read whole.
-        unsafe { std::ptr::copy_nonoverlapping(self.dma.add(off), buf.as_mut_ptr(), buf.len()) };
+        // is why completions carry a phase bit and are read whole. Raw copies: no Rust reference
+        // to memory the device writes.
+        unsafe { std::ptr::copy_nonoverlapping(self.dma.as_ptr().add(off), buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }
     fn dma_write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
         let off = self.dma_range(addr, data.len())?;
         // SAFETY: in bounds of the DMA mapping (checked).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.dma.add(off), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.dma.as_mut_ptr().add(off), data.len()) };
         Ok(())
     }
 }
 
 /// Routes MSI-X vector 0 of the device to a new eventfd. None (and the driver polls) when the
 /// card has no MSI-X or the kernel refuses.
-fn msix_eventfd(device: RawFd) -> Option<File> {
-    // SAFETY: eventfd(2) creates a new descriptor, owned by the File below.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let file = unsafe { <File as std::os::unix::io::FromRawFd>::from_raw_fd(fd) };
-    let set = IrqSetOne::msix_vector0(fd);
-    match ioctl(device, "DEVICE_SET_IRQS", VFIO_DEVICE_SET_IRQS, &set as *const _ as u64) {
-        Ok(_) => Some(file),
+fn msix_eventfd(device: &VfioDevice) -> Option<EventFd> {
+    device.get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX).filter(|i| i.count > 0)?;
+    let fd = EventFd::new(libc::EFD_NONBLOCK).ok()?;
+    match device.enable_msix(vec![&fd]) {
+        Ok(()) => Some(fd),
         Err(e) => {
             eprintln!("amf: card interrupts unavailable ({e}); the driver polls");
             None
@@ -342,10 +211,8 @@ fn msix_eventfd(device: RawFd) -> Option<File> {
 
 impl Drop for VfioBackend {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what open() mapped.
-        unsafe {
-            libc::munmap(self.bar as *mut libc::c_void, self.bar_len);
-            libc::munmap(self.dma as *mut libc::c_void, DMA_BYTES);
+        if self.irq.is_some() {
+            let _ = self.device.disable_msix();
         }
     }
 }
@@ -384,20 +251,49 @@ mod tests {
         assert!(check_device(t.path(), "0000:03:00.0").unwrap_err().to_string().contains("no driver"));
     }
 
+    /// The layouts of the uAPI structs the crates pass to the kernel, and the constants used here,
+    /// against the kernel's own linux/vfio.h compiled by the C compiler.
     #[test]
-    fn ioctl_numbers_match_the_kernel_uapi() {
-        // linux/vfio.h: VFIO_GET_API_VERSION = _IO(';', 100) = 0x3b64, VFIO_IOMMU_MAP_DMA = 0x3b71.
-        assert_eq!(VFIO_GET_API_VERSION, 0x3b64);
-        assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3b6a);
-        assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3b6c);
-        assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3b71);
-        assert_eq!(std::mem::size_of::<RegionInfo>(), 32);
-        assert_eq!(std::mem::size_of::<DmaMap>(), 32);
-        // VFIO_DEVICE_SET_IRQS = _IO(';', 110); struct vfio_irq_set is 20 bytes + u8 data[].
-        assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
-        let set = IrqSetOne::msix_vector0(7);
-        assert_eq!((set.argsz, set.flags, set.index, set.count), (24, 0x24, 2, 1));
-        assert_eq!(std::mem::offset_of!(IrqSetOne, eventfd), 20);
+    fn vfio_bindings_match_the_kernel_header() {
+        use vfio_bindings::bindings::vfio as b;
+        let header = Path::new("/usr/include/linux/vfio.h");
+        assert!(header.exists(), "linux/vfio.h (package linux-libc-dev) is needed to check the layouts");
+        let dir = tempfile::tempdir().unwrap();
+        let c = dir.path().join("layout.c");
+        std::fs::write(
+            &c,
+            r#"#include <stdio.h>
+#include <stddef.h>
+#include <linux/vfio.h>
+int main(void) {
+  printf("%zu %zu %zu %zu %zu %zu %zu\n", sizeof(struct vfio_region_info), sizeof(struct vfio_iommu_type1_dma_map),
+         sizeof(struct vfio_irq_set), sizeof(struct vfio_group_status), offsetof(struct vfio_region_info, offset),
+         offsetof(struct vfio_iommu_type1_dma_map, iova), sizeof(struct vfio_irq_info));
+  printf("%u %u %u\n", VFIO_REGION_INFO_FLAG_MMAP, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX);
+  return 0;
+}
+"#,
+        )
+        .unwrap();
+        let exe = dir.path().join("layout");
+        let cc = std::process::Command::new("cc").arg(&c).arg("-o").arg(&exe).output().expect("a C compiler (cc)");
+        assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+        let out = std::process::Command::new(&exe).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let kernel: Vec<u64> = text.split_whitespace().map(|w| w.parse().unwrap()).collect();
+        let rust = [
+            std::mem::size_of::<b::vfio_region_info>() as u64,
+            std::mem::size_of::<b::vfio_iommu_type1_dma_map>() as u64,
+            std::mem::size_of::<b::vfio_irq_set>() as u64,
+            std::mem::size_of::<b::vfio_group_status>() as u64,
+            std::mem::offset_of!(b::vfio_region_info, offset) as u64,
+            std::mem::offset_of!(b::vfio_iommu_type1_dma_map, iova) as u64,
+            std::mem::size_of::<b::vfio_irq_info>() as u64,
+            VFIO_REGION_INFO_FLAG_MMAP as u64,
+            VFIO_PCI_BAR0_REGION_INDEX as u64,
+            VFIO_PCI_MSIX_IRQ_INDEX as u64,
+        ];
+        assert_eq!(kernel, rust, "vfio-bindings against linux/vfio.h: {text}");
     }
 
     #[test]
