@@ -112,3 +112,41 @@ fn the_group_stays_dirty_when_a_controller_could_not_write_back() {
     let _ = c.stop();
     assert_eq!(inspect(&dir)["clean"], false, "a controller died with acknowledged writes: the group stays dirty");
 }
+
+#[test]
+fn connections_past_the_limit_are_refused_and_the_others_keep_being_served() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start(&dir, &["--level", "raid5", "--members", "4", "--member-size", "16M"]);
+    let addr = c.nbd_addr();
+    let limit = amf::nbd::server::CONNECTIONS_MAX_DEFAULT;
+    let mut working = nbd_client::Client::connect(&addr);
+    let idle: Vec<_> = (1..limit).map(|_| nbd_client::Client::connect(&addr)).collect();
+    // One more is closed before the greeting.
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 8];
+    let n = extra.read(&mut b).unwrap_or(0);
+    assert_eq!(n, 0, "connection {} past the limit was greeted", limit + 1);
+    // The served ones are unaffected: a client writes and reads back.
+    let data = vec![0x6bu8; 64 << 10];
+    assert_eq!(working.write(1 << 20, &data, 0).unwrap(), 0);
+    assert_eq!(working.read(1 << 20, data.len() as u32).unwrap().unwrap(), data);
+    let st = c.admin_json("/status");
+    assert!(st["nbd_server"]["connections_refused"].as_u64().unwrap() >= 1, "{st}");
+    // Room again once clients leave.
+    drop(idle);
+    let t = Instant::now();
+    loop {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if s.read(&mut b).unwrap_or(0) == 8 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no room after clients left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    working.disconnect();
+    assert!(c.stop().success());
+}

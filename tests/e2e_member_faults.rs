@@ -43,11 +43,11 @@ fn raid6_member_failing_mid_reconstruct_write_loses_nothing() {
     member_failing_mid_write_keeps_flushed_data("raid6", "5", 1);
 }
 
-/// POST to a controller's admin endpoint: (HTTP status, body).
-fn post(admin: &str, path: &str) -> (u16, String) {
+/// POST to a controller's admin endpoint with a bearer token: (HTTP status, body).
+fn post(admin: &str, path: &str, token: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin.trim_start_matches("http://")).unwrap();
-    write!(s, "POST {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").unwrap();
+    write!(s, "POST {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n").unwrap();
     let mut r = String::new();
     s.read_to_string(&mut r).unwrap();
     let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -76,22 +76,36 @@ fn refused_rebuilds_change_nothing() {
     std::fs::write(&small, vec![0u8; 1 << 20]).unwrap();
     let big = tmp.path().join("big.img");
     std::fs::File::create(&big).unwrap().set_len(32 << 20).unwrap();
+    // The operator allows the small file as a replacement: it gets past the allow-list.
+    std::fs::write(dir.join("replacements.allow"), format!("{}\n", small.display())).unwrap();
     let before = snapshot(&dir);
     let names: Vec<&String> = before.iter().map(|(n, _)| n).collect();
     let m2 = member(&dir, 2);
     let refused = [
         "/rebuild?member=1".to_string(),
-        format!("/rebuild?member=1&replacement={}", big.display()),
         "/rebuild?member=7".to_string(),
         format!("/rebuild?member=1&replacement={}", tmp.path().join("missing.img").display()),
         format!("/rebuild?member=1&replacement={}", small.display()),
         format!("/rebuild?member=1&replacement={}", m2.display()),
     ];
+    let token = std::fs::read_to_string(dir.join("run/admin-token")).unwrap();
     for path in &refused {
-        let (code, body) = post(&c.admin, path);
-        assert!((400..500).contains(&code), "POST {path}: {code} {body}");
+        let (code, body) = post(&c.admin, path, token.trim());
+        assert!(code == 409 || code == 400 || code == 403, "POST {path}: {code} {body}");
+        if path.contains("small.img") {
+            assert_eq!(code, 409, "an allowed replacement passes the allow-list: {body}");
+        }
         assert!(body.contains("error"), "POST {path}: {body}");
     }
+    // Without the token (or with another) nothing is even looked at.
+    for token in ["", "0123"] {
+        let (code, body) = post(&c.admin, "/scrub?repair=1", token);
+        assert_eq!(code, 401, "{body}");
+        assert!(body.contains("admin-token"), "{body}");
+    }
+    // A replacement outside the group folder is refused unless the operator listed it.
+    let (code, body) = post(&c.admin, &format!("/rebuild?member=1&replacement={}", big.display()), token.trim());
+    assert!(code == 403 && body.contains("replacements.allow"), "{code} {body}");
     assert!(snapshot(&dir) == before, "a refused rebuild changed the group folder ({names:?})");
     assert!(std::fs::read(&big).unwrap().iter().all(|b| *b == 0), "the refused replacement was written");
     qemu_io(&c.nbd_uri, &["read -P 0x5a 0 1M"]);

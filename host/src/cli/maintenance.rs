@@ -131,14 +131,14 @@ fn admin_url(dir: &Path) -> Result<String, ClusterError> {
 /// Starts a task on the serving controller and follows it to the end.
 fn online(dir: &Path, path_query: &str, label: &str, quiet: bool) -> Result<serde_json::Value, Box<dyn Error>> {
     let url = admin_url(dir)?;
-    let (code, body) = admin::request(&url, "POST", path_query)?;
+    let (code, body) = admin::request(&url, "POST", path_query, admin::load_admin_token(dir).as_deref())?;
     if code != 202 {
         return Err(Box::new(ClusterError::Admin { url, detail: format!("HTTP {code}: {body}") }));
     }
     let p = Progress::new(label, quiet);
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        let (_, body) = admin::request(&url, "GET", "/status")?;
+        let (_, body) = admin::request(&url, "GET", "/status", None)?;
         let status: serde_json::Value = serde_json::from_str(&body)?;
         let task: Option<Task> = serde_json::from_value(status["task"].clone()).ok();
         let Some(task) = task else { continue };
@@ -233,7 +233,7 @@ pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, 
             let index = match member {
                 Some(i) => i,
                 None => {
-                    let (_, body) = admin::request(&admin_url(dir)?, "GET", "/status")?;
+                    let (_, body) = admin::request(&admin_url(dir)?, "GET", "/status", None)?;
                     let v: serde_json::Value = serde_json::from_str(&body)?;
                     v["members"]
                         .as_array()
@@ -259,7 +259,7 @@ pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, 
 
 /// `amf status`: a running controller's status document, summarised or as JSON.
 fn fetch_status(url: String) -> Result<serde_json::Value, Box<dyn Error>> {
-    let (code, body) = admin::request(&url, "GET", "/status")?;
+    let (code, body) = admin::request(&url, "GET", "/status", None)?;
     if code != 200 {
         return Err(Box::new(ClusterError::Admin { url, detail: format!("HTTP {code}: {body}") }));
     }

@@ -208,7 +208,7 @@ enum CardKind {
 /// Opens a standalone card of the given kind through the driver and hands its backend to `f`.
 /// GET a JSON document from a controller's admin endpoint.
 fn from_admin(url: &str, path: &str) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
-    let (code, body) = crate::cluster::admin::request(url, "GET", path)?;
+    let (code, body) = crate::cluster::admin::request(url, "GET", path, None)?;
     if code != 200 {
         return Err(Box::new(crate::cluster::ClusterError::Admin {
             url: url.to_string(),

@@ -11,6 +11,7 @@ use crate::raid::MemberState;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +62,12 @@ pub fn spawn(listener: std::net::TcpListener, state: Arc<ControllerState>) -> Re
         .name("admin".into())
         .spawn(move || {
             for rq in srv.incoming_requests() {
-                let (code, ctype, body) = route(&state, rq.method(), rq.url());
+                let auth =
+                    rq.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str().to_string());
+                let (code, ctype, body) = match (rq.method(), authorized(&state, auth.as_deref())) {
+                    (tiny_http::Method::Post, Err(why)) => json_error(401, why),
+                    _ => route(&state, rq.method(), rq.url()),
+                };
                 let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes());
                 let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
                 if let Ok(h) = header {
@@ -72,6 +78,73 @@ pub fn spawn(listener: std::net::TcpListener, state: Arc<ControllerState>) -> Re
         })
         .map_err(|source| ClusterError::Bind { addr: addr.to_string(), source })?;
     Ok(Admin { addr, server, thread: Some(thread) })
+}
+
+/// Where `amf cluster` keeps the admin token of a group: readable by whoever may change the group.
+pub fn admin_token_path(dir: &Path) -> PathBuf {
+    dir.join("run").join("admin-token")
+}
+
+/// The group's admin token, if one was made.
+pub fn load_admin_token(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(admin_token_path(dir)).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+}
+
+/// Makes a fresh random admin token for the group (mode 0600), replacing any old one.
+pub fn create_admin_token(dir: &Path) -> Result<String, ClusterError> {
+    use rand::RngCore;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = admin_token_path(dir);
+    let file_err = |source| ClusterError::File { path: path.clone(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(file_err)?;
+    }
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(file_err)?;
+    std::io::Write::write_all(&mut f, token.as_bytes()).map_err(file_err)?;
+    Ok(token)
+}
+
+/// Mutating requests need `Authorization: Bearer TOKEN` with the group's token (compared in
+/// constant time); without a configured token they are refused.
+fn authorized(state: &ControllerState, header: Option<&str>) -> Result<(), String> {
+    let Some(want) = state.admin_token.as_deref() else {
+        return Err(format!("no admin token is configured ({} is missing)", admin_token_path(&state.dir).display()));
+    };
+    let got = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
+    let same = got.len() == want.len() && got.bytes().zip(want.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "changing the group needs Authorization: Bearer <the token in {}>",
+            admin_token_path(&state.dir).display()
+        ))
+    }
+}
+
+/// A replacement named over the admin endpoint must be in the group folder or listed, one path a
+/// line, in DIR/replacements.allow: never any file the process could open.
+fn replacement_allowed(dir: &Path, replacement: &str) -> Result<(), String> {
+    let refuse = |why: String| Err(format!("replacement {replacement} {why}"));
+    let Ok(target) = std::fs::canonicalize(replacement) else {
+        return refuse("does not exist".into());
+    };
+    if std::fs::canonicalize(dir).is_ok_and(|d| target.starts_with(d)) {
+        return Ok(());
+    }
+    let list = dir.join("replacements.allow");
+    let allowed = std::fs::read_to_string(&list).unwrap_or_default().lines().any(|l| {
+        let l = l.trim();
+        !l.is_empty() && !l.starts_with('#') && std::fs::canonicalize(l).is_ok_and(|p| p == target)
+    });
+    if allowed {
+        return Ok(());
+    }
+    refuse(format!("is outside the group folder and not listed in {}", list.display()))
 }
 
 fn query<'a>(url: &'a str, key: &str) -> Option<&'a str> {
@@ -187,6 +260,11 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
                 return json_error(400, "rebuild needs ?member=INDEX".into());
             };
             let replacement = query(url, "replacement").map(|p| p.replace("%2F", "/"));
+            if let Some(r) = &replacement {
+                if let Err(e) = replacement_allowed(&state.dir, r) {
+                    return json_error(403, e);
+                }
+            }
             // Every precondition before anything changes (and before the 202).
             if let Some(a) = state.array.as_ref() {
                 let resuming = a.member_status().get(member).is_some_and(|m| m.state == MemberState::Rebuilding);
@@ -272,12 +350,13 @@ pub fn wait_for_task(state: &ControllerState) {
 }
 
 /// Minimal HTTP/1.0 client for the CLI: returns (status, body).
-pub fn request(base: &str, method: &str, path: &str) -> Result<(u16, String), ClusterError> {
+pub fn request(base: &str, method: &str, path: &str, token: Option<&str>) -> Result<(u16, String), ClusterError> {
     let err = |detail: String| ClusterError::Admin { url: base.to_string(), detail };
     let hostport = base.strip_prefix("http://").unwrap_or(base).trim_end_matches('/');
     let mut s = TcpStream::connect(hostport).map_err(|e| err(e.to_string()))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Length: 0\r\n\r\n")
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\n{auth}Content-Length: 0\r\n\r\n")
         .map_err(|e| err(e.to_string()))?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| err(e.to_string()))?;

@@ -51,6 +51,8 @@ pub struct ControllerState {
     pub resynced_stripes: u64,
     /// NBD URI.
     pub nbd_uri: String,
+    /// The bearer token mutating admin requests need (none: they are refused).
+    pub admin_token: Option<String>,
 }
 
 /// Prints a line on stdout and flushes it; a reader that went away is not an error here (the
@@ -120,6 +122,7 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
         task: Mutex::new(None),
         resynced_stripes: resynced,
         nbd_uri: format!("nbd://{nbd_addr}/amf"),
+        admin_token: admin::load_admin_token(&opts.dir),
     });
     let admin = admin::spawn(admin_listener, state.clone())?;
     let pid = std::process::id();

@@ -58,7 +58,7 @@ impl Launched {
         self.admin
             .iter()
             .map(|a| {
-                let (code, body) = super::admin::request(a, "GET", "/status").map_err(|e| e.to_string())?;
+                let (code, body) = super::admin::request(a, "GET", "/status", None).map_err(|e| e.to_string())?;
                 if code != 200 {
                     return Err(format!("{a}/status: HTTP {code}"));
                 }

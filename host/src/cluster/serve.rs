@@ -157,6 +157,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         task: Mutex::new(None),
         resynced_stripes: 0,
         nbd_uri: format!("nbd://{nbd_addr}/amf"),
+        admin_token: super::admin::load_admin_token(&cfg.group),
     });
     let admin = admin::spawn(admin_listener, state.clone())?;
     let pid = std::process::id();

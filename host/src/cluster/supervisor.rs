@@ -133,6 +133,9 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
         std::fs::create_dir_all(run_dir.join("rendezvous"))
             .map_err(|source| ClusterError::File { path: run_dir.clone(), source })?;
     }
+    // A fresh admin token for this run: the controllers read it, and so do `amf scrub` and
+    // `amf rebuild`, which need it to change the group through a controller.
+    super::admin::create_admin_token(&opts.dir)?;
     let mut procs: Vec<Running> = Vec::new();
     let mut outputs = Vec::new();
     for index in 0..opts.controllers {

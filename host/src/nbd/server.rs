@@ -38,6 +38,9 @@ pub trait Backend: Send + Sync + 'static {
     fn flush(&self) -> Result<(), BackendError>;
 }
 
+/// Default of [`ServerConfig::connections_max`].
+pub const CONNECTIONS_MAX_DEFAULT: usize = 128;
+
 /// Server settings.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -49,6 +52,9 @@ pub struct ServerConfig {
     pub queue_depth: usize,
     /// Time a client has to finish negotiation.
     pub negotiation_timeout: Duration,
+    /// Connections served at once; more are closed as soon as they are accepted (each costs a
+    /// reader thread and its workers).
+    pub connections_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +64,7 @@ impl Default for ServerConfig {
             workers_per_connection: 4,
             queue_depth: 64,
             negotiation_timeout: Duration::from_secs(30),
+            connections_max: CONNECTIONS_MAX_DEFAULT,
         }
     }
 }
@@ -83,6 +90,8 @@ pub struct ServerStats {
     pub budget_waits: AtomicU64,
     /// Queued requests not run because their client had gone.
     pub dropped: AtomicU64,
+    /// Connections closed at once because `connections_max` were being served.
+    pub connections_refused: AtomicU64,
 }
 
 /// Open connections: a socket handle (to end it at shutdown) and its thread.
@@ -113,6 +122,17 @@ impl Server {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
+                    {
+                        let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
+                        list.retain(|(_, t)| !t.is_finished());
+                        if list.len() >= cfg.connections_max {
+                            // Closed unread: the client sees the connection end before the
+                            // greeting, and the ones being served keep their threads.
+                            stats.connections_refused.fetch_add(1, Relaxed);
+                            let _ = stream.shutdown(Shutdown::Both);
+                            continue;
+                        }
+                    }
                     let Ok(handle) = stream.try_clone() else {
                         continue;
                     };
