@@ -6,6 +6,7 @@ pub mod driver;
 pub mod isal;
 pub mod nbd;
 pub mod parity;
+pub mod plot;
 
 use std::path::Path;
 

@@ -115,3 +115,19 @@ pub fn markdown(machine: &str, rows: &[ParityRow], command: &str) -> String {
     }
     s
 }
+
+/// The rows as a chart: GB/s against chunk size, amf solid and ISA-L dashed, one colour a width.
+pub fn plot(rows: &[ParityRow], path: &std::path::Path) -> Result<(), BenchError> {
+    use super::plot::{line_chart, Axes, Series};
+    let mut series = Vec::new();
+    for (d, p) in WIDTHS {
+        let width = format!("{d}+{p}");
+        let of = |f: &dyn Fn(&ParityRow) -> f64| -> Vec<(f64, f64)> {
+            rows.iter().filter(|r| r.width == width).map(|r| ((r.chunk_bytes / 1024) as f64, f(r))).collect()
+        };
+        series.push(Series { name: format!("amf {width}"), points: of(&|r| r.amf_gbps), peer: false });
+        series.push(Series { name: format!("ISA-L {width}"), points: of(&|r| r.isal_gbps), peer: true });
+    }
+    let axes = Axes { title: "Parity generation, one core: amf vs ISA-L", x: "chunk (KiB)", y: "GB/s of data", log_x: true };
+    line_chart(path, &axes, &series)
+}

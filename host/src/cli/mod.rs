@@ -408,9 +408,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Bench { what: BenchCommand::Parity { seconds, record } } => {
             let (machine, rows) = crate::bench::parity::run(std::time::Duration::from_secs_f64(seconds))?;
-            let table = crate::bench::parity::markdown(&machine, &rows, "amf bench parity");
+            let mut table = crate::bench::parity::markdown(&machine, &rows, "amf bench parity");
             println!("{table}");
             if let Some(path) = record {
+                // The chart goes beside the report, named after the section.
+                let svg = path.with_file_name("bench-parity.svg");
+                crate::bench::parity::plot(&rows, &svg)?;
+                table += "\n![parity: amf vs ISA-L](bench-parity.svg)\n";
                 crate::bench::record(&path, "parity", &table)?;
             }
         }

@@ -6,8 +6,6 @@ use std::arch::x86_64::*;
 const STEP: usize = 256;
 const XOR_LANES: usize = 8;
 const XOR_STEP: usize = XOR_LANES * 64;
-/// Buffers at least this long are assumed not to stay in L2 (1 MiB per core on current x86).
-const STREAM_BYTES_MIN: usize = 256 * 1024;
 const LANE: usize = 64;
 /// VPTERNLOG truth table for a ^ b ^ c.
 const XOR3: i32 = 0x96;
@@ -29,9 +27,11 @@ pub unsafe fn xor_gen(data: &[&[u8]], p: &mut [u8]) -> usize {
     let len = p.len();
     let dst = p.as_mut_ptr();
     let mut i = 0;
-    // Past the caches, non-temporal stores skip the read-for-ownership of P (a sixth of the
-    // traffic for 4+1); they need 64-byte alignment.
-    let stream = len >= STREAM_BYTES_MIN && (dst as usize).is_multiple_of(LANE);
+    // Once the sources and P no longer fit in this core's L2, non-temporal stores skip the
+    // read-for-ownership of P (a sixth of the traffic for 4+1); inside L2 they would only evict
+    // P from it. They need 64-byte alignment.
+    let working_set = len.saturating_mul(data.len() + 1);
+    let stream = working_set > super::l2_bytes() && (dst as usize).is_multiple_of(LANE);
     // Eight vectors per step: XOR is bound by memory, and more loads in flight hide latency
     // once the buffers leave L1/L2.
     while i + XOR_STEP <= len {

@@ -26,6 +26,26 @@ pub enum Kernel {
     Avx512,
 }
 
+/// This core's L2 size in bytes (sysfs, then sysconf; 1 MiB when neither says), read once.
+pub fn l2_bytes() -> usize {
+    static L2: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *L2.get_or_init(|| {
+        let sysfs = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size").ok().and_then(|s| {
+            let s = s.trim();
+            let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+            let n: usize = n.parse().ok()?;
+            Some(match unit {
+                "K" => n << 10,
+                "M" => n << 20,
+                _ => n,
+            })
+        });
+        // SAFETY: sysconf only reads system configuration.
+        let conf = unsafe { libc::sysconf(libc::_SC_LEVEL2_CACHE_SIZE) };
+        sysfs.filter(|&n| n > 0).or((conf > 0).then_some(conf as usize)).unwrap_or(1 << 20)
+    })
+}
+
 impl Kernel {
     /// The fastest kernel this CPU runs (detected once).
     pub fn detect() -> Kernel {

@@ -1,0 +1,107 @@
+//! SVG line charts of benchmark results (plotters), written beside the report they belong to.
+
+use super::BenchError;
+use plotters::prelude::*;
+use std::path::Path;
+
+/// One line: its name and its (x, y) points.
+pub struct Series {
+    /// Legend text.
+    pub name: String,
+    /// Points in x order.
+    pub points: Vec<(f64, f64)>,
+    /// Dashed lines are the peers (ISA-L, qemu-nbd), solid ones amf.
+    pub peer: bool,
+}
+
+/// Axis descriptions and scale of a chart.
+pub struct Axes<'a> {
+    /// Title above the chart.
+    pub title: &'a str,
+    /// X axis.
+    pub x: &'a str,
+    /// Y axis.
+    pub y: &'a str,
+    /// X on a log2 scale.
+    pub log_x: bool,
+}
+
+const PALETTE: [RGBColor; 6] =
+    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
+
+/// Draws `series` into an SVG file at `path`.
+pub fn line_chart(path: &Path, axes: &Axes<'_>, series: &[Series]) -> Result<(), BenchError> {
+    let err = |e: String| BenchError::Io { path: path.display().to_string(), source: std::io::Error::other(e) };
+    let points = series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0f64);
+    for &(x, y) in points {
+        (x0, x1, y1) = (x0.min(x), x1.max(x), y1.max(y));
+    }
+    if x0 >= x1 {
+        return Err(err("nothing to plot".into()));
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.caption(axes.title, ("sans-serif", 20)).margin(12).x_label_area_size(40).y_label_area_size(56);
+        let y_range = 0f64..y1 * 1.1;
+        macro_rules! draw {
+            ($chart:expr) => {{
+                let mut chart = $chart.map_err(|e| err(e.to_string()))?;
+                chart.configure_mesh().x_desc(axes.x).y_desc(axes.y).draw().map_err(|e| err(e.to_string()))?;
+                for (i, s) in series.iter().enumerate() {
+                    let color = PALETTE[i / 2 % PALETTE.len()];
+                    let style = if s.peer { color.stroke_width(1) } else { color.stroke_width(2) };
+                    let pts = s.points.clone();
+                    let drawn = if s.peer {
+                        chart.draw_series(DashedLineSeries::new(pts, 6, 4, style))
+                    } else {
+                        chart.draw_series(LineSeries::new(pts, style))
+                    };
+                    drawn
+                        .map_err(|e| err(e.to_string()))?
+                        .label(s.name.clone())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                    chart
+                        .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                        .map_err(|e| err(e.to_string()))?;
+                }
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .position(SeriesLabelPosition::UpperRight)
+                    .draw()
+                    .map_err(|e| err(e.to_string()))?;
+            }};
+        }
+        if axes.log_x {
+            draw!(builder.build_cartesian_2d((x0..x1).log_scale().base(2.0), y_range));
+        } else {
+            draw!(builder.build_cartesian_2d(x0..x1, y_range));
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::write(path, svg).map_err(|source| BenchError::Io { path: path.display().to_string(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chart_is_an_svg_with_every_series_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.svg");
+        let series = vec![
+            Series { name: "amf 4+1".into(), points: vec![(4.0, 10.0), (64.0, 20.0), (1024.0, 15.0)], peer: false },
+            Series { name: "ISA-L 4+1".into(), points: vec![(4.0, 8.0), (64.0, 18.0), (1024.0, 14.0)], peer: true },
+        ];
+        line_chart(&path, &Axes { title: "t", x: "chunk KiB", y: "GB/s", log_x: true }, &series).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("amf 4+1") && svg.contains("ISA-L 4+1"), "{svg}");
+        assert!(line_chart(&path, &Axes { title: "t", x: "x", y: "y", log_x: false }, &[]).is_err(), "nothing to plot");
+    }
+}
