@@ -99,8 +99,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs the comparison; returns a markdown table.
-pub fn run(count: u64) -> Result<String, BenchError> {
+/// Runs the comparison; returns a markdown table and (workload, amf ops/s, qemu-nbd ops/s) rows.
+pub fn run(count: u64) -> Result<(String, Vec<(String, f64, f64)>), BenchError> {
     let tmp = std::env::temp_dir().join(format!("amf-bench-nbd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let dir = tmp.join("group");
@@ -138,6 +138,7 @@ pub fn run(count: u64) -> Result<String, BenchError> {
         MEMBER_BYTES >> 20,
         CHUNK_BYTES >> 10
     );
+    let mut rows = Vec::new();
     for (name, block, write, n) in workloads {
         let (mut a, mut p) = (Vec::new(), Vec::new());
         for _ in 0..REPEATS {
@@ -146,8 +147,19 @@ pub fn run(count: u64) -> Result<String, BenchError> {
         }
         let (a, p) = (median(a), median(p));
         s += &format!("| {name} | {n} | {a:.0} | {p:.0} | {:.2}x |\n", a / p.max(1e-9));
+        rows.push((name.to_string(), a, p));
     }
     drop((_amf, _peer));
     let _ = std::fs::remove_dir_all(&tmp);
-    Ok(s)
+    Ok((s, rows))
+}
+
+/// The rows as grouped bars, amf beside qemu-nbd for each workload.
+pub fn plot(rows: &[(String, f64, f64)], path: &std::path::Path) -> Result<(), BenchError> {
+    let cats: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let groups = vec![
+        ("amf (RAID5)".to_string(), rows.iter().map(|r| r.1).collect()),
+        ("qemu-nbd (raw file)".to_string(), rows.iter().map(|r| r.2).collect()),
+    ];
+    super::plot::bar_chart(path, "NBD path: amf vs qemu-nbd, qemu-img bench -d 16", "ops/s", &cats, &groups)
 }

@@ -128,6 +128,7 @@ pub fn plot(rows: &[ParityRow], path: &std::path::Path) -> Result<(), BenchError
         series.push(Series { name: format!("amf {width}"), points: of(&|r| r.amf_gbps), peer: false });
         series.push(Series { name: format!("ISA-L {width}"), points: of(&|r| r.isal_gbps), peer: true });
     }
-    let axes = Axes { title: "Parity generation, one core: amf vs ISA-L", x: "chunk (KiB)", y: "GB/s of data", log_x: true };
+    let axes =
+        Axes { title: "Parity generation, one core: amf vs ISA-L", x: "chunk (KiB)", y: "GB/s of data", log_x: true };
     line_chart(path, &axes, &series)
 }

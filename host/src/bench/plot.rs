@@ -26,8 +26,14 @@ pub struct Axes<'a> {
     pub log_x: bool,
 }
 
-const PALETTE: [RGBColor; 6] =
-    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189), RGBColor(255, 127, 14), RGBColor(23, 190, 207)];
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
 
 /// Draws `series` into an SVG file at `path`.
 pub fn line_chart(path: &Path, axes: &Axes<'_>, series: &[Series]) -> Result<(), BenchError> {
@@ -87,6 +93,73 @@ pub fn line_chart(path: &Path, axes: &Axes<'_>, series: &[Series]) -> Result<(),
     std::fs::write(path, svg).map_err(|source| BenchError::Io { path: path.display().to_string(), source })
 }
 
+/// Draws grouped bars: for each category, one bar per group (amf first, then its peer), into an
+/// SVG file at `path`.
+pub fn bar_chart(
+    path: &Path,
+    title: &str,
+    y: &str,
+    categories: &[String],
+    groups: &[(String, Vec<f64>)],
+) -> Result<(), BenchError> {
+    let err = |e: String| BenchError::Io { path: path.display().to_string(), source: std::io::Error::other(e) };
+    let top = groups.iter().flat_map(|(_, v)| v.iter().copied()).fold(0f64, f64::max);
+    if categories.is_empty() || groups.is_empty() || top <= 0.0 {
+        return Err(err("nothing to plot".into()));
+    }
+    let n = categories.len();
+    let width = 0.8 / groups.len() as f64;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..n as f64, 0f64..top * 1.15)
+            .map_err(|e| err(e.to_string()))?;
+        let label = |x: &f64| {
+            let i = (x - 0.5).round();
+            if (x - 0.5 - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n {
+                categories[i as usize].clone()
+            } else {
+                String::new()
+            }
+        };
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(2 * n + 1)
+            .x_label_formatter(&label)
+            .y_desc(y)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        for (g, (name, values)) in groups.iter().enumerate() {
+            let color = PALETTE[g % PALETTE.len()];
+            let bars = values.iter().enumerate().map(|(i, v)| {
+                let x0 = i as f64 + 0.1 + g as f64 * width;
+                Rectangle::new([(x0, 0.0), (x0 + width * 0.9, *v)], color.filled())
+            });
+            chart
+                .draw_series(bars)
+                .map_err(|e| err(e.to_string()))?
+                .label(name.clone())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::write(path, svg).map_err(|source| BenchError::Io { path: path.display().to_string(), source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +176,10 @@ mod tests {
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("amf 4+1") && svg.contains("ISA-L 4+1"), "{svg}");
         assert!(line_chart(&path, &Axes { title: "t", x: "x", y: "y", log_x: false }, &[]).is_err(), "nothing to plot");
+        let cats = vec!["4 KiB reads".to_string(), "64 KiB writes".to_string()];
+        let groups = vec![("amf".to_string(), vec![10.0, 20.0]), ("qemu-nbd".to_string(), vec![12.0, 9.0])];
+        bar_chart(&path, "t", "ops/s", &cats, &groups).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("4 KiB reads") && svg.contains("qemu-nbd"), "{svg}");
     }
 }

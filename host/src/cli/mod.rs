@@ -433,9 +433,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Bench { what: BenchCommand::Nbd { count, record } } => {
-            let table = crate::bench::nbd::run(count)?;
+            let (mut table, rows) = crate::bench::nbd::run(count)?;
             println!("{table}");
             if let Some(path) = record {
+                let svg = path.with_file_name("bench-nbd.svg");
+                crate::bench::nbd::plot(&rows, &svg)?;
+                table += "\n![NBD: amf vs qemu-nbd](bench-nbd.svg)\n";
                 crate::bench::record(&path, "nbd", &table)?;
             }
         }
