@@ -99,8 +99,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs the comparison; returns a markdown table and (workload, amf ops/s, qemu-nbd ops/s) rows.
-pub fn run(count: u64) -> Result<(String, Vec<(String, f64, f64)>), BenchError> {
+/// One workload's result: (workload, amf ops/s, qemu-nbd ops/s).
+pub type NbdRow = (String, f64, f64);
+
+/// Runs the comparison; returns a markdown table and its rows.
+pub fn run(count: u64) -> Result<(String, Vec<NbdRow>), BenchError> {
     let tmp = std::env::temp_dir().join(format!("amf-bench-nbd-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let dir = tmp.join("group");
@@ -155,7 +158,7 @@ pub fn run(count: u64) -> Result<(String, Vec<(String, f64, f64)>), BenchError> 
 }
 
 /// The rows as grouped bars, amf beside qemu-nbd for each workload.
-pub fn plot(rows: &[(String, f64, f64)], path: &std::path::Path) -> Result<(), BenchError> {
+pub fn plot(rows: &[NbdRow], path: &std::path::Path) -> Result<(), BenchError> {
     let cats: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let groups = vec![
         ("amf (RAID5)".to_string(), rows.iter().map(|r| r.1).collect()),
