@@ -76,8 +76,10 @@ fn write_latency(g: &Launched, count: usize) -> Result<(Latency, Latency), Bench
     Ok(((mean(&unshared), percentile(&mut unshared, 0.99)), (mean(&shared), percentile(&mut shared, 0.99))))
 }
 
-/// Runs everything; returns the markdown report.
-pub fn run(seconds: f64) -> Result<String, BenchError> {
+/// Runs everything; returns the markdown report and, for 2 to 8 controllers with model cards,
+/// (controllers, ops/s) of the mixed workload.
+pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
+    let mut scaling = Vec::new();
     let base = std::env::temp_dir().join(format!("amf-bench-cluster-{}", std::process::id()));
     let mut out = format!(
         "Machine: {}. RAID5 of 4 member files, 4 KiB random I/O over 64 MiB, {seconds} s per row, \
@@ -135,6 +137,7 @@ pub fn run(seconds: f64) -> Result<String, BenchError> {
             return Err(peer_err(e));
         }
         let ops = (o.reads + o.writes).max(1) as f64;
+        scaling.push((n as f64, ops / o.elapsed.as_secs_f64()));
         let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
         let (f1, b1, i1, w1) = (frames(&g)?, k(&g, "broadcasts")?, k(&g, "invalidate_rounds")?, k(&g, "writes")?);
         let (q1, r1) = (k(&g, "lines_forwarded")? + k(&g, "handoffs")?, k(&g, "replications")?);
@@ -150,5 +153,22 @@ pub fn run(seconds: f64) -> Result<String, BenchError> {
     }
     let _ = std::fs::remove_dir_all(&base);
     out += &format!("\nCommand: `amf bench cluster --seconds {seconds} --record docs/benchmarks.md`\n");
-    Ok(out)
+    Ok((out, scaling))
+}
+
+/// IOPS against the number of controllers (model cards, 50% writes).
+pub fn plot(scaling: &[(f64, f64)], path: &Path) -> Result<(), BenchError> {
+    use super::plot::{line_chart, Axes, Series};
+    let series = [Series {
+        name: "4 KiB random, 50% writes, 3 clients per controller".into(),
+        points: scaling.to_vec(),
+        peer: false,
+    }];
+    let axes = Axes {
+        title: "Coherent cluster (model cards): IOPS against controllers",
+        x: "controllers",
+        y: "IOPS",
+        log_x: false,
+    };
+    line_chart(path, &axes, &series)
 }

@@ -426,9 +426,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Bench { what: BenchCommand::Cluster { seconds, record } } => {
-            let table = crate::bench::cluster::run(seconds)?;
+            let (mut table, scaling) = crate::bench::cluster::run(seconds)?;
             println!("{table}");
             if let Some(path) = record {
+                let svg = path.with_file_name("bench-cluster.svg");
+                crate::bench::cluster::plot(&scaling, &svg)?;
+                table += "\n![cluster: IOPS against controllers](bench-cluster.svg)\n";
                 crate::bench::record(&path, "cluster", &table)?;
             }
         }
