@@ -549,15 +549,22 @@ fn wider_groups_sampled_faults() {
     assert!(ran > 0 || std::env::var("AMF_FAULT_CASE").is_ok());
 }
 
-/// Every member of a RAID5 group runs out of space on the same write (a full filesystem): the
-/// members fail one after another and the group fails. Without --force it does not start; with
-/// it, the freshest members come back, every flushed write reads back, the last one is rebuilt
-/// and the scrub is clean.
+/// Every member of a group runs out of space on the same write (a full filesystem): the members
+/// fail one after another and the group fails. Without --force it does not start (unless its
+/// last members could not record their own failure: then they start as they are); with it, the
+/// freshest members come back, every flushed write reads back, the rest are rebuilt and the
+/// scrub is clean.
 #[test]
 fn members_failed_by_a_full_filesystem_come_back_with_force() {
+    for (level, members) in [(Level::Raid1, 2), (Level::Raid5, 4), (Level::Raid6, 5), (Level::Raid10, 4)] {
+        full_filesystem_then_force(level, members);
+    }
+}
+
+fn full_filesystem_then_force(level: Level, members: usize) {
     use super::super::assemble::assemble_with;
     use super::super::faults::{IoOp, Rule, Target};
-    let case = Case { level: Level::Raid5, members: 4, op: Op::Read, fault: None };
+    let case = Case { level, members, op: Op::Read, fault: None };
     let s = setup(&case);
     let sb = s.array.geometry().stripe_bytes();
     let mut rng = rng_for(&case);
@@ -578,33 +585,39 @@ fn members_failed_by_a_full_filesystem_come_back_with_force() {
     assert!(!s.array.alive(), "the group failed");
     let Setup { dir, array, .. } = s;
     drop(array);
-    // Space is back. A plain start refuses, naming the members recorded as failed.
-    match assemble(dir.path()) {
+    // Space is back. A plain start refuses, naming the members recorded as failed, unless the
+    // members left could not record their own failure (nothing else could either).
+    let asm = match assemble(dir.path()) {
         Err(RaidError::TooManyMissing { unusable, .. }) => {
-            assert!(unusable.iter().any(|u| u.reason.contains("recorded it as failed")), "{unusable:?}")
+            assert!(unusable.iter().any(|u| u.reason.contains("recorded it as failed")), "{case}: {unusable:?}");
+            let asm = assemble_with(dir.path(), true).unwrap();
+            assert!(!asm.forced.is_empty(), "{case}: force took members back");
+            let notes = asm.notes().join("\n");
+            assert!(notes.contains("FORCED: member") && notes.contains("regions were being written"), "{notes}");
+            asm
         }
-        Err(e) => panic!("unexpected {e}"),
-        Ok(_) => panic!("a failed group must not start without --force"),
-    }
-    let asm = assemble_with(dir.path(), true).unwrap();
-    assert!(!asm.forced.is_empty(), "force took members back");
-    let notes = asm.notes().join("\n");
-    assert!(notes.contains("FORCED: member") && notes.contains("regions were being written"), "{notes}");
+        Err(e) => panic!("{case}: unexpected {e}"),
+        Ok(asm) => {
+            assert!(asm.forced.is_empty());
+            assert!(asm.was_dirty, "{case}: a group that failed was not shut down cleanly");
+            asm
+        }
+    };
     resync(&asm.array, &asm.dirty_regions, &|_, _| {}).unwrap();
     let got = read_all(&asm.array).expect("the forced group reads");
-    assert!(got[..flushed.len()] == flushed[..], "flushed writes read back after the forced start");
+    assert!(got[..flushed.len()] == flushed[..], "{case}: flushed writes read back after the forced start");
     for (i, (g, w)) in got.iter().zip(&model).enumerate() {
         let new = (i as u64).checked_sub(4 * sb).and_then(|j| later.get(j as usize));
-        assert!(g == w || new == Some(g), "byte {i}: neither old nor the failed write's data");
+        assert!(g == w || new == Some(g), "{case}: byte {i}: neither old nor the failed write's data");
     }
     for m in asm.array.degraded_members() {
         let fresh = prepare_replacement(&asm.array, dir.path(), m, None).unwrap();
         rebuild(&asm.array, m, Some(fresh), &|_, _| {}).unwrap();
     }
-    assert_eq!(scrub(&asm.array, false, &|_, _| {}).unwrap().mismatches, 0);
+    assert_eq!(scrub(&asm.array, false, &|_, _| {}).unwrap().mismatches, 0, "{case}");
     asm.array.close().unwrap();
     drop(asm);
     let a = assemble(dir.path()).unwrap();
-    assert!(a.array.degraded_members().is_empty() && !a.was_dirty);
-    assert!(read_all(&a.array).unwrap() == got);
+    assert!(a.array.degraded_members().is_empty() && !a.was_dirty, "{case}");
+    assert!(read_all(&a.array).unwrap() == got, "{case}");
 }
