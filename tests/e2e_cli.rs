@@ -41,6 +41,11 @@ fn inspect_json_describes_the_group() {
         let Some(prometheus_parse::Value::Histogram(b)) = h.map(|s| &s.value) else { panic!("{op} histogram: {body}") };
         assert!(b.last().is_some_and(|b| b.count > 0.0), "{op} observed: {b:?}");
     }
+    // The same at a glance in amf status, and in its JSON.
+    let text = String::from_utf8(amf(&["status", d]).stdout).unwrap();
+    assert!(text.contains("latency us (mean/p99<=): ") && text.contains("member_write "), "{text}");
+    let js: serde_json::Value = serde_json::from_slice(&amf(&["status", d, "--json"]).stdout).unwrap();
+    assert!(js["latency"]["write"]["count"].as_u64().unwrap() >= 1, "{js}");
     assert!(c.stop().success());
     let v = inspect(&dir);
     assert_eq!(v["level"], "raid5");

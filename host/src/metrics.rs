@@ -1,15 +1,15 @@
 //! Latency histograms per kind of operation, and the Prometheus (OpenMetrics) document that
-//! `/metrics` serves, both through the prometheus-client crate.
+//! `/metrics` serves through the prometheus-client crate.
 //!
 //! The histograms are process-wide: a controller is one process. (The in-process cluster of the
 //! tests runs several controllers in one process; their observations then add up.)
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -49,27 +49,118 @@ impl Op {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OpLabels {
-    op: &'static str,
+/// Upper bound of the first bucket: 1 us; each next one doubles, up to about 16 s.
+const BUCKET0_NS: u64 = 1_000;
+const BUCKETS: usize = 25;
+
+/// A latency histogram of atomics: an observation on the I/O path is three relaxed additions,
+/// no lock (prometheus-client's own histogram takes a mutex per observation).
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Observations per bucket (not cumulative), the last one unbounded.
+    buckets: [AtomicU64; BUCKETS + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
 }
 
-type Latencies = Family<OpLabels, Histogram, fn() -> Histogram>;
+impl Latency {
+    fn observe(&self, ns: u64) {
+        // Bucket i holds (BUCKET0_NS * 2^(i-1), BUCKET0_NS * 2^i].
+        let i = if ns <= BUCKET0_NS { 0 } else { (64 - ((ns - 1) / BUCKET0_NS).leading_zeros()) as usize };
+        self.buckets[i.min(BUCKETS)].fetch_add(1, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(ns, Relaxed);
+    }
 
-/// Buckets from 1 us to about 16 s, doubling: a member write on a real disk and a card round
-/// trip on a real card both land in the middle.
-fn new_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(1e-6, 2.0, 25))
+    fn bound_s(i: usize) -> f64 {
+        if i >= BUCKETS {
+            f64::INFINITY
+        } else {
+            (BUCKET0_NS << i) as f64 / 1e9
+        }
+    }
+
+    /// Observations, mean and an upper bound of the median and of the 99th percentile (the
+    /// bucket bounds they fall in), in microseconds.
+    pub fn summary(&self) -> serde_json::Value {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let n: u64 = counts.iter().sum();
+        let quantile = |q: f64| -> Option<f64> {
+            let want = ((n as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            counts.iter().enumerate().find_map(|(i, c)| {
+                seen += c;
+                (seen >= want).then(|| Self::bound_s(i) * 1e6)
+            })
+        };
+        let mean = (n > 0).then(|| self.sum_ns.load(Relaxed) as f64 / n as f64 / 1e3);
+        serde_json::json!({ "count": n, "mean_us": mean, "p50_us_max": quantile(0.5), "p99_us_max": quantile(0.99) })
+    }
 }
 
-fn latencies() -> &'static Latencies {
-    static L: OnceLock<Latencies> = OnceLock::new();
-    L.get_or_init(|| Family::new_with_constructor(new_histogram as fn() -> Histogram))
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> =
+            self.buckets.iter().enumerate().map(|(i, b)| (Self::bound_s(i), b.load(Relaxed))).collect();
+        let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, self.count.load(Relaxed), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+const OPS: [Op; 8] = [
+    Op::Read,
+    Op::Write,
+    Op::Flush,
+    Op::SharedWrite,
+    Op::RemoteHit,
+    Op::CardRoundTrip,
+    Op::MemberRead,
+    Op::MemberWrite,
+];
+
+fn latencies() -> &'static [Latency; 8] {
+    static L: OnceLock<[Latency; 8]> = OnceLock::new();
+    L.get_or_init(Default::default)
+}
+
+fn index(op: Op) -> usize {
+    OPS.iter().position(|o| *o == op).unwrap_or(0)
 }
 
 /// Records the time since `start` as one `op`.
 pub fn observe(op: Op, start: Instant) {
-    latencies().get_or_create(&OpLabels { op: op.label() }).observe(start.elapsed().as_secs_f64());
+    latencies()[index(op)].observe(start.elapsed().as_nanos().min(u64::MAX as u128) as u64);
+}
+
+/// Every operation's latency summary (see [`Latency::summary`]), for `amf status`.
+pub fn summary() -> serde_json::Value {
+    let m: serde_json::Map<String, serde_json::Value> =
+        OPS.iter().map(|&op| (op.label().to_string(), latencies()[index(op)].summary())).collect();
+    serde_json::Value::Object(m)
+}
+
+/// The histograms as one family labelled by `op`, encoded at scrape time.
+#[derive(Debug)]
+struct LatencyFamily;
+
+impl prometheus_client::collector::Collector for LatencyFamily {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "latency",
+            "Latency by operation",
+            Some(&prometheus_client::registry::Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for op in OPS {
+            let labels = [("op", op.label())];
+            latencies()[index(op)].encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// A /metrics document being built: counters and gauges read at scrape time, then the
@@ -107,12 +198,7 @@ impl Document {
 
     /// The text, with the latency histograms (seconds) at the end.
     pub fn finish(mut self) -> String {
-        self.registry.register_with_unit(
-            "latency",
-            "Latency by operation",
-            prometheus_client::registry::Unit::Seconds,
-            latencies().clone(),
-        );
+        self.registry.register_collector(Box::new(LatencyFamily));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             out = format!("# encoding the metrics failed: {e}\n# EOF\n");
@@ -129,6 +215,27 @@ mod tests {
     pub(crate) fn parse(text: &str) -> Vec<prometheus_parse::Sample> {
         let lines = text.lines().map(|l| Ok(l.to_string()));
         prometheus_parse::Scrape::parse(lines).expect("a Prometheus text parser reads /metrics").samples
+    }
+
+    #[test]
+    fn latency_buckets_double_from_one_microsecond_and_summaries_bound_them() {
+        let l = Latency::default();
+        for ns in [500, 1_000, 1_001, 2_000, 2_001, 4_000, 4_001] {
+            l.observe(ns);
+        }
+        let counts: Vec<u64> = l.buckets.iter().map(|b| b.load(Relaxed)).take(4).collect();
+        assert_eq!(counts, vec![2, 2, 2, 1], "(..1 us], (1, 2], (2, 4], (4, 8]");
+        l.observe(u64::MAX / 2);
+        assert_eq!(l.buckets[BUCKETS].load(Relaxed), 1, "past the last bound: +Inf");
+        let s = Latency::default();
+        for _ in 0..99 {
+            s.observe(3_000);
+        }
+        s.observe(3_000_000);
+        let sum = s.summary();
+        assert_eq!((sum["count"].as_u64(), sum["p50_us_max"].as_f64()), (Some(100), Some(4.0)));
+        assert_eq!(sum["p99_us_max"].as_f64(), Some(4.0), "99 of 100 at 3 us");
+        assert!(sum["mean_us"].as_f64().unwrap() > 30.0, "the 3 ms outlier moves the mean");
     }
 
     #[test]

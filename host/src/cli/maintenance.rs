@@ -301,7 +301,11 @@ pub fn status(dir: Option<&Path>, admin: Option<String>, json: bool) -> Res {
 
 fn print_status(v: &serde_json::Value) {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
-    let health = if v["degraded"] == true { "DEGRADED" } else { "healthy" };
+    let health = match (v["failed"] == true, v["degraded"] == true) {
+        (true, _) => "FAILED",
+        (false, true) => "DEGRADED",
+        _ => "healthy",
+    };
     println!(
         "controller {} pid {}  {}  {} {}  {} bytes  {health}",
         v["controller"],
@@ -330,6 +334,19 @@ fn print_status(v: &serde_json::Value) {
     }
     let n = &v["nbd_server"];
     println!("  nbd: {} connections open, {} requests, {} errors", n["connections_open"], n["requests"], n["errors"]);
+    // Latency at a glance: the operations that ran, mean and the p99 bucket bound.
+    let lat: Vec<String> = v["latency"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, l)| l["count"].as_u64().unwrap_or(0) > 0)
+        .map(|(op, l)| {
+            format!("{op} {:.0}/{:.0}", l["mean_us"].as_f64().unwrap_or(0.0), l["p99_us_max"].as_f64().unwrap_or(0.0))
+        })
+        .collect();
+    if !lat.is_empty() {
+        println!("  latency us (mean/p99<=): {}", lat.join(", "));
+    }
     if let Some(c) = v["coherency"].as_object() {
         let k = &c["counters"];
         let cache = &c["cache"];

@@ -171,6 +171,7 @@ pub fn status_json(state: &ControllerState) -> serde_json::Value {
         }),
     };
     v["task"] = serde_json::to_value(task).unwrap_or_default();
+    v["latency"] = crate::metrics::summary();
     if let Some(amf) = &state.amf {
         v["coherency"] = amf.status();
     }
