@@ -176,6 +176,27 @@ fn counters_prove_the_method() {
     // The card's own counters agree that it sent frames.
     let card = &c.admin_of(1, "/status")["coherency"]["card"]["counters"];
     assert!(card["frames_tx"].as_u64().unwrap() > 0, "{card}");
+    // /metrics of controller 1 has them too, with the latency of its shared write round and of
+    // its remote hit, and a card round trip.
+    let text = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(c.controllers[1].1.trim_start_matches("http://")).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut m = String::new();
+        s.read_to_string(&mut m).unwrap();
+        m.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default()
+    };
+    let samples = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap().samples;
+    let frames = samples.iter().find(|s| s.metric == "amf_card_frames_tx_total").map(|s| &s.value);
+    assert!(
+        matches!(frames, Some(prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)) if *v > 0.0),
+        "{text}"
+    );
+    for op in ["shared_write", "remote_hit", "card_round_trip"] {
+        let h = samples.iter().find(|s| s.metric == "amf_latency_seconds" && s.labels.get("op") == Some(op));
+        let Some(prometheus_parse::Value::Histogram(b)) = h.map(|s| &s.value) else { panic!("{op}: {text}") };
+        assert!(b.last().is_some_and(|b| b.count > 0.0), "{op} observed on controller 1: {b:?}");
+    }
     // The command line shows every controller, and each running controller's card.
     let text = String::from_utf8_lossy(&amf(&["status", dir.to_str().unwrap()]).stdout).to_string();
     for i in 0..3 {

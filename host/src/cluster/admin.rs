@@ -210,7 +210,14 @@ fn metrics(state: &ControllerState) -> String {
     }
     doc.counters("nbd", serde_json::to_value(&*state.nbd).unwrap_or_default());
     if let Some(amf) = &state.amf {
-        doc.counters("coherency", amf.counters.json());
+        let st = amf.status();
+        doc.counters("coherency", st["counters"].clone());
+        // The card's own counters (frames, drops by cause, stale epochs) and the cache's shape.
+        doc.counters("card", st["card"]["counters"].clone());
+        for (key, help) in [("lines", "Lines cached"), ("dirty", "Dirty lines cached")] {
+            doc.gauge(&format!("cache_{key}"), help, st["cache"][key].as_i64().unwrap_or(0));
+        }
+        doc.gauge("replicas_held", "Peers' dirty lines held as replicas", st["replicas"].as_i64().unwrap_or(0));
     }
     if let Some(a) = &state.array {
         doc.gauge("members_degraded", "Members not active", a.degraded_members().len() as i64);
