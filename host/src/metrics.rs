@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-/// What a latency was measured on.
+/// What a latency was measured on (the discriminant indexes the histograms; `OPS` lists them in
+/// the same order).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Op {
     /// An NBD read, request received to reply sent.
     Read,
@@ -122,24 +124,20 @@ const OPS: [Op; 8] = [
     Op::MemberWrite,
 ];
 
-fn latencies() -> &'static [Latency; 8] {
-    static L: OnceLock<[Latency; 8]> = OnceLock::new();
+fn latencies() -> &'static [Latency; OPS.len()] {
+    static L: OnceLock<[Latency; OPS.len()]> = OnceLock::new();
     L.get_or_init(Default::default)
-}
-
-fn index(op: Op) -> usize {
-    OPS.iter().position(|o| *o == op).unwrap_or(0)
 }
 
 /// Records the time since `start` as one `op`.
 pub fn observe(op: Op, start: Instant) {
-    latencies()[index(op)].observe(start.elapsed().as_nanos().min(u64::MAX as u128) as u64);
+    latencies()[op as usize].observe(start.elapsed().as_nanos().min(u64::MAX as u128) as u64);
 }
 
 /// Every operation's latency summary (see [`Latency::summary`]), for `amf status`.
 pub fn summary() -> serde_json::Value {
     let m: serde_json::Map<String, serde_json::Value> =
-        OPS.iter().map(|&op| (op.label().to_string(), latencies()[index(op)].summary())).collect();
+        OPS.iter().map(|&op| (op.label().to_string(), latencies()[op as usize].summary())).collect();
     serde_json::Value::Object(m)
 }
 
@@ -157,7 +155,7 @@ impl prometheus_client::collector::Collector for LatencyFamily {
         )?;
         for op in OPS {
             let labels = [("op", op.label())];
-            latencies()[index(op)].encode(family.encode_family(&labels)?)?;
+            latencies()[op as usize].encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -215,6 +213,13 @@ mod tests {
     pub(crate) fn parse(text: &str) -> Vec<prometheus_parse::Sample> {
         let lines = text.lines().map(|l| Ok(l.to_string()));
         prometheus_parse::Scrape::parse(lines).expect("a Prometheus text parser reads /metrics").samples
+    }
+
+    #[test]
+    fn ops_list_matches_the_discriminants() {
+        for (i, op) in OPS.iter().enumerate() {
+            assert_eq!(*op as usize, i, "{op:?}");
+        }
     }
 
     #[test]

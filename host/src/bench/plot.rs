@@ -35,6 +35,18 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(23, 190, 207),
 ];
 
+/// The legend box, top right, the same on every chart.
+fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+}
+
 /// Draws `series` into an SVG file at `path`.
 pub fn line_chart(path: &Path, axes: &Axes<'_>, series: &[Series]) -> Result<(), BenchError> {
     let err = |e: String| BenchError::Io { path: path.display().to_string(), source: std::io::Error::other(e) };
@@ -74,13 +86,7 @@ pub fn line_chart(path: &Path, axes: &Axes<'_>, series: &[Series]) -> Result<(),
                         .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
                         .map_err(|e| err(e.to_string()))?;
                 }
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .position(SeriesLabelPosition::UpperRight)
-                    .draw()
-                    .map_err(|e| err(e.to_string()))?;
+                legend(&mut chart).map_err(|e| err(e.to_string()))?;
             }};
         }
         if axes.log_x {
@@ -148,13 +154,7 @@ pub fn bar_chart(
                 .label(name.clone())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        legend(&mut chart).map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
     std::fs::write(path, svg).map_err(|source| BenchError::Io { path: path.display().to_string(), source })

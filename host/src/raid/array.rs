@@ -10,7 +10,7 @@ use super::parity::{gf256, AlignedBuf, Kernel};
 use super::superblock::{MemberState, Superblock};
 use super::{stripe_lock::StripeLocks, RaidError};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// One member slot: the open member (if any), its recorded state and rebuild progress.
@@ -58,6 +58,9 @@ pub struct Array {
     bitmap: WriteIntent,
     /// This controller's write-intent bitmap slot.
     bitmap_slot: usize,
+    /// Whether every stripe keeps enough active members; recomputed whenever a member's state
+    /// changes, so the write path reads one flag instead of every member's state.
+    alive: AtomicBool,
     kernel: Kernel,
     /// Counters.
     pub stats: Stats,
@@ -94,7 +97,7 @@ impl Array {
                 recovered: AtomicU64::new(rec),
             })
             .collect();
-        Array {
+        let array = Array {
             geo,
             data_offset: sb.data_offset_bytes,
             sb: Mutex::new(sb),
@@ -102,9 +105,12 @@ impl Array {
             locks: StripeLocks::default(),
             bitmap,
             bitmap_slot,
+            alive: AtomicBool::new(true),
             kernel: Kernel::detect(),
             stats: Stats::default(),
-        }
+        };
+        array.refresh_alive();
+        array
     }
 
     /// Puts `plan`'s fault layer between the engine and every present member (slot i is member
@@ -190,8 +196,13 @@ impl Array {
     /// True while every stripe keeps enough active members to hold its data (a member being
     /// rebuilt does not count: it holds only part of it).
     pub fn alive(&self) -> bool {
+        self.alive.load(Relaxed)
+    }
+
+    /// Recomputes [`Array::alive`]; called after every change of a member's state.
+    fn refresh_alive(&self) {
         let usable: Vec<bool> = (0..self.slots.len()).map(|i| self.view(i).readable_below == u64::MAX).collect();
-        super::assemble::survives(&self.geo, &usable)
+        self.alive.store(super::assemble::survives(&self.geo, &usable), Relaxed);
     }
 
     /// Checks every member in use (see [`Member::check`]) and fails those that are gone or
@@ -280,6 +291,7 @@ impl Array {
             }
             *st = MemberState::Faulty;
         }
+        self.refresh_alive();
         self.stats.member_failures.fetch_add(1, Relaxed);
         eprintln!("amf: member {m} failed: {why}");
         true
@@ -812,6 +824,7 @@ impl Array {
             }
         }
         *slot.state.write().unwrap_or_else(|p| p.into_inner()) = MemberState::Rebuilding;
+        self.refresh_alive();
         // Bitmap area of the new member: a copy of what the others hold is not needed, zeros
         // are written by creation; superblock follows.
         self.update_superblocks(|_| {})?;
@@ -872,6 +885,7 @@ impl Array {
             }
             *st = MemberState::Active;
         }
+        self.refresh_alive();
         self.slots[index].recovered.store(0, Relaxed);
         self.update_superblocks(|_| {})
     }
