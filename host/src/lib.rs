@@ -2,6 +2,7 @@
 //! and the controller daemon behind the `amf` command.
 #![deny(missing_docs)]
 
+pub mod amf;
 pub mod bench;
 pub mod cache;
 pub mod cli;

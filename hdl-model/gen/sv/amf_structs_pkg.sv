@@ -22,7 +22,9 @@ package amf_structs_pkg;
     OpcodeAcquireExclusive = 8'd2,
     OpcodeRelease = 8'd3,
     OpcodeSearch = 8'd4,
-    OpcodeHeartbeat = 8'd5
+    OpcodeHeartbeat = 8'd5,
+    OpcodeYieldShare = 8'd6,
+    OpcodeYield = 8'd7
   } opcode_e;
 
   // Completion status.
@@ -51,8 +53,10 @@ package amf_structs_pkg;
   localparam int unsigned LinkFrameSrcWidth = 8;
   localparam int unsigned LinkFrameDstLsb = 16;
   localparam int unsigned LinkFrameDstWidth = 8;
-  localparam int unsigned LinkFrameFlagsLsb = 24;
-  localparam int unsigned LinkFrameFlagsWidth = 8;
+  localparam int unsigned LinkFrameHoldLsb = 24;
+  localparam int unsigned LinkFrameHoldWidth = 1;
+  localparam int unsigned LinkFrameFlagsLsb = 25;
+  localparam int unsigned LinkFrameFlagsWidth = 7;
   localparam int unsigned LinkFrameEpochLsb = 32;
   localparam int unsigned LinkFrameEpochWidth = 32;
   localparam int unsigned LinkFrameSeqLsb = 64;
@@ -81,7 +85,8 @@ package amf_structs_pkg;
     logic [31:0] stamp;
     logic [31:0] seq;
     logic [31:0] epoch;
-    logic [7:0] flags;
+    logic [6:0] flags;
+    logic hold;
     logic [7:0] dst;
     logic [7:0] src;
     frame_kind_e kind;
@@ -91,8 +96,10 @@ package amf_structs_pkg;
   localparam int unsigned CommandBytes = 32;
   localparam int unsigned CommandOpcodeLsb = 0;
   localparam int unsigned CommandOpcodeWidth = 8;
-  localparam int unsigned CommandFlagsLsb = 8;
-  localparam int unsigned CommandFlagsWidth = 8;
+  localparam int unsigned CommandHoldLsb = 8;
+  localparam int unsigned CommandHoldWidth = 1;
+  localparam int unsigned CommandFlagsLsb = 9;
+  localparam int unsigned CommandFlagsWidth = 7;
   localparam int unsigned CommandReservedLsb = 16;
   localparam int unsigned CommandReservedWidth = 16;
   localparam int unsigned CommandTagLsb = 32;
@@ -109,7 +116,8 @@ package amf_structs_pkg;
     logic [63:0] resource;
     logic [31:0] tag;
     logic [15:0] reserved;
-    logic [7:0] flags;
+    logic [6:0] flags;
+    logic hold;
     opcode_e opcode;
   } command_t;
 
@@ -172,8 +180,10 @@ package amf_structs_pkg;
   localparam int unsigned EventKindWidth = 8;
   localparam int unsigned EventNodeLsb = 8;
   localparam int unsigned EventNodeWidth = 8;
-  localparam int unsigned EventFlagsLsb = 16;
-  localparam int unsigned EventFlagsWidth = 7;
+  localparam int unsigned EventHoldLsb = 16;
+  localparam int unsigned EventHoldWidth = 1;
+  localparam int unsigned EventFlagsLsb = 17;
+  localparam int unsigned EventFlagsWidth = 6;
   localparam int unsigned EventPhaseLsb = 23;
   localparam int unsigned EventPhaseWidth = 1;
   localparam int unsigned EventReservedLsb = 24;
@@ -193,7 +203,8 @@ package amf_structs_pkg;
     logic [31:0] epoch;
     logic [7:0] reserved;
     logic phase;
-    logic [6:0] flags;
+    logic [5:0] flags;
+    logic hold;
     logic [7:0] node;
     event_kind_e kind;
   } event_t;

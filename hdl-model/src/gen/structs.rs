@@ -82,6 +82,10 @@ pub enum Opcode {
     Search = 4,
     /// Send a heartbeat now.
     Heartbeat = 5,
+    /// Answer the deferred shared acquires of the resource (requests sent with `hold`): the host keeps at most a clean shared copy. Deferred invalidates stay deferred.
+    YieldShare = 6,
+    /// Answer every deferred request for the resource: the host holds no copy and no dirty data of it.
+    Yield = 7,
 }
 
 impl Opcode {
@@ -94,11 +98,13 @@ impl Opcode {
             3 => Some(Self::Release),
             4 => Some(Self::Search),
             5 => Some(Self::Heartbeat),
+            6 => Some(Self::YieldShare),
+            7 => Some(Self::Yield),
             _ => None,
         }
     }
     /// Every value.
-    pub const ALL: [Self; 6] = [Self::Nop, Self::AcquireShared, Self::AcquireExclusive, Self::Release, Self::Search, Self::Heartbeat];
+    pub const ALL: [Self; 8] = [Self::Nop, Self::AcquireShared, Self::AcquireExclusive, Self::Release, Self::Search, Self::Heartbeat, Self::YieldShare, Self::Yield];
 }
 
 /// Completion status.
@@ -137,7 +143,7 @@ impl Status {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum EventKind {
-    /// A peer acquired the resource exclusively: drop the cached line.
+    /// A peer acquired the resource exclusively: drop the cached line (with `hold`: the peer waits until this host yields).
     Invalidate = 1,
     /// Heartbeats from `node` started.
     PeerUp = 2,
@@ -145,7 +151,7 @@ pub enum EventKind {
     PeerDown = 3,
     /// status.error_code changed.
     Error = 4,
-    /// A peer acquired the resource shared while this node held it exclusively: the line is shared now (write back dirty data; acquire exclusive again before writing).
+    /// A peer acquired the resource shared while this node held it exclusively: the line is shared now (write back dirty data; acquire exclusive again before writing). With `hold` it is posted whatever this node holds, and the peer waits for yield_share or yield.
     Downgrade = 5,
 }
 
@@ -176,6 +182,8 @@ pub struct LinkFrame {
     pub src: u8,
     /// Receiving nodes as a bit mask (bit n: node n). A broadcast is one frame naming every target; the link delivers it to each (multicast), so fan-out costs one transmit slot whatever the number of sharers.
     pub dst: u8,
+    /// acquire_shared / invalidate: every receiver posts an event and answers only when its host yields the resource (a lock whose holder finishes first), whether or not its table lists the resource.
+    pub hold: u8,
     /// Reserved, zero.
     pub flags: u8,
     /// Sender's membership epoch.
@@ -207,8 +215,10 @@ impl LinkFrame {
     pub const SRC_BITS: u32 = 8;
     /// Width of `dst` in bits.
     pub const DST_BITS: u32 = 8;
+    /// Width of `hold` in bits.
+    pub const HOLD_BITS: u32 = 1;
     /// Width of `flags` in bits.
-    pub const FLAGS_BITS: u32 = 8;
+    pub const FLAGS_BITS: u32 = 7;
     /// Width of `epoch` in bits.
     pub const EPOCH_BITS: u32 = 32;
     /// Width of `seq` in bits.
@@ -233,7 +243,8 @@ impl LinkFrame {
         put_bits(&mut b, 0, 8, self.kind as u128);
         put_bits(&mut b, 8, 8, self.src as u128);
         put_bits(&mut b, 16, 8, self.dst as u128);
-        put_bits(&mut b, 24, 8, self.flags as u128);
+        put_bits(&mut b, 24, 1, self.hold as u128);
+        put_bits(&mut b, 25, 7, self.flags as u128);
         put_bits(&mut b, 32, 32, self.epoch as u128);
         put_bits(&mut b, 64, 32, self.seq as u128);
         put_bits(&mut b, 96, 32, self.stamp as u128);
@@ -251,7 +262,8 @@ impl LinkFrame {
             kind: get_bits(b, 0, 8) as u8,
             src: get_bits(b, 8, 8) as u8,
             dst: get_bits(b, 16, 8) as u8,
-            flags: get_bits(b, 24, 8) as u8,
+            hold: get_bits(b, 24, 1) as u8,
+            flags: get_bits(b, 25, 7) as u8,
             epoch: get_bits(b, 32, 32) as u32,
             seq: get_bits(b, 64, 32) as u32,
             stamp: get_bits(b, 96, 32) as u32,
@@ -272,6 +284,8 @@ impl LinkFrame {
 pub struct Command {
     /// [`Opcode`]).
     pub opcode: u8,
+    /// acquire_shared / acquire_exclusive: the request waits for each receiver's host to yield (frame field `hold`).
+    pub hold: u8,
     /// Reserved, zero.
     pub flags: u8,
     /// Zero.
@@ -291,8 +305,10 @@ impl Command {
     pub const BYTES: usize = 32;
     /// Width of `opcode` in bits.
     pub const OPCODE_BITS: u32 = 8;
+    /// Width of `hold` in bits.
+    pub const HOLD_BITS: u32 = 1;
     /// Width of `flags` in bits.
-    pub const FLAGS_BITS: u32 = 8;
+    pub const FLAGS_BITS: u32 = 7;
     /// Width of `reserved` in bits.
     pub const RESERVED_BITS: u32 = 16;
     /// Width of `tag` in bits.
@@ -307,7 +323,8 @@ impl Command {
     pub fn encode(&self) -> [u8; 32] {
         let mut b = [0u8; 32];
         put_bits(&mut b, 0, 8, self.opcode as u128);
-        put_bits(&mut b, 8, 8, self.flags as u128);
+        put_bits(&mut b, 8, 1, self.hold as u128);
+        put_bits(&mut b, 9, 7, self.flags as u128);
         put_bits(&mut b, 16, 16, self.reserved as u128);
         put_bits(&mut b, 32, 32, self.tag as u128);
         put_bits(&mut b, 64, 64, self.resource as u128);
@@ -319,7 +336,8 @@ impl Command {
     pub fn decode(b: &[u8; 32]) -> Self {
         Self {
             opcode: get_bits(b, 0, 8) as u8,
-            flags: get_bits(b, 8, 8) as u8,
+            hold: get_bits(b, 8, 1) as u8,
+            flags: get_bits(b, 9, 7) as u8,
             reserved: get_bits(b, 16, 16) as u16,
             tag: get_bits(b, 32, 32) as u32,
             resource: get_bits(b, 64, 64) as u64,
@@ -456,6 +474,8 @@ pub struct Event {
     pub kind: u8,
     /// Peer concerned.
     pub node: u8,
+    /// The request waits for this host: answer it with yield or yield_share once the resource is given up.
+    pub hold: u8,
     /// Zero.
     pub flags: u8,
     /// Ring pass parity.
@@ -479,8 +499,10 @@ impl Event {
     pub const KIND_BITS: u32 = 8;
     /// Width of `node` in bits.
     pub const NODE_BITS: u32 = 8;
+    /// Width of `hold` in bits.
+    pub const HOLD_BITS: u32 = 1;
     /// Width of `flags` in bits.
-    pub const FLAGS_BITS: u32 = 7;
+    pub const FLAGS_BITS: u32 = 6;
     /// Width of `phase` in bits.
     pub const PHASE_BITS: u32 = 1;
     /// Width of `reserved` in bits.
@@ -498,7 +520,8 @@ impl Event {
         let mut b = [0u8; 32];
         put_bits(&mut b, 0, 8, self.kind as u128);
         put_bits(&mut b, 8, 8, self.node as u128);
-        put_bits(&mut b, 16, 7, self.flags as u128);
+        put_bits(&mut b, 16, 1, self.hold as u128);
+        put_bits(&mut b, 17, 6, self.flags as u128);
         put_bits(&mut b, 23, 1, self.phase as u128);
         put_bits(&mut b, 24, 8, self.reserved as u128);
         put_bits(&mut b, 32, 32, self.epoch as u128);
@@ -512,7 +535,8 @@ impl Event {
         Self {
             kind: get_bits(b, 0, 8) as u8,
             node: get_bits(b, 8, 8) as u8,
-            flags: get_bits(b, 16, 7) as u8,
+            hold: get_bits(b, 16, 1) as u8,
+            flags: get_bits(b, 17, 6) as u8,
             phase: get_bits(b, 23, 1) as u8,
             reserved: get_bits(b, 24, 8) as u8,
             epoch: get_bits(b, 32, 32) as u32,

@@ -35,6 +35,9 @@ pub const INFLIGHT_MAX: usize = 16;
 pub const DEFERRED_MAX: usize = 64;
 /// Retries of an acquire that lost a conflict before it completes with status `conflict`.
 pub const RETRIES_MAX: u8 = 16;
+/// Requests held for the host (`hold`) at once; past it a request is refused with a nack and
+/// its sender retries.
+pub const OWED_MAX: usize = 32;
 /// Cycles of back-off per retry.
 pub const BACKOFF_CYCLES: u64 = 64;
 /// Heartbeat periods of silence before a peer is reported down.
@@ -73,6 +76,16 @@ struct Pending {
     /// Lost a conflict: retry at `retry_at` instead of completing.
     aborted: bool,
     retry_at: Option<u64>,
+}
+
+/// A peer's request (sent with `hold`) that is answered when the host yields the resource.
+#[derive(Clone, Copy, Debug)]
+struct Owed {
+    resource: u64,
+    src: u8,
+    seq: u32,
+    stamp: u32,
+    exclusive: bool,
 }
 
 /// Counters of the stats block.
@@ -118,6 +131,7 @@ pub struct Card {
     clock: u32,
     next_seq: u32,
     pending: Vec<Pending>,
+    owed: Vec<Owed>,
     deferred: VecDeque<LinkFrame>,
     out: Vec<Outgoing>,
     last_seen: [u64; NODES_MAX as usize],
@@ -195,6 +209,7 @@ impl Card {
             clock: 0,
             next_seq: 1,
             pending: Vec::new(),
+            owed: Vec::new(),
             deferred: VecDeque::new(),
             out: Vec::new(),
             last_seen: [0; NODES_MAX as usize],
@@ -360,6 +375,7 @@ impl Card {
         self.table.clear();
         self.stats = Stats::default();
         self.pending.clear();
+        self.owed.clear();
         self.deferred.clear();
         self.error_code = 0;
         self.irq = 0;
@@ -569,7 +585,47 @@ impl Card {
                 let c = self.done(&cmd, Status::Ok);
                 self.complete(mem, c);
             }
+            Opcode::YieldShare | Opcode::Yield => {
+                let all = op == Opcode::Yield;
+                if all && held {
+                    self.table.update(cmd.resource, 0, 0);
+                }
+                let (held, sharers, owner) = self.holds(cmd.resource);
+                // As for an immediate answer: a shared acquire of ours in flight makes us a
+                // sharer the requester must learn.
+                let coming = self
+                    .pending
+                    .iter()
+                    .any(|p| p.cmd.resource == cmd.resource && p.kind == FrameKind::AcquireShared && !p.aborted);
+                let (sharers, owner) = if held { (sharers | me, owner) } else { (if coming { me } else { 0 }, 0) };
+                let mut i = 0;
+                while i < self.owed.len() {
+                    let o = self.owed[i];
+                    if o.resource != cmd.resource || (o.exclusive && !all) {
+                        i += 1;
+                        continue;
+                    }
+                    self.owed.remove(i);
+                    let ack = LinkFrame {
+                        kind: FrameKind::Ack as u8,
+                        seq: o.seq,
+                        stamp: o.stamp,
+                        resource: o.resource,
+                        sharers: if o.exclusive { 0 } else { sharers },
+                        owner: if o.exclusive { 0 } else { owner },
+                        ..Default::default()
+                    };
+                    self.send(1 << o.src, ack);
+                }
+                let c = self.done(&cmd, Status::Ok);
+                self.complete(mem, c);
+            }
         }
+    }
+
+    /// Requests waiting for this card's host to yield (for status and checkers).
+    pub fn owed(&self) -> usize {
+        self.owed.len()
     }
 
     fn start(&mut self, cmd: Command, kind: FrameKind, targets: u8, stamp: u32, retries: u8, mem: &mut dyn HostMemory) {
@@ -590,7 +646,10 @@ impl Card {
             aborted: false,
             retry_at: None,
         };
-        self.send(targets, LinkFrame { kind: kind as u8, seq, stamp, resource: cmd.resource, ..Default::default() });
+        self.send(
+            targets,
+            LinkFrame { kind: kind as u8, hold: cmd.hold, seq, stamp, resource: cmd.resource, ..Default::default() },
+        );
         self.pending.push(p);
         if targets == 0 {
             self.finish_ready(mem);
@@ -775,6 +834,9 @@ impl Card {
                     }
                 }
                 let (held, sharers, owner) = self.holds(f.resource);
+                if f.hold != 0 {
+                    return self.defer(f, exclusive, held, sharers, mem);
+                }
                 if exclusive {
                     if held {
                         if !self.post_event(
@@ -850,6 +912,47 @@ impl Card {
             // invalidation; a node named in a set it left just gets one needless invalidate.
             FrameKind::Release => {}
             FrameKind::Heartbeat => {}
+        }
+        true
+    }
+
+    /// A request sent with `hold`: the host hears of it whatever the table says (it knows its
+    /// own lines; the table is a filter) and the answer waits for its yield. False if the event
+    /// ring is full (the frame waits).
+    fn defer(&mut self, f: LinkFrame, exclusive: bool, held: bool, sharers: u8, mem: &mut dyn HostMemory) -> bool {
+        let known = self.owed.iter().position(|o| o.resource == f.resource && o.src == f.src);
+        if known.is_none() && self.owed.len() >= OWED_MAX {
+            let nack = LinkFrame {
+                kind: FrameKind::Nack as u8,
+                seq: f.seq,
+                stamp: f.stamp,
+                resource: f.resource,
+                ..Default::default()
+            };
+            self.send(1 << f.src, nack);
+            return true;
+        }
+        let kind = if exclusive { EventKind::Invalidate } else { EventKind::Downgrade };
+        let e = Event {
+            kind: kind as u8,
+            node: f.src,
+            hold: 1,
+            epoch: f.epoch,
+            resource: f.resource,
+            seq: f.seq,
+            ..Default::default()
+        };
+        if !self.post_event(mem, e) {
+            return false;
+        }
+        if held {
+            let after = if exclusive { 0 } else { sharers | 1 << f.src };
+            self.table.update(f.resource, after, 0);
+        }
+        let o = Owed { resource: f.resource, src: f.src, seq: f.seq, stamp: f.stamp, exclusive };
+        match known {
+            Some(i) => self.owed[i] = o,
+            None => self.owed.push(o),
         }
         true
     }

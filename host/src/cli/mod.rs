@@ -3,6 +3,7 @@
 mod demo;
 mod maintenance;
 mod progress;
+mod sim;
 pub mod size;
 
 use crate::cluster::{controller, supervisor};
@@ -90,6 +91,22 @@ enum Command {
         /// Working set in 4 KiB blocks (default 16 MiB, the caches' size; more forces evictions).
         #[arg(long, default_value_t = 4096)]
         blocks: u64,
+    },
+    /// Run the deterministic cluster simulator: the AMF state machines with reference-model
+    /// cards, a faulty fabric and link, one RAID group, and the checkers (docs/simulator.md).
+    Sim {
+        /// Replay one seed (prints its trace hash).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// First seed of a range.
+        #[arg(long, default_value_t = 1)]
+        first: u64,
+        /// Seeds in the range.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// One JSON object per seed.
+        #[arg(long)]
+        json: bool,
     },
     /// Run one controller of a coherent cluster from a TOML configuration.
     Serve {
@@ -354,6 +371,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             };
             demo::run(demo::DemoOptions { seconds, seed, card: card.into(), keep, blocks })?;
         }
+        Command::Sim { seed, first, seeds, json } => sim::main(sim::SimOptions { seed, first, seeds, json })?,
         Command::Serve { config } => {
             let cfg = crate::cluster::config::Config::load(&config)?;
             crate::cluster::serve::run(cfg)?;

@@ -189,12 +189,25 @@ impl<B: Backend> Driver<B> {
     /// Queues a command with one posted doorbell write; returns its tag. Back-pressure: at most
     /// ring size - 1 commands in flight (a completion slot is always free for each).
     pub fn submit(&mut self, opcode: Opcode, resource: u64) -> Result<u32, EngineError> {
+        self.submit_with(opcode, resource, false)
+    }
+
+    /// Like [`Driver::submit`]; with `wait`, an acquire waits for each receiver's host to
+    /// yield (the lock semantics of the AMF state machine).
+    pub fn submit_with(&mut self, opcode: Opcode, resource: u64, wait: bool) -> Result<u32, EngineError> {
         if self.inflight.len() as u32 >= self.ring_size() - 1 {
             return Err(EngineError::Busy(self.inflight.len()));
         }
         let tag = self.next_tag;
         self.next_tag = self.next_tag.wrapping_add(1).max(1);
-        let cmd = Command { opcode: opcode as u8, tag, resource, epoch: self.cfg.epoch, ..Default::default() };
+        let cmd = Command {
+            opcode: opcode as u8,
+            hold: wait as u8,
+            tag,
+            resource,
+            epoch: self.cfg.epoch,
+            ..Default::default()
+        };
         let slot = self.cmd_base + (self.cmd_prod & (self.ring_size() - 1)) as u64 * ENTRY_BYTES;
         self.b.dma_write(slot, &cmd.encode()).map_err(EngineError::Dma)?;
         self.cmd_prod = self.cmd_prod.wrapping_add(1);

@@ -1,0 +1,232 @@
+//! What goes into and out of the AMF state machine. Every input is something that happened
+//! (a host request, a card completion or event in the card's order, a fabric message, a member
+//! I/O completion, a tick of time); every output is something to do. Ids are chosen by the
+//! machine and echoed back by the shell.
+
+/// Bit that puts a resource id in the stripe namespace (parity updates and write-backs of a
+/// stripe happen under its exclusive lock); line resources are plain line numbers.
+pub const STRIPE_NS: u64 = 1 << 62;
+
+/// A host request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HostReq {
+    /// Read `len` bytes at `offset`.
+    Read {
+        /// Byte offset in the group.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Write `data` at `offset`; with `fua` it is on the members before the reply.
+    Write {
+        /// Byte offset in the group.
+        offset: u64,
+        /// Bytes.
+        data: Vec<u8>,
+        /// Force unit access.
+        fua: bool,
+    },
+    /// Make every write acknowledged before it durable, on every controller.
+    Flush,
+}
+
+/// Card commands the machine issues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CardOp {
+    /// Shared acquire that waits for the holders' yields.
+    AcquireShared,
+    /// Exclusive acquire (write-invalidate round) that waits for the holders' yields.
+    AcquireExclusive,
+    /// Answer deferred shared acquires (a clean shared copy is kept).
+    YieldShare,
+    /// Answer every deferred request (nothing is kept).
+    Yield,
+    /// Drop the resource (eviction).
+    Release,
+}
+
+/// Completion status as the machine needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CardStatus {
+    /// Done.
+    Ok,
+    /// Some peers did not answer in time.
+    Timeout,
+    /// Lost conflicts beyond the card's retry limit.
+    Conflict,
+    /// The card's table had no room: the resource is not tracked.
+    Untracked,
+    /// Refused (stale epoch, bad opcode): a broken setup, not a race.
+    Refused,
+}
+
+/// A card event that concerns the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CardEventKind {
+    /// A peer wants the resource exclusively and waits for this node's yield.
+    Invalidate,
+    /// A peer wants the resource shared and waits for this node's yield.
+    Share,
+}
+
+/// Fabric messages between controllers' machines.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Msg {
+    /// Keep a copy of the sender's dirty line (whole line) until it reaches the members.
+    Replicate {
+        /// Request id (sender's).
+        id: u64,
+        /// Line.
+        line: u64,
+        /// Sender's write sequence of this content.
+        wseq: u64,
+        /// The whole line.
+        data: Vec<u8>,
+    },
+    /// The replica is kept.
+    ReplicaAck {
+        /// The request's id.
+        id: u64,
+    },
+    /// The members hold the sender's line up to `wseq`: replicas at or below it can go.
+    DropReplica {
+        /// Line.
+        line: u64,
+        /// Write sequence now on the members.
+        wseq: u64,
+    },
+    /// Write back every dirty line and sync the members, then answer.
+    FlushReq {
+        /// Request id (sender's).
+        id: u64,
+    },
+    /// Answer to a flush request.
+    FlushDone {
+        /// The request's id.
+        id: u64,
+        /// False: a write-back failed.
+        ok: bool,
+    },
+}
+
+/// Inputs of the machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// A host request with the shell's id.
+    Host {
+        /// Echoed in the reply.
+        id: u64,
+        /// The request.
+        req: HostReq,
+    },
+    /// A card command finished.
+    CardDone {
+        /// The machine's id of the command.
+        id: u64,
+        /// Outcome.
+        status: CardStatus,
+    },
+    /// A peer's request reached this node through the card.
+    CardEvent {
+        /// What the peer wants.
+        kind: CardEventKind,
+        /// Resource.
+        resource: u64,
+        /// Peer.
+        from: u8,
+    },
+    /// A fabric message.
+    Fabric {
+        /// Sender.
+        from: u8,
+        /// Sender's membership epoch.
+        epoch: u32,
+        /// Message.
+        msg: Msg,
+    },
+    /// A member read or write finished: read data, or an error.
+    MemberDone {
+        /// The machine's id.
+        id: u64,
+        /// Bytes read (empty for writes and syncs) or the error.
+        result: Result<Vec<u8>, String>,
+    },
+    /// Time passed: microseconds since the shell started.
+    Tick {
+        /// Now.
+        now_us: u64,
+    },
+}
+
+/// Outputs of the machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// Submit a card command.
+    Card {
+        /// Echoed in `CardDone`.
+        id: u64,
+        /// Command.
+        op: CardOp,
+        /// Resource.
+        resource: u64,
+    },
+    /// Send a fabric message.
+    Send {
+        /// Receiver.
+        to: u8,
+        /// Message.
+        msg: Msg,
+    },
+    /// Read the group.
+    MemberRead {
+        /// Echoed in `MemberDone`.
+        id: u64,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+    },
+    /// Write the group (the machine holds the stripe locks of the range).
+    MemberWrite {
+        /// Echoed in `MemberDone`.
+        id: u64,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes.
+        data: Vec<u8>,
+    },
+    /// Make completed member writes durable.
+    MemberSync {
+        /// Echoed in `MemberDone`.
+        id: u64,
+    },
+    /// Answer a host request: read data (empty for writes and flushes) or the error.
+    Reply {
+        /// The request's id.
+        id: u64,
+        /// Outcome.
+        result: Result<Vec<u8>, HostError>,
+    },
+}
+
+/// Why a host request failed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum HostError {
+    /// Outside the group.
+    #[error("{len} bytes at {offset} are outside the group")]
+    OutOfRange {
+        /// Offset asked.
+        offset: u64,
+        /// Length asked.
+        len: u64,
+    },
+    /// Member I/O failed.
+    #[error("member I/O: {0}")]
+    Member(String),
+    /// The card refused or kept losing the resource.
+    #[error("card: {0}")]
+    Card(String),
+    /// A peer did not answer a flush.
+    #[error("flush: {0}")]
+    Flush(String),
+}

@@ -1,0 +1,1107 @@
+//! One controller's AMF as a deterministic state machine: `step(input) -> outputs`. It does no
+//! I/O, takes no lock and reads no clock; the controller, the simulator and the model checker
+//! drive the same code.
+//!
+//! The rules (docs/coherency.md has them as tables):
+//! - a line is Invalid, Shared (clean), Exclusive (clean) or Modified here; a write needs
+//!   Exclusive or Modified, a read anything but Invalid;
+//! - acquires go through the card with `wait`: a peer's request is answered only when this
+//!   node yields, and it yields a line only after its current piece is done and its dirty data
+//!   is on the members, so a completed exclusive acquire means no other copy exists and the
+//!   members hold the newest data;
+//! - a write-back holds the exclusive lock of every stripe it touches (parity of a stripe is
+//!   computed by one controller at a time); a lock is kept until a peer asks (a lock cache);
+//! - a write is acknowledged once a peer holds a replica (or the members hold it).
+
+use super::io::*;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// How a controller's machine is set up.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node.
+    pub node: u8,
+    /// Nodes in the cluster (ids 0..nodes).
+    pub nodes: u8,
+    /// Membership epoch.
+    pub epoch: u32,
+    /// Bytes per cache line (the coherency resource).
+    pub line_bytes: u64,
+    /// Lines this node may hold.
+    pub lines_max: usize,
+    /// Data bytes per stripe of the group (the parity-lock resource).
+    pub stripe_bytes: u64,
+    /// Bytes in the group (a multiple of `line_bytes`).
+    pub capacity: u64,
+}
+
+/// Acquires of one line retried after timeouts or lost conflicts before the request fails.
+const ACQUIRE_ATTEMPTS_MAX: u32 = 64;
+/// A fabric request without an answer is sent again after this long.
+const RETRANSMIT_US: u64 = 20_000;
+/// Dirty lines older than this are written back in the background.
+const WRITEBACK_AGE_US: u64 = 50_000;
+/// Background write-backs started per tick.
+const WRITEBACKS_PER_TICK: usize = 8;
+/// A failed write-back is tried again after this long.
+const DESTAGE_RETRY_US: u64 = 10_000;
+/// Replicas held for peers at once (more is a peer misbehaving: refused).
+const REPLICAS_MAX: usize = 1 << 16;
+/// Pieces (line-sized parts of host requests) in flight at once; past it requests are refused.
+const PIECES_MAX: usize = 1 << 16;
+
+/// A line's coherency state on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum State {
+    /// No copy.
+    Invalid,
+    /// A clean copy others may share.
+    Shared,
+    /// The only copy, clean.
+    Exclusive,
+    /// The only copy, newer than the members.
+    Modified,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Phase {
+    Idle,
+    Acquiring {
+        id: u64,
+        exclusive: bool,
+        attempts: u32,
+    },
+    Filling {
+        id: u64,
+        exclusive: bool,
+    },
+    Replicating {
+        id: u64,
+    },
+    /// Waiting for the stripe locks of a write-back.
+    Locking,
+    Destaging {
+        id: u64,
+        wseq: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Line {
+    state: State,
+    data: Vec<u8>,
+    /// Write sequence (this node's counter) of the content.
+    wseq: u64,
+    /// Content up to this write sequence is on the members.
+    clean_wseq: u64,
+    phase: Phase,
+    queue: VecDeque<u64>,
+    owed_excl: bool,
+    owed_share: bool,
+    evict: bool,
+    writeback: bool,
+    last_use: u64,
+    dirty_since_us: u64,
+    retry_at_us: u64,
+    /// Just acquired: the head piece is served before any yield, so that two nodes taking a
+    /// line from each other each make progress.
+    fresh: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Piece {
+    req: u64,
+    off: usize,
+    len: usize,
+    at: usize,
+    write: Option<Vec<u8>>,
+    fua: bool,
+    applied: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Request {
+    left: usize,
+    data: Vec<u8>,
+    error: Option<HostError>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Stripe {
+    held: bool,
+    acquiring: Option<u64>,
+    users: u32,
+    owed: bool,
+    waiters: BTreeSet<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum CardUse {
+    Line(u64),
+    Stripe(u64),
+    Fire,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum MemberUse {
+    Fill(u64),
+    Destage(u64),
+    Sync(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    Replica(u64),
+    Flush(u64),
+}
+
+#[derive(Clone, Debug)]
+struct Outstanding {
+    to: u8,
+    msg: Msg,
+    sent_us: u64,
+    purpose: Purpose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Host(u64),
+    Peer { node: u8, id: u64 },
+}
+
+#[derive(Clone, Debug)]
+struct FlushJob {
+    origin: Origin,
+    lines: Vec<(u64, u64)>,
+    peers_left: u8,
+    sync: Option<Option<u64>>,
+    failed: Option<String>,
+}
+
+/// Counters of what the machine did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// Line pieces served from this cache.
+    pub hits: u64,
+    /// Acquires issued (line and stripe).
+    pub acquires: u64,
+    /// Acquires retried after a timeout, a lost conflict or an untracked answer.
+    pub retries: u64,
+    /// Yields answered for peers.
+    pub yields: u64,
+    /// Member reads (line fills).
+    pub member_reads: u64,
+    /// Member writes (write-backs).
+    pub member_writes: u64,
+    /// Writes replicated to a peer before their acknowledgement.
+    pub replications: u64,
+    /// Fabric messages dropped for another epoch.
+    pub stale_epoch: u64,
+    /// Fabric messages dropped as malformed.
+    pub malformed: u64,
+    /// Fabric requests sent again after no answer.
+    pub retransmits: u64,
+}
+
+/// One controller's AMF.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    cfg: Config,
+    lines: BTreeMap<u64, Line>,
+    pieces: BTreeMap<u64, Piece>,
+    requests: BTreeMap<u64, Request>,
+    stripes: BTreeMap<u64, Stripe>,
+    card: BTreeMap<u64, CardUse>,
+    members: BTreeMap<u64, MemberUse>,
+    fabric: BTreeMap<u64, Outstanding>,
+    replicas: BTreeMap<(u8, u64), (u64, Vec<u8>)>,
+    flushes: BTreeMap<u64, FlushJob>,
+    room_waiters: BTreeSet<u64>,
+    touched: BTreeSet<u64>,
+    next_id: u64,
+    wseq: u64,
+    uses: u64,
+    now_us: u64,
+    out: Vec<Output>,
+    /// What the machine did.
+    pub counters: Counters,
+}
+
+impl Machine {
+    /// A machine with an empty cache.
+    pub fn new(cfg: Config) -> Machine {
+        Machine {
+            cfg,
+            lines: BTreeMap::new(),
+            pieces: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            stripes: BTreeMap::new(),
+            card: BTreeMap::new(),
+            members: BTreeMap::new(),
+            fabric: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            flushes: BTreeMap::new(),
+            room_waiters: BTreeSet::new(),
+            touched: BTreeSet::new(),
+            next_id: 1,
+            wseq: 0,
+            uses: 0,
+            now_us: 0,
+            out: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Line `r`'s state here (for checkers).
+    pub fn line_state(&self, r: u64) -> State {
+        self.lines.get(&r).map_or(State::Invalid, |l| l.state)
+    }
+
+    /// Line `r`'s content here when valid (for checkers).
+    pub fn line_data(&self, r: u64) -> Option<&[u8]> {
+        self.lines.get(&r).filter(|l| l.state != State::Invalid).map(|l| l.data.as_slice())
+    }
+
+    /// Lines with a copy here, and their states.
+    pub fn resident(&self) -> impl Iterator<Item = (u64, State)> + '_ {
+        self.lines.iter().filter(|(_, l)| l.state != State::Invalid).map(|(r, l)| (*r, l.state))
+    }
+
+    /// Stripes whose lock this node holds.
+    pub fn stripes_held(&self) -> impl Iterator<Item = u64> + '_ {
+        self.stripes.iter().filter(|(_, s)| s.held).map(|(s, _)| *s)
+    }
+
+    /// Replicas held for peers: (owner, line) -> (write sequence, bytes).
+    pub fn replicas(&self) -> &BTreeMap<(u8, u64), (u64, Vec<u8>)> {
+        &self.replicas
+    }
+
+    /// Host requests not answered yet.
+    pub fn requests_open(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// True when nothing is in flight: no request, card command, member I/O or fabric request.
+    pub fn quiet(&self) -> bool {
+        self.requests.is_empty()
+            && self.card.is_empty()
+            && self.members.is_empty()
+            && self.fabric.is_empty()
+            && self.flushes.is_empty()
+    }
+
+    /// Dirty lines whose last write was acknowledged (idle), with their content: each must have
+    /// a replica at the replica peer (for checkers).
+    pub fn dirty_idle(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        self.lines
+            .iter()
+            .filter(|(_, l)| l.state == State::Modified && l.phase == Phase::Idle)
+            .map(|(r, l)| (*r, l.data.as_slice()))
+    }
+
+    /// The node that holds this node's replicas.
+    pub fn replica_node(&self) -> Option<u8> {
+        self.replica_peer()
+    }
+
+    /// Dirty lines here.
+    pub fn dirty_lines(&self) -> usize {
+        self.lines.values().filter(|l| l.state == State::Modified).count()
+    }
+
+    fn id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn line_len(&self) -> usize {
+        self.cfg.line_bytes as usize
+    }
+
+    fn replica_peer(&self) -> Option<u8> {
+        let n = (self.cfg.node + 1) % self.cfg.nodes.max(1);
+        (n != self.cfg.node).then_some(n)
+    }
+
+    fn others(&self) -> u8 {
+        let all = if self.cfg.nodes >= 8 { 0xff } else { (1u8 << self.cfg.nodes) - 1 };
+        all & !(1 << self.cfg.node)
+    }
+
+    /// Advances the machine by one input; returns what to do.
+    pub fn step(&mut self, input: Input) -> Vec<Output> {
+        match input {
+            Input::Host { id, req } => self.host(id, req),
+            Input::CardDone { id, status } => self.card_done(id, status),
+            Input::CardEvent { kind, resource, from } => self.card_event(kind, resource, from),
+            Input::Fabric { from, epoch, msg } => self.fabric_in(from, epoch, msg),
+            Input::MemberDone { id, result } => self.member_done(id, result),
+            Input::Tick { now_us } => self.tick(now_us),
+        }
+        while let Some(r) = self.touched.pop_first() {
+            self.advance(r);
+        }
+        self.check_flushes();
+        std::mem::take(&mut self.out)
+    }
+
+    fn line(&mut self, r: u64) -> &mut Line {
+        // A line that is not here has no data of this node's that the members lack: a line
+        // leaves only after its write-back.
+        let clean = self.wseq;
+        self.lines.entry(r).or_insert_with(|| Line {
+            state: State::Invalid,
+            data: Vec::new(),
+            wseq: clean,
+            clean_wseq: clean,
+            phase: Phase::Idle,
+            queue: VecDeque::new(),
+            owed_excl: false,
+            owed_share: false,
+            evict: false,
+            writeback: false,
+            last_use: 0,
+            dirty_since_us: 0,
+            retry_at_us: 0,
+            fresh: false,
+        })
+    }
+
+    fn cmd(&mut self, op: CardOp, resource: u64, usage: CardUse) -> u64 {
+        let id = self.id();
+        self.card.insert(id, usage);
+        if matches!(op, CardOp::AcquireShared | CardOp::AcquireExclusive) {
+            self.counters.acquires += 1;
+        }
+        self.out.push(Output::Card { id, op, resource });
+        id
+    }
+
+    // ---- host requests -------------------------------------------------------------------
+
+    fn host(&mut self, id: u64, req: HostReq) {
+        let (offset, len, write, fua) = match req {
+            HostReq::Flush => return self.start_flush(Origin::Host(id)),
+            HostReq::Read { offset, len } => (offset, len, None, false),
+            HostReq::Write { offset, data, fua } => (offset, data.len() as u64, Some(data), fua),
+        };
+        if offset.checked_add(len).is_none_or(|e| e > self.cfg.capacity) {
+            self.out.push(Output::Reply { id, result: Err(HostError::OutOfRange { offset, len }) });
+            return;
+        }
+        let lb = self.cfg.line_bytes;
+        let count = if len == 0 { 0 } else { ((offset + len - 1) / lb - offset / lb + 1) as usize };
+        if self.pieces.len() + count > PIECES_MAX {
+            self.out.push(Output::Reply { id, result: Err(HostError::Card("too many requests in flight".into())) });
+            return;
+        }
+        if count == 0 {
+            self.out.push(Output::Reply { id, result: Ok(Vec::new()) });
+            return;
+        }
+        let data = if write.is_some() { Vec::new() } else { vec![0u8; len as usize] };
+        self.requests.insert(id, Request { left: count, data, error: None });
+        let mut pos = offset;
+        while pos < offset + len {
+            let r = pos / lb;
+            let off = (pos % lb) as usize;
+            let n = ((lb - off as u64).min(offset + len - pos)) as usize;
+            let at = (pos - offset) as usize;
+            let bytes = write.as_ref().map(|d| d[at..at + n].to_vec());
+            let pid = self.id();
+            self.pieces.insert(pid, Piece { req: id, off, len: n, at, write: bytes, fua, applied: false });
+            self.line(r).queue.push_back(pid);
+            self.touched.insert(r);
+            pos += n as u64;
+        }
+    }
+
+    /// Ends the piece at the head of line `r`'s queue.
+    fn finish_piece(&mut self, r: u64, error: Option<HostError>) {
+        let Some(pid) = self.lines.get_mut(&r).and_then(|l| l.queue.pop_front()) else { return };
+        let Some(p) = self.pieces.remove(&pid) else { return };
+        let Some(req) = self.requests.get_mut(&p.req) else { return };
+        if let Some(e) = error {
+            req.error.get_or_insert(e);
+        }
+        req.left -= 1;
+        if req.left == 0 {
+            if let Some(req) = self.requests.remove(&p.req) {
+                let result = match req.error {
+                    Some(e) => Err(e),
+                    None => Ok(req.data),
+                };
+                self.out.push(Output::Reply { id: p.req, result });
+            }
+        }
+    }
+
+    /// Fails every piece queued on line `r`.
+    fn fail_queue(&mut self, r: u64, e: HostError) {
+        while self.lines.get(&r).is_some_and(|l| !l.queue.is_empty()) {
+            self.finish_piece(r, Some(e.clone()));
+        }
+    }
+
+    // ---- the per-line engine -------------------------------------------------------------
+
+    /// Does whatever line `r` can do next; stops when it waits for an input.
+    fn advance(&mut self, r: u64) {
+        // Each pass either serves a piece or returns: bounded by the queue.
+        let passes_max = self.lines.get(&r).map_or(0, |l| l.queue.len()) + 4;
+        for _ in 0..passes_max {
+            let Some(l) = self.lines.get(&r) else { return };
+            let (state, phase) = (l.state, l.phase);
+            match phase {
+                Phase::Idle | Phase::Acquiring { .. } => {}
+                Phase::Locking => return self.try_destage(r),
+                _ => return,
+            }
+            let servable = phase == Phase::Idle
+                && l.queue.front().and_then(|p| self.pieces.get(p)).is_some_and(|p| match p.write {
+                    Some(_) => matches!(state, State::Exclusive | State::Modified),
+                    None => state != State::Invalid,
+                });
+            if (l.owed_excl || l.owed_share) && !(l.fresh && servable) {
+                if state == State::Modified {
+                    // Only an idle owner is Modified here (acquires start from Shared or
+                    // Invalid): write back first, the yield follows.
+                    if l.retry_at_us <= self.now_us {
+                        self.start_destage(r);
+                    }
+                    return;
+                }
+                let l = self.line(r);
+                if l.owed_excl {
+                    l.state = State::Invalid;
+                    l.data = Vec::new();
+                    l.owed_excl = false;
+                    l.owed_share = false;
+                    self.counters.yields += 1;
+                    self.cmd(CardOp::Yield, r, CardUse::Fire);
+                    self.wake_room();
+                } else {
+                    if l.state == State::Exclusive {
+                        l.state = State::Shared;
+                    }
+                    l.owed_share = false;
+                    self.counters.yields += 1;
+                    self.cmd(CardOp::YieldShare, r, CardUse::Fire);
+                }
+                continue;
+            }
+            if matches!(phase, Phase::Acquiring { .. }) {
+                return;
+            }
+            let l = &self.lines[&r];
+            if l.evict || (l.writeback && l.state == State::Modified) {
+                if l.state == State::Modified {
+                    if l.retry_at_us <= self.now_us {
+                        self.start_destage(r);
+                    }
+                    return;
+                }
+                if l.evict {
+                    if l.state != State::Invalid {
+                        self.cmd(CardOp::Release, r, CardUse::Fire);
+                    }
+                    let l = self.line(r);
+                    l.state = State::Invalid;
+                    l.data = Vec::new();
+                    l.evict = false;
+                    self.wake_room();
+                    continue;
+                }
+            }
+            let l = &self.lines[&r];
+            let Some(&pid) = l.queue.front() else {
+                if l.state == State::Invalid {
+                    self.lines.remove(&r);
+                    self.wake_room();
+                } else if !self.room_waiters.is_empty() {
+                    self.make_room();
+                }
+                return;
+            };
+            let p = &self.pieces[&pid];
+            let (off, len, at, req, is_write) = (p.off, p.len, p.at, p.req, p.write.is_some());
+            if !is_write && l.state != State::Invalid {
+                self.counters.hits += 1;
+                let bytes = l.data[off..off + len].to_vec();
+                if let Some(q) = self.requests.get_mut(&req) {
+                    q.data[at..at + len].copy_from_slice(&bytes);
+                }
+                self.uses += 1;
+                let u = self.uses;
+                let l = self.line(r);
+                l.last_use = u;
+                l.fresh = false;
+                self.finish_piece(r, None);
+                continue;
+            }
+            if is_write && matches!(l.state, State::Exclusive | State::Modified) {
+                return self.apply(r, pid);
+            }
+            if l.state == State::Invalid && !self.has_room() {
+                self.room_waiters.insert(r);
+                self.make_room();
+                return;
+            }
+            let exclusive = is_write;
+            let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
+            let id = self.cmd(op, r, CardUse::Line(r));
+            self.line(r).phase = Phase::Acquiring { id, exclusive, attempts: 0 };
+            return;
+        }
+    }
+
+    /// Applies the write piece `pid` to line `r` (held Exclusive or Modified), then makes it
+    /// live in two places before the piece ends.
+    fn apply(&mut self, r: u64, pid: u64) {
+        self.wseq += 1;
+        let wseq = self.wseq;
+        self.uses += 1;
+        let (uses, now) = (self.uses, self.now_us);
+        let Some(p) = self.pieces.get_mut(&pid) else { return };
+        p.applied = true;
+        let (off, fua) = (p.off, p.fua);
+        let bytes = p.write.take().unwrap_or_default();
+        let l = self.line(r);
+        l.data[off..off + bytes.len()].copy_from_slice(&bytes);
+        if l.state != State::Modified {
+            l.dirty_since_us = now;
+        }
+        l.state = State::Modified;
+        l.wseq = wseq;
+        l.last_use = uses;
+        l.fresh = false;
+        let data = l.data.clone();
+        match self.replica_peer().filter(|_| !fua) {
+            Some(to) => {
+                self.counters.replications += 1;
+                let id = self.id();
+                let msg = Msg::Replicate { id, line: r, wseq, data };
+                self.send_request(id, to, msg, Purpose::Replica(r));
+                self.line(r).phase = Phase::Replicating { id };
+            }
+            // No peer to hold it, or FUA: the members hold it before the reply.
+            None => self.start_destage(r),
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        let used = self
+            .lines
+            .values()
+            .filter(|l| l.state != State::Invalid || matches!(l.phase, Phase::Acquiring { .. } | Phase::Filling { .. }))
+            .count();
+        used < self.cfg.lines_max
+    }
+
+    /// Starts evicting the least recently used idle line (unless one is leaving already).
+    fn make_room(&mut self) {
+        if self.lines.values().any(|l| l.evict) {
+            return;
+        }
+        let victim = self
+            .lines
+            .iter()
+            .filter(|(_, l)| {
+                l.state != State::Invalid
+                    && l.phase == Phase::Idle
+                    && l.queue.is_empty()
+                    && !l.owed_excl
+                    && !l.owed_share
+            })
+            .min_by_key(|(r, l)| (l.last_use, **r))
+            .map(|(r, _)| *r);
+        if let Some(v) = victim {
+            self.line(v).evict = true;
+            self.touched.insert(v);
+        }
+    }
+
+    fn wake_room(&mut self) {
+        let waiters = std::mem::take(&mut self.room_waiters);
+        self.touched.extend(waiters);
+    }
+
+    // ---- write-back under stripe locks ---------------------------------------------------
+
+    fn stripes_of(&self, r: u64) -> std::ops::RangeInclusive<u64> {
+        let lb = self.cfg.line_bytes;
+        let sb = self.cfg.stripe_bytes.max(1);
+        (r * lb / sb)..=((r * lb + lb - 1) / sb)
+    }
+
+    fn start_destage(&mut self, r: u64) {
+        let l = self.line(r);
+        l.phase = Phase::Locking;
+        l.writeback = false;
+        self.try_destage(r);
+    }
+
+    /// Writes line `r` back once every stripe it touches is locked here.
+    fn try_destage(&mut self, r: u64) {
+        for s in self.stripes_of(r) {
+            let st = self.stripes.entry(s).or_default();
+            if !(st.held && !st.owed) {
+                st.waiters.insert(r);
+                if !st.held && st.acquiring.is_none() {
+                    let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
+                    if let Some(st) = self.stripes.get_mut(&s) {
+                        st.acquiring = Some(id);
+                    }
+                }
+                return;
+            }
+        }
+        for s in self.stripes_of(r) {
+            if let Some(st) = self.stripes.get_mut(&s) {
+                st.users += 1;
+                st.waiters.remove(&r);
+            }
+        }
+        let id = self.id();
+        self.members.insert(id, MemberUse::Destage(r));
+        self.counters.member_writes += 1;
+        let offset = r * self.cfg.line_bytes;
+        let l = self.line(r);
+        let wseq = l.wseq;
+        let data = l.data.clone();
+        l.phase = Phase::Destaging { id, wseq };
+        self.out.push(Output::MemberWrite { id, offset, data });
+    }
+
+    fn stripe_event(&mut self, s: u64) {
+        self.stripes.entry(s).or_default().owed = true;
+        self.maybe_yield_stripe(s);
+    }
+
+    /// Gives stripe `s` to the peer that asked once no write-back here uses it; asks for it
+    /// again when write-backs here wait for it.
+    fn maybe_yield_stripe(&mut self, s: u64) {
+        let Some(st) = self.stripes.get_mut(&s) else { return };
+        if !st.owed || st.users > 0 {
+            return;
+        }
+        st.owed = false;
+        st.held = false;
+        self.counters.yields += 1;
+        self.cmd(CardOp::Yield, STRIPE_NS | s, CardUse::Fire);
+        let st = self.stripes.entry(s).or_default();
+        if !st.waiters.is_empty() && st.acquiring.is_none() {
+            let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
+            if let Some(st) = self.stripes.get_mut(&s) {
+                st.acquiring = Some(id);
+            }
+        } else if st.waiters.is_empty() {
+            self.stripes.remove(&s);
+        }
+    }
+
+    // ---- inputs from the card ------------------------------------------------------------
+
+    fn card_done(&mut self, id: u64, status: CardStatus) {
+        let Some(usage) = self.card.remove(&id) else { return };
+        match usage {
+            CardUse::Fire => {}
+            CardUse::Stripe(s) => self.stripe_done(s, id, status),
+            CardUse::Line(r) => self.line_done(r, id, status),
+        }
+    }
+
+    fn stripe_done(&mut self, s: u64, id: u64, status: CardStatus) {
+        let Some(st) = self.stripes.get_mut(&s) else { return };
+        if st.acquiring != Some(id) {
+            return;
+        }
+        st.acquiring = None;
+        match status {
+            CardStatus::Ok => {
+                st.held = true;
+                let waiters: Vec<u64> = st.waiters.iter().copied().collect();
+                self.touched.extend(waiters);
+                // A peer that asked while this acquire was in flight waits for it.
+                self.maybe_yield_stripe(s);
+            }
+            CardStatus::Untracked | CardStatus::Timeout | CardStatus::Conflict => {
+                self.counters.retries += 1;
+                if status == CardStatus::Untracked {
+                    self.cmd(CardOp::Release, STRIPE_NS | s, CardUse::Fire);
+                }
+                let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
+                if let Some(st) = self.stripes.get_mut(&s) {
+                    st.acquiring = Some(id);
+                }
+            }
+            CardStatus::Refused => {
+                // The setup is broken (epoch): write-backs waiting for it cannot happen.
+                let waiters = std::mem::take(&mut st.waiters);
+                let retry_at = self.now_us + DESTAGE_RETRY_US;
+                for r in waiters {
+                    let l = self.line(r);
+                    l.phase = Phase::Idle;
+                    l.retry_at_us = retry_at;
+                    self.fail_applied(r, HostError::Card(format!("stripe {s} refused")));
+                }
+            }
+        }
+    }
+
+    fn line_done(&mut self, r: u64, id: u64, status: CardStatus) {
+        let Some(l) = self.lines.get(&r) else { return };
+        let Phase::Acquiring { id: want, exclusive, attempts } = l.phase else { return };
+        if want != id {
+            return;
+        }
+        match status {
+            CardStatus::Ok => {
+                let whole_write = l
+                    .queue
+                    .front()
+                    .and_then(|p| self.pieces.get(p))
+                    .is_some_and(|p| p.write.is_some() && p.len == self.cfg.line_bytes as usize);
+                let len = self.line_len();
+                let l = self.line(r);
+                l.fresh = true;
+                match (l.state, exclusive) {
+                    (State::Shared, true) => {
+                        l.state = State::Exclusive;
+                        l.phase = Phase::Idle;
+                    }
+                    (State::Invalid, true) if whole_write => {
+                        l.data = vec![0u8; len];
+                        l.state = State::Exclusive;
+                        l.phase = Phase::Idle;
+                    }
+                    (State::Invalid, _) => {
+                        let fid = self.id();
+                        self.members.insert(fid, MemberUse::Fill(r));
+                        self.counters.member_reads += 1;
+                        self.line(r).phase = Phase::Filling { id: fid, exclusive };
+                        let offset = r * self.cfg.line_bytes;
+                        self.out.push(Output::MemberRead { id: fid, offset, len: len as u64 });
+                    }
+                    _ => l.phase = Phase::Idle,
+                }
+            }
+            CardStatus::Timeout | CardStatus::Conflict | CardStatus::Untracked if attempts < ACQUIRE_ATTEMPTS_MAX => {
+                self.counters.retries += 1;
+                if status == CardStatus::Untracked {
+                    self.cmd(CardOp::Release, r, CardUse::Fire);
+                }
+                let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
+                let id = self.cmd(op, r, CardUse::Line(r));
+                self.line(r).phase = Phase::Acquiring { id, exclusive, attempts: attempts + 1 };
+            }
+            CardStatus::Refused => {
+                self.line(r).phase = Phase::Idle;
+                self.fail_queue(r, HostError::Card(format!("line {r}: the card refused the acquire")));
+            }
+            _ => {
+                self.line(r).phase = Phase::Idle;
+                self.finish_piece(r, Some(HostError::Card(format!("line {r}: {status:?} after {attempts} attempts"))));
+            }
+        }
+        self.touched.insert(r);
+    }
+
+    fn card_event(&mut self, kind: CardEventKind, resource: u64, from: u8) {
+        if from >= 8 || self.others() & (1 << from) == 0 {
+            self.counters.malformed += 1;
+            return;
+        }
+        if resource & STRIPE_NS != 0 {
+            return self.stripe_event(resource & !STRIPE_NS);
+        }
+        let l = self.line(resource);
+        match kind {
+            CardEventKind::Invalidate => l.owed_excl = true,
+            CardEventKind::Share => l.owed_share = true,
+        }
+        self.touched.insert(resource);
+    }
+
+    // ---- member I/O ----------------------------------------------------------------------
+
+    fn member_done(&mut self, id: u64, result: Result<Vec<u8>, String>) {
+        let Some(usage) = self.members.remove(&id) else { return };
+        match usage {
+            MemberUse::Fill(r) => {
+                let len = self.line_len();
+                let l = self.line(r);
+                let Phase::Filling { exclusive, .. } = l.phase else { return };
+                l.phase = Phase::Idle;
+                match result {
+                    Ok(d) if d.len() == len => {
+                        l.data = d;
+                        l.state = if exclusive { State::Exclusive } else { State::Shared };
+                    }
+                    Ok(d) => self.finish_piece(r, Some(HostError::Member(format!("{} bytes for {len}", d.len())))),
+                    Err(e) => self.finish_piece(r, Some(HostError::Member(e))),
+                }
+                self.touched.insert(r);
+            }
+            MemberUse::Destage(r) => {
+                let stripes: Vec<u64> = self.stripes_of(r).collect();
+                for s in stripes {
+                    if let Some(st) = self.stripes.get_mut(&s) {
+                        st.users = st.users.saturating_sub(1);
+                    }
+                    self.maybe_yield_stripe(s);
+                }
+                let now = self.now_us;
+                let peer = self.replica_peer();
+                let l = self.line(r);
+                let Phase::Destaging { wseq, .. } = l.phase else { return };
+                l.phase = Phase::Idle;
+                match result {
+                    Ok(_) => {
+                        l.clean_wseq = l.clean_wseq.max(wseq);
+                        if l.wseq == wseq && l.state == State::Modified {
+                            l.state = State::Exclusive;
+                        }
+                        if let Some(to) = peer {
+                            self.out.push(Output::Send { to, msg: Msg::DropReplica { line: r, wseq } });
+                        }
+                        if self.head_applied(r) {
+                            self.finish_piece(r, None);
+                        }
+                    }
+                    Err(e) => {
+                        l.retry_at_us = now + DESTAGE_RETRY_US;
+                        self.fail_applied(r, HostError::Member(e.clone()));
+                        for job in self.flushes.values_mut() {
+                            if job.lines.iter().any(|(x, _)| *x == r) {
+                                job.failed.get_or_insert(e.clone());
+                            }
+                        }
+                    }
+                }
+                self.touched.insert(r);
+            }
+            MemberUse::Sync(job) => {
+                if let Some(j) = self.flushes.get_mut(&job) {
+                    j.sync = Some(None);
+                    if let Err(e) = result {
+                        j.failed.get_or_insert(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn head_applied(&self, r: u64) -> bool {
+        self.lines.get(&r).and_then(|l| l.queue.front()).and_then(|p| self.pieces.get(p)).is_some_and(|p| p.applied)
+    }
+
+    /// A write-through of an applied piece failed: the piece fails (its data stays dirty here).
+    fn fail_applied(&mut self, r: u64, e: HostError) {
+        if self.head_applied(r) {
+            self.finish_piece(r, Some(e));
+        }
+    }
+
+    // ---- fabric --------------------------------------------------------------------------
+
+    fn send_request(&mut self, id: u64, to: u8, msg: Msg, purpose: Purpose) {
+        self.fabric.insert(id, Outstanding { to, msg: msg.clone(), sent_us: self.now_us, purpose });
+        self.out.push(Output::Send { to, msg });
+    }
+
+    fn fabric_in(&mut self, from: u8, epoch: u32, msg: Msg) {
+        if epoch != self.cfg.epoch {
+            self.counters.stale_epoch += 1;
+            return;
+        }
+        if from >= 8 || self.others() & (1 << from) == 0 {
+            self.counters.malformed += 1;
+            return;
+        }
+        match msg {
+            Msg::Replicate { id, line, wseq, data } => {
+                let fits = data.len() == self.line_len() && line < self.cfg.capacity / self.cfg.line_bytes;
+                let room = self.replicas.len() < REPLICAS_MAX || self.replicas.contains_key(&(from, line));
+                if !fits || !room {
+                    self.counters.malformed += 1;
+                    return;
+                }
+                let e = self.replicas.entry((from, line)).or_insert((0, Vec::new()));
+                if wseq >= e.0 {
+                    *e = (wseq, data);
+                }
+                self.out.push(Output::Send { to: from, msg: Msg::ReplicaAck { id } });
+            }
+            Msg::ReplicaAck { id } => {
+                if let Some(Outstanding { purpose: Purpose::Replica(r), .. }) = self.fabric.get(&id) {
+                    let r = *r;
+                    self.fabric.remove(&id);
+                    if self.lines.get(&r).is_some_and(|l| l.phase == Phase::Replicating { id }) {
+                        self.line(r).phase = Phase::Idle;
+                        self.finish_piece(r, None);
+                        self.touched.insert(r);
+                    }
+                }
+            }
+            Msg::DropReplica { line, wseq } => {
+                if self.replicas.get(&(from, line)).is_some_and(|(w, _)| *w <= wseq) {
+                    self.replicas.remove(&(from, line));
+                }
+            }
+            Msg::FlushReq { id } => {
+                let origin = Origin::Peer { node: from, id };
+                if !self.flushes.values().any(|j| j.origin == origin) {
+                    self.start_flush(origin);
+                }
+            }
+            Msg::FlushDone { id, ok } => {
+                if let Some(Outstanding { purpose: Purpose::Flush(job), to, .. }) = self.fabric.get(&id) {
+                    let (job, to) = (*job, *to);
+                    self.fabric.remove(&id);
+                    if let Some(j) = self.flushes.get_mut(&job) {
+                        j.peers_left &= !(1 << to);
+                        if !ok {
+                            j.failed.get_or_insert(format!("node {to} could not write back"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- flush ---------------------------------------------------------------------------
+
+    fn start_flush(&mut self, origin: Origin) {
+        let job = self.id();
+        let lines: Vec<(u64, u64)> =
+            self.lines.iter().filter(|(_, l)| l.state == State::Modified).map(|(r, l)| (*r, l.wseq)).collect();
+        for (r, _) in &lines {
+            self.line(*r).writeback = true;
+            self.touched.insert(*r);
+        }
+        let peers = if matches!(origin, Origin::Host(_)) { self.others() } else { 0 };
+        self.flushes.insert(job, FlushJob { origin, lines, peers_left: peers, sync: None, failed: None });
+        for p in (0..8u8).filter(|p| peers & (1 << p) != 0) {
+            let id = self.id();
+            self.send_request(id, p, Msg::FlushReq { id }, Purpose::Flush(job));
+        }
+    }
+
+    fn check_flushes(&mut self) {
+        let ids: Vec<u64> = self.flushes.keys().copied().collect();
+        for job in ids {
+            let Some(j) = self.flushes.get(&job) else { continue };
+            let pending = j
+                .lines
+                .iter()
+                .any(|(r, w)| self.lines.get(r).is_some_and(|l| l.state == State::Modified && l.clean_wseq < *w));
+            if (pending && j.failed.is_none()) || j.peers_left != 0 {
+                continue;
+            }
+            match j.sync {
+                None if j.failed.is_none() => {
+                    let id = self.id();
+                    self.members.insert(id, MemberUse::Sync(job));
+                    if let Some(j) = self.flushes.get_mut(&job) {
+                        j.sync = Some(Some(id));
+                    }
+                    self.out.push(Output::MemberSync { id });
+                }
+                Some(Some(_)) => {}
+                _ => {
+                    let Some(j) = self.flushes.remove(&job) else { continue };
+                    match j.origin {
+                        Origin::Host(id) => {
+                            let result = match j.failed {
+                                Some(e) => Err(HostError::Flush(e)),
+                                None => Ok(Vec::new()),
+                            };
+                            self.out.push(Output::Reply { id, result });
+                        }
+                        Origin::Peer { node, id } => {
+                            let msg = Msg::FlushDone { id, ok: j.failed.is_none() };
+                            self.out.push(Output::Send { to: node, msg });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- time ----------------------------------------------------------------------------
+
+    fn tick(&mut self, now_us: u64) {
+        self.now_us = self.now_us.max(now_us);
+        let now = self.now_us;
+        let late: Vec<u64> =
+            self.fabric.iter().filter(|(_, o)| o.sent_us + RETRANSMIT_US <= now).map(|(id, _)| *id).collect();
+        for id in late {
+            if let Some(o) = self.fabric.get_mut(&id) {
+                o.sent_us = now;
+                let (to, msg) = (o.to, o.msg.clone());
+                self.counters.retransmits += 1;
+                self.out.push(Output::Send { to, msg });
+            }
+        }
+        let old: Vec<u64> = self
+            .lines
+            .iter()
+            .filter(|(_, l)| {
+                l.state == State::Modified && l.phase == Phase::Idle && l.dirty_since_us + WRITEBACK_AGE_US <= now
+            })
+            .map(|(r, _)| *r)
+            .take(WRITEBACKS_PER_TICK)
+            .collect();
+        for r in old {
+            self.line(r).writeback = true;
+            self.touched.insert(r);
+        }
+        let retry: Vec<u64> =
+            self.lines.iter().filter(|(_, l)| l.retry_at_us != 0 && l.retry_at_us <= now).map(|(r, _)| *r).collect();
+        for r in retry {
+            self.line(r).retry_at_us = 0;
+            self.touched.insert(r);
+        }
+    }
+
+    /// Checks the machine's own invariants; the simulator calls it after every step.
+    pub fn check(&self) -> Result<(), String> {
+        let lb = self.line_len();
+        for (r, l) in &self.lines {
+            if l.state != State::Invalid && l.data.len() != lb {
+                return Err(format!("n{} line {r} is {:?} with {} bytes", self.cfg.node, l.state, l.data.len()));
+            }
+            if matches!(l.phase, Phase::Replicating { .. } | Phase::Destaging { .. }) && l.state == State::Invalid {
+                return Err(format!("n{} line {r} is {:?} without data", self.cfg.node, l.phase));
+            }
+            if l.state == State::Modified && l.clean_wseq >= l.wseq {
+                return Err(format!("n{} line {r} is Modified but its content is on the members", self.cfg.node));
+            }
+            if let Phase::Destaging { .. } = l.phase {
+                for s in self.stripes_of(*r) {
+                    if !self.stripes.get(&s).is_some_and(|st| st.held && st.users > 0) {
+                        return Err(format!("n{} writes line {r} back without stripe {s}'s lock", self.cfg.node));
+                    }
+                }
+            }
+        }
+        for (s, st) in &self.stripes {
+            if st.users > 0 && !st.held {
+                return Err(format!("n{} uses stripe {s} without holding it", self.cfg.node));
+            }
+        }
+        let resident = self.lines.values().filter(|l| l.state != State::Invalid).count();
+        if resident > self.cfg.lines_max {
+            return Err(format!("n{} holds {resident} lines, more than {}", self.cfg.node, self.cfg.lines_max));
+        }
+        Ok(())
+    }
+}

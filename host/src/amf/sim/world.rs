@@ -1,0 +1,707 @@
+//! The simulated cluster and its scheduler.
+
+use super::history::{pattern, History, BLOCK_BYTES};
+use crate::amf::io::*;
+use crate::amf::machine::{Config, Counters, Machine, State};
+use crate::engine::{Backend, Driver, DriverConfig, ModelBackend};
+use crate::raid::assemble::{assemble_as, create, CreateOptions};
+use crate::raid::{Array, Level};
+use amf_hdl_model::gen::structs::{Completion, Event, EventKind, Opcode, Status};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+
+/// Card clock cycles per simulated microsecond (the nominal 100 MHz).
+const CYCLES_PER_US: u64 = 100;
+/// How long a card waits for answers before it reports the silent peers.
+const ACK_TIMEOUT_US: u64 = 3_000;
+/// Machine ticks.
+const TICK_US: u64 = 1_000;
+/// Card clock steps while nothing else happens (timeouts fire on them).
+const CARD_POLL_US: u64 = 50;
+/// A run that has not finished by then is stuck (a liveness failure).
+const TIME_LIMIT_US: u64 = 30_000_000;
+/// Commands a node keeps in its card's ring at once.
+const CARD_INFLIGHT_MAX: usize = 200;
+/// Rounds of feeding card output back into machines per event before it is called a loop.
+const PUMP_ROUNDS_MAX: usize = 10_000;
+
+/// Fault knobs (ppm: per million messages).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Faults {
+    /// Largest fabric delay; messages are reordered by their random delays.
+    pub fabric_delay_us_max: u64,
+    /// Fabric messages lost.
+    pub fabric_loss_ppm: u32,
+    /// Fabric messages delivered twice.
+    pub fabric_dup_ppm: u32,
+    /// Largest card-link delay.
+    pub link_delay_us_max: u64,
+    /// Link frames lost.
+    pub link_loss_ppm: u32,
+    /// Link frames delivered twice.
+    pub link_dup_ppm: u32,
+    /// Largest member I/O latency.
+    pub member_latency_us_max: u64,
+    /// Garbage injected per million events: corrupt frames to cards, stale-epoch fabric
+    /// messages to machines (both must be dropped and counted, nothing else changes).
+    pub garbage_ppm: u32,
+}
+
+/// One simulated run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SimConfig {
+    /// The seed everything comes from.
+    pub seed: u64,
+    /// Controllers.
+    pub nodes: u8,
+    /// RAID level.
+    pub level: Level,
+    /// Members.
+    pub members: usize,
+    /// Chunk bytes.
+    pub chunk_bytes: u64,
+    /// Stripes in the group.
+    pub stripes: u64,
+    /// Cache line bytes.
+    pub line_bytes: u64,
+    /// Lines each controller may cache.
+    pub lines_max: usize,
+    /// Lines the clients touch.
+    pub working_lines: u64,
+    /// Clients per controller (each runs its operations one after another).
+    pub clients: usize,
+    /// Operations per client.
+    pub ops: usize,
+    /// Faults.
+    pub faults: Faults,
+}
+
+impl SimConfig {
+    /// The run seed `seed` stands for: shape, sizes and fault knobs drawn from it.
+    pub fn from_seed(seed: u64) -> SimConfig {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f_a3f);
+        let (level, members) = match rng.gen_range(0..10) {
+            0 => (Level::Raid0, rng.gen_range(2..=3)),
+            1 => (Level::Raid1, rng.gen_range(2..=3)),
+            2 => (Level::Raid10, 4),
+            3..=4 => (Level::Raid6, rng.gen_range(4..=6)),
+            _ => (Level::Raid5, rng.gen_range(3..=5)),
+        };
+        let line_bytes = 4096;
+        let chunk_bytes = if rng.gen_bool(0.5) { 4096 } else { 8192 };
+        let nodes = rng.gen_range(3..=5);
+        SimConfig {
+            seed,
+            nodes,
+            level,
+            members,
+            chunk_bytes,
+            stripes: 16,
+            line_bytes,
+            lines_max: rng.gen_range(4..=16),
+            working_lines: rng.gen_range(6..=24),
+            clients: rng.gen_range(1..=3),
+            ops: rng.gen_range(30..=60),
+            faults: Faults {
+                fabric_delay_us_max: rng.gen_range(5..=200),
+                fabric_loss_ppm: if rng.gen_bool(0.5) { rng.gen_range(0..=20_000) } else { 0 },
+                fabric_dup_ppm: if rng.gen_bool(0.5) { rng.gen_range(0..=20_000) } else { 0 },
+                link_delay_us_max: rng.gen_range(1..=100),
+                link_loss_ppm: if rng.gen_bool(0.3) { rng.gen_range(0..=5_000) } else { 0 },
+                link_dup_ppm: if rng.gen_bool(0.3) { rng.gen_range(0..=5_000) } else { 0 },
+                member_latency_us_max: rng.gen_range(5..=500),
+                garbage_ppm: if rng.gen_bool(0.3) { 2_000 } else { 0 },
+            },
+        }
+    }
+}
+
+/// What a passing run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Hash of every input every machine received, in order, with its time: two runs of one
+    /// seed must agree.
+    pub trace_hash: u64,
+    /// Machine steps.
+    pub steps: u64,
+    /// Simulated time.
+    pub sim_us: u64,
+    /// Host operations completed.
+    pub ops: u64,
+    /// Block reads checked against the history.
+    pub reads_checked: u64,
+    /// Member writes per controller (every controller writes the members itself).
+    pub member_writes: Vec<u64>,
+    /// Each controller's counters.
+    pub counters: Vec<Counters>,
+    /// Garbage injected (dropped by cards and machines).
+    pub garbage: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Frame { to: u8, bytes: [u8; 32] },
+    Fabric { to: u8, from: u8, epoch: u32, msg: Msg },
+    MemberDone { node: u8, id: u64, result: Result<Vec<u8>, String>, stripes: Vec<u64> },
+    MemberRead { node: u8, id: u64, offset: u64, len: u64 },
+    Client(usize),
+    Tick(u8),
+    CardPoll,
+}
+
+#[derive(Clone, Debug)]
+enum OpKind {
+    Read { first: u64, count: u64 },
+    Write { id: u64 },
+    Flush,
+}
+
+struct Client {
+    node: u8,
+    left: usize,
+    op: Option<(u64, OpKind, u64)>,
+}
+
+struct Node {
+    m: Machine,
+    driver: Driver<ModelBackend>,
+    card: ModelBackend,
+    array: Array,
+    card_cycles: u64,
+    tags: BTreeMap<u32, u64>,
+    backlog: VecDeque<(u64, CardOp, u64)>,
+}
+
+struct World {
+    cfg: SimConfig,
+    rng: StdRng,
+    now_us: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    nodes: Vec<Node>,
+    clients: Vec<Client>,
+    history: History,
+    hasher: std::collections::hash_map::DefaultHasher,
+    steps: u64,
+    /// Stripe -> (node writing it, writes in flight): one node's writes of a stripe are
+    /// ordered by its own `Array`; two nodes' must never overlap.
+    writing: BTreeMap<u64, (u8, u32)>,
+    next_req: u64,
+    reqs: BTreeMap<u64, usize>,
+    ops_done: u64,
+    garbage: u64,
+    stale_sent: u64,
+    final_flush: Option<u64>,
+    finished: bool,
+    stripe_bytes: u64,
+    blocks: u64,
+    dir: PathBuf,
+}
+
+/// Runs one seed's simulation; Err names what a checker found (with the seed to replay).
+pub fn run(cfg: SimConfig) -> Result<Report, String> {
+    let dir = std::env::temp_dir().join(format!("amf-sim-{}-{}", std::process::id(), cfg.seed));
+    let result = World::new(cfg.clone(), dir.clone()).and_then(|mut w| w.run());
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(|e| format!("seed {}: {e}\n  replay: amf sim --seed {}", cfg.seed, cfg.seed))
+}
+
+fn status_of(c: &Completion) -> CardStatus {
+    match Status::from_raw(c.status) {
+        Some(Status::Ok) if c.untracked != 0 => CardStatus::Untracked,
+        Some(Status::Ok) => CardStatus::Ok,
+        Some(Status::Timeout) => CardStatus::Timeout,
+        Some(Status::Conflict) => CardStatus::Conflict,
+        _ => CardStatus::Refused,
+    }
+}
+
+fn opcode(op: CardOp) -> (Opcode, bool) {
+    match op {
+        CardOp::AcquireShared => (Opcode::AcquireShared, true),
+        CardOp::AcquireExclusive => (Opcode::AcquireExclusive, true),
+        CardOp::YieldShare => (Opcode::YieldShare, false),
+        CardOp::Yield => (Opcode::Yield, false),
+        CardOp::Release => (Opcode::Release, false),
+    }
+}
+
+impl World {
+    fn new(cfg: SimConfig, dir: PathBuf) -> Result<World, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let opts = CreateOptions {
+            chunk_bytes: cfg.chunk_bytes,
+            region_bytes: 0,
+            ..CreateOptions::new(cfg.level, cfg.members, (1 << 20) + cfg.stripes * cfg.chunk_bytes)
+        };
+        create(&dir, &opts).map_err(|e| format!("create: {e}"))?;
+        let peers = ((1u16 << cfg.nodes) - 1) as u8;
+        let mut nodes = Vec::new();
+        for n in 0..cfg.nodes {
+            let array = assemble_as(&dir, false, n as usize).map_err(|e| format!("assemble: {e}"))?.array;
+            let capacity = array.capacity();
+            let stripe_bytes = array.geometry().stripe_bytes();
+            let card = ModelBackend::new();
+            let dcfg = DriverConfig {
+                node: n,
+                peers,
+                epoch: 1,
+                ring_log2: 8,
+                ack_timeout_cycles: (ACK_TIMEOUT_US * CYCLES_PER_US) as u32,
+                heartbeat_cycles: 0,
+            };
+            let driver = Driver::open(card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
+            let m = Machine::new(Config {
+                node: n,
+                nodes: cfg.nodes,
+                epoch: 1,
+                line_bytes: cfg.line_bytes,
+                lines_max: cfg.lines_max,
+                stripe_bytes,
+                capacity: capacity - capacity % cfg.line_bytes,
+            });
+            nodes.push(Node {
+                m,
+                driver,
+                card,
+                array,
+                card_cycles: 0,
+                tags: BTreeMap::new(),
+                backlog: VecDeque::new(),
+            });
+        }
+        let capacity = nodes[0].m.config().capacity;
+        let stripe_bytes = nodes[0].array.geometry().stripe_bytes();
+        let lines = (capacity / cfg.line_bytes).min(cfg.working_lines).max(1);
+        let blocks = lines * cfg.line_bytes / BLOCK_BYTES as u64;
+        let clients = (0..cfg.nodes as usize * cfg.clients)
+            .map(|i| Client { node: (i % cfg.nodes as usize) as u8, left: cfg.ops, op: None })
+            .collect();
+        Ok(World {
+            rng: StdRng::seed_from_u64(cfg.seed),
+            cfg,
+            now_us: 1,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes,
+            clients,
+            history: History::default(),
+            hasher: Default::default(),
+            steps: 0,
+            writing: BTreeMap::new(),
+            next_req: 1,
+            reqs: BTreeMap::new(),
+            ops_done: 0,
+            garbage: 0,
+            stale_sent: 0,
+            final_flush: None,
+            finished: false,
+            stripe_bytes,
+            blocks,
+            dir,
+        })
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), ev);
+    }
+
+    fn chance(&mut self, ppm: u32) -> bool {
+        ppm > 0 && self.rng.gen_range(0..1_000_000) < ppm
+    }
+
+    fn run(&mut self) -> Result<Report, String> {
+        for c in 0..self.clients.len() {
+            let t = self.rng.gen_range(1..100);
+            self.at(t, Ev::Client(c));
+        }
+        for n in 0..self.cfg.nodes {
+            self.at(TICK_US, Ev::Tick(n));
+        }
+        self.at(CARD_POLL_US, Ev::CardPoll);
+        while !self.finished {
+            let Some(((t, _), ev)) = self.queue.pop_first() else {
+                return Err("nothing left to run before the workload finished (a lost wake-up)".into());
+            };
+            if t > TIME_LIMIT_US {
+                return Err(format!(
+                    "stuck: {} of {} operations done by {t} us; {}",
+                    self.ops_done,
+                    self.total_ops(),
+                    self.open()
+                ));
+            }
+            self.now_us = t;
+            for n in 0..self.nodes.len() {
+                self.advance_card(n);
+            }
+            self.event(ev)?;
+            self.pump()?;
+        }
+        self.final_checks()
+    }
+
+    fn total_ops(&self) -> u64 {
+        (self.clients.len() * self.cfg.ops) as u64
+    }
+
+    fn open(&self) -> String {
+        let open: Vec<String> =
+            self.nodes.iter().enumerate().map(|(i, n)| format!("n{i}: {} open", n.m.requests_open())).collect();
+        open.join(", ")
+    }
+
+    fn advance_card(&mut self, n: usize) {
+        let target = self.now_us * CYCLES_PER_US;
+        let node = &mut self.nodes[n];
+        if target > node.card_cycles {
+            node.card.run(target - node.card_cycles);
+            node.card_cycles = target;
+        }
+    }
+
+    fn event(&mut self, ev: Ev) -> Result<(), String> {
+        match ev {
+            Ev::Frame { to, bytes } => {
+                self.nodes[to as usize].card.deliver(&bytes);
+            }
+            Ev::Fabric { to, from, epoch, msg } => {
+                self.step(to, Input::Fabric { from, epoch, msg })?;
+            }
+            Ev::MemberDone { node, id, result, stripes } => {
+                for s in stripes {
+                    if let Some(w) = self.writing.get_mut(&s) {
+                        w.1 -= 1;
+                        if w.1 == 0 {
+                            self.writing.remove(&s);
+                        }
+                    }
+                }
+                self.step(node, Input::MemberDone { id, result })?;
+            }
+            Ev::MemberRead { node, id, offset, len } => {
+                let mut buf = vec![0u8; len as usize];
+                let result =
+                    self.nodes[node as usize].array.read(offset, &mut buf).map(|_| buf).map_err(|e| e.to_string());
+                self.step(node, Input::MemberDone { id, result })?;
+            }
+            Ev::Client(c) => self.issue(c)?,
+            Ev::Tick(n) => {
+                self.step(n, Input::Tick { now_us: self.now_us })?;
+                self.at(self.now_us + TICK_US, Ev::Tick(n));
+            }
+            Ev::CardPoll => {
+                self.at(self.now_us + CARD_POLL_US, Ev::CardPoll);
+                self.inject_garbage()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn inject_garbage(&mut self) -> Result<(), String> {
+        if !self.chance(self.cfg.faults.garbage_ppm * 20) {
+            return Ok(());
+        }
+        let to = self.rng.gen_range(0..self.cfg.nodes);
+        self.garbage += 1;
+        if self.rng.gen_bool(0.5) {
+            let mut bytes = [0u8; 32];
+            self.rng.fill(&mut bytes[..]);
+            if self.nodes[to as usize].card.deliver(&bytes) {
+                return Err("a card accepted a garbage frame".into());
+            }
+        } else {
+            let from = (to + 1) % self.cfg.nodes;
+            self.stale_sent += 1;
+            let msg = Msg::DropReplica { line: 0, wseq: u64::MAX };
+            self.step(to, Input::Fabric { from, epoch: 0, msg })?;
+        }
+        Ok(())
+    }
+
+    /// A client starts its next operation (or the run its final flush).
+    fn issue(&mut self, c: usize) -> Result<(), String> {
+        if self.clients[c].left == 0 {
+            return Ok(());
+        }
+        self.clients[c].left -= 1;
+        let node = self.clients[c].node;
+        let req = self.next_req;
+        self.next_req += 1;
+        let lb = self.cfg.line_bytes;
+        let per_line = lb / BLOCK_BYTES as u64;
+        let roll = self.rng.gen_range(0..100);
+        let count =
+            if self.rng.gen_bool(0.3) { per_line } else { self.rng.gen_range(1..=per_line + 2) }.min(self.blocks);
+        let first = if count == per_line && self.rng.gen_bool(0.7) {
+            self.rng.gen_range(0..self.blocks / per_line) * per_line
+        } else {
+            self.rng.gen_range(0..=self.blocks - count)
+        };
+        let offset = first * BLOCK_BYTES as u64;
+        let (kind, input) = if roll < 4 {
+            (OpKind::Flush, HostReq::Flush)
+        } else if roll < 50 {
+            (OpKind::Read { first, count }, HostReq::Read { offset, len: count * BLOCK_BYTES as u64 })
+        } else {
+            let mut data = vec![0u8; (count as usize) * BLOCK_BYTES];
+            pattern(req, first, &mut data);
+            self.history.write_started(req, first, count, self.now_us);
+            let fua = self.rng.gen_range(0..10) == 0;
+            (OpKind::Write { id: req }, HostReq::Write { offset, data, fua })
+        };
+        self.clients[c].op = Some((req, kind, self.now_us));
+        self.reqs.insert(req, c);
+        self.step(node, Input::Host { id: req, req: input })
+    }
+
+    fn reply(&mut self, id: u64, result: Result<Vec<u8>, HostError>) -> Result<(), String> {
+        if self.final_flush == Some(id) {
+            result.map_err(|e| format!("final flush: {e}"))?;
+            self.finished = true;
+            return Ok(());
+        }
+        let Some(c) = self.reqs.remove(&id) else { return Err(format!("reply to unknown request {id}")) };
+        let Some((_, kind, start)) = self.clients[c].op.take() else { return Err("reply with no operation".into()) };
+        let data = result.map_err(|e| format!("request {id} ({kind:?}) failed: {e}"))?;
+        match kind {
+            OpKind::Write { id } => self.history.write_done(id, self.now_us),
+            OpKind::Read { first, count } => {
+                for (i, b) in data.chunks(BLOCK_BYTES).enumerate().take(count as usize) {
+                    self.history.check_read(first + i as u64, b, start, self.now_us)?;
+                }
+            }
+            OpKind::Flush => {}
+        }
+        self.ops_done += 1;
+        if self.clients[c].left > 0 {
+            let t = self.now_us + self.rng.gen_range(0..50);
+            self.at(t, Ev::Client(c));
+        } else if self.clients.iter().all(|c| c.left == 0 && c.op.is_none()) {
+            // Everyone is done: a FLUSH through node 0 must put every acknowledged write on
+            // the members.
+            let id = self.next_req;
+            self.next_req += 1;
+            self.final_flush = Some(id);
+            self.step(0, Input::Host { id, req: HostReq::Flush })?;
+        }
+        Ok(())
+    }
+
+    /// One machine step and its outputs, then the checkers.
+    fn step(&mut self, n: u8, input: Input) -> Result<(), String> {
+        self.steps += 1;
+        (self.now_us, n, &input).hash(&mut self.hasher);
+        let outs = self.nodes[n as usize].m.step(input);
+        self.nodes[n as usize].m.check()?;
+        for o in outs {
+            self.output(n, o)?;
+        }
+        self.check_cluster()
+    }
+
+    fn output(&mut self, n: u8, o: Output) -> Result<(), String> {
+        let f = self.cfg.faults.clone();
+        match o {
+            Output::Card { id, op, resource } => self.nodes[n as usize].backlog.push_back((id, op, resource)),
+            Output::Send { to, msg } => {
+                if to >= self.cfg.nodes || to == n {
+                    return Err(format!("n{n} sent {msg:?} to n{to}"));
+                }
+                if !self.chance(f.fabric_loss_ppm) {
+                    let copies = if self.chance(f.fabric_dup_ppm) { 2 } else { 1 };
+                    for _ in 0..copies {
+                        let t = self.now_us + self.rng.gen_range(1..=f.fabric_delay_us_max);
+                        self.at(t, Ev::Fabric { to, from: n, epoch: 1, msg: msg.clone() });
+                    }
+                }
+            }
+            Output::MemberRead { id, offset, len } => {
+                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                self.at(t, Ev::MemberRead { node: n, id, offset, len });
+            }
+            Output::MemberWrite { id, offset, data } => {
+                let sb = self.stripe_bytes;
+                let stripes: Vec<u64> = (offset / sb..=(offset + data.len() as u64 - 1) / sb).collect();
+                for s in &stripes {
+                    let w = self.writing.entry(*s).or_insert((n, 0));
+                    if w.0 != n {
+                        return Err(format!("n{n} and n{} write stripe {s} at the same time", w.0));
+                    }
+                    w.1 += 1;
+                }
+                let result = self.nodes[n as usize]
+                    .array
+                    .write(offset, &data, false)
+                    .map(|_| Vec::new())
+                    .map_err(|e| e.to_string());
+                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                self.at(t, Ev::MemberDone { node: n, id, result, stripes });
+            }
+            Output::MemberSync { id } => {
+                let result = self.nodes[n as usize].array.flush().map(|_| Vec::new()).map_err(|e| e.to_string());
+                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
+            }
+            Output::Reply { id, result } => self.reply(id, result)?,
+        }
+        Ok(())
+    }
+
+    /// Feeds card completions and events to the machines (in the card's order) and card frames
+    /// to the link, until nothing moves.
+    fn pump(&mut self) -> Result<(), String> {
+        for _ in 0..PUMP_ROUNDS_MAX {
+            let mut moved = false;
+            for n in 0..self.nodes.len() {
+                moved |= self.pump_node(n)?;
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+        Err("card and machines kept feeding each other without end".into())
+    }
+
+    fn pump_node(&mut self, n: usize) -> Result<bool, String> {
+        let mut moved = false;
+        {
+            let node = &mut self.nodes[n];
+            while node.driver.in_flight() < CARD_INFLIGHT_MAX {
+                let Some((id, op, resource)) = node.backlog.pop_front() else { break };
+                let (code, wait) = opcode(op);
+                let tag = node.driver.submit_with(code, resource, wait).map_err(|e| format!("n{n} card: {e}"))?;
+                node.tags.insert(tag, id);
+                moved = true;
+            }
+            node.card.run(0);
+        }
+        let done = self.nodes[n].driver.reap().map_err(|e| format!("n{n} card: {e}"))?;
+        let events = self.nodes[n].driver.events_indexed().map_err(|e| format!("n{n} card: {e}"))?;
+        let mut events: VecDeque<(u32, Event)> = events.into();
+        let mut inputs = Vec::new();
+        for c in done {
+            while events.front().is_some_and(|(i, _)| (c.events_before.wrapping_sub(*i) as i32) > 0) {
+                if let Some((_, e)) = events.pop_front() {
+                    inputs.extend(event_input(&e));
+                }
+            }
+            let Some(id) = self.nodes[n].tags.remove(&c.tag) else {
+                return Err(format!("n{n}: completion for tag {}", c.tag));
+            };
+            inputs.push(Input::CardDone { id, status: status_of(&c) });
+        }
+        inputs.extend(events.iter().filter_map(|(_, e)| event_input(e)));
+        for input in inputs {
+            moved = true;
+            self.step(n as u8, input)?;
+        }
+        let f = self.cfg.faults.clone();
+        for o in self.nodes[n].card.take_outgoing() {
+            moved = true;
+            for to in 0..self.cfg.nodes {
+                if o.dst_mask & (1 << to) == 0 || self.chance(f.link_loss_ppm) {
+                    continue;
+                }
+                let copies = if self.chance(f.link_dup_ppm) { 2 } else { 1 };
+                for _ in 0..copies {
+                    let t = self.now_us + self.rng.gen_range(1..=f.link_delay_us_max);
+                    self.at(t, Ev::Frame { to, bytes: o.bytes });
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Single writer per line and per stripe, and a replica for every acknowledged dirty line.
+    fn check_cluster(&self) -> Result<(), String> {
+        let mut lines: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+        let mut stripes: BTreeMap<u64, u8> = BTreeMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            for (r, s) in node.m.resident() {
+                let e = lines.entry(r).or_default();
+                if matches!(s, State::Exclusive | State::Modified) {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+                if e.0 > 1 || (e.0 == 1 && e.1 > 0) {
+                    return Err(format!("line {r}: an exclusive copy and another copy at once (n{i} holds {s:?})"));
+                }
+            }
+            for s in node.m.stripes_held() {
+                if let Some(other) = stripes.insert(s, i as u8) {
+                    return Err(format!("stripe {s}: locked by n{other} and n{i} at once"));
+                }
+            }
+            if let Some(peer) = node.m.replica_node() {
+                for (r, data) in node.m.dirty_idle() {
+                    let held = self.nodes[peer as usize].m.replicas().get(&(i as u8, r));
+                    if held.is_none_or(|(_, d)| d.as_slice() != data) {
+                        return Err(format!("n{i}'s dirty line {r} is acknowledged but n{peer} has no replica of it"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn final_checks(&mut self) -> Result<Report, String> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.m.dirty_lines() != 0 {
+                return Err(format!("n{i} kept {} dirty lines after the final flush", n.m.dirty_lines()));
+            }
+        }
+        let stale: u64 = self.nodes.iter().map(|n| n.m.counters.stale_epoch).sum();
+        if stale != self.stale_sent {
+            return Err(format!("{} stale-epoch messages sent, {stale} dropped", self.stale_sent));
+        }
+        let now = self.now_us + 1;
+        let blocks: Vec<u64> = self.history.blocks().collect();
+        for b in blocks {
+            let mut buf = vec![0u8; BLOCK_BYTES];
+            self.nodes[0].array.read(b * BLOCK_BYTES as u64, &mut buf).map_err(|e| format!("final read: {e}"))?;
+            self.history
+                .check_read(b, &buf, now, now)
+                .map_err(|e| format!("on the members after the final flush: {e}"))?;
+        }
+        let scrub =
+            crate::raid::scrub::scrub(&self.nodes[0].array, false, &|_, _| {}).map_err(|e| format!("scrub: {e}"))?;
+        if scrub.mismatches != 0 {
+            return Err(format!(
+                "scrub: {} stripes with parity out of step: {:?}",
+                scrub.mismatches, scrub.mismatched_stripes
+            ));
+        }
+        let _ = &self.dir;
+        Ok(Report {
+            seed: self.cfg.seed,
+            trace_hash: self.hasher.finish(),
+            steps: self.steps,
+            sim_us: self.now_us,
+            ops: self.ops_done,
+            reads_checked: self.history.reads_checked,
+            member_writes: self.nodes.iter().map(|n| n.m.counters.member_writes).collect(),
+            counters: self.nodes.iter().map(|n| n.m.counters).collect(),
+            garbage: self.garbage,
+        })
+    }
+}
+
+fn event_input(e: &Event) -> Option<Input> {
+    if e.hold == 0 {
+        return None;
+    }
+    let kind = match EventKind::from_raw(e.kind)? {
+        EventKind::Invalidate => CardEventKind::Invalidate,
+        EventKind::Downgrade => CardEventKind::Share,
+        _ => return None,
+    };
+    Some(Input::CardEvent { kind, resource: e.resource, from: e.node })
+}
