@@ -33,6 +33,51 @@ pub struct Config {
     pub stripe_bytes: u64,
     /// Bytes in the group (a multiple of `line_bytes`).
     pub capacity: u64,
+    /// A test aid: one protocol rule deliberately broken, so tests show that a checker
+    /// catches it. None in every real controller.
+    pub mutation: Option<Mutation>,
+}
+
+/// Protocol rules a test can break on purpose (see [`Config::mutation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Mutation {
+    /// Yield to an invalidate but keep serving the old copy (skip the invalidate).
+    SkipInvalidate,
+    /// Acknowledge a write before its replica is held by the peer.
+    AckBeforeReplica,
+    /// Acknowledge replicas without keeping them (forget a replica).
+    ForgetReplica,
+    /// Yield a dirty line before its write-back (answer the peer before acting on the event).
+    YieldBeforeWriteBack,
+    /// Write lines back without the stripe locks.
+    NoStripeLock,
+}
+
+impl Mutation {
+    /// Every mutation.
+    pub const ALL: [Mutation; 5] = [
+        Mutation::SkipInvalidate,
+        Mutation::AckBeforeReplica,
+        Mutation::ForgetReplica,
+        Mutation::YieldBeforeWriteBack,
+        Mutation::NoStripeLock,
+    ];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::SkipInvalidate => "skip-invalidate",
+            Mutation::AckBeforeReplica => "ack-before-replica",
+            Mutation::ForgetReplica => "forget-replica",
+            Mutation::YieldBeforeWriteBack => "yield-before-write-back",
+            Mutation::NoStripeLock => "no-stripe-lock",
+        }
+    }
+
+    /// The mutation called `name`.
+    pub fn from_name(name: &str) -> Option<Mutation> {
+        Mutation::ALL.into_iter().find(|m| m.name() == name)
+    }
 }
 
 /// Acquires of one line retried after timeouts or lost conflicts before the request fails.
@@ -470,7 +515,7 @@ impl Machine {
                     None => state != State::Invalid,
                 });
             if (l.owed_excl || l.owed_share) && !(l.fresh && servable) {
-                if state == State::Modified {
+                if state == State::Modified && self.cfg.mutation != Some(Mutation::YieldBeforeWriteBack) {
                     // Only an idle owner is Modified here (acquires start from Shared or
                     // Invalid): write back first, the yield follows.
                     if l.retry_at_us <= self.now_us {
@@ -478,10 +523,15 @@ impl Machine {
                     }
                     return;
                 }
+                let skip = self.cfg.mutation == Some(Mutation::SkipInvalidate);
                 let l = self.line(r);
                 if l.owed_excl {
-                    l.state = State::Invalid;
-                    l.data = Vec::new();
+                    if skip && l.state != State::Invalid {
+                        l.state = State::Shared;
+                    } else {
+                        l.state = State::Invalid;
+                        l.data = Vec::new();
+                    }
                     l.owed_excl = false;
                     l.owed_share = false;
                     self.counters.yields += 1;
@@ -589,6 +639,12 @@ impl Machine {
                 let id = self.id();
                 let msg = Msg::Replicate { id, line: r, wseq, data };
                 self.send_request(id, to, msg, Purpose::Replica(r));
+                if self.cfg.mutation == Some(Mutation::AckBeforeReplica) {
+                    self.fabric.remove(&id);
+                    self.finish_piece(r, None);
+                    self.touched.insert(r);
+                    return;
+                }
                 self.line(r).phase = Phase::Replicating { id };
             }
             // No peer to hold it, or FUA: the members hold it before the reply.
@@ -650,7 +706,8 @@ impl Machine {
 
     /// Writes line `r` back once every stripe it touches is locked here.
     fn try_destage(&mut self, r: u64) {
-        for s in self.stripes_of(r) {
+        let locking = self.cfg.mutation != Some(Mutation::NoStripeLock);
+        for s in self.stripes_of(r).filter(|_| locking) {
             let st = self.stripes.entry(s).or_default();
             if !(st.held && !st.owed) {
                 st.waiters.insert(r);
@@ -663,7 +720,7 @@ impl Machine {
                 return;
             }
         }
-        for s in self.stripes_of(r) {
+        for s in self.stripes_of(r).filter(|_| locking) {
             if let Some(st) = self.stripes.get_mut(&s) {
                 st.users += 1;
                 st.waiters.remove(&r);
@@ -934,9 +991,11 @@ impl Machine {
                     self.counters.malformed += 1;
                     return;
                 }
-                let e = self.replicas.entry((from, line)).or_insert((0, Vec::new()));
-                if wseq >= e.0 {
-                    *e = (wseq, data);
+                if self.cfg.mutation != Some(Mutation::ForgetReplica) {
+                    let e = self.replicas.entry((from, line)).or_insert((0, Vec::new()));
+                    if wseq >= e.0 {
+                        *e = (wseq, data);
+                    }
                 }
                 self.out.push(Output::Send { to: from, msg: Msg::ReplicaAck { id } });
             }
@@ -1085,7 +1144,7 @@ impl Machine {
             if l.state == State::Modified && l.clean_wseq >= l.wseq {
                 return Err(format!("n{} line {r} is Modified but its content is on the members", self.cfg.node));
             }
-            if let Phase::Destaging { .. } = l.phase {
+            if let (Phase::Destaging { .. }, None) = (l.phase, self.cfg.mutation) {
                 for s in self.stripes_of(*r) {
                     if !self.stripes.get(&s).is_some_and(|st| st.held && st.users > 0) {
                         return Err(format!("n{} writes line {r} back without stripe {s}'s lock", self.cfg.node));

@@ -7,4 +7,4 @@ pub mod io;
 pub mod machine;
 pub mod sim;
 
-pub use machine::{Config, Machine, State};
+pub use machine::{Config, Machine, Mutation, State};

@@ -107,6 +107,10 @@ enum Command {
         /// One JSON object per seed.
         #[arg(long)]
         json: bool,
+        /// Break one protocol rule on purpose, to see the checkers catch it: skip-invalidate,
+        /// ack-before-replica, forget-replica, yield-before-write-back, no-stripe-lock.
+        #[arg(long)]
+        mutate: Option<String>,
     },
     /// Run one controller of a coherent cluster from a TOML configuration.
     Serve {
@@ -371,7 +375,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             };
             demo::run(demo::DemoOptions { seconds, seed, card: card.into(), keep, blocks })?;
         }
-        Command::Sim { seed, first, seeds, json } => sim::main(sim::SimOptions { seed, first, seeds, json })?,
+        Command::Sim { seed, first, seeds, json, mutate } => {
+            sim::main(sim::SimOptions { seed, first, seeds, json, mutate })?
+        }
         Command::Serve { config } => {
             let cfg = crate::cluster::config::Config::load(&config)?;
             crate::cluster::serve::run(cfg)?;

@@ -13,6 +13,8 @@ pub struct SimOptions {
     pub seeds: u64,
     /// JSON lines instead of text.
     pub json: bool,
+    /// Break one protocol rule (to see the checkers catch it).
+    pub mutate: Option<String>,
 }
 
 /// Runs the seeds; an error when any failed.
@@ -23,9 +25,16 @@ pub fn main(o: SimOptions) -> Result<(), Box<dyn std::error::Error>> {
     };
     let (mut passed, mut failed) = (0u64, Vec::new());
     let (mut ops, mut steps) = (0u64, 0u64);
+    let mutation = match o.mutate.as_deref() {
+        None => None,
+        Some(name) => Some(crate::amf::Mutation::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = crate::amf::Mutation::ALL.iter().map(|m| m.name()).collect();
+            format!("unknown mutation {name:?}; known: {}", names.join(", "))
+        })?),
+    };
     let start = std::time::Instant::now();
     for seed in seeds {
-        let cfg = SimConfig::from_seed(seed);
+        let cfg = SimConfig { mutation, ..SimConfig::from_seed(seed) };
         let shape = format!("{} nodes, {:?} x{}", cfg.nodes, cfg.level, cfg.members);
         match run(cfg.clone()) {
             Ok(r) => {

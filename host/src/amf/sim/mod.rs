@@ -16,3 +16,6 @@ pub mod history;
 mod world;
 
 pub use world::{run, Faults, Report, SimConfig};
+
+#[cfg(test)]
+mod tests;

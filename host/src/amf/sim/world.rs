@@ -77,6 +77,8 @@ pub struct SimConfig {
     pub ops: usize,
     /// Faults.
     pub faults: Faults,
+    /// A protocol rule broken on purpose (tests of the checkers).
+    pub mutation: Option<crate::amf::machine::Mutation>,
 }
 
 impl SimConfig {
@@ -115,6 +117,7 @@ impl SimConfig {
                 member_latency_us_max: rng.gen_range(5..=500),
                 garbage_ppm: if rng.gen_bool(0.3) { 2_000 } else { 0 },
             },
+            mutation: None,
         }
     }
 }
@@ -157,7 +160,7 @@ enum Ev {
 #[derive(Clone, Debug)]
 enum OpKind {
     Read { first: u64, count: u64 },
-    Write { id: u64 },
+    Write { id: u64, first: u64, count: u64 },
     Flush,
 }
 
@@ -205,10 +208,14 @@ struct World {
 
 /// Runs one seed's simulation; Err names what a checker found (with the seed to replay).
 pub fn run(cfg: SimConfig) -> Result<Report, String> {
-    let dir = std::env::temp_dir().join(format!("amf-sim-{}-{}", std::process::id(), cfg.seed));
+    // Member files in memory when there is a tmpfs: a run is mostly small member I/O.
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    let dir = base.join(format!("amf-sim-{}-{}", std::process::id(), cfg.seed));
     let result = World::new(cfg.clone(), dir.clone()).and_then(|mut w| w.run());
     let _ = std::fs::remove_dir_all(&dir);
-    result.map_err(|e| format!("seed {}: {e}\n  replay: amf sim --seed {}", cfg.seed, cfg.seed))
+    let mutate = cfg.mutation.map(|m| format!(" --mutate {}", m.name())).unwrap_or_default();
+    result.map_err(|e| format!("seed {}: {e}\n  replay: amf sim --seed {}{mutate}", cfg.seed, cfg.seed))
 }
 
 fn status_of(c: &Completion) -> CardStatus {
@@ -264,6 +271,7 @@ impl World {
                 lines_max: cfg.lines_max,
                 stripe_bytes,
                 capacity: capacity - capacity % cfg.line_bytes,
+                mutation: cfg.mutation,
             });
             nodes.push(Node {
                 m,
@@ -454,7 +462,7 @@ impl World {
             pattern(req, first, &mut data);
             self.history.write_started(req, first, count, self.now_us);
             let fua = self.rng.gen_range(0..10) == 0;
-            (OpKind::Write { id: req }, HostReq::Write { offset, data, fua })
+            (OpKind::Write { id: req, first, count }, HostReq::Write { offset, data, fua })
         };
         self.clients[c].op = Some((req, kind, self.now_us));
         self.reqs.insert(req, c);
@@ -471,7 +479,10 @@ impl World {
         let Some((_, kind, start)) = self.clients[c].op.take() else { return Err("reply with no operation".into()) };
         let data = result.map_err(|e| format!("request {id} ({kind:?}) failed: {e}"))?;
         match kind {
-            OpKind::Write { id } => self.history.write_done(id, self.now_us),
+            OpKind::Write { id, first, count } => {
+                self.history.write_done(id, self.now_us);
+                self.check_replicated(self.clients[c].node, id, first, count)?;
+            }
             OpKind::Read { first, count } => {
                 for (i, b) in data.chunks(BLOCK_BYTES).enumerate().take(count as usize) {
                     self.history.check_read(first + i as u64, b, start, self.now_us)?;
@@ -617,6 +628,31 @@ impl World {
             }
         }
         Ok(moved)
+    }
+
+    /// At the acknowledgement of write `id` by node `n`: every block of it that `n` still holds
+    /// dirty is also in `n`'s replica at its replica peer, or on the members.
+    fn check_replicated(&self, n: u8, id: u64, first: u64, count: u64) -> Result<(), String> {
+        let node = &self.nodes[n as usize];
+        let Some(peer) = node.m.replica_node() else { return Ok(()) };
+        let lb = self.cfg.line_bytes;
+        for b in first..first + count {
+            let r = b * BLOCK_BYTES as u64 / lb;
+            let at = (b * BLOCK_BYTES as u64 % lb) as usize;
+            let mut want = vec![0u8; BLOCK_BYTES];
+            pattern(id, b, &mut want);
+            let ours = node.m.line_data(r).map(|d| &d[at..at + BLOCK_BYTES]);
+            if node.m.line_state(r) != State::Modified || ours != Some(want.as_slice()) {
+                continue;
+            }
+            let theirs = self.nodes[peer as usize].m.replicas().get(&(n, r)).map(|(_, d)| &d[at..at + BLOCK_BYTES]);
+            let mut members = vec![0u8; BLOCK_BYTES];
+            let _ = node.array.read(b * BLOCK_BYTES as u64, &mut members);
+            if theirs != Some(want.as_slice()) && members != want {
+                return Err(format!("write {id} acknowledged by n{n} while n{peer} holds no replica of block {b}"));
+            }
+        }
+        Ok(())
     }
 
     /// Single writer per line and per stripe, and a replica for every acknowledged dirty line.
