@@ -70,7 +70,7 @@ pub enum CardEventKind {
 }
 
 /// Fabric messages between controllers' machines.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Msg {
     /// Keep a copy of the sender's dirty line (whole line) until it reaches the members.
     Replicate {

@@ -17,7 +17,7 @@ use super::io::*;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// How a controller's machine is set up.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
     /// This node.
     pub node: u8,
@@ -39,7 +39,7 @@ pub struct Config {
 }
 
 /// Protocol rules a test can break on purpose (see [`Config::mutation`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Mutation {
     /// Yield to an invalidate but keep serving the old copy (skip the invalidate).
     SkipInvalidate,
@@ -131,7 +131,7 @@ enum Phase {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Line {
     state: State,
     data: Vec<u8>,
@@ -153,7 +153,7 @@ struct Line {
     fresh: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Piece {
     req: u64,
     off: usize,
@@ -164,14 +164,14 @@ struct Piece {
     applied: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Request {
     left: usize,
     data: Vec<u8>,
     error: Option<HostError>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 struct Stripe {
     held: bool,
     acquiring: Option<u64>,
@@ -180,27 +180,27 @@ struct Stripe {
     waiters: BTreeSet<u64>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum CardUse {
     Line(u64),
     Stripe(u64),
     Fire,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum MemberUse {
     Fill(u64),
     Destage(u64),
     Sync(u64),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Purpose {
     Replica(u64),
     Flush(u64),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Outstanding {
     to: u8,
     msg: Msg,
@@ -208,13 +208,13 @@ struct Outstanding {
     purpose: Purpose,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Origin {
     Host(u64),
     Peer { node: u8, id: u64 },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct FlushJob {
     origin: Origin,
     lines: Vec<(u64, u64)>,
@@ -224,7 +224,7 @@ struct FlushJob {
 }
 
 /// Counters of what the machine did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Counters {
     /// Line pieces served from this cache.
     pub hits: u64,
@@ -249,7 +249,7 @@ pub struct Counters {
 }
 
 /// One controller's AMF.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Machine {
     cfg: Config,
     lines: BTreeMap<u64, Line>,

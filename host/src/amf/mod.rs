@@ -5,6 +5,8 @@
 
 pub mod io;
 pub mod machine;
+#[cfg(test)]
+mod model_check;
 pub mod sim;
 
 pub use machine::{Config, Machine, Mutation, State};
