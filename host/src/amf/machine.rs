@@ -80,8 +80,10 @@ impl Mutation {
     }
 }
 
-/// Acquires of one line retried after timeouts or lost conflicts before the request fails.
-const ACQUIRE_ATTEMPTS_MAX: u32 = 64;
+/// How long an acquire of a line keeps being retried after timeouts or lost conflicts before
+/// its request fails (a count of attempts ran out under contention while every node was
+/// making progress: holders finish their piece and their write-back before they yield).
+const ACQUIRE_PATIENCE_US: u64 = 10_000_000;
 /// A fabric request without an answer is sent again after this long.
 const RETRANSMIT_US: u64 = 20_000;
 /// Dirty lines older than this are written back in the background.
@@ -114,7 +116,7 @@ enum Phase {
     Acquiring {
         id: u64,
         exclusive: bool,
-        attempts: u32,
+        since_us: u64,
     },
     Filling {
         id: u64,
@@ -607,7 +609,8 @@ impl Machine {
             let exclusive = is_write;
             let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
             let id = self.cmd(op, r, CardUse::Line(r));
-            self.line(r).phase = Phase::Acquiring { id, exclusive, attempts: 0 };
+            let since_us = self.now_us;
+            self.line(r).phase = Phase::Acquiring { id, exclusive, since_us };
             return;
         }
     }
@@ -815,7 +818,7 @@ impl Machine {
 
     fn line_done(&mut self, r: u64, id: u64, status: CardStatus) {
         let Some(l) = self.lines.get(&r) else { return };
-        let Phase::Acquiring { id: want, exclusive, attempts } = l.phase else { return };
+        let Phase::Acquiring { id: want, exclusive, since_us } = l.phase else { return };
         if want != id {
             return;
         }
@@ -850,14 +853,16 @@ impl Machine {
                     _ => l.phase = Phase::Idle,
                 }
             }
-            CardStatus::Timeout | CardStatus::Conflict | CardStatus::Untracked if attempts < ACQUIRE_ATTEMPTS_MAX => {
+            CardStatus::Timeout | CardStatus::Conflict | CardStatus::Untracked
+                if self.now_us.saturating_sub(since_us) < ACQUIRE_PATIENCE_US =>
+            {
                 self.counters.retries += 1;
                 if status == CardStatus::Untracked {
                     self.cmd(CardOp::Release, r, CardUse::Fire);
                 }
                 let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
                 let id = self.cmd(op, r, CardUse::Line(r));
-                self.line(r).phase = Phase::Acquiring { id, exclusive, attempts: attempts + 1 };
+                self.line(r).phase = Phase::Acquiring { id, exclusive, since_us };
             }
             CardStatus::Refused => {
                 self.line(r).phase = Phase::Idle;
@@ -865,7 +870,11 @@ impl Machine {
             }
             _ => {
                 self.line(r).phase = Phase::Idle;
-                self.finish_piece(r, Some(HostError::Card(format!("line {r}: {status:?} after {attempts} attempts"))));
+                let waited_ms = self.now_us.saturating_sub(since_us) / 1000;
+                self.finish_piece(
+                    r,
+                    Some(HostError::Card(format!("line {r}: {status:?} after {waited_ms} ms of retries"))),
+                );
             }
         }
         self.touched.insert(r);
