@@ -2,7 +2,7 @@
 // proves a resource unshared), broadcasts acquires to the exact sharers or to every peer,
 // collects acks with a timeout, orders conflicting acquires by (stamp, node) and retries losers
 // with their priority, answers peers' frames (invalidate and downgrade events are written to the
-// host before the ack), and sends heartbeats. One thing at a time: a command, a received frame,
+// host before the ack; with `hold`, the ack waits for the host's yield), and sends heartbeats. One thing at a time: a command, a received frame,
 // an expiry or a heartbeat; the reference model is hdl-model/src/model/card.rs.
 
 module amf_engine #(
@@ -10,7 +10,9 @@ module amf_engine #(
   parameter int unsigned TableSetsLog2 = 6,
   parameter int unsigned TableWays     = 4,
   // Nodes whose liveness is tracked (node ids 0..Nodes-1; frames and masks stay 8 nodes wide).
-  parameter int unsigned Nodes         = 8
+  parameter int unsigned Nodes         = 8,
+  // Peers' requests sent with `hold` that wait for this host's yield at once (more are nacked).
+  parameter int unsigned OwedMax       = 16
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
@@ -77,7 +79,9 @@ module amf_engine #(
                          OpAcqExcl    = amf_structs_pkg::OpcodeAcquireExclusive,
                          OpRelease    = amf_structs_pkg::OpcodeRelease,
                          OpSearch     = amf_structs_pkg::OpcodeSearch,
-                         OpHeartbeat  = amf_structs_pkg::OpcodeHeartbeat;
+                         OpHeartbeat  = amf_structs_pkg::OpcodeHeartbeat,
+                         OpYieldShare = amf_structs_pkg::OpcodeYieldShare,
+                         OpYield      = amf_structs_pkg::OpcodeYield;
   localparam logic [7:0] StOk         = amf_structs_pkg::StatusOk,
                          StTimeout    = amf_structs_pkg::StatusTimeout,
                          StBadOpcode  = amf_structs_pkg::StatusBadOpcode,
@@ -132,10 +136,11 @@ module amf_engine #(
 
   function automatic logic [255:0] event_entry(input logic [7:0] kind, input logic [7:0] node,
                                                input logic [31:0] epoch, input logic [63:0] res,
-                                               input logic [31:0] seq);
+                                               input logic [31:0] seq, input logic hold);
     logic [255:0] e;
     e = '0;
     e[amf_structs_pkg::EventKindLsb+:8]      = kind;
+    e[amf_structs_pkg::EventHoldLsb]         = hold;
     e[amf_structs_pkg::EventNodeLsb+:8]      = node;
     e[amf_structs_pkg::EventEpochLsb+:32]    = epoch;
     e[amf_structs_pkg::EventResourceLsb+:64] = res;
@@ -179,7 +184,7 @@ module amf_engine #(
   );
 
   // ---- pending operations --------------------------------------------------------------------
-  logic [Inflight-1:0] p_valid, p_aborted, p_wait;
+  logic [Inflight-1:0] p_valid, p_aborted, p_wait, p_hold;
   logic [7:0]          p_kind     [Inflight];
   logic [7:0]          p_op       [Inflight];  // the command's opcode, tag and resource
   logic [31:0]         p_tag      [Inflight];
@@ -197,6 +202,14 @@ module amf_engine #(
   // Cycles until the ack deadline, or until the retry while waiting: a countdown loaded when the
   // timer is armed, so arming adds nothing to now_q and expiry is a zero test.
   logic [31:0]         p_left     [Inflight];
+
+  // ---- requests owed an answer (sent with `hold`) ------------------------------------------
+  localparam int unsigned OwedW = $clog2(OwedMax);
+  logic [OwedMax-1:0]  o_valid, o_excl;
+  logic [63:0]         o_res   [OwedMax];
+  logic [2:0]          o_src   [OwedMax];
+  logic [31:0]         o_seq   [OwedMax];
+  logic [31:0]         o_stamp [OwedMax];
 
   logic [IdxW:0] used;
   always_comb begin
@@ -220,7 +233,7 @@ module amf_engine #(
   // ---- state -----------------------------------------------------------------------------------
   typedef enum logic [4:0] {
     SIdle, SCmd, SCmdLookup, SCmdDecide, SRelease, SStart, STx, SCpl, SEvt, STableWrite,
-    SRx, SRxLookup, SRxDecide, SFinish, SFinishTable, SRetryLookup, SHeartbeat
+    SRx, SRxLookup, SRxDecide, SFinish, SFinishTable, SRetryLookup, SHeartbeat, SYield
   } state_e;
 
   state_e        state_q, ret_q;
@@ -239,6 +252,7 @@ module amf_engine #(
   logic          rx_coming_q, rx_nack_q;
   logic [1:0]    rsp_step_q;
   logic          deferred_q;  // rx_q waits for room in the event ring
+  logic [7:0]    y_sharers_q, y_owner_q;  // what a yield's acks report
 
   logic [7:0] me, others;
   assign me     = 8'd1 << node_id_i;
@@ -248,7 +262,9 @@ module amf_engine #(
   logic [7:0]  c_op;
   logic [31:0] c_tag, c_epoch;
   logic [63:0] c_res;
+  logic        c_hold;
   assign c_op    = cmd_q[amf_structs_pkg::CommandOpcodeLsb+:8];
+  assign c_hold  = cmd_q[amf_structs_pkg::CommandHoldLsb];
   assign c_tag   = cmd_q[amf_structs_pkg::CommandTagLsb+:32];
   assign c_res   = cmd_q[amf_structs_pkg::CommandResourceLsb+:64];
   assign c_epoch = cmd_q[amf_structs_pkg::CommandEpochLsb+:32];
@@ -256,6 +272,8 @@ module amf_engine #(
   logic [7:0]  f_kind, f_src;
   logic [31:0] f_seq, f_stamp, f_epoch;
   logic [63:0] f_res;
+  logic        f_hold;
+  assign f_hold    = rx_q[amf_structs_pkg::LinkFrameHoldLsb];
   assign f_kind    = rx_q[amf_structs_pkg::LinkFrameKindLsb+:8];
   assign f_src     = rx_q[amf_structs_pkg::LinkFrameSrcLsb+:8];
   assign f_seq     = rx_q[amf_structs_pkg::LinkFrameSeqLsb+:32];
@@ -356,6 +374,47 @@ module amf_engine #(
           learn_rx[i] = 1'b1;
         end
       end
+    end
+  end
+
+  // The owed entry of the received frame's (resource, source), else a free one.
+  logic            owed_hit, owed_free;
+  logic [OwedW-1:0] owed_idx, owed_free_idx;
+  always_comb begin
+    owed_hit      = 1'b0;
+    owed_idx      = '0;
+    owed_free     = 1'b0;
+    owed_free_idx = '0;
+    for (int i = OwedMax - 1; i >= 0; i--) begin
+      if (o_valid[i] && o_res[i] == f_res && o_src[i] == f_src[2:0]) begin
+        owed_hit = 1'b1;
+        owed_idx = OwedW'(i);
+      end
+      if (!o_valid[i]) begin
+        owed_free     = 1'b1;
+        owed_free_idx = OwedW'(i);
+      end
+    end
+  end
+  // The next owed entry a yield answers (resource of the command; yield_share: shared only).
+  logic            yield_hit;
+  logic [OwedW-1:0] yield_idx;
+  always_comb begin
+    yield_hit = 1'b0;
+    yield_idx = '0;
+    for (int i = OwedMax - 1; i >= 0; i--) begin
+      if (o_valid[i] && o_res[i] == c_res && (c_op == OpYield || !o_excl[i])) begin
+        yield_hit = 1'b1;
+        yield_idx = OwedW'(i);
+      end
+    end
+  end
+  // A shared acquire of ours in flight for the command's resource (its requesters learn us).
+  logic coming_cmd;
+  always_comb begin
+    coming_cmd = 1'b0;
+    for (int unsigned i = 0; i < Inflight; i++) begin
+      if (p_valid[i] && p_res[i] == c_res && p_kind[i] == KAcqShared && !p_aborted[i]) coming_cmd = 1'b1;
     end
   end
 
@@ -478,6 +537,14 @@ module amf_engine #(
       p_valid        <= '0;
       p_aborted      <= '0;
       p_wait         <= '0;
+      p_hold         <= '0;
+      o_valid        <= '0;
+      o_excl         <= '0;
+      y_sharers_q    <= '0;
+      y_owner_q      <= '0;
+      for (int unsigned i = 0; i < OwedMax; i++) begin
+        o_res[i] <= '0; o_src[i] <= '0; o_seq[i] <= '0; o_stamp[i] <= '0;
+      end
       rx_same_q      <= '0;
       rx_wins_q      <= '0;
       rx_clock_q     <= '0;
@@ -494,6 +561,7 @@ module amf_engine #(
       p_valid        <= '0;
       p_wait         <= '0;
       p_aborted      <= '0;
+      o_valid        <= '0;
       up_q           <= '0;
       tbl_busy_q     <= 1'b0;
       deferred_q     <= 1'b0;
@@ -530,7 +598,7 @@ module amf_engine #(
           end else if (rx_valid_i && a_answer && a_need_up) begin
             // The answer stays at the port (rx_ready_o is low) until the event is written.
             up_q[a_src[2:0]] <= 1'b1;
-            out_q   <= event_entry(EvPeerUp, a_src, a_epoch, 64'd0, 32'd0);
+            out_q   <= event_entry(EvPeerUp, a_src, a_epoch, 64'd0, 32'd0, 1'b0);
             ret_q   <= SIdle;
             state_q <= SEvt;
           end else if (rx_valid_i && a_answer) begin
@@ -561,7 +629,7 @@ module amf_engine #(
             state_q   <= STx;
           end else if (down_any) begin
             up_q[down_idx] <= 1'b0;
-            out_q   <= event_entry(EvPeerDown, {5'd0, down_idx}, 32'd0, 64'd0, 32'd0);
+            out_q   <= event_entry(EvPeerDown, {5'd0, down_idx}, 32'd0, 64'd0, 32'd0, 1'b0);
             ret_q   <= SIdle;
             state_q <= evt_room_i ? SEvt : SIdle;
           end else if (due_any) begin
@@ -600,7 +668,7 @@ module amf_engine #(
         // ---- commands ------------------------------------------------------------------------
         SCmd: begin
           ret_q <= SIdle;
-          if (c_op > OpHeartbeat) begin
+          if (c_op > OpYield) begin
             bad_commands_q <= bad_commands_q + 32'd1;
             out_q   <= completion(c_op, StBadOpcode, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             state_q <= SCpl;
@@ -643,6 +711,18 @@ module amf_engine #(
                                     8'd0, 32'd0);
             ret_q   <= SCpl;
             state_q <= STableWrite;
+          end else if (c_op == OpYield || c_op == OpYieldShare) begin
+            // Yield drops our entry first; the acks then report the table as it is after.
+            if (c_op == OpYieldShare && held_q) begin
+              y_sharers_q <= sharers_q | me;
+              y_owner_q   <= owner_q;
+            end else begin
+              y_sharers_q <= coming_cmd ? me : 8'd0;
+              y_owner_q   <= '0;
+            end
+            out_q   <= {180'd0, 4'd0, 8'd0, c_res};
+            ret_q   <= SYield;
+            state_q <= (c_op == OpYield && held_q) ? STableWrite : SYield;
           end else if (c_op == OpAcqShared || c_op == OpAcqExcl || c_op == OpSearch) begin
             if (c_op != OpSearch) broadcasts_q <= broadcasts_q + 32'd1;
             clock_q <= clock_q + 32'd1;
@@ -666,6 +746,7 @@ module amf_engine #(
           p_valid[free_idx]    <= 1'b1;
           p_aborted[free_idx]  <= 1'b0;
           p_wait[free_idx]     <= 1'b0;
+          p_hold[free_idx]     <= c_hold && c_op != OpSearch;
           p_kind[free_idx]     <= c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch);
           p_op[free_idx]       <= c_op;
           p_tag[free_idx]      <= c_tag;
@@ -682,7 +763,8 @@ module amf_engine #(
           next_seq_q <= next_seq_q + 32'd1;
           slot_q     <= free_idx;
           tx_tmpl_q  <= frame(c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch),
-                              next_seq_q, clock_q, c_res, 8'd0, 8'd0);
+                              next_seq_q, clock_q, c_res, 8'd0, 8'd0)
+                        | (256'(c_hold && c_op != OpSearch) << amf_structs_pkg::LinkFrameHoldLsb);
           tx_mask_q  <= (c_op != OpSearch && held_q) ? (sharers_q & others) : others;
           ret_q      <= SFinish;  // nobody to ask: finish at once (checked there)
           state_q    <= STx;
@@ -729,7 +811,7 @@ module amf_engine #(
           ret_q   <= SRxLookup;
           if (!up_q[f_src[2:0]] && evt_room_i) begin
             up_q[f_src[2:0]] <= 1'b1;
-            out_q   <= event_entry(EvPeerUp, f_src, f_epoch, 64'd0, 32'd0);
+            out_q   <= event_entry(EvPeerUp, f_src, f_epoch, 64'd0, 32'd0, 1'b0);
             state_q <= SEvt;
           end else begin
             state_q <= SRxLookup;
@@ -768,7 +850,41 @@ module amf_engine #(
         end
         SRxDecide: begin
           ret_q <= SIdle;
-          if (f_kind == KSearch) begin
+          if (f_hold && (f_kind == KInvalidate || f_kind == KAcqShared)) begin
+            // Held for the host: it hears of the request whatever the table says (it knows its
+            // own lines), and the answer waits for its yield.
+            if (!owed_hit && !owed_free) begin
+              tx_tmpl_q <= frame(KNack, f_seq, f_stamp, f_res, 8'd0, 8'd0);
+              tx_mask_q <= 8'd1 << f_src[2:0];
+              state_q   <= STx;
+            end else if (rsp_step_q == 2'd0) begin
+              if (!evt_room_i) begin
+                deferred_q <= 1'b1;
+                state_q    <= SIdle;
+              end else begin
+                out_q      <= event_entry(f_kind == KInvalidate ? EvInvalidate : EvDowngrade, f_src, f_epoch,
+                                          f_res, f_seq, 1'b1);
+                rsp_step_q <= 2'd1;
+                ret_q      <= SRxDecide;
+                state_q    <= SEvt;
+              end
+            end else begin
+              rsp_step_q <= 2'd0;
+              o_valid[owed_hit ? owed_idx : owed_free_idx] <= 1'b1;
+              o_excl[owed_hit ? owed_idx : owed_free_idx]  <= f_kind == KInvalidate;
+              o_res[owed_hit ? owed_idx : owed_free_idx]   <= f_res;
+              o_src[owed_hit ? owed_idx : owed_free_idx]   <= f_src[2:0];
+              o_seq[owed_hit ? owed_idx : owed_free_idx]   <= f_seq;
+              o_stamp[owed_hit ? owed_idx : owed_free_idx] <= f_stamp;
+              if (held_q) begin
+                out_q   <= {180'd0, 4'd0, f_kind == KInvalidate ? 8'd0 : (sharers_q | (8'd1 << f_src[2:0])), f_res};
+                ret_q   <= SIdle;
+                state_q <= STableWrite;
+              end else begin
+                state_q <= SIdle;
+              end
+            end
+          end else if (f_kind == KSearch) begin
             tx_tmpl_q <= frame(KSearchReply, f_seq, f_stamp, f_res, held_q ? sharers_q : 8'd0,
                                held_q ? owner_q : 8'd0);
             tx_mask_q <= 8'd1 << f_src[2:0];
@@ -785,7 +901,7 @@ module amf_engine #(
                 state_q    <= SIdle;
               end else begin
                 // Event, then free the entry, then ack.
-                out_q      <= event_entry(EvInvalidate, f_src, f_epoch, f_res, f_seq);
+                out_q      <= event_entry(EvInvalidate, f_src, f_epoch, f_res, f_seq, 1'b0);
                 rsp_step_q <= 2'd1;
                 ret_q      <= SRxDecide;
                 state_q    <= SEvt;
@@ -807,7 +923,7 @@ module amf_engine #(
                   deferred_q <= 1'b1;
                   state_q    <= SIdle;
                 end else begin
-                  out_q   <= event_entry(EvDowngrade, f_src, f_epoch, f_res, f_seq);
+                  out_q   <= event_entry(EvDowngrade, f_src, f_epoch, f_res, f_seq, 1'b0);
                   rsp_step_q <= 2'd1;
                   ret_q   <= SRxDecide;
                   state_q <= SEvt;
@@ -878,9 +994,24 @@ module amf_engine #(
             p_targets[slot_q] <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
             tx_mask_q <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
             tx_tmpl_q <= frame(p_kind[slot_q], next_seq_q, p_stamp[slot_q],
-                               p_res[slot_q], 8'd0, 8'd0);
+                               p_res[slot_q], 8'd0, 8'd0)
+                         | (256'(p_hold[slot_q]) << amf_structs_pkg::LinkFrameHoldLsb);
             ret_q   <= SFinish;
             state_q <= STx;
+          end
+        end
+        SYield: begin
+          // One ack per owed request of the resource, then the completion.
+          if (yield_hit) begin
+            o_valid[yield_idx] <= 1'b0;
+            tx_tmpl_q <= frame(KAck, o_seq[yield_idx], o_stamp[yield_idx], o_res[yield_idx],
+                               o_excl[yield_idx] ? 8'd0 : y_sharers_q, o_excl[yield_idx] ? 8'd0 : y_owner_q);
+            tx_mask_q <= 8'd1 << o_src[yield_idx];
+            ret_q     <= SYield;
+            state_q   <= STx;
+          end else begin
+            out_q   <= completion(c_op, StOk, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            state_q <= SCpl;
           end
         end
         SHeartbeat: state_q <= SIdle;
@@ -898,6 +1029,7 @@ module amf_engine #(
   assign ack_timeouts_o = ack_timeouts_q;
 
   logic unused;
-  assign unused = ^{a_src[7:3], tbl_ready, cmd_q[255:160], cmd_q[31:8], rx_q[255:192], rx_q[31:16], out_q[255:76]};
+  assign unused = ^{a_src[7:3], tbl_ready, cmd_q[255:160], cmd_q[31:9], rx_q[255:192], rx_q[31:25], rx_q[23:16],
+                    out_q[255:76]};
 
 endmodule

@@ -37,7 +37,7 @@ pub const DEFERRED_MAX: usize = 64;
 pub const RETRIES_MAX: u8 = 16;
 /// Requests held for the host (`hold`) at once; past it a request is refused with a nack and
 /// its sender retries.
-pub const OWED_MAX: usize = 32;
+pub const OWED_MAX: usize = 16;
 /// Cycles of back-off per retry.
 pub const BACKOFF_CYCLES: u64 = 64;
 /// Heartbeat periods of silence before a peer is reported down.
@@ -131,7 +131,8 @@ pub struct Card {
     clock: u32,
     next_seq: u32,
     pending: Vec<Pending>,
-    owed: Vec<Owed>,
+    /// Slots as in the RTL (lowest free slot first, answered in slot order).
+    owed: [Option<Owed>; OWED_MAX],
     deferred: VecDeque<LinkFrame>,
     out: Vec<Outgoing>,
     last_seen: [u64; NODES_MAX as usize],
@@ -209,7 +210,7 @@ impl Card {
             clock: 0,
             next_seq: 1,
             pending: Vec::new(),
-            owed: Vec::new(),
+            owed: [None; OWED_MAX],
             deferred: VecDeque::new(),
             out: Vec::new(),
             last_seen: [0; NODES_MAX as usize],
@@ -375,7 +376,7 @@ impl Card {
         self.table.clear();
         self.stats = Stats::default();
         self.pending.clear();
-        self.owed.clear();
+        self.owed = [None; OWED_MAX];
         self.deferred.clear();
         self.error_code = 0;
         self.irq = 0;
@@ -598,14 +599,12 @@ impl Card {
                     .iter()
                     .any(|p| p.cmd.resource == cmd.resource && p.kind == FrameKind::AcquireShared && !p.aborted);
                 let (sharers, owner) = if held { (sharers | me, owner) } else { (if coming { me } else { 0 }, 0) };
-                let mut i = 0;
-                while i < self.owed.len() {
-                    let o = self.owed[i];
+                for i in 0..OWED_MAX {
+                    let Some(o) = self.owed[i] else { continue };
                     if o.resource != cmd.resource || (o.exclusive && !all) {
-                        i += 1;
                         continue;
                     }
-                    self.owed.remove(i);
+                    self.owed[i] = None;
                     let ack = LinkFrame {
                         kind: FrameKind::Ack as u8,
                         seq: o.seq,
@@ -625,7 +624,7 @@ impl Card {
 
     /// Requests waiting for this card's host to yield (for status and checkers).
     pub fn owed(&self) -> usize {
-        self.owed.len()
+        self.owed.iter().flatten().count()
     }
 
     fn start(&mut self, cmd: Command, kind: FrameKind, targets: u8, stamp: u32, retries: u8, mem: &mut dyn HostMemory) {
@@ -648,7 +647,14 @@ impl Card {
         };
         self.send(
             targets,
-            LinkFrame { kind: kind as u8, hold: cmd.hold, seq, stamp, resource: cmd.resource, ..Default::default() },
+            LinkFrame {
+                kind: kind as u8,
+                hold: (cmd.hold != 0 && kind != FrameKind::Search) as u8,
+                seq,
+                stamp,
+                resource: cmd.resource,
+                ..Default::default()
+            },
         );
         self.pending.push(p);
         if targets == 0 {
@@ -920,8 +926,9 @@ impl Card {
     /// own lines; the table is a filter) and the answer waits for its yield. False if the event
     /// ring is full (the frame waits).
     fn defer(&mut self, f: LinkFrame, exclusive: bool, held: bool, sharers: u8, mem: &mut dyn HostMemory) -> bool {
-        let known = self.owed.iter().position(|o| o.resource == f.resource && o.src == f.src);
-        if known.is_none() && self.owed.len() >= OWED_MAX {
+        let known = self.owed.iter().position(|o| o.is_some_and(|o| o.resource == f.resource && o.src == f.src));
+        let slot = known.or_else(|| self.owed.iter().position(|o| o.is_none()));
+        let Some(slot) = slot else {
             let nack = LinkFrame {
                 kind: FrameKind::Nack as u8,
                 seq: f.seq,
@@ -931,7 +938,7 @@ impl Card {
             };
             self.send(1 << f.src, nack);
             return true;
-        }
+        };
         let kind = if exclusive { EventKind::Invalidate } else { EventKind::Downgrade };
         let e = Event {
             kind: kind as u8,
@@ -949,11 +956,7 @@ impl Card {
             let after = if exclusive { 0 } else { sharers | 1 << f.src };
             self.table.update(f.resource, after, 0);
         }
-        let o = Owed { resource: f.resource, src: f.src, seq: f.seq, stamp: f.stamp, exclusive };
-        match known {
-            Some(i) => self.owed[i] = o,
-            None => self.owed.push(o),
-        }
+        self.owed[slot] = Some(Owed { resource: f.resource, src: f.src, seq: f.seq, stamp: f.stamp, exclusive });
         true
     }
 }
