@@ -28,6 +28,8 @@ pub enum HostReq {
     },
     /// Make every write acknowledged before it durable, on every controller.
     Flush,
+    /// Write back this controller's dirty lines and sync (a controller that leaves).
+    FlushLocal,
 }
 
 /// Card commands the machine issues.
@@ -70,7 +72,7 @@ pub enum CardEventKind {
 }
 
 /// Fabric messages between controllers' machines.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Msg {
     /// Keep a copy of the sender's dirty line (whole line) until it reaches the members.
     Replicate {
@@ -107,6 +109,26 @@ pub enum Msg {
         /// False: a write-back failed.
         ok: bool,
     },
+    /// Step 3 of a read: the sender acquired the line shared and asks a sharer for it (its
+    /// cache is searched before the members).
+    Fetch {
+        /// Request id (sender's).
+        id: u64,
+        /// Line.
+        line: u64,
+    },
+    /// Answer to a fetch: the line's clean content, or None when it is not here.
+    LineData {
+        /// The request's id.
+        id: u64,
+        /// The whole line.
+        data: Option<Vec<u8>>,
+    },
+    /// Start-up: the sender has assembled the group (and resynced it, if it is the one that
+    /// does) and serves.
+    Hello,
+    /// Stop: the sender wrote back everything it acknowledged and leaves.
+    Leaving,
 }
 
 /// Inputs of the machine.
@@ -125,6 +147,9 @@ pub enum Input {
         id: u64,
         /// Outcome.
         status: CardStatus,
+        /// Nodes holding the resource after the command, as the card knows them (a shared
+        /// acquire: the sharers it found).
+        sharers: u8,
     },
     /// A peer's request reached this node through the card.
     CardEvent {

@@ -122,6 +122,10 @@ enum Phase {
         id: u64,
         exclusive: bool,
     },
+    /// Asking a sharer for the line (the read search) before the members.
+    Fetching {
+        id: u64,
+    },
     Replicating {
         id: u64,
     },
@@ -200,6 +204,7 @@ enum MemberUse {
 enum Purpose {
     Replica(u64),
     Flush(u64),
+    Fetch(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -230,6 +235,10 @@ struct FlushJob {
 pub struct Counters {
     /// Line pieces served from this cache.
     pub hits: u64,
+    /// Fills served by a peer's cache (the read search found the line).
+    pub remote_hits: u64,
+    /// Lines this node sent to peers that searched for them.
+    pub lines_forwarded: u64,
     /// Acquires issued (line and stripe).
     pub acquires: u64,
     /// Acquires retried after a timeout, a lost conflict or an untracked answer.
@@ -386,7 +395,7 @@ impl Machine {
     pub fn step(&mut self, input: Input) -> Vec<Output> {
         match input {
             Input::Host { id, req } => self.host(id, req),
-            Input::CardDone { id, status } => self.card_done(id, status),
+            Input::CardDone { id, status, sharers } => self.card_done(id, status, sharers),
             Input::CardEvent { kind, resource, from } => self.card_event(kind, resource, from),
             Input::Fabric { from, epoch, msg } => self.fabric_in(from, epoch, msg),
             Input::MemberDone { id, result } => self.member_done(id, result),
@@ -435,7 +444,8 @@ impl Machine {
 
     fn host(&mut self, id: u64, req: HostReq) {
         let (offset, len, write, fua) = match req {
-            HostReq::Flush => return self.start_flush(Origin::Host(id)),
+            HostReq::Flush => return self.start_flush(Origin::Host(id), true),
+            HostReq::FlushLocal => return self.start_flush(Origin::Host(id), false),
             HostReq::Read { offset, len } => (offset, len, None, false),
             HostReq::Write { offset, data, fua } => (offset, data.len() as u64, Some(data), fua),
         };
@@ -659,7 +669,10 @@ impl Machine {
         let used = self
             .lines
             .values()
-            .filter(|l| l.state != State::Invalid || matches!(l.phase, Phase::Acquiring { .. } | Phase::Filling { .. }))
+            .filter(|l| {
+                l.state != State::Invalid
+                    || matches!(l.phase, Phase::Acquiring { .. } | Phase::Filling { .. } | Phase::Fetching { .. })
+            })
             .count();
         used < self.cfg.lines_max
     }
@@ -769,12 +782,12 @@ impl Machine {
 
     // ---- inputs from the card ------------------------------------------------------------
 
-    fn card_done(&mut self, id: u64, status: CardStatus) {
+    fn card_done(&mut self, id: u64, status: CardStatus, sharers: u8) {
         let Some(usage) = self.card.remove(&id) else { return };
         match usage {
             CardUse::Fire => {}
             CardUse::Stripe(s) => self.stripe_done(s, id, status),
-            CardUse::Line(r) => self.line_done(r, id, status),
+            CardUse::Line(r) => self.line_done(r, id, status, sharers),
         }
     }
 
@@ -816,7 +829,7 @@ impl Machine {
         }
     }
 
-    fn line_done(&mut self, r: u64, id: u64, status: CardStatus) {
+    fn line_done(&mut self, r: u64, id: u64, status: CardStatus, sharers: u8) {
         let Some(l) = self.lines.get(&r) else { return };
         let Phase::Acquiring { id: want, exclusive, since_us } = l.phase else { return };
         if want != id {
@@ -830,6 +843,7 @@ impl Machine {
                     .and_then(|p| self.pieces.get(p))
                     .is_some_and(|p| p.write.is_some() && p.len == self.cfg.line_bytes as usize);
                 let len = self.line_len();
+                let others = self.others();
                 let l = self.line(r);
                 l.fresh = true;
                 match (l.state, exclusive) {
@@ -841,6 +855,15 @@ impl Machine {
                         l.data = vec![0u8; len];
                         l.state = State::Exclusive;
                         l.phase = Phase::Idle;
+                    }
+                    (State::Invalid, false) if sharers & others != 0 => {
+                        // Step 3 (read): every holder yielded clean, so a sharer's copy is the
+                        // newest; ask one before the members.
+                        let mask = sharers & others;
+                        let to = (0..8u8).find(|p| mask & (1 << p) != 0).unwrap_or(0);
+                        let fid = self.id();
+                        self.send_request(fid, to, Msg::Fetch { id: fid, line: r }, Purpose::Fetch(r));
+                        self.line(r).phase = Phase::Fetching { id: fid };
                     }
                     (State::Invalid, _) => {
                         let fid = self.id();
@@ -1027,9 +1050,51 @@ impl Machine {
             Msg::FlushReq { id } => {
                 let origin = Origin::Peer { node: from, id };
                 if !self.flushes.values().any(|j| j.origin == origin) {
-                    self.start_flush(origin);
+                    self.start_flush(origin, false);
                 }
             }
+            Msg::Fetch { id, line } => {
+                // Only clean copies go out: a dirty one here means the asker's acquire is long
+                // over (a late or repeated request) and it no longer waits for this answer.
+                let data = self
+                    .lines
+                    .get(&line)
+                    .filter(|l| matches!(l.state, State::Shared | State::Exclusive))
+                    .map(|l| l.data.clone());
+                if data.is_some() {
+                    self.counters.lines_forwarded += 1;
+                }
+                self.out.push(Output::Send { to: from, msg: Msg::LineData { id, data } });
+            }
+            Msg::LineData { id, data } => {
+                let Some(Outstanding { purpose: Purpose::Fetch(r), .. }) = self.fabric.get(&id) else { return };
+                let r = *r;
+                self.fabric.remove(&id);
+                if self.lines.get(&r).is_none_or(|l| l.phase != Phase::Fetching { id }) {
+                    return;
+                }
+                let len = self.line_len();
+                match data.filter(|d| d.len() == len) {
+                    Some(d) => {
+                        self.counters.remote_hits += 1;
+                        let l = self.line(r);
+                        l.data = d;
+                        l.state = State::Shared;
+                        l.phase = Phase::Idle;
+                    }
+                    None => {
+                        let fid = self.id();
+                        self.members.insert(fid, MemberUse::Fill(r));
+                        self.counters.member_reads += 1;
+                        self.line(r).phase = Phase::Filling { id: fid, exclusive: false };
+                        let offset = r * self.cfg.line_bytes;
+                        self.out.push(Output::MemberRead { id: fid, offset, len: len as u64 });
+                    }
+                }
+                self.touched.insert(r);
+            }
+            // The shells handle start and stop; nothing changes here.
+            Msg::Hello | Msg::Leaving => {}
             Msg::FlushDone { id, ok } => {
                 if let Some(Outstanding { purpose: Purpose::Flush(job), to, .. }) = self.fabric.get(&id) {
                     let (job, to) = (*job, *to);
@@ -1047,7 +1112,7 @@ impl Machine {
 
     // ---- flush ---------------------------------------------------------------------------
 
-    fn start_flush(&mut self, origin: Origin) {
+    fn start_flush(&mut self, origin: Origin, everyone: bool) {
         let job = self.id();
         let lines: Vec<(u64, u64)> =
             self.lines.iter().filter(|(_, l)| l.state == State::Modified).map(|(r, l)| (*r, l.wseq)).collect();
@@ -1055,7 +1120,7 @@ impl Machine {
             self.line(*r).writeback = true;
             self.touched.insert(*r);
         }
-        let peers = if matches!(origin, Origin::Host(_)) { self.others() } else { 0 };
+        let peers = if everyone { self.others() } else { 0 };
         self.flushes.insert(job, FlushJob { origin, lines, peers_left: peers, sync: None, failed: None });
         for p in (0..8u8).filter(|p| peers & (1 << p) != 0) {
             let id = self.id();

@@ -191,13 +191,18 @@ impl AmfModel {
             }
             CardOp::Release => {}
         }
-        s.to_host[n as usize].push_back(Input::CardDone { id, status: CardStatus::Ok });
+        s.to_host[n as usize].push_back(Input::CardDone { id, status: CardStatus::Ok, sharers: 0 });
     }
 
     fn finish(&self, s: &mut McState, resource: u64) {
         if let Some((a, 0)) = s.card.active.get(&resource).cloned() {
             s.card.active.remove(&resource);
-            s.to_host[a.node as usize].push_back(Input::CardDone { id: a.id, status: CardStatus::Ok });
+            // The sharers: whoever still holds a copy once everyone yielded.
+            let sharers = (0..self.nodes())
+                .filter(|n| *n != a.node && s.machines[*n as usize].line_state(resource) != State::Invalid)
+                .fold(0u8, |m, n| m | 1 << n);
+            let sharers = if resource & STRIPE_NS != 0 { 0 } else { sharers };
+            s.to_host[a.node as usize].push_back(Input::CardDone { id: a.id, status: CardStatus::Ok, sharers });
         }
     }
 

@@ -606,7 +606,7 @@ impl World {
             let Some(id) = self.nodes[n].tags.remove(&c.tag) else {
                 return Err(format!("n{n}: completion for tag {}", c.tag));
             };
-            inputs.push(Input::CardDone { id, status: status_of(&c) });
+            inputs.push(Input::CardDone { id, status: status_of(&c), sharers: c.sharers });
         }
         inputs.extend(events.iter().filter_map(|(_, e)| event_input(e)));
         for input in inputs {
