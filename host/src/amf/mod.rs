@@ -7,6 +7,7 @@ pub mod io;
 pub mod machine;
 #[cfg(test)]
 mod model_check;
+pub mod shell;
 pub mod sim;
 
 pub use machine::{Config, Machine, Mutation, State};

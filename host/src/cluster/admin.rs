@@ -165,15 +165,14 @@ pub fn status_json(state: &ControllerState) -> serde_json::Value {
             "pid": std::process::id(),
             "dir": state.dir.display().to_string(),
             "nbd": state.nbd_uri,
-            "capacity_bytes": state.amf.as_ref().map(|a| a.capacity()),
-            "members_via": "controller 0 (the primary)",
+            "capacity_bytes": state.core.as_ref().map(|a| a.capacity()),
             "nbd_server": &*state.nbd,
         }),
     };
     v["task"] = serde_json::to_value(task).unwrap_or_default();
     v["latency"] = crate::metrics::summary();
-    if let Some(amf) = &state.amf {
-        v["coherency"] = amf.status();
+    if let Some(core) = &state.core {
+        v["coherency"] = core.status();
     }
     v
 }
@@ -209,9 +208,10 @@ fn metrics(state: &ControllerState) -> String {
         doc.counters("engine", serde_json::to_value(&a.stats).unwrap_or_default());
     }
     doc.counters("nbd", serde_json::to_value(&*state.nbd).unwrap_or_default());
-    if let Some(amf) = &state.amf {
-        let st = amf.status();
+    if let Some(core) = &state.core {
+        let st = core.status();
         doc.counters("coherency", st["counters"].clone());
+        doc.counters("fabric", st["fabric"].clone());
         // The card's own counters (frames, drops by cause, stale epochs) and the cache's shape.
         doc.counters("card", st["card"]["counters"].clone());
         for (key, help) in [("lines", "Lines cached"), ("dirty", "Dirty lines cached")] {
@@ -237,23 +237,30 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
         (tiny_http::Method::Get, "/metrics") => {
             (200, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics(state))
         }
-        (tiny_http::Method::Get, "/card") => match &state.amf {
-            Some(amf) => match amf.card_state() {
+        (tiny_http::Method::Get, "/card") => match &state.core {
+            Some(core) => match core.card_state() {
                 Ok(v) => (200, "application/json", v.to_string()),
-                Err(e) => json_error(503, e.to_string()),
+                Err(e) => json_error(503, e),
             },
             None => json_error(404, "this controller runs without a card (one controller)".into()),
         },
-        (tiny_http::Method::Get, "/regs") => match &state.amf {
-            Some(amf) => match amf.card_registers() {
+        (tiny_http::Method::Get, "/regs") => match &state.core {
+            Some(core) => match core.card_registers() {
                 Ok(v) => (200, "application/json", v.to_string()),
-                Err(e) => json_error(503, e.to_string()),
+                Err(e) => json_error(503, e),
             },
             None => json_error(404, "this controller runs without a card (one controller)".into()),
         },
         (tiny_http::Method::Post, "/scrub" | "/rebuild") if state.array.is_none() => {
-            json_error(409, "member maintenance runs on controller 0 (the primary), which owns the members".into())
+            json_error(409, "this controller has no members".into())
         }
+        (tiny_http::Method::Post, "/scrub" | "/rebuild") if state.core.is_some() => json_error(
+            409,
+            "online scrub and rebuild run on a group served by one controller for now: with several, every \
+             controller would have to see the rebuild (the group resource comes next); stop the cluster and run \
+             `amf scrub DIR` or `amf rebuild DIR` offline"
+                .into(),
+        ),
         (tiny_http::Method::Post, "/scrub") => {
             let repair = query(url, "repair").is_some_and(|v| v == "1" || v == "true");
             start_task(state, "scrub", move |st, progress| {

@@ -39,10 +39,10 @@ pub struct ControllerState {
     pub index: usize,
     /// Group directory.
     pub dir: PathBuf,
-    /// The group, where this process owns the members (one controller, or the primary).
+    /// This controller's assembly of the group.
     pub array: Option<Arc<Array>>,
-    /// The coherent cache, where this controller is one of several.
-    pub amf: Option<Arc<crate::coherency::Amf>>,
+    /// The AMF core (its event loop), where this controller is one of several.
+    pub core: Option<Arc<crate::amf::shell::Shell>>,
     /// NBD server counters.
     pub nbd: Arc<crate::nbd::ServerStats>,
     /// The current or last maintenance task.
@@ -117,7 +117,7 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
         index: opts.index,
         dir: opts.dir.clone(),
         array: Some(array.clone()),
-        amf: None,
+        core: None,
         nbd: server.stats.clone(),
         task: Mutex::new(None),
         resynced_stripes: resynced,

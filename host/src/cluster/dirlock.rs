@@ -1,5 +1,7 @@
-//! One process at a time drives a group directory: an exclusive flock on DIR/amf.lock, plus a
-//! status file naming the controller so maintenance commands can reach it instead.
+//! Who drives a group directory: a flock on DIR/amf.lock, exclusive for one controller alone
+//! or an offline maintenance command, shared by the controllers of a cluster (each assembles the
+//! group itself); plus a status file naming a controller so maintenance commands can reach it
+//! instead.
 
 use super::ClusterError;
 use std::fs::{File, OpenOptions};
@@ -35,8 +37,24 @@ impl DirLock {
         }
     }
 
-    /// Takes the lock if free.
+    /// Takes the lock shared (one of a cluster's controllers), or says who holds it
+    /// exclusively.
+    pub fn acquire_shared(dir: &Path) -> Result<DirLock, ClusterError> {
+        match Self::take(dir, libc::LOCK_SH)? {
+            Some(l) => Ok(l),
+            None => Err(ClusterError::Locked {
+                dir: dir.to_path_buf(),
+                holder: "a process that holds it alone (one controller or an offline maintenance command)".into(),
+            }),
+        }
+    }
+
+    /// Takes the lock exclusively if nobody holds it.
     pub fn try_acquire(dir: &Path) -> Result<Option<DirLock>, ClusterError> {
+        Self::take(dir, libc::LOCK_EX)
+    }
+
+    fn take(dir: &Path, how: libc::c_int) -> Result<Option<DirLock>, ClusterError> {
         let path = lock_path(dir);
         let file = OpenOptions::new()
             .create(true)
@@ -45,7 +63,7 @@ impl DirLock {
             .open(&path)
             .map_err(|source| ClusterError::File { path: path.clone(), source })?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
         if rc == 0 {
             return Ok(Some(DirLock { _file: file }));
         }

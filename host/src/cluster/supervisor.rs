@@ -227,10 +227,11 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
             }
         }
     }
-    // The others first: they write their dirty lines back through the primary, which must
-    // still be there; then the primary, which marks the group clean. Each step is bounded.
-    let (mut rest, mut first): (Vec<&mut Running>, Vec<&mut Running>) = procs.iter_mut().partition(|p| p.index != 0);
-    let clean = stop_all(&mut rest, STOP_GRACE) & stop_all(&mut first, STOP_GRACE);
+    // All at once: each writes its dirty lines back (which needs its peers' cards and stripe
+    // locks), tells the others, and waits a bounded time for theirs before it marks the group
+    // clean.
+    let mut all: Vec<&mut Running> = procs.iter_mut().collect();
+    let clean = stop_all(&mut all, STOP_GRACE * 2);
     match died {
         Some(e) => Err(e),
         None if clean => Ok(()),

@@ -1,0 +1,81 @@
+//! Member I/O for the loop: a few worker threads run reads, writes and syncs on this
+//! controller's own assembly of the group and post the results to the loop's inbox. The
+//! machine holds the stripe locks a write needs before it asks for the write; two writes of one
+//! stripe from this controller are ordered by the `Array`'s own stripe lock.
+
+use super::{Event, Inbox};
+use crate::raid::Array;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::sync::Arc;
+
+enum Job {
+    Read { id: u64, offset: u64, len: u64 },
+    Write { id: u64, offset: u64, data: Vec<u8> },
+    Sync { id: u64 },
+    Stop,
+}
+
+/// The worker pool.
+pub struct Workers {
+    tx: Sender<Job>,
+    count: usize,
+}
+
+impl Workers {
+    /// Starts `count` workers over `array`.
+    pub fn start(array: Arc<Array>, count: usize, inbox: Inbox) -> std::io::Result<Workers> {
+        let (tx, rx) = unbounded();
+        let count = count.max(1);
+        for i in 0..count {
+            let (a, rx, inbox): (Arc<Array>, Receiver<Job>, Inbox) = (array.clone(), rx.clone(), inbox.clone());
+            std::thread::Builder::new().name(format!("members-{i}")).spawn(move || work(a, rx, inbox))?;
+        }
+        Ok(Workers { tx, count })
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub fn read(&self, id: u64, offset: u64, len: u64) {
+        let _ = self.tx.send(Job::Read { id, offset, len });
+    }
+
+    /// Writes `data` at `offset`.
+    pub fn write(&self, id: u64, offset: u64, data: Vec<u8>) {
+        let _ = self.tx.send(Job::Write { id, offset, data });
+    }
+
+    /// Makes completed writes durable.
+    pub fn sync(&self, id: u64) {
+        let _ = self.tx.send(Job::Sync { id });
+    }
+
+    /// Ends the workers once the queued jobs are done.
+    pub fn stop(&self) {
+        for _ in 0..self.count {
+            let _ = self.tx.send(Job::Stop);
+        }
+    }
+}
+
+fn work(array: Arc<Array>, rx: Receiver<Job>, inbox: Inbox) {
+    while let Ok(job) = rx.recv() {
+        let start = std::time::Instant::now();
+        let (id, result) = match job {
+            Job::Stop => return,
+            Job::Read { id, offset, len } => {
+                let mut buf = vec![0u8; len as usize];
+                let r = array.read(offset, &mut buf).map(|_| buf).map_err(|e| e.to_string());
+                crate::metrics::observe(crate::metrics::Op::MemberRead, start);
+                (id, r)
+            }
+            Job::Write { id, offset, data } => {
+                let r = array.write(offset, &data, false).map(|_| Vec::new()).map_err(|e| e.to_string());
+                crate::metrics::observe(crate::metrics::Op::MemberWrite, start);
+                (id, r)
+            }
+            Job::Sync { id } => (id, array.flush().map(|_| Vec::new()).map_err(|e| e.to_string())),
+        };
+        if inbox.send(Event::MemberDone { id, result }).is_err() {
+            return;
+        }
+    }
+}

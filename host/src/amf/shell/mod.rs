@@ -1,0 +1,578 @@
+//! The controller's shell around the AMF state machine: one event-loop thread owns the
+//! machine and the card driver (nothing is locked around them); NBD connection threads,
+//! fabric readers and member workers talk to it through one inbox. The loop feeds the machine
+//! the card's completions and events in the card's order (by `events_before`), fabric
+//! messages, member I/O completions and ticks, and carries out what the machine asks: card
+//! commands, fabric sends (queued to a writer thread per peer), member I/O (to a worker pool
+//! over this controller's own `Array`) and host replies.
+
+pub mod members;
+pub mod net;
+
+use super::io::*;
+use super::machine::{Config, Machine};
+use crate::coherency::card::AnyCard;
+use crate::engine::{Driver, DriverConfig};
+use crate::raid::Array;
+use amf_hdl_model::gen::structs::{Completion, Event as CardEvt, EventKind, Opcode, Status};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the loop receives.
+pub enum Event {
+    /// A host request and where its answer goes.
+    Host {
+        /// The request.
+        req: HostReq,
+        /// The answer.
+        reply: Sender<Result<Vec<u8>, HostError>>,
+    },
+    /// A fabric frame.
+    Fabric {
+        /// Sender.
+        from: u8,
+        /// Its epoch.
+        epoch: u32,
+        /// The message.
+        msg: Msg,
+    },
+    /// A member I/O finished.
+    MemberDone {
+        /// The machine's id.
+        id: u64,
+        /// Data or error.
+        result: Result<Vec<u8>, String>,
+    },
+    /// A status snapshot.
+    Status(Sender<serde_json::Value>),
+    /// Write back everything, tell the peers, wait (bounded) for theirs, then end the loop.
+    Leave(Sender<LeaveReport>),
+}
+
+/// The loop's inbox.
+pub type Inbox = Sender<Event>;
+
+/// How a controller left.
+#[derive(Clone, Debug)]
+pub struct LeaveReport {
+    /// Its write-back failed: the group must stay dirty.
+    pub write_back_error: Option<String>,
+    /// Peers that did not say they left clean within the wait.
+    pub peers_unconfirmed: Vec<u8>,
+}
+
+/// Machine ticks.
+const TICK: Duration = Duration::from_millis(1);
+/// The loop's wait for input while card commands are in flight (the cards have no
+/// interrupt here: their rings are polled).
+const BUSY_WAIT: Duration = Duration::from_micros(50);
+/// The loop's wait when nothing is in flight.
+const IDLE_WAIT: Duration = Duration::from_millis(1);
+/// Card commands kept in the ring at once.
+const CARD_INFLIGHT_MAX: usize = 200;
+/// How long a leaving controller keeps answering until its peers have left too.
+const LEAVE_WAIT: Duration = Duration::from_secs(5);
+/// How long a starting controller waits for every peer's hello.
+pub const HELLO_WAIT: Duration = Duration::from_secs(120);
+
+/// Where a controller's shell runs.
+pub struct ShellConfig {
+    /// The machine's configuration.
+    pub machine: Config,
+    /// The card.
+    pub card: AnyCard,
+    /// Card cycles a broadcast waits for answers.
+    pub ack_timeout_cycles: u32,
+    /// This controller's assembly of the group.
+    pub array: Arc<Array>,
+    /// The fabric listener.
+    pub fabric: TcpListener,
+    /// The peers' fabric addresses.
+    pub peers: Vec<(u8, SocketAddr)>,
+    /// Member I/O threads.
+    pub member_workers: usize,
+}
+
+/// A running controller core.
+pub struct Shell {
+    inbox: Inbox,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The fabric's counters.
+    pub net: Arc<net::NetStats>,
+    card: AnyCard,
+    capacity: u64,
+}
+
+impl Shell {
+    /// Opens the card, starts the fabric, the member workers and the loop. The loop waits for
+    /// a hello from every peer before it takes host requests (they queue meanwhile).
+    pub fn start(cfg: ShellConfig) -> Result<Shell, String> {
+        let (tx, rx) = unbounded();
+        let m = &cfg.machine;
+        let peers_mask = if m.nodes >= 8 { 0xff } else { (1u8 << m.nodes) - 1 };
+        let dcfg = DriverConfig {
+            node: m.node,
+            peers: peers_mask,
+            epoch: m.epoch,
+            ring_log2: 8,
+            ack_timeout_cycles: cfg.ack_timeout_cycles,
+            heartbeat_cycles: 0,
+        };
+        let driver = Driver::open(cfg.card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
+        let payload_max = m.line_bytes as usize + 1024;
+        let net = net::Net::start(cfg.fabric, m.node, m.epoch, &cfg.peers, payload_max, tx.clone())
+            .map_err(|e| format!("fabric: {e}"))?;
+        let stats = net.stats.clone();
+        let jobs = members::Workers::start(cfg.array.clone(), cfg.member_workers, tx.clone())
+            .map_err(|e| format!("member workers: {e}"))?;
+        let capacity = m.capacity;
+        let machine = Machine::new(cfg.machine.clone());
+        let peers: Vec<u8> = cfg.peers.iter().map(|p| p.0).collect();
+        let card = cfg.card.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("amf-loop-{}", m.node))
+            .spawn(move || {
+                let mut l = Loop {
+                    m: machine,
+                    driver,
+                    net,
+                    jobs,
+                    rx,
+                    tags: BTreeMap::new(),
+                    backlog: VecDeque::new(),
+                    hosts: BTreeMap::new(),
+                    next_host: 1,
+                    start: Instant::now(),
+                    peers,
+                    hello_from: 0,
+                    left_from: 0,
+                    held: VecDeque::new(),
+                    own: BTreeMap::new(),
+                    card_error: None,
+                };
+                l.run();
+            })
+            .map_err(|e| format!("loop thread: {e}"))?;
+        Ok(Shell { inbox: tx, thread: std::sync::Mutex::new(Some(thread)), net: stats, card, capacity })
+    }
+
+    /// The inbox (for NBD handlers).
+    pub fn inbox(&self) -> Inbox {
+        self.inbox.clone()
+    }
+
+    /// The group's size.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The card (register dumps read it directly: its backends are thread-safe).
+    pub fn card(&self) -> &AnyCard {
+        &self.card
+    }
+
+    /// The machine's state and counters, and the card's.
+    pub fn status(&self) -> serde_json::Value {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let mut v = if self.inbox.send(Event::Status(tx)).is_err() {
+            serde_json::json!({ "error": "the controller's loop has ended" })
+        } else {
+            rx.recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| serde_json::json!({ "error": "the controller's loop did not answer" }))
+        };
+        v["card_kind"] = self.card_kind().into();
+        v["card"] = self.card_state().unwrap_or_else(|e| serde_json::json!({ "error": e }));
+        v
+    }
+
+    /// Which card this is.
+    pub fn card_kind(&self) -> &'static str {
+        match self.card {
+            AnyCard::Sim(_) => "sim",
+            AnyCard::Model(_) => "model",
+        }
+    }
+
+    /// The card's state and counters (read from its registers).
+    pub fn card_state(&self) -> Result<serde_json::Value, String> {
+        crate::engine::diag::card_state(&self.card).map_err(|e| e.to_string())
+    }
+
+    /// The card's registers, decoded.
+    pub fn card_registers(&self) -> Result<serde_json::Value, String> {
+        crate::engine::diag::dump_registers(&self.card).map_err(|e| e.to_string())
+    }
+
+    /// Runs one host request to its answer.
+    pub fn call(&self, req: HostReq) -> Result<Vec<u8>, HostError> {
+        call(&self.inbox, req)
+    }
+
+    /// Writes everything back, waits (bounded) for the peers to do the same, stops the loop.
+    pub fn leave(&self) -> LeaveReport {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let report = if self.inbox.send(Event::Leave(tx)).is_ok() {
+            rx.recv().unwrap_or(LeaveReport {
+                write_back_error: Some("the controller's loop ended".into()),
+                peers_unconfirmed: Vec::new(),
+            })
+        } else {
+            LeaveReport { write_back_error: Some("the controller's loop ended".into()), peers_unconfirmed: Vec::new() }
+        };
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+        if let AnyCard::Model(m) = &self.card {
+            m.stop();
+        }
+        report
+    }
+}
+
+impl crate::nbd::Backend for Shell {
+    fn size(&self) -> u64 {
+        self.capacity
+    }
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::nbd::BackendError> {
+        let d = self.call(HostReq::Read { offset, len: buf.len() as u64 }).map_err(nbd_err)?;
+        if d.len() != buf.len() {
+            return Err(crate::nbd::BackendError::Io(format!("{} bytes read for {}", d.len(), buf.len())));
+        }
+        buf.copy_from_slice(&d);
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), crate::nbd::BackendError> {
+        self.call(HostReq::Write { offset, data: data.to_vec(), fua }).map(|_| ()).map_err(nbd_err)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), crate::nbd::BackendError> {
+        const CHUNK: u64 = 1 << 20;
+        let end = offset.checked_add(len).ok_or(crate::nbd::BackendError::OutOfRange)?;
+        let mut at = offset;
+        while at < end {
+            let n = (end - at).min(CHUNK);
+            self.call(HostReq::Write { offset: at, data: vec![0u8; n as usize], fua }).map_err(nbd_err)?;
+            at += n;
+        }
+        Ok(())
+    }
+    fn trim(&self, _offset: u64, _len: u64) -> Result<(), crate::nbd::BackendError> {
+        // Advisory, as on one controller: the data stays.
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), crate::nbd::BackendError> {
+        self.call(HostReq::Flush).map(|_| ()).map_err(nbd_err)
+    }
+}
+
+fn nbd_err(e: HostError) -> crate::nbd::BackendError {
+    match e {
+        HostError::OutOfRange { .. } => crate::nbd::BackendError::OutOfRange,
+        other => crate::nbd::BackendError::Io(other.to_string()),
+    }
+}
+
+/// Runs one host request through `inbox` to its answer.
+pub fn call(inbox: &Inbox, req: HostReq) -> Result<Vec<u8>, HostError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    inbox.send(Event::Host { req, reply: tx }).map_err(|_| HostError::Card("the controller is stopping".into()))?;
+    rx.recv().map_err(|_| HostError::Card("the controller stopped".into()))?
+}
+
+struct Loop {
+    m: Machine,
+    driver: Driver<AnyCard>,
+    net: net::Net,
+    jobs: members::Workers,
+    rx: Receiver<Event>,
+    tags: BTreeMap<u32, u64>,
+    backlog: VecDeque<(u64, CardOp, u64)>,
+    hosts: BTreeMap<u64, Sender<Result<Vec<u8>, HostError>>>,
+    next_host: u64,
+    start: Instant,
+    peers: Vec<u8>,
+    hello_from: u8,
+    left_from: u8,
+    /// Host requests that came before every peer's hello.
+    held: VecDeque<(HostReq, Sender<Result<Vec<u8>, HostError>>)>,
+    /// Answers to the loop's own requests (the leave write-back).
+    own: BTreeMap<u64, Result<Vec<u8>, HostError>>,
+    card_error: Option<String>,
+}
+
+fn opcode(op: CardOp) -> (Opcode, bool) {
+    match op {
+        CardOp::AcquireShared => (Opcode::AcquireShared, true),
+        CardOp::AcquireExclusive => (Opcode::AcquireExclusive, true),
+        CardOp::YieldShare => (Opcode::YieldShare, false),
+        CardOp::Yield => (Opcode::Yield, false),
+        CardOp::Release => (Opcode::Release, false),
+    }
+}
+
+/// A completion as the machine sees it.
+pub fn status_of(c: &Completion) -> CardStatus {
+    match Status::from_raw(c.status) {
+        Some(Status::Ok) if c.untracked != 0 => CardStatus::Untracked,
+        Some(Status::Ok) => CardStatus::Ok,
+        Some(Status::Timeout) => CardStatus::Timeout,
+        Some(Status::Conflict) => CardStatus::Conflict,
+        _ => CardStatus::Refused,
+    }
+}
+
+/// A card event as the machine sees it (held requests only).
+pub fn event_input(e: &CardEvt) -> Option<Input> {
+    if e.hold == 0 {
+        return None;
+    }
+    let kind = match EventKind::from_raw(e.kind)? {
+        EventKind::Invalidate => CardEventKind::Invalidate,
+        EventKind::Downgrade => CardEventKind::Share,
+        _ => return None,
+    };
+    Some(Input::CardEvent { kind, resource: e.resource, from: e.node })
+}
+
+impl Loop {
+    fn all_peers(&self) -> u8 {
+        self.peers.iter().fold(0u8, |m, p| m | 1 << p)
+    }
+
+    fn run(&mut self) {
+        for p in self.peers.clone() {
+            self.net.send(p, &Msg::Hello);
+        }
+        let mut last_tick = Instant::now();
+        let mut last_hello = Instant::now();
+        let mut leaving: Option<(Sender<LeaveReport>, Option<u64>, Option<String>, Instant)> = None;
+        loop {
+            let wait = if self.tags.is_empty() && self.backlog.is_empty() { IDLE_WAIT } else { BUSY_WAIT };
+            match self.rx.recv_timeout(wait) {
+                Ok(ev) => {
+                    if let Some(l) = self.event(ev) {
+                        leaving = Some((l, None, None, Instant::now()));
+                        // Write back this controller's lines through the machine.
+                        let id = self.next_host;
+                        self.next_host += 1;
+                        if let Some(l) = leaving.as_mut() {
+                            l.1 = Some(id);
+                        }
+                        self.step(Input::Host { id, req: HostReq::FlushLocal });
+                    }
+                    // Take whatever else is queued before looking at the card again.
+                    while let Ok(ev) = self.rx.try_recv() {
+                        if let Some(l) = self.event(ev) {
+                            let _ = l.send(LeaveReport {
+                                write_back_error: Some("already leaving".into()),
+                                peers_unconfirmed: Vec::new(),
+                            });
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.pump_card();
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                let now_us = self.start.elapsed().as_micros() as u64;
+                self.step(Input::Tick { now_us });
+            }
+            // Hellos are repeated until every peer answered one (a peer that starts later
+            // would miss the first).
+            if self.hello_from != self.all_peers() && last_hello.elapsed() >= Duration::from_millis(100) {
+                last_hello = Instant::now();
+                for p in self.peers.clone() {
+                    self.net.send(p, &Msg::Hello);
+                }
+            }
+            if let Some((reply, id, err, since)) = leaving.as_mut() {
+                if let Some(done) = id.and_then(|i| self.hosts_done(i)) {
+                    *err = done.err().map(|e| e.to_string());
+                    *id = None;
+                    for p in self.peers.clone() {
+                        self.net.send(p, &Msg::Leaving);
+                    }
+                }
+                let peers_done = self.left_from == self.all_peers();
+                if id.is_none() && (peers_done || since.elapsed() > LEAVE_WAIT) {
+                    let unconfirmed = self.peers.iter().copied().filter(|p| self.left_from & (1 << p) == 0).collect();
+                    let _ = reply.send(LeaveReport { write_back_error: err.take(), peers_unconfirmed: unconfirmed });
+                    self.net.stop();
+                    self.jobs.stop();
+                    return;
+                }
+                if id.is_some() && since.elapsed() > LEAVE_WAIT * 4 {
+                    let _ = reply.send(LeaveReport {
+                        write_back_error: Some("write-back did not finish".into()),
+                        peers_unconfirmed: self.peers.clone(),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answers of the loop's own requests (the leave flush) are kept here.
+    fn hosts_done(&mut self, id: u64) -> Option<Result<Vec<u8>, HostError>> {
+        self.own.remove(&id)
+    }
+
+    fn event(&mut self, ev: Event) -> Option<Sender<LeaveReport>> {
+        match ev {
+            Event::Host { req, reply } => {
+                if self.hello_from != self.all_peers() {
+                    self.held.push_back((req, reply));
+                } else {
+                    self.host(req, reply);
+                }
+            }
+            Event::Fabric { from, epoch, msg } => match msg {
+                Msg::Hello => {
+                    if from < 8 && self.all_peers() & (1 << from) != 0 && epoch == self.m.config().epoch {
+                        let first = self.hello_from & (1 << from) == 0;
+                        self.hello_from |= 1 << from;
+                        if first {
+                            // Answer, so a peer that started after our first hello hears one.
+                            self.net.send(from, &Msg::Hello);
+                        }
+                        if self.hello_from == self.all_peers() {
+                            while let Some((req, reply)) = self.held.pop_front() {
+                                self.host(req, reply);
+                            }
+                        }
+                    }
+                }
+                Msg::Leaving => {
+                    if from < 8 && epoch == self.m.config().epoch {
+                        self.left_from |= 1 << from;
+                    }
+                }
+                msg => self.step(Input::Fabric { from, epoch, msg }),
+            },
+            Event::MemberDone { id, result } => self.step(Input::MemberDone { id, result }),
+            Event::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Event::Leave(reply) => return Some(reply),
+        }
+        None
+    }
+
+    fn host(&mut self, req: HostReq, reply: Sender<Result<Vec<u8>, HostError>>) {
+        let id = self.next_host;
+        self.next_host += 1;
+        self.hosts.insert(id, reply);
+        self.step(Input::Host { id, req });
+    }
+
+    fn step(&mut self, input: Input) {
+        let outs = self.m.step(input);
+        if cfg!(debug_assertions) {
+            if let Err(e) = self.m.check() {
+                eprintln!("amf: node {}: invariant broken: {e}", self.m.config().node);
+            }
+        }
+        for o in outs {
+            match o {
+                Output::Card { id, op, resource } => self.backlog.push_back((id, op, resource)),
+                Output::Send { to, msg } => self.net.send(to, &msg),
+                Output::MemberRead { id, offset, len } => self.jobs.read(id, offset, len),
+                Output::MemberWrite { id, offset, data } => self.jobs.write(id, offset, data),
+                Output::MemberSync { id } => self.jobs.sync(id),
+                Output::Reply { id, result } => match self.hosts.remove(&id) {
+                    Some(reply) => {
+                        let _ = reply.send(result);
+                    }
+                    None => {
+                        self.own.insert(id, result);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Submits queued commands; feeds completions and events to the machine in card order.
+    fn pump_card(&mut self) {
+        for _ in 0..64 {
+            while self.driver.in_flight() < CARD_INFLIGHT_MAX {
+                let Some((id, op, resource)) = self.backlog.pop_front() else { break };
+                let (code, hold) = opcode(op);
+                match self.driver.submit_with(code, resource, hold) {
+                    Ok(tag) => {
+                        self.tags.insert(tag, id);
+                    }
+                    Err(e) => {
+                        self.card_error = Some(e.to_string());
+                        self.backlog.push_front((id, op, resource));
+                        break;
+                    }
+                }
+            }
+            let done = match self.driver.reap() {
+                Ok(d) => d,
+                Err(e) => {
+                    self.card_error = Some(e.to_string());
+                    return;
+                }
+            };
+            let events = match self.driver.events_indexed() {
+                Ok(e) => e,
+                Err(e) => {
+                    self.card_error = Some(e.to_string());
+                    return;
+                }
+            };
+            if done.is_empty() && events.is_empty() {
+                return;
+            }
+            let mut events: VecDeque<(u32, CardEvt)> = events.into();
+            let mut inputs = Vec::new();
+            for c in done {
+                while events.front().is_some_and(|(i, _)| (c.events_before.wrapping_sub(*i) as i32) > 0) {
+                    if let Some((_, e)) = events.pop_front() {
+                        inputs.extend(event_input(&e));
+                    }
+                }
+                if let Some(id) = self.tags.remove(&c.tag) {
+                    inputs.push(Input::CardDone { id, status: status_of(&c), sharers: c.sharers });
+                }
+            }
+            inputs.extend(events.iter().filter_map(|(_, e)| event_input(e)));
+            for input in inputs {
+                self.step(input);
+            }
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let cfg = self.m.config();
+        serde_json::json!({
+            "node": cfg.node,
+            "nodes": cfg.nodes,
+            "epoch": cfg.epoch,
+            "primary": false,
+            "line_bytes": cfg.line_bytes,
+            "cache": {
+                "lines_max": cfg.lines_max,
+                "lines": self.m.resident().count(),
+                "dirty": self.m.dirty_lines(),
+            },
+            "peers_up": self.hello_from,
+            "replicas": self.m.replicas().len(),
+            "requests_open": self.m.requests_open(),
+            "card_commands_in_flight": self.tags.len() + self.backlog.len(),
+            "counters": self.m.counters,
+            "fabric": {
+                "sent": self.net.stats.sent.load(std::sync::atomic::Ordering::Relaxed),
+                "received": self.net.stats.received.load(std::sync::atomic::Ordering::Relaxed),
+                "dropped": self.net.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                "refused": self.net.stats.refused.load(std::sync::atomic::Ordering::Relaxed),
+            },
+            "card_error": self.card_error,
+        })
+    }
+}
