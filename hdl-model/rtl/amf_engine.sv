@@ -713,9 +713,14 @@ module amf_engine #(
             state_q <= STableWrite;
           end else if (c_op == OpYield || c_op == OpYieldShare) begin
             // Yield drops our entry first; the acks then report the table as it is after.
+            // yield_share: the host keeps a clean copy, tracked by the table or not; the
+            // requester must learn it as a sharer.
             if (c_op == OpYieldShare && held_q) begin
               y_sharers_q <= sharers_q | me;
               y_owner_q   <= owner_q;
+            end else if (c_op == OpYieldShare) begin
+              y_sharers_q <= me;
+              y_owner_q   <= '0;
             end else begin
               y_sharers_q <= coming_cmd ? me : 8'd0;
               y_owner_q   <= '0;

@@ -598,7 +598,14 @@ impl Card {
                     .pending
                     .iter()
                     .any(|p| p.cmd.resource == cmd.resource && p.kind == FrameKind::AcquireShared && !p.aborted);
-                let (sharers, owner) = if held { (sharers | me, owner) } else { (if coming { me } else { 0 }, 0) };
+                // yield_share: the host keeps a clean copy, whether or not the table has room
+                // to say so; the requester must learn it, or a later upgrade of its own could
+                // skip this node.
+                let (sharers, owner) = match (held, all) {
+                    (true, _) => (sharers | me, owner),
+                    (false, false) => (me, 0),
+                    (false, true) => (if coming { me } else { 0 }, 0),
+                };
                 for i in 0..OWED_MAX {
                     let Some(o) = self.owed[i] else { continue };
                     if o.resource != cmd.resource || (o.exclusive && !all) {

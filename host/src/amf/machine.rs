@@ -798,18 +798,17 @@ impl Machine {
         }
         st.acquiring = None;
         match status {
-            CardStatus::Ok => {
+            // Untracked: the card's table had no room. With `hold` every request still reaches
+            // this host, which knows what it holds: the table is a filter, not the truth.
+            CardStatus::Ok | CardStatus::Untracked => {
                 st.held = true;
                 let waiters: Vec<u64> = st.waiters.iter().copied().collect();
                 self.touched.extend(waiters);
                 // A peer that asked while this acquire was in flight waits for it.
                 self.maybe_yield_stripe(s);
             }
-            CardStatus::Untracked | CardStatus::Timeout | CardStatus::Conflict => {
+            CardStatus::Timeout | CardStatus::Conflict => {
                 self.counters.retries += 1;
-                if status == CardStatus::Untracked {
-                    self.cmd(CardOp::Release, STRIPE_NS | s, CardUse::Fire);
-                }
                 let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
                 if let Some(st) = self.stripes.get_mut(&s) {
                     st.acquiring = Some(id);
@@ -836,7 +835,8 @@ impl Machine {
             return;
         }
         match status {
-            CardStatus::Ok => {
+            // As for stripes: untracked by the card's table, still answered by this host.
+            CardStatus::Ok | CardStatus::Untracked => {
                 let whole_write = l
                     .queue
                     .front()
@@ -876,13 +876,10 @@ impl Machine {
                     _ => l.phase = Phase::Idle,
                 }
             }
-            CardStatus::Timeout | CardStatus::Conflict | CardStatus::Untracked
+            CardStatus::Timeout | CardStatus::Conflict
                 if self.now_us.saturating_sub(since_us) < ACQUIRE_PATIENCE_US =>
             {
                 self.counters.retries += 1;
-                if status == CardStatus::Untracked {
-                    self.cmd(CardOp::Release, r, CardUse::Fire);
-                }
                 let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
                 let id = self.cmd(op, r, CardUse::Line(r));
                 self.line(r).phase = Phase::Acquiring { id, exclusive, since_us };
@@ -894,10 +891,12 @@ impl Machine {
             _ => {
                 self.line(r).phase = Phase::Idle;
                 let waited_ms = self.now_us.saturating_sub(since_us) / 1000;
-                self.finish_piece(
-                    r,
-                    Some(HostError::Card(format!("line {r}: {status:?} after {waited_ms} ms of retries"))),
-                );
+                let why = if status == CardStatus::Timeout {
+                    format!("line {r}: peers did not answer the card for {waited_ms} ms")
+                } else {
+                    format!("line {r}: kept losing conflicting acquires for {waited_ms} ms")
+                };
+                self.finish_piece(r, Some(HostError::Card(why)));
             }
         }
         self.touched.insert(r);

@@ -133,7 +133,9 @@ impl Net {
         }
         let (s, st) = (stats.clone(), stop.clone());
         listener.set_nonblocking(true)?;
-        std::thread::Builder::new().name("fabric-accept".into()).spawn(move || accept(listener, payload_max, inbox, s, st))?;
+        std::thread::Builder::new()
+            .name("fabric-accept".into())
+            .spawn(move || accept(listener, payload_max, inbox, s, st))?;
         Ok(Net { node, epoch, peers: out, stats, stop })
     }
 
