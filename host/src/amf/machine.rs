@@ -518,7 +518,27 @@ impl Machine {
             let (state, phase) = (l.state, l.phase);
             match phase {
                 Phase::Idle | Phase::Acquiring { .. } => {}
-                Phase::Locking => return self.try_destage(r),
+                Phase::Locking => {
+                    // A write-back waiting for a stripe lock does not hold up the line: a piece
+                    // this node can serve now goes first and the write-back is tried again
+                    // after it (unless a peer or an eviction waits for it).
+                    let head = l.queue.front().and_then(|p| self.pieces.get(p));
+                    let servable = head.is_some_and(|p| p.write.is_none() || state == State::Modified);
+                    if !servable || l.owed_excl || l.owed_share || l.evict || self.head_applied(r) {
+                        return self.try_destage(r);
+                    }
+                    for s in self.stripes_of(r) {
+                        if let Some(st) = self.stripes.get_mut(&s) {
+                            st.waiters.remove(&r);
+                        }
+                    }
+                    // The background write-back (the line is still old and dirty) starts it
+                    // again at the next tick; a flush waits for that.
+                    let l = self.line(r);
+                    l.phase = Phase::Idle;
+                    l.writeback = false;
+                    continue;
+                }
                 _ => return,
             }
             let servable = phase == Phase::Idle

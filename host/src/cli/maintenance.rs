@@ -351,25 +351,24 @@ fn print_status(v: &serde_json::Value) {
         let k = &c["counters"];
         let cache = &c["cache"];
         println!(
-            "  coherency: node {} of {}, epoch {}, {} card, peers up {:#04x}{}",
+            "  coherency: node {} of {}, epoch {}, {} card, peers up {:#04x}",
             c["node"],
             c["nodes"],
             c["epoch"],
             c["card_kind"].as_str().unwrap_or("?"),
             c["peers_up"].as_u64().unwrap_or(0),
-            if c["primary"] == true { ", primary (owns the members)" } else { "" }
         );
         println!(
-            "  cache: {}/{} lines of {} bytes, {} dirty, {} evictions",
-            cache["lines"], cache["lines_max"], c["line_bytes"], cache["dirty"], cache["evictions"]
+            "  cache: {}/{} lines of {} bytes, {} dirty, {} replicas held for peers",
+            cache["lines"], cache["lines_max"], c["line_bytes"], cache["dirty"], c["replicas"]
         );
         println!(
-            "  method: {} hits, {} remote hits, {} member reads, {} local writes, {} broadcasts ({} skipped), {} invalidate rounds",
-            k["hits"], k["remote_hits"], k["disk_reads"], k["writes_local"], k["broadcasts"], k["broadcasts_skipped"], k["invalidate_rounds"]
+            "  method: {} hits, {} remote hits, {} line fills from the members, {} acquires ({} retried), {} yields",
+            k["hits"], k["remote_hits"], k["member_reads"], k["acquires"], k["retries"], k["yields"]
         );
         println!(
-            "          {} invalidations and {} downgrades received, {} replications, {} handoffs, {} lines written back",
-            k["invalidations_received"], k["downgrades_received"], k["replications"], k["handoffs"], k["destaged_lines"]
+            "          {} replications, {} lines written back, {} lines forwarded to peers",
+            k["replications"], k["member_writes"], k["lines_forwarded"]
         );
         if let Some(e) = c["card_error"].as_str() {
             println!("  CARD ERROR: {e}");

@@ -142,6 +142,7 @@ impl Shell {
                     jobs,
                     rx,
                     tags: BTreeMap::new(),
+                    fetches: BTreeMap::new(),
                     backlog: VecDeque::new(),
                     hosts: BTreeMap::new(),
                     next_host: 1,
@@ -287,7 +288,10 @@ struct Loop {
     net: net::Net,
     jobs: members::Workers,
     rx: Receiver<Event>,
-    tags: BTreeMap<u32, u64>,
+    /// Card tag -> (machine id, submitted at, command, resource).
+    tags: BTreeMap<u32, (u64, Instant, CardOp, u64)>,
+    /// Fetches in flight (the read search), for their latency.
+    fetches: BTreeMap<u64, Instant>,
     backlog: VecDeque<(u64, CardOp, u64)>,
     hosts: BTreeMap<u64, Sender<Result<Vec<u8>, HostError>>>,
     next_host: u64,
@@ -451,7 +455,16 @@ impl Loop {
                         self.left_from |= 1 << from;
                     }
                 }
-                msg => self.step(Input::Fabric { from, epoch, msg }),
+                msg => {
+                    if let Msg::LineData { id, data } = &msg {
+                        if let Some(at) = self.fetches.remove(id) {
+                            if data.is_some() {
+                                crate::metrics::observe(crate::metrics::Op::RemoteHit, at);
+                            }
+                        }
+                    }
+                    self.step(Input::Fabric { from, epoch, msg })
+                }
             },
             Event::MemberDone { id, result } => self.step(Input::MemberDone { id, result }),
             Event::Status(reply) => {
@@ -479,7 +492,12 @@ impl Loop {
         for o in outs {
             match o {
                 Output::Card { id, op, resource } => self.backlog.push_back((id, op, resource)),
-                Output::Send { to, msg } => self.net.send(to, &msg),
+                Output::Send { to, msg } => {
+                    if let Msg::Fetch { id, .. } = msg {
+                        self.fetches.entry(id).or_insert_with(Instant::now);
+                    }
+                    self.net.send(to, &msg)
+                }
                 Output::MemberRead { id, offset, len } => self.jobs.read(id, offset, len),
                 Output::MemberWrite { id, offset, data } => self.jobs.write(id, offset, data),
                 Output::MemberSync { id } => self.jobs.sync(id),
@@ -503,7 +521,7 @@ impl Loop {
                 let (code, hold) = opcode(op);
                 match self.driver.submit_with(code, resource, hold) {
                     Ok(tag) => {
-                        self.tags.insert(tag, id);
+                        self.tags.insert(tag, (id, Instant::now(), op, resource));
                     }
                     Err(e) => {
                         self.card_error = Some(e.to_string());
@@ -537,7 +555,11 @@ impl Loop {
                         inputs.extend(event_input(&e));
                     }
                 }
-                if let Some(id) = self.tags.remove(&c.tag) {
+                if let Some((id, at, op, resource)) = self.tags.remove(&c.tag) {
+                    crate::metrics::observe(crate::metrics::Op::CardRoundTrip, at);
+                    if op == CardOp::AcquireExclusive && resource & STRIPE_NS == 0 && c.no_broadcast == 0 {
+                        crate::metrics::observe(crate::metrics::Op::SharedWrite, at);
+                    }
                     inputs.push(Input::CardDone { id, status: status_of(&c), sharers: c.sharers });
                 }
             }
