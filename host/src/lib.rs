@@ -4,12 +4,9 @@
 
 pub mod amf;
 pub mod bench;
-pub mod cache;
 pub mod cli;
 pub mod cluster;
-pub mod coherency;
 pub mod engine;
-pub mod fabric;
 pub mod metrics;
 pub mod nbd;
 pub mod raid;

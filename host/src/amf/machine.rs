@@ -181,6 +181,8 @@ struct Request {
 struct Stripe {
     held: bool,
     acquiring: Option<u64>,
+    /// When the current run of attempts began (for the patience of the writes waiting).
+    since_us: u64,
     users: u32,
     owed: bool,
     waiters: BTreeSet<u64>,
@@ -224,6 +226,7 @@ enum Origin {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct FlushJob {
     origin: Origin,
+    started_us: u64,
     lines: Vec<(u64, u64)>,
     peers_left: u8,
     sync: Option<Option<u64>>,
@@ -241,6 +244,8 @@ pub struct Counters {
     pub lines_forwarded: u64,
     /// Acquires issued (line and stripe).
     pub acquires: u64,
+    /// Of those, stripe-lock acquires (write-backs).
+    pub stripe_acquires: u64,
     /// Acquires retried after a timeout, a lost conflict or an untracked answer.
     pub retries: u64,
     /// Yields answered for peers.
@@ -435,6 +440,9 @@ impl Machine {
         self.card.insert(id, usage);
         if matches!(op, CardOp::AcquireShared | CardOp::AcquireExclusive) {
             self.counters.acquires += 1;
+            if resource & STRIPE_NS != 0 {
+                self.counters.stripe_acquires += 1;
+            }
         }
         self.out.push(Output::Card { id, op, resource });
         id
@@ -748,9 +756,11 @@ impl Machine {
             if !(st.held && !st.owed) {
                 st.waiters.insert(r);
                 if !st.held && st.acquiring.is_none() {
+                    let now = self.now_us;
                     let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
                     if let Some(st) = self.stripes.get_mut(&s) {
                         st.acquiring = Some(id);
+                        st.since_us = now;
                     }
                 }
                 return;
@@ -791,9 +801,11 @@ impl Machine {
         self.cmd(CardOp::Yield, STRIPE_NS | s, CardUse::Fire);
         let st = self.stripes.entry(s).or_default();
         if !st.waiters.is_empty() && st.acquiring.is_none() {
+            let now = self.now_us;
             let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
             if let Some(st) = self.stripes.get_mut(&s) {
                 st.acquiring = Some(id);
+                st.since_us = now;
             }
         } else if st.waiters.is_empty() {
             self.stripes.remove(&s);
@@ -829,6 +841,16 @@ impl Machine {
             }
             CardStatus::Timeout | CardStatus::Conflict => {
                 self.counters.retries += 1;
+                if self.now_us.saturating_sub(st.since_us) >= ACQUIRE_PATIENCE_US {
+                    // Writes waiting to be written through fail with the reason; the
+                    // write-backs themselves stay queued and the lock is asked for again.
+                    st.since_us = self.now_us;
+                    let waiters: Vec<u64> = st.waiters.iter().copied().collect();
+                    for r in waiters {
+                        let why = format!("stripe {s}: peers did not answer the card (write-back of line {r} waits)");
+                        self.fail_applied(r, HostError::Card(why));
+                    }
+                }
                 let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
                 if let Some(st) = self.stripes.get_mut(&s) {
                     st.acquiring = Some(id);
@@ -1140,7 +1162,8 @@ impl Machine {
             self.touched.insert(*r);
         }
         let peers = if everyone { self.others() } else { 0 };
-        self.flushes.insert(job, FlushJob { origin, lines, peers_left: peers, sync: None, failed: None });
+        let started_us = self.now_us;
+        self.flushes.insert(job, FlushJob { origin, started_us, lines, peers_left: peers, sync: None, failed: None });
         for p in (0..8u8).filter(|p| peers & (1 << p) != 0) {
             let id = self.id();
             self.send_request(id, p, Msg::FlushReq { id }, Purpose::Flush(job));
@@ -1155,6 +1178,23 @@ impl Machine {
                 .lines
                 .iter()
                 .any(|(r, w)| self.lines.get(r).is_some_and(|l| l.state == State::Modified && l.clean_wseq < *w));
+            if (pending || j.peers_left != 0)
+                && j.failed.is_none()
+                && self.now_us.saturating_sub(j.started_us) >= ACQUIRE_PATIENCE_US
+            {
+                // A peer that does not answer (or a write-back that cannot get its stripe
+                // locks) fails the flush with the reason instead of holding it forever.
+                let why = if j.peers_left != 0 {
+                    format!("controllers with mask {:#04x} did not answer the flush", j.peers_left)
+                } else {
+                    "write-backs could not get their stripe locks (a peer does not answer)".to_string()
+                };
+                if let Some(j) = self.flushes.get_mut(&job) {
+                    j.failed = Some(why);
+                    j.peers_left = 0;
+                }
+                continue;
+            }
             if (pending && j.failed.is_none()) || j.peers_left != 0 {
                 continue;
             }

@@ -358,8 +358,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 host,
                 force,
                 card: match card {
-                    CardKind::Sim => crate::coherency::card::CardKind::Sim,
-                    CardKind::Model => crate::coherency::card::CardKind::Model,
+                    CardKind::Sim => crate::engine::CardKind::Sim,
+                    CardKind::Model => crate::engine::CardKind::Model,
                 },
                 cache_mib,
                 line_kib,

@@ -1,7 +1,7 @@
 //! `amf serve --config FILE`: one controller of a coherent cluster, described in TOML.
 //!
 //! ```toml
-//! node = 1                      # this controller (0 is the primary: it owns the members)
+//! node = 1                      # this controller (node 0 resyncs a crashed group at start)
 //! nodes = 3                     # controllers in the cluster, ids 0..nodes
 //! epoch = 1                     # membership epoch, carried by every card frame and fabric call
 //! group = "/srv/amf/group0"     # the group directory (its member files or device links)
@@ -27,7 +27,7 @@
 //! starts a cluster on one machine without choosing ports.
 
 use super::ClusterError;
-use crate::coherency::card::CardKind;
+use crate::engine::CardKind;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -101,7 +101,7 @@ pub struct Config {
     /// Cache line size.
     #[serde(default = "default_line_kib")]
     pub line_kib: u32,
-    /// Serve a group that crashed while degraded (primary only).
+    /// Serve a group that crashed while degraded.
     #[serde(default)]
     pub force: bool,
     /// The card.

@@ -5,7 +5,6 @@ pub mod admin;
 pub mod config;
 pub mod controller;
 pub mod dirlock;
-pub mod inproc;
 pub mod launch;
 pub mod serve;
 pub mod supervisor;
@@ -67,9 +66,9 @@ pub enum ClusterError {
     /// A configuration that cannot work.
     #[error("config: {0}")]
     Config(String),
-    /// The coherent cache could not start.
-    #[error(transparent)]
-    Coherency(#[from] crate::coherency::CoherencyError),
+    /// The AMF core could not start.
+    #[error("controller core: {0}")]
+    Core(String),
     /// The request cannot be served by this build.
     #[error("{0}")]
     Unsupported(String),

@@ -13,7 +13,7 @@ use super::controller::{ready_line, say, ControllerState};
 use super::dirlock::{controller_file, DirLock};
 use super::ClusterError;
 use crate::amf::shell::{Shell, ShellConfig};
-use crate::coherency::card::{AnyCard, CardKind};
+use crate::engine::{AnyCard, CardKind};
 use crate::nbd::{Server, ServerConfig};
 use crate::raid::assemble::{assemble_as, check_write_hole, resync};
 use std::net::{SocketAddr, TcpListener};
@@ -108,7 +108,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             peers: peers.iter().map(|p| (p.node, p.fabric)).collect(),
             member_workers: MEMBER_WORKERS,
         })
-        .map_err(ClusterError::Config)?,
+        .map_err(ClusterError::Core)?,
     );
 
     let nbd_addr =

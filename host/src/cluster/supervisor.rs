@@ -30,7 +30,7 @@ pub struct ClusterOptions {
     /// Passed to the controllers: start a group that crashed while degraded.
     pub force: bool,
     /// Card of each controller (several controllers).
-    pub card: crate::coherency::card::CardKind,
+    pub card: crate::engine::CardKind,
     /// Cache budget per controller (several controllers).
     pub cache_mib: u64,
     /// Cache line size (several controllers).

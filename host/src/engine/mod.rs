@@ -2,6 +2,7 @@
 //! access to BAR0 and DMA-able host memory. Backends: `model` (the Rust reference model, in
 //! process); the Verilator card and VFIO come next (see docs/driver.md).
 
+pub mod any;
 pub mod asynch;
 pub mod backend;
 pub mod diag;
@@ -10,6 +11,7 @@ pub mod link;
 pub mod sim;
 pub mod vfio;
 
+pub use any::{AnyCard, CardKind};
 pub use asynch::AsyncDriver;
 pub use backend::{Backend, ModelBackend};
 pub use driver::{Driver, DriverConfig};

@@ -11,7 +11,7 @@ pub mod net;
 
 use super::io::*;
 use super::machine::{Config, Machine};
-use crate::coherency::card::AnyCard;
+use crate::engine::AnyCard;
 use crate::engine::{Driver, DriverConfig};
 use crate::raid::Array;
 use amf_hdl_model::gen::structs::{Completion, Event as CardEvt, EventKind, Opcode, Status};
