@@ -753,7 +753,7 @@ impl Machine {
         let locking = self.cfg.mutation != Some(Mutation::NoStripeLock);
         for s in self.stripes_of(r).filter(|_| locking) {
             let st = self.stripes.entry(s).or_default();
-            if !(st.held && !st.owed) {
+            if !st.held || st.owed {
                 st.waiters.insert(r);
                 if !st.held && st.acquiring.is_none() {
                     let now = self.now_us;

@@ -55,6 +55,18 @@ pub enum Event {
 /// The loop's inbox.
 pub type Inbox = Sender<Event>;
 
+/// Where a host request's answer goes.
+type Reply = Sender<Result<Vec<u8>, HostError>>;
+
+/// A leave in progress: where its report goes, the id of its write-back while that runs, the
+/// write-back's error, and when it began.
+struct Leaving {
+    reply: Sender<LeaveReport>,
+    write_back: Option<u64>,
+    error: Option<String>,
+    since: Instant,
+}
+
 /// How a controller left.
 #[derive(Clone, Debug)]
 pub struct LeaveReport {
@@ -293,14 +305,14 @@ struct Loop {
     /// Fetches in flight (the read search), for their latency.
     fetches: BTreeMap<u64, Instant>,
     backlog: VecDeque<(u64, CardOp, u64)>,
-    hosts: BTreeMap<u64, Sender<Result<Vec<u8>, HostError>>>,
+    hosts: BTreeMap<u64, Reply>,
     next_host: u64,
     start: Instant,
     peers: Vec<u8>,
     hello_from: u8,
     left_from: u8,
     /// Host requests that came before every peer's hello.
-    held: VecDeque<(HostReq, Sender<Result<Vec<u8>, HostError>>)>,
+    held: VecDeque<(HostReq, Reply)>,
     /// Answers to the loop's own requests (the leave write-back).
     own: BTreeMap<u64, Result<Vec<u8>, HostError>>,
     card_error: Option<String>,
@@ -351,19 +363,16 @@ impl Loop {
         }
         let mut last_tick = Instant::now();
         let mut last_hello = Instant::now();
-        let mut leaving: Option<(Sender<LeaveReport>, Option<u64>, Option<String>, Instant)> = None;
+        let mut leaving: Option<Leaving> = None;
         loop {
             let wait = if self.tags.is_empty() && self.backlog.is_empty() { IDLE_WAIT } else { BUSY_WAIT };
             match self.rx.recv_timeout(wait) {
                 Ok(ev) => {
-                    if let Some(l) = self.event(ev) {
-                        leaving = Some((l, None, None, Instant::now()));
+                    if let Some(reply) = self.event(ev) {
                         // Write back this controller's lines through the machine.
                         let id = self.next_host;
                         self.next_host += 1;
-                        if let Some(l) = leaving.as_mut() {
-                            l.1 = Some(id);
-                        }
+                        leaving = Some(Leaving { reply, write_back: Some(id), error: None, since: Instant::now() });
                         self.step(Input::Host { id, req: HostReq::FlushLocal });
                     }
                     // Take whatever else is queued before looking at the card again.
@@ -393,24 +402,25 @@ impl Loop {
                     self.net.send(p, &Msg::Hello);
                 }
             }
-            if let Some((reply, id, err, since)) = leaving.as_mut() {
-                if let Some(done) = id.and_then(|i| self.hosts_done(i)) {
-                    *err = done.err().map(|e| e.to_string());
-                    *id = None;
+            if let Some(l) = leaving.as_mut() {
+                if let Some(done) = l.write_back.and_then(|i| self.hosts_done(i)) {
+                    l.error = done.err().map(|e| e.to_string());
+                    l.write_back = None;
                     for p in self.peers.clone() {
                         self.net.send(p, &Msg::Leaving);
                     }
                 }
                 let peers_done = self.left_from == self.all_peers();
-                if id.is_none() && (peers_done || since.elapsed() > LEAVE_WAIT) {
+                if l.write_back.is_none() && (peers_done || l.since.elapsed() > LEAVE_WAIT) {
                     let unconfirmed = self.peers.iter().copied().filter(|p| self.left_from & (1 << p) == 0).collect();
-                    let _ = reply.send(LeaveReport { write_back_error: err.take(), peers_unconfirmed: unconfirmed });
+                    let _ =
+                        l.reply.send(LeaveReport { write_back_error: l.error.take(), peers_unconfirmed: unconfirmed });
                     self.net.stop();
                     self.jobs.stop();
                     return;
                 }
-                if id.is_some() && since.elapsed() > LEAVE_WAIT * 4 {
-                    let _ = reply.send(LeaveReport {
+                if l.write_back.is_some() && l.since.elapsed() > LEAVE_WAIT * 4 {
+                    let _ = l.reply.send(LeaveReport {
                         write_back_error: Some("write-back did not finish".into()),
                         peers_unconfirmed: self.peers.clone(),
                     });

@@ -84,7 +84,7 @@ pub struct SimConfig {
 impl SimConfig {
     /// The run seed `seed` stands for: shape, sizes and fault knobs drawn from it.
     pub fn from_seed(seed: u64) -> SimConfig {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f_a3f);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x0005_eed0_fa3f);
         let (level, members) = match rng.gen_range(0..10) {
             0 => (Level::Raid0, rng.gen_range(2..=3)),
             1 => (Level::Raid1, rng.gen_range(2..=3)),
