@@ -108,7 +108,7 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         let f1 = frames(&g)?;
         // Unshared writes send nothing; the frames are the shared writes' rounds and the
         // reads that re-share the line.
-        out += &format!("| unshared line (held exclusively) | {um:.0} | {up:.0} | 0 (counted: writes_local) |\n");
+        out += &format!("| unshared line (held exclusively) | {um:.0} | {up:.0} | 0 (no acquire) |\n");
         out += &format!(
             "| shared line (read by controller 1 before each write) | {sm:.0} | {sp:.0} | {:.1} incl. the read's |\n",
             (f1 - f0) as f64 / 2000.0
@@ -116,13 +116,13 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         g.stop();
     }
     out += "\nMessages per operation, model cards, 50% writes, 3 clients per controller:\n\n";
-    out += "| controllers | ops | card frames / op | broadcasts / op | invalidate rounds / write | fabric requests / op |\n|---|---|---|---|---|---|\n";
+    out += "| controllers | ops | card frames / op | line acquires / op | stripe acquires / write | fabric messages / op |\n|---|---|---|---|---|---|\n";
     for n in 2..=8usize {
         let mut g = group(&base.join(format!("m{n}")), n, "model")?;
         let k = |g: &Launched, key: &str| sum(g, &["coherency", "counters", key]);
         let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
-        let (f0, b0, i0, w0) = (frames(&g)?, k(&g, "broadcasts")?, k(&g, "invalidate_rounds")?, k(&g, "writes")?);
-        let (q0, r0) = (k(&g, "lines_forwarded")? + k(&g, "handoffs")?, k(&g, "replications")?);
+        let fabric = |g: &Launched| sum(g, &["coherency", "fabric", "sent"]);
+        let (f0, a0, s0, m0) = (frames(&g)?, k(&g, "acquires")?, k(&g, "stripe_acquires")?, fabric(&g)?);
         let spec = Spec {
             targets: g.nbd.clone(),
             clients: 3 * n,
@@ -139,15 +139,14 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         let ops = (o.reads + o.writes).max(1) as f64;
         scaling.push((n as f64, ops / o.elapsed.as_secs_f64()));
         let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
-        let (f1, b1, i1, w1) = (frames(&g)?, k(&g, "broadcasts")?, k(&g, "invalidate_rounds")?, k(&g, "writes")?);
-        let (q1, r1) = (k(&g, "lines_forwarded")? + k(&g, "handoffs")?, k(&g, "replications")?);
+        let (f1, a1, s1, m1) = (frames(&g)?, k(&g, "acquires")?, k(&g, "stripe_acquires")?, fabric(&g)?);
         out += &format!(
             "| {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             ops,
             d(f1, f0) / ops,
-            d(b1, b0) / ops,
-            d(i1, i0) / d(w1, w0).max(1.0),
-            (d(q1, q0) + d(r1, r0)) / ops
+            (d(a1, a0) - d(s1, s0)) / ops,
+            d(s1, s0) / (o.writes.max(1) as f64),
+            d(m1, m0) / ops
         );
         g.stop();
     }
