@@ -49,6 +49,24 @@ impl DirLock {
         }
     }
 
+    /// Waits for the group's superblock lock (DIR/amf-superblocks.lock, exclusive): the
+    /// controllers of a cluster assemble, resync and close the group one at a time, so none
+    /// reads the superblocks while another is writing them.
+    pub fn superblocks(dir: &Path) -> Result<DirLock, ClusterError> {
+        let path = dir.join("amf-superblocks.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| ClusterError::File { path: path.clone(), source })?;
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(ClusterError::File { path, source: std::io::Error::last_os_error() });
+        }
+        Ok(DirLock { _file: file })
+    }
+
     /// Takes the lock exclusively if nobody holds it.
     pub fn try_acquire(dir: &Path) -> Result<Option<DirLock>, ClusterError> {
         Self::take(dir, libc::LOCK_EX)

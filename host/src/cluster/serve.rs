@@ -69,7 +69,9 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     }
     let line_bytes = cfg.line_kib as u64 * 1024;
 
-    // Every controller assembles the group, with its own write-intent slot.
+    // Every controller assembles the group, with its own write-intent slot, one at a time (the
+    // assembly writes the superblocks).
+    let superblocks = DirLock::superblocks(&cfg.group)?;
     let asm = assemble_as(&cfg.group, cfg.force, cfg.node as usize)?;
     check_write_hole(&asm, cfg.force)?;
     for note in asm.notes() {
@@ -86,6 +88,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         eprintln!("{tag}: resynced {done} stripes");
         resynced = done;
     }
+    drop(superblocks);
     let array = Arc::new(asm.array);
     let capacity = array.capacity() - array.capacity() % line_bytes;
     let machine = crate::amf::Config {
@@ -150,6 +153,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     super::admin::wait_for_task(&state);
     let report = shell.leave();
     let _ = std::fs::remove_file(&status_file);
+    let _superblocks = DirLock::superblocks(&cfg.group)?;
     match (&report.write_back_error, report.peers_unconfirmed.is_empty()) {
         (None, true) => {
             array.close()?;
