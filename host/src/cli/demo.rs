@@ -86,7 +86,7 @@ pub fn run(opts: DemoOptions) -> Res<()> {
     );
     let per: Vec<u64> = (0..3).map(|c| outcome.per_client.iter().skip(c).step_by(3).sum()).collect();
     println!("  per controller  {} / {} / {} operations", per[0], per[1], per[2]);
-    println!("  cache hits      {} (line pieces served from the controller's own cache, no message)", delta("hits"));
+    println!("  reads served    {} line pieces from the cache (the misses among them below)", delta("hits"));
     println!("  remote hits     {} (misses served from a peer's cache, no member read)", delta("remote_hits"));
     println!("  line fills      {} from the members (misses no peer could serve)", delta("member_reads"));
     println!(
