@@ -97,6 +97,11 @@ fn coherent_at(level: &str, members: &str, card: &str) {
     for i in 0..3 {
         check_race_result(c.uri(i), base);
     }
+    // Each controller wrote the members itself (there is no member I/O on the fabric at all).
+    for i in 0..3 {
+        let w = c.admin_of(i, "/status")["engine"]["member_writes"].as_u64().unwrap_or(0);
+        assert!(w > 0, "{level}: controller {i} made no member write");
+    }
     assert!(c.stop().success(), "clean stop");
     scrub_clean(&dir);
     // Everything reached the members: one controller alone reads it back.
