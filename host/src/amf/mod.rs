@@ -3,6 +3,7 @@
 //! link, and a RAID group every controller writes itself (`sim`). The controllers move onto
 //! this machine next (docs/architecture.md, "Toward the symmetric core").
 
+pub mod card_terms;
 pub mod io;
 pub mod machine;
 #[cfg(test)]

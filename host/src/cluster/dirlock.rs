@@ -24,6 +24,16 @@ pub fn controller_file(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("controller-{index}.json"))
 }
 
+/// Opens (creating) a lock file.
+fn open(path: &Path) -> Result<File, ClusterError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| ClusterError::File { path: path.to_path_buf(), source })
+}
+
 impl DirLock {
     /// Takes the lock, or says who holds it.
     pub fn acquire(dir: &Path) -> Result<DirLock, ClusterError> {
@@ -54,12 +64,7 @@ impl DirLock {
     /// reads the superblocks while another is writing them.
     pub fn superblocks(dir: &Path) -> Result<DirLock, ClusterError> {
         let path = dir.join("amf-superblocks.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| ClusterError::File { path: path.clone(), source })?;
+        let file = open(&path)?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(ClusterError::File { path, source: std::io::Error::last_os_error() });
@@ -74,12 +79,7 @@ impl DirLock {
 
     fn take(dir: &Path, how: libc::c_int) -> Result<Option<DirLock>, ClusterError> {
         let path = lock_path(dir);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| ClusterError::File { path: path.clone(), source })?;
+        let file = open(&path)?;
         // SAFETY: flock on a descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), how | libc::LOCK_NB) };
         if rc == 0 {

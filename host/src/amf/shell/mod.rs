@@ -9,12 +9,12 @@
 pub mod members;
 pub mod net;
 
+use super::card_terms::{in_card_order, opcode};
 use super::io::*;
 use super::machine::{Config, Machine};
 use crate::engine::AnyCard;
 use crate::engine::{Driver, DriverConfig};
 use crate::raid::Array;
-use amf_hdl_model::gen::structs::{Completion, Event as CardEvt, EventKind, Opcode, Status};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
@@ -318,40 +318,6 @@ struct Loop {
     card_error: Option<String>,
 }
 
-fn opcode(op: CardOp) -> (Opcode, bool) {
-    match op {
-        CardOp::AcquireShared => (Opcode::AcquireShared, true),
-        CardOp::AcquireExclusive => (Opcode::AcquireExclusive, true),
-        CardOp::YieldShare => (Opcode::YieldShare, false),
-        CardOp::Yield => (Opcode::Yield, false),
-        CardOp::Release => (Opcode::Release, false),
-    }
-}
-
-/// A completion as the machine sees it.
-pub fn status_of(c: &Completion) -> CardStatus {
-    match Status::from_raw(c.status) {
-        Some(Status::Ok) if c.untracked != 0 => CardStatus::Untracked,
-        Some(Status::Ok) => CardStatus::Ok,
-        Some(Status::Timeout) => CardStatus::Timeout,
-        Some(Status::Conflict) => CardStatus::Conflict,
-        _ => CardStatus::Refused,
-    }
-}
-
-/// A card event as the machine sees it (held requests only).
-pub fn event_input(e: &CardEvt) -> Option<Input> {
-    if e.hold == 0 {
-        return None;
-    }
-    let kind = match EventKind::from_raw(e.kind)? {
-        EventKind::Invalidate => CardEventKind::Invalidate,
-        EventKind::Downgrade => CardEventKind::Share,
-        _ => return None,
-    };
-    Some(Input::CardEvent { kind, resource: e.resource, from: e.node })
-}
-
 impl Loop {
     fn all_peers(&self) -> u8 {
         self.peers.iter().fold(0u8, |m, p| m | 1 << p)
@@ -557,23 +523,18 @@ impl Loop {
             if done.is_empty() && events.is_empty() {
                 return;
             }
-            let mut events: VecDeque<(u32, CardEvt)> = events.into();
-            let mut inputs = Vec::new();
-            for c in done {
-                while events.front().is_some_and(|(i, _)| (c.events_before.wrapping_sub(*i) as i32) > 0) {
-                    if let Some((_, e)) = events.pop_front() {
-                        inputs.extend(event_input(&e));
-                    }
-                }
-                if let Some((id, at, op, resource)) = self.tags.remove(&c.tag) {
-                    crate::metrics::observe(crate::metrics::Op::CardRoundTrip, at);
-                    if op == CardOp::AcquireExclusive && resource & STRIPE_NS == 0 && c.no_broadcast == 0 {
-                        crate::metrics::observe(crate::metrics::Op::SharedWrite, at);
-                    }
-                    inputs.push(Input::CardDone { id, status: status_of(&c), sharers: c.sharers });
+            let mut measured = Vec::new();
+            let inputs = in_card_order(done, events, |c| {
+                let (id, at, op, resource) = self.tags.remove(&c.tag)?;
+                measured.push((at, op, resource, c.no_broadcast));
+                Some(id)
+            });
+            for (at, op, resource, no_broadcast) in measured {
+                crate::metrics::observe(crate::metrics::Op::CardRoundTrip, at);
+                if op == CardOp::AcquireExclusive && resource & STRIPE_NS == 0 && no_broadcast == 0 {
+                    crate::metrics::observe(crate::metrics::Op::SharedWrite, at);
                 }
             }
-            inputs.extend(events.iter().filter_map(|(_, e)| event_input(e)));
             for input in inputs {
                 self.step(input);
             }

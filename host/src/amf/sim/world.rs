@@ -1,12 +1,12 @@
 //! The simulated cluster and its scheduler.
 
 use super::history::{pattern, History, BLOCK_BYTES};
+use crate::amf::card_terms::{in_card_order, opcode};
 use crate::amf::io::*;
 use crate::amf::machine::{Config, Counters, Machine, State};
 use crate::engine::{Backend, Driver, DriverConfig, ModelBackend};
 use crate::raid::assemble::{assemble_as, create, CreateOptions};
 use crate::raid::{Array, Level};
-use amf_hdl_model::gen::structs::{Completion, Event, EventKind, Opcode, Status};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
@@ -219,26 +219,6 @@ pub fn run(cfg: SimConfig) -> Result<Report, String> {
     let _ = std::fs::remove_dir_all(&dir);
     let mutate = cfg.mutation.map(|m| format!(" --mutate {}", m.name())).unwrap_or_default();
     result.map_err(|e| format!("seed {}: {e}\n  replay: amf sim --seed {}{mutate}", cfg.seed, cfg.seed))
-}
-
-fn status_of(c: &Completion) -> CardStatus {
-    match Status::from_raw(c.status) {
-        Some(Status::Ok) if c.untracked != 0 => CardStatus::Untracked,
-        Some(Status::Ok) => CardStatus::Ok,
-        Some(Status::Timeout) => CardStatus::Timeout,
-        Some(Status::Conflict) => CardStatus::Conflict,
-        _ => CardStatus::Refused,
-    }
-}
-
-fn opcode(op: CardOp) -> (Opcode, bool) {
-    match op {
-        CardOp::AcquireShared => (Opcode::AcquireShared, true),
-        CardOp::AcquireExclusive => (Opcode::AcquireExclusive, true),
-        CardOp::YieldShare => (Opcode::YieldShare, false),
-        CardOp::Yield => (Opcode::Yield, false),
-        CardOp::Release => (Opcode::Release, false),
-    }
 }
 
 impl World {
@@ -598,20 +578,18 @@ impl World {
         }
         let done = self.nodes[n].driver.reap().map_err(|e| format!("n{n} card: {e}"))?;
         let events = self.nodes[n].driver.events_indexed().map_err(|e| format!("n{n} card: {e}"))?;
-        let mut events: VecDeque<(u32, Event)> = events.into();
-        let mut inputs = Vec::new();
-        for c in done {
-            while events.front().is_some_and(|(i, _)| (c.events_before.wrapping_sub(*i) as i32) > 0) {
-                if let Some((_, e)) = events.pop_front() {
-                    inputs.extend(event_input(&e));
-                }
+        let tags = &mut self.nodes[n].tags;
+        let mut unknown = None;
+        let inputs = in_card_order(done, events, |c| {
+            let id = tags.remove(&c.tag);
+            if id.is_none() {
+                unknown = Some(c.tag);
             }
-            let Some(id) = self.nodes[n].tags.remove(&c.tag) else {
-                return Err(format!("n{n}: completion for tag {}", c.tag));
-            };
-            inputs.push(Input::CardDone { id, status: status_of(&c), sharers: c.sharers });
+            id
+        });
+        if let Some(tag) = unknown {
+            return Err(format!("n{n}: completion for tag {tag}"));
         }
-        inputs.extend(events.iter().filter_map(|(_, e)| event_input(e)));
         for input in inputs {
             moved = true;
             self.step(n as u8, input)?;
@@ -731,16 +709,4 @@ impl World {
             garbage: self.garbage,
         })
     }
-}
-
-fn event_input(e: &Event) -> Option<Input> {
-    if e.hold == 0 {
-        return None;
-    }
-    let kind = match EventKind::from_raw(e.kind)? {
-        EventKind::Invalidate => CardEventKind::Invalidate,
-        EventKind::Downgrade => CardEventKind::Share,
-        _ => return None,
-    };
-    Some(Input::CardEvent { kind, resource: e.resource, from: e.node })
 }
