@@ -83,6 +83,8 @@ const TICK: Duration = Duration::from_millis(1);
 const BUSY_WAIT: Duration = Duration::from_micros(50);
 /// The loop's wait when nothing is in flight.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
+/// Fetches whose latency is being timed at once.
+const FETCHES_TIMED_MAX: usize = 4096;
 /// Card commands kept in the ring at once.
 const CARD_INFLIGHT_MAX: usize = 200;
 /// How long a leaving controller keeps answering until its peers have left too.
@@ -470,6 +472,10 @@ impl Loop {
                 Output::Card { id, op, resource } => self.backlog.push_back((id, op, resource)),
                 Output::Send { to, msg } => {
                     if let Msg::Fetch { id, .. } = msg {
+                        if self.fetches.len() >= FETCHES_TIMED_MAX {
+                            // Answers that never came (a peer gone): only their latency is lost.
+                            self.fetches.retain(|_, at| at.elapsed() < Duration::from_secs(10));
+                        }
                         self.fetches.entry(id).or_insert_with(Instant::now);
                     }
                     self.net.send(to, &msg)
