@@ -74,7 +74,7 @@ fn work(array: Arc<Array>, rx: Receiver<Job>, inbox: Inbox) {
             }
             Job::Sync { id } => (id, array.flush().map(|_| Vec::new()).map_err(|e| e.to_string())),
         };
-        if inbox.send(Event::MemberDone { id, result }).is_err() {
+        if inbox.send(Event::Input(crate::amf::io::Input::MemberDone { id, result })).is_err() {
             return;
         }
     }

@@ -30,22 +30,9 @@ pub enum Event {
         /// The answer.
         reply: Sender<Result<Vec<u8>, HostError>>,
     },
-    /// A fabric frame.
-    Fabric {
-        /// Sender.
-        from: u8,
-        /// Its epoch.
-        epoch: u32,
-        /// The message.
-        msg: Msg,
-    },
-    /// A member I/O finished.
-    MemberDone {
-        /// The machine's id.
-        id: u64,
-        /// Data or error.
-        result: Result<Vec<u8>, String>,
-    },
+    /// An input for the machine as it came: a fabric frame (`Input::Fabric`, whose start and
+    /// stop notices the loop keeps for itself) or a finished member I/O (`Input::MemberDone`).
+    Input(Input),
     /// A status snapshot.
     Status(Sender<serde_json::Value>),
     /// Write back everything, tell the peers, wait (bounded) for theirs, then end the loop.
@@ -412,7 +399,7 @@ impl Loop {
                     self.host(req, reply);
                 }
             }
-            Event::Fabric { from, epoch, msg } => match msg {
+            Event::Input(Input::Fabric { from, epoch, msg }) => match msg {
                 Msg::Hello => {
                     if from < 8 && self.all_peers() & (1 << from) != 0 && epoch == self.m.config().epoch {
                         let first = self.hello_from & (1 << from) == 0;
@@ -444,7 +431,7 @@ impl Loop {
                     self.step(Input::Fabric { from, epoch, msg })
                 }
             },
-            Event::MemberDone { id, result } => self.step(Input::MemberDone { id, result }),
+            Event::Input(input) => self.step(input),
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
             }

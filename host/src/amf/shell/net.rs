@@ -222,7 +222,7 @@ fn reader(mut s: TcpStream, payload_max: usize, inbox: Inbox, stats: Arc<NetStat
         match read_frame(&mut r, payload_max) {
             Ok((from, epoch, msg)) => {
                 stats.received.fetch_add(1, Relaxed);
-                if inbox.send(super::Event::Fabric { from, epoch, msg }).is_err() {
+                if inbox.send(super::Event::Input(crate::amf::io::Input::Fabric { from, epoch, msg })).is_err() {
                     return;
                 }
             }
