@@ -363,3 +363,55 @@ fn a_peer_that_stops_answering_fails_requests_cleanly_and_loses_nothing() {
     assert!(c.stop().success());
     scrub_clean(&dir);
 }
+
+#[test]
+fn a_member_failed_through_one_controller_is_left_alone_by_every_controller() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start3(&dir, "raid6", "5", "sim");
+    qemu_io(c.uri(0), &["write -P 0x51 0 1M"]);
+    let token = std::fs::read_to_string(dir.join("run").join("admin-token")).unwrap();
+    let (code, body) = post(&c.controllers[2].1, "/fail?member=1", token.trim());
+    assert_eq!(code, 200, "{body}");
+    // Controller 2 records it under the group resource; every controller reads the record
+    // before its next member I/O (and asks for the group again at once, so its status shows it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let states: Vec<String> = (0..3)
+            .map(|i| c.admin_of(i, "/status")["members"][1]["state"].as_str().unwrap_or("").to_string())
+            .collect();
+        if states.iter().all(|s| s == "faulty") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "member 1 as the controllers see it: {states:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Failing it again, through another controller, is refused.
+    let (code, body) = post(&c.controllers[0].1, "/fail?member=1", token.trim());
+    assert_eq!(code, 409, "{body}");
+    let recorded: u64 = (0..3).map(|i| count(&counters(&c, i), "group_records")).sum();
+    assert_eq!(recorded, 1, "one record, by controller 2");
+    let failed_member = std::fs::read(member(&dir, 1)).unwrap();
+    // Every controller writes its own region and the shared one, then reads all of them.
+    for i in 0..3u64 {
+        let own = format!("write -P {} {} 512k", 0x61 + i, (i + 2) << 20);
+        let shared = format!("write -P {} {} 4096", 0x71 + i, 4096 * (3 * i + 1));
+        qemu_io(c.uri(i as usize), &[&own, &shared, "flush"]);
+    }
+    let mut reads: Vec<String> = (0..3u64).map(|i| format!("read -P {} {} 512k", 0x61 + i, (i + 2) << 20)).collect();
+    reads.extend((0..3u64).map(|i| format!("read -P {} {} 4096", 0x71 + i, 4096 * (3 * i + 1))));
+    reads.push("read -P 0x51 0 4096".into());
+    let refs: Vec<&str> = reads.iter().map(|s| s.as_str()).collect();
+    for i in 0..3 {
+        qemu_io(c.uri(i), &refs);
+    }
+    assert!(c.stop().success(), "clean stop");
+    // No controller wrote the failed member after the record (data, bitmap or superblock).
+    assert!(std::fs::read(member(&dir, 1)).unwrap() == failed_member, "member 1 changed after it failed");
+    assert_eq!(inspect(&dir)["members"][1]["state"], "faulty", "{}", inspect(&dir));
+    // One controller alone reads everything back degraded: member 1's chunks come from the
+    // parity the three controllers wrote.
+    let c = start(&dir, &[]);
+    qemu_io(&c.nbd_uri, &refs);
+    assert!(c.stop().success());
+}

@@ -43,17 +43,6 @@ fn raid6_member_failing_mid_reconstruct_write_loses_nothing() {
     member_failing_mid_write_keeps_flushed_data("raid6", "5", 1);
 }
 
-/// POST to a controller's admin endpoint with a bearer token: (HTTP status, body).
-fn post(admin: &str, path: &str, token: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(admin.trim_start_matches("http://")).unwrap();
-    write!(s, "POST {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, r.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
-}
-
 /// Every file of the group folder with its contents.
 fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)

@@ -111,7 +111,12 @@ impl Cluster {
     /// SIGTERM and wait; returns the supervisor's exit status.
     pub fn stop(mut self) -> ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        wait_timeout(&mut self.child, Duration::from_secs(60))
+        let status = wait_timeout(&mut self.child, Duration::from_secs(60));
+        if !status.success() {
+            // The reason is in the log: print it beside the failing assertion.
+            eprintln!("the cluster exited with {status}; its log:\n{}", self.log());
+        }
+        status
     }
 
     /// Ctrl-C at a terminal: SIGINT to the supervisor's whole process group; returns its status.
@@ -150,6 +155,17 @@ impl Cluster {
     pub fn uri(&self, i: usize) -> &str {
         &self.controllers[i].0
     }
+}
+
+/// POST to a controller's admin endpoint with a bearer token: (HTTP status, body).
+pub fn post(admin: &str, path: &str, token: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin.trim_start_matches("http://")).unwrap();
+    write!(s, "POST {path} HTTP/1.0\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let code = r.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, r.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default())
 }
 
 /// GET `path` from an admin endpoint, parsed as JSON.

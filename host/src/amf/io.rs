@@ -7,6 +7,11 @@
 /// stripe happen under its exclusive lock); line resources are plain line numbers.
 pub const STRIPE_NS: u64 = 1 << 62;
 
+/// The group resource: the members' superblocks. Member I/O is done under its shared hold and
+/// a member failure is recorded under its exclusive hold, so after a record no controller does
+/// member I/O with a view that still counts the failed member.
+pub const GROUP_RESOURCE: u64 = 1 << 61;
+
 /// A host request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostReq {
@@ -176,6 +181,9 @@ pub enum Input {
         /// Bytes read (empty for writes and syncs) or the error.
         result: Result<Vec<u8>, String>,
     },
+    /// This controller's view of the members changed (one failed) and the superblocks do not
+    /// say so yet. The shell feeds it before any member completion that may have seen it.
+    GroupChanged,
     /// Time passed: microseconds since the shell started.
     Tick {
         /// Now.
@@ -224,6 +232,14 @@ pub enum Output {
     MemberSync {
         /// Echoed in `MemberDone`.
         id: u64,
+    },
+    /// Write this view's member states to the superblocks (merged with theirs), or with
+    /// `record` false read theirs into this view.
+    Superblocks {
+        /// Echoed in `MemberDone`.
+        id: u64,
+        /// Write (true) or read (false).
+        record: bool,
     },
     /// Answer a host request: read data (empty for writes and flushes) or the error.
     Reply {

@@ -16,6 +16,8 @@
 use super::io::*;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod group;
+
 /// How a controller's machine is set up.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
@@ -51,16 +53,22 @@ pub enum Mutation {
     YieldBeforeWriteBack,
     /// Write lines back without the stripe locks.
     NoStripeLock,
+    /// Finish member I/O that saw a member fail before the failure is recorded.
+    CompleteBeforeRecord,
+    /// Take the group back after a peer's record without re-reading the superblocks.
+    StaleView,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 5] = [
+    pub const ALL: [Mutation; 7] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
         Mutation::YieldBeforeWriteBack,
         Mutation::NoStripeLock,
+        Mutation::CompleteBeforeRecord,
+        Mutation::StaleView,
     ];
 
     /// Its name on the command line.
@@ -71,6 +79,8 @@ impl Mutation {
             Mutation::ForgetReplica => "forget-replica",
             Mutation::YieldBeforeWriteBack => "yield-before-write-back",
             Mutation::NoStripeLock => "no-stripe-lock",
+            Mutation::CompleteBeforeRecord => "complete-before-record",
+            Mutation::StaleView => "stale-view",
         }
     }
 
@@ -192,6 +202,7 @@ struct Stripe {
 enum CardUse {
     Line(u64),
     Stripe(u64),
+    Group,
     Fire,
 }
 
@@ -262,6 +273,12 @@ pub struct Counters {
     pub malformed: u64,
     /// Fabric requests sent again after no answer.
     pub retransmits: u64,
+    /// Member failures seen here and recorded in the superblocks under the group resource.
+    pub group_records: u64,
+    /// Times the superblocks were read again after a peer recorded a change.
+    pub group_loads: u64,
+    /// Superblock reads or records that failed.
+    pub group_errors: u64,
 }
 
 /// One controller's AMF.
@@ -277,6 +294,7 @@ pub struct Machine {
     fabric: BTreeMap<u64, Outstanding>,
     replicas: BTreeMap<(u8, u64), (u64, Vec<u8>)>,
     flushes: BTreeMap<u64, FlushJob>,
+    group: group::Group,
     room_waiters: BTreeSet<u64>,
     touched: BTreeSet<u64>,
     next_id: u64,
@@ -302,6 +320,7 @@ impl Machine {
             fabric: BTreeMap::new(),
             replicas: BTreeMap::new(),
             flushes: BTreeMap::new(),
+            group: group::Group::default(),
             room_waiters: BTreeSet::new(),
             touched: BTreeSet::new(),
             next_id: 1,
@@ -355,6 +374,7 @@ impl Machine {
             && self.members.is_empty()
             && self.fabric.is_empty()
             && self.flushes.is_empty()
+            && !self.group_busy()
     }
 
     /// Dirty lines whose last write was acknowledged (idle), with their content: each must have
@@ -404,12 +424,20 @@ impl Machine {
             Input::CardEvent { kind, resource, from } => self.card_event(kind, resource, from),
             Input::Fabric { from, epoch, msg } => self.fabric_in(from, epoch, msg),
             Input::MemberDone { id, result } => self.member_done(id, result),
+            Input::GroupChanged => self.group_changed(),
             Input::Tick { now_us } => self.tick(now_us),
         }
-        while let Some(r) = self.touched.pop_first() {
-            self.advance(r);
+        // Held member completions are released at most once per step; the passes after that
+        // only let out member I/O that lines and flushes asked for.
+        for _ in 0..4 {
+            while let Some(r) = self.touched.pop_first() {
+                self.advance(r);
+            }
+            self.check_flushes();
+            if !self.advance_group() && self.touched.is_empty() {
+                break;
+            }
         }
-        self.check_flushes();
         std::mem::take(&mut self.out)
     }
 
@@ -780,7 +808,7 @@ impl Machine {
         let wseq = l.wseq;
         let data = l.data.clone();
         l.phase = Phase::Destaging { id, wseq };
-        self.out.push(Output::MemberWrite { id, offset, data });
+        self.member_io(Output::MemberWrite { id, offset, data });
     }
 
     fn stripe_event(&mut self, s: u64) {
@@ -819,6 +847,7 @@ impl Machine {
         match usage {
             CardUse::Fire => {}
             CardUse::Stripe(s) => self.stripe_done(s, id, status),
+            CardUse::Group => self.group_acquired(id, status),
             CardUse::Line(r) => self.line_done(r, id, status, sharers),
         }
     }
@@ -913,7 +942,7 @@ impl Machine {
                         self.counters.member_reads += 1;
                         self.line(r).phase = Phase::Filling { id: fid, exclusive };
                         let offset = r * self.cfg.line_bytes;
-                        self.out.push(Output::MemberRead { id: fid, offset, len: len as u64 });
+                        self.member_io(Output::MemberRead { id: fid, offset, len: len as u64 });
                     }
                     _ => l.phase = Phase::Idle,
                 }
@@ -949,6 +978,9 @@ impl Machine {
             self.counters.malformed += 1;
             return;
         }
+        if resource == GROUP_RESOURCE {
+            return self.group_event(kind);
+        }
         if resource & STRIPE_NS != 0 {
             return self.stripe_event(resource & !STRIPE_NS);
         }
@@ -962,7 +994,8 @@ impl Machine {
 
     // ---- member I/O ----------------------------------------------------------------------
 
-    fn member_done(&mut self, id: u64, result: Result<Vec<u8>, String>) {
+    /// A member I/O's completion, once the group lets it through (see `group.rs`).
+    fn member_finished(&mut self, id: u64, result: Result<Vec<u8>, String>) {
         let Some(usage) = self.members.remove(&id) else { return };
         match usage {
             MemberUse::Fill(r) => {
@@ -1129,7 +1162,7 @@ impl Machine {
                         self.counters.member_reads += 1;
                         self.line(r).phase = Phase::Filling { id: fid, exclusive: false };
                         let offset = r * self.cfg.line_bytes;
-                        self.out.push(Output::MemberRead { id: fid, offset, len: len as u64 });
+                        self.member_io(Output::MemberRead { id: fid, offset, len: len as u64 });
                     }
                 }
                 self.touched.insert(r);
@@ -1205,7 +1238,7 @@ impl Machine {
                     if let Some(j) = self.flushes.get_mut(&job) {
                         j.sync = Some(Some(id));
                     }
-                    self.out.push(Output::MemberSync { id });
+                    self.member_io(Output::MemberSync { id });
                 }
                 Some(Some(_)) => {}
                 _ => {
@@ -1290,6 +1323,7 @@ impl Machine {
                 return Err(format!("n{} uses stripe {s} without holding it", self.cfg.node));
             }
         }
+        self.check_group()?;
         let resident = self.lines.values().filter(|l| l.state != State::Invalid).count();
         if resident > self.cfg.lines_max {
             return Err(format!("n{} holds {resident} lines, more than {}", self.cfg.node, self.cfg.lines_max));

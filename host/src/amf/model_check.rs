@@ -151,6 +151,8 @@ impl AmfModel {
                 Output::MemberSync { id } => {
                     s.member_io.insert((n, id, MemberIo::Sync));
                 }
+                // The scopes' members do not fail, so no controller changes the group.
+                Output::Superblocks { .. } => panic!("superblock I/O in a scope without member failures"),
                 Output::Reply { result, .. } => {
                     let op = self.scope.scripts[n as usize][s.next_op[n as usize]];
                     let ret = match (op, result) {

@@ -210,6 +210,31 @@ fn precheck_rebuild(dir: &Path, member: Option<usize>, replacement: Option<&Path
 }
 
 /// `amf rebuild`.
+/// `amf fail DIR --member N`.
+pub fn fail(dir: &Path, member: usize, json: bool) -> Res {
+    match DirLock::try_acquire(dir)? {
+        Some(_lock) => {
+            let asm = offline(dir, json, false)?;
+            asm.array.fail_by_operator(member)?;
+            asm.array.close()?;
+        }
+        None => {
+            let url = admin_url(dir)?;
+            let path = format!("/fail?member={member}");
+            let (code, body) = admin::request(&url, "POST", &path, admin::load_admin_token(dir).as_deref())?;
+            if code != 200 {
+                return Err(Box::new(ClusterError::Admin { url, detail: format!("HTTP {code}: {body}") }));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "failed": member }));
+    } else {
+        println!("member {member} failed");
+    }
+    Ok(())
+}
+
 pub fn rebuild(dir: &Path, member: Option<usize>, replacement: Option<PathBuf>, json: bool, force: bool) -> Res {
     let report = match DirLock::try_acquire(dir)? {
         Some(_lock) => {

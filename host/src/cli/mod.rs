@@ -166,6 +166,18 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Take a member out of the group (as `mdadm --fail`): through a serving controller, which
+    /// makes every controller of a cluster stop using it, or offline.
+    Fail {
+        /// Group directory.
+        dir: PathBuf,
+        /// Member index.
+        #[arg(long)]
+        member: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild a failed or missing member onto a replacement (online if a controller serves DIR).
     Rebuild {
         /// Group directory.
@@ -427,6 +439,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Status { dir, admin, json } => maintenance::status(dir.as_deref(), admin, json)?,
         Command::Scrub { dir, repair, json, force } => maintenance::scrub(&dir, repair, json, force)?,
+        Command::Fail { dir, member, json } => maintenance::fail(&dir, member, json)?,
         Command::Rebuild { dir, member, replacement, json, force } => {
             maintenance::rebuild(&dir, member, replacement, json, force)?
         }

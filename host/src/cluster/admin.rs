@@ -251,6 +251,20 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
             },
             None => json_error(404, "this controller runs without a card (one controller)".into()),
         },
+        (tiny_http::Method::Post, "/fail") => {
+            let Some(member) = query(url, "member").and_then(|m| m.parse::<usize>().ok()) else {
+                return json_error(400, "fail needs ?member=INDEX".into());
+            };
+            let Some(a) = state.array.as_ref() else {
+                return json_error(409, "this controller has no members".into());
+            };
+            // On a cluster the controller's loop records it under the group resource and every
+            // controller stops using the member before its next member I/O.
+            match a.fail_by_operator(member) {
+                Ok(()) => (200, "application/json", serde_json::json!({ "failed": member }).to_string()),
+                Err(e) => json_error(409, e.to_string()),
+            }
+        }
         (tiny_http::Method::Post, "/scrub" | "/rebuild") if state.array.is_none() => {
             json_error(409, "this controller has no members".into())
         }

@@ -13,6 +13,8 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+mod shared;
+
 /// One member slot: the open member (if any), its recorded state and rebuild progress.
 struct Slot {
     member: RwLock<Option<Arc<Member>>>,
@@ -62,6 +64,11 @@ pub struct Array {
     /// changes, so the write path reads one flag instead of every member's state.
     alive: AtomicBool,
     kernel: Kernel,
+    /// Other controllers use the group at the same time (see `shared.rs`).
+    shared: AtomicBool,
+    /// Member state changes made by this process (failures it saw), counted before the state
+    /// changes so that whoever sees the new state also sees the count.
+    changes: AtomicU64,
     /// Counters.
     pub stats: Stats,
 }
@@ -107,6 +114,8 @@ impl Array {
             bitmap_slot,
             alive: AtomicBool::new(true),
             kernel: Kernel::detect(),
+            shared: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             stats: Stats::default(),
         };
         array.refresh_alive();
@@ -273,8 +282,10 @@ impl Array {
 
     /// Marks a member faulty and records that in the other members' superblocks before
     /// returning, so that the operation that saw the failure completes only once it is recorded.
+    /// In a shared group the record waits for the group resource (see `shared.rs`): the AMF
+    /// machine holds the operation's completion until it is made.
     pub fn fail_member(&self, m: usize, why: &str) {
-        if !self.mark_faulty(m, why) {
+        if !self.mark_faulty(m, why) || self.shared() {
             return;
         }
         if let Err(e) = self.update_superblocks(|_| {}) {
@@ -289,6 +300,7 @@ impl Array {
             if *st == MemberState::Faulty {
                 return false;
             }
+            self.changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             *st = MemberState::Faulty;
         }
         self.refresh_alive();
@@ -302,7 +314,11 @@ impl Array {
     /// A member whose superblock write fails is failed, and the others are written again so that
     /// they record it: a member holding a superblock older than the others' must not look current.
     pub fn update_superblocks(&self, change: impl FnOnce(&mut Superblock)) -> Result<(), RaidError> {
+        let on_members = if self.shared() { Some(self.newest_superblock()?) } else { None };
         let mut sb = self.sb_lock();
+        if let Some(newest) = on_members {
+            self.adopt(&mut sb, &newest);
+        }
         change(&mut sb);
         // Each pass either writes every writable member or fails one more: bounded by the count.
         for _ in 0..=self.slots.len() {

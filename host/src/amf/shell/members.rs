@@ -12,6 +12,7 @@ enum Job {
     Read { id: u64, offset: u64, len: u64 },
     Write { id: u64, offset: u64, data: Vec<u8> },
     Sync { id: u64 },
+    Superblocks { id: u64, record: bool },
     Stop,
 }
 
@@ -48,6 +49,11 @@ impl Workers {
         let _ = self.tx.send(Job::Sync { id });
     }
 
+    /// Records this view's member states in the superblocks, or reads theirs into it.
+    pub fn superblocks(&self, id: u64, record: bool) {
+        let _ = self.tx.send(Job::Superblocks { id, record });
+    }
+
     /// Ends the workers once the queued jobs are done.
     pub fn stop(&self) {
         for _ in 0..self.count {
@@ -73,6 +79,14 @@ fn work(array: Arc<Array>, rx: Receiver<Job>, inbox: Inbox) {
                 (id, r)
             }
             Job::Sync { id } => (id, array.flush().map(|_| Vec::new()).map_err(|e| e.to_string())),
+            Job::Superblocks { id, record } => {
+                let r = if record { array.record_states() } else { array.load_states() };
+                if let Err(e) = &r {
+                    let what = if record { "recording member states in" } else { "reading" };
+                    eprintln!("amf: {what} the superblocks: {e}");
+                }
+                (id, r.map(|_| Vec::new()).map_err(|e| e.to_string()))
+            }
         };
         if inbox.send(Event::Input(crate::amf::io::Input::MemberDone { id, result })).is_err() {
             return;

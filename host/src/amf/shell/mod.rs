@@ -133,6 +133,9 @@ impl Shell {
         let machine = Machine::new(cfg.machine.clone());
         let peers: Vec<u8> = cfg.peers.iter().map(|p| p.0).collect();
         let card = cfg.card.clone();
+        let array = cfg.array.clone();
+        array.set_shared(true);
+        let changes_seen = array.changes();
         let thread = std::thread::Builder::new()
             .name(format!("amf-loop-{}", m.node))
             .spawn(move || {
@@ -154,6 +157,8 @@ impl Shell {
                     held: VecDeque::new(),
                     own: BTreeMap::new(),
                     card_error: None,
+                    array,
+                    changes_seen,
                 };
                 l.run();
             })
@@ -305,6 +310,10 @@ struct Loop {
     /// Answers to the loop's own requests (the leave write-back).
     own: BTreeMap<u64, Result<Vec<u8>, HostError>>,
     card_error: Option<String>,
+    /// This controller's assembly (its member-state changes are watched).
+    array: Arc<Array>,
+    /// Changes the machine has heard of.
+    changes_seen: u64,
 }
 
 impl Loop {
@@ -344,6 +353,8 @@ impl Loop {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             self.pump_card();
+            // Failures found by the periodic member check, with no I/O of this loop's.
+            self.note_changes();
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 let now_us = self.start.elapsed().as_micros() as u64;
@@ -431,13 +442,31 @@ impl Loop {
                     self.step(Input::Fabric { from, epoch, msg })
                 }
             },
-            Event::Input(input) => self.step(input),
+            Event::Input(input) => {
+                if matches!(input, Input::MemberDone { .. }) {
+                    // The worker saw any member failure it caused before it posted this: the
+                    // machine hears of the change first and holds the completion until it is
+                    // recorded.
+                    self.note_changes();
+                }
+                self.step(input)
+            }
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
             }
             Event::Leave(reply) => return Some(reply),
         }
         None
+    }
+
+    /// Tells the machine that this controller's view of the members changed since it last
+    /// heard.
+    fn note_changes(&mut self) {
+        let changes = self.array.changes();
+        if changes != self.changes_seen {
+            self.changes_seen = changes;
+            self.step(Input::GroupChanged);
+        }
     }
 
     fn host(&mut self, req: HostReq, reply: Sender<Result<Vec<u8>, HostError>>) {
@@ -470,6 +499,7 @@ impl Loop {
                 Output::MemberRead { id, offset, len } => self.jobs.read(id, offset, len),
                 Output::MemberWrite { id, offset, data } => self.jobs.write(id, offset, data),
                 Output::MemberSync { id } => self.jobs.sync(id),
+                Output::Superblocks { id, record } => self.jobs.superblocks(id, record),
                 Output::Reply { id, result } => match self.hosts.remove(&id) {
                     Some(reply) => {
                         let _ = reply.send(result);

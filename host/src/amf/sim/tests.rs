@@ -47,10 +47,31 @@ fn every_controller_writes_the_members_itself() {
     assert!(r.member_writes.iter().all(|w| *w > 0), "member writes per controller: {:?}", r.member_writes);
 }
 
+/// Seeds searched for a run that catches a broken rule. Most are caught in the first few; a
+/// member failure that is finished before it is recorded needs a peer to read the failed
+/// member's stale data in the short window before the record reaches it (seed 382).
+const MUTATION_SEEDS_MAX: u64 = 600;
+
 #[test]
 fn each_broken_rule_is_caught() {
     for m in Mutation::ALL {
-        let caught = (1..=20).find_map(|seed| run(SimConfig { mutation: Some(m), ..SimConfig::from_seed(seed) }).err());
-        assert!(caught.is_some(), "{} was not caught in 20 seeds", m.name());
+        let caught = std::sync::atomic::AtomicU64::new(u64::MAX);
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let caught = &caught;
+                s.spawn(move || {
+                    let mut seed = 1 + t;
+                    while seed <= MUTATION_SEEDS_MAX && seed < caught.load(std::sync::atomic::Ordering::Relaxed) {
+                        if run(SimConfig { mutation: Some(m), ..SimConfig::from_seed(seed) }).is_err() {
+                            caught.fetch_min(seed, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        seed += 2;
+                    }
+                });
+            }
+        });
+        let seed = caught.into_inner();
+        assert!(seed <= MUTATION_SEEDS_MAX, "{} was not caught in {MUTATION_SEEDS_MAX} seeds", m.name());
+        eprintln!("{} caught by seed {seed}", m.name());
     }
 }

@@ -48,7 +48,27 @@ pub struct Faults {
     /// Garbage injected per million events: corrupt frames to cards, stale-epoch fabric
     /// messages to machines (both must be dropped and counted, nothing else changes).
     pub garbage_ppm: u32,
+    /// A member fails in one controller's view (its path to the disk broke) at a time; the
+    /// others learn it only through the group resource.
+    pub member_fail: Option<MemberFail>,
 }
+
+/// A member that fails in one controller's view, found by a write of that controller's: the
+/// write goes on without the member, and the machine hears of the failure before the write's
+/// completion (as in the controller, where the write that finds a failure is already out).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct MemberFail {
+    /// The controller that sees it.
+    pub node: u8,
+    /// The member.
+    pub member: usize,
+    /// From when: the controller's first member write from then on finds it (or its tick, if
+    /// it writes nothing for a while).
+    pub at_us: u64,
+}
+
+/// A member failure armed but not found by a write yet is found at a tick after this long.
+const MEMBER_FAIL_LATE_US: u64 = 5_000;
 
 /// One simulated run.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -96,6 +116,13 @@ impl SimConfig {
         let chunk_bytes = if rng.gen_bool(0.5) { 4096 } else { 8192 };
         let nodes = rng.gen_range(3..=5);
         let big = rng.gen_range(0..4) == 0;
+        // One seed in three loses a member in one controller's view (not RAID0: it has no
+        // redundancy, and the group would fail).
+        let member_fail = (level != Level::Raid0 && rng.gen_range(0..3) == 0).then(|| MemberFail {
+            node: rng.gen_range(0..nodes),
+            member: rng.gen_range(0..members),
+            at_us: rng.gen_range(200..=5_000),
+        });
         SimConfig {
             seed,
             nodes,
@@ -119,6 +146,7 @@ impl SimConfig {
                 link_dup_ppm: if rng.gen_bool(0.3) { rng.gen_range(0..=5_000) } else { 0 },
                 member_latency_us_max: rng.gen_range(5..=500),
                 garbage_ppm: if rng.gen_bool(0.3) { 2_000 } else { 0 },
+                member_fail,
             },
             mutation: None,
         }
@@ -158,6 +186,7 @@ enum Ev {
     Client(usize),
     Tick(u8),
     CardPoll,
+    MemberFail(MemberFail),
 }
 
 #[derive(Clone, Debug)]
@@ -179,6 +208,10 @@ struct Node {
     card: ModelBackend,
     array: Array,
     card_cycles: u64,
+    /// Member-state changes of `array` the machine has heard of.
+    changes_seen: u64,
+    /// A member failure to be found by this node's next member write.
+    fail_armed: Option<MemberFail>,
     tags: BTreeMap<u32, u64>,
     backlog: VecDeque<(u64, CardOp, u64)>,
 }
@@ -234,6 +267,7 @@ impl World {
         let mut nodes = Vec::new();
         for n in 0..cfg.nodes {
             let array = assemble_as(&dir, false, n as usize).map_err(|e| format!("assemble: {e}"))?.array;
+            array.set_shared(true);
             let capacity = array.capacity();
             let stripe_bytes = array.geometry().stripe_bytes();
             let card = ModelBackend::new();
@@ -262,6 +296,8 @@ impl World {
                 card,
                 array,
                 card_cycles: 0,
+                changes_seen: 0,
+                fail_armed: None,
                 tags: BTreeMap::new(),
                 backlog: VecDeque::new(),
             });
@@ -316,6 +352,9 @@ impl World {
             self.at(TICK_US, Ev::Tick(n));
         }
         self.at(CARD_POLL_US, Ev::CardPoll);
+        if let Some(f) = self.cfg.faults.member_fail {
+            self.at(f.at_us, Ev::MemberFail(f));
+        }
         while !self.finished {
             let Some(((t, _), ev)) = self.queue.pop_first() else {
                 return Err("nothing left to run before the workload finished (a lost wake-up)".into());
@@ -374,16 +413,23 @@ impl World {
                         }
                     }
                 }
+                self.note_changes(node)?;
                 self.step(node, Input::MemberDone { id, result })?;
             }
             Ev::MemberRead { node, id, offset, len } => {
                 let mut buf = vec![0u8; len as usize];
                 let result =
                     self.nodes[node as usize].array.read(offset, &mut buf).map(|_| buf).map_err(|e| e.to_string());
+                self.note_changes(node)?;
                 self.step(node, Input::MemberDone { id, result })?;
             }
+            Ev::MemberFail(f) => self.nodes[f.node as usize].fail_armed = Some(f),
             Ev::Client(c) => self.issue(c)?,
             Ev::Tick(n) => {
+                if self.nodes[n as usize].fail_armed.is_some_and(|f| f.at_us + MEMBER_FAIL_LATE_US <= self.now_us) {
+                    self.fail_armed_member(n);
+                    self.note_changes(n)?;
+                }
                 self.step(n, Input::Tick { now_us: self.now_us })?;
                 self.at(self.now_us + TICK_US, Ev::Tick(n));
             }
@@ -393,6 +439,23 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// As the controller's shell does: the machine hears of a change of its array's member
+    /// states before any member completion that may have seen it.
+    fn note_changes(&mut self, n: u8) -> Result<(), String> {
+        let changes = self.nodes[n as usize].array.changes();
+        if changes == self.nodes[n as usize].changes_seen {
+            return Ok(());
+        }
+        self.nodes[n as usize].changes_seen = changes;
+        self.step(n, Input::GroupChanged)
+    }
+
+    fn fail_armed_member(&mut self, n: u8) {
+        if let Some(f) = self.nodes[n as usize].fail_armed.take() {
+            self.nodes[n as usize].array.fail_member(f.member, "injected by the simulator");
+        }
     }
 
     fn inject_garbage(&mut self) -> Result<(), String> {
@@ -530,6 +593,7 @@ impl World {
                     }
                     w.1 += 1;
                 }
+                self.fail_armed_member(n);
                 let result = self.nodes[n as usize]
                     .array
                     .write(offset, &data, false)
@@ -540,6 +604,13 @@ impl World {
             }
             Output::MemberSync { id } => {
                 let result = self.nodes[n as usize].array.flush().map(|_| Vec::new()).map_err(|e| e.to_string());
+                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
+            }
+            Output::Superblocks { id, record } => {
+                let array = &self.nodes[n as usize].array;
+                let result = if record { array.record_states() } else { array.load_states() };
+                let result = result.map(|_| Vec::new()).map_err(|e| e.to_string());
                 let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
                 self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
             }
@@ -680,6 +751,8 @@ impl World {
             return Err(format!("{} stale-epoch messages sent, {stale} dropped", self.stale_sent));
         }
         let now = self.now_us + 1;
+        // As a fresh assembly would: node 0 reads what the superblocks say now.
+        self.nodes[0].array.load_states().map_err(|e| format!("final superblock read: {e}"))?;
         let blocks: Vec<u64> = self.history.blocks().collect();
         for b in blocks {
             let mut buf = vec![0u8; BLOCK_BYTES];
