@@ -35,6 +35,8 @@ pub struct Config {
     pub stripe_bytes: u64,
     /// Bytes in the group (a multiple of `line_bytes`).
     pub capacity: u64,
+    /// A member was out when the group was assembled (reads may reconstruct lines).
+    pub degraded: bool,
     /// A test aid: one protocol rule deliberately broken, so tests show that a checker
     /// catches it. None in every real controller.
     pub mutation: Option<Mutation>,
@@ -57,11 +59,13 @@ pub enum Mutation {
     CompleteBeforeRecord,
     /// Take the group back after a peer's record without re-reading the superblocks.
     StaleView,
+    /// Reconstruct lines of a degraded group without the stripe locks.
+    NoFillLock,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 7] = [
+    pub const ALL: [Mutation; 8] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -69,6 +73,7 @@ impl Mutation {
         Mutation::NoStripeLock,
         Mutation::CompleteBeforeRecord,
         Mutation::StaleView,
+        Mutation::NoFillLock,
     ];
 
     /// Its name on the command line.
@@ -81,6 +86,7 @@ impl Mutation {
             Mutation::NoStripeLock => "no-stripe-lock",
             Mutation::CompleteBeforeRecord => "complete-before-record",
             Mutation::StaleView => "stale-view",
+            Mutation::NoFillLock => "no-fill-lock",
         }
     }
 
@@ -130,6 +136,13 @@ enum Phase {
     },
     Filling {
         id: u64,
+        exclusive: bool,
+        /// Holds the stripe locks of the line (a degraded group's fill).
+        locked: bool,
+    },
+    /// A degraded group's fill waiting for the stripe locks: the line is reconstructed from
+    /// the rest of its stripes, which a peer's write there must not be halfway through.
+    FillLocking {
         exclusive: bool,
     },
     /// Asking a sharer for the line (the read search) before the members.
@@ -309,6 +322,7 @@ pub struct Machine {
 impl Machine {
     /// A machine with an empty cache.
     pub fn new(cfg: Config) -> Machine {
+        let degraded = cfg.degraded;
         Machine {
             cfg,
             lines: BTreeMap::new(),
@@ -320,7 +334,7 @@ impl Machine {
             fabric: BTreeMap::new(),
             replicas: BTreeMap::new(),
             flushes: BTreeMap::new(),
-            group: group::Group::default(),
+            group: group::Group::new(degraded),
             room_waiters: BTreeSet::new(),
             touched: BTreeSet::new(),
             next_id: 1,
@@ -575,6 +589,7 @@ impl Machine {
                     l.writeback = false;
                     continue;
                 }
+                Phase::FillLocking { .. } => return self.try_fill(r),
                 _ => return,
             }
             let servable = phase == Phase::Idle
@@ -727,7 +742,13 @@ impl Machine {
             .values()
             .filter(|l| {
                 l.state != State::Invalid
-                    || matches!(l.phase, Phase::Acquiring { .. } | Phase::Filling { .. } | Phase::Fetching { .. })
+                    || matches!(
+                        l.phase,
+                        Phase::Acquiring { .. }
+                            | Phase::Filling { .. }
+                            | Phase::FillLocking { .. }
+                            | Phase::Fetching { .. }
+                    )
             })
             .count();
         used < self.cfg.lines_max
@@ -776,10 +797,13 @@ impl Machine {
         self.try_destage(r);
     }
 
-    /// Writes line `r` back once every stripe it touches is locked here.
-    fn try_destage(&mut self, r: u64) {
-        let locking = self.cfg.mutation != Some(Mutation::NoStripeLock);
-        for s in self.stripes_of(r).filter(|_| locking) {
+    /// Takes every stripe lock line `r` needs, or asks for the missing ones (the line waits);
+    /// true when they are all held here and counted as used by `r`.
+    fn lock_stripes(&mut self, r: u64) -> bool {
+        if self.cfg.mutation == Some(Mutation::NoStripeLock) {
+            return true;
+        }
+        for s in self.stripes_of(r) {
             let st = self.stripes.entry(s).or_default();
             if !st.held || st.owed {
                 st.waiters.insert(r);
@@ -791,14 +815,68 @@ impl Machine {
                         st.since_us = now;
                     }
                 }
-                return;
+                return false;
             }
         }
-        for s in self.stripes_of(r).filter(|_| locking) {
+        for s in self.stripes_of(r) {
             if let Some(st) = self.stripes.get_mut(&s) {
                 st.users += 1;
                 st.waiters.remove(&r);
             }
+        }
+        true
+    }
+
+    /// Line `r` no longer uses its stripe locks; each is given to a peer that asked.
+    fn unlock_stripes(&mut self, r: u64) {
+        let stripes: Vec<u64> = self.stripes_of(r).collect();
+        for s in stripes {
+            if let Some(st) = self.stripes.get_mut(&s) {
+                st.users = st.users.saturating_sub(1);
+            }
+            self.maybe_yield_stripe(s);
+        }
+    }
+
+    /// The line and mode of member read `id` if it is a fill made without the stripe locks.
+    fn unlocked_fill(&self, id: u64) -> Option<(u64, bool)> {
+        let Some(MemberUse::Fill(r)) = self.members.get(&id) else { return None };
+        match self.lines.get(r)?.phase {
+            Phase::Filling { id: f, exclusive, locked: false } if f == id => Some((*r, exclusive)),
+            _ => None,
+        }
+    }
+
+    /// Reads line `r` from the members: in a degraded group under its stripe locks.
+    fn start_fill(&mut self, r: u64, exclusive: bool) {
+        if self.group_degraded() && self.cfg.mutation != Some(Mutation::NoFillLock) {
+            self.line(r).phase = Phase::FillLocking { exclusive };
+            return self.try_fill(r);
+        }
+        self.issue_fill(r, exclusive, false);
+    }
+
+    fn try_fill(&mut self, r: u64) {
+        let Some(Phase::FillLocking { exclusive }) = self.lines.get(&r).map(|l| l.phase) else { return };
+        if self.lock_stripes(r) {
+            self.issue_fill(r, exclusive, true);
+        }
+    }
+
+    fn issue_fill(&mut self, r: u64, exclusive: bool, locked: bool) {
+        let fid = self.id();
+        self.members.insert(fid, MemberUse::Fill(r));
+        self.counters.member_reads += 1;
+        self.line(r).phase = Phase::Filling { id: fid, exclusive, locked };
+        let offset = r * self.cfg.line_bytes;
+        let len = self.cfg.line_bytes;
+        self.member_io(Output::MemberRead { id: fid, offset, len });
+    }
+
+    /// Writes line `r` back once every stripe it touches is locked here.
+    fn try_destage(&mut self, r: u64) {
+        if !self.lock_stripes(r) {
+            return;
         }
         let id = self.id();
         self.members.insert(id, MemberUse::Destage(r));
@@ -936,14 +1014,7 @@ impl Machine {
                         self.send_request(fid, to, Msg::Fetch { id: fid, line: r }, Purpose::Fetch(r));
                         self.line(r).phase = Phase::Fetching { id: fid };
                     }
-                    (State::Invalid, _) => {
-                        let fid = self.id();
-                        self.members.insert(fid, MemberUse::Fill(r));
-                        self.counters.member_reads += 1;
-                        self.line(r).phase = Phase::Filling { id: fid, exclusive };
-                        let offset = r * self.cfg.line_bytes;
-                        self.member_io(Output::MemberRead { id: fid, offset, len: len as u64 });
-                    }
+                    (State::Invalid, _) => self.start_fill(r, exclusive),
                     _ => l.phase = Phase::Idle,
                 }
             }
@@ -1001,7 +1072,7 @@ impl Machine {
             MemberUse::Fill(r) => {
                 let len = self.line_len();
                 let l = self.line(r);
-                let Phase::Filling { exclusive, .. } = l.phase else { return };
+                let Phase::Filling { exclusive, locked, .. } = l.phase else { return };
                 l.phase = Phase::Idle;
                 match result {
                     Ok(d) if d.len() == len => {
@@ -1011,16 +1082,13 @@ impl Machine {
                     Ok(d) => self.finish_piece(r, Some(HostError::Member(format!("{} bytes for {len}", d.len())))),
                     Err(e) => self.finish_piece(r, Some(HostError::Member(e))),
                 }
+                if locked {
+                    self.unlock_stripes(r);
+                }
                 self.touched.insert(r);
             }
             MemberUse::Destage(r) => {
-                let stripes: Vec<u64> = self.stripes_of(r).collect();
-                for s in stripes {
-                    if let Some(st) = self.stripes.get_mut(&s) {
-                        st.users = st.users.saturating_sub(1);
-                    }
-                    self.maybe_yield_stripe(s);
-                }
+                self.unlock_stripes(r);
                 let now = self.now_us;
                 let peer = self.replica_peer();
                 let l = self.line(r);
@@ -1156,14 +1224,7 @@ impl Machine {
                         l.state = State::Shared;
                         l.phase = Phase::Idle;
                     }
-                    None => {
-                        let fid = self.id();
-                        self.members.insert(fid, MemberUse::Fill(r));
-                        self.counters.member_reads += 1;
-                        self.line(r).phase = Phase::Filling { id: fid, exclusive: false };
-                        let offset = r * self.cfg.line_bytes;
-                        self.member_io(Output::MemberRead { id: fid, offset, len: len as u64 });
-                    }
+                    None => self.start_fill(r, false),
                 }
                 self.touched.insert(r);
             }
@@ -1309,6 +1370,13 @@ impl Machine {
             }
             if l.state == State::Modified && l.clean_wseq >= l.wseq {
                 return Err(format!("n{} line {r} is Modified but its content is on the members", self.cfg.node));
+            }
+            if let (Phase::Filling { locked: true, .. }, None) = (l.phase, self.cfg.mutation) {
+                for s in self.stripes_of(*r) {
+                    if !self.stripes.get(&s).is_some_and(|st| st.held && st.users > 0) {
+                        return Err(format!("n{} reconstructs line {r} without stripe {s}'s lock", self.cfg.node));
+                    }
+                }
             }
             if let (Phase::Destaging { .. }, None) = (l.phase, self.cfg.mutation) {
                 for s in self.stripes_of(*r) {

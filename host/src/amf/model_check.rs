@@ -130,6 +130,7 @@ impl AmfModel {
             lines_max: self.scope.lines_max,
             stripe_bytes: self.scope.lines,
             capacity: self.scope.lines,
+            degraded: false,
             mutation: self.scope.mutation,
         }
     }

@@ -99,6 +99,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         lines_max: ((cfg.cache_mib << 20) / line_bytes).max(1) as usize,
         stripe_bytes: array.geometry().stripe_bytes(),
         capacity,
+        degraded: !array.degraded_members().is_empty(),
         mutation: None,
     };
     let shell = Arc::new(

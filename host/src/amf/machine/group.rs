@@ -23,6 +23,8 @@ pub(super) struct Group {
     io: Option<(u64, bool)>,
     /// A change seen here is not recorded yet.
     change: bool,
+    /// Some member is out in this view: reads may reconstruct from the rest of a stripe.
+    degraded: bool,
     owed_excl: bool,
     owed_share: bool,
     /// Member I/O out and not completed.
@@ -33,8 +35,9 @@ pub(super) struct Group {
     held_done: VecDeque<(u64, Result<Vec<u8>, String>)>,
 }
 
-impl Default for Group {
-    fn default() -> Group {
+impl Group {
+    /// The group as the assembly left it: held shared with a current view.
+    pub(super) fn new(degraded: bool) -> Group {
         Group {
             held: Some(false),
             acquiring: None,
@@ -42,6 +45,7 @@ impl Default for Group {
             view: true,
             io: None,
             change: false,
+            degraded,
             owed_excl: false,
             owed_share: false,
             in_flight: 0,
@@ -49,9 +53,7 @@ impl Default for Group {
             held_done: VecDeque::new(),
         }
     }
-}
 
-impl Group {
     /// A change waits to be recorded (or its record is being written).
     fn recording(&self) -> bool {
         self.change || matches!(self.io, Some((_, true)))
@@ -64,6 +66,11 @@ impl Group {
 }
 
 impl Machine {
+    /// Whether reads may reconstruct lines from the rest of their stripes.
+    pub(super) fn group_degraded(&self) -> bool {
+        self.group.degraded
+    }
+
     /// Member I/O goes out through here: now if the group is held with a current view, else
     /// when it is.
     pub(super) fn member_io(&mut self, o: Output) {
@@ -119,9 +126,16 @@ impl Machine {
         if self.group.io.is_some_and(|(io, _)| io == id) {
             self.group.io = None;
             self.group.view = true;
-            if result.is_err() {
+            match result {
+                // The shell answers whether a member is out in the view it now has.
+                Ok(d) => {
+                    self.group.degraded = d.first().is_some_and(|b| *b != 0);
+                    if self.group.degraded {
+                        self.relock_blocked_fills();
+                    }
+                }
                 // The shell reports why; the member I/O that depends on it fails on its own.
-                self.counters.group_errors += 1;
+                Err(_) => self.counters.group_errors += 1,
             }
             return;
         }
@@ -207,9 +221,34 @@ impl Machine {
         }
         let held = std::mem::take(&mut self.group.held_done);
         for (id, result) in held {
+            if let Some((r, exclusive)) = self.unlocked_fill(id).filter(|_| self.group_degraded()) {
+                // Read without the stripe locks while a member went out: it may have been
+                // reconstructed from a stripe a peer was writing. Read again, under the locks.
+                self.members.remove(&id);
+                self.start_fill(r, exclusive);
+                self.touched.insert(r);
+                continue;
+            }
             self.member_finished(id, result);
         }
         true
+    }
+
+    /// Fills that waited for this view were planned without the stripe locks: in a degraded
+    /// group they take them first.
+    fn relock_blocked_fills(&mut self) {
+        let blocked = std::mem::take(&mut self.group.blocked);
+        for o in blocked {
+            let fill = member_id(&o).and_then(|id| self.unlocked_fill(id).map(|f| (id, f)));
+            match fill {
+                Some((id, (r, exclusive))) => {
+                    self.members.remove(&id);
+                    self.start_fill(r, exclusive);
+                    self.touched.insert(r);
+                }
+                None => self.group.blocked.push_back(o),
+            }
+        }
     }
 
     /// True while member I/O or a superblock read or write is out, or waits for the group.

@@ -85,7 +85,9 @@ fn work(array: Arc<Array>, rx: Receiver<Job>, inbox: Inbox) {
                     let what = if record { "recording member states in" } else { "reading" };
                     eprintln!("amf: {what} the superblocks: {e}");
                 }
-                (id, r.map(|_| Vec::new()).map_err(|e| e.to_string()))
+                // The machine learns whether reads may now reconstruct from whole stripes.
+                let degraded = !array.degraded_members().is_empty();
+                (id, r.map(|_| vec![degraded as u8]).map_err(|e| e.to_string()))
             }
         };
         if inbox.send(Event::Input(crate::amf::io::Input::MemberDone { id, result })).is_err() {

@@ -288,6 +288,7 @@ impl World {
                 lines_max: cfg.lines_max,
                 stripe_bytes,
                 capacity: capacity - capacity % cfg.line_bytes,
+                degraded: false,
                 mutation: cfg.mutation,
             });
             nodes.push(Node {
@@ -418,8 +419,12 @@ impl World {
             }
             Ev::MemberRead { node, id, offset, len } => {
                 let mut buf = vec![0u8; len as usize];
-                let result =
+                let mut result =
                     self.nodes[node as usize].array.read(offset, &mut buf).map(|_| buf).map_err(|e| e.to_string());
+                if let (Some(w), Ok(buf)) = (self.torn_reconstruction(node, offset, len), result.as_mut()) {
+                    // What a controller would read there: some blocks new, the parity old.
+                    buf.fill(0xee ^ w);
+                }
                 self.note_changes(node)?;
                 self.step(node, Input::MemberDone { id, result })?;
             }
@@ -450,6 +455,18 @@ impl World {
         }
         self.nodes[n as usize].changes_seen = changes;
         self.step(n, Input::GroupChanged)
+    }
+
+    /// A read that may reconstruct data from the rest of its stripes (a member is out in the
+    /// reader's view) while another node writes one of them: the node writing, whose write a
+    /// real reconstruction would see half done. Member writes here are atomic, so the run
+    /// returns garbage for such a read; a machine that used it fails the history check.
+    fn torn_reconstruction(&self, n: u8, offset: u64, len: u64) -> Option<u8> {
+        if self.nodes[n as usize].array.degraded_members().is_empty() || len == 0 {
+            return None;
+        }
+        let sb = self.stripe_bytes;
+        (offset / sb..=(offset + len - 1) / sb).find_map(|s| self.writing.get(&s).map(|(w, _)| *w).filter(|w| *w != n))
     }
 
     fn fail_armed_member(&mut self, n: u8) {
@@ -610,7 +627,8 @@ impl World {
             Output::Superblocks { id, record } => {
                 let array = &self.nodes[n as usize].array;
                 let result = if record { array.record_states() } else { array.load_states() };
-                let result = result.map(|_| Vec::new()).map_err(|e| e.to_string());
+                let degraded = !array.degraded_members().is_empty();
+                let result = result.map(|_| vec![degraded as u8]).map_err(|e| e.to_string());
                 let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
                 self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
             }
