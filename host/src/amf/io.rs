@@ -35,6 +35,32 @@ pub enum HostReq {
     Flush,
     /// Write back this controller's dirty lines and sync (a controller that leaves).
     FlushLocal,
+    /// Maintenance of one stripe (scrub, rebuild) under its lock, held from every controller.
+    Stripe {
+        /// Stripe index.
+        stripe: u64,
+        /// What to do there.
+        job: StripeJob,
+    },
+    /// Record this controller's view of the members in the superblocks (under the group
+    /// resource's exclusive hold) and answer when it is there: a rebuild that began or ended.
+    Record,
+}
+
+/// Maintenance of one stripe, run by the shell on the members once the machine holds the
+/// stripe's lock. Its answer is the shell's report of the stripe, encoded by the shell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StripeJob {
+    /// Check the stripe's redundancy (and with `repair` rewrite it from the data).
+    Scrub {
+        /// Rewrite mismatches.
+        repair: bool,
+    },
+    /// Rebuild this member's blocks of the stripe.
+    Rebuild {
+        /// Member index.
+        member: u32,
+    },
 }
 
 /// Card commands the machine issues.
@@ -232,6 +258,15 @@ pub enum Output {
     MemberSync {
         /// Echoed in `MemberDone`.
         id: u64,
+    },
+    /// Run a stripe's maintenance (the machine holds the stripe's lock).
+    StripeJob {
+        /// Echoed in `MemberDone`.
+        id: u64,
+        /// Stripe index.
+        stripe: u64,
+        /// What to do.
+        job: StripeJob,
     },
     /// Write this view's member states to the superblocks (merged with theirs), or with
     /// `record` false read theirs into this view.

@@ -17,6 +17,7 @@ use super::io::*;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod group;
+mod jobs;
 
 /// How a controller's machine is set up.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -208,7 +209,17 @@ struct Stripe {
     since_us: u64,
     users: u32,
     owed: bool,
+    /// Lines whose write-back or degraded fill waits for the lock.
     waiters: BTreeSet<u64>,
+    /// Maintenance jobs waiting for the lock.
+    jobs: BTreeSet<u64>,
+}
+
+/// Who waits for a stripe lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiter {
+    Line(u64),
+    Job(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -224,6 +235,7 @@ enum MemberUse {
     Fill(u64),
     Destage(u64),
     Sync(u64),
+    Job(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -308,6 +320,8 @@ pub struct Machine {
     replicas: BTreeMap<(u8, u64), (u64, Vec<u8>)>,
     flushes: BTreeMap<u64, FlushJob>,
     group: group::Group,
+    jobs: BTreeMap<u64, jobs::Job>,
+    touched_jobs: BTreeSet<u64>,
     room_waiters: BTreeSet<u64>,
     touched: BTreeSet<u64>,
     next_id: u64,
@@ -335,6 +349,8 @@ impl Machine {
             replicas: BTreeMap::new(),
             flushes: BTreeMap::new(),
             group: group::Group::new(degraded),
+            jobs: BTreeMap::new(),
+            touched_jobs: BTreeSet::new(),
             room_waiters: BTreeSet::new(),
             touched: BTreeSet::new(),
             next_id: 1,
@@ -388,6 +404,7 @@ impl Machine {
             && self.members.is_empty()
             && self.fabric.is_empty()
             && self.flushes.is_empty()
+            && self.jobs.is_empty()
             && !self.group_busy()
     }
 
@@ -447,6 +464,9 @@ impl Machine {
             while let Some(r) = self.touched.pop_first() {
                 self.advance(r);
             }
+            while let Some(j) = self.touched_jobs.pop_first() {
+                self.advance_job(j);
+            }
             self.check_flushes();
             if !self.advance_group() && self.touched.is_empty() {
                 break;
@@ -496,6 +516,8 @@ impl Machine {
         let (offset, len, write, fua) = match req {
             HostReq::Flush => return self.start_flush(Origin::Host(id), true),
             HostReq::FlushLocal => return self.start_flush(Origin::Host(id), false),
+            HostReq::Stripe { stripe, job } => return self.start_job(id, stripe, job),
+            HostReq::Record => return self.request_record(id),
             HostReq::Read { offset, len } => (offset, len, None, false),
             HostReq::Write { offset, data, fua } => (offset, data.len() as u64, Some(data), fua),
         };
@@ -800,13 +822,21 @@ impl Machine {
     /// Takes every stripe lock line `r` needs, or asks for the missing ones (the line waits);
     /// true when they are all held here and counted as used by `r`.
     fn lock_stripes(&mut self, r: u64) -> bool {
+        self.lock(self.stripes_of(r), Waiter::Line(r))
+    }
+
+    /// Takes the locks of `stripes` for `who`, or asks for the missing ones (`who` waits).
+    fn lock(&mut self, stripes: std::ops::RangeInclusive<u64>, who: Waiter) -> bool {
         if self.cfg.mutation == Some(Mutation::NoStripeLock) {
             return true;
         }
-        for s in self.stripes_of(r) {
+        for s in stripes.clone() {
             let st = self.stripes.entry(s).or_default();
             if !st.held || st.owed {
-                st.waiters.insert(r);
+                match who {
+                    Waiter::Line(r) => st.waiters.insert(r),
+                    Waiter::Job(j) => st.jobs.insert(j),
+                };
                 if !st.held && st.acquiring.is_none() {
                     let now = self.now_us;
                     let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
@@ -818,10 +848,13 @@ impl Machine {
                 return false;
             }
         }
-        for s in self.stripes_of(r) {
+        for s in stripes {
             if let Some(st) = self.stripes.get_mut(&s) {
                 st.users += 1;
-                st.waiters.remove(&r);
+                match who {
+                    Waiter::Line(r) => st.waiters.remove(&r),
+                    Waiter::Job(j) => st.jobs.remove(&j),
+                };
             }
         }
         true
@@ -829,7 +862,11 @@ impl Machine {
 
     /// Line `r` no longer uses its stripe locks; each is given to a peer that asked.
     fn unlock_stripes(&mut self, r: u64) {
-        let stripes: Vec<u64> = self.stripes_of(r).collect();
+        self.unlock(self.stripes_of(r));
+    }
+
+    /// A user of `stripes` is done with them; each is given to a peer that asked.
+    fn unlock(&mut self, stripes: std::ops::RangeInclusive<u64>) {
         for s in stripes {
             if let Some(st) = self.stripes.get_mut(&s) {
                 st.users = st.users.saturating_sub(1);
@@ -906,14 +943,15 @@ impl Machine {
         self.counters.yields += 1;
         self.cmd(CardOp::Yield, STRIPE_NS | s, CardUse::Fire);
         let st = self.stripes.entry(s).or_default();
-        if !st.waiters.is_empty() && st.acquiring.is_none() {
+        let waiting = !st.waiters.is_empty() || !st.jobs.is_empty();
+        if waiting && st.acquiring.is_none() {
             let now = self.now_us;
             let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
             if let Some(st) = self.stripes.get_mut(&s) {
                 st.acquiring = Some(id);
                 st.since_us = now;
             }
-        } else if st.waiters.is_empty() {
+        } else if !waiting {
             self.stripes.remove(&s);
         }
     }
@@ -942,7 +980,9 @@ impl Machine {
             CardStatus::Ok | CardStatus::Untracked => {
                 st.held = true;
                 let waiters: Vec<u64> = st.waiters.iter().copied().collect();
+                let jobs: Vec<u64> = st.jobs.iter().copied().collect();
                 self.touched.extend(waiters);
+                self.touched_jobs.extend(jobs);
                 // A peer that asked while this acquire was in flight waits for it.
                 self.maybe_yield_stripe(s);
             }
@@ -953,9 +993,13 @@ impl Machine {
                     // write-backs themselves stay queued and the lock is asked for again.
                     st.since_us = self.now_us;
                     let waiters: Vec<u64> = st.waiters.iter().copied().collect();
+                    let jobs = std::mem::take(&mut st.jobs);
                     for r in waiters {
                         let why = format!("stripe {s}: peers did not answer the card (write-back of line {r} waits)");
                         self.fail_applied(r, HostError::Card(why));
+                    }
+                    for j in jobs {
+                        self.fail_job(j, HostError::Card(format!("stripe {s}: peers did not answer the card")));
                     }
                 }
                 let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
@@ -966,6 +1010,10 @@ impl Machine {
             CardStatus::Refused => {
                 // The setup is broken (epoch): write-backs waiting for it cannot happen.
                 let waiters = std::mem::take(&mut st.waiters);
+                let jobs = std::mem::take(&mut st.jobs);
+                for j in jobs {
+                    self.fail_job(j, HostError::Card(format!("stripe {s} refused")));
+                }
                 let retry_at = self.now_us + DESTAGE_RETRY_US;
                 for r in waiters {
                     let l = self.line(r);
@@ -1087,6 +1135,7 @@ impl Machine {
                 }
                 self.touched.insert(r);
             }
+            MemberUse::Job(j) => self.job_done(j, result),
             MemberUse::Destage(r) => {
                 self.unlock_stripes(r);
                 let now = self.now_us;
@@ -1392,6 +1441,7 @@ impl Machine {
             }
         }
         self.check_group()?;
+        self.check_jobs()?;
         let resident = self.lines.values().filter(|l| l.state != State::Invalid).count();
         if resident > self.cfg.lines_max {
             return Err(format!("n{} holds {resident} lines, more than {}", self.cfg.node, self.cfg.lines_max));

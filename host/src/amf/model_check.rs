@@ -154,6 +154,7 @@ impl AmfModel {
                 }
                 // The scopes' members do not fail, so no controller changes the group.
                 Output::Superblocks { .. } => panic!("superblock I/O in a scope without member failures"),
+                Output::StripeJob { .. } => panic!("a stripe job in a scope without maintenance"),
                 Output::Reply { result, .. } => {
                     let op = self.scope.scripts[n as usize][s.next_op[n as usize]];
                     let ret = match (op, result) {

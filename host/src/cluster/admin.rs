@@ -268,20 +268,16 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
         (tiny_http::Method::Post, "/scrub" | "/rebuild") if state.array.is_none() => {
             json_error(409, "this controller has no members".into())
         }
-        (tiny_http::Method::Post, "/scrub" | "/rebuild") if state.core.is_some() => json_error(
-            409,
-            "online scrub and rebuild run on a group served by one controller for now: with several, every \
-             controller would have to see the rebuild (the group resource comes next); stop the cluster and run \
-             `amf scrub DIR` or `amf rebuild DIR` offline"
-                .into(),
-        ),
         (tiny_http::Method::Post, "/scrub") => {
             let repair = query(url, "repair").is_some_and(|v| v == "1" || v == "true");
             start_task(state, "scrub", move |st, progress| {
                 let a = st.array.as_ref().ok_or("no members here")?;
-                scrub(a, repair, progress)
-                    .map(|r| serde_json::to_value(r).unwrap_or_default())
-                    .map_err(|e| e.to_string())
+                // A cluster's controller scrubs each stripe under its lock from every peer.
+                let r = match &st.core {
+                    Some(core) => core.scrub(a, repair, progress)?,
+                    None => scrub(a, repair, progress).map_err(|e| e.to_string())?,
+                };
+                Ok(serde_json::to_value(r).unwrap_or_default())
             })
         }
         (tiny_http::Method::Post, "/rebuild") => {
@@ -306,9 +302,12 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
             start_task(state, "rebuild", move |st, progress| {
                 let m = replacement_member(st, member, replacement.as_deref())?;
                 let a = st.array.as_ref().ok_or("no members here")?;
-                rebuild(a, member, m, progress)
-                    .map(|r| serde_json::to_value(r).unwrap_or_default())
-                    .map_err(|e| e.to_string())
+                // On a cluster every controller learns of the new member through the group.
+                let r = match &st.core {
+                    Some(core) => core.rebuild(a, member, m, progress)?,
+                    None => rebuild(a, member, m, progress).map_err(|e| e.to_string())?,
+                };
+                Ok(serde_json::to_value(r).unwrap_or_default())
             })
         }
         _ => json_error(404, format!("no route {method} {path}")),

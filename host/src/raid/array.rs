@@ -21,6 +21,9 @@ struct Slot {
     state: RwLock<MemberState>,
     /// Rebuilding members: stripes below this are current.
     recovered: AtomicU64,
+    /// This process changed the state (a failure, a rebuild's start or end) and has not
+    /// written it to the superblocks yet: a shared group's merge keeps it over the record.
+    changed_here: AtomicBool,
 }
 
 /// Engine counters, for status output and for tests that prove which path ran.
@@ -66,6 +69,8 @@ pub struct Array {
     kernel: Kernel,
     /// Other controllers use the group at the same time (see `shared.rs`).
     shared: AtomicBool,
+    /// The group's folder (a shared group opens members other controllers put in).
+    dir: Mutex<Option<std::path::PathBuf>>,
     /// Member state changes made by this process (failures it saw), counted before the state
     /// changes so that whoever sees the new state also sees the count.
     changes: AtomicU64,
@@ -102,6 +107,7 @@ impl Array {
                 member: RwLock::new(m.map(Arc::new)),
                 state: RwLock::new(state),
                 recovered: AtomicU64::new(rec),
+                changed_here: AtomicBool::new(false),
             })
             .collect();
         let array = Array {
@@ -115,6 +121,7 @@ impl Array {
             alive: AtomicBool::new(true),
             kernel: Kernel::detect(),
             shared: AtomicBool::new(false),
+            dir: Mutex::new(None),
             changes: AtomicU64::new(0),
             stats: Stats::default(),
         };
@@ -301,6 +308,7 @@ impl Array {
                 return false;
             }
             self.changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.slots[m].changed_here.store(true, Relaxed);
             *st = MemberState::Faulty;
         }
         self.refresh_alive();
@@ -344,6 +352,12 @@ impl Array {
                 return Err(RaidError::GroupFailed { reason: "no member took the superblock update".into() });
             }
             if !failed {
+                // Changes this write carried are on the members now (one made meanwhile is not).
+                for (slot, written) in self.slots.iter().zip(&sb.states) {
+                    if *slot.state.read().unwrap_or_else(|p| p.into_inner()) == *written {
+                        slot.changed_here.store(false, Relaxed);
+                    }
+                }
                 return Ok(());
             }
         }
@@ -840,10 +854,14 @@ impl Array {
             }
         }
         *slot.state.write().unwrap_or_else(|p| p.into_inner()) = MemberState::Rebuilding;
+        slot.changed_here.store(true, Relaxed);
         self.refresh_alive();
         // Bitmap area of the new member: a copy of what the others hold is not needed, zeros
-        // are written by creation; superblock follows.
-        self.update_superblocks(|_| {})?;
+        // are written by creation; superblock follows (in a shared group, the caller records
+        // it under the group resource).
+        if !self.shared() {
+            self.update_superblocks(|_| {})?;
+        }
         Ok(slot.recovered.load(Relaxed))
     }
 
@@ -901,8 +919,12 @@ impl Array {
             }
             *st = MemberState::Active;
         }
+        self.slots[index].changed_here.store(true, Relaxed);
         self.refresh_alive();
         self.slots[index].recovered.store(0, Relaxed);
+        if self.shared() {
+            return Ok(());
+        }
         self.update_superblocks(|_| {})
     }
 

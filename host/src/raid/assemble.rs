@@ -450,6 +450,7 @@ pub fn assemble_as(dir: &Path, force: bool, slot: usize) -> Result<Assembled, Ra
         });
     }
     let array = Array::from_parts(geo, reference, members, bits, slot);
+    array.set_dir(dir);
     array.mark_dirty()?;
     let dirty_regions = array.bitmap().dirty_regions();
     Ok(Assembled { array, rejected, was_dirty, dirty_regions, forced })

@@ -42,41 +42,7 @@ pub fn scrub(array: &Array, repair: bool, progress: &dyn Fn(u64, u64)) -> Result
         return Ok(r);
     }
     for s in 0..total {
-        let _g = array.locks().lock(s);
-        let Some(blocks) = array.stripe_blocks(s)? else {
-            r.skipped += 1;
-            continue;
-        };
-        r.checked += 1;
-        if geo.parities() == 2 {
-            if let Some((pos, fixed)) = locate_raid6_data_error(array, &blocks.bufs) {
-                r.mismatches += 1;
-                r.data_blocks_located += 1;
-                if r.mismatched_stripes.len() < LISTED_MAX {
-                    r.mismatched_stripes.push(s);
-                }
-                if repair {
-                    array.write_block(blocks.members[pos], blocks.offsets[pos], &fixed);
-                    r.repaired += 1;
-                }
-                continue;
-            }
-        }
-        let want = expected(array, &blocks.bufs);
-        let bad: Vec<usize> =
-            want.iter().filter(|(pos, w)| blocks.bufs[*pos][..] != w[..]).map(|(pos, _)| *pos).collect();
-        if !bad.is_empty() {
-            r.mismatches += 1;
-            if r.mismatched_stripes.len() < LISTED_MAX {
-                r.mismatched_stripes.push(s);
-            }
-            if repair {
-                for (pos, w) in want.iter().filter(|(pos, _)| bad.contains(pos)) {
-                    array.write_block(blocks.members[*pos], blocks.offsets[*pos], w);
-                }
-                r.repaired += 1;
-            }
-        }
+        r.add(s, scrub_stripe(array, s, repair)?);
         if s % 64 == 63 || s + 1 == total {
             progress(s + 1, total);
         }
@@ -85,6 +51,70 @@ pub fn scrub(array: &Array, repair: bool, progress: &dyn Fn(u64, u64)) -> Result
         array.sync_members()?;
     }
     Ok(r)
+}
+
+/// What a scrub found in one stripe.
+#[derive(Debug, Default, Serialize, serde::Deserialize, Clone, Copy, PartialEq, Eq)]
+pub struct StripeCheck {
+    /// A member was missing: not checked.
+    pub skipped: bool,
+    /// The redundancy did not match.
+    pub mismatch: bool,
+    /// RAID6: the bad block was located in the data.
+    pub located: bool,
+    /// Rewritten.
+    pub repaired: bool,
+}
+
+impl ScrubReport {
+    /// Adds stripe `s`'s outcome.
+    pub fn add(&mut self, s: u64, c: StripeCheck) {
+        if c.skipped {
+            self.skipped += 1;
+            return;
+        }
+        self.checked += 1;
+        if c.mismatch {
+            self.mismatches += 1;
+            if self.mismatched_stripes.len() < LISTED_MAX {
+                self.mismatched_stripes.push(s);
+            }
+        }
+        self.data_blocks_located += c.located as u64;
+        self.repaired += c.repaired as u64;
+    }
+}
+
+/// Checks (and with `repair` fixes) stripe `s` under this process's lock of it; a cluster's
+/// controller also holds the stripe's lock from its peers (the AMF machine's stripe job).
+pub fn scrub_stripe(array: &Array, s: u64, repair: bool) -> Result<StripeCheck, RaidError> {
+    let geo = array.geometry();
+    if geo.copies() == 1 && geo.parities() == 0 {
+        return Ok(StripeCheck { skipped: true, ..Default::default() });
+    }
+    let _g = array.locks().lock(s);
+    let Some(blocks) = array.stripe_blocks(s)? else {
+        return Ok(StripeCheck { skipped: true, ..Default::default() });
+    };
+    if geo.parities() == 2 {
+        if let Some((pos, fixed)) = locate_raid6_data_error(array, &blocks.bufs) {
+            if repair {
+                array.write_block(blocks.members[pos], blocks.offsets[pos], &fixed);
+            }
+            return Ok(StripeCheck { mismatch: true, located: true, repaired: repair, ..Default::default() });
+        }
+    }
+    let want = expected(array, &blocks.bufs);
+    let bad: Vec<usize> = want.iter().filter(|(pos, w)| blocks.bufs[*pos][..] != w[..]).map(|(pos, _)| *pos).collect();
+    if bad.is_empty() {
+        return Ok(StripeCheck::default());
+    }
+    if repair {
+        for (pos, w) in want.iter().filter(|(pos, _)| bad.contains(pos)) {
+            array.write_block(blocks.members[*pos], blocks.offsets[*pos], w);
+        }
+    }
+    Ok(StripeCheck { mismatch: true, repaired: repair, ..Default::default() })
 }
 
 /// RAID6: if P and Q both disagree with the data and the disagreement is explained by one data

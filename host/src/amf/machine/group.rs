@@ -33,6 +33,10 @@ pub(super) struct Group {
     blocked: VecDeque<Output>,
     /// Member completions held until a change is recorded.
     held_done: VecDeque<(u64, Result<Vec<u8>, String>)>,
+    /// Host requests for a record that no record in flight covers yet.
+    record_asked: Vec<u64>,
+    /// Host requests the record in flight answers.
+    record_for: Vec<u64>,
 }
 
 impl Group {
@@ -51,6 +55,8 @@ impl Group {
             in_flight: 0,
             blocked: VecDeque::new(),
             held_done: VecDeque::new(),
+            record_asked: Vec::new(),
+            record_for: Vec::new(),
         }
     }
 
@@ -80,6 +86,12 @@ impl Machine {
     /// A member's state changed in this controller's view.
     pub(super) fn group_changed(&mut self) {
         self.group.change = true;
+    }
+
+    /// A host asks for this view to be recorded (a rebuild began, advanced or ended).
+    pub(super) fn request_record(&mut self, host: u64) {
+        self.group.change = true;
+        self.group.record_asked.push(host);
     }
 
     pub(super) fn group_event(&mut self, kind: CardEventKind) {
@@ -126,6 +138,13 @@ impl Machine {
         if self.group.io.is_some_and(|(io, _)| io == id) {
             self.group.io = None;
             self.group.view = true;
+            for host in std::mem::take(&mut self.group.record_for) {
+                let result = match &result {
+                    Ok(_) => Ok(Vec::new()),
+                    Err(e) => Err(HostError::Member(format!("recording the superblocks: {e}"))),
+                };
+                self.out.push(Output::Reply { id: host, result });
+            }
             match result {
                 // The shell answers whether a member is out in the view it now has.
                 Ok(d) => {
@@ -201,6 +220,7 @@ impl Machine {
                 let id = self.id();
                 self.counters.group_records += 1;
                 self.group.change = false;
+                self.group.record_for = std::mem::take(&mut self.group.record_asked);
                 self.group.io = Some((id, true));
                 self.out.push(Output::Superblocks { id, record: true });
             } else if g.held.is_some() && !g.view && !g.change {
@@ -276,7 +296,10 @@ impl Machine {
 
 fn member_id(o: &Output) -> Option<u64> {
     match o {
-        Output::MemberRead { id, .. } | Output::MemberWrite { id, .. } | Output::MemberSync { id } => Some(*id),
+        Output::MemberRead { id, .. }
+        | Output::MemberWrite { id, .. }
+        | Output::MemberSync { id }
+        | Output::StripeJob { id, .. } => Some(*id),
         _ => None,
     }
 }

@@ -4,6 +4,7 @@
 //! stripe from this controller are ordered by the `Array`'s own stripe lock.
 
 use super::{Event, Inbox};
+use crate::amf::io::StripeJob;
 use crate::raid::Array;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ enum Job {
     Write { id: u64, offset: u64, data: Vec<u8> },
     Sync { id: u64 },
     Superblocks { id: u64, record: bool },
+    Stripe { id: u64, stripe: u64, job: StripeJob },
     Stop,
 }
 
@@ -54,6 +56,11 @@ impl Workers {
         let _ = self.tx.send(Job::Superblocks { id, record });
     }
 
+    /// Runs a stripe's maintenance (the machine holds its lock).
+    pub fn stripe(&self, id: u64, stripe: u64, job: StripeJob) {
+        let _ = self.tx.send(Job::Stripe { id, stripe, job });
+    }
+
     /// Ends the workers once the queued jobs are done.
     pub fn stop(&self) {
         for _ in 0..self.count {
@@ -79,6 +86,7 @@ fn work(array: Arc<Array>, rx: Receiver<Job>, inbox: Inbox) {
                 (id, r)
             }
             Job::Sync { id } => (id, array.flush().map(|_| Vec::new()).map_err(|e| e.to_string())),
+            Job::Stripe { id, stripe, job } => (id, run_stripe_job(&array, stripe, job)),
             Job::Superblocks { id, record } => {
                 let r = if record { array.record_states() } else { array.load_states() };
                 if let Err(e) = &r {
@@ -92,6 +100,23 @@ fn work(array: Arc<Array>, rx: Receiver<Job>, inbox: Inbox) {
         };
         if inbox.send(Event::Input(crate::amf::io::Input::MemberDone { id, result })).is_err() {
             return;
+        }
+    }
+}
+
+/// Runs a stripe's maintenance on `array` (the machine holds the stripe's lock from the other
+/// controllers; this process's own lock of it is taken here). The answer: a scrub's
+/// `StripeCheck` as JSON, nothing for a rebuild.
+pub fn run_stripe_job(array: &Array, stripe: u64, job: StripeJob) -> Result<Vec<u8>, String> {
+    match job {
+        StripeJob::Scrub { repair } => crate::raid::scrub::scrub_stripe(array, stripe, repair)
+            .map_err(|e| e.to_string())
+            .and_then(|c| serde_json::to_vec(&c).map_err(|e| e.to_string())),
+        StripeJob::Rebuild { member } => {
+            let _g = array.locks().lock(stripe);
+            array.rebuild_stripe(member as usize, stripe).map_err(|e| e.to_string())?;
+            array.set_recovered(member as usize, stripe + 1);
+            Ok(Vec::new())
         }
     }
 }

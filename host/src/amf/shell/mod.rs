@@ -6,6 +6,7 @@
 //! commands, fabric sends (queued to a writer thread per peer), member I/O (to a worker pool
 //! over this controller's own `Array`) and host replies.
 
+mod maintenance;
 pub mod members;
 pub mod net;
 
@@ -500,6 +501,7 @@ impl Loop {
                 Output::MemberWrite { id, offset, data } => self.jobs.write(id, offset, data),
                 Output::MemberSync { id } => self.jobs.sync(id),
                 Output::Superblocks { id, record } => self.jobs.superblocks(id, record),
+                Output::StripeJob { id, stripe, job } => self.jobs.stripe(id, stripe, job),
                 Output::Reply { id, result } => match self.hosts.remove(&id) {
                     Some(reply) => {
                         let _ = reply.send(result);

@@ -95,6 +95,8 @@ pub struct SimConfig {
     pub clients: usize,
     /// Operations per client.
     pub ops: usize,
+    /// A controller that scrubs every stripe online while the clients run.
+    pub scrub_node: Option<u8>,
     /// Faults.
     pub faults: Faults,
     /// A protocol rule broken on purpose (tests of the checkers).
@@ -137,6 +139,7 @@ impl SimConfig {
             working_lines: if big { rng.gen_range(300..=500) } else { rng.gen_range(6..=24) },
             clients: rng.gen_range(1..=3),
             ops: rng.gen_range(30..=60),
+            scrub_node: (rng.gen_range(0..3) == 0).then(|| rng.gen_range(0..nodes)),
             faults: Faults {
                 fabric_delay_us_max: rng.gen_range(5..=200),
                 fabric_loss_ppm: if rng.gen_bool(0.5) { rng.gen_range(0..=20_000) } else { 0 },
@@ -236,6 +239,8 @@ struct World {
     garbage: u64,
     stale_sent: u64,
     final_flush: Option<u64>,
+    /// The online scrub: (next stripe, its request in flight, stripes checked).
+    scrub: Option<(u64, Option<u64>, u64)>,
     finished: bool,
     stripe_bytes: u64,
     blocks: u64,
@@ -328,6 +333,7 @@ impl World {
             garbage: 0,
             stale_sent: 0,
             final_flush: None,
+            scrub: None,
             finished: false,
             stripe_bytes,
             blocks,
@@ -355,6 +361,10 @@ impl World {
         self.at(CARD_POLL_US, Ev::CardPoll);
         if let Some(f) = self.cfg.faults.member_fail {
             self.at(f.at_us, Ev::MemberFail(f));
+        }
+        if self.cfg.scrub_node.is_some() {
+            self.scrub = Some((0, None, 0));
+            self.scrub_next()?;
         }
         while !self.finished {
             let Some(((t, _), ev)) = self.queue.pop_first() else {
@@ -532,7 +542,49 @@ impl World {
         self.step(node, Input::Host { id: req, req: input })
     }
 
+    /// The online scrub asks for its next stripe (one at a time, beside the clients).
+    fn scrub_next(&mut self) -> Result<(), String> {
+        let (Some(node), Some((next, None, _))) = (self.cfg.scrub_node, self.scrub) else { return Ok(()) };
+        if next >= self.nodes[node as usize].array.geometry().stripes() {
+            return self.maybe_final_flush();
+        }
+        let id = self.next_req;
+        self.next_req += 1;
+        self.scrub = Some((next, Some(id), self.scrub.map_or(0, |s| s.2)));
+        let req = HostReq::Stripe { stripe: next, job: StripeJob::Scrub { repair: false } };
+        self.step(node, Input::Host { id, req })
+    }
+
+    fn scrub_done(&mut self, result: Result<Vec<u8>, HostError>) -> Result<(), String> {
+        let Some((next, _, checked)) = self.scrub else { return Ok(()) };
+        let bytes = result.map_err(|e| format!("online scrub of stripe {next}: {e}"))?;
+        let c: crate::raid::scrub::StripeCheck =
+            serde_json::from_slice(&bytes).map_err(|e| format!("online scrub of stripe {next}: {e}"))?;
+        self.scrub = Some((next + 1, None, checked + !c.skipped as u64));
+        self.scrub_next()
+    }
+
+    /// Once every client is done and the scrub too: a FLUSH through node 0 must put every
+    /// acknowledged write on the members.
+    fn maybe_final_flush(&mut self) -> Result<(), String> {
+        let clients_done = self.clients.iter().all(|c| c.left == 0 && c.op.is_none());
+        let scrub_done = self.scrub.is_none_or(|(next, req, _)| {
+            req.is_none()
+                && self.cfg.scrub_node.is_some_and(|n| next >= self.nodes[n as usize].array.geometry().stripes())
+        });
+        if !clients_done || !scrub_done || self.final_flush.is_some() {
+            return Ok(());
+        }
+        let id = self.next_req;
+        self.next_req += 1;
+        self.final_flush = Some(id);
+        self.step(0, Input::Host { id, req: HostReq::Flush })
+    }
+
     fn reply(&mut self, id: u64, result: Result<Vec<u8>, HostError>) -> Result<(), String> {
+        if self.scrub.is_some_and(|(_, req, _)| req == Some(id)) {
+            return self.scrub_done(result);
+        }
         if self.final_flush == Some(id) {
             result.map_err(|e| format!("final flush: {e}"))?;
             self.finished = true;
@@ -557,13 +609,8 @@ impl World {
         if self.clients[c].left > 0 {
             let t = self.now_us + self.rng.gen_range(0..50);
             self.at(t, Ev::Client(c));
-        } else if self.clients.iter().all(|c| c.left == 0 && c.op.is_none()) {
-            // Everyone is done: a FLUSH through node 0 must put every acknowledged write on
-            // the members.
-            let id = self.next_req;
-            self.next_req += 1;
-            self.final_flush = Some(id);
-            self.step(0, Input::Host { id, req: HostReq::Flush })?;
+        } else {
+            self.maybe_final_flush()?;
         }
         Ok(())
     }
@@ -621,6 +668,17 @@ impl World {
             }
             Output::MemberSync { id } => {
                 let result = self.nodes[n as usize].array.flush().map(|_| Vec::new()).map_err(|e| e.to_string());
+                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
+            }
+            Output::StripeJob { id, stripe, job } => {
+                let result = crate::amf::shell::members::run_stripe_job(&self.nodes[n as usize].array, stripe, job);
+                if let Ok(bytes) = &result {
+                    let check: Option<crate::raid::scrub::StripeCheck> = serde_json::from_slice(bytes).ok();
+                    if check.is_some_and(|c| c.mismatch) {
+                        return Err(format!("n{n}'s scrub of stripe {stripe} under its lock found parity out of step"));
+                    }
+                }
                 let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
                 self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
             }

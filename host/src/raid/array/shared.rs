@@ -11,15 +11,24 @@
 //! - every superblock write of a shared group first merges what the members hold, so no
 //!   controller's write undoes another's record.
 
+use super::super::assemble::member_path;
+use super::super::member::Member;
 use super::super::superblock::{MemberState, Superblock, SUPERBLOCK_BYTES};
 use super::super::RaidError;
 use super::{AlignedBuf, Array};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::Arc;
 
 impl Array {
     /// Marks the group as shared with other controllers (see the module's notes).
     pub fn set_shared(&self, shared: bool) {
         self.shared.store(shared, Relaxed);
+    }
+
+    /// Where the group's members are (a shared group opens the ones another controller put
+    /// in: a rebuild's replacement).
+    pub fn set_dir(&self, dir: &std::path::Path) {
+        *self.dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
     }
 
     /// Whether other controllers use the group at the same time.
@@ -65,14 +74,15 @@ impl Array {
         self.update_superblocks(|_| {})
     }
 
-    /// The newest of this group's superblocks on the members in this view. A member whose
-    /// superblock cannot be read or decoded fails (a change, recorded with the others).
+    /// The newest of this group's superblocks on the active members in this view (a member
+    /// being rebuilt may not have one yet). A member whose superblock cannot be read or decoded
+    /// fails (a change, recorded with the others).
     pub(super) fn newest_superblock(&self) -> Result<Superblock, RaidError> {
         let uuid = self.sb_lock().uuid;
         let mut newest: Option<Superblock> = None;
         for i in 0..self.slots.len() {
             let v = self.view(i);
-            let (true, Some(member)) = (v.writable, v.member) else { continue };
+            let (u64::MAX, Some(member)) = (v.readable_below, v.member) else { continue };
             let mut buf = AlignedBuf::zeroed(SUPERBLOCK_BYTES);
             let decoded = member
                 .read_at(0, &mut buf)
@@ -91,24 +101,58 @@ impl Array {
         newest.ok_or_else(|| RaidError::GroupFailed { reason: "no member's superblock could be read".into() })
     }
 
-    /// Takes `newest`'s failures into this view (they are another controller's record, not a
-    /// change of this one's) and its event count into `sb`.
+    /// Takes `newest`'s member states into this view (another controller's record), except
+    /// where this process changed a state it has not recorded yet, and its event count into
+    /// `sb`. A member another controller put in (a rebuild began or ended) is opened here.
     pub(super) fn adopt(&self, sb: &mut Superblock, newest: &Superblock) {
-        let mut learned = false;
-        for (i, state) in newest.states.iter().enumerate().take(self.slots.len()) {
-            if *state != MemberState::Faulty {
+        let mut changed = false;
+        for (i, disk) in newest.states.iter().copied().enumerate().take(self.slots.len()) {
+            let slot = &self.slots[i];
+            let local = *slot.state.read().unwrap_or_else(|p| p.into_inner());
+            if slot.changed_here.load(Relaxed) || local == disk {
                 continue;
             }
-            let mut st = self.slots[i].state.write().unwrap_or_else(|p| p.into_inner());
-            if *st != MemberState::Faulty {
-                *st = MemberState::Faulty;
-                learned = true;
+            changed = true;
+            if disk == MemberState::Faulty {
+                *slot.state.write().unwrap_or_else(|p| p.into_inner()) = MemberState::Faulty;
                 eprintln!("amf: member {i} failed (recorded by another controller)");
+                continue;
             }
+            if local == MemberState::Faulty {
+                match self.open_recorded(i, newest) {
+                    Ok(m) => *slot.member.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(m)),
+                    Err(e) => {
+                        // This controller cannot reach it: it stays out here, and the next
+                        // record says so for everyone.
+                        self.changes.fetch_add(1, SeqCst);
+                        slot.changed_here.store(true, Relaxed);
+                        eprintln!("amf: member {i} is {disk:?} in the record but cannot be opened here: {e}");
+                        continue;
+                    }
+                }
+            }
+            // A rebuild here did not write it: read it only once it is active.
+            slot.recovered.store(0, Relaxed);
+            *slot.state.write().unwrap_or_else(|p| p.into_inner()) = disk;
+            eprintln!("amf: member {i} is {disk:?} (recorded by another controller)");
         }
-        if learned {
+        if changed {
             self.refresh_alive();
         }
         sb.events = sb.events.max(newest.events);
+    }
+
+    /// Opens member `i` at its place in the group's folder and checks that it is that member
+    /// of this group.
+    fn open_recorded(&self, i: usize, newest: &Superblock) -> Result<Member, String> {
+        let dir = self.dir.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or("the group's folder is unknown")?;
+        let m = Member::open(&member_path(&dir, i)).map_err(|e| e.to_string())?;
+        let mut buf = AlignedBuf::zeroed(SUPERBLOCK_BYTES);
+        m.read_at(0, &mut buf).map_err(|e| e.to_string())?;
+        let sb = Superblock::decode(&buf).map_err(|e| e.to_string())?;
+        if sb.uuid != newest.uuid || sb.member_index as usize != i {
+            return Err(format!("{} is not member {i} of this group", m.path().display()));
+        }
+        Ok(m)
     }
 }
