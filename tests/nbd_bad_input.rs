@@ -174,3 +174,27 @@ fn pipelined_large_reads_are_held_to_the_byte_budget() {
     assert!(f.server.stats.budget_waits.load(std::sync::atomic::Ordering::Relaxed) > 0, "back-pressure engaged");
     still_served(&f.addr);
 }
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+#[test]
+fn idle_connections_cost_no_thread() {
+    let f = fixture();
+    // Warm up: the first request starts nothing new either, but let the pool settle.
+    still_served(&f.addr);
+    let before = threads();
+    let idle: Vec<Client> = (0..100).map(|_| Client::connect(&f.addr)).collect();
+    let mut half: Vec<std::net::TcpStream> = (0..20).map(|_| greet(&f.addr)).collect();
+    let during = threads();
+    assert!(during <= before + 2, "{} threads for 120 idle connections (were {before})", during);
+    assert_eq!(f.server.stats.connections_open.load(std::sync::atomic::Ordering::Relaxed), 120);
+    // They are all served: each can still do I/O.
+    for (i, mut c) in idle.into_iter().enumerate().step_by(10) {
+        assert_eq!(c.write(4096 * i as u64, &[i as u8; 4096], 0).unwrap(), 0);
+        assert_eq!(c.read(4096 * i as u64, 4096).unwrap().unwrap(), vec![i as u8; 4096]);
+    }
+    half.clear();
+    still_served(&f.addr);
+}

@@ -1,11 +1,14 @@
 //! NBD server: fixed newstyle negotiation (OPT_GO/INFO/LIST/ABORT/EXPORT_NAME), simple replies,
-//! READ/WRITE/FLUSH/FUA/TRIM/WRITE_ZEROES, several requests in flight per connection.
+//! READ/WRITE/FLUSH/FUA/TRIM/WRITE_ZEROES, several requests in flight per connection, every
+//! connection served by one event loop.
 
 pub mod client;
+mod event_loop;
+pub mod negotiate;
 pub mod proto;
 pub mod server;
 
-pub use server::{Backend, BackendError, Server, ServerConfig, ServerStats};
+pub use server::{run_blocking, Backend, BackendError, Done, Request, Server, ServerConfig, ServerStats};
 
 impl Backend for crate::raid::Array {
     fn size(&self) -> u64 {

@@ -22,7 +22,8 @@ impl Shell {
     /// Sends a request; its answer comes on the receiver.
     fn submit(&self, req: HostReq) -> Result<Answer, String> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.inbox.send(Event::Host { req, reply: tx }).map_err(|_| "the controller is stopping".to_string())?;
+        let reply = super::Reply::Channel(tx);
+        self.inbox.send(Event::Host { req, reply }).map_err(|_| "the controller is stopping".to_string())?;
         Ok(rx)
     }
 

@@ -29,7 +29,7 @@ pub enum Event {
         /// The request.
         req: HostReq,
         /// The answer.
-        reply: Sender<Result<Vec<u8>, HostError>>,
+        reply: Reply,
     },
     /// An input for the machine as it came: a fabric frame (`Input::Fabric`, whose start and
     /// stop notices the loop keeps for itself) or a finished member I/O (`Input::MemberDone`).
@@ -43,8 +43,45 @@ pub enum Event {
 /// The loop's inbox.
 pub type Inbox = Sender<Event>;
 
-/// Where a host request's answer goes.
-type Reply = Sender<Result<Vec<u8>, HostError>>;
+/// Where a host request's answer goes: a channel someone waits on, or a call (the NBD event
+/// loop's completion, which wakes it).
+pub enum Reply {
+    /// Sent on a channel.
+    Channel(Sender<Result<Vec<u8>, HostError>>),
+    /// Called once.
+    Call(CallOnce),
+}
+
+/// A call made once: with the answer, or with an error if it is dropped unanswered (a loop
+/// that ended), so that whoever waits for it (an NBD connection's count of requests in
+/// flight) is never left waiting.
+pub struct CallOnce(Option<AnswerFn>);
+
+/// What a [`CallOnce`] calls.
+pub type AnswerFn = Box<dyn FnOnce(Result<Vec<u8>, HostError>) + Send>;
+
+impl Drop for CallOnce {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(HostError::Card("the controller stopped before answering".into())));
+        }
+    }
+}
+
+impl Reply {
+    fn send(self, result: Result<Vec<u8>, HostError>) {
+        match self {
+            Reply::Channel(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Call(mut c) => {
+                if let Some(f) = c.0.take() {
+                    f(result)
+                }
+            }
+        }
+    }
+}
 
 /// A leave in progress: where its report goes, the id of its write-back while that runs, the
 /// write-back's error, and when it began.
@@ -77,6 +114,8 @@ const FETCHES_TIMED_MAX: usize = 4096;
 const CARD_INFLIGHT_MAX: usize = 200;
 /// How long a leaving controller keeps answering until its peers have left too.
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
+/// Largest WRITE_ZEROES the loop takes as one write (more runs in pieces on the NBD workers).
+const ZERO_WRITE_BYTES_MAX: u32 = 1 << 20;
 /// How long a starting controller waits for every peer's hello.
 pub const HELLO_WAIT: Duration = Duration::from_secs(120);
 
@@ -241,6 +280,36 @@ impl Shell {
 }
 
 impl crate::nbd::Backend for Shell {
+    /// Reads, writes and flushes go to the loop's inbox and answer through `done` (no thread
+    /// waits for them); zeroing more than one request's worth runs on the server's workers.
+    fn submit(
+        &self,
+        req: crate::nbd::Request,
+        done: crate::nbd::Done,
+    ) -> Option<(crate::nbd::Request, crate::nbd::Done)> {
+        use crate::nbd::Request;
+        let host = match req {
+            Request::Read { offset, len } => HostReq::Read { offset, len: len as u64 },
+            Request::Write { offset, data, fua } => HostReq::Write { offset, data, fua },
+            Request::WriteZeroes { offset, len, fua } if len <= ZERO_WRITE_BYTES_MAX => {
+                HostReq::Write { offset, data: vec![0u8; len as usize], fua }
+            }
+            Request::Flush => HostReq::Flush,
+            // Advisory, as on one controller: the data stays.
+            Request::Trim { .. } => {
+                done(Ok(Vec::new()));
+                return None;
+            }
+            other => return Some((other, done)),
+        };
+        let reply =
+            Reply::Call(CallOnce(Some(Box::new(move |r: Result<Vec<u8>, HostError>| done(r.map_err(nbd_err))))));
+        // A loop that has ended drops the event, and with it the call, which answers with
+        // an error.
+        let _ = self.inbox.send(Event::Host { req: host, reply });
+        None
+    }
+
     fn size(&self) -> u64 {
         self.capacity
     }
@@ -285,7 +354,9 @@ fn nbd_err(e: HostError) -> crate::nbd::BackendError {
 /// Runs one host request through `inbox` to its answer.
 pub fn call(inbox: &Inbox, req: HostReq) -> Result<Vec<u8>, HostError> {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    inbox.send(Event::Host { req, reply: tx }).map_err(|_| HostError::Card("the controller is stopping".into()))?;
+    inbox
+        .send(Event::Host { req, reply: Reply::Channel(tx) })
+        .map_err(|_| HostError::Card("the controller is stopping".into()))?;
     rx.recv().map_err(|_| HostError::Card("the controller stopped".into()))?
 }
 
@@ -470,7 +541,7 @@ impl Loop {
         }
     }
 
-    fn host(&mut self, req: HostReq, reply: Sender<Result<Vec<u8>, HostError>>) {
+    fn host(&mut self, req: HostReq, reply: Reply) {
         let id = self.next_host;
         self.next_host += 1;
         self.hosts.insert(id, reply);
@@ -503,9 +574,7 @@ impl Loop {
                 Output::Superblocks { id, record } => self.jobs.superblocks(id, record),
                 Output::StripeJob { id, stripe, job } => self.jobs.stripe(id, stripe, job),
                 Output::Reply { id, result } => match self.hosts.remove(&id) {
-                    Some(reply) => {
-                        let _ = reply.send(result);
-                    }
+                    Some(reply) => reply.send(result),
                     None => {
                         self.own.insert(id, result);
                     }

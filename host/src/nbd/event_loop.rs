@@ -1,0 +1,678 @@
+//! One thread serves every NBD connection (mio, edge-triggered): it accepts, negotiates,
+//! parses requests and writes replies, and hands each request to the backend, which answers
+//! through a completion channel that wakes the loop. A backend that takes requests itself (the
+//! cluster controller's AMF shell) gets them at once; one that blocks (the RAID engine) runs
+//! them on a small shared worker pool. An idle or slow client costs a socket and its buffers,
+//! not a thread. A write's payload is received completely before the request is handed on, so a
+//! client that disconnects mid-write leaves nothing behind.
+
+use super::negotiate::{self, Negotiation, Outcome};
+use super::proto::*;
+use super::server::{run_blocking, Backend, BackendError, Done, Request, ServerConfig, ServerStats};
+use crate::metrics::{observe, Op};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Tokens of connections start here and are never reused.
+const FIRST_CONNECTION: usize = 2;
+/// Bytes read from a socket at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes read ahead of what the next request needs (headers of pipelined requests).
+const READ_AHEAD_BYTES: usize = 256 * 1024;
+/// Largest write assembled from adjacent pipelined writes.
+const MERGE_BYTES_MAX: usize = 4 << 20;
+/// Payload and unsent reply bytes one connection may hold at once: past it the loop stops
+/// reading that connection until replies go out (64 queued 32 MiB reads would be 2 GiB).
+const INFLIGHT_BYTES_MAX: u64 = 64 << 20;
+/// The loop's longest sleep (negotiation deadlines and the stop flag are checked after it).
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a stop waits for requests in flight before it closes every connection.
+const STOP_WAIT: Duration = Duration::from_secs(20);
+/// Rounds of read-parse-write per connection per wake-up (each either makes progress or ends).
+const SERVICE_ROUNDS_MAX: usize = 64;
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Read,
+    Write,
+    Flush,
+    Other,
+}
+
+/// A backend's answer, on its way back to the loop.
+struct Completion {
+    conn: usize,
+    cookies: Vec<u64>,
+    kind: Kind,
+    /// Payload bytes the request held in its connection's budget.
+    held: u64,
+    received: Instant,
+    result: Result<Vec<u8>, BackendError>,
+}
+
+enum Phase {
+    Negotiating { state: Negotiation, deadline: Instant },
+    Serving,
+}
+
+struct Connection {
+    stream: TcpStream,
+    phase: Phase,
+    /// Bytes received; those before `at` are consumed.
+    inbuf: Vec<u8>,
+    at: usize,
+    outbuf: Vec<u8>,
+    /// Bytes of `outbuf` already sent.
+    sent: usize,
+    inflight: usize,
+    inflight_bytes: u64,
+    /// No more requests are read: NBD_CMD_DISC, a protocol violation, an abort or a stop.
+    no_more: bool,
+    /// The client hung up (or a reply could not be sent): answers are dropped, and requests
+    /// not started yet are not run.
+    gone: Arc<AtomicBool>,
+    /// A violation during negotiation: close at once.
+    kill: bool,
+    /// The last parse stopped for the byte budget (counted once per stall).
+    budget_wait: bool,
+}
+
+impl Connection {
+    /// Received bytes not consumed yet.
+    fn input(&self) -> &[u8] {
+        &self.inbuf[self.at..]
+    }
+
+    /// Consumes `n` received bytes (the buffer is compacted before the next read).
+    fn take(&mut self, n: usize) {
+        self.at = (self.at + n).min(self.inbuf.len());
+        if self.at == self.inbuf.len() {
+            self.inbuf.clear();
+            self.at = 0;
+        }
+    }
+
+    fn unsent(&self) -> usize {
+        self.outbuf.len() - self.sent
+    }
+
+    fn gone(&self) -> bool {
+        self.gone.load(Relaxed)
+    }
+}
+
+/// The worker pool for a backend that blocks.
+struct Pool {
+    tx: Option<Sender<Box<dyn FnOnce() + Send>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(count: usize) -> std::io::Result<Pool> {
+        let (tx, rx) = unbounded::<Box<dyn FnOnce() + Send>>();
+        let threads = (0..count.max(1))
+            .map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new().name(format!("nbd-work-{i}")).spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Pool { tx: Some(tx), threads })
+    }
+
+    fn run(&self, job: Box<dyn FnOnce() + Send>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
+        }
+    }
+
+    fn stop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The server's loop (see the module notes).
+pub struct EventLoop {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    waker: Arc<Waker>,
+    backend: Arc<dyn Backend>,
+    cfg: ServerConfig,
+    stats: Arc<ServerStats>,
+    stop: Arc<AtomicBool>,
+    conns: BTreeMap<usize, Connection>,
+    next_token: usize,
+    done_tx: Sender<Completion>,
+    done_rx: Receiver<Completion>,
+    pool: Pool,
+    size: u64,
+}
+
+fn protocol_error(stats: &ServerStats) {
+    stats.protocol_violations.fetch_add(1, Relaxed);
+}
+
+fn errno(e: &BackendError, write: bool) -> u32 {
+    match e {
+        BackendError::OutOfRange if write => ENOSPC,
+        BackendError::OutOfRange => EINVAL,
+        BackendError::Io(_) => EIO,
+    }
+}
+
+fn in_range(offset: u64, len: u64, size: u64) -> bool {
+    offset.checked_add(len).is_some_and(|end| end <= size)
+}
+
+fn header(inbuf: &[u8]) -> Option<[u8; REQUEST_BYTES]> {
+    let mut h = [0u8; REQUEST_BYTES];
+    h.copy_from_slice(inbuf.get(..REQUEST_BYTES)?);
+    Some(h)
+}
+
+impl EventLoop {
+    /// A loop over `listener`; the waker lets another thread interrupt its wait.
+    pub fn new(
+        listener: std::net::TcpListener,
+        backend: Arc<dyn Backend>,
+        cfg: ServerConfig,
+        stats: Arc<ServerStats>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<(EventLoop, Arc<Waker>)> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (done_tx, done_rx) = unbounded();
+        let pool = Pool::new(cfg.workers)?;
+        let size = backend.size();
+        let l = EventLoop {
+            poll,
+            listener: Some(listener),
+            waker: waker.clone(),
+            backend,
+            cfg,
+            stats,
+            stop,
+            conns: BTreeMap::new(),
+            next_token: FIRST_CONNECTION,
+            done_tx,
+            done_rx,
+            pool,
+            size,
+        };
+        Ok((l, waker))
+    }
+
+    /// Serves until the stop flag is set and every connection has ended.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut stopping: Option<Instant> = None;
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(POLL_TIMEOUT)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    eprintln!("amf: nbd event loop: {e}");
+                    break;
+                }
+            }
+            let mut touched = BTreeSet::new();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(&mut touched),
+                    WAKER => {}
+                    Token(t) => {
+                        touched.insert(t);
+                    }
+                }
+            }
+            for c in self.done_rx.try_iter().collect::<Vec<_>>() {
+                touched.insert(c.conn);
+                self.complete(c);
+            }
+            let now = Instant::now();
+            for (t, c) in &mut self.conns {
+                if let Phase::Negotiating { deadline, .. } = c.phase {
+                    if now >= deadline {
+                        c.kill = true;
+                        touched.insert(*t);
+                    }
+                }
+            }
+            if self.stop.load(Relaxed) && stopping.is_none() {
+                stopping = Some(now);
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                for (t, c) in &mut self.conns {
+                    c.no_more = true;
+                    if matches!(c.phase, Phase::Negotiating { .. }) {
+                        c.kill = true;
+                    }
+                    touched.insert(*t);
+                }
+            }
+            for t in touched {
+                self.service(t);
+            }
+            if let Some(since) = stopping {
+                if self.conns.is_empty() || since.elapsed() > STOP_WAIT {
+                    break;
+                }
+            }
+        }
+        for t in self.conns.keys().copied().collect::<Vec<_>>() {
+            self.close(t);
+        }
+        self.pool.stop();
+    }
+
+    fn accept(&mut self, touched: &mut BTreeSet<usize>) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            let (mut stream, _) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // Out of descriptors and the like: the connection waits in the backlog.
+                Err(_) => return,
+            };
+            if self.conns.len() >= self.cfg.connections_max {
+                // Closed unread: the client sees the connection end before the greeting.
+                self.stats.connections_refused.fetch_add(1, Relaxed);
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                continue;
+            }
+            let token = self.next_token;
+            self.next_token += 1;
+            let _ = stream.set_nodelay(true);
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            self.stats.connections.fetch_add(1, Relaxed);
+            self.stats.connections_open.fetch_add(1, Relaxed);
+            let deadline = Instant::now() + self.cfg.negotiation_timeout;
+            self.conns.insert(
+                token,
+                Connection {
+                    stream,
+                    phase: Phase::Negotiating { state: Negotiation::ClientFlags, deadline },
+                    inbuf: Vec::new(),
+                    at: 0,
+                    outbuf: negotiate::greeting(),
+                    sent: 0,
+                    inflight: 0,
+                    inflight_bytes: 0,
+                    no_more: false,
+                    gone: Arc::new(AtomicBool::new(false)),
+                    kill: false,
+                    budget_wait: false,
+                },
+            );
+            touched.insert(token);
+        }
+    }
+
+    fn close(&mut self, t: usize) {
+        if let Some(mut c) = self.conns.remove(&t) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            c.gone.store(true, Relaxed);
+            self.stats.connections_open.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Reads, parses, hands on and writes what connection `t` can; closes it when it is done.
+    fn service(&mut self, t: usize) {
+        for _ in 0..SERVICE_ROUNDS_MAX {
+            let Some(c) = self.conns.get_mut(&t) else { return };
+            let before = (c.input().len(), c.inflight, c.sent, c.outbuf.len());
+            self.read(t);
+            self.parse(t);
+            self.write(t);
+            let Some(c) = self.conns.get(&t) else { return };
+            let flushed = c.unsent() == 0;
+            let end = c.kill || (c.gone() && c.inflight == 0) || (c.no_more && c.inflight == 0 && flushed);
+            if end {
+                return self.close(t);
+            }
+            if (c.input().len(), c.inflight, c.sent, c.outbuf.len()) == before {
+                return;
+            }
+        }
+    }
+
+    /// Bytes connection `c` may read now: what completes its next request plus some read-ahead,
+    /// nothing while it is held back.
+    fn wanted(&self, c: &Connection) -> usize {
+        if c.no_more || c.gone() || self.throttled(c) {
+            return 0;
+        }
+        let next = match (&c.phase, header(c.input()).and_then(|h| parse_request(&h))) {
+            (Phase::Serving, Some(r)) if r.kind == CMD_WRITE && r.len <= PAYLOAD_BYTES_MAX => {
+                REQUEST_BYTES + r.len as usize
+            }
+            _ => 0,
+        };
+        next + READ_AHEAD_BYTES
+    }
+
+    /// Requests in flight or reply bytes unsent are at their limits.
+    fn throttled(&self, c: &Connection) -> bool {
+        c.inflight >= self.cfg.queue_depth.max(1)
+            || (c.inflight > 0 && c.inflight_bytes + c.unsent() as u64 > INFLIGHT_BYTES_MAX)
+    }
+
+    fn read(&mut self, t: usize) {
+        let Some(c) = self.conns.get(&t) else { return };
+        let mut want = self.wanted(c);
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        if want > c.input().len() && c.at > 0 {
+            c.inbuf.drain(..c.at);
+            c.at = 0;
+        }
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        while c.input().len() < want {
+            match c.stream.read(&mut chunk) {
+                Ok(0) => {
+                    // The client hung up: only NBD_CMD_DISC asks for what is queued to be
+                    // finished, so nothing more is done for it.
+                    c.gone.store(true, Relaxed);
+                    c.no_more = true;
+                    want = 0;
+                }
+                Ok(n) => c.inbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    c.gone.store(true, Relaxed);
+                    c.no_more = true;
+                    want = 0;
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, t: usize) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        while c.unsent() > 0 && !c.gone() {
+            match c.stream.write(&c.outbuf[c.sent..]) {
+                Ok(0) => c.gone.store(true, Relaxed),
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // A reply that cannot be sent means the client is gone.
+                Err(_) => c.gone.store(true, Relaxed),
+            }
+        }
+        if c.unsent() == 0 {
+            c.outbuf.clear();
+            c.sent = 0;
+        }
+    }
+
+    fn parse(&mut self, t: usize) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        if let Phase::Negotiating { state, .. } = &mut c.phase {
+            match negotiate::step(state, &c.inbuf[c.at..], &mut c.outbuf, self.size, &self.cfg.export) {
+                Ok((used, outcome)) => {
+                    c.take(used);
+                    match outcome {
+                        Outcome::Continue => return,
+                        Outcome::Go => c.phase = Phase::Serving,
+                        Outcome::Abort => {
+                            c.no_more = true;
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !c.gone() {
+                        eprintln!("amf: nbd connection closed: {e}");
+                    }
+                    c.kill = true;
+                    return;
+                }
+            }
+        }
+        self.requests(t);
+    }
+
+    /// Takes the complete requests connection `t` has buffered, within its limits.
+    fn requests(&mut self, t: usize) {
+        let size = self.size;
+        loop {
+            let Some(c) = self.conns.get(&t) else { return };
+            if c.no_more || c.gone() || self.throttled(c) {
+                return;
+            }
+            let Some(h) = header(c.input()) else { return };
+            let Some(req) = parse_request(&h) else {
+                protocol_error(&self.stats);
+                eprintln!("amf: nbd connection closed: bad request magic");
+                if let Some(c) = self.conns.get_mut(&t) {
+                    c.gone.store(true, Relaxed);
+                    c.no_more = true;
+                }
+                return;
+            };
+            let received = Instant::now();
+            let fua = req.flags & CMD_FLAG_FUA != 0;
+            let flags_ok = req.flags & !(CMD_FLAG_FUA | CMD_FLAG_NO_HOLE) == 0;
+            let (cookie, offset, len) = (req.cookie, req.offset, req.len);
+            let budget_left = |c: &Connection, bytes: u64| {
+                c.inflight == 0 || c.inflight_bytes + c.unsent() as u64 + bytes <= INFLIGHT_BYTES_MAX
+            };
+            match req.kind {
+                CMD_WRITE if len > PAYLOAD_BYTES_MAX => {
+                    // The payload cannot be skipped safely: answer and hang up.
+                    protocol_error(&self.stats);
+                    eprintln!("amf: nbd connection closed: write payload larger than the advertised maximum");
+                    self.reject(t, cookie, EOVERFLOW);
+                    if let Some(c) = self.conns.get_mut(&t) {
+                        c.no_more = true;
+                    }
+                    return;
+                }
+                CMD_WRITE => {
+                    let Some(c) = self.conns.get_mut(&t) else { return };
+                    if !budget_left(c, len as u64) {
+                        if !c.budget_wait {
+                            c.budget_wait = true;
+                            self.stats.budget_waits.fetch_add(1, Relaxed);
+                        }
+                        return;
+                    }
+                    if c.input().len() < REQUEST_BYTES + len as usize {
+                        return;
+                    }
+                    c.budget_wait = false;
+                    let mut data: Vec<u8> = c.input()[REQUEST_BYTES..REQUEST_BYTES + len as usize].to_vec();
+                    c.take(REQUEST_BYTES + len as usize);
+                    if !flags_ok || !in_range(offset, len as u64, size) {
+                        self.reject(t, cookie, if flags_ok { ENOSPC } else { EINVAL });
+                        continue;
+                    }
+                    let mut cookies = vec![cookie];
+                    merge_adjacent_writes(c, req.flags, offset, size, &mut data, &mut cookies);
+                    let held = data.len() as u64;
+                    self.dispatch(t, cookies, Kind::Write, held, received, Request::Write { offset, data, fua });
+                }
+                CMD_READ if len > PAYLOAD_BYTES_MAX => {
+                    self.consume(t);
+                    self.reject(t, cookie, EOVERFLOW);
+                }
+                CMD_READ | CMD_TRIM if !in_range(offset, len as u64, size) || !flags_ok => {
+                    self.consume(t);
+                    self.reject(t, cookie, EINVAL);
+                }
+                CMD_WRITE_ZEROES if !in_range(offset, len as u64, size) || !flags_ok => {
+                    self.consume(t);
+                    self.reject(t, cookie, if flags_ok { ENOSPC } else { EINVAL });
+                }
+                CMD_READ => {
+                    let Some(c) = self.conns.get_mut(&t) else { return };
+                    if !budget_left(c, len as u64) {
+                        if !c.budget_wait {
+                            c.budget_wait = true;
+                            self.stats.budget_waits.fetch_add(1, Relaxed);
+                        }
+                        return;
+                    }
+                    c.budget_wait = false;
+                    self.consume(t);
+                    self.dispatch(t, vec![cookie], Kind::Read, len as u64, received, Request::Read { offset, len });
+                }
+                CMD_TRIM => {
+                    self.consume(t);
+                    self.dispatch(t, vec![cookie], Kind::Other, 0, received, Request::Trim { offset, len });
+                }
+                CMD_WRITE_ZEROES => {
+                    self.consume(t);
+                    let req = Request::WriteZeroes { offset, len, fua };
+                    self.dispatch(t, vec![cookie], Kind::Write, 0, received, req);
+                }
+                CMD_FLUSH => {
+                    self.consume(t);
+                    self.dispatch(t, vec![cookie], Kind::Flush, 0, received, Request::Flush);
+                }
+                CMD_DISC => {
+                    self.consume(t);
+                    if let Some(c) = self.conns.get_mut(&t) {
+                        c.no_more = true;
+                    }
+                    return;
+                }
+                _ => {
+                    self.consume(t);
+                    self.reject(t, cookie, EINVAL);
+                }
+            }
+        }
+    }
+
+    /// Drops the header at the front of connection `t`'s input.
+    fn consume(&mut self, t: usize) {
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.take(REQUEST_BYTES);
+        }
+    }
+
+    fn reject(&mut self, t: usize, cookie: u64, code: u32) {
+        self.stats.errors.fetch_add(1, Relaxed);
+        if let Some(c) = self.conns.get_mut(&t) {
+            c.outbuf.extend_from_slice(&simple_reply(code, cookie));
+        }
+    }
+
+    fn dispatch(&mut self, t: usize, cookies: Vec<u64>, kind: Kind, held: u64, received: Instant, req: Request) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        c.inflight += 1;
+        c.inflight_bytes += held;
+        let gone = c.gone.clone();
+        let (tx, waker) = (self.done_tx.clone(), self.waker.clone());
+        let done: Done = Box::new(move |result| {
+            let _ = tx.send(Completion { conn: t, cookies, kind, held, received, result });
+            let _ = waker.wake();
+        });
+        let Some((req, done)) = self.backend.submit(req, done) else { return };
+        let (backend, stats) = (self.backend.clone(), self.stats.clone());
+        self.pool.run(Box::new(move || {
+            if gone.load(Relaxed) {
+                stats.dropped.fetch_add(1, Relaxed);
+                return done(Err(BackendError::Io("the client has gone".into())));
+            }
+            done(run_blocking(&*backend, req))
+        }));
+    }
+
+    fn complete(&mut self, d: Completion) {
+        let Some(c) = self.conns.get_mut(&d.conn) else { return };
+        c.inflight = c.inflight.saturating_sub(1);
+        c.inflight_bytes = c.inflight_bytes.saturating_sub(d.held);
+        if c.gone() {
+            return;
+        }
+        let write = matches!(d.kind, Kind::Write);
+        let op = match d.kind {
+            Kind::Read => Op::Read,
+            Kind::Flush => Op::Flush,
+            Kind::Write | Kind::Other => Op::Write,
+        };
+        let code = match &d.result {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("amf: nbd request failed: {e}");
+                errno(e, write)
+            }
+        };
+        for cookie in &d.cookies {
+            self.stats.requests.fetch_add(1, Relaxed);
+            if code != 0 {
+                self.stats.errors.fetch_add(1, Relaxed);
+            }
+            c.outbuf.extend_from_slice(&simple_reply(code, *cookie));
+        }
+        match (d.kind, d.result) {
+            (Kind::Read, Ok(data)) => {
+                self.stats.read_bytes.fetch_add(data.len() as u64, Relaxed);
+                c.outbuf.extend_from_slice(&data);
+            }
+            (Kind::Write, Ok(_)) => {
+                self.stats.written_bytes.fetch_add(d.held, Relaxed);
+            }
+            _ => {}
+        }
+        observe(op, d.received);
+    }
+}
+
+/// Absorbs the adjacent writes the client has already pipelined (whole in the input buffer)
+/// into one, as a block layer merges requests: sequential streams then reach the engine as
+/// whole stripes and need no parity reads. Each merged write keeps its own reply.
+fn merge_adjacent_writes(
+    c: &mut Connection,
+    flags: u16,
+    first: u64,
+    size: u64,
+    data: &mut Vec<u8>,
+    cookies: &mut Vec<u64>,
+) {
+    while data.len() < MERGE_BYTES_MAX {
+        let Some(next) = header(c.input()).and_then(|h| parse_request(&h)) else { break };
+        let end = first + data.len() as u64;
+        let whole = c.input().len() >= REQUEST_BYTES + next.len as usize;
+        if next.kind != CMD_WRITE
+            || next.flags != flags
+            || next.offset != end
+            || data.len() + next.len as usize > MERGE_BYTES_MAX
+            || !in_range(next.offset, next.len as u64, size)
+            || !whole
+        {
+            break;
+        }
+        data.extend_from_slice(&c.input()[REQUEST_BYTES..REQUEST_BYTES + next.len as usize]);
+        c.take(REQUEST_BYTES + next.len as usize);
+        cookies.push(next.cookie);
+    }
+}
