@@ -113,6 +113,24 @@ const DESTAGE_RETRY_US: u64 = 10_000;
 const REPLICAS_MAX: usize = 1 << 16;
 /// Pieces (line-sized parts of host requests) in flight at once; past it requests are refused.
 const PIECES_MAX: usize = 1 << 16;
+/// An acquire that lost its conflicts (the card gave up after its own retries) is asked again
+/// after a delay doubling from this, with jitter, up to `BACKOFF_US_MAX`: controllers that
+/// keep colliding on one line or stripe spread out instead of colliding again at once.
+const BACKOFF_US_MIN: u64 = 200;
+const BACKOFF_US_MAX: u64 = 32_000;
+
+/// The delay before attempt `attempt` (1, 2, ...) of an acquire of `resource` by `node`: the
+/// jitter is a hash of those, so a seed still replays exactly.
+fn backoff_us(node: u8, resource: u64, attempt: u32, now_us: u64) -> u64 {
+    let top = (BACKOFF_US_MIN << attempt.min(8)).min(BACKOFF_US_MAX);
+    // splitmix64 of the inputs.
+    let mut z = resource ^ (node as u64) << 56 ^ (attempt as u64) << 40 ^ now_us.rotate_left(17);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    top / 2 + z % (top / 2 + 1)
+}
 
 /// A line's coherency state on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -181,6 +199,10 @@ struct Line {
     /// Just acquired: the head piece is served before any yield, so that two nodes taking a
     /// line from each other each make progress.
     fresh: bool,
+    /// Acquires that lost their conflicts in a row, when the run began, and when to ask again.
+    lost: u32,
+    lost_since_us: u64,
+    acquire_at_us: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -213,6 +235,9 @@ struct Stripe {
     waiters: BTreeSet<u64>,
     /// Maintenance jobs waiting for the lock.
     jobs: BTreeSet<u64>,
+    /// Acquires that lost their conflicts in a row, and when to ask again.
+    lost: u32,
+    acquire_at_us: u64,
 }
 
 /// Who waits for a stripe lock.
@@ -494,6 +519,9 @@ impl Machine {
             dirty_since_us: 0,
             retry_at_us: 0,
             fresh: false,
+            lost: 0,
+            lost_since_us: 0,
+            acquire_at_us: 0,
         })
     }
 
@@ -709,11 +737,17 @@ impl Machine {
                 self.make_room();
                 return;
             }
+            if l.acquire_at_us > self.now_us {
+                // Backing off after lost conflicts; a tick brings it back.
+                return;
+            }
             let exclusive = is_write;
             let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
             let id = self.cmd(op, r, CardUse::Line(r));
-            let since_us = self.now_us;
-            self.line(r).phase = Phase::Acquiring { id, exclusive, since_us };
+            let now = self.now_us;
+            let l = self.line(r);
+            let since_us = if l.lost > 0 { l.lost_since_us } else { now };
+            l.phase = Phase::Acquiring { id, exclusive, since_us };
             return;
         }
     }
@@ -837,7 +871,7 @@ impl Machine {
                     Waiter::Line(r) => st.waiters.insert(r),
                     Waiter::Job(j) => st.jobs.insert(j),
                 };
-                if !st.held && st.acquiring.is_none() {
+                if !st.held && st.acquiring.is_none() && st.acquire_at_us == 0 {
                     let now = self.now_us;
                     let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
                     if let Some(st) = self.stripes.get_mut(&s) {
@@ -944,7 +978,7 @@ impl Machine {
         self.cmd(CardOp::Yield, STRIPE_NS | s, CardUse::Fire);
         let st = self.stripes.entry(s).or_default();
         let waiting = !st.waiters.is_empty() || !st.jobs.is_empty();
-        if waiting && st.acquiring.is_none() {
+        if waiting && st.acquiring.is_none() && st.acquire_at_us == 0 {
             let now = self.now_us;
             let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
             if let Some(st) = self.stripes.get_mut(&s) {
@@ -968,6 +1002,31 @@ impl Machine {
         }
     }
 
+    /// Asks again for the stripe locks whose back-off is over.
+    fn retry_stripes(&mut self, now: u64) {
+        let due: Vec<u64> = self
+            .stripes
+            .iter()
+            .filter(|(_, st)| st.acquire_at_us != 0 && st.acquire_at_us <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in due {
+            let Some(st) = self.stripes.get_mut(&s) else { continue };
+            st.acquire_at_us = 0;
+            if st.held || st.acquiring.is_some() {
+                continue;
+            }
+            if st.waiters.is_empty() && st.jobs.is_empty() {
+                self.stripes.remove(&s);
+                continue;
+            }
+            let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
+            if let Some(st) = self.stripes.get_mut(&s) {
+                st.acquiring = Some(id);
+            }
+        }
+    }
+
     fn stripe_done(&mut self, s: u64, id: u64, status: CardStatus) {
         let Some(st) = self.stripes.get_mut(&s) else { return };
         if st.acquiring != Some(id) {
@@ -979,6 +1038,7 @@ impl Machine {
             // this host, which knows what it holds: the table is a filter, not the truth.
             CardStatus::Ok | CardStatus::Untracked => {
                 st.held = true;
+                st.lost = 0;
                 let waiters: Vec<u64> = st.waiters.iter().copied().collect();
                 let jobs: Vec<u64> = st.jobs.iter().copied().collect();
                 self.touched.extend(waiters);
@@ -1001,6 +1061,15 @@ impl Machine {
                     for j in jobs {
                         self.fail_job(j, HostError::Card(format!("stripe {s}: peers did not answer the card")));
                     }
+                }
+                if status == CardStatus::Conflict {
+                    // Lost to other controllers after the card's own retries: back off.
+                    let (node, now) = (self.cfg.node, self.now_us);
+                    if let Some(st) = self.stripes.get_mut(&s) {
+                        st.lost += 1;
+                        st.acquire_at_us = now + backoff_us(node, STRIPE_NS | s, st.lost, now);
+                    }
+                    return;
                 }
                 let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
                 if let Some(st) = self.stripes.get_mut(&s) {
@@ -1043,6 +1112,7 @@ impl Machine {
                 let others = self.others();
                 let l = self.line(r);
                 l.fresh = true;
+                l.lost = 0;
                 match (l.state, exclusive) {
                     (State::Shared, true) => {
                         l.state = State::Exclusive;
@@ -1066,9 +1136,17 @@ impl Machine {
                     _ => l.phase = Phase::Idle,
                 }
             }
-            CardStatus::Timeout | CardStatus::Conflict
-                if self.now_us.saturating_sub(since_us) < ACQUIRE_PATIENCE_US =>
-            {
+            CardStatus::Conflict if self.now_us.saturating_sub(since_us) < ACQUIRE_PATIENCE_US => {
+                self.counters.retries += 1;
+                let (node, now) = (self.cfg.node, self.now_us);
+                let l = self.line(r);
+                l.lost += 1;
+                l.lost_since_us = since_us;
+                l.acquire_at_us = now + backoff_us(node, r, l.lost, now);
+                l.phase = Phase::Idle;
+            }
+            CardStatus::Timeout if self.now_us.saturating_sub(since_us) < ACQUIRE_PATIENCE_US => {
+                // The card already waited its ack timeout: ask again at once.
                 self.counters.retries += 1;
                 let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
                 let id = self.cmd(op, r, CardUse::Line(r));
@@ -1086,6 +1164,7 @@ impl Machine {
                 } else {
                     format!("line {r}: kept losing conflicting acquires for {waited_ms} ms")
                 };
+                self.line(r).lost = 0;
                 self.finish_piece(r, Some(HostError::Card(why)));
             }
         }
@@ -1399,12 +1478,25 @@ impl Machine {
             self.line(r).writeback = true;
             self.touched.insert(r);
         }
-        let retry: Vec<u64> =
-            self.lines.iter().filter(|(_, l)| l.retry_at_us != 0 && l.retry_at_us <= now).map(|(r, _)| *r).collect();
+        let retry: Vec<u64> = self
+            .lines
+            .iter()
+            .filter(|(_, l)| {
+                (l.retry_at_us != 0 && l.retry_at_us <= now) || (l.acquire_at_us != 0 && l.acquire_at_us <= now)
+            })
+            .map(|(r, _)| *r)
+            .collect();
         for r in retry {
-            self.line(r).retry_at_us = 0;
+            let l = self.line(r);
+            if l.retry_at_us <= now {
+                l.retry_at_us = 0;
+            }
+            if l.acquire_at_us <= now {
+                l.acquire_at_us = 0;
+            }
             self.touched.insert(r);
         }
+        self.retry_stripes(now);
     }
 
     /// Checks the machine's own invariants; the simulator calls it after every step.
