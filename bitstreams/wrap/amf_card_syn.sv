@@ -7,7 +7,9 @@ module amf_card_syn #(
   parameter int unsigned Inflight      = 2,
   parameter int unsigned TableSetsLog2 = 4,
   parameter int unsigned TableWays     = 2,
-  parameter int unsigned Nodes         = 4
+  parameter int unsigned Nodes         = 4,
+  // The small configuration keeps 16 held requests (the full card has 32).
+  parameter int unsigned OwedMax       = 16
 ) (
   input  logic        clk_i,
   input  logic        rst_ni,
@@ -40,7 +42,7 @@ module amf_card_syn #(
   logic [63:0]  dma_req_addr;
   logic [255:0] dma_req_wdata, link_tx_frame;
 
-  amf_card #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes)) u_card (
+  amf_card #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax)) u_card (
     .clk_i,
     .rst_ni,
     .reg_req_valid_i,

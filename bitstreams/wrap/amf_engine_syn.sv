@@ -7,7 +7,9 @@ module amf_engine_syn #(
   parameter int unsigned Inflight      = 2,
   parameter int unsigned TableSetsLog2 = 4,
   parameter int unsigned TableWays     = 2,
-  parameter int unsigned Nodes         = 4
+  parameter int unsigned Nodes         = 4,
+  // The small configuration keeps 16 held requests (the full card has 32).
+  parameter int unsigned OwedMax       = 16
 ) (
   input  logic       clk_i,
   input  logic       rst_ni,
@@ -36,7 +38,7 @@ module amf_engine_syn #(
   logic [255:0] cpl, evt, tx_frame;
   logic [31:0]  frames_tx, bad_commands, broadcasts, skipped, ack_timeouts, occupancy, full_fallbacks;
 
-  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes)) u_engine (
+  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax)) u_engine (
     .clk_i,
     .rst_ni,
     .clear_i,

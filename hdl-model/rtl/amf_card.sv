@@ -10,7 +10,9 @@ module amf_card #(
   parameter int unsigned TableSetsLog2 = 6,
   parameter int unsigned TableWays     = 4,
   // Nodes whose liveness the engine tracks (up to 8).
-  parameter int unsigned Nodes         = 8
+  parameter int unsigned Nodes         = 8,
+  // Peers' held requests waiting for this host's yield at once (the model's OWED_MAX).
+  parameter int unsigned OwedMax       = 32
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
@@ -305,7 +307,9 @@ module amf_card #(
   );
 
   // ---- engine -------------------------------------------------------------------------------
-  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes)) u_engine (
+  amf_engine #(
+    .Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax)
+  ) u_engine (
     .clk_i,
     .rst_ni,
     .clear_i            (soft_reset),

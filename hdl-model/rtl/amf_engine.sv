@@ -11,8 +11,9 @@ module amf_engine #(
   parameter int unsigned TableWays     = 4,
   // Nodes whose liveness is tracked (node ids 0..Nodes-1; frames and masks stay 8 nodes wide).
   parameter int unsigned Nodes         = 8,
-  // Peers' requests sent with `hold` that wait for this host's yield at once (more are nacked).
-  parameter int unsigned OwedMax       = 16
+  // Peers' requests sent with `hold` that wait for this host's yield at once (more are nacked;
+  // 8 controllers with 3 clients each overflowed 16 into nack storms; 32 holds them).
+  parameter int unsigned OwedMax       = 32
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
