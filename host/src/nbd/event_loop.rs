@@ -480,9 +480,6 @@ impl EventLoop {
             let fua = req.flags & CMD_FLAG_FUA != 0;
             let flags_ok = req.flags & !(CMD_FLAG_FUA | CMD_FLAG_NO_HOLE) == 0;
             let (cookie, offset, len) = (req.cookie, req.offset, req.len);
-            let budget_left = |c: &Connection, bytes: u64| {
-                c.inflight == 0 || c.inflight_bytes + c.unsent() as u64 + bytes <= INFLIGHT_BYTES_MAX
-            };
             match req.kind {
                 CMD_WRITE if len > PAYLOAD_BYTES_MAX => {
                     // The payload cannot be skipped safely: answer and hang up.
@@ -495,18 +492,13 @@ impl EventLoop {
                     return;
                 }
                 CMD_WRITE => {
-                    let Some(c) = self.conns.get_mut(&t) else { return };
-                    if !budget_left(c, len as u64) {
-                        if !c.budget_wait {
-                            c.budget_wait = true;
-                            self.stats.budget_waits.fetch_add(1, Relaxed);
-                        }
+                    if self.over_budget(t, len as u64) {
                         return;
                     }
+                    let Some(c) = self.conns.get_mut(&t) else { return };
                     if c.input().len() < REQUEST_BYTES + len as usize {
                         return;
                     }
-                    c.budget_wait = false;
                     let mut data: Vec<u8> = c.input()[REQUEST_BYTES..REQUEST_BYTES + len as usize].to_vec();
                     c.take(REQUEST_BYTES + len as usize);
                     if !flags_ok || !in_range(offset, len as u64, size) {
@@ -531,15 +523,9 @@ impl EventLoop {
                     self.reject(t, cookie, if flags_ok { ENOSPC } else { EINVAL });
                 }
                 CMD_READ => {
-                    let Some(c) = self.conns.get_mut(&t) else { return };
-                    if !budget_left(c, len as u64) {
-                        if !c.budget_wait {
-                            c.budget_wait = true;
-                            self.stats.budget_waits.fetch_add(1, Relaxed);
-                        }
+                    if self.over_budget(t, len as u64) {
                         return;
                     }
-                    c.budget_wait = false;
                     self.consume(t);
                     self.dispatch(t, vec![cookie], Kind::Read, len as u64, received, Request::Read { offset, len });
                 }
@@ -569,6 +555,18 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// Whether a request of `bytes` must wait for connection `t`'s replies to go out (a
+    /// request alone still runs, however large); each stall is counted once.
+    fn over_budget(&mut self, t: usize, bytes: u64) -> bool {
+        let Some(c) = self.conns.get_mut(&t) else { return true };
+        let over = c.inflight > 0 && c.inflight_bytes + c.unsent() as u64 + bytes > INFLIGHT_BYTES_MAX;
+        if over && !c.budget_wait {
+            self.stats.budget_waits.fetch_add(1, Relaxed);
+        }
+        c.budget_wait = over;
+        over
     }
 
     /// Drops the header at the front of connection `t`'s input.
