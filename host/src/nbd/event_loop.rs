@@ -335,6 +335,10 @@ impl EventLoop {
 
     fn close(&mut self, t: usize) {
         if let Some(mut c) = self.conns.remove(&t) {
+            if c.gone() && matches!(c.phase, Phase::Serving) {
+                // Received whole but never run: their client left without NBD_CMD_DISC.
+                self.stats.dropped.fetch_add(whole_requests(c.input()), Relaxed);
+            }
             let _ = self.poll.registry().deregister(&mut c.stream);
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
             c.gone.store(true, Relaxed);
@@ -643,6 +647,18 @@ impl EventLoop {
         }
         observe(op, d.received);
     }
+}
+
+/// Complete requests (header and, for writes, payload) at the front of `input`.
+fn whole_requests(mut input: &[u8]) -> u64 {
+    let mut n = 0;
+    while let Some(r) = header(input).and_then(|h| parse_request(&h)) {
+        let payload = if r.kind == CMD_WRITE { r.len as usize } else { 0 };
+        let Some(rest) = input.get(REQUEST_BYTES + payload..) else { break };
+        input = rest;
+        n += 1;
+    }
+    n
 }
 
 /// Absorbs the adjacent writes the client has already pipelined (whole in the input buffer)
