@@ -35,8 +35,10 @@ const MERGE_BYTES_MAX: usize = 4 << 20;
 const INFLIGHT_BYTES_MAX: u64 = 64 << 20;
 /// The loop's longest sleep (negotiation deadlines and the stop flag are checked after it).
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-/// How long a stop waits for requests in flight before it closes every connection.
-const STOP_WAIT: Duration = Duration::from_secs(20);
+/// How long a stop waits for requests in flight and their replies before it closes every
+/// connection: well inside the 4 s a controller has to stop (a client that does not read its
+/// replies must not hold the stop).
+const STOP_WAIT: Duration = Duration::from_secs(2);
 /// Rounds of read-parse-write per connection per wake-up (each either makes progress or ends).
 const SERVICE_ROUNDS_MAX: usize = 64;
 
