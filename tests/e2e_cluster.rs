@@ -370,22 +370,12 @@ fn a_member_failed_through_one_controller_is_left_alone_by_every_controller() {
     let dir = tmp.path().join("g");
     let c = start3(&dir, "raid6", "5", "sim");
     qemu_io(c.uri(0), &["write -P 0x51 0 1M"]);
-    let token = std::fs::read_to_string(dir.join("run").join("admin-token")).unwrap();
+    let token = admin_token(&dir);
     let (code, body) = post(&c.controllers[2].1, "/fail?member=1", token.trim());
     assert_eq!(code, 200, "{body}");
     // Controller 2 records it under the group resource; every controller reads the record
     // before its next member I/O (and asks for the group again at once, so its status shows it).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let states: Vec<String> = (0..3)
-            .map(|i| c.admin_of(i, "/status")["members"][1]["state"].as_str().unwrap_or("").to_string())
-            .collect();
-        if states.iter().all(|s| s == "faulty") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "member 1 as the controllers see it: {states:?}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    wait_member_state(&c, 1, "faulty");
     // Failing it again, through another controller, is refused.
     let (code, body) = post(&c.controllers[0].1, "/fail?member=1", token.trim());
     assert_eq!(code, 409, "{body}");
@@ -414,6 +404,11 @@ fn a_member_failed_through_one_controller_is_left_alone_by_every_controller() {
     let c = start(&dir, &[]);
     qemu_io(&c.nbd_uri, &refs);
     assert!(c.stop().success());
+}
+
+/// The group's admin token (`amf cluster` writes it at every start).
+fn admin_token(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("run").join("admin-token")).unwrap()
 }
 
 /// Waits until every controller shows member `m` in `state`.
@@ -450,7 +445,7 @@ fn any_controller_scrubs_and_rebuilds_the_group_online() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
     let c = start3(&dir, "raid5", "4", "sim");
-    let token = std::fs::read_to_string(dir.join("run").join("admin-token")).unwrap();
+    let token = admin_token(&dir);
     for i in 0..3u64 {
         qemu_io(c.uri(i as usize), &[&format!("write -P {} {} 1M", 0x41 + i, i << 20)]);
     }
