@@ -75,3 +75,11 @@ fn each_broken_rule_is_caught() {
         eprintln!("{} caught by seed {seed}", m.name());
     }
 }
+
+#[test]
+fn the_online_scrub_checks_every_stripe_beside_the_clients() {
+    let cfg = SimConfig::from_seed(1);
+    assert!(cfg.scrub_node.is_some(), "seed 1 scrubs online");
+    let r = run(cfg).expect("seed 1 passes");
+    assert!(r.scrubbed_online > 0, "stripes checked online: {}", r.scrubbed_online);
+}

@@ -178,6 +178,8 @@ pub struct Report {
     pub counters: Vec<Counters>,
     /// Garbage injected (dropped by cards and machines).
     pub garbage: u64,
+    /// Stripes the online scrub checked (0 when the seed runs none).
+    pub scrubbed_online: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -252,7 +254,10 @@ pub fn run(cfg: SimConfig) -> Result<Report, String> {
     // Member files in memory when there is a tmpfs: a run is mostly small member I/O.
     let shm = std::path::Path::new("/dev/shm");
     let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
-    let dir = base.join(format!("amf-sim-{}-{}", std::process::id(), cfg.seed));
+    // Unique per run: tests run the same seed on several threads of one process at once.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = base.join(format!("amf-sim-{}-{}-{run}", std::process::id(), cfg.seed));
     let result = World::new(cfg.clone(), dir.clone()).and_then(|mut w| w.run());
     let _ = std::fs::remove_dir_all(&dir);
     let mutate = cfg.mutation.map(|m| format!(" --mutate {}", m.name())).unwrap_or_default();
@@ -560,6 +565,9 @@ impl World {
         let bytes = result.map_err(|e| format!("online scrub of stripe {next}: {e}"))?;
         let c: crate::raid::scrub::StripeCheck =
             serde_json::from_slice(&bytes).map_err(|e| format!("online scrub of stripe {next}: {e}"))?;
+        if c.mismatch {
+            return Err(format!("the online scrub of stripe {next}, under its lock, found parity out of step"));
+        }
         self.scrub = Some((next + 1, None, checked + !c.skipped as u64));
         self.scrub_next()
     }
@@ -673,12 +681,6 @@ impl World {
             }
             Output::StripeJob { id, stripe, job } => {
                 let result = crate::amf::shell::members::run_stripe_job(&self.nodes[n as usize].array, stripe, job);
-                if let Ok(bytes) = &result {
-                    let check: Option<crate::raid::scrub::StripeCheck> = serde_json::from_slice(bytes).ok();
-                    if check.is_some_and(|c| c.mismatch) {
-                        return Err(format!("n{n}'s scrub of stripe {stripe} under its lock found parity out of step"));
-                    }
-                }
                 let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
                 self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
             }
@@ -856,6 +858,7 @@ impl World {
             member_writes: self.nodes.iter().map(|n| n.m.counters.member_writes).collect(),
             counters: self.nodes.iter().map(|n| n.m.counters).collect(),
             garbage: self.garbage,
+            scrubbed_online: self.scrub.map_or(0, |s| s.2),
         })
     }
 }
