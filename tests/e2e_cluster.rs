@@ -248,7 +248,7 @@ fn garbage_on_the_fabric_is_refused_and_changes_nothing() {
     // A well-formed message from another epoch: dropped and counted, nothing done.
     let before = counters(&c, 1);
     let mut s = std::net::TcpStream::connect(&fabric).unwrap();
-    let msg = amf::amf::io::Msg::DropReplica { line: 0, wseq: u64::MAX };
+    let msg = amf::amf::io::Msg::DropReplica { id: 0, line: 0, wseq: u64::MAX };
     s.write_all(&amf::amf::shell::net::encode(0, 99, &msg).unwrap()).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while count(&counters(&c, 1), "stale_epoch") == count(&before, "stale_epoch") {

@@ -97,7 +97,7 @@ fn a_refused_start_leaves_no_process_behind() {
 }
 
 #[test]
-fn the_group_stays_dirty_when_a_controller_could_not_write_back() {
+fn a_controller_that_dies_with_acknowledged_writes_is_taken_over_and_the_group_stops_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
     let args = ["--level", "raid5", "--members", "4", "--member-size", "16M", "--controllers", "3", "--card", "model"];
@@ -106,11 +106,36 @@ fn the_group_stays_dirty_when_a_controller_could_not_write_back() {
     assert!(c.stop().success());
     assert_eq!(inspect(&dir)["clean"], true, "every controller wrote back: clean");
     let c = start(&dir, &["--controllers", "3", "--card", "model"]);
-    // Controller 2 acknowledges writes, then dies with them in its cache.
-    qemu_io(c.uri(2), &["write -P 0x77 1M 256k"]);
+    // Controller 2 acknowledges writes (no FLUSH, no FUA: they stay in its cache, replicated
+    // to controller 0), then dies with them.
+    let addr = c.uri(2).trim_start_matches("nbd://").trim_end_matches("/amf").to_string();
+    let mut client = nbd_client::Client::connect(&addr);
+    for i in 0..4u64 {
+        assert_eq!(client.write((1 << 20) + i * 65536, &[0x77; 65536], 0).unwrap(), 0);
+    }
+    let t = Instant::now();
+    let d = c.admin_of(2, "/status")["coherency"]["cache"]["dirty"].as_u64().unwrap();
     unsafe { libc::kill(c.pids[2], libc::SIGKILL) };
-    let _ = c.stop();
-    assert_eq!(inspect(&dir)["clean"], false, "a controller died with acknowledged writes: the group stays dirty");
+    // The others prove it dead and take over.
+    while c.admin_of(0, "/status")["coherency"]["live"] != 0b011
+        || c.admin_of(1, "/status")["coherency"]["live"] != 0b011
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "the survivors did not move on");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Those it had not written back yet (it does so after 50 ms) are taken over.
+    let taken: u64 =
+        (0..2).map(|i| c.admin_of(i, "/status")["coherency"]["counters"]["lines_taken_over"].as_u64().unwrap()).sum();
+    eprintln!("controller 2 had {d} dirty lines; {taken} taken over");
+    assert!(taken <= d, "only controller 2's dirty lines are taken over");
+    drop(client);
+    qemu_io(c.uri(0), &["read -P 0x77 1M 256k", "read -P 0x5a 0 256k"]);
+    let status = c.stop();
+    assert!(!status.success(), "a controller died: the exit status says so");
+    assert_eq!(inspect(&dir)["clean"], true, "the survivors wrote back every line, controller 2's too: clean");
+    let c = start(&dir, &["--controllers", "1"]);
+    qemu_io(&c.nbd_uri, &["read -P 0x77 1M 256k", "read -P 0x5a 0 256k"]);
+    assert!(c.stop().success());
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub fn status_of(c: &Completion) -> CardStatus {
         Some(Status::Ok) => CardStatus::Ok,
         Some(Status::Timeout) => CardStatus::Timeout,
         Some(Status::Conflict) => CardStatus::Conflict,
+        Some(Status::StaleEpoch) => CardStatus::StaleEpoch,
         _ => CardStatus::Refused,
     }
 }

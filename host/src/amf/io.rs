@@ -89,7 +89,10 @@ pub enum CardStatus {
     Conflict,
     /// The card's table had no room: the resource is not tracked.
     Untracked,
-    /// Refused (stale epoch, bad opcode): a broken setup, not a race.
+    /// The command carried an epoch the card no longer has (the membership changed while it
+    /// was queued): asked again in the new one.
+    StaleEpoch,
+    /// Refused (bad opcode): a broken setup, not a race.
     Refused,
 }
 
@@ -121,12 +124,21 @@ pub enum Msg {
         /// The request's id.
         id: u64,
     },
-    /// The members hold the sender's line up to `wseq`: replicas at or below it can go.
+    /// The members hold the sender's line up to `wseq`: replicas at or below it can go. The
+    /// sender gives the line to no one until this is answered, so a replica a survivor takes
+    /// over after the sender's death is always newer than what the members hold.
     DropReplica {
+        /// Request id (sender's).
+        id: u64,
         /// Line.
         line: u64,
         /// Write sequence now on the members.
         wseq: u64,
+    },
+    /// Answer to a drop: replicas at or below its `wseq` are gone here.
+    ReplicaDropped {
+        /// The request's id.
+        id: u64,
     },
     /// Write back every dirty line and sync the members, then answer.
     FlushReq {
@@ -210,6 +222,15 @@ pub enum Input {
     /// This controller's view of the members changed (one failed) and the superblocks do not
     /// say so yet. The shell feeds it before any member completion that may have seen it.
     GroupChanged,
+    /// The membership changed: controllers in `live` (this one's bit included) serve the
+    /// group in `epoch`. A controller that left is dead for sure (its process is gone, or its
+    /// lease ran out and it fenced itself): this one takes over what it replicated here.
+    View {
+        /// The new membership epoch (every card frame and fabric message carries it).
+        epoch: u32,
+        /// Bit n: controller n is a member.
+        live: u8,
+    },
     /// Time passed: microseconds since the shell started.
     Tick {
         /// Now.

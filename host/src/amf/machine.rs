@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod group;
 mod jobs;
+mod view;
 
 /// How a controller's machine is set up.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -62,11 +63,17 @@ pub enum Mutation {
     StaleView,
     /// Reconstruct lines of a degraded group without the stripe locks.
     NoFillLock,
+    /// Drop the replicas of a controller that died instead of taking its dirty lines over.
+    ForgetDeadReplicas,
+    /// Give a written-back line away before its replica's drop is answered.
+    YieldBeforeDrop,
+    /// Skip the resync of a dead controller's write-intent regions (honoured by the shells).
+    SkipTakeoverResync,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 8] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -75,6 +82,9 @@ impl Mutation {
         Mutation::CompleteBeforeRecord,
         Mutation::StaleView,
         Mutation::NoFillLock,
+        Mutation::ForgetDeadReplicas,
+        Mutation::YieldBeforeDrop,
+        Mutation::SkipTakeoverResync,
     ];
 
     /// Its name on the command line.
@@ -88,6 +98,9 @@ impl Mutation {
             Mutation::CompleteBeforeRecord => "complete-before-record",
             Mutation::StaleView => "stale-view",
             Mutation::NoFillLock => "no-fill-lock",
+            Mutation::ForgetDeadReplicas => "forget-dead-replicas",
+            Mutation::YieldBeforeDrop => "yield-before-drop",
+            Mutation::SkipTakeoverResync => "skip-takeover-resync",
         }
     }
 
@@ -199,6 +212,13 @@ struct Line {
     /// Just acquired: the head piece is served before any yield, so that two nodes taking a
     /// line from each other each make progress.
     fresh: bool,
+    /// The replica peer may hold a replica of this line (a drop is owed after its write-back).
+    replicated: bool,
+    /// A drop of the replica is unanswered: the line is given to no one until it is (a
+    /// replica taken over after this node's death must never be older than the members).
+    drop_pending: Option<u64>,
+    /// Replicated again to a new replica peer after a membership change, not answered yet.
+    replica_pending: Option<u64>,
     /// Acquires that lost their conflicts in a row, when the run began, and when to ask again.
     lost: u32,
     lost_since_us: u64,
@@ -252,6 +272,7 @@ enum CardUse {
     Line(u64),
     Stripe(u64),
     Group,
+    /// A command whose completion needs no action (yields, releases).
     Fire,
 }
 
@@ -268,6 +289,10 @@ enum Purpose {
     Replica(u64),
     Flush(u64),
     Fetch(u64),
+    /// The drop of line r's replica after its write-back.
+    Drop(u64),
+    /// Line r's dirty content sent to a new replica peer after a membership change.
+    Rereplicate(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -329,6 +354,16 @@ pub struct Counters {
     pub group_loads: u64,
     /// Superblock reads or records that failed.
     pub group_errors: u64,
+    /// Membership changes this controller went through.
+    pub views: u64,
+    /// Dirty lines of controllers that left, taken over from the replicas held here.
+    pub lines_taken_over: u64,
+    /// Replicas of controllers that left that were older than a copy here (dropped).
+    pub replicas_stale: u64,
+    /// Dirty lines sent to a new replica peer after a membership change.
+    pub rereplications: u64,
+    /// Yields or releases the card refused for a stale epoch.
+    pub card_stale: u64,
 }
 
 /// One controller's AMF.
@@ -345,6 +380,8 @@ pub struct Machine {
     replicas: BTreeMap<(u8, u64), (u64, Vec<u8>)>,
     flushes: BTreeMap<u64, FlushJob>,
     group: group::Group,
+    /// The controllers in the current membership (this one's bit included).
+    live: u8,
     jobs: BTreeMap<u64, jobs::Job>,
     touched_jobs: BTreeSet<u64>,
     room_waiters: BTreeSet<u64>,
@@ -362,7 +399,9 @@ impl Machine {
     /// A machine with an empty cache.
     pub fn new(cfg: Config) -> Machine {
         let degraded = cfg.degraded;
+        let live = if cfg.nodes >= 8 { 0xff } else { (1u8 << cfg.nodes) - 1 };
         Machine {
+            live,
             cfg,
             lines: BTreeMap::new(),
             pieces: BTreeMap::new(),
@@ -438,8 +477,14 @@ impl Machine {
     pub fn dirty_idle(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
         self.lines
             .iter()
-            .filter(|(_, l)| l.state == State::Modified && l.phase == Phase::Idle)
+            .filter(|(_, l)| l.state == State::Modified && l.phase == Phase::Idle && l.replica_pending.is_none())
             .map(|(r, l)| (*r, l.data.as_slice()))
+    }
+
+    /// True while dirty line `r` is on its way to a new replica peer after a membership change
+    /// (until then it lives only here: the window a second failure would hit).
+    pub fn replica_pending(&self, r: u64) -> bool {
+        self.lines.get(&r).is_some_and(|l| l.replica_pending.is_some())
     }
 
     /// The node that holds this node's replicas.
@@ -462,14 +507,19 @@ impl Machine {
         self.cfg.line_bytes as usize
     }
 
+    /// The next member after this one, in ring order.
     fn replica_peer(&self) -> Option<u8> {
-        let n = (self.cfg.node + 1) % self.cfg.nodes.max(1);
-        (n != self.cfg.node).then_some(n)
+        let n = self.cfg.nodes.max(1);
+        (1..n).map(|i| (self.cfg.node + i) % n).find(|p| self.live & (1 << p) != 0)
     }
 
     fn others(&self) -> u8 {
-        let all = if self.cfg.nodes >= 8 { 0xff } else { (1u8 << self.cfg.nodes) - 1 };
-        all & !(1 << self.cfg.node)
+        self.live & !(1 << self.cfg.node)
+    }
+
+    /// The controllers in the current membership (this one's bit included).
+    pub fn live(&self) -> u8 {
+        self.live
     }
 
     /// Advances the machine by one input; returns what to do.
@@ -481,6 +531,7 @@ impl Machine {
             Input::Fabric { from, epoch, msg } => self.fabric_in(from, epoch, msg),
             Input::MemberDone { id, result } => self.member_done(id, result),
             Input::GroupChanged => self.group_changed(),
+            Input::View { epoch, live } => self.view_change(epoch, live),
             Input::Tick { now_us } => self.tick(now_us),
         }
         // Held member completions are released at most once per step; the passes after that
@@ -519,6 +570,9 @@ impl Machine {
             dirty_since_us: 0,
             retry_at_us: 0,
             fresh: false,
+            replicated: false,
+            drop_pending: None,
+            replica_pending: None,
             lost: 0,
             lost_since_us: 0,
             acquire_at_us: 0,
@@ -656,6 +710,10 @@ impl Machine {
                     }
                     return;
                 }
+                if l.drop_pending.is_some() && self.cfg.mutation != Some(Mutation::YieldBeforeDrop) {
+                    // The replica's drop is answered first (its answer touches the line).
+                    return;
+                }
                 let skip = self.cfg.mutation == Some(Mutation::SkipInvalidate);
                 let l = self.line(r);
                 if l.owed_excl {
@@ -692,6 +750,9 @@ impl Machine {
                     return;
                 }
                 if l.evict {
+                    if l.drop_pending.is_some() && self.cfg.mutation != Some(Mutation::YieldBeforeDrop) {
+                        return;
+                    }
                     if l.state != State::Invalid {
                         self.cmd(CardOp::Release, r, CardUse::Fire);
                     }
@@ -779,6 +840,7 @@ impl Machine {
                 let id = self.id();
                 let msg = Msg::Replicate { id, line: r, wseq, data };
                 self.send_request(id, to, msg, Purpose::Replica(r));
+                self.line(r).replicated = true;
                 if self.cfg.mutation == Some(Mutation::AckBeforeReplica) {
                     self.fabric.remove(&id);
                     self.finish_piece(r, None);
@@ -995,7 +1057,11 @@ impl Machine {
     fn card_done(&mut self, id: u64, status: CardStatus, sharers: u8) {
         let Some(usage) = self.card.remove(&id) else { return };
         match usage {
-            CardUse::Fire => {}
+            CardUse::Fire => {
+                if status == CardStatus::StaleEpoch {
+                    self.counters.card_stale += 1;
+                }
+            }
             CardUse::Stripe(s) => self.stripe_done(s, id, status),
             CardUse::Group => self.group_acquired(id, status),
             CardUse::Line(r) => self.line_done(r, id, status, sharers),
@@ -1046,7 +1112,7 @@ impl Machine {
                 // A peer that asked while this acquire was in flight waits for it.
                 self.maybe_yield_stripe(s);
             }
-            CardStatus::Timeout | CardStatus::Conflict => {
+            CardStatus::Timeout | CardStatus::Conflict | CardStatus::StaleEpoch => {
                 self.counters.retries += 1;
                 if self.now_us.saturating_sub(st.since_us) >= ACQUIRE_PATIENCE_US {
                     // Writes waiting to be written through fail with the reason; the
@@ -1145,8 +1211,11 @@ impl Machine {
                 l.acquire_at_us = now + backoff_us(node, r, l.lost, now);
                 l.phase = Phase::Idle;
             }
-            CardStatus::Timeout if self.now_us.saturating_sub(since_us) < ACQUIRE_PATIENCE_US => {
-                // The card already waited its ack timeout: ask again at once.
+            CardStatus::Timeout | CardStatus::StaleEpoch
+                if self.now_us.saturating_sub(since_us) < ACQUIRE_PATIENCE_US =>
+            {
+                // The card already waited its ack timeout (or the membership changed while the
+                // command was queued): ask again at once.
                 self.counters.retries += 1;
                 let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
                 let id = self.cmd(op, r, CardUse::Line(r));
@@ -1228,8 +1297,10 @@ impl Machine {
                         if l.wseq == wseq && l.state == State::Modified {
                             l.state = State::Exclusive;
                         }
-                        if let Some(to) = peer {
-                            self.out.push(Output::Send { to, msg: Msg::DropReplica { line: r, wseq } });
+                        if let (Some(to), true) = (peer, l.replicated) {
+                            let id = self.id();
+                            self.send_request(id, to, Msg::DropReplica { id, line: r, wseq }, Purpose::Drop(r));
+                            self.line(r).drop_pending = Some(id);
                         }
                         if self.head_applied(r) {
                             self.finish_piece(r, None);
@@ -1302,6 +1373,14 @@ impl Machine {
                 self.out.push(Output::Send { to: from, msg: Msg::ReplicaAck { id } });
             }
             Msg::ReplicaAck { id } => {
+                if let Some(Outstanding { purpose: Purpose::Rereplicate(r), .. }) = self.fabric.get(&id) {
+                    let r = *r;
+                    self.fabric.remove(&id);
+                    if let Some(l) = self.lines.get_mut(&r).filter(|l| l.replica_pending == Some(id)) {
+                        l.replica_pending = None;
+                    }
+                    return;
+                }
                 if let Some(Outstanding { purpose: Purpose::Replica(r), .. }) = self.fabric.get(&id) {
                     let r = *r;
                     self.fabric.remove(&id);
@@ -1312,9 +1391,17 @@ impl Machine {
                     }
                 }
             }
-            Msg::DropReplica { line, wseq } => {
+            Msg::DropReplica { id, line, wseq } => {
                 if self.replicas.get(&(from, line)).is_some_and(|(w, _)| *w <= wseq) {
                     self.replicas.remove(&(from, line));
+                }
+                self.out.push(Output::Send { to: from, msg: Msg::ReplicaDropped { id } });
+            }
+            Msg::ReplicaDropped { id } => {
+                if let Some(Outstanding { purpose: Purpose::Drop(r), msg, .. }) = self.fabric.get(&id) {
+                    let (r, wseq) = (*r, if let Msg::DropReplica { wseq, .. } = msg { *wseq } else { 0 });
+                    self.fabric.remove(&id);
+                    self.replica_dropped(r, id, wseq);
                 }
             }
             Msg::FlushReq { id } => {
@@ -1534,7 +1621,9 @@ impl Machine {
         }
         self.check_group()?;
         self.check_jobs()?;
-        let resident = self.lines.values().filter(|l| l.state != State::Invalid).count();
+        // Lines taken over from a controller that left may overfill the cache: those are
+        // being evicted.
+        let resident = self.lines.values().filter(|l| l.state != State::Invalid && !l.evict).count();
         if resident > self.cfg.lines_max {
             return Err(format!("n{} holds {resident} lines, more than {}", self.cfg.node, self.cfg.lines_max));
         }

@@ -51,6 +51,8 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     }
     let tag = format!("amf: controller {}", cfg.node);
     let _lock = DirLock::acquire_shared(&cfg.group)?;
+    // Held while this process lives: the peers' proof of its death when it is gone.
+    let _life = super::membership::LifeLock::take(&cfg.group, cfg.node)?;
     let nbd_listener = bind(cfg.nbd)?;
     let admin_listener = bind(cfg.admin)?;
     let fabric_listener = bind(cfg.fabric)?;
@@ -111,6 +113,10 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             fabric: fabric_listener,
             peers: peers.iter().map(|p| (p.node, p.fabric)).collect(),
             member_workers: MEMBER_WORKERS,
+            deaths: Some(Box::new(super::membership::LifeLocks::new(
+                &cfg.group,
+                &peers.iter().map(|p| p.node).collect::<Vec<_>>(),
+            ))),
         })
         .map_err(ClusterError::Core)?,
     );
@@ -155,6 +161,11 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     let report = shell.leave();
     let _ = std::fs::remove_file(&status_file);
     let _superblocks = DirLock::superblocks(&cfg.group)?;
+    if shell.takeover.unfinished.load(Relaxed) > 0 {
+        eprintln!("{tag}: leaving the group marked dirty: the resync of a dead controller's regions did not finish");
+        array.sync_members()?;
+        return Ok(());
+    }
     match (&report.write_back_error, report.peers_unconfirmed.is_empty()) {
         (None, true) => {
             array.close()?;

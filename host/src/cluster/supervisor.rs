@@ -217,13 +217,16 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
             }
         }
     }
+    // A controller that dies is taken over by the others, which keep serving; one alone has
+    // nobody to take over from it, and the cluster stops.
     let mut died = None;
-    while !stop.load(Relaxed) && died.is_none() {
+    while !stop.load(Relaxed) && procs.iter().any(|p| !p.exited) && (died.is_none() || opts.controllers > 1) {
         std::thread::sleep(Duration::from_millis(100));
-        for p in procs.iter_mut() {
+        for p in procs.iter_mut().filter(|p| !p.exited) {
             if let Ok(Some(status)) = p.child.try_wait() {
                 p.exited = true;
-                died = Some(ClusterError::ControllerDied { index: p.index, status: status.to_string() });
+                eprintln!("amf: controller {} died ({status}); the others take over", p.index);
+                died.get_or_insert(ClusterError::ControllerDied { index: p.index, status: status.to_string() });
             }
         }
     }

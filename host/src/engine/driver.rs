@@ -105,6 +105,8 @@ pub struct Driver<B: Backend> {
     evt_cons: u32,
     next_tag: u32,
     inflight: HashMap<u32, Instant>,
+    /// Where the card writes its command consumer index.
+    cons_addr: u64,
 }
 
 impl<B: Backend> Driver<B> {
@@ -155,6 +157,7 @@ impl<B: Backend> Driver<B> {
             evt_cons: 0,
             next_tag: 1,
             inflight: HashMap::new(),
+            cons_addr,
         };
         drv.check_health()?;
         Ok(drv)
@@ -172,6 +175,32 @@ impl<B: Backend> Driver<B> {
 
     fn ring_size(&self) -> u32 {
         1 << self.cfg.ring_log2
+    }
+
+    /// Commands in the ring the card has not fetched yet (it writes its consumer index to host
+    /// memory, so this is no MMIO read).
+    pub fn unfetched(&self) -> Result<u32, EngineError> {
+        let mut b = [0u8; 4];
+        self.b.dma_read(self.cons_addr, &mut b).map_err(EngineError::Dma)?;
+        Ok(self.cmd_prod.wrapping_sub(u32::from_le_bytes(b)))
+    }
+
+    /// The membership epoch commands carry.
+    pub fn epoch(&self) -> u32 {
+        self.cfg.epoch
+    }
+
+    /// Moves the card to a new membership: `epoch` and the `peers` mask (this node's bit
+    /// included). Commands already in the ring carry the old epoch and would come back
+    /// refused: call it only when [`Driver::unfetched`] is 0 (acquires the card runs already
+    /// finish: answers from a peer that left never come, so they time out).
+    pub fn set_view(&mut self, epoch: u32, peers: u8) {
+        let dev = self.blocks.device;
+        let node = regs::device::node::peers::set(regs::device::node::id::set(0, self.cfg.node as u32), peers as u32);
+        self.b.write32(dev + regs::device::node::OFFSET, node);
+        self.b.write32(dev + regs::device::epoch::OFFSET, epoch);
+        self.cfg.epoch = epoch;
+        self.cfg.peers = peers;
     }
 
     /// Slow path: reads device.status and turns a card error into an error.

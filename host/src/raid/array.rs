@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 mod shared;
+mod slots;
 
 /// One member slot: the open member (if any), its recorded state and rebuild progress.
 struct Slot {

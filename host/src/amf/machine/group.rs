@@ -113,7 +113,7 @@ impl Machine {
                 self.group.view = self.cfg.mutation == Some(Mutation::StaleView);
                 self.group.since_us = 0;
             }
-            CardStatus::Timeout | CardStatus::Conflict
+            CardStatus::Timeout | CardStatus::Conflict | CardStatus::StaleEpoch
                 if self.now_us.saturating_sub(self.group.since_us) < ACQUIRE_PATIENCE_US =>
             {
                 self.counters.retries += 1;

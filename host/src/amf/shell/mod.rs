@@ -9,6 +9,9 @@
 mod maintenance;
 pub mod members;
 pub mod net;
+mod takeover;
+
+pub use takeover::{view_epoch, DeathWatch, TakeoverProgress};
 
 use super::card_terms::{in_card_order, opcode};
 use super::io::*;
@@ -135,6 +138,9 @@ pub struct ShellConfig {
     pub peers: Vec<(u8, SocketAddr)>,
     /// Member I/O threads.
     pub member_workers: usize,
+    /// Which peers are dead for sure (the membership's proof); None: no takeover (a peer that
+    /// stops answering only makes the requests that need it fail).
+    pub deaths: Option<Box<dyn DeathWatch>>,
 }
 
 /// A running controller core.
@@ -145,6 +151,8 @@ pub struct Shell {
     pub net: Arc<net::NetStats>,
     card: AnyCard,
     capacity: u64,
+    /// The resync of dead controllers' write-intent regions, for status.
+    pub takeover: Arc<TakeoverProgress>,
 }
 
 impl Shell {
@@ -176,6 +184,9 @@ impl Shell {
         let array = cfg.array.clone();
         array.set_shared(true);
         let changes_seen = array.changes();
+        let takeover = Arc::new(TakeoverProgress::default());
+        let (deaths, inbox, progress) = (cfg.deaths, tx.clone(), takeover.clone());
+        let base_epoch = m.epoch;
         let thread = std::thread::Builder::new()
             .name(format!("amf-loop-{}", m.node))
             .spawn(move || {
@@ -199,11 +210,17 @@ impl Shell {
                     card_error: None,
                     array,
                     changes_seen,
+                    deaths,
+                    last_watch: Instant::now(),
+                    view_due: None,
+                    base_epoch,
+                    inbox,
+                    takeover: progress,
                 };
                 l.run();
             })
             .map_err(|e| format!("loop thread: {e}"))?;
-        Ok(Shell { inbox: tx, thread: std::sync::Mutex::new(Some(thread)), net: stats, card, capacity })
+        Ok(Shell { inbox: tx, thread: std::sync::Mutex::new(Some(thread)), net: stats, card, capacity, takeover })
     }
 
     /// The inbox (for NBD handlers).
@@ -386,17 +403,35 @@ struct Loop {
     array: Arc<Array>,
     /// Changes the machine has heard of.
     changes_seen: u64,
+    /// The membership's proof of peers' deaths.
+    deaths: Option<Box<dyn DeathWatch>>,
+    last_watch: Instant,
+    /// A new membership (epoch, live mask, since) waiting for the card to fetch every command
+    /// of the old one; new commands wait in the backlog meanwhile.
+    view_due: Option<(u32, u8, Instant)>,
+    /// The epoch of the full membership.
+    base_epoch: u32,
+    /// The loop's own inbox (for the takeover's resync, which runs beside it).
+    inbox: Inbox,
+    takeover: Arc<TakeoverProgress>,
 }
 
 impl Loop {
+    /// The peers in the current membership.
     fn all_peers(&self) -> u8 {
-        self.peers.iter().fold(0u8, |m, p| m | 1 << p)
+        self.m.live() & !(1 << self.m.config().node)
+    }
+
+    /// Every peer in the membership said hello (the start barrier is passed).
+    fn hellos_in(&self) -> bool {
+        self.hello_from & self.all_peers() == self.all_peers()
     }
 
     fn run(&mut self) {
         for p in self.peers.clone() {
             self.net.send(p, &Msg::Hello);
         }
+        self.last_watch = Instant::now();
         let mut last_tick = Instant::now();
         let mut last_hello = Instant::now();
         let mut leaving: Option<Leaving> = None;
@@ -427,6 +462,7 @@ impl Loop {
             self.pump_card();
             // Failures found by the periodic member check, with no I/O of this loop's.
             self.note_changes();
+            self.watch_members();
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 let now_us = self.start.elapsed().as_micros() as u64;
@@ -434,7 +470,7 @@ impl Loop {
             }
             // Hellos are repeated until every peer answered one (a peer that starts later
             // would miss the first).
-            if self.hello_from != self.all_peers() && last_hello.elapsed() >= Duration::from_millis(100) {
+            if !self.hellos_in() && last_hello.elapsed() >= Duration::from_millis(100) {
                 last_hello = Instant::now();
                 for p in self.peers.clone() {
                     self.net.send(p, &Msg::Hello);
@@ -444,13 +480,15 @@ impl Loop {
                 if let Some(done) = l.write_back.and_then(|i| self.hosts_done(i)) {
                     l.error = done.err().map(|e| e.to_string());
                     l.write_back = None;
-                    for p in self.peers.clone() {
+                    for p in self.peers.clone().into_iter().filter(|p| self.all_peers() & (1 << p) != 0) {
                         self.net.send(p, &Msg::Leaving);
                     }
                 }
-                let peers_done = self.left_from == self.all_peers();
+                let peers_done = self.left_from & self.all_peers() == self.all_peers();
                 if l.write_back.is_none() && (peers_done || l.since.elapsed() > LEAVE_WAIT) {
-                    let unconfirmed = self.peers.iter().copied().filter(|p| self.left_from & (1 << p) == 0).collect();
+                    let live = self.all_peers();
+                    let unconfirmed =
+                        self.peers.iter().copied().filter(|p| live & !self.left_from & (1 << p) != 0).collect();
                     let _ =
                         l.reply.send(LeaveReport { write_back_error: l.error.take(), peers_unconfirmed: unconfirmed });
                     self.net.stop();
@@ -476,7 +514,7 @@ impl Loop {
     fn event(&mut self, ev: Event) -> Option<Sender<LeaveReport>> {
         match ev {
             Event::Host { req, reply } => {
-                if self.hello_from != self.all_peers() {
+                if !self.hellos_in() {
                     self.held.push_back((req, reply));
                 } else {
                     self.host(req, reply);
@@ -491,7 +529,7 @@ impl Loop {
                             // Answer, so a peer that started after our first hello hears one.
                             self.net.send(from, &Msg::Hello);
                         }
-                        if self.hello_from == self.all_peers() {
+                        if self.hellos_in() {
                             while let Some((req, reply)) = self.held.pop_front() {
                                 self.host(req, reply);
                             }
@@ -586,7 +624,7 @@ impl Loop {
     /// Submits queued commands; feeds completions and events to the machine in card order.
     fn pump_card(&mut self) {
         for _ in 0..64 {
-            while self.driver.in_flight() < CARD_INFLIGHT_MAX {
+            while self.view_due.is_none() && self.driver.in_flight() < CARD_INFLIGHT_MAX {
                 let Some((id, op, resource)) = self.backlog.pop_front() else { break };
                 let (code, hold) = opcode(op);
                 match self.driver.submit_with(code, resource, hold) {
@@ -649,6 +687,8 @@ impl Loop {
                 "dirty": self.m.dirty_lines(),
             },
             "peers_up": self.hello_from,
+            "live": self.m.live(),
+            "takeover": self.takeover.json(),
             "replicas": self.m.replicas().len(),
             "requests_open": self.m.requests_open(),
             "card_commands_in_flight": self.tags.len() + self.backlog.len(),

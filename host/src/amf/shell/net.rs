@@ -10,14 +10,14 @@ use crate::amf::io::Msg;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// "AMFM": a frame of the machine fabric.
 const MAGIC: u32 = 0x4d46_4d41;
 /// Format version; frames of another version are refused.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header bytes: magic, version, sender, epoch, payload length.
 const HEADER_BYTES: usize = 4 + 1 + 1 + 4 + 4;
 /// Messages queued for one peer; past it new ones are dropped (and retransmitted).
@@ -103,7 +103,8 @@ pub struct NetStats {
 /// This controller's end of the fabric.
 pub struct Net {
     node: u8,
-    epoch: u32,
+    /// The membership epoch frames carry (changed by the loop only).
+    epoch: AtomicU32,
     peers: Vec<Option<Sender<Vec<u8>>>>,
     /// Counters.
     pub stats: Arc<NetStats>,
@@ -136,7 +137,7 @@ impl Net {
         std::thread::Builder::new()
             .name("fabric-accept".into())
             .spawn(move || accept(listener, payload_max, inbox, s, st))?;
-        Ok(Net { node, epoch, peers: out, stats, stop })
+        Ok(Net { node, epoch: AtomicU32::new(epoch), peers: out, stats, stop })
     }
 
     /// Queues `msg` for `to` (dropped when its queue is full: the machine retransmits).
@@ -145,7 +146,7 @@ impl Net {
             self.stats.dropped.fetch_add(1, Relaxed);
             return;
         };
-        match encode(self.node, self.epoch, msg) {
+        match encode(self.node, self.epoch.load(Relaxed), msg) {
             Ok(bytes) => match tx.try_send(bytes) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -156,6 +157,11 @@ impl Net {
                 self.stats.dropped.fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// Frames from now on carry `epoch` (a new membership).
+    pub fn set_epoch(&self, epoch: u32) {
+        self.epoch.store(epoch, Relaxed);
     }
 
     /// Stops the threads (writers drop what is queued).

@@ -51,7 +51,32 @@ pub struct Faults {
     /// A member fails in one controller's view (its path to the disk broke) at a time; the
     /// others learn it only through the group resource.
     pub member_fail: Option<MemberFail>,
+    /// A controller dies (kill -9) and the others take over.
+    pub crash: Option<Crash>,
 }
+
+/// A controller that dies: it stops at once (no step, no card, no member I/O of its own from
+/// then on; what it sent is still in flight), the stripes it was writing are left with their
+/// redundancy torn where its write-intent slot marks them, its clients reconnect to a
+/// survivor, and after `detect_us` each survivor (at its own time) moves to a membership
+/// without it.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Crash {
+    /// The controller.
+    pub node: u8,
+    /// When.
+    pub at_us: u64,
+    /// How long until the membership says it is dead (the proof of its death).
+    pub detect_us: u64,
+}
+
+/// The membership epoch after the crash (the run starts in epoch 1).
+const EPOCH_AFTER_CRASH: u32 = 2;
+/// Survivors hear of the new membership within this of each other.
+const VIEW_SPREAD_US: u64 = 500;
+/// A client of the dead controller reconnects to a survivor this long after the survivors
+/// hear of its death.
+const RECONNECT_US: u64 = 1_000;
 
 /// A member that fails in one controller's view, found by a write of that controller's: the
 /// write goes on without the member, and the machine hears of the failure before the write's
@@ -150,9 +175,22 @@ impl SimConfig {
                 member_latency_us_max: rng.gen_range(5..=500),
                 garbage_ppm: if rng.gen_bool(0.3) { 2_000 } else { 0 },
                 member_fail,
+                crash: None,
             },
             mutation: None,
         }
+        .with_crash(&mut rng)
+    }
+
+    /// One seed in three kills a controller (drawn last, so the rest of a seed's shape is as
+    /// it was before crashes were simulated).
+    fn with_crash(mut self, rng: &mut StdRng) -> SimConfig {
+        self.faults.crash = (rng.gen_range(0..3) == 0).then(|| Crash {
+            node: rng.gen_range(0..self.nodes),
+            at_us: rng.gen_range(300..=8_000),
+            detect_us: rng.gen_range(100..=3_000),
+        });
+        self
     }
 }
 
@@ -180,18 +218,54 @@ pub struct Report {
     pub garbage: u64,
     /// Stripes the online scrub checked (0 when the seed runs none).
     pub scrubbed_online: u64,
+    /// The controller that died, if one did.
+    pub crashed: Option<u8>,
+    /// Stripes the survivors resynced from its write-intent slot.
+    pub resynced_after_crash: u64,
 }
 
 #[derive(Clone, Debug)]
 enum Ev {
-    Frame { to: u8, bytes: [u8; 32] },
-    Fabric { to: u8, from: u8, epoch: u32, msg: Msg },
-    MemberDone { node: u8, id: u64, result: Result<Vec<u8>, String>, stripes: Vec<u64> },
-    MemberRead { node: u8, id: u64, offset: u64, len: u64 },
+    Frame {
+        to: u8,
+        bytes: [u8; 32],
+    },
+    Fabric {
+        to: u8,
+        from: u8,
+        epoch: u32,
+        msg: Msg,
+    },
+    MemberDone {
+        node: u8,
+        id: u64,
+        result: Result<Vec<u8>, String>,
+        stripes: Vec<u64>,
+    },
+    MemberRead {
+        node: u8,
+        id: u64,
+        offset: u64,
+        len: u64,
+    },
     Client(usize),
     Tick(u8),
     CardPoll,
     MemberFail(MemberFail),
+    Crash(Crash),
+    /// A survivor hears that the dead controller is out of the membership.
+    View(u8),
+}
+
+/// The survivors' resync of the dead controller's write-intent slot, one stripe at a time
+/// through one survivor's machine (under the stripe locks, beside the clients).
+struct Takeover {
+    dead: u8,
+    node: u8,
+    stripes: Vec<u64>,
+    next: usize,
+    req: Option<u64>,
+    done: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -219,6 +293,9 @@ struct Node {
     fail_armed: Option<MemberFail>,
     tags: BTreeMap<u32, u64>,
     backlog: VecDeque<(u64, CardOp, u64)>,
+    /// A new membership waits for the card to fetch the commands of the old one (new ones
+    /// wait in the backlog meanwhile).
+    view_due: bool,
 }
 
 struct World {
@@ -244,6 +321,11 @@ struct World {
     /// The online scrub: (next stripe, its request in flight, stripes checked).
     scrub: Option<(u64, Option<u64>, u64)>,
     finished: bool,
+    /// Controllers that died.
+    dead: u8,
+    /// Survivors that have not heard of the new membership yet.
+    view_pending: u8,
+    takeover: Option<Takeover>,
     stripe_bytes: u64,
     blocks: u64,
     dir: PathBuf,
@@ -311,6 +393,7 @@ impl World {
                 fail_armed: None,
                 tags: BTreeMap::new(),
                 backlog: VecDeque::new(),
+                view_due: false,
             });
         }
         let capacity = nodes[0].m.config().capacity;
@@ -340,6 +423,9 @@ impl World {
             final_flush: None,
             scrub: None,
             finished: false,
+            dead: 0,
+            view_pending: 0,
+            takeover: None,
             stripe_bytes,
             blocks,
             dir,
@@ -367,6 +453,9 @@ impl World {
         if let Some(f) = self.cfg.faults.member_fail {
             self.at(f.at_us, Ev::MemberFail(f));
         }
+        if let Some(c) = self.cfg.faults.crash {
+            self.at(c.at_us, Ev::Crash(c));
+        }
         if self.cfg.scrub_node.is_some() {
             self.scrub = Some((0, None, 0));
             self.scrub_next()?;
@@ -385,7 +474,9 @@ impl World {
             }
             self.now_us = t;
             for n in 0..self.nodes.len() {
-                self.advance_card(n);
+                if self.alive(n as u8) {
+                    self.advance_card(n);
+                }
             }
             self.event(ev)?;
             self.pump()?;
@@ -412,7 +503,25 @@ impl World {
         }
     }
 
+    fn alive(&self, n: u8) -> bool {
+        self.dead & (1 << n) == 0
+    }
+
+    /// The lowest controller alive.
+    fn first_alive(&self) -> u8 {
+        (0..self.cfg.nodes).find(|n| self.alive(*n)).unwrap_or(0)
+    }
+
     fn event(&mut self, ev: Ev) -> Result<(), String> {
+        // A dead controller hears nothing and its own I/O completions never come.
+        let to = match &ev {
+            Ev::Frame { to, .. } | Ev::Fabric { to, .. } => Some(*to),
+            Ev::MemberDone { node, .. } | Ev::MemberRead { node, .. } | Ev::Tick(node) | Ev::View(node) => Some(*node),
+            _ => None,
+        };
+        if to.is_some_and(|n| !self.alive(n)) {
+            return Ok(());
+        }
         match ev {
             Ev::Frame { to, bytes } => {
                 self.nodes[to as usize].card.deliver(&bytes);
@@ -444,6 +553,8 @@ impl World {
                 self.step(node, Input::MemberDone { id, result })?;
             }
             Ev::MemberFail(f) => self.nodes[f.node as usize].fail_armed = Some(f),
+            Ev::Crash(c) => self.crash(c)?,
+            Ev::View(n) => self.view(n)?,
             Ev::Client(c) => self.issue(c)?,
             Ev::Tick(n) => {
                 if self.nodes[n as usize].fail_armed.is_some_and(|f| f.at_us + MEMBER_FAIL_LATE_US <= self.now_us) {
@@ -484,6 +595,101 @@ impl World {
         (offset / sb..=(offset + len - 1) / sb).find_map(|s| self.writing.get(&s).map(|(w, _)| *w).filter(|w| *w != n))
     }
 
+    /// Controller `c.node` dies.
+    fn crash(&mut self, c: Crash) -> Result<(), String> {
+        let n = c.node;
+        self.dead |= 1 << n;
+        let live = self.first_alive() as usize;
+        // Its writes in flight are cut off: data written, redundancy not (where its slot says
+        // it was writing: the bitmap's bit is on the members before any write of its region).
+        let marked = self.nodes[live].array.slot_dirty_regions(n as usize).map_err(|e| format!("slot {n}: {e}"))?;
+        let marked = self.nodes[live].array.region_stripes(&marked);
+        let cut: Vec<u64> = self.writing.iter().filter(|(_, (w, _))| *w == n).map(|(s, _)| *s).collect();
+        for s in cut {
+            self.writing.remove(&s);
+            if marked.contains(&s) {
+                self.nodes[live].array.tear_redundancy(s);
+            }
+        }
+        // Its clients' requests are lost (a write among them is never acknowledged: either
+        // outcome is allowed); they reconnect to a survivor.
+        let survivors: Vec<u8> = (0..self.cfg.nodes).filter(|x| self.alive(*x)).collect();
+        let reconnect = self.now_us + c.detect_us + VIEW_SPREAD_US + RECONNECT_US;
+        for i in 0..self.clients.len() {
+            if self.clients[i].node != n {
+                continue;
+            }
+            self.clients[i].node = survivors[i % survivors.len()];
+            if let Some((req, _, _)) = self.clients[i].op.take() {
+                self.reqs.remove(&req);
+                self.at(reconnect, Ev::Client(i));
+            }
+        }
+        if self.cfg.scrub_node == Some(n) {
+            self.scrub = None;
+            self.cfg.scrub_node = None;
+        }
+        if self.final_flush.is_some() && n == 0 {
+            self.final_flush = None;
+        }
+        for s in survivors {
+            self.view_pending |= 1 << s;
+            let t = self.now_us + c.detect_us + self.rng.gen_range(0..VIEW_SPREAD_US);
+            self.at(t, Ev::View(s));
+        }
+        Ok(())
+    }
+
+    /// Survivor `n` moves to the membership without the dead controller, as the controller's
+    /// shell does: once its card has fetched every command of the old epoch.
+    fn view(&mut self, n: u8) -> Result<(), String> {
+        let node = &mut self.nodes[n as usize];
+        node.view_due = true;
+        if node.driver.unfetched().map_err(|e| format!("n{n} card: {e}"))? > 0 {
+            self.at(self.now_us + CARD_POLL_US, Ev::View(n));
+            return Ok(());
+        }
+        node.view_due = false;
+        let live = !self.dead & (((1u16 << self.cfg.nodes) - 1) as u8);
+        node.driver.set_view(EPOCH_AFTER_CRASH, live);
+        self.view_pending &= !(1 << n);
+        self.step(n, Input::View { epoch: EPOCH_AFTER_CRASH, live })?;
+        if n == self.first_alive() {
+            let dead = self.dead.trailing_zeros() as u8;
+            let array = &self.nodes[n as usize].array;
+            let regions = array.slot_dirty_regions(dead as usize).map_err(|e| format!("slot {dead}: {e}"))?;
+            let mut stripes = array.region_stripes(&regions);
+            if self.cfg.mutation == Some(crate::amf::machine::Mutation::SkipTakeoverResync) {
+                stripes.clear();
+            }
+            self.takeover = Some(Takeover { dead, node: n, stripes, next: 0, req: None, done: false });
+            self.takeover_next()?;
+        }
+        Ok(())
+    }
+
+    /// The takeover's resync asks for its next stripe (scrub with repair, under the lock).
+    fn takeover_next(&mut self) -> Result<(), String> {
+        let Some(t) = self.takeover.as_mut() else { return Ok(()) };
+        if t.req.is_some() || t.done {
+            return Ok(());
+        }
+        let Some(&stripe) = t.stripes.get(t.next) else {
+            t.done = true;
+            let (dead, node) = (t.dead, t.node);
+            let array = &self.nodes[node as usize].array;
+            array.sync_members().map_err(|e| format!("sync after the takeover's resync: {e}"))?;
+            array.clear_bitmap_slot(dead as usize).map_err(|e| format!("clearing slot {dead}: {e}"))?;
+            return self.maybe_final_flush();
+        };
+        let id = self.next_req;
+        self.next_req += 1;
+        t.req = Some(id);
+        let node = t.node;
+        let req = HostReq::Stripe { stripe, job: StripeJob::Scrub { repair: true } };
+        self.step(node, Input::Host { id, req })
+    }
+
     fn fail_armed_member(&mut self, n: u8) {
         if let Some(f) = self.nodes[n as usize].fail_armed.take() {
             self.nodes[n as usize].array.fail_member(f.member, "injected by the simulator");
@@ -505,7 +711,7 @@ impl World {
         } else {
             let from = (to + 1) % self.cfg.nodes;
             self.stale_sent += 1;
-            let msg = Msg::DropReplica { line: 0, wseq: u64::MAX };
+            let msg = Msg::DropReplica { id: 0, line: 0, wseq: u64::MAX };
             self.step(to, Input::Fabric { from, epoch: 0, msg })?;
         }
         Ok(())
@@ -580,18 +786,27 @@ impl World {
             req.is_none()
                 && self.cfg.scrub_node.is_some_and(|n| next >= self.nodes[n as usize].array.geometry().stripes())
         });
-        if !clients_done || !scrub_done || self.final_flush.is_some() {
+        let takeover_done = self.view_pending == 0 && self.takeover.as_ref().is_none_or(|t| t.done);
+        if !clients_done || !scrub_done || !takeover_done || self.final_flush.is_some() {
             return Ok(());
         }
         let id = self.next_req;
         self.next_req += 1;
         self.final_flush = Some(id);
-        self.step(0, Input::Host { id, req: HostReq::Flush })
+        let node = self.first_alive();
+        self.step(node, Input::Host { id, req: HostReq::Flush })
     }
 
     fn reply(&mut self, id: u64, result: Result<Vec<u8>, HostError>) -> Result<(), String> {
         if self.scrub.is_some_and(|(_, req, _)| req == Some(id)) {
             return self.scrub_done(result);
+        }
+        if let Some(t) = self.takeover.as_mut().filter(|t| t.req == Some(id)) {
+            let stripe = t.stripes.get(t.next).copied().unwrap_or(0);
+            result.map_err(|e| format!("the takeover's resync of stripe {stripe}: {e}"))?;
+            t.req = None;
+            t.next += 1;
+            return self.takeover_next();
         }
         if self.final_flush == Some(id) {
             result.map_err(|e| format!("final flush: {e}"))?;
@@ -627,7 +842,16 @@ impl World {
     fn step(&mut self, n: u8, input: Input) -> Result<(), String> {
         self.steps += 1;
         (self.now_us, n, &input).hash(&mut self.hasher);
+        let dbg = std::env::var("AMF_SIM_TRACE").is_ok();
+        if dbg {
+            eprintln!("{} n{n} <- {:?}", self.now_us, crate::amf::sim::world::short(&input));
+        }
         let outs = self.nodes[n as usize].m.step(input);
+        if dbg {
+            for o in &outs {
+                eprintln!("{} n{n} -> {:?}", self.now_us, short_out(o));
+            }
+        }
         self.nodes[n as usize].m.check()?;
         for o in outs {
             self.output(n, o)?;
@@ -647,7 +871,8 @@ impl World {
                     let copies = if self.chance(f.fabric_dup_ppm) { 2 } else { 1 };
                     for _ in 0..copies {
                         let t = self.now_us + self.rng.gen_range(1..=f.fabric_delay_us_max);
-                        self.at(t, Ev::Fabric { to, from: n, epoch: 1, msg: msg.clone() });
+                        let epoch = self.nodes[n as usize].m.config().epoch;
+                        self.at(t, Ev::Fabric { to, from: n, epoch, msg: msg.clone() });
                     }
                 }
             }
@@ -703,7 +928,9 @@ impl World {
         for _ in 0..PUMP_ROUNDS_MAX {
             let mut moved = false;
             for n in 0..self.nodes.len() {
-                moved |= self.pump_node(n)?;
+                if self.alive(n as u8) {
+                    moved |= self.pump_node(n)?;
+                }
             }
             if !moved {
                 return Ok(());
@@ -716,7 +943,7 @@ impl World {
         let mut moved = false;
         {
             let node = &mut self.nodes[n];
-            while node.driver.in_flight() < CARD_INFLIGHT_MAX {
+            while !node.view_due && node.driver.in_flight() < CARD_INFLIGHT_MAX {
                 let Some((id, op, resource)) = node.backlog.pop_front() else { break };
                 let (code, wait) = opcode(op);
                 let tag = node.driver.submit_with(code, resource, wait).map_err(|e| format!("n{n} card: {e}"))?;
@@ -772,7 +999,7 @@ impl World {
             let mut want = vec![0u8; BLOCK_BYTES];
             pattern(id, b, &mut want);
             let ours = node.m.line_data(r).map(|d| &d[at..at + BLOCK_BYTES]);
-            if node.m.line_state(r) != State::Modified || ours != Some(want.as_slice()) {
+            if node.m.line_state(r) != State::Modified || ours != Some(want.as_slice()) || node.m.replica_pending(r) {
                 continue;
             }
             let theirs = self.nodes[peer as usize].m.replicas().get(&(n, r)).map(|(_, d)| &d[at..at + BLOCK_BYTES]);
@@ -789,7 +1016,7 @@ impl World {
     fn check_cluster(&self) -> Result<(), String> {
         let mut lines: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
         let mut stripes: BTreeMap<u64, u8> = BTreeMap::new();
-        for (i, node) in self.nodes.iter().enumerate() {
+        for (i, node) in self.nodes.iter().enumerate().filter(|(i, _)| self.alive(*i as u8)) {
             for (r, s) in node.m.resident() {
                 let e = lines.entry(r).or_default();
                 if matches!(s, State::Exclusive | State::Modified) {
@@ -819,28 +1046,30 @@ impl World {
     }
 
     fn final_checks(&mut self) -> Result<Report, String> {
-        for (i, n) in self.nodes.iter().enumerate() {
+        for (i, n) in self.nodes.iter().enumerate().filter(|(i, _)| self.alive(*i as u8)) {
             if n.m.dirty_lines() != 0 {
                 return Err(format!("n{i} kept {} dirty lines after the final flush", n.m.dirty_lines()));
             }
         }
         let stale: u64 = self.nodes.iter().map(|n| n.m.counters.stale_epoch).sum();
-        if stale != self.stale_sent {
+        // Messages of the old membership still in flight when it changed are dropped too.
+        if stale != self.stale_sent && (self.dead == 0 || stale < self.stale_sent) {
             return Err(format!("{} stale-epoch messages sent, {stale} dropped", self.stale_sent));
         }
         let now = self.now_us + 1;
-        // As a fresh assembly would: node 0 reads what the superblocks say now.
-        self.nodes[0].array.load_states().map_err(|e| format!("final superblock read: {e}"))?;
+        // As a fresh assembly would: a survivor reads what the superblocks say now.
+        let first = self.first_alive() as usize;
+        self.nodes[first].array.load_states().map_err(|e| format!("final superblock read: {e}"))?;
         let blocks: Vec<u64> = self.history.blocks().collect();
         for b in blocks {
             let mut buf = vec![0u8; BLOCK_BYTES];
-            self.nodes[0].array.read(b * BLOCK_BYTES as u64, &mut buf).map_err(|e| format!("final read: {e}"))?;
+            self.nodes[first].array.read(b * BLOCK_BYTES as u64, &mut buf).map_err(|e| format!("final read: {e}"))?;
             self.history
                 .check_read(b, &buf, now, now)
                 .map_err(|e| format!("on the members after the final flush: {e}"))?;
         }
-        let scrub =
-            crate::raid::scrub::scrub(&self.nodes[0].array, false, &|_, _| {}).map_err(|e| format!("scrub: {e}"))?;
+        let scrub = crate::raid::scrub::scrub(&self.nodes[first].array, false, &|_, _| {})
+            .map_err(|e| format!("scrub: {e}"))?;
         if scrub.mismatches != 0 {
             return Err(format!(
                 "scrub: {} stripes with parity out of step: {:?}",
@@ -859,6 +1088,17 @@ impl World {
             counters: self.nodes.iter().map(|n| n.m.counters).collect(),
             garbage: self.garbage,
             scrubbed_online: self.scrub.map_or(0, |s| s.2),
+            crashed: self.cfg.faults.crash.map(|c| c.node),
+            resynced_after_crash: self.takeover.as_ref().map_or(0, |t| t.next as u64),
         })
     }
+}
+
+pub(crate) fn short(i: &Input) -> String {
+    let s = format!("{i:?}");
+    s.chars().take(160).collect()
+}
+fn short_out(o: &Output) -> String {
+    let s = format!("{o:?}");
+    s.chars().take(160).collect()
 }

@@ -1,0 +1,229 @@
+//! Membership changes: a controller that left is dead for sure (the membership layer proved it:
+//! its process is gone, or its lease ran out and it fenced itself), so the survivors take over
+//! what it left in their hands:
+//!
+//! - **its dirty lines**: every acknowledged write of a controller lives in its replica peer
+//!   until the members hold it, and a controller gives a line to no one until its replica's
+//!   drop is answered. So a replica held here for a dead controller is the newest content of
+//!   a line nobody else holds: it becomes this controller's own Modified line at once, before
+//!   any peer's request for the line is answered (a request that was waiting for the dead
+//!   controller's answer times out on the card and is asked again, and this controller now
+//!   answers it with a write-back first);
+//! - **its requests**: fetches to it read the members instead, flushes stop waiting for it,
+//!   replicas on their way to it go to the next member in ring order (or, with no member
+//!   left to hold them, to the members before the write is acknowledged);
+//! - **its locks**: nothing to do here: acquires that waited for it time out on the card and
+//!   are asked again in the new membership, where it is not asked.
+//!
+//! What it was writing to the members (parity it may have left half-updated) is in its
+//! write-intent slot; the shells resync those regions under the stripe locks.
+
+use super::*;
+
+impl Machine {
+    pub(super) fn view_change(&mut self, epoch: u32, live: u8) {
+        let me = 1u8 << self.cfg.node;
+        if live & me == 0 {
+            // Not a member any more: the shell stops this controller (it fenced itself), and
+            // until it does the card refuses its commands in the new epoch anyway.
+            return;
+        }
+        let joined = live & !self.live;
+        if joined != 0 || epoch == self.cfg.epoch {
+            // A controller that joins starts with a cold cache and holds no replica: nothing to
+            // take over. The ring of replica peers changes, which the join protocol handles
+            // (not yet: a joining controller is refused by its own start barrier).
+            self.counters.malformed += 1;
+            return;
+        }
+        let old_peer = self.replica_peer();
+        let gone = self.live & !live;
+        self.live = live;
+        self.cfg.epoch = epoch;
+        self.counters.views += 1;
+        let mut taken = Vec::new();
+        for d in (0..8u8).filter(|d| gone & (1 << d) != 0) {
+            taken.extend(self.take_over(d));
+            self.forget_requests_to(d);
+        }
+        let new_peer = self.replica_peer();
+        if new_peer != old_peer {
+            self.replicate_again(old_peer, new_peer);
+        } else {
+            // The lines taken over live only here: they need a replica too.
+            for r in taken {
+                self.replicate_line(r, new_peer);
+            }
+        }
+    }
+
+    /// The dead controller `d`'s replicas here become this controller's dirty lines (returned).
+    fn take_over(&mut self, d: u8) -> Vec<u64> {
+        let mut taken = Vec::new();
+        let lines: Vec<u64> = self.replicas.range((d, 0)..=(d, u64::MAX)).map(|((_, r), _)| *r).collect();
+        let len = self.line_len();
+        // Lines in use as the cache counts them (resident, or on their way in).
+        let mut over = self
+            .lines
+            .values()
+            .filter(|l| {
+                l.state != State::Invalid
+                    || matches!(
+                        l.phase,
+                        Phase::Acquiring { .. }
+                            | Phase::Filling { .. }
+                            | Phase::FillLocking { .. }
+                            | Phase::Fetching { .. }
+                    )
+            })
+            .count();
+        for r in lines {
+            let Some((_, data)) = self.replicas.remove(&(d, r)) else { continue };
+            let here = self.lines.get(&r).map(|l| (l.state, l.phase));
+            let usable = data.len() == len
+                && matches!(here, None | Some((State::Invalid, Phase::Idle | Phase::Acquiring { .. })));
+            if !usable || self.cfg.mutation == Some(Mutation::ForgetDeadReplicas) {
+                // A copy here means the dead controller had given the line up (after its
+                // replica's drop was answered: this replica is one such drop that was late).
+                self.counters.replicas_stale += 1;
+                continue;
+            }
+            let now = self.now_us;
+            self.line(r);
+            self.wseq += 1;
+            let wseq = self.wseq;
+            if !matches!(here, Some((_, Phase::Acquiring { .. }))) {
+                over += 1;
+            }
+            let evict = over > self.cfg.lines_max;
+            let l = self.line(r);
+            // An acquire of it in flight asked the dead controller too: it can only time out,
+            // and its completion finds the line no longer acquiring.
+            l.phase = Phase::Idle;
+            l.state = State::Modified;
+            l.data = data;
+            l.wseq = wseq;
+            l.dirty_since_us = now;
+            l.fresh = false;
+            l.lost = 0;
+            l.acquire_at_us = 0;
+            // Past the cache's size: written back and dropped at once.
+            l.evict |= evict;
+            self.counters.lines_taken_over += 1;
+            self.touched.insert(r);
+            taken.push(r);
+        }
+        taken
+    }
+
+    /// Requests to the dead controller `d` will not be answered.
+    fn forget_requests_to(&mut self, d: u8) {
+        let ids: Vec<u64> = self.fabric.iter().filter(|(_, o)| o.to == d).map(|(id, _)| *id).collect();
+        for id in ids {
+            let Some(o) = self.fabric.get(&id) else { continue };
+            match o.purpose {
+                // Sent again to the new replica peer below.
+                Purpose::Replica(_) => {}
+                Purpose::Rereplicate(r) => {
+                    self.fabric.remove(&id);
+                    if let Some(l) = self.lines.get_mut(&r) {
+                        l.replica_pending = None;
+                    }
+                }
+                Purpose::Flush(job) => {
+                    self.fabric.remove(&id);
+                    if let Some(j) = self.flushes.get_mut(&job) {
+                        j.peers_left &= !(1 << d);
+                    }
+                }
+                Purpose::Fetch(r) => {
+                    self.fabric.remove(&id);
+                    // Its clean copy equalled the members.
+                    if self.lines.get(&r).is_some_and(|l| l.phase == Phase::Fetching { id }) {
+                        self.start_fill(r, false);
+                        self.touched.insert(r);
+                    }
+                }
+                Purpose::Drop(r) => {
+                    self.fabric.remove(&id);
+                    self.replica_dropped(r, id, u64::MAX);
+                }
+            }
+        }
+        // A flush the dead controller asked for has nobody to answer.
+        self.flushes.retain(|_, j| !matches!(j.origin, Origin::Peer { node, .. } if node == d));
+    }
+
+    /// The replica peer changed from `old` to `new`: this controller's dirty lines are sent to
+    /// the new one (or, with none, written back).
+    fn replicate_again(&mut self, old: Option<u8>, new: Option<u8>) {
+        // Writes waiting for a replica's answer: the same message to the new peer.
+        let waiting: Vec<u64> = self
+            .fabric
+            .iter()
+            .filter(|(_, o)| matches!(o.purpose, Purpose::Replica(_)) && Some(o.to) == old)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            match new {
+                Some(to) => {
+                    if let Some(o) = self.fabric.get_mut(&id) {
+                        o.to = to;
+                        o.sent_us = self.now_us;
+                        let msg = o.msg.clone();
+                        self.out.push(Output::Send { to, msg });
+                    }
+                }
+                None => {
+                    let Some(Outstanding { purpose: Purpose::Replica(r), .. }) = self.fabric.remove(&id) else {
+                        continue;
+                    };
+                    if self.lines.get(&r).is_some_and(|l| l.phase == Phase::Replicating { id }) {
+                        // On the members before the reply, as with FUA.
+                        self.start_destage(r);
+                    }
+                }
+            }
+        }
+        let dirty: Vec<u64> = self
+            .lines
+            .iter()
+            .filter(|(_, l)| l.state == State::Modified && !matches!(l.phase, Phase::Replicating { .. }))
+            .map(|(r, _)| *r)
+            .collect();
+        for r in dirty {
+            self.replicate_line(r, new);
+        }
+    }
+
+    /// Sends dirty line `r` (not waiting for a replica already) to replica peer `to`; with
+    /// none, writes it back.
+    fn replicate_line(&mut self, r: u64, to: Option<u8>) {
+        let Some(to) = to else {
+            self.line(r).writeback = true;
+            self.touched.insert(r);
+            return;
+        };
+        let id = self.id();
+        let l = self.line(r);
+        let msg = Msg::Replicate { id, line: r, wseq: l.wseq, data: l.data.clone() };
+        l.replica_pending = Some(id);
+        l.replicated = true;
+        self.counters.rereplications += 1;
+        self.send_request(id, to, msg, Purpose::Rereplicate(r));
+    }
+
+    /// The replica of line `r` is dropped up to `wseq` (the answer to drop request `id`).
+    pub(super) fn replica_dropped(&mut self, r: u64, id: u64, wseq: u64) {
+        let Some(l) = self.lines.get_mut(&r) else { return };
+        if l.drop_pending != Some(id) {
+            return;
+        }
+        l.drop_pending = None;
+        // A newer write since is replicated again (and dropped after its own write-back).
+        if l.wseq <= wseq {
+            l.replicated = false;
+        }
+        self.touched.insert(r);
+    }
+}

@@ -1,0 +1,160 @@
+//! The controller's side of a membership change: it asks the membership's proof
+//! ([`DeathWatch`]) which peers are dead, moves its card, its fabric and its machine to the
+//! membership without them (the machine takes over their dirty lines, see
+//! `machine/view.rs`), and the lowest survivor resyncs the regions their write-intent slots
+//! mark, stripe by stripe under the stripe locks, while everyone keeps serving.
+
+use super::{call, Inbox, Loop};
+use crate::amf::io::{HostReq, Input, StripeJob};
+use crate::raid::Array;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// How often the loop asks the membership's proof about its peers.
+const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+/// Stripes between progress lines of the takeover's resync.
+const PROGRESS_STRIPES: u64 = 1024;
+
+/// Which peers are dead for sure: their process is gone (on one host the kernel released the
+/// lock it held while alive) or their lease ran out (they fenced themselves). A peer that is
+/// only slow or cut off is not dead: taking over from it would let two controllers serve one
+/// line.
+pub trait DeathWatch: Send {
+    /// Mask of the peers proven dead (bit n: controller n).
+    fn dead(&mut self) -> u8;
+}
+
+/// The takeover's resync, for `amf status`.
+#[derive(Debug, Default)]
+pub struct TakeoverProgress {
+    /// Controllers that left the membership, as a mask.
+    pub gone: AtomicU64,
+    /// Stripes of their write-intent regions to resync.
+    pub stripes: AtomicU64,
+    /// Stripes resynced.
+    pub done: AtomicU64,
+    /// Milliseconds from the proof of death to the new membership in this controller.
+    pub view_ms: AtomicU64,
+    /// Resyncs started here and not finished: while any is, the group must not be marked
+    /// clean (its next start resyncs every slot's regions instead).
+    pub unfinished: AtomicU64,
+}
+
+impl TakeoverProgress {
+    /// As JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "gone": self.gone.load(Relaxed),
+            "resync_stripes": self.stripes.load(Relaxed),
+            "resync_done": self.done.load(Relaxed),
+            "view_ms": self.view_ms.load(Relaxed),
+            "resync_unfinished": self.unfinished.load(Relaxed),
+        })
+    }
+}
+
+/// The epoch of the membership in which the controllers of mask `out` have left, from `base`
+/// (the full membership's): each leave of controller n adds 1 << 4n, so every membership of up
+/// to 8 controllers has its own epoch and survivors that see the same deaths agree on it.
+pub fn view_epoch(base: u32, out: u8) -> u32 {
+    (0..8u32).filter(|n| out & (1 << n) != 0).fold(base, |e, n| e.wrapping_add(1 << (4 * n)))
+}
+
+impl Loop {
+    /// Asks the proof about the peers now and then; moves to a new membership once the card
+    /// has fetched every command of the old one.
+    pub(super) fn watch_members(&mut self) {
+        let node = self.m.config().node;
+        if self.view_due.is_none() && self.hellos_in() && self.last_watch.elapsed() >= WATCH_INTERVAL {
+            self.last_watch = Instant::now();
+            let dead = self.deaths.as_mut().map_or(0, |w| w.dead()) & self.all_peers();
+            if dead != 0 {
+                let live = self.m.live() & !dead;
+                let all = if self.m.config().nodes >= 8 { 0xff } else { (1u8 << self.m.config().nodes) - 1 };
+                let epoch = view_epoch(self.base_epoch, all & !live);
+                eprintln!(
+                    "amf: controller {node}: controllers {:?} are dead; moving to epoch {epoch}",
+                    mask_list(dead)
+                );
+                self.view_due = Some((epoch, live, Instant::now()));
+            }
+        }
+        let Some((epoch, live, since)) = self.view_due else { return };
+        match self.driver.unfetched() {
+            Ok(0) => {}
+            Ok(_) => return,
+            Err(e) => {
+                self.card_error = Some(e.to_string());
+                return;
+            }
+        }
+        self.view_due = None;
+        let gone = self.m.live() & !live;
+        self.driver.set_view(epoch, live);
+        self.net.set_epoch(epoch);
+        let before = self.m.counters.lines_taken_over;
+        self.step(Input::View { epoch, live });
+        let taken = self.m.counters.lines_taken_over - before;
+        let ms = since.elapsed().as_millis() as u64;
+        self.takeover.view_ms.store(ms, Relaxed);
+        self.takeover.gone.fetch_or(gone as u64, Relaxed);
+        eprintln!(
+            "amf: controller {node}: epoch {epoch}, controllers {:?}; took over {taken} dirty lines ({ms} ms)",
+            mask_list(live)
+        );
+        // The lowest survivor resyncs what the dead were writing (every controller out of the
+        // membership: one that died while it resynced for an earlier one left it unfinished).
+        if live.trailing_zeros() as u8 == node {
+            let (inbox, array, progress) = (self.inbox.clone(), self.array.clone(), self.takeover.clone());
+            let all = if self.m.config().nodes >= 8 { 0xff } else { (1u8 << self.m.config().nodes) - 1 };
+            let dead = mask_list(all & !live);
+            progress.unfinished.fetch_add(1, Relaxed);
+            let spawned = std::thread::Builder::new()
+                .name(format!("amf-takeover-{node}"))
+                .spawn(move || resync_dead_slots(&inbox, &array, &dead, &progress, node));
+            if let Err(e) = spawned {
+                eprintln!("amf: controller {node}: cannot start the takeover's resync: {e}");
+            }
+        }
+    }
+}
+
+fn mask_list(mask: u8) -> Vec<u8> {
+    (0..8).filter(|n| mask & (1 << n) != 0).collect()
+}
+
+/// Resyncs the stripes the write-intent slots of `dead` mark, one stripe job at a time through
+/// the loop (under the stripe's lock), then clears the slots.
+fn resync_dead_slots(inbox: &Inbox, array: &Array, dead: &[u8], progress: &TakeoverProgress, node: u8) {
+    for &d in dead {
+        let stripes = match array.slot_dirty_regions(d as usize) {
+            Ok(regions) => array.region_stripes(&regions),
+            Err(e) => {
+                eprintln!("amf: controller {node}: reading controller {d}'s write-intent slot: {e}");
+                continue;
+            }
+        };
+        progress.stripes.fetch_add(stripes.len() as u64, Relaxed);
+        eprintln!("amf: controller {node}: resyncing {} stripes controller {d} may have been writing", stripes.len());
+        for (i, &stripe) in stripes.iter().enumerate() {
+            let job = StripeJob::Scrub { repair: true };
+            if let Err(e) = call(inbox, HostReq::Stripe { stripe, job }) {
+                // Left unfinished: the group stays dirty, and its next start resyncs.
+                eprintln!("amf: controller {node}: resync of stripe {stripe} stopped: {e}");
+                return;
+            }
+            progress.done.fetch_add(1, Relaxed);
+            if (i as u64 + 1).is_multiple_of(PROGRESS_STRIPES) {
+                eprintln!("amf: controller {node}: resync {}/{} stripes", i + 1, stripes.len());
+            }
+        }
+        match array.clear_bitmap_slot(d as usize) {
+            Ok(()) => eprintln!("amf: controller {node}: controller {d}'s write-intent regions are in sync"),
+            Err(e) => {
+                eprintln!("amf: controller {node}: clearing controller {d}'s write-intent slot: {e}");
+                return;
+            }
+        }
+    }
+    progress.unfinished.fetch_sub(1, Relaxed);
+}
