@@ -4,7 +4,47 @@
 
 use super::io::{CardEventKind, CardOp, CardStatus, Input};
 use amf_hdl_model::gen::structs::{Completion, Event, EventKind, Opcode, Status};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
+
+/// Acquires the card runs at once (its pending table: the RTL's `Inflight`, the model's
+/// `INFLIGHT_MAX`). With that many running the card fetches no further command, so a yield
+/// queued behind one more acquire would wait for acquires that may be waiting for it: the
+/// shells keep acquires below this and let yields and releases go ahead of the acquires held
+/// back.
+pub const CARD_ACQUIRES_MAX: usize = amf_hdl_model::model::card::INFLIGHT_MAX - 1;
+
+/// True for commands that take a place in the card's pending table until their completion.
+pub fn waits(op: CardOp) -> bool {
+    matches!(op, CardOp::AcquireShared | CardOp::AcquireExclusive)
+}
+
+/// Takes from `backlog` (in order) up to `room` commands the card can take now: acquires while
+/// fewer than [`CARD_ACQUIRES_MAX`] run (`acquires` counts those submitted and not completed),
+/// and every yield and release, except one for a resource whose acquire is held back (the card
+/// sees one resource's commands in the machine's order). The rest stay in the backlog in order.
+pub fn take_submittable(
+    backlog: &mut VecDeque<(u64, CardOp, u64)>,
+    mut acquires: usize,
+    room: usize,
+) -> Vec<(u64, CardOp, u64)> {
+    let mut taken = Vec::new();
+    let mut kept = VecDeque::new();
+    let mut held_back = BTreeSet::new();
+    while let Some(c) = backlog.pop_front() {
+        let (_, op, resource) = c;
+        let ok =
+            taken.len() < room && if waits(op) { acquires < CARD_ACQUIRES_MAX } else { !held_back.contains(&resource) };
+        if ok {
+            acquires += waits(op) as usize;
+            taken.push(c);
+        } else {
+            held_back.insert(resource);
+            kept.push_back(c);
+        }
+    }
+    *backlog = kept;
+    taken
+}
 
 /// The opcode of a machine command and whether it is sent with `hold`.
 pub fn opcode(op: CardOp) -> (Opcode, bool) {
@@ -65,4 +105,31 @@ pub fn in_card_order(
     }
     inputs.extend(events.iter().filter_map(|(_, e)| event_input(e)));
     inputs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yields_go_ahead_of_acquires_held_back_but_not_of_their_own_resource() {
+        let mut backlog: VecDeque<(u64, CardOp, u64)> = VecDeque::new();
+        for r in 0..CARD_ACQUIRES_MAX as u64 + 2 {
+            backlog.push_back((r, CardOp::AcquireExclusive, r));
+        }
+        let last = CARD_ACQUIRES_MAX as u64 + 1;
+        backlog.push_back((100, CardOp::Yield, 500));
+        backlog.push_back((101, CardOp::Yield, last));
+        let taken = take_submittable(&mut backlog, 0, 1000);
+        let ids: Vec<u64> = taken.iter().map(|c| c.0).collect();
+        let mut want: Vec<u64> = (0..CARD_ACQUIRES_MAX as u64).collect();
+        want.push(100);
+        assert_eq!(ids, want, "acquires up to the limit, then the yield of another resource");
+        let left: Vec<u64> = backlog.iter().map(|c| c.0).collect();
+        assert_eq!(left, vec![CARD_ACQUIRES_MAX as u64, last, 101], "held back in order");
+        // Room is a limit too.
+        let mut b: VecDeque<_> = (0..5u64).map(|r| (r, CardOp::Yield, r)).collect();
+        assert_eq!(take_submittable(&mut b, 0, 2).len(), 2);
+        assert_eq!(b.len(), 3);
+    }
 }

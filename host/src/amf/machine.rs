@@ -124,6 +124,8 @@ const WRITEBACKS_PER_TICK: usize = 8;
 const DESTAGE_RETRY_US: u64 = 10_000;
 /// Replicas held for peers at once (more is a peer misbehaving: refused).
 const REPLICAS_MAX: usize = 1 << 16;
+/// Drops remembered per machine (see `Machine::dropped`).
+const DROPPED_MAX: usize = 1 << 16;
 /// Pieces (line-sized parts of host requests) in flight at once; past it requests are refused.
 const PIECES_MAX: usize = 1 << 16;
 /// An acquire that lost its conflicts (the card gave up after its own retries) is asked again
@@ -378,6 +380,12 @@ pub struct Machine {
     members: BTreeMap<u64, MemberUse>,
     fabric: BTreeMap<u64, Outstanding>,
     replicas: BTreeMap<(u8, u64), (u64, Vec<u8>)>,
+    /// Replicas dropped, by (owner, line): the write sequence dropped up to, so a late copy of
+    /// an older `Replicate` (a retransmission the network held back) is not kept again: taken
+    /// over, it would be older than the members. The oldest are forgotten past
+    /// `DROPPED_MAX` (on an ordered fabric connection no copy is that late).
+    dropped: BTreeMap<(u8, u64), u64>,
+    dropped_order: VecDeque<(u8, u64)>,
     flushes: BTreeMap<u64, FlushJob>,
     group: group::Group,
     /// The controllers in the current membership (this one's bit included).
@@ -411,6 +419,8 @@ impl Machine {
             members: BTreeMap::new(),
             fabric: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+            dropped_order: VecDeque::new(),
             flushes: BTreeMap::new(),
             group: group::Group::new(degraded),
             jobs: BTreeMap::new(),
@@ -1364,7 +1374,8 @@ impl Machine {
                     self.counters.malformed += 1;
                     return;
                 }
-                if self.cfg.mutation != Some(Mutation::ForgetReplica) {
+                let late = self.dropped.get(&(from, line)).is_some_and(|w| wseq <= *w);
+                if self.cfg.mutation != Some(Mutation::ForgetReplica) && !late {
                     let e = self.replicas.entry((from, line)).or_insert((0, Vec::new()));
                     if wseq >= e.0 {
                         *e = (wseq, data);
@@ -1395,6 +1406,7 @@ impl Machine {
                 if self.replicas.get(&(from, line)).is_some_and(|(w, _)| *w <= wseq) {
                     self.replicas.remove(&(from, line));
                 }
+                self.note_dropped(from, line, wseq);
                 self.out.push(Output::Send { to: from, msg: Msg::ReplicaDropped { id } });
             }
             Msg::ReplicaDropped { id } => {
@@ -1456,6 +1468,22 @@ impl Machine {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Remembers that `from`'s replicas of `line` up to `wseq` are dropped.
+    fn note_dropped(&mut self, from: u8, line: u64, wseq: u64) {
+        let w = self.dropped.entry((from, line)).or_insert(0);
+        if wseq > *w {
+            if *w == 0 {
+                self.dropped_order.push_back((from, line));
+            }
+            *w = wseq;
+        }
+        while self.dropped_order.len() > DROPPED_MAX {
+            if let Some(k) = self.dropped_order.pop_front() {
+                self.dropped.remove(&k);
             }
         }
     }

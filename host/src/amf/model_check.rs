@@ -44,7 +44,14 @@ pub struct Scope {
     pub ticks: u8,
     /// A broken rule, to see a property catch it.
     pub mutation: Option<Mutation>,
+    /// A controller that may die at any point (once): its member writes in flight land or not,
+    /// its messages in flight still arrive, and each survivor moves to the membership without
+    /// it at any later point (once its card has fetched its commands).
+    pub crash: Option<u8>,
 }
+
+/// The epoch after the crash.
+const EPOCH_AFTER: u32 = 2;
 
 type Tester = LinearizabilityTester<u8, Register<u8>>;
 
@@ -71,13 +78,20 @@ pub struct McState {
     card: Card,
     to_host: Vec<VecDeque<Input>>,
     to_card: Vec<VecDeque<(u64, CardOp, u64)>>,
-    net: BTreeMap<(u8, u8, Msg), u8>,
+    /// (to, from, sender's epoch, message) -> copies in flight.
+    net: BTreeMap<(u8, u8, u32, Msg), u8>,
     member_io: BTreeSet<(u8, u64, MemberIo)>,
     members: Vec<u8>,
     next_op: Vec<usize>,
     busy: Vec<bool>,
     ticks: Vec<u8>,
     testers: Vec<Tester>,
+    /// Controllers that died.
+    dead: u8,
+    /// Each controller's epoch (its card's and its machine's).
+    epoch: Vec<u32>,
+    /// Each controller's card's peer mask.
+    peers: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -99,11 +113,18 @@ pub enum Action {
     /// The card starts the next acquire of a resource.
     Start(u64),
     /// A fabric message arrives.
-    Deliver(u8, u8, Msg),
+    Deliver(u8, u8, u32, Msg),
     /// A member I/O completes.
     Member(u8, u64),
     /// Time passes on a node.
     Tick(u8),
+    /// The scope's controller dies; its member writes in flight land (true) or not.
+    Crash(u8, bool),
+    /// A survivor moves to the membership without the dead controller.
+    View(u8),
+    /// An acquire that waits for a dead controller, or for one in another epoch (whose frames
+    /// its card drops), times out.
+    Timeout(u64),
 }
 
 /// The model.
@@ -142,7 +163,7 @@ impl AmfModel {
         for o in outs {
             match o {
                 Output::Card { id, op, resource } => s.to_card[n as usize].push_back((id, op, resource)),
-                Output::Send { to, msg } => *s.net.entry((to, n, msg)).or_default() += 1,
+                Output::Send { to, msg } => *s.net.entry((to, n, s.epoch[n as usize], msg)).or_default() += 1,
                 Output::MemberRead { id, offset, .. } => {
                     s.member_io.insert((n, id, MemberIo::Read(offset)));
                 }
@@ -186,7 +207,8 @@ impl AmfModel {
                 for o in answered {
                     s.card.owed.remove(&o);
                     if let Some((a, waiting)) = s.card.active.get_mut(&resource) {
-                        if a.exclusive == o.2 {
+                        // An answer in another epoch than the requester's is dropped.
+                        if a.exclusive == o.2 && s.epoch[n as usize] == s.epoch[a.node as usize] {
                             *waiting &= !(1 << n);
                         }
                     }
@@ -216,8 +238,13 @@ impl AmfModel {
             s.card.queued.remove(&resource);
         }
         let mut waiting = 0u8;
-        for t in (0..self.nodes()).filter(|t| *t != a.node) {
+        let peers = s.peers[a.node as usize];
+        for t in (0..self.nodes()).filter(|t| *t != a.node && peers & (1 << t) != 0) {
             waiting |= 1 << t;
+            if s.dead & (1 << t) != 0 || s.epoch[t as usize] != s.epoch[a.node as usize] {
+                // Its card is gone, or drops frames of another epoch: no answer comes.
+                continue;
+            }
             s.card.owed.insert((t, resource, a.exclusive));
             let kind = if a.exclusive { CardEventKind::Invalidate } else { CardEventKind::Share };
             s.to_host[t as usize].push_back(Input::CardEvent { kind, resource, from: a.node });
@@ -232,10 +259,57 @@ impl AmfModel {
             && s.net.is_empty()
             && s.member_io.is_empty()
             && s.card.queued.is_empty()
+            && s.card.active.is_empty()
+            && !self.view_due(s)
     }
 
     fn all_done(&self, s: &McState) -> bool {
-        (0..self.nodes() as usize).all(|n| s.next_op[n] == self.scope.scripts[n].len())
+        (0..self.nodes() as usize).all(|n| s.dead & (1 << n) != 0 || s.next_op[n] == self.scope.scripts[n].len())
+    }
+
+    fn alive(&self, s: &McState) -> u8 {
+        !s.dead & ((1u16 << self.nodes()) - 1) as u8
+    }
+
+    /// A survivor has not moved to the membership without the dead controller yet.
+    fn view_due(&self, s: &McState) -> bool {
+        s.dead != 0 && (0..self.nodes()).any(|n| s.dead & (1 << n) == 0 && s.epoch[n as usize] != EPOCH_AFTER)
+    }
+
+    /// The active acquire of `r` waits for an answer that cannot come (its target is dead, or
+    /// never got the request, or answered in another epoch), and asking again would not be
+    /// stuck the same way: its requester and every such target are in the new membership.
+    /// (A card times out such an acquire whenever; the model takes the timeouts that lead
+    /// somewhere, so the state space stays finite.)
+    fn stuck(&self, s: &McState, r: u64) -> bool {
+        let Some((a, waiting)) = s.card.active.get(&r) else { return false };
+        let unanswerable: Vec<u8> = (0..self.nodes())
+            .filter(|t| {
+                waiting & (1 << t) != 0 && (s.dead & (1 << t) != 0 || !s.card.owed.contains(&(*t, r, a.exclusive)))
+            })
+            .collect();
+        !unanswerable.is_empty()
+            && s.epoch[a.node as usize] == EPOCH_AFTER
+            && unanswerable.iter().all(|t| s.dead & (1 << t) != 0 || s.epoch[*t as usize] == EPOCH_AFTER)
+    }
+
+    fn crash(&self, s: &mut McState, n: u8, landed: bool) {
+        let i = n as usize;
+        s.dead |= 1 << n;
+        s.to_host[i].clear();
+        s.to_card[i].clear();
+        let mine: Vec<(u8, u64, MemberIo)> = s.member_io.iter().filter(|io| io.0 == n).cloned().collect();
+        for io in mine {
+            s.member_io.remove(&io);
+            if let (true, MemberIo::Write(r, v)) = (landed, io.2) {
+                s.members[r as usize] = v;
+            }
+        }
+        for q in s.card.queued.values_mut() {
+            q.retain(|a| a.node != n);
+        }
+        s.card.queued.retain(|_, q| !q.is_empty());
+        s.card.active.retain(|_, (a, _)| a.node != n);
     }
 }
 
@@ -257,12 +331,27 @@ impl Model for AmfModel {
             busy: vec![false; n],
             ticks: vec![self.scope.ticks; n],
             testers: (0..self.scope.lines).map(|_| LinearizabilityTester::new(Register(0u8))).collect(),
+            dead: 0,
+            epoch: vec![1; n],
+            peers: vec![((1u16 << n) - 1) as u8; n],
         }]
     }
 
     fn actions(&self, s: &McState, actions: &mut Vec<Action>) {
+        if let (Some(c), 0) = (self.scope.crash, s.dead) {
+            actions.push(Action::Crash(c, false));
+            if s.member_io.iter().any(|io| io.0 == c && matches!(io.2, MemberIo::Write(..))) {
+                actions.push(Action::Crash(c, true));
+            }
+        }
         for n in 0..self.nodes() {
             let i = n as usize;
+            if s.dead & (1 << n) != 0 {
+                continue;
+            }
+            if s.dead != 0 && s.epoch[i] != EPOCH_AFTER && s.to_card[i].is_empty() {
+                actions.push(Action::View(n));
+            }
             if !s.busy[i] && s.next_op[i] < self.scope.scripts[i].len() {
                 actions.push(Action::Issue(n));
             }
@@ -281,8 +370,17 @@ impl Model for AmfModel {
                 actions.push(Action::Start(*r));
             }
         }
-        for (to, from, msg) in s.net.keys() {
-            actions.push(Action::Deliver(*to, *from, msg.clone()));
+        for r in s.card.active.keys() {
+            if self.stuck(s, *r) {
+                actions.push(Action::Timeout(*r));
+            }
+        }
+        for (to, from, epoch, msg) in s.net.keys() {
+            // A message of an epoch its receiver has not reached yet is dropped there and sent
+            // again until it has: the model lets it wait instead (no tick needed).
+            if s.dead & (1 << to) != 0 || *epoch <= s.epoch[*to as usize] {
+                actions.push(Action::Deliver(*to, *from, *epoch, msg.clone()));
+            }
         }
         for (n, id, _) in &s.member_io {
             actions.push(Action::Member(*n, *id));
@@ -318,14 +416,32 @@ impl Model for AmfModel {
                 self.card_command(&mut s, n, id, op, resource);
             }
             Action::Start(r) => self.start(&mut s, r),
-            Action::Deliver(to, from, msg) => {
-                let key = (to, from, msg.clone());
+            Action::Deliver(to, from, epoch, msg) => {
+                let key = (to, from, epoch, msg.clone());
                 let count = s.net.get_mut(&key)?;
                 *count -= 1;
                 if *count == 0 {
                     s.net.remove(&key);
                 }
-                self.apply(&mut s, to, Input::Fabric { from, epoch: 1, msg });
+                if s.dead & (1 << to) == 0 {
+                    self.apply(&mut s, to, Input::Fabric { from, epoch, msg });
+                }
+            }
+            Action::Crash(n, landed) => self.crash(&mut s, n, landed),
+            Action::View(n) => {
+                let live = self.alive(&s);
+                s.epoch[n as usize] = EPOCH_AFTER;
+                s.peers[n as usize] = live;
+                self.apply(&mut s, n, Input::View { epoch: EPOCH_AFTER, live });
+            }
+            Action::Timeout(r) => {
+                let (a, _) = s.card.active.remove(&r)?;
+                s.to_host[a.node as usize].push_back(Input::CardDone {
+                    id: a.id,
+                    status: CardStatus::Timeout,
+                    sharers: 0,
+                });
+                self.start(&mut s, r);
             }
             Action::Member(n, id) => {
                 let io = s.member_io.iter().find(|(m, i, _)| *m == n && *i == id).cloned()?;
@@ -354,14 +470,25 @@ impl Model for AmfModel {
             Property::always("linearizable", |_, s: &McState| s.testers.iter().all(|t| t.is_consistent())),
             Property::always("single writer", |m: &AmfModel, s: &McState| {
                 (0..m.scope.lines).all(|r| {
-                    let states: Vec<State> = s.machines.iter().map(|x| x.line_state(r)).collect();
+                    let states: Vec<State> = s
+                        .machines
+                        .iter()
+                        .enumerate()
+                        .filter(|(n, _)| s.dead & (1 << n) == 0)
+                        .map(|(_, x)| x.line_state(r))
+                        .collect();
                     let excl = states.iter().filter(|x| matches!(x, State::Exclusive | State::Modified)).count();
                     let shared = states.iter().filter(|x| **x == State::Shared).count();
                     excl == 0 || (excl == 1 && shared == 0)
                 })
             }),
             Property::always("one stripe holder", |_, s: &McState| {
-                s.machines.iter().filter(|m| m.stripes_held().count() > 0).count() <= 1
+                s.machines
+                    .iter()
+                    .enumerate()
+                    .filter(|(n, m)| s.dead & (1 << n) == 0 && m.stripes_held().count() > 0)
+                    .count()
+                    <= 1
             }),
             Property::always("no overlapping stripe writes", |_, s: &McState| {
                 let writers: BTreeSet<u8> = s
@@ -373,7 +500,7 @@ impl Model for AmfModel {
                 writers.len() <= 1
             }),
             Property::always("acknowledged dirty lines are replicated", |_, s: &McState| {
-                s.machines.iter().enumerate().all(|(n, m)| {
+                s.machines.iter().enumerate().filter(|(n, _)| s.dead & (1 << n) == 0).all(|(n, m)| {
                     let Some(peer) = m.replica_node() else { return true };
                     m.dirty_idle().all(|(r, d)| {
                         s.machines[peer as usize].replicas().get(&(n as u8, r)).is_some_and(|(_, x)| x.as_slice() == d)
@@ -382,7 +509,7 @@ impl Model for AmfModel {
             }),
             Property::always("machine invariants", |_, s: &McState| s.machines.iter().all(|m| m.check().is_ok())),
             Property::always("no deadlock", |m: &AmfModel, s: &McState| {
-                !m.quiet(s) || m.all_done(s) || s.busy.iter().all(|b| !b)
+                !m.quiet(s) || m.all_done(s) || s.busy.iter().enumerate().all(|(n, b)| !b || s.dead & (1 << n) != 0)
             }),
             Property::sometimes("all done", |m: &AmfModel, s: &McState| m.all_done(s) && m.quiet(s)),
         ]
@@ -394,9 +521,17 @@ impl Model for AmfModel {
 pub fn check(scope: Scope) -> (usize, Vec<(String, String)>) {
     let model = AmfModel::new(scope);
     let names: Vec<&'static str> = model.properties().iter().map(|p| p.name).collect();
-    let checker = model.checker().threads(2).spawn_bfs().join();
+    // Depth first for the scopes with a death: breadth first keeps too many states queued.
+    if model.scope.crash.is_some() {
+        outcome(model.checker().threads(2).spawn_dfs().join(), &names)
+    } else {
+        outcome(model.checker().threads(2).spawn_bfs().join(), &names)
+    }
+}
+
+fn outcome(checker: impl Checker<AmfModel>, names: &[&'static str]) -> (usize, Vec<(String, String)>) {
     let mut failed = Vec::new();
-    for name in names {
+    for &name in names {
         if name == "all done" {
             if checker.discovery(name).is_none() {
                 failed.push((name.to_string(), "never reached".to_string()));
@@ -421,6 +556,7 @@ mod tests {
             lines_max: 1,
             ticks: 1,
             mutation: None,
+            crash: None,
         }
     }
 
@@ -439,6 +575,7 @@ mod tests {
             lines_max: 1,
             ticks: 0,
             mutation: None,
+            crash: None,
         };
         let (states, failed) = check(scope);
         println!("three nodes, one line: {states} states");
@@ -453,10 +590,60 @@ mod tests {
             lines_max: 1,
             ticks: 0,
             mutation: None,
+            crash: None,
         };
         let (states, failed) = check(scope);
         println!("two lines, one stripe, eviction, flush: {states} states");
         assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    /// Controller 0 writes, controller 1 reads twice; controller 0 may die at any point.
+    fn a_death() -> Scope {
+        Scope {
+            scripts: vec![vec![Op::Write(0, 1)], vec![Op::Read(0), Op::Read(0)]],
+            lines: 1,
+            lines_max: 1,
+            ticks: 1,
+            mutation: None,
+            crash: Some(0),
+        }
+    }
+
+    #[test]
+    fn a_controller_dies_at_any_point() {
+        let (states, failed) = check(a_death());
+        println!("two controllers, one dies: {states} states");
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    /// Controllers 0 and 2 write one line; controller 0 may die at any point, so a replica of
+    /// its write that outlived its hold of the line would be taken over by 1 (its replica
+    /// peer) beside 2's newer copy.
+    fn a_death_of_three() -> Scope {
+        Scope {
+            scripts: vec![vec![Op::Write(0, 1)], vec![], vec![Op::Write(0, 2)]],
+            lines: 1,
+            lines_max: 1,
+            ticks: 0,
+            mutation: None,
+            crash: Some(0),
+        }
+    }
+
+    #[test]
+    fn one_of_three_controllers_dies_at_any_point() {
+        let (states, failed) = check(a_death_of_three());
+        println!("three controllers, one dies: {states} states");
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    #[test]
+    fn broken_takeover_rules_are_caught() {
+        let (_, failed) = check(Scope { mutation: Some(Mutation::ForgetDeadReplicas), ..a_death() });
+        assert!(!failed.is_empty(), "forget-dead-replicas passed the model check");
+        let (_, failed) = check(Scope { mutation: Some(Mutation::YieldBeforeDrop), ..a_death_of_three() });
+        assert!(!failed.is_empty(), "yield-before-drop passed the model check");
+        println!("yield-before-drop: {failed:?}");
     }
 
     #[test]

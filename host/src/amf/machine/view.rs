@@ -46,6 +46,13 @@ impl Machine {
             taken.extend(self.take_over(d));
             self.forget_requests_to(d);
         }
+        // Requests sent in the old epoch to peers that moved first were dropped there: send
+        // them again now rather than at their next retransmission.
+        let now = self.now_us;
+        for o in self.fabric.values_mut() {
+            o.sent_us = now;
+            self.out.push(Output::Send { to: o.to, msg: o.msg.clone() });
+        }
         let new_peer = self.replica_peer();
         if new_peer != old_peer {
             self.replicate_again(old_peer, new_peer);
@@ -60,6 +67,9 @@ impl Machine {
     /// The dead controller `d`'s replicas here become this controller's dirty lines (returned).
     fn take_over(&mut self, d: u8) -> Vec<u64> {
         let mut taken = Vec::new();
+        // Its messages still in flight carry the old epoch and are dropped: nothing to guard.
+        self.dropped.retain(|(o, _), _| *o != d);
+        self.dropped_order.retain(|(o, _)| *o != d);
         let lines: Vec<u64> = self.replicas.range((d, 0)..=(d, u64::MAX)).map(|((_, r), _)| *r).collect();
         let len = self.line_len();
         // Lines in use as the cache counts them (resident, or on their way in).
@@ -225,5 +235,81 @@ impl Machine {
             l.replicated = false;
         }
         self.touched.insert(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(node: u8, nodes: u8) -> Machine {
+        Machine::new(Config {
+            node,
+            nodes,
+            epoch: 1,
+            line_bytes: 4,
+            lines_max: 4,
+            stripe_bytes: 16,
+            capacity: 64,
+            degraded: false,
+            mutation: None,
+        })
+    }
+
+    fn from(m: &mut Machine, peer: u8, msg: Msg) -> Vec<Output> {
+        m.step(Input::Fabric { from: peer, epoch: 1, msg })
+    }
+
+    #[test]
+    fn a_late_copy_of_a_dropped_replica_is_not_kept_and_a_dead_peers_replica_is_taken_over() {
+        let mut m = machine(1, 3);
+        let replicate = |wseq, byte| Msg::Replicate { id: wseq, line: 2, wseq, data: vec![byte; 4] };
+        from(&mut m, 0, replicate(5, 0xaa));
+        assert_eq!(m.replicas().get(&(0, 2)).map(|r| r.0), Some(5));
+        let out = from(&mut m, 0, Msg::DropReplica { id: 9, line: 2, wseq: 5 });
+        assert!(out.contains(&Output::Send { to: 0, msg: Msg::ReplicaDropped { id: 9 } }));
+        assert!(m.replicas().is_empty());
+        // A retransmission held back by the network arrives after the drop: acknowledged,
+        // not kept (taken over later, it would be older than the members).
+        let out = from(&mut m, 0, replicate(5, 0xaa));
+        assert!(out.contains(&Output::Send { to: 0, msg: Msg::ReplicaAck { id: 5 } }));
+        assert!(m.replicas().is_empty(), "a late copy of a dropped replica was kept");
+        // A newer write of the line is kept, and taken over when its owner dies.
+        from(&mut m, 0, replicate(7, 0xbb));
+        let out = m.step(Input::View { epoch: 2, live: 0b110 });
+        assert_eq!(m.line_state(2), State::Modified);
+        assert_eq!(m.line_data(2), Some(&[0xbb; 4][..]));
+        assert!(m.replicas().is_empty());
+        assert_eq!(m.live(), 0b110);
+        assert_eq!(m.config().epoch, 2);
+        // It lives only here now: sent to this controller's replica peer (2).
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Send { to: 2, msg: Msg::Replicate { line: 2, .. } })),
+            "{out:?}"
+        );
+        assert_eq!(m.counters.lines_taken_over, 1);
+        // Messages of the old epoch are dropped from now on.
+        from(&mut m, 2, Msg::FlushReq { id: 1 });
+        assert_eq!(m.counters.stale_epoch, 1);
+    }
+
+    #[test]
+    fn a_write_waiting_for_a_dead_replica_peer_goes_to_the_next_one() {
+        let mut m = machine(0, 3);
+        let out = m.step(Input::Host { id: 1, req: HostReq::Write { offset: 0, data: vec![1; 4], fua: false } });
+        let Some(Output::Card { id, .. }) = out.first().cloned() else { panic!("{out:?}") };
+        let out = m.step(Input::CardDone { id, status: CardStatus::Ok, sharers: 0 });
+        assert!(out.iter().any(|o| matches!(o, Output::Send { to: 1, msg: Msg::Replicate { .. } })), "{out:?}");
+        // Controller 1 dies before it answers: the replica goes to 2, and 2's answer ends it.
+        let out = m.step(Input::View { epoch: 2, live: 0b101 });
+        let id = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Send { to: 2, msg: Msg::Replicate { id, .. } } => Some(*id),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{out:?}"));
+        let out = m.step(Input::Fabric { from: 2, epoch: 2, msg: Msg::ReplicaAck { id } });
+        assert!(out.contains(&Output::Reply { id: 1, result: Ok(Vec::new()) }), "{out:?}");
     }
 }

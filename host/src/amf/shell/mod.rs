@@ -13,7 +13,7 @@ mod takeover;
 
 pub use takeover::{view_epoch, DeathWatch, TakeoverProgress};
 
-use super::card_terms::{in_card_order, opcode};
+use super::card_terms::{in_card_order, opcode, take_submittable, waits};
 use super::io::*;
 use super::machine::{Config, Machine};
 use crate::engine::AnyCard;
@@ -624,17 +624,24 @@ impl Loop {
     /// Submits queued commands; feeds completions and events to the machine in card order.
     fn pump_card(&mut self) {
         for _ in 0..64 {
-            while self.view_due.is_none() && self.driver.in_flight() < CARD_INFLIGHT_MAX {
-                let Some((id, op, resource)) = self.backlog.pop_front() else { break };
-                let (code, hold) = opcode(op);
-                match self.driver.submit_with(code, resource, hold) {
-                    Ok(tag) => {
-                        self.tags.insert(tag, (id, Instant::now(), op, resource));
-                    }
-                    Err(e) => {
-                        self.card_error = Some(e.to_string());
-                        self.backlog.push_front((id, op, resource));
-                        break;
+            if self.view_due.is_none() {
+                let acquires = self.tags.values().filter(|t| waits(t.2)).count();
+                let room = CARD_INFLIGHT_MAX.saturating_sub(self.driver.in_flight());
+                let mut batch = take_submittable(&mut self.backlog, acquires, room).into_iter();
+                while let Some((id, op, resource)) = batch.next() {
+                    let (code, hold) = opcode(op);
+                    match self.driver.submit_with(code, resource, hold) {
+                        Ok(tag) => {
+                            self.tags.insert(tag, (id, Instant::now(), op, resource));
+                        }
+                        Err(e) => {
+                            self.card_error = Some(e.to_string());
+                            let unsent: Vec<_> = std::iter::once((id, op, resource)).chain(batch).collect();
+                            for c in unsent.into_iter().rev() {
+                                self.backlog.push_front(c);
+                            }
+                            break;
+                        }
                     }
                 }
             }

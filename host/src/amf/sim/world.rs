@@ -1,7 +1,7 @@
 //! The simulated cluster and its scheduler.
 
 use super::history::{pattern, History, BLOCK_BYTES};
-use crate::amf::card_terms::{in_card_order, opcode};
+use crate::amf::card_terms::{in_card_order, opcode, take_submittable, waits};
 use crate::amf::io::*;
 use crate::amf::machine::{Config, Counters, Machine, State};
 use crate::engine::{Backend, Driver, DriverConfig, ModelBackend};
@@ -222,6 +222,8 @@ pub struct Report {
     pub crashed: Option<u8>,
     /// Stripes the survivors resynced from its write-intent slot.
     pub resynced_after_crash: u64,
+    /// Stripes it was writing when it died, left with their redundancy torn.
+    pub torn_at_crash: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -291,7 +293,7 @@ struct Node {
     changes_seen: u64,
     /// A member failure to be found by this node's next member write.
     fail_armed: Option<MemberFail>,
-    tags: BTreeMap<u32, u64>,
+    tags: BTreeMap<u32, (u64, CardOp)>,
     backlog: VecDeque<(u64, CardOp, u64)>,
     /// A new membership waits for the card to fetch the commands of the old one (new ones
     /// wait in the backlog meanwhile).
@@ -326,6 +328,7 @@ struct World {
     /// Survivors that have not heard of the new membership yet.
     view_pending: u8,
     takeover: Option<Takeover>,
+    torn: u64,
     stripe_bytes: u64,
     blocks: u64,
     dir: PathBuf,
@@ -426,6 +429,7 @@ impl World {
             dead: 0,
             view_pending: 0,
             takeover: None,
+            torn: 0,
             stripe_bytes,
             blocks,
             dir,
@@ -605,10 +609,14 @@ impl World {
         let marked = self.nodes[live].array.slot_dirty_regions(n as usize).map_err(|e| format!("slot {n}: {e}"))?;
         let marked = self.nodes[live].array.region_stripes(&marked);
         let cut: Vec<u64> = self.writing.iter().filter(|(_, (w, _))| *w == n).map(|(s, _)| *s).collect();
+        // A torn stripe that also loses a member (before the resync makes it whole) loses the
+        // member's blocks there: the RAID write hole, a documented two-fault limit. Seeds that
+        // fail a member keep the dead controller's writes whole.
+        let tear = self.cfg.faults.member_fail.is_none();
         for s in cut {
             self.writing.remove(&s);
-            if marked.contains(&s) {
-                self.nodes[live].array.tear_redundancy(s);
+            if tear && marked.contains(&s) && self.nodes[live].array.tear_redundancy(s) {
+                self.torn += 1;
             }
         }
         // Its clients' requests are lost (a write among them is never acknowledged: either
@@ -943,12 +951,15 @@ impl World {
         let mut moved = false;
         {
             let node = &mut self.nodes[n];
-            while !node.view_due && node.driver.in_flight() < CARD_INFLIGHT_MAX {
-                let Some((id, op, resource)) = node.backlog.pop_front() else { break };
-                let (code, wait) = opcode(op);
-                let tag = node.driver.submit_with(code, resource, wait).map_err(|e| format!("n{n} card: {e}"))?;
-                node.tags.insert(tag, id);
-                moved = true;
+            if !node.view_due {
+                let acquires = node.tags.values().filter(|t| waits(t.1)).count();
+                let room = CARD_INFLIGHT_MAX.saturating_sub(node.driver.in_flight());
+                for (id, op, resource) in take_submittable(&mut node.backlog, acquires, room) {
+                    let (code, wait) = opcode(op);
+                    let tag = node.driver.submit_with(code, resource, wait).map_err(|e| format!("n{n} card: {e}"))?;
+                    node.tags.insert(tag, (id, op));
+                    moved = true;
+                }
             }
             node.card.run(0);
         }
@@ -957,7 +968,7 @@ impl World {
         let tags = &mut self.nodes[n].tags;
         let mut unknown = None;
         let inputs = in_card_order(done, events, |c| {
-            let id = tags.remove(&c.tag);
+            let id = tags.remove(&c.tag).map(|t| t.0);
             if id.is_none() {
                 unknown = Some(c.tag);
             }
@@ -1090,6 +1101,7 @@ impl World {
             scrubbed_online: self.scrub.map_or(0, |s| s.2),
             crashed: self.cfg.faults.crash.map(|c| c.node),
             resynced_after_crash: self.takeover.as_ref().map_or(0, |t| t.next as u64),
+            torn_at_crash: self.torn,
         })
     }
 }
