@@ -7,6 +7,7 @@ pub mod isal;
 pub mod nbd;
 pub mod parity;
 pub mod plot;
+pub mod takeover;
 
 use std::path::Path;
 

@@ -299,6 +299,15 @@ enum BenchCommand {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// kill -9 of a controller under writes: the time until a survivor answers for its data.
+    Takeover {
+        /// Rounds per card kind (each on a fresh cluster).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Record the table in this markdown file (between bench markers).
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
     /// qemu-img bench against one amf controller (RAID5) and qemu-nbd on a raw file.
     Nbd {
         /// Requests per qemu-img bench run.
@@ -470,6 +479,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 crate::bench::cluster::plot(&scaling, &svg)?;
                 table += "\n![cluster: IOPS against controllers](bench-cluster.svg)\n";
                 crate::bench::record(&path, "cluster", &table)?;
+            }
+        }
+        Command::Bench { what: BenchCommand::Takeover { rounds, record } } => {
+            let table = crate::bench::takeover::run(rounds)?;
+            println!("{table}");
+            if let Some(path) = record {
+                crate::bench::record(&path, "takeover", &table)?;
             }
         }
         Command::Bench { what: BenchCommand::Nbd { count, record } } => {

@@ -94,6 +94,16 @@ impl Machine {
         self.group.record_asked.push(host);
     }
 
+    /// Asks for the group again with a new command (a membership change: the one in flight
+    /// may wait for a controller that left); the old one's completion is ignored.
+    pub(super) fn reissue_group_acquire(&mut self) {
+        if let Some((_, exclusive)) = self.group.acquiring {
+            let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
+            let id = self.cmd(op, GROUP_RESOURCE, CardUse::Group);
+            self.group.acquiring = Some((id, exclusive));
+        }
+    }
+
     pub(super) fn group_event(&mut self, kind: CardEventKind) {
         match kind {
             CardEventKind::Invalidate => self.group.owed_excl = true,

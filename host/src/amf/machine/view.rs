@@ -46,6 +46,7 @@ impl Machine {
             taken.extend(self.take_over(d));
             self.forget_requests_to(d);
         }
+        self.reissue_acquires();
         // Requests sent in the old epoch to peers that moved first were dropped there: send
         // them again now rather than at their next retransmission.
         let now = self.now_us;
@@ -62,6 +63,34 @@ impl Machine {
                 self.replicate_line(r, new_peer);
             }
         }
+    }
+
+    /// Acquires in flight may wait for a controller that left: its answer never comes, and the
+    /// card would report that only after its ack timeout. They are asked again now in the new
+    /// epoch (to the live controllers only); the old commands' completions are ignored (they
+    /// can only time out, or find the resource already held here).
+    fn reissue_acquires(&mut self) {
+        let lines: Vec<(u64, bool, u64)> = self
+            .lines
+            .iter()
+            .filter_map(|(r, l)| match l.phase {
+                Phase::Acquiring { exclusive, since_us, .. } => Some((*r, exclusive, since_us)),
+                _ => None,
+            })
+            .collect();
+        for (r, exclusive, since_us) in lines {
+            let op = if exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
+            let id = self.cmd(op, r, CardUse::Line(r));
+            self.line(r).phase = Phase::Acquiring { id, exclusive, since_us };
+        }
+        let stripes: Vec<u64> = self.stripes.iter().filter(|(_, st)| st.acquiring.is_some()).map(|(s, _)| *s).collect();
+        for s in stripes {
+            let id = self.cmd(CardOp::AcquireExclusive, STRIPE_NS | s, CardUse::Stripe(s));
+            if let Some(st) = self.stripes.get_mut(&s) {
+                st.acquiring = Some(id);
+            }
+        }
+        self.reissue_group_acquire();
     }
 
     /// The dead controller `d`'s replicas here become this controller's dirty lines (returned).
