@@ -172,6 +172,10 @@ pub enum Msg {
     Hello,
     /// Stop: the sender wrote back everything it acknowledged and leaves.
     Leaving,
+    /// The sender moved to this message's epoch (a controller died). Acquires the receiver
+    /// made in this epoch before the sender moved were dropped by the sender's card: the
+    /// receiver asks again now rather than after its card's timeout.
+    ViewChanged,
 }
 
 /// Inputs of the machine.

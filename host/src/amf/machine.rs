@@ -1457,6 +1457,7 @@ impl Machine {
             }
             // The shells handle start and stop; nothing changes here.
             Msg::Hello | Msg::Leaving => {}
+            Msg::ViewChanged => self.reissue_acquires(),
             Msg::FlushDone { id, ok } => {
                 if let Some(Outstanding { purpose: Purpose::Flush(job), to, .. }) = self.fabric.get(&id) {
                     let (job, to) = (*job, *to);

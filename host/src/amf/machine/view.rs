@@ -47,6 +47,12 @@ impl Machine {
             self.forget_requests_to(d);
         }
         self.reissue_acquires();
+        // A peer that moved first had its acquires in the new epoch dropped by this card until
+        // now: tell every peer, and each asks again (`ViewChanged`).
+        let others = self.others();
+        for p in (0..8u8).filter(|p| others & (1 << p) != 0) {
+            self.out.push(Output::Send { to: p, msg: Msg::ViewChanged });
+        }
         // Requests sent in the old epoch to peers that moved first were dropped there: send
         // them again now rather than at their next retransmission.
         let now = self.now_us;
@@ -69,7 +75,7 @@ impl Machine {
     /// card would report that only after its ack timeout. They are asked again now in the new
     /// epoch (to the live controllers only); the old commands' completions are ignored (they
     /// can only time out, or find the resource already held here).
-    fn reissue_acquires(&mut self) {
+    pub(super) fn reissue_acquires(&mut self) {
         let lines: Vec<(u64, bool, u64)> = self
             .lines
             .iter()

@@ -542,6 +542,10 @@ impl Loop {
                     }
                 }
                 msg => {
+                    if epoch != self.m.config().epoch && from < 8 && self.all_peers() & (1 << from) != 0 {
+                        // A peer in another epoch: it may have seen a death first; look now.
+                        self.watch_now();
+                    }
                     if let Msg::LineData { id, data } = &msg {
                         if let Some(at) = self.fetches.remove(id) {
                             if data.is_some() {

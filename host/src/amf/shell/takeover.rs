@@ -61,6 +61,11 @@ pub fn view_epoch(base: u32, out: u8) -> u32 {
 }
 
 impl Loop {
+    /// The next pass of the loop asks the proof at once.
+    pub(super) fn watch_now(&mut self) {
+        self.last_watch = Instant::now() - WATCH_INTERVAL;
+    }
+
     /// Asks the proof about the peers now and then; moves to a new membership once the card
     /// has fetched every command of the old one.
     pub(super) fn watch_members(&mut self) {
