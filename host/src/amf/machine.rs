@@ -864,9 +864,9 @@ impl Machine {
         }
     }
 
-    fn has_room(&self) -> bool {
-        let used = self
-            .lines
+    /// Lines that take a place in the cache: resident, or on their way in.
+    fn lines_used(&self) -> usize {
+        self.lines
             .values()
             .filter(|l| {
                 l.state != State::Invalid
@@ -878,8 +878,11 @@ impl Machine {
                             | Phase::Fetching { .. }
                     )
             })
-            .count();
-        used < self.cfg.lines_max
+            .count()
+    }
+
+    fn has_room(&self) -> bool {
+        self.lines_used() < self.cfg.lines_max
     }
 
     /// Starts evicting the least recently used idle line (unless one is leaving already).

@@ -25,7 +25,7 @@ pub fn controller_file(dir: &Path, index: usize) -> PathBuf {
 }
 
 /// Opens (creating) a lock file.
-fn open(path: &Path) -> Result<File, ClusterError> {
+pub(super) fn open(path: &Path) -> Result<File, ClusterError> {
     OpenOptions::new()
         .create(true)
         .truncate(false)

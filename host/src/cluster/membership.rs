@@ -10,6 +10,7 @@
 //! the members that a controller renews and that lapses only after it stopped writing (see
 //! docs/protocol.md), or from a fence agent that powers the controller off.
 
+use super::dirlock::open;
 use super::ClusterError;
 use crate::amf::shell::DeathWatch;
 use std::fs::{File, OpenOptions};
@@ -19,15 +20,6 @@ use std::path::{Path, PathBuf};
 /// Path of controller `node`'s life lock.
 pub fn life_lock_path(dir: &Path, node: u8) -> PathBuf {
     dir.join(format!("amf-controller-{node}.lock"))
-}
-
-fn open(path: &Path) -> Result<File, ClusterError> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|source| ClusterError::File { path: path.to_path_buf(), source })
 }
 
 /// Controller `node`'s life lock, held until the process ends.

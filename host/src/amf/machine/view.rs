@@ -107,21 +107,7 @@ impl Machine {
         self.dropped_order.retain(|(o, _)| *o != d);
         let lines: Vec<u64> = self.replicas.range((d, 0)..=(d, u64::MAX)).map(|((_, r), _)| *r).collect();
         let len = self.line_len();
-        // Lines in use as the cache counts them (resident, or on their way in).
-        let mut over = self
-            .lines
-            .values()
-            .filter(|l| {
-                l.state != State::Invalid
-                    || matches!(
-                        l.phase,
-                        Phase::Acquiring { .. }
-                            | Phase::Filling { .. }
-                            | Phase::FillLocking { .. }
-                            | Phase::Fetching { .. }
-                    )
-            })
-            .count();
+        let mut over = self.lines_used();
         for r in lines {
             let Some((_, data)) = self.replicas.remove(&(d, r)) else { continue };
             let here = self.lines.get(&r).map(|l| (l.state, l.phase));
