@@ -395,6 +395,19 @@ fn print_status(v: &serde_json::Value) {
             "          {} replications, {} lines written back, {} lines forwarded to peers",
             k["replications"], k["member_writes"], k["lines_forwarded"]
         );
+        let t = &c["takeover"];
+        if t["gone"].as_u64().unwrap_or(0) != 0 {
+            println!(
+                "  takeover: members {:#04x} (controllers {:#04x} died), {} dirty lines taken over, resync {}/{} \
+                 stripes{}",
+                c["live"].as_u64().unwrap_or(0),
+                t["gone"].as_u64().unwrap_or(0),
+                k["lines_taken_over"],
+                t["resync_done"],
+                t["resync_stripes"],
+                if t["resync_unfinished"].as_u64().unwrap_or(0) > 0 { " (running)" } else { "" }
+            );
+        }
         if let Some(e) = c["card_error"].as_str() {
             println!("  CARD ERROR: {e}");
         }
