@@ -19,9 +19,10 @@ fn pattern(i: u64) -> u64 {
     i % 251 + 1
 }
 
-/// What each place must hold after the writes `0..=last` were acknowledged and write
-/// `last + 1` may or may not have happened: (place, allowed patterns).
-fn expected(last: u64) -> Vec<(u64, Vec<u64>)> {
+/// What each place must hold after the writes `0..=last` of a writer whose first place is
+/// `first` were acknowledged and write `last + 1` may or may not have happened: (place,
+/// allowed patterns).
+fn expected(first: u64, last: u64) -> Vec<(u64, Vec<u64>)> {
     (0..PLACES.min(last + 1))
         .map(|p| {
             let done = last - (last + PLACES - p) % PLACES;
@@ -29,9 +30,33 @@ fn expected(last: u64) -> Vec<(u64, Vec<u64>)> {
             if done + PLACES == last + 1 {
                 allowed.push(pattern(last + 1));
             }
-            (p, allowed)
+            (first + p, allowed)
         })
         .collect()
+}
+
+/// qemu-io writing `WRITES` writes through `uri` from place `first` on; the receiver gets one
+/// message per write it answered. `cache` is qemu's cache mode: `writeback` (the writes stay
+/// in the controller's cache) or `writethrough` (every write is FUA: on the members before its
+/// answer).
+fn spawn_writer(uri: &str, first: u64, cache: &str) -> (std::process::Child, std::sync::mpsc::Receiver<()>) {
+    let mut args = vec!["-f".to_string(), "raw".to_string(), "-t".to_string(), cache.to_string()];
+    for i in 0..WRITES {
+        args.push("-c".into());
+        args.push(format!("write -P {} {} {WRITE_BYTES}", pattern(i), (first + i % PLACES) * WRITE_BYTES));
+    }
+    args.push(uri.to_string());
+    let mut writer = Command::new("qemu-io").args(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let out = writer.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.starts_with("wrote 8192/8192 bytes at offset ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    (writer, rx)
 }
 
 /// Reads every place back through `uri` and checks it holds one allowed pattern, whole.
@@ -67,26 +92,9 @@ fn kill_9_of_a_controller_loses_no_acknowledged_write_and_the_others_serve_on() 
         &["--controllers", "3", "--level", "raid6", "--members", "5", "--member-size", "32M", "--card", "sim"],
     );
     // A stream of writes through controller 0; qemu-io prints each one it got an answer for.
-    let cmds: Vec<String> =
-        (0..WRITES).map(|i| format!("write -P {} {} {WRITE_BYTES}", pattern(i), i % PLACES * WRITE_BYTES)).collect();
     // Write-back caching (qemu-io's default, writethrough, makes every write FUA: it would go
     // to the members before its answer and leave nothing to take over).
-    let mut args = vec!["-f".to_string(), "raw".to_string(), "-t".to_string(), "writeback".to_string()];
-    for cmd in &cmds {
-        args.push("-c".into());
-        args.push(cmd.clone());
-    }
-    args.push(c.uri(0).to_string());
-    let mut writer = Command::new("qemu-io").args(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let out = writer.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if line.starts_with("wrote 8192/8192 bytes at offset ") {
-                let _ = tx.send(());
-            }
-        }
-    });
+    let (mut writer, rx) = spawn_writer(c.uri(0), 0, "writeback");
     // Mid-stream (qemu-io's output reaches us in blocks: it is further along).
     for _ in 0..1500 {
         rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
@@ -97,7 +105,7 @@ fn kill_9_of_a_controller_loses_no_acknowledged_write_and_the_others_serve_on() 
     let _ = writer.wait();
     let acked = 1500 + rx.try_iter().count() as u64;
     assert!(acked < WRITES, "the kill came after the last write");
-    let want = expected(acked - 1);
+    let want = expected(0, acked - 1);
     // The first request through a survivor.
     loop {
         let out = Command::new("qemu-io").args(["-f", "raw", "-c", "read 0 4096", c.uri(1)]).output().unwrap();
@@ -138,4 +146,64 @@ fn kill_9_of_a_controller_loses_no_acknowledged_write_and_the_others_serve_on() 
     let c = start(&dir, &["--controllers", "1"]);
     verify(c.uri(0), &want);
     assert!(c.stop().success());
+}
+
+#[test]
+fn all_controllers_killed_mid_write_resync_only_what_they_were_writing_and_lose_no_durable_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let args = [
+        "--controllers",
+        "3",
+        "--level",
+        "raid5",
+        "--members",
+        "4",
+        "--member-size",
+        "64M",
+        "--chunk",
+        "64K",
+        "--bitmap-region",
+        "1M",
+        "--card",
+        "model",
+    ];
+    let c = start(&dir, &args);
+    // One writer per controller, each on its own 4 MiB; writethrough: every answered write is
+    // on the members (what a host may count on after a power loss of every controller).
+    let writers: Vec<_> = (0..3).map(|i| spawn_writer(c.uri(i), i as u64 * 2 * PLACES, "writethrough")).collect();
+    for (_, rx) in &writers {
+        for _ in 0..300 {
+            rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes");
+        }
+    }
+    for pid in &c.pids {
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let mut wants = Vec::new();
+    for (i, (mut w, rx)) in writers.into_iter().enumerate() {
+        let _ = w.wait();
+        let acked = 300 + rx.try_iter().count() as u64;
+        wants.push(expected(i as u64 * 2 * PLACES, acked - 1));
+    }
+    let _ = c.stop();
+    let before = inspect(&dir);
+    assert_eq!(before["clean"], false, "{before}");
+    let regions = before["stripes"].as_u64().unwrap().div_ceil(before["bitmap_region_stripes"].as_u64().unwrap());
+    // Restarted, the group resyncs only the regions some controller was writing.
+    let c = start(&dir, &["--controllers", "3", "--card", "model"]);
+    let log = c.log();
+    let resynced: u64 = log
+        .lines()
+        .find_map(|l| l.split("unclean shutdown; resyncing ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no resync in the log: {log}"));
+    eprintln!("resynced {resynced} of {regions} write-intent regions");
+    assert!(resynced > 0 && resynced * 4 < regions, "{resynced} of {regions} regions resynced");
+    for want in &wants {
+        verify(c.uri(1), want);
+    }
+    assert!(c.stop().success());
+    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mismatches"], 0, "{v}");
 }

@@ -107,6 +107,15 @@ impl Loop {
             "amf: controller {node}: epoch {epoch}, controllers {:?}; took over {taken} dirty lines ({ms} ms)",
             mask_list(live)
         );
+        let out = self.array.degraded_members();
+        if !out.is_empty() {
+            eprintln!(
+                "amf: controller {node}: WARNING: controllers {:?} died while members {out:?} are out: stripes they \
+                 were writing may have parity out of step, and those members' blocks there cannot be rebuilt \
+                 reliably (the RAID write hole); scrub after the rebuild",
+                mask_list(gone)
+            );
+        }
         // The lowest survivor resyncs what the dead were writing (every controller out of the
         // membership: one that died while it resynced for an earlier one left it unfinished).
         if live.trailing_zeros() as u8 == node {
