@@ -72,7 +72,9 @@ impl Loop {
         let node = self.m.config().node;
         if self.view_due.is_none() && self.hellos_in() && self.last_watch.elapsed() >= WATCH_INTERVAL {
             self.last_watch = Instant::now();
-            let dead = self.deaths.as_mut().map_or(0, |w| w.dead()) & self.all_peers();
+            // A peer that said it left wrote back everything first: its exit is a stop, not a
+            // death, and nothing of it needs taking over.
+            let dead = self.deaths.as_mut().map_or(0, |w| w.dead()) & self.all_peers() & !self.left_from;
             if dead != 0 {
                 let live = self.m.live() & !dead;
                 let all = if self.m.config().nodes >= 8 { 0xff } else { (1u8 << self.m.config().nodes) - 1 };
