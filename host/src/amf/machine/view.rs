@@ -6,14 +6,14 @@
 //!   until the members hold it, and a controller gives a line to no one until its replica's
 //!   drop is answered. So a replica held here for a dead controller is the newest content of
 //!   a line nobody else holds: it becomes this controller's own Modified line at once, before
-//!   any peer's request for the line is answered (a request that was waiting for the dead
-//!   controller's answer times out on the card and is asked again, and this controller now
+//!   any peer's request for the line is answered in the new epoch (a peer's request that was
+//!   waiting for the dead controller's answer is asked again there, and this controller
 //!   answers it with a write-back first);
 //! - **its requests**: fetches to it read the members instead, flushes stop waiting for it,
 //!   replicas on their way to it go to the next member in ring order (or, with no member
 //!   left to hold them, to the members before the write is acknowledged);
-//! - **its locks**: nothing to do here: acquires that waited for it time out on the card and
-//!   are asked again in the new membership, where it is not asked.
+//! - **its locks**: acquires in flight (lines, stripes, the group) are issued again in the new
+//!   epoch, where it is not asked; the old commands can only time out and are ignored.
 //!
 //! What it was writing to the members (parity it may have left half-updated) is in its
 //! write-intent slot; the shells resync those regions under the stripe locks.
@@ -55,8 +55,9 @@ impl Machine {
         }
         // Requests sent in the old epoch to peers that moved first were dropped there: send
         // them again now rather than at their next retransmission.
-        let now = self.now_us;
-        for o in self.fabric.values_mut() {
+        // (Replicas still addressed to a controller that left go to the new peer below.)
+        let (now, live) = (self.now_us, self.live);
+        for o in self.fabric.values_mut().filter(|o| live & (1 << o.to) != 0) {
             o.sent_us = now;
             self.out.push(Output::Send { to: o.to, msg: o.msg.clone() });
         }
