@@ -527,6 +527,58 @@ impl Machine {
         self.live & !(1 << self.cfg.node)
     }
 
+    /// What the open flushes wait for, one line per job (a diagnosis for a flush or a leave
+    /// that takes long): peers that did not answer, and each unwritten line's phase, its
+    /// stripe locks and its owed drop.
+    pub fn flushes_waiting(&self) -> Vec<String> {
+        let stripes_of = |r: u64| {
+            let first = r * self.cfg.line_bytes / self.cfg.stripe_bytes.max(1);
+            let last = ((r + 1) * self.cfg.line_bytes - 1) / self.cfg.stripe_bytes.max(1);
+            first..=last
+        };
+        self.flushes
+            .iter()
+            .map(|(job, j)| {
+                let mut lines = Vec::new();
+                for (r, w) in &j.lines {
+                    let Some(l) = self.lines.get(r) else { continue };
+                    if l.state != State::Modified || l.clean_wseq >= *w {
+                        continue;
+                    }
+                    let locks: Vec<String> = stripes_of(*r)
+                        .map(|s| match self.stripes.get(&s) {
+                            Some(st) => format!(
+                                "s{s}:held={},acquiring={:?},users={},owed={},lost={}",
+                                st.held, st.acquiring, st.users, st.owed, st.lost
+                            ),
+                            None => format!("s{s}:none"),
+                        })
+                        .collect();
+                    lines.push(format!(
+                        "line {r} {:?} queue={} drop={:?} retry_at={} [{}]",
+                        l.phase,
+                        l.queue.len(),
+                        l.drop_pending,
+                        l.retry_at_us,
+                        locks.join(" ")
+                    ));
+                    if lines.len() >= 8 {
+                        break;
+                    }
+                }
+                format!(
+                    "flush {job} from {:?} for {} us: peers_left={:#04x} sync={:?} card_commands={} unwritten: {}",
+                    j.origin,
+                    self.now_us.saturating_sub(j.started_us),
+                    j.peers_left,
+                    j.sync,
+                    self.card.len(),
+                    if lines.is_empty() { "none".to_string() } else { lines.join("; ") }
+                )
+            })
+            .collect()
+    }
+
     /// The controllers in the current membership (this one's bit included).
     pub fn live(&self) -> u8 {
         self.live

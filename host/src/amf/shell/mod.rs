@@ -93,6 +93,8 @@ struct Leaving {
     write_back: Option<u64>,
     error: Option<String>,
     since: Instant,
+    /// What the write-back waits for was logged (it was slow).
+    reported: bool,
 }
 
 /// How a controller left.
@@ -117,6 +119,8 @@ const FETCHES_TIMED_MAX: usize = 4096;
 const CARD_INFLIGHT_MAX: usize = 200;
 /// How long a leaving controller keeps answering until its peers have left too.
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
+/// A leave's write-back slower than this logs what it waits for.
+const LEAVE_SLOW: Duration = Duration::from_secs(2);
 /// Largest WRITE_ZEROES the loop takes as one write (more runs in pieces on the NBD workers).
 const ZERO_WRITE_BYTES_MAX: u32 = 1 << 20;
 /// How long a starting controller waits for every peer's hello.
@@ -439,21 +443,29 @@ impl Loop {
             let wait = if self.tags.is_empty() && self.backlog.is_empty() { IDLE_WAIT } else { BUSY_WAIT };
             match self.rx.recv_timeout(wait) {
                 Ok(ev) => {
-                    if let Some(reply) = self.event(ev) {
-                        // Write back this controller's lines through the machine.
-                        let id = self.next_host;
-                        self.next_host += 1;
-                        leaving = Some(Leaving { reply, write_back: Some(id), error: None, since: Instant::now() });
-                        self.step(Input::Host { id, req: HostReq::FlushLocal });
-                    }
-                    // Take whatever else is queued before looking at the card again.
-                    while let Ok(ev) = self.rx.try_recv() {
-                        if let Some(l) = self.event(ev) {
-                            let _ = l.send(LeaveReport {
+                    // Take whatever else is queued before looking at the card again. A leave
+                    // may come behind other events: it starts the leave just the same.
+                    let mut next = Some(ev);
+                    while let Some(ev) = next.take().or_else(|| self.rx.try_recv().ok()) {
+                        let Some(reply) = self.event(ev) else { continue };
+                        if leaving.is_some() {
+                            let _ = reply.send(LeaveReport {
                                 write_back_error: Some("already leaving".into()),
                                 peers_unconfirmed: Vec::new(),
                             });
+                            continue;
                         }
+                        // Write back this controller's lines through the machine.
+                        let id = self.next_host;
+                        self.next_host += 1;
+                        leaving = Some(Leaving {
+                            reply,
+                            write_back: Some(id),
+                            error: None,
+                            since: Instant::now(),
+                            reported: false,
+                        });
+                        self.step(Input::Host { id, req: HostReq::FlushLocal });
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -494,6 +506,19 @@ impl Loop {
                     self.net.stop();
                     self.jobs.stop();
                     return;
+                }
+                if l.write_back.is_some() && !l.reported && l.since.elapsed() > LEAVE_SLOW {
+                    l.reported = true;
+                    let node = self.m.config().node;
+                    for w in self.m.flushes_waiting() {
+                        eprintln!("amf: controller {node}: the leave's write-back is slow: {w}");
+                    }
+                    eprintln!(
+                        "amf: controller {node}: card tags {} backlog {} view_due {:?}",
+                        self.tags.len(),
+                        self.backlog.len(),
+                        self.view_due
+                    );
                 }
                 if l.write_back.is_some() && l.since.elapsed() > LEAVE_WAIT * 4 {
                     let _ = l.reply.send(LeaveReport {
@@ -712,5 +737,69 @@ impl Loop {
             },
             "card_error": self.card_error,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::CardKind;
+    use crate::nbd::Backend;
+    use crate::raid::assemble::{assemble, create, CreateOptions};
+    use crate::raid::Level;
+
+    /// A one-controller shell on a model card over a small RAID5 in `dir`.
+    fn one_controller(dir: &std::path::Path) -> Shell {
+        create(dir, &CreateOptions { chunk_bytes: 64 << 10, ..CreateOptions::new(Level::Raid5, 3, 8 << 20) })
+            .expect("create");
+        let array = Arc::new(assemble(dir).expect("assemble").array);
+        let line_bytes = 64 << 10;
+        let card = AnyCard::start(CardKind::Model, "127.0.0.1:0".parse().expect("addr")).expect("card");
+        Shell::start(ShellConfig {
+            machine: Config {
+                node: 0,
+                nodes: 1,
+                epoch: 1,
+                line_bytes,
+                lines_max: 64,
+                stripe_bytes: array.geometry().stripe_bytes(),
+                capacity: array.capacity() - array.capacity() % line_bytes,
+                degraded: false,
+                mutation: None,
+            },
+            card,
+            ack_timeout_cycles: 1000,
+            array,
+            fabric: TcpListener::bind("127.0.0.1:0").expect("fabric"),
+            peers: Vec::new(),
+            member_workers: 2,
+            deaths: None,
+        })
+        .expect("shell")
+    }
+
+    /// A leave that reaches the loop behind other events (the loop takes a batch at a time)
+    /// starts the leave as one that comes alone does, and the loop ends: the leave once
+    /// answered "already leaving" and the loop served on, so the controller never stopped.
+    #[test]
+    fn a_leave_queued_behind_other_events_ends_the_loop() {
+        for round in 0..20 {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let shell = Arc::new(one_controller(tmp.path()));
+            shell.write(0, &[7u8; 4096], false).expect("write");
+            // Fill the inbox, so the leave lands in the middle of a batch.
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            for _ in 0..64 {
+                let (t, _r) = crossbeam_channel::bounded(1);
+                shell.inbox.send(Event::Status(t)).expect("inbox");
+            }
+            let s = shell.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(s.leave());
+            });
+            let report = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("round {round}: hung"));
+            assert_eq!(report.write_back_error, None, "round {round}");
+            assert!(report.peers_unconfirmed.is_empty());
+        }
     }
 }
