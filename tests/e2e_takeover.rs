@@ -103,7 +103,7 @@ fn kill_9_of_a_controller_loses_no_acknowledged_write_and_the_others_serve_on() 
     let killed = Instant::now();
     // qemu-io reports every write answered, in order, then fails at the next one.
     let _ = writer.wait();
-    let acked = 1500 + rx.try_iter().count() as u64;
+    let acked = 1500 + rx.iter().count() as u64; // to the end of its output
     assert!(acked < WRITES, "the kill came after the last write");
     let want = expected(0, acked - 1);
     // The first request through a survivor.
@@ -143,6 +143,74 @@ fn kill_9_of_a_controller_loses_no_acknowledged_write_and_the_others_serve_on() 
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["mismatches"], 0, "{v}");
     // And after a restart, everything acknowledged is on the members.
+    let c = start(&dir, &["--controllers", "1"]);
+    verify(c.uri(0), &want);
+    assert!(c.stop().success());
+}
+
+/// SIGSTOP of the controller a host writes through, for longer than its lease: its process
+/// lives (its life lock stays held), so the survivors learn it is out only from its lease on
+/// the members, which stops being renewed. They take over its dirty lines and serve; the host
+/// overwrites half the places through a survivor. On SIGCONT the stopped controller finds its
+/// lease over and fences itself: it writes nothing (its old dirty lines would overwrite the
+/// new data) and answers no host.
+#[test]
+fn a_controller_paused_past_its_lease_is_taken_over_and_fences_itself_when_it_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start(
+        &dir,
+        &["--controllers", "3", "--level", "raid6", "--members", "5", "--member-size", "32M", "--card", "sim"],
+    );
+    let (mut writer, rx) = spawn_writer(c.uri(0), 0, "writeback");
+    for _ in 0..1500 {
+        rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
+    }
+    unsafe { libc::kill(c.pids[0], libc::SIGSTOP) };
+    let stopped = Instant::now();
+    // The survivors move on once its lease expires.
+    loop {
+        let live = c.admin_of(1, "/status")["coherency"]["live"].as_u64();
+        if live == Some(0b110) {
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(30), "controller 0's lease never expired: {:?}", live);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let takeover_ms = stopped.elapsed().as_millis();
+    eprintln!("takeover: survivors moved on {takeover_ms} ms after SIGSTOP");
+    // New data on the even places, through a survivor, on the members.
+    let cmds: Vec<String> =
+        (0..PLACES).step_by(2).map(|p| format!("write -P 0xee {} {WRITE_BYTES}", p * WRITE_BYTES)).collect();
+    let mut refs: Vec<&str> = cmds.iter().map(|s| s.as_str()).collect();
+    refs.push("flush");
+    qemu_io(c.uri(1), &refs);
+    // Controller 0 resumes: it fences itself, and its host's connection ends.
+    unsafe { libc::kill(c.pids[0], libc::SIGCONT) };
+    let status = wait_timeout(&mut writer, Duration::from_secs(30));
+    assert!(!status.success(), "qemu-io got an error from the fenced controller");
+    let acked = 1500 + rx.iter().count() as u64; // to the end of its output
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.log().contains("controller 0 fenced itself and died") {
+        assert!(Instant::now() < deadline, "controller 0 did not end: {}", c.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = c.log();
+    assert!(log.contains("controller 0: fencing itself") || log.contains("controller 0: its lease ran out"), "{log}");
+    assert!(log.contains("exit status: 3"), "{log}");
+    // Odd places: every write acknowledged before the pause. Even places: the new data (the
+    // fenced controller did not write its old copies over it).
+    let want: Vec<(u64, Vec<u64>)> = expected(0, acked - 1)
+        .into_iter()
+        .map(|(p, allowed)| if p % 2 == 0 { (p, vec![0xee]) } else { (p, allowed) })
+        .collect();
+    verify(c.uri(1), &want);
+    verify(c.uri(2), &want);
+    let status = c.stop();
+    assert!(!status.success(), "a controller was fenced: the cluster says so in its exit status");
+    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mismatches"], 0, "{v}");
     let c = start(&dir, &["--controllers", "1"]);
     verify(c.uri(0), &want);
     assert!(c.stop().success());

@@ -1,7 +1,8 @@
-//! `amf bench takeover`: how long hosts wait when a controller dies. A 3-controller RAID6
-//! cluster; one client streams 4 KiB writes through controller 0 (write-back: its lines stay
-//! dirty in its cache, replicated to controller 1); after a while controller 0 gets kill -9,
-//! and a client of each survivor reads the block the writer last had acknowledged (a line the
+//! `amf bench takeover`: how long hosts wait when a controller dies or stops. A 3-controller
+//! RAID6 cluster; one client streams 4 KiB writes through controller 0 (write-back: its lines
+//! stay dirty in its cache, replicated to controller 1); after a while controller 0 gets kill
+//! -9 (its life lock frees at once) or SIGSTOP (only its lease on the members can tell the
+//! others, once it expired; it gets SIGCONT after the round and fences itself), and a client of each survivor reads the block the writer last had acknowledged (a line the
 //! dead controller held Modified, so the read needs the takeover) until it completes. The
 //! time from the kill to the later of the two answers is the service gap; the survivors' own
 //! time from the proof of death to the new membership is in their status. Each round starts a
@@ -25,8 +26,30 @@ fn peer_err(detail: impl ToString) -> BenchError {
     BenchError::Peer { program: "amf cluster".into(), detail: detail.to_string() }
 }
 
+/// How controller 0 goes.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Kill,
+    Pause,
+}
+
+impl Stop {
+    fn signal(self) -> libc::c_int {
+        match self {
+            Stop::Kill => libc::SIGKILL,
+            Stop::Pause => libc::SIGSTOP,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Stop::Kill => "kill -9",
+            Stop::Pause => "SIGSTOP",
+        }
+    }
+}
+
 /// One round: (service gap ms, survivors' view ms, lines taken over).
-fn round(dir: &Path, card: &str) -> Result<(f64, u64, u64), BenchError> {
+fn round(dir: &Path, card: &str, how: Stop) -> Result<(f64, u64, u64), BenchError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|source| BenchError::Io { path: dir.display().to_string(), source })?;
     let mut g =
@@ -54,7 +77,7 @@ fn round(dir: &Path, card: &str) -> Result<(f64, u64, u64), BenchError> {
     std::thread::sleep(WARM);
     // SAFETY: kill(2) of a controller process this run started; no memory is involved.
     unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+        libc::kill(pid as libc::pid_t, how.signal());
     }
     let killed = Instant::now();
     stop.store(true, Relaxed);
@@ -90,6 +113,13 @@ fn round(dir: &Path, card: &str) -> Result<(f64, u64, u64), BenchError> {
         gaps.push(r.join().map_err(|_| peer_err("a reader panicked"))??);
     }
     let gap_ms = gaps.iter().copied().fold(0.0, f64::max);
+    if let Stop::Pause = how {
+        // It resumes, finds its lease over and fences itself; its client's write fails.
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGCONT);
+        }
+    }
     let _ = writer.join();
     let mut survivors = Vec::new();
     for a in &g.admin[1..] {
@@ -107,17 +137,18 @@ pub fn run(rounds: usize) -> Result<String, BenchError> {
     let base = std::env::temp_dir().join(format!("amf-bench-takeover-{}", std::process::id()));
     let mut out = format!(
         "Machine: {}. RAID6 of 5 member files, 3 controllers, one client streaming 4 KiB writes \
-         (no FLUSH) through controller 0, kill -9 of controller 0 after {} ms; {rounds} rounds per \
-         card, each on a fresh cluster.\n\n",
+         (no FLUSH) through controller 0, kill -9 (proof: its life lock) or SIGSTOP (proof: its \
+         lease expires, 4 s) of controller 0 after {} ms; {rounds} rounds per card and kind, each \
+         on a fresh cluster.\n\n",
         super::machine(),
         WARM.as_millis()
     );
-    out += "| card | kill -9 to an answer through each survivor, ms (min / mean / max) | proof of death to new membership, ms (max) | dirty lines taken over (mean) |\n|---|---|---|---|\n";
-    for card in ["sim", "model"] {
+    out += "| card | controller 0 | signal to an answer through each survivor, ms (min / mean / max) | proof to new membership, ms (max) | dirty lines taken over (mean) |\n|---|---|---|---|---|\n";
+    for (card, how) in [("sim", Stop::Kill), ("model", Stop::Kill), ("sim", Stop::Pause), ("model", Stop::Pause)] {
         let mut gaps = Vec::new();
         let (mut view_max, mut taken) = (0, 0);
         for i in 0..rounds {
-            let (gap, view, t) = round(&base.join(format!("{card}-{i}")), card)?;
+            let (gap, view, t) = round(&base.join(format!("{card}-{i}")), card, how)?;
             gaps.push(gap);
             view_max = view_max.max(view);
             taken += t;
@@ -126,7 +157,8 @@ pub fn run(rounds: usize) -> Result<String, BenchError> {
         let min = gaps.iter().copied().fold(f64::MAX, f64::min);
         let max = gaps.iter().copied().fold(0.0, f64::max);
         out += &format!(
-            "| {card} | {min:.0} / {mean:.0} / {max:.0} | {view_max} | {:.1} |\n",
+            "| {card} | {} | {min:.0} / {mean:.0} / {max:.0} | {view_max} | {:.1} |\n",
+            how.name(),
             taken as f64 / rounds.max(1) as f64
         );
     }

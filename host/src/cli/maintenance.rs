@@ -412,6 +412,16 @@ fn print_status(v: &serde_json::Value) {
             println!("  CARD ERROR: {e}");
         }
     }
+    if let Some(l) = v["lease"].as_object() {
+        println!(
+            "  lease: {} renewals ({} failed, slowest {} us), writes allowed for {} ms more, expired peers {:#04x}",
+            l["renewals"],
+            l["renewals_failed"],
+            l["renew_us_max"],
+            l["write_deadline_in_ms"],
+            l["expired"].as_u64().unwrap_or(0)
+        );
+    }
     if let Some(t) = v["task"].as_object() {
         let kind = t.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         let state = t.get("state").and_then(|k| k.as_str()).unwrap_or("");

@@ -174,6 +174,9 @@ pub fn status_json(state: &ControllerState) -> serde_json::Value {
     if let Some(core) = &state.core {
         v["coherency"] = core.status();
     }
+    if let Some(lease) = &state.lease {
+        v["lease"] = lease.json();
+    }
     v
 }
 

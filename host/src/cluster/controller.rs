@@ -53,6 +53,8 @@ pub struct ControllerState {
     pub nbd_uri: String,
     /// The bearer token mutating admin requests need (none: they are refused).
     pub admin_token: Option<String>,
+    /// This controller's lease on the members, where it is one of several.
+    pub lease: Option<Arc<super::lease::LeaseState>>,
 }
 
 /// Prints a line on stdout and flushes it; a reader that went away is not an error here (the
@@ -114,6 +116,7 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     let mut server = Server::spawn(nbd_listener, array.clone(), ServerConfig::default())
         .map_err(|source| ClusterError::Bind { addr: opts.nbd.to_string(), source })?;
     let state = Arc::new(ControllerState {
+        lease: None,
         index: opts.index,
         dir: opts.dir.clone(),
         array: Some(array.clone()),

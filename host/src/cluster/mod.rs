@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod dirlock;
 pub mod launch;
+pub mod lease;
 pub mod membership;
 pub mod serve;
 pub mod supervisor;

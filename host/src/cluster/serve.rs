@@ -11,11 +11,13 @@ use super::admin::{self};
 use super::config::{rendezvous, Config};
 use super::controller::{ready_line, say, ControllerState};
 use super::dirlock::{controller_file, DirLock};
+use super::lease::rules::Timing;
+use super::lease::{AnyOf, LeaseConfig, LeaseState, LeaseThread, LeaseWatch};
 use super::ClusterError;
-use crate::amf::shell::{Shell, ShellConfig};
+use crate::amf::shell::{DeathWatch, Shell, ShellConfig};
 use crate::engine::{AnyCard, CardKind};
 use crate::nbd::{Server, ServerConfig};
-use crate::raid::assemble::{assemble_as, check_write_hole, resync};
+use crate::raid::assemble::{assemble_as, check_write_hole, lease_offset, resync};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -104,6 +106,23 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         degraded: !array.degraded_members().is_empty(),
         mutation: None,
     };
+    // Peers are proven dead by their life locks (same host: at once) or by their leases on
+    // the members (any host: once they expire, or at once when they fenced themselves).
+    let lease_state = Arc::new(LeaseState::default());
+    let lease_at = lease_offset(&array.superblock()).filter(|_| cfg.nodes > 1);
+    if lease_at.is_none() && cfg.nodes > 1 {
+        eprintln!(
+            "{tag}: WARNING: this group's write-intent bitmaps fill the room of the controllers' leases (it was \
+             made before leases): peers are proven dead only by their life locks, which holds on one host only"
+        );
+    }
+    let mut proofs: Vec<Box<dyn DeathWatch>> = vec![Box::new(super::membership::LifeLocks::new(
+        &cfg.group,
+        &peers.iter().map(|p| p.node).collect::<Vec<_>>(),
+    ))];
+    if lease_at.is_some() {
+        proofs.push(Box::new(LeaseWatch(lease_state.clone())));
+    }
     let shell = Arc::new(
         Shell::start(ShellConfig {
             machine,
@@ -113,13 +132,29 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             fabric: fabric_listener,
             peers: peers.iter().map(|p| (p.node, p.fabric)).collect(),
             member_workers: MEMBER_WORKERS,
-            deaths: Some(Box::new(super::membership::LifeLocks::new(
-                &cfg.group,
-                &peers.iter().map(|p| p.node).collect::<Vec<_>>(),
-            ))),
+            deaths: Some(Box::new(AnyOf(proofs))),
         })
         .map_err(ClusterError::Core)?,
     );
+    let lease = match lease_at {
+        Some(offset) => Some(
+            LeaseThread::start(
+                LeaseConfig {
+                    node: cfg.node,
+                    nodes: cfg.nodes,
+                    base_epoch: cfg.epoch,
+                    array: array.clone(),
+                    offset,
+                    timing: Timing::DEFAULT,
+                },
+                lease_state.clone(),
+                shell.net.clone(),
+                shell.takeover.clone(),
+            )
+            .map_err(|e| ClusterError::Core(format!("starting the lease: {e}")))?,
+        ),
+        None => None,
+    };
 
     let nbd_addr =
         nbd_listener.local_addr().map_err(|source| ClusterError::Bind { addr: cfg.nbd.to_string(), source })?;
@@ -135,6 +170,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         resynced_stripes: resynced,
         nbd_uri: format!("nbd://{nbd_addr}/amf"),
         admin_token: super::admin::load_admin_token(&cfg.group),
+        lease: lease.as_ref().map(|l| l.state.clone()),
     });
     let admin = admin::spawn(admin_listener, state.clone())?;
     let pid = std::process::id();
@@ -160,6 +196,24 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     super::admin::wait_for_task(&state);
     let report = shell.leave();
     let _ = std::fs::remove_file(&status_file);
+    let clean = report.write_back_error.is_none();
+    let result = finish(&cfg, &tag, &array, &shell, &report);
+    // Renewed until the last superblock write; then it says whether this controller left
+    // clean (nothing of it to take over) or not (it expires, and the others take over).
+    if let Some(l) = lease {
+        l.stop(clean);
+    }
+    result
+}
+
+/// Marks the group clean if every controller wrote everything back, dirty otherwise.
+fn finish(
+    cfg: &Config,
+    tag: &str,
+    array: &crate::raid::Array,
+    shell: &Shell,
+    report: &crate::amf::shell::LeaveReport,
+) -> Result<(), ClusterError> {
     let _superblocks = DirLock::superblocks(&cfg.group)?;
     if shell.takeover.unfinished.load(Relaxed) > 0 {
         eprintln!("{tag}: leaving the group marked dirty: the resync of a dead controller's regions did not finish");

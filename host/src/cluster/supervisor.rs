@@ -225,7 +225,11 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
         for p in procs.iter_mut().filter(|p| !p.exited) {
             if let Ok(Some(status)) = p.child.try_wait() {
                 p.exited = true;
-                eprintln!("amf: controller {} died ({status}); the others take over", p.index);
+                if status.code() == Some(crate::raid::fence::FENCED_EXIT_CODE) {
+                    eprintln!("amf: controller {} fenced itself and died ({status}); the others take over", p.index);
+                } else {
+                    eprintln!("amf: controller {} died ({status}); the others take over", p.index);
+                }
                 died.get_or_insert(ClusterError::ControllerDied { index: p.index, status: status.to_string() });
             }
         }

@@ -303,6 +303,11 @@ impl Array {
 
     /// Sets a member's state to faulty; false if it already was.
     fn mark_faulty(&self, m: usize, why: &str) -> bool {
+        // A controller that fenced itself (or whose lease ran out) has its writes refused by
+        // its own gate: that says nothing about the member.
+        if !super::fence::GATE.open() {
+            return false;
+        }
         {
             let mut st = self.slots[m].state.write().unwrap_or_else(|p| p.into_inner());
             if *st == MemberState::Faulty {

@@ -14,9 +14,23 @@ use std::path::{Path, PathBuf};
 pub const DATA_OFFSET_BYTES: u64 = 1 << 20;
 /// Where the write-intent bitmap starts.
 pub const BITMAP_OFFSET_BYTES: u64 = SUPERBLOCK_BYTES as u64;
-/// Largest bitmap slot: the slots of every controller share the room before the data.
+/// Bytes of one controller's lease record on every member (a page: a 4 KiB-sector device
+/// writes it whole, and O_DIRECT can).
+pub const LEASE_RECORD_BYTES: u64 = 4096;
+/// The controllers' lease records: the last pages before the data, one per controller.
+pub const LEASE_AREA_BYTES: u64 = LEASE_RECORD_BYTES * super::superblock::BITMAP_SLOTS_MAX as u64;
+/// Largest bitmap slot: the slots of every controller share the room between the superblock
+/// and the lease records.
 pub fn bitmap_bytes_max(slots: u32) -> u64 {
-    (DATA_OFFSET_BYTES - BITMAP_OFFSET_BYTES) / slots.max(1) as u64 / PAGE_BYTES as u64 * PAGE_BYTES as u64
+    (DATA_OFFSET_BYTES - BITMAP_OFFSET_BYTES - LEASE_AREA_BYTES) / slots.max(1) as u64 / PAGE_BYTES as u64
+        * PAGE_BYTES as u64
+}
+/// Where the lease records start on every member of a group with superblock `sb`, or None
+/// when its bitmaps reach into that room (a group made before leases with a large bitmap).
+pub fn lease_offset(sb: &Superblock) -> Option<u64> {
+    let at = sb.data_offset_bytes.checked_sub(LEASE_AREA_BYTES)?;
+    let bitmap_end = sb.bitmap_offset_bytes + sb.bitmap_slots as u64 * sb.bitmap_bytes as u64;
+    (bitmap_end <= at).then_some(at)
 }
 /// Default logical bytes covered by one write-intent bit (md's default bitmap chunk). Every first
 /// write into a clean region waits for a durable bitmap write on every member, so small regions

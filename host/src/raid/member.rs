@@ -115,6 +115,7 @@ impl Member {
 
     /// Writes all of `buf` at `offset`.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), RaidError> {
+        let _pass = self.fence_pass(offset)?;
         self.io.write_at(offset, buf).map_err(|source| RaidError::WriteMember {
             path: self.path.clone(),
             offset,
@@ -124,10 +125,20 @@ impl Member {
 
     /// Writes `buf` at `offset` and makes that range durable before returning (a FUA write).
     pub fn write_durable(&self, offset: u64, buf: &[u8]) -> Result<(), RaidError> {
+        let _pass = self.fence_pass(offset)?;
         self.io.write_durable(offset, buf).map_err(|source| RaidError::WriteMember {
             path: self.path.clone(),
             offset,
             source,
+        })
+    }
+
+    /// The process's permission for one write (see [`super::fence`]).
+    fn fence_pass(&self, offset: u64) -> Result<super::fence::Pass<'static>, RaidError> {
+        super::fence::GATE.enter().map_err(|why| RaidError::WriteMember {
+            path: self.path.clone(),
+            offset,
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
         })
     }
 

@@ -5,6 +5,7 @@ pub mod array;
 pub mod assemble;
 pub mod bitmap;
 pub mod faults;
+pub mod fence;
 pub mod geometry;
 pub mod member;
 pub mod parity;

@@ -106,6 +106,9 @@ pub struct LeaveReport {
     pub peers_unconfirmed: Vec<u8>,
 }
 
+/// How often a controller says hello to its peers once they all answered (the fabric's
+/// heartbeat; see `cluster/lease`).
+const HEARTBEAT: Duration = Duration::from_millis(100);
 /// Machine ticks.
 const TICK: Duration = Duration::from_millis(1);
 /// The loop's wait for input while card commands are in flight (the cards have no
@@ -471,6 +474,18 @@ impl Loop {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            if crate::raid::fence::GATE.leased() && !crate::raid::fence::GATE.open() {
+                // The lease ran out under this loop (it was paused, or its lease thread could
+                // not renew): nothing more of it may reach a host or a member. The lease
+                // thread says so on the members when it can; the process ends either way.
+                eprintln!(
+                    "amf: controller {}: its lease ran out; fencing itself (it stops writing the members and answering \
+                     hosts)",
+                    self.m.config().node
+                );
+                crate::raid::fence::GATE.close(Duration::from_secs(1));
+                std::process::exit(crate::raid::fence::FENCED_EXIT_CODE);
+            }
             self.pump_card();
             // Failures found by the periodic member check, with no I/O of this loop's.
             self.note_changes();
@@ -481,10 +496,13 @@ impl Loop {
                 self.step(Input::Tick { now_us });
             }
             // Hellos are repeated until every peer answered one (a peer that starts later
-            // would miss the first).
-            if !self.hellos_in() && last_hello.elapsed() >= Duration::from_millis(100) {
+            // would miss the first), and then now and then as a heartbeat: the lease's reach
+            // is the peers heard from lately.
+            let hello_every = if self.hellos_in() { HEARTBEAT } else { Duration::from_millis(100) };
+            if last_hello.elapsed() >= hello_every {
                 last_hello = Instant::now();
-                for p in self.peers.clone() {
+                let live = self.all_peers();
+                for p in self.peers.clone().into_iter().filter(|p| live & (1 << p) != 0) {
                     self.net.send(p, &Msg::Hello);
                 }
             }
@@ -555,6 +573,7 @@ impl Loop {
                             self.net.send(from, &Msg::Hello);
                         }
                         if self.hellos_in() {
+                            self.takeover.serving.store(true, std::sync::atomic::Ordering::Relaxed);
                             while let Some((req, reply)) = self.held.pop_front() {
                                 self.host(req, reply);
                             }
@@ -641,6 +660,10 @@ impl Loop {
                 Output::Superblocks { id, record } => self.jobs.superblocks(id, record),
                 Output::StripeJob { id, stripe, job } => self.jobs.stripe(id, stripe, job),
                 Output::Reply { id, result } => match self.hosts.remove(&id) {
+                    // A controller whose lease ran out (it was paused, or cut off from the
+                    // members) answers no host: the survivors may have taken its lines over.
+                    // Its lease thread ends the process.
+                    Some(_) if !crate::raid::fence::GATE.open() => {}
                     Some(reply) => reply.send(result),
                     None => {
                         self.own.insert(id, result);

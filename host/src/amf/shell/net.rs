@@ -98,6 +98,22 @@ pub struct NetStats {
     pub dropped: AtomicU64,
     /// Connections closed for garbage (bad magic, version, length or payload).
     pub refused: AtomicU64,
+    /// When a frame last came from each controller (the fence gate's nanoseconds, see
+    /// `raid::fence`; 0: never): which peers this one hears, for the lease's reach.
+    pub heard_ns: [AtomicU64; 8],
+}
+
+impl NetStats {
+    /// Peers heard from within `within_ns` of now, as a mask.
+    pub fn heard_within(&self, within_ns: u64) -> u8 {
+        let now = crate::raid::fence::now_ns();
+        (0..8u8)
+            .filter(|p| {
+                let t = self.heard_ns[*p as usize].load(Relaxed);
+                t != 0 && now.saturating_sub(t) <= within_ns
+            })
+            .fold(0, |m, p| m | 1 << p)
+    }
 }
 
 /// This controller's end of the fabric.
@@ -228,6 +244,9 @@ fn reader(mut s: TcpStream, payload_max: usize, inbox: Inbox, stats: Arc<NetStat
         match read_frame(&mut r, payload_max) {
             Ok((from, epoch, msg)) => {
                 stats.received.fetch_add(1, Relaxed);
+                if let Some(t) = stats.heard_ns.get(from as usize) {
+                    t.store(crate::raid::fence::now_ns().max(1), Relaxed);
+                }
                 if inbox.send(super::Event::Input(crate::amf::io::Input::Fabric { from, epoch, msg })).is_err() {
                     return;
                 }

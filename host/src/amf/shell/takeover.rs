@@ -38,6 +38,8 @@ pub struct TakeoverProgress {
     /// Resyncs started here and not finished: while any is, the group must not be marked
     /// clean (its next start resyncs every slot's regions instead).
     pub unfinished: AtomicU64,
+    /// Every peer said hello: the start barrier is passed and the fabric carries heartbeats.
+    pub serving: std::sync::atomic::AtomicBool,
 }
 
 impl TakeoverProgress {

@@ -1,0 +1,230 @@
+//! The controllers' leases on the members: how a controller on another host (or one that is
+//! paused, or cut off from its peers) is proven dead without a fence agent, and how a
+//! controller that lost its place stops before anyone takes over from it.
+//!
+//! A lease thread per controller renews its record on every member each `renew_us`
+//! ([`disk`]), reads everyone's, and applies the [`rules`]: it moves its write gate's deadline
+//! (`raid::fence`) after each good renewal, publishes which peers' leases are over (the
+//! shell's [`DeathWatch`] asks), and fences the controller when its deadline passes or it
+//! loses a conflict over reach: it closes the gate, waits for the member writes inside,
+//! writes a record that says so (the others take over at once instead of after the expiry),
+//! and ends the process. The argument and its timing assumptions: docs/protocol.md.
+
+pub mod disk;
+pub mod record;
+pub mod rules;
+
+use crate::amf::shell::net::NetStats;
+use crate::amf::shell::{view_epoch, DeathWatch, TakeoverProgress};
+use crate::raid::fence::{self, FENCED_EXIT_CODE, GATE};
+use crate::raid::Array;
+use record::Standing;
+use rules::{Lease, Timing};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the lease thread tells the rest of the controller.
+#[derive(Debug, Default)]
+pub struct LeaseState {
+    /// Peers whose leases are over (bit n: controller n).
+    pub expired: AtomicU8,
+    /// Peers whose record says they stopped clean.
+    pub left: AtomicU8,
+    /// Renewals that reached at least one member.
+    pub renewals: AtomicU64,
+    /// Renewals that reached none.
+    pub renewals_failed: AtomicU64,
+    /// The longest a renewal took, in microseconds.
+    pub renew_us_max: AtomicU64,
+}
+
+impl LeaseState {
+    /// As JSON, for `amf status`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "expired": self.expired.load(Relaxed),
+            "renewals": self.renewals.load(Relaxed),
+            "renewals_failed": self.renewals_failed.load(Relaxed),
+            "renew_us_max": self.renew_us_max.load(Relaxed),
+            "write_deadline_in_ms": if GATE.leased() {
+                serde_json::json!((GATE.deadline_ns().saturating_sub(fence::now_ns())) / 1_000_000)
+            } else {
+                serde_json::Value::Null
+            },
+        })
+    }
+}
+
+/// The peers whose leases are over are dead: they fenced themselves or cannot write.
+pub struct LeaseWatch(pub Arc<LeaseState>);
+
+impl DeathWatch for LeaseWatch {
+    fn dead(&mut self) -> u8 {
+        // A controller that left clean wrote everything back: its exit is a stop.
+        self.0.expired.load(Relaxed) & !self.0.left.load(Relaxed)
+    }
+}
+
+/// Any of several proofs.
+pub struct AnyOf(pub Vec<Box<dyn DeathWatch>>);
+
+impl DeathWatch for AnyOf {
+    fn dead(&mut self) -> u8 {
+        self.0.iter_mut().fold(0, |m, w| m | w.dead())
+    }
+}
+
+/// A running lease thread.
+pub struct LeaseThread {
+    /// What it found.
+    pub state: Arc<LeaseState>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Where a controller's lease lives and what it watches.
+pub struct LeaseConfig {
+    /// This controller.
+    pub node: u8,
+    /// Controllers in the cluster.
+    pub nodes: u8,
+    /// The full membership's epoch.
+    pub base_epoch: u32,
+    /// The group (its members' paths are read at every renewal: a rebuild may replace one).
+    pub array: Arc<Array>,
+    /// Where the records start on every member.
+    pub offset: u64,
+    /// The times.
+    pub timing: Timing,
+}
+
+fn now_us() -> u64 {
+    fence::now_ns() / 1000
+}
+
+/// The members that carry leases: not a faulty one (nothing may write a member once its
+/// failure is recorded; a replacement being rebuilt carries them).
+fn member_paths(array: &Array) -> Vec<PathBuf> {
+    array
+        .member_status()
+        .into_iter()
+        .filter(|m| m.state != crate::raid::MemberState::Faulty)
+        .filter_map(|m| m.path.map(PathBuf::from))
+        .collect()
+}
+
+impl LeaseThread {
+    /// Writes the first record and starts renewing. The fabric's heartbeats (`net`) give the
+    /// reach; the shell's membership (`takeover`) says who is still in.
+    pub fn start(
+        cfg: LeaseConfig,
+        state: Arc<LeaseState>,
+        net: Arc<NetStats>,
+        takeover: Arc<TakeoverProgress>,
+    ) -> std::io::Result<LeaseThread> {
+        cfg.timing.check().map_err(std::io::Error::other)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ std::process::id() as u64;
+        let (s, st) = (state.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || run(cfg, incarnation, net, takeover, s, st))?;
+        Ok(LeaseThread { state, stop, thread: Some(thread) })
+    }
+
+    /// Stops renewing; the last record says this controller left clean (`clean`) or stays
+    /// as it was (it will expire: a stop that left dirty lines is taken over like a death).
+    pub fn stop(mut self, clean: bool) {
+        self.stop.store(true, Relaxed);
+        LEFT_CLEAN.store(clean, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How the stopped lease thread signs off.
+static LEFT_CLEAN: AtomicBool = AtomicBool::new(false);
+
+fn run(
+    cfg: LeaseConfig,
+    incarnation: u64,
+    net: Arc<NetStats>,
+    takeover: Arc<TakeoverProgress>,
+    state: Arc<LeaseState>,
+    stop: Arc<AtomicBool>,
+) {
+    let t = cfg.timing;
+    let node = cfg.node;
+    let all: u8 = if cfg.nodes >= 8 { 0xff } else { (1u8 << cfg.nodes) - 1 };
+    let uuid = cfg.array.superblock().uuid;
+    let mut disk = disk::LeaseDisk::new(cfg.offset, uuid);
+    let mut lease = Lease::new(node, incarnation, t, now_us());
+    loop {
+        let start = now_us();
+        let gone = takeover.gone.load(Relaxed) as u8;
+        let live = all & !gone;
+        let epoch = view_epoch(cfg.base_epoch, all & !live);
+        let paths = member_paths(&cfg.array);
+        if stop.load(Relaxed) {
+            let standing = if LEFT_CLEAN.load(Relaxed) { Standing::Left } else { Standing::Live };
+            let rec = lease.next_record(epoch, 0, standing);
+            disk.write(&paths, &rec);
+            return;
+        }
+        // Before the start barrier nobody hears anybody yet: no conflicts over reach.
+        let reach =
+            if takeover.serving.load(Relaxed) { net.heard_within(t.suspect_us * 1000) | 1 << node } else { all };
+        if let Some(why) = lease.verdict(start, live, reach) {
+            fence_and_exit(node, &why, &mut disk, &paths, &mut lease, epoch, reach);
+        }
+        let rec = lease.next_record(epoch, reach, Standing::Live);
+        let ok = disk.write(&paths, &rec) > 0;
+        lease.renewed(start, ok);
+        let took = now_us().saturating_sub(start);
+        state.renew_us_max.fetch_max(took, Relaxed);
+        if ok {
+            state.renewals.fetch_add(1, Relaxed);
+            GATE.extend_to(lease.deadline_us().saturating_mul(1000));
+        } else {
+            state.renewals_failed.fetch_add(1, Relaxed);
+        }
+        let read_start = now_us();
+        let recs = disk.read(&paths);
+        lease.observed(read_start, &recs);
+        state.expired.store(lease.expired(live), Relaxed);
+        state.left.store(lease.left(), Relaxed);
+        let next = start + t.renew_us;
+        let now = now_us();
+        if next > now {
+            std::thread::sleep(Duration::from_micros(next - now));
+        }
+    }
+}
+
+/// Closes the write gate, waits for the member writes inside, says so on the members (so the
+/// survivors need not wait for the expiry) and ends the process.
+fn fence_and_exit(
+    node: u8,
+    why: &str,
+    disk: &mut disk::LeaseDisk,
+    paths: &[PathBuf],
+    lease: &mut Lease,
+    epoch: u32,
+    reach: u8,
+) -> ! {
+    eprintln!("amf: controller {node}: fencing itself: {why}; it stops writing the members and answering hosts");
+    if GATE.close(Duration::from_secs(1)) {
+        let rec = lease.next_record(epoch, reach, Standing::Fenced);
+        disk.write(paths, &rec);
+    } else {
+        eprintln!("amf: controller {node}: member writes did not end; the others wait for the lease to expire");
+    }
+    std::process::exit(FENCED_EXIT_CODE)
+}
