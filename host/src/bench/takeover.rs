@@ -163,6 +163,6 @@ pub fn run(rounds: usize) -> Result<String, BenchError> {
         );
     }
     let _ = std::fs::remove_dir_all(&base);
-    out += "\nCommand: `amf bench takeover --rounds 5 --record docs/benchmarks.md`\n";
+    out += &format!("\nCommand: `amf bench takeover --rounds {rounds} --record docs/benchmarks.md`\n");
     Ok(out)
 }
