@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod nbd_client;
+pub mod netns;
+pub mod stream;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;

@@ -302,17 +302,18 @@ mod tests {
     /// ids, fence; and not before the conflict held for settle_us.
     #[test]
     fn of_two_sides_of_a_split_exactly_one_stays() {
-        let cases: [(u8, [u8; 3]); 4] = [
-            // {0} | {1,2}: 0 hears only itself.
-            (0b111, [0b001, 0b110, 0b110]),
+        // (live, reach of each, who stays)
+        let cases: [(u8, [u8; 3], u8); 4] = [
+            // {0} | {1,2}: 0 hears only itself; the larger side stays.
+            (0b111, [0b001, 0b110, 0b110], 0b110),
             // {0,1} | {2}
-            (0b111, [0b011, 0b011, 0b100]),
+            (0b111, [0b011, 0b011, 0b100], 0b011),
             // 2 controllers cut: the higher id fences.
-            (0b011, [0b001, 0b010, 0]),
+            (0b011, [0b001, 0b010, 0], 0b001),
             // One way: 1 does not hear 0, 0 hears 1 (1 hears fewer).
-            (0b111, [0b111, 0b110, 0b111]),
+            (0b111, [0b111, 0b110, 0b111], 0b101),
         ];
-        for (live, reach) in cases {
+        for (live, reach, want) in cases {
             let mut fenced = 0u8;
             for me in (0..3u8).filter(|n| live & (1 << n) != 0) {
                 let mut l = Lease::new(me, 1, T, 0);
@@ -335,7 +336,7 @@ mod tests {
                 }
             }
             let stays = live & !fenced;
-            assert!(stays != 0, "live {live:#b} reach {reach:?}: everyone fenced");
+            assert_eq!(stays, want, "live {live:#b} reach {reach:?}");
             for a in (0..3u8).filter(|n| stays & (1 << n) != 0) {
                 for b in (0..3u8).filter(|n| stays & (1 << n) != 0 && *n != a) {
                     assert!(

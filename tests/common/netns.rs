@@ -1,0 +1,89 @@
+//! Controllers in network namespaces: each gets its own address on a bridge in the test's
+//! namespace (10.77.K.i+1/24; the test's side is .254), so a test can cut one controller off
+//! by taking its link down. Needs root (CI runs as root); everything is removed on drop.
+
+use std::process::Command;
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+/// `n` namespaces on one bridge.
+pub struct Net {
+    /// Distinguishes this net's names and subnet from others on the machine.
+    pub k: u32,
+    pub n: usize,
+}
+
+impl Net {
+    /// Sets the namespaces up; a machine that cannot (not root, no `ip`) is an error with the
+    /// reason, not a skipped test.
+    pub fn new(n: usize) -> Net {
+        // A subnet and names of its own (a leftover of an earlier run is removed first).
+        let k = 100 + std::process::id() % 100;
+        let net = Net { k, n };
+        net.remove();
+        net.create().unwrap_or_else(|e| panic!("network namespaces for the test: {e}"));
+        net
+    }
+
+    fn bridge(&self) -> String {
+        format!("amfbr{}", self.k)
+    }
+
+    /// Controller i's namespace.
+    pub fn ns(&self, i: usize) -> String {
+        format!("amf{}-{i}", self.k)
+    }
+
+    /// The test-side end of controller i's link.
+    pub fn link(&self, i: usize) -> String {
+        format!("amf{}h{i}", self.k)
+    }
+
+    /// Controller i's address.
+    pub fn addr(&self, i: usize) -> String {
+        format!("10.77.{}.{}", self.k, i + 1)
+    }
+
+    fn create(&self) -> Result<(), String> {
+        let br = self.bridge();
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("10.77.{}.254/24", self.k), "dev", &br])?;
+        ip(&["link", "set", &br, "up"])?;
+        for i in 0..self.n {
+            let (ns, host, inner) = (self.ns(i), self.link(i), format!("amf{}c{i}", self.k));
+            ip(&["netns", "add", &ns])?;
+            ip(&["link", "add", &host, "type", "veth", "peer", "name", &inner])?;
+            ip(&["link", "set", &inner, "netns", &ns])?;
+            ip(&["link", "set", &host, "master", &br, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.addr(i)), "dev", &inner])?;
+            ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Takes controller i's link down (`up` false) or brings it back.
+    pub fn set_link(&self, i: usize, up: bool) {
+        ip(&["link", "set", &self.link(i), if up { "up" } else { "down" }]).unwrap();
+    }
+
+    fn remove(&self) {
+        for i in 0..self.n {
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+            let _ = ip(&["link", "del", &self.link(i)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}

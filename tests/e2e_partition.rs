@@ -1,0 +1,156 @@
+//! A controller cut off from its peers' network while the members stay reachable (as when a
+//! controller's cluster link fails but its disk paths do not): three `amf serve` processes,
+//! each in its own network namespace; the test takes one's link down. The cut controller
+//! hears no one, the others hear each other: it loses the lease's conflict over reach and
+//! fences itself (it stops answering and writing, says so on the members, exits 3), and the
+//! others take over its dirty lines and serve on.
+
+mod common;
+
+use common::netns::Net;
+use common::stream::*;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Controller {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Controller {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn config(net: &Net, dir: &std::path::Path, i: usize, n: usize) -> String {
+    let a = |j: usize| net.addr(j);
+    let mut t = format!(
+        "node = {i}\nnodes = {n}\ngroup = \"{}\"\nnbd = \"{}:10809\"\nadmin = \"{}:8080\"\nfabric = \"{}:7000\"\n\
+         cache_mib = 16\n\n[card]\nbackend = \"model\"\nlink = \"{}:7100\"\n",
+        dir.display(),
+        a(i),
+        a(i),
+        a(i),
+        a(i)
+    );
+    for j in (0..n).filter(|j| *j != i) {
+        t += &format!("\n[[peer]]\nnode = {j}\nfabric = \"{}:7000\"\nlink = \"{}:7100\"\n", a(j), a(j));
+    }
+    t
+}
+
+/// Starts controller i in its namespace; returns once the group's peers are all up (the ready
+/// line comes after the rendezvous with every peer).
+fn spawn(net: &Net, dir: &std::path::Path, i: usize, n: usize) -> (Controller, std::sync::mpsc::Receiver<String>) {
+    let cfg = dir.with_extension(format!("ctl-{i}.toml"));
+    std::fs::write(&cfg, config(net, dir, i, n)).unwrap();
+    let log = dir.with_extension(format!("ctl-{i}.log"));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &net.ns(i), amf_bin(), "serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    (Controller { child, log }, rx)
+}
+
+#[test]
+fn a_controller_cut_off_from_its_peers_fences_itself_and_the_others_take_over() {
+    let net = Net::new(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    // The group, made by one controller (and stopped clean).
+    let c = start(&dir, &["--controllers", "1", "--level", "raid5", "--members", "4", "--member-size", "32M"]);
+    assert!(c.stop().success());
+    let mut ctl = Vec::new();
+    let mut ready = Vec::new();
+    for i in 0..3 {
+        let (c, rx) = spawn(&net, &dir, i, 3);
+        ctl.push(c);
+        ready.push(rx);
+    }
+    for (i, rx) in ready.iter().enumerate() {
+        let line = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[i].log()));
+        assert!(line.starts_with("controller "), "{line}");
+    }
+    let uri = |i: usize| format!("nbd://{}:10809/amf", net.addr(i));
+    let admin = |i: usize| format!("http://{}:8080", net.addr(i));
+    // A stream of writes through controller 0 (write-back: acknowledged once replicated, dirty
+    // in its cache), and some through controller 1.
+    qemu_io(&uri(1), &["write -P 0xa1 8M 1M"]);
+    let (mut writer, rx) = spawn_writer(&uri(0), 0, "writeback");
+    for _ in 0..1500 {
+        rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
+    }
+    // Controller 0 is cut off mid-stream: its fabric and its card link go down, its members
+    // do not.
+    let cut = Instant::now();
+    net.set_link(0, false);
+    let status = wait_timeout(&mut ctl[0].child, Duration::from_secs(30));
+    let fenced_s = cut.elapsed().as_secs_f64();
+    let log0 = ctl[0].log();
+    assert_eq!(status.code(), Some(3), "controller 0 fenced itself (exit 3): {log0}");
+    assert!(log0.contains("fencing itself") && log0.contains("do not hear each other"), "{log0}");
+    eprintln!("controller 0 fenced itself {fenced_s:.1} s after its link went down");
+    // The link comes back: controller 0's host learns that its connection is gone (the
+    // process that held it is) and qemu-io ends.
+    net.set_link(0, true);
+    let _ = wait_timeout(&mut writer, Duration::from_secs(60));
+    let acked = 1500 + rx.iter().count() as u64;
+    assert!(acked < WRITES, "the cut came after the last write");
+    // The others took over and serve everything acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin_get(&admin(1), "/status")["coherency"]["live"] != 0b110 {
+        assert!(Instant::now() < deadline, "{}", ctl[1].log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let back_s = cut.elapsed().as_secs_f64();
+    eprintln!("the others serve without it {back_s:.1} s after the cut");
+    let want = expected(0, acked - 1);
+    for i in [1, 2] {
+        verify(&uri(i), &want);
+        qemu_io(&uri(i), &["read -P 0xa1 8M 1M"]);
+    }
+    qemu_io(&uri(2), &["write -P 0xb2 9M 64k"]);
+    qemu_io(&uri(1), &["read -P 0xb2 9M 64k"]);
+    let took: u64 = [1, 2]
+        .iter()
+        .map(|&i| admin_get(&admin(i), "/status")["coherency"]["counters"]["lines_taken_over"].as_u64().unwrap())
+        .sum();
+    eprintln!("{took} dirty lines taken over");
+    // The survivors stop clean; the group scrubs clean and holds everything.
+    for i in [1, 2] {
+        unsafe { libc::kill(ctl[i].child.id() as i32, libc::SIGTERM) };
+    }
+    for i in [1, 2] {
+        let s = wait_timeout(&mut ctl[i].child, Duration::from_secs(30));
+        assert!(s.success(), "controller {i}: {}", ctl[i].log());
+    }
+    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mismatches"], 0, "{v}");
+    let c = start(&dir, &["--controllers", "1"]);
+    verify(&c.nbd_uri, &want);
+    qemu_io(&c.nbd_uri, &["read -P 0xa1 8M 1M", "read -P 0xb2 9M 64k"]);
+    assert!(c.stop().success());
+}
