@@ -69,11 +69,14 @@ pub enum Mutation {
     YieldBeforeDrop,
     /// Skip the resync of a dead controller's write-intent regions (honoured by the shells).
     SkipTakeoverResync,
+    /// Leases expire for the others before their owner's write deadline (honoured by the
+    /// simulator's leases).
+    ExpireBeforeFence,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 11] = [
+    pub const ALL: [Mutation; 12] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -85,6 +88,7 @@ impl Mutation {
         Mutation::ForgetDeadReplicas,
         Mutation::YieldBeforeDrop,
         Mutation::SkipTakeoverResync,
+        Mutation::ExpireBeforeFence,
     ];
 
     /// Its name on the command line.
@@ -101,6 +105,7 @@ impl Mutation {
             Mutation::ForgetDeadReplicas => "forget-dead-replicas",
             Mutation::YieldBeforeDrop => "yield-before-drop",
             Mutation::SkipTakeoverResync => "skip-takeover-resync",
+            Mutation::ExpireBeforeFence => "expire-before-fence",
         }
     }
 

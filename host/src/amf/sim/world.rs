@@ -13,6 +13,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
+mod lease;
+use lease::Leases;
+pub use lease::Pause;
+
 /// Card clock cycles per simulated microsecond (the nominal 100 MHz).
 const CYCLES_PER_US: u64 = 100;
 /// How long a card waits for answers before it reports the silent peers.
@@ -53,6 +57,9 @@ pub struct Faults {
     pub member_fail: Option<MemberFail>,
     /// A controller dies (kill -9) and the others take over.
     pub crash: Option<Crash>,
+    /// A controller stops for a while (SIGSTOP); past its lease the others take over and it
+    /// fences itself when it resumes.
+    pub pause: Option<Pause>,
 }
 
 /// A controller that dies: it stops at once (no step, no card, no member I/O of its own from
@@ -176,10 +183,30 @@ impl SimConfig {
                 garbage_ppm: if rng.gen_bool(0.3) { 2_000 } else { 0 },
                 member_fail,
                 crash: None,
+                pause: None,
             },
             mutation: None,
         }
         .with_crash(&mut rng)
+        .with_pause(&mut rng)
+    }
+
+    /// One seed in three of those without a death pauses a controller: for less than its
+    /// lease's deadline (it goes on), past the deadline but not the expiry (it fences itself
+    /// when it resumes), or past the expiry (the others take over while it is paused).
+    fn with_pause(mut self, rng: &mut StdRng) -> SimConfig {
+        if self.faults.crash.is_none() && rng.gen_range(0..3) == 0 {
+            let t = lease::SIM_LEASE;
+            let for_us = match rng.gen_range(0..5) {
+                0 | 1 => rng.gen_range(t.renew_us..t.fence_us - t.renew_us),
+                // Past its deadline but not its expiry: it fences itself on resume and says so.
+                2 => rng.gen_range(t.fence_us + t.renew_us..t.expire_us - t.renew_us),
+                _ => rng.gen_range(t.expire_us + t.renew_us..=3 * t.expire_us),
+            };
+            self.faults.pause =
+                Some(Pause { node: rng.gen_range(0..self.nodes), at_us: rng.gen_range(300..=8_000), for_us });
+        }
+        self
     }
 
     /// One seed in three kills a controller (drawn last, so the rest of a seed's shape is as
@@ -224,6 +251,12 @@ pub struct Report {
     pub resynced_after_crash: u64,
     /// Stripes it was writing when it died, left with their redundancy torn.
     pub torn_at_crash: u64,
+    /// The controller that was paused, if one was.
+    pub paused: Option<u8>,
+    /// A controller that fenced itself (a pause past its deadline), if one did.
+    pub fenced: Option<u8>,
+    /// Lease renewals in the run.
+    pub lease_renewals: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -257,6 +290,12 @@ enum Ev {
     Crash(Crash),
     /// A survivor hears that the dead controller is out of the membership.
     View(u8),
+    /// A controller renews its lease.
+    Renew(u8),
+    /// A controller stops.
+    Pause(Pause),
+    /// A paused controller goes on.
+    Resume(u8),
 }
 
 /// The survivors' resync of the dead controller's write-intent slot, one stripe at a time
@@ -328,6 +367,7 @@ struct World {
     /// Survivors that have not heard of the new membership yet.
     view_pending: u8,
     takeover: Option<Takeover>,
+    leases: Leases,
     torn: u64,
     stripe_bytes: u64,
     blocks: u64,
@@ -406,6 +446,7 @@ impl World {
         let clients = (0..cfg.nodes as usize * cfg.clients)
             .map(|i| Client { node: (i % cfg.nodes as usize) as u8, left: cfg.ops, op: None })
             .collect();
+        let (nodes_count, mutation) = (cfg.nodes, cfg.mutation);
         Ok(World {
             rng: StdRng::seed_from_u64(cfg.seed),
             cfg,
@@ -429,6 +470,7 @@ impl World {
             dead: 0,
             view_pending: 0,
             takeover: None,
+            leases: Leases::new(nodes_count, World::lease_timing(mutation)),
             torn: 0,
             stripe_bytes,
             blocks,
@@ -459,6 +501,12 @@ impl World {
         }
         if let Some(c) = self.cfg.faults.crash {
             self.at(c.at_us, Ev::Crash(c));
+        }
+        if let Some(p) = self.cfg.faults.pause {
+            self.at(p.at_us, Ev::Pause(p));
+        }
+        for n in 0..self.cfg.nodes {
+            self.at(lease::SIM_LEASE.renew_us, Ev::Renew(n));
         }
         if self.cfg.scrub_node.is_some() {
             self.scrub = Some((0, None, 0));
@@ -520,12 +568,18 @@ impl World {
         // A dead controller hears nothing and its own I/O completions never come.
         let to = match &ev {
             Ev::Frame { to, .. } | Ev::Fabric { to, .. } => Some(*to),
-            Ev::MemberDone { node, .. } | Ev::MemberRead { node, .. } | Ev::Tick(node) | Ev::View(node) => Some(*node),
+            Ev::MemberDone { node, .. }
+            | Ev::MemberRead { node, .. }
+            | Ev::Tick(node)
+            | Ev::View(node)
+            | Ev::Renew(node) => Some(*node),
             _ => None,
         };
         if to.is_some_and(|n| !self.alive(n)) {
             return Ok(());
         }
+        // A paused controller's host side hears nothing until it resumes.
+        let Some(ev) = self.defer_if_paused(ev) else { return Ok(()) };
         match ev {
             Ev::Frame { to, bytes } => {
                 self.nodes[to as usize].card.deliver(&bytes);
@@ -559,6 +613,9 @@ impl World {
             Ev::MemberFail(f) => self.nodes[f.node as usize].fail_armed = Some(f),
             Ev::Crash(c) => self.crash(c)?,
             Ev::View(n) => self.view(n)?,
+            Ev::Renew(n) => self.renew(n)?,
+            Ev::Pause(p) => self.pause(p),
+            Ev::Resume(n) => self.resume(n)?,
             Ev::Client(c) => self.issue(c)?,
             Ev::Tick(n) => {
                 if self.nodes[n as usize].fail_armed.is_some_and(|f| f.at_us + MEMBER_FAIL_LATE_US <= self.now_us) {
@@ -779,7 +836,20 @@ impl World {
         let bytes = result.map_err(|e| format!("online scrub of stripe {next}: {e}"))?;
         let c: crate::raid::scrub::StripeCheck =
             serde_json::from_slice(&bytes).map_err(|e| format!("online scrub of stripe {next}: {e}"))?;
-        if c.mismatch {
+        // A stripe a dead controller was writing is out of step until the takeover's resync
+        // reaches it (its slot marks it; the scrub may get its lock first): expected there,
+        // and the final scrub checks it after the resync.
+        let resync_pending = match self.takeover.as_ref() {
+            Some(t) => !t.done && t.stripes[t.next..].contains(&next),
+            // Before the lowest survivor moved on, the dead controller's slot says.
+            None if self.dead != 0 => {
+                let (dead, live) = (self.dead.trailing_zeros() as usize, self.first_alive() as usize);
+                let array = &self.nodes[live].array;
+                array.slot_dirty_regions(dead).is_ok_and(|r| array.region_stripes(&r).contains(&next))
+            }
+            None => false,
+        };
+        if c.mismatch && !resync_pending {
             return Err(format!("the online scrub of stripe {next}, under its lock, found parity out of step"));
         }
         self.scrub = Some((next + 1, None, checked + !c.skipped as u64));
@@ -801,7 +871,9 @@ impl World {
         let id = self.next_req;
         self.next_req += 1;
         self.final_flush = Some(id);
-        let node = self.first_alive();
+        let node = (0..self.cfg.nodes)
+            .find(|n| self.alive(*n) && self.leases.paused & (1 << n) == 0)
+            .unwrap_or_else(|| self.first_alive());
         self.step(node, Input::Host { id, req: HostReq::Flush })
     }
 
@@ -936,7 +1008,8 @@ impl World {
         for _ in 0..PUMP_ROUNDS_MAX {
             let mut moved = false;
             for n in 0..self.nodes.len() {
-                if self.alive(n as u8) {
+                // (A paused controller's card runs on; its host does not read it.)
+                if self.alive(n as u8) && self.leases.paused & (1 << n) == 0 {
                     moved |= self.pump_node(n)?;
                 }
             }
@@ -1099,9 +1172,12 @@ impl World {
             counters: self.nodes.iter().map(|n| n.m.counters).collect(),
             garbage: self.garbage,
             scrubbed_online: self.scrub.map_or(0, |s| s.2),
-            crashed: self.cfg.faults.crash.map(|c| c.node),
+            crashed: self.cfg.faults.crash.map(|c| c.node).or(self.leases.taken_over),
             resynced_after_crash: self.takeover.as_ref().map_or(0, |t| t.next as u64),
             torn_at_crash: self.torn,
+            paused: self.cfg.faults.pause.map(|p| p.node),
+            fenced: self.leases.fenced,
+            lease_renewals: self.leases.renewals,
         })
     }
 }
