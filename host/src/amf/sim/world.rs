@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 mod lease;
 use lease::Leases;
-pub use lease::Pause;
+pub use lease::{Partition, Pause};
 
 /// Card clock cycles per simulated microsecond (the nominal 100 MHz).
 const CYCLES_PER_US: u64 = 100;
@@ -60,6 +60,8 @@ pub struct Faults {
     /// A controller stops for a while (SIGSTOP); past its lease the others take over and it
     /// fences itself when it resumes.
     pub pause: Option<Pause>,
+    /// A controller is cut off from the others' fabric and card link (not from the members).
+    pub partition: Option<Partition>,
 }
 
 /// A controller that dies: it stops at once (no step, no card, no member I/O of its own from
@@ -184,11 +186,34 @@ impl SimConfig {
                 member_fail,
                 crash: None,
                 pause: None,
+                partition: None,
             },
             mutation: None,
         }
         .with_crash(&mut rng)
         .with_pause(&mut rng)
+        .with_partition(&mut rng)
+    }
+
+    /// One seed in three of those without a death or a pause cuts a controller off: shorter
+    /// than the lease's suspicion (everything resumes) or long enough that it fences itself
+    /// (the others take over); both ways, or only what comes to it.
+    fn with_partition(mut self, rng: &mut StdRng) -> SimConfig {
+        if self.faults.crash.is_none() && self.faults.pause.is_none() && rng.gen_range(0..3) == 0 {
+            let t = lease::SIM_LEASE;
+            let for_us = if rng.gen_bool(0.4) {
+                rng.gen_range(t.renew_us..t.suspect_us - t.renew_us)
+            } else {
+                rng.gen_range(t.suspect_us + t.settle_us + 3 * t.renew_us..=3 * t.expire_us)
+            };
+            self.faults.partition = Some(Partition {
+                node: rng.gen_range(0..self.nodes),
+                at_us: rng.gen_range(300..=8_000),
+                for_us,
+                deaf_only: rng.gen_bool(0.3),
+            });
+        }
+        self
     }
 
     /// One seed in three of those without a death pauses a controller: for less than its
@@ -253,6 +278,8 @@ pub struct Report {
     pub torn_at_crash: u64,
     /// The controller that was paused, if one was.
     pub paused: Option<u8>,
+    /// The controller that was cut off, if one was.
+    pub partitioned: Option<u8>,
     /// A controller that fenced itself (a pause past its deadline), if one did.
     pub fenced: Option<u8>,
     /// Lease renewals in the run.
@@ -947,7 +974,7 @@ impl World {
                 if to >= self.cfg.nodes || to == n {
                     return Err(format!("n{n} sent {msg:?} to n{to}"));
                 }
-                if !self.chance(f.fabric_loss_ppm) {
+                if !self.chance(f.fabric_loss_ppm) && !self.cut(n, to) {
                     let copies = if self.chance(f.fabric_dup_ppm) { 2 } else { 1 };
                     for _ in 0..copies {
                         let t = self.now_us + self.rng.gen_range(1..=f.fabric_delay_us_max);
@@ -1011,6 +1038,8 @@ impl World {
                 // (A paused controller's card runs on; its host does not read it.)
                 if self.alive(n as u8) && self.leases.paused & (1 << n) == 0 {
                     moved |= self.pump_node(n)?;
+                } else if self.alive(n as u8) {
+                    moved |= self.card_frames_out(n);
                 }
             }
             if !moved {
@@ -1054,11 +1083,17 @@ impl World {
             moved = true;
             self.step(n as u8, input)?;
         }
+        Ok(self.card_frames_out(n) || moved)
+    }
+
+    /// Frames the card of node `n` sent, onto the link (lossy; cut where a partition is).
+    fn card_frames_out(&mut self, n: usize) -> bool {
+        let mut moved = false;
         let f = self.cfg.faults.clone();
         for o in self.nodes[n].card.take_outgoing() {
             moved = true;
             for to in 0..self.cfg.nodes {
-                if o.dst_mask & (1 << to) == 0 || self.chance(f.link_loss_ppm) {
+                if o.dst_mask & (1 << to) == 0 || self.chance(f.link_loss_ppm) || self.cut(n as u8, to) {
                     continue;
                 }
                 let copies = if self.chance(f.link_dup_ppm) { 2 } else { 1 };
@@ -1068,7 +1103,7 @@ impl World {
                 }
             }
         }
-        Ok(moved)
+        moved
     }
 
     /// At the acknowledgement of write `id` by node `n`: every block of it that `n` still holds
@@ -1176,6 +1211,7 @@ impl World {
             resynced_after_crash: self.takeover.as_ref().map_or(0, |t| t.next as u64),
             torn_at_crash: self.torn,
             paused: self.cfg.faults.pause.map(|p| p.node),
+            partitioned: self.cfg.faults.partition.map(|p| p.node),
             fenced: self.leases.fenced,
             lease_renewals: self.leases.renewals,
         })

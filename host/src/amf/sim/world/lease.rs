@@ -28,6 +28,22 @@ pub struct Pause {
     pub for_us: u64,
 }
 
+/// A controller cut off from the others' fabric and card link for a while (its members stay
+/// reachable): both ways, or only what comes to it (it hears no one; the others hear it).
+/// Past the lease's suspicion and settling times it loses the conflict over reach and fences
+/// itself; shorter, everything resumes when the link does.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Partition {
+    /// The controller cut off.
+    pub node: u8,
+    /// When the cut begins.
+    pub at_us: u64,
+    /// How long it lasts.
+    pub for_us: u64,
+    /// Only what comes to it is cut.
+    pub deaf_only: bool,
+}
+
 /// The leases of a run.
 pub(super) struct Leases {
     rules: Vec<Lease>,
@@ -72,6 +88,16 @@ impl World {
         }
     }
 
+    /// Whether what `from` sends to `to` is cut off now.
+    pub(super) fn cut(&self, from: u8, to: u8) -> bool {
+        let Some(p) = self.cfg.faults.partition else { return false };
+        let now = self.now_us;
+        if from == to || now < p.at_us || now >= p.at_us + p.for_us {
+            return false;
+        }
+        to == p.node || (!p.deaf_only && from == p.node)
+    }
+
     /// Whether `ev` is for the host side of a paused controller (then it waits).
     pub(super) fn defer_if_paused(&mut self, ev: Ev) -> Option<Ev> {
         let host = match &ev {
@@ -101,8 +127,9 @@ impl World {
         let t = self.leases.rules[n as usize].timing();
         self.at(now + t.renew_us, Ev::Renew(n));
         // Its heartbeat reaches every controller that runs.
-        let running: Vec<u8> =
-            (0..self.cfg.nodes).filter(|p| *p != n && self.alive(*p) && self.leases.paused & (1 << p) == 0).collect();
+        let running: Vec<u8> = (0..self.cfg.nodes)
+            .filter(|p| *p != n && self.alive(*p) && self.leases.paused & (1 << p) == 0 && !self.cut(n, *p))
+            .collect();
         for p in running {
             self.leases.heard[p as usize][n as usize] = now;
         }
