@@ -201,3 +201,94 @@ fn all_controllers_killed_mid_write_resync_only_what_they_were_writing_and_lose_
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["mismatches"], 0, "{v}");
 }
+
+/// Waits until controllers `which` show member `m` in `state`.
+fn wait_member_state(c: &Cluster, which: &[usize], m: usize, state: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let states: Vec<String> = which
+            .iter()
+            .map(|&i| c.admin_of(i, "/status")["members"][m]["state"].as_str().unwrap_or("").to_string())
+            .collect();
+        if states.iter().all(|s| s == state) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "member {m} as controllers {which:?} see it: {states:?}\n{}", c.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A member file removed under load from three controllers: every controller stops using it,
+/// reads stay correct. Its rebuild onto a new file runs from controller 1, which is killed
+/// mid-rebuild: the lowest survivor (its lease record named the member it was rebuilding)
+/// resumes it from the point recorded in the superblocks and finishes it; scrub clean.
+#[test]
+fn a_rebuild_survives_the_death_of_the_controller_running_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start(
+        &dir,
+        &[
+            "--controllers",
+            "3",
+            "--level",
+            "raid5",
+            "--members",
+            "4",
+            "--member-size",
+            "64M",
+            "--chunk",
+            "16K",
+            "--card",
+            "model",
+        ],
+    );
+    let token = std::fs::read_to_string(dir.join("run").join("admin-token")).unwrap();
+    for i in 0..3u64 {
+        qemu_io(c.uri(i as usize), &[&format!("write -P {} {} 4M", 0x31 + i, i << 22)]);
+    }
+    // Member 2's file goes away while controller 0 writes.
+    let (mut writer, rx) = spawn_writer(c.uri(0), 2048, "writethrough");
+    rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
+    std::fs::remove_file(member(&dir, 2)).unwrap();
+    wait_member_state(&c, &[0, 1, 2], 2, "faulty", Duration::from_secs(30));
+    let _ = writer.kill();
+    let _ = writer.wait();
+    let reads: Vec<String> = (0..3u64).map(|i| format!("read -P {} {} 4M", 0x31 + i, i << 22)).collect();
+    let refs: Vec<&str> = reads.iter().map(|s| s.as_str()).collect();
+    for i in 0..3 {
+        qemu_io(c.uri(i), &refs);
+    }
+    // The rebuild onto a new file, from controller 1; controller 1 dies part-way.
+    let (code, body) = post(&c.controllers[1].1, "/rebuild?member=2", token.trim());
+    assert_eq!(code, 202, "{body}");
+    let total = loop {
+        let t = c.admin_of(1, "/status")["task"].clone();
+        let (done, total) = (t["done"].as_u64().unwrap_or(0), t["total"].as_u64().unwrap_or(0));
+        if done >= 256 {
+            assert!(done < total, "the rebuild ended before the kill: {t}");
+            break total;
+        }
+        assert_eq!(t["state"], "running", "{t}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    unsafe { libc::kill(c.pids[1], libc::SIGKILL) };
+    // Controller 0, the lowest survivor, resumes it and finishes it.
+    wait_member_state(&c, &[0, 2], 2, "active", Duration::from_secs(120));
+    let log = c.log();
+    assert!(log.contains("controller 0: resuming the rebuild of member 2"), "{log}");
+    let task = c.admin_of(0, "/status")["task"].clone();
+    assert_eq!((task["kind"].as_str(), task["state"].as_str()), (Some("rebuild"), Some("done")), "{task}");
+    assert!(task["result"]["stripes"].as_u64().unwrap_or(u64::MAX) <= total, "{task}");
+    for i in [0, 2] {
+        qemu_io(c.uri(i), &refs);
+    }
+    assert!(!c.stop().success(), "a controller died: the cluster says so");
+    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mismatches"], 0, "{v}");
+    assert!(inspect(&dir)["members"].as_array().unwrap().iter().all(|m| m["state"] == "active"), "{}", inspect(&dir));
+    let c = start(&dir, &["--controllers", "1"]);
+    qemu_io(&c.nbd_uri, &refs);
+    assert!(c.stop().success());
+}

@@ -302,19 +302,57 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
                     }
                 }
             }
-            start_task(state, "rebuild", move |st, progress| {
-                let m = replacement_member(st, member, replacement.as_deref())?;
-                let a = st.array.as_ref().ok_or("no members here")?;
-                // On a cluster every controller learns of the new member through the group.
-                let r = match &st.core {
-                    Some(core) => core.rebuild(a, member, m, progress)?,
-                    None => rebuild(a, member, m, progress).map_err(|e| e.to_string())?,
-                };
-                Ok(serde_json::to_value(r).unwrap_or_default())
-            })
+            start_rebuild(state, member, replacement)
         }
         _ => json_error(404, format!("no route {method} {path}")),
     }
+}
+
+/// Starts (or, with no replacement and the member Rebuilding, resumes) the rebuild of `member`
+/// as this controller's task; its lease record says so while it runs, so that a survivor
+/// resumes it if this controller dies.
+pub fn start_rebuild(
+    state: &Arc<ControllerState>,
+    member: usize,
+    replacement: Option<String>,
+) -> (u16, &'static str, String) {
+    start_task(state, "rebuild", move |st, progress| {
+        let m = replacement_member(st, member, replacement.as_deref())?;
+        let a = st.array.as_ref().ok_or("no members here")?;
+        let lease = st.lease.as_ref();
+        if let Some(l) = lease {
+            l.rebuilding.store((member as u8).saturating_add(1), std::sync::atomic::Ordering::Relaxed);
+        }
+        // On a cluster every controller learns of the new member through the group.
+        let r = match &st.core {
+            Some(core) => core.rebuild(a, member, m, progress),
+            None => rebuild(a, member, m, progress).map_err(|e| e.to_string()),
+        };
+        if let Some(l) = lease {
+            l.rebuilding.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(serde_json::to_value(r?).unwrap_or_default())
+    })
+}
+
+/// After controllers of `dead` left the membership: the lowest survivor resumes a rebuild one
+/// of them was running (its last lease record says which member), from the point recorded in
+/// the superblocks. Returns the member resumed.
+pub fn resume_orphaned_rebuild(state: &Arc<ControllerState>, dead: u8, lowest: bool) -> Option<usize> {
+    let lease = state.lease.as_ref()?;
+    let array = state.array.as_ref()?;
+    if !lowest {
+        return None;
+    }
+    let member = (0..8usize)
+        .filter(|d| dead & (1 << d) != 0)
+        .find_map(|d| lease.peers_rebuilding.get(d)?.load(std::sync::atomic::Ordering::Relaxed).checked_sub(1))?
+        as usize;
+    if array.member_status().get(member)?.state != MemberState::Rebuilding {
+        return None;
+    }
+    let (code, _, _) = start_rebuild(state, member, None);
+    (code == 202).then_some(member)
 }
 
 /// Opens or creates the member a rebuild writes to: the given path, else DIR/member-NN.img

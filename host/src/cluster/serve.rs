@@ -183,11 +183,22 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     say(&ready_line(cfg.node as usize, pid, nbd_addr, admin.addr));
 
     let mut last_check = Instant::now();
+    let mut gone_seen = 0u8;
     while !signals.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if last_check.elapsed() >= super::controller::MEMBER_CHECK_INTERVAL {
             last_check = Instant::now();
             array.check_members();
+        }
+        // A rebuild a dead controller was running is resumed by the lowest survivor.
+        let gone = shell.takeover.gone.load(Relaxed) as u8;
+        if gone != gone_seen {
+            let all: u8 = if cfg.nodes >= 8 { 0xff } else { (1u8 << cfg.nodes) - 1 };
+            let lowest = (all & !gone).trailing_zeros() == cfg.node as u32;
+            if let Some(m) = super::admin::resume_orphaned_rebuild(&state, gone & !gone_seen, lowest) {
+                eprintln!("{tag}: resuming the rebuild of member {m} that a dead controller was running");
+            }
+            gone_seen = gone;
         }
     }
     eprintln!("{tag}: stopping: finishing requests, writing dirty lines back");

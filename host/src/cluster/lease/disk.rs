@@ -117,7 +117,15 @@ mod tests {
         }
         let uuid = [3u8; 16];
         let mut d = LeaseDisk::new(1 << 20, uuid);
-        let r = |node, seq| Record { node, incarnation: 5, seq, epoch: 1, reach: 0b11, standing: Standing::Live };
+        let r = |node, seq| Record {
+            node,
+            incarnation: 5,
+            seq,
+            epoch: 1,
+            reach: 0b11,
+            standing: Standing::Live,
+            rebuilding: None,
+        };
         assert_eq!(d.write(&paths, &r(1, 1)), 3);
         assert_eq!(d.write(&paths[..1], &r(1, 2)), 1, "one member took the next renewal");
         assert_eq!(d.write(&paths[2..], &r(0, 9)), 1);

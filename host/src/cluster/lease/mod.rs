@@ -38,6 +38,10 @@ pub struct LeaseState {
     pub renewals_failed: AtomicU64,
     /// The longest a renewal took, in microseconds.
     pub renew_us_max: AtomicU64,
+    /// The member this controller is rebuilding, plus one (0: none); published in its record.
+    pub rebuilding: AtomicU8,
+    /// What each controller's last record said it was rebuilding, the same way.
+    pub peers_rebuilding: [AtomicU8; 8],
 }
 
 impl LeaseState {
@@ -184,7 +188,8 @@ fn run(
         if let Some(why) = lease.verdict(start, live, reach) {
             fence_and_exit(node, &why, &mut disk, &paths, &mut lease, epoch, reach);
         }
-        let rec = lease.next_record(epoch, reach, Standing::Live);
+        let mut rec = lease.next_record(epoch, reach, Standing::Live);
+        rec.rebuilding = state.rebuilding.load(Relaxed).checked_sub(1);
         let ok = disk.write(&paths, &rec) > 0;
         lease.renewed(start, ok);
         let took = now_us().saturating_sub(start);
@@ -198,6 +203,11 @@ fn run(
         let read_start = now_us();
         let recs = disk.read(&paths);
         lease.observed(read_start, &recs);
+        for (n, r) in recs.iter().enumerate() {
+            if let (Some(r), Some(slot)) = (r, state.peers_rebuilding.get(n)) {
+                slot.store(r.rebuilding.map_or(0, |m| m.saturating_add(1)), Relaxed);
+            }
+        }
         state.expired.store(lease.expired(live), Relaxed);
         state.left.store(lease.left(), Relaxed);
         let next = start + t.renew_us;

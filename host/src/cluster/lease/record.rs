@@ -53,6 +53,8 @@ pub struct Record {
     pub reach: u8,
     /// What it says about itself.
     pub standing: Standing,
+    /// The member it is rebuilding, if it runs a rebuild (a survivor resumes it if it dies).
+    pub rebuilding: Option<u8>,
 }
 
 impl Record {
@@ -64,6 +66,7 @@ impl Record {
         b[12] = self.node;
         b[13] = self.standing.code();
         b[14] = self.reach;
+        b[15] = self.rebuilding.map_or(0, |m| m.saturating_add(1));
         b[16..32].copy_from_slice(uuid);
         b[32..40].copy_from_slice(&self.incarnation.to_le_bytes());
         b[40..48].copy_from_slice(&self.seq.to_le_bytes());
@@ -88,6 +91,7 @@ impl Record {
             node: b[12],
             standing: Standing::from_code(b[13])?,
             reach: b[14],
+            rebuilding: b[15].checked_sub(1),
             incarnation: u64_at(32)?,
             seq: u64_at(40)?,
             epoch: u32_at(48)?,
@@ -102,9 +106,19 @@ mod tests {
     #[test]
     fn a_record_round_trips_and_damage_reads_as_none() {
         let uuid = [7u8; 16];
-        let r = Record { node: 2, incarnation: 99, seq: 12345, epoch: 17, reach: 0b101, standing: Standing::Live };
+        let r = Record {
+            node: 2,
+            incarnation: 99,
+            seq: 12345,
+            epoch: 17,
+            reach: 0b101,
+            standing: Standing::Live,
+            rebuilding: None,
+        };
         let b = r.encode(&uuid);
         assert_eq!(Record::decode(&b, &uuid), Some(r));
+        let rb = Record { rebuilding: Some(3), ..r };
+        assert_eq!(Record::decode(&rb.encode(&uuid), &uuid), Some(rb));
         assert_eq!(Record::decode(&b, &[8u8; 16]), None, "another group's record");
         assert_eq!(Record::decode(&[0u8; RECORD_BYTES], &uuid), None, "a page never written");
         assert_eq!(Record::decode(&b[..10], &uuid), None, "short");

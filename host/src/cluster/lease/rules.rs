@@ -122,7 +122,15 @@ impl Lease {
     /// The next record to write (a renewal starts).
     pub fn next_record(&mut self, epoch: u32, reach: u8, standing: Standing) -> Record {
         self.seq += 1;
-        Record { node: self.node, incarnation: self.incarnation, seq: self.seq, epoch, reach, standing }
+        Record {
+            node: self.node,
+            incarnation: self.incarnation,
+            seq: self.seq,
+            epoch,
+            reach,
+            standing,
+            rebuilding: None,
+        }
     }
 
     /// A renewal that started at `start_us` reached a member (or none: `ok` false).
@@ -239,7 +247,7 @@ mod tests {
     };
 
     fn rec(node: u8, seq: u64, reach: u8, standing: Standing) -> Option<Record> {
-        Some(Record { node, incarnation: 1, seq, epoch: 1, reach, standing })
+        Some(Record { node, incarnation: 1, seq, epoch: 1, reach, standing, rebuilding: None })
     }
 
     #[test]
