@@ -34,7 +34,7 @@ impl Drop for Controller {
     }
 }
 
-fn config(net: &Net, dir: &std::path::Path, i: usize, n: usize) -> String {
+fn config(net: &Net, dir: &std::path::Path, i: usize, n: usize, service: bool) -> String {
     let a = |j: usize| net.addr(j);
     let mut t = format!(
         "node = {i}\nnodes = {n}\ngroup = \"{}\"\nnbd = \"{}:10809\"\nadmin = \"{}:8080\"\nfabric = \"{}:7000\"\n\
@@ -47,15 +47,27 @@ fn config(net: &Net, dir: &std::path::Path, i: usize, n: usize) -> String {
     );
     for j in (0..n).filter(|j| *j != i) {
         t += &format!("\n[[peer]]\nnode = {j}\nfabric = \"{}:7000\"\nlink = \"{}:7100\"\n", a(j), a(j));
+        if service {
+            t += &format!("nbd = \"{}:10809\"\n", a(j));
+        }
+    }
+    if service {
+        t += &format!("\n[service]\ndev = \"{}\"\nprefix = 24\n", net.inner(i));
     }
     t
 }
 
 /// Starts controller i in its namespace; returns once the group's peers are all up (the ready
 /// line comes after the rendezvous with every peer).
-fn spawn(net: &Net, dir: &std::path::Path, i: usize, n: usize) -> (Controller, std::sync::mpsc::Receiver<String>) {
+fn spawn(
+    net: &Net,
+    dir: &std::path::Path,
+    i: usize,
+    n: usize,
+    service: bool,
+) -> (Controller, std::sync::mpsc::Receiver<String>) {
     let cfg = dir.with_extension(format!("ctl-{i}.toml"));
-    std::fs::write(&cfg, config(net, dir, i, n)).unwrap();
+    std::fs::write(&cfg, config(net, dir, i, n, service)).unwrap();
     let log = dir.with_extension(format!("ctl-{i}.log"));
     let mut child = Command::new("ip")
         .args(["netns", "exec", &net.ns(i), amf_bin(), "serve", "--config"])
@@ -85,7 +97,7 @@ fn a_controller_cut_off_from_its_peers_fences_itself_and_the_others_take_over() 
     let mut ctl = Vec::new();
     let mut ready = Vec::new();
     for i in 0..3 {
-        let (c, rx) = spawn(&net, &dir, i, 3);
+        let (c, rx) = spawn(&net, &dir, i, 3, false);
         ctl.push(c);
         ready.push(rx);
     }
@@ -153,4 +165,96 @@ fn a_controller_cut_off_from_its_peers_fences_itself_and_the_others_take_over() 
     verify(&c.nbd_uri, &want);
     qemu_io(&c.nbd_uri, &["read -P 0xa1 8M 1M", "read -P 0xb2 9M 64k"]);
     assert!(c.stop().success());
+}
+
+/// Three controllers in their namespaces with service addresses that move. qemu-io writes
+/// through controller 0's address with NBD reconnection (`reconnect-delay`); controller 0's
+/// host dies (its link down, its process killed). Controller 1, which holds its replicas,
+/// takes over its lines and its address (added to its interface, announced by gratuitous
+/// ARP); qemu-io reconnects to the same address and goes on: no write fails, every one is
+/// there, through every controller and the moved address.
+#[test]
+fn a_host_writing_through_a_dead_controller_goes_on_through_its_moved_address() {
+    let net = Net::new(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start(&dir, &["--controllers", "1", "--level", "raid5", "--members", "4", "--member-size", "32M"]);
+    assert!(c.stop().success());
+    let mut ctl = Vec::new();
+    let mut ready = Vec::new();
+    for i in 0..3 {
+        let (c, rx) = spawn(&net, &dir, i, 3, true);
+        ctl.push(c);
+        ready.push(rx);
+    }
+    for (i, rx) in ready.iter().enumerate() {
+        let line = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[i].log()));
+        assert!(line.starts_with("controller "), "{line}");
+    }
+    let uri = |i: usize| format!("nbd://{}:10809/amf", net.addr(i));
+    let opts = format!(
+        "driver=nbd,server.type=inet,server.host={},server.port=10809,export=amf,reconnect-delay=60",
+        net.addr(0)
+    );
+    let mut args = vec!["--image-opts".to_string()];
+    for i in 0..WRITES {
+        args.push("-c".into());
+        args.push(format!("write -P {} {} {WRITE_BYTES}", pattern(i), (i % PLACES) * WRITE_BYTES));
+    }
+    args.push(opts);
+    let mut writer = Command::new("qemu-io").args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let out = writer.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let mut wrote = 0u64;
+    while wrote < 1500 {
+        let (_, l) = rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
+        wrote += l.starts_with("wrote 8192/8192") as u64;
+    }
+    // Controller 0's host dies: off the network, then gone.
+    net.set_link(0, false);
+    let died = Instant::now();
+    let _ = ctl[0].child.kill();
+    let _ = ctl[0].child.wait();
+    let status = wait_timeout(&mut writer, Duration::from_secs(180));
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = writer.stderr.take().unwrap().read_to_string(&mut err);
+    let mut failed = Vec::new();
+    let mut gap = Duration::ZERO;
+    let mut last = died;
+    for (t, l) in rx.iter() {
+        if l.starts_with("wrote 8192/8192") {
+            wrote += 1;
+            if t > died {
+                gap = gap.max(t - last);
+                last = t;
+            }
+        } else if l.contains("failed") || l.contains("error") {
+            failed.push(l);
+        }
+    }
+    assert!(failed.is_empty() && status.success(), "qemu-io saw errors: {failed:?} {err}\n{}", ctl[1].log());
+    assert_eq!(wrote, WRITES, "every write answered");
+    eprintln!("the host's writes paused {} ms at most after controller 0 died", gap.as_millis());
+    let log1 = ctl[1].log();
+    assert!(log1.contains("took over controller 0's service address"), "{log1}");
+    let want = expected(0, WRITES - 1);
+    for u in [uri(0), uri(1), uri(2)] {
+        verify(&u, &want);
+    }
+    for i in [1, 2] {
+        unsafe { libc::kill(ctl[i].child.id() as i32, libc::SIGTERM) };
+    }
+    for i in [1, 2] {
+        let s = wait_timeout(&mut ctl[i].child, Duration::from_secs(30));
+        assert!(s.success(), "controller {i}: {}", ctl[i].log());
+    }
+    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mismatches"], 0, "{v}");
 }

@@ -45,6 +45,11 @@ impl Net {
         format!("amf{}h{i}", self.k)
     }
 
+    /// Controller i's end of its link (inside its namespace).
+    pub fn inner(&self, i: usize) -> String {
+        format!("amf{}c{i}", self.k)
+    }
+
     /// Controller i's address.
     pub fn addr(&self, i: usize) -> String {
         format!("10.77.{}.{}", self.k, i + 1)
@@ -56,7 +61,7 @@ impl Net {
         ip(&["addr", "add", &format!("10.77.{}.254/24", self.k), "dev", &br])?;
         ip(&["link", "set", &br, "up"])?;
         for i in 0..self.n {
-            let (ns, host, inner) = (self.ns(i), self.link(i), format!("amf{}c{i}", self.k));
+            let (ns, host, inner) = (self.ns(i), self.link(i), self.inner(i));
             ip(&["netns", "add", &ns])?;
             ip(&["link", "add", &host, "type", "veth", "peer", "name", &inner])?;
             ip(&["link", "set", &inner, "netns", &ns])?;

@@ -71,6 +71,21 @@ pub struct PeerConfig {
     pub fabric: SocketAddr,
     /// Its card's link port.
     pub link: SocketAddr,
+    /// Its NBD service address, which a survivor takes over if it dies (needs `[service]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd: Option<SocketAddr>,
+}
+
+/// Where service addresses move: a controller that takes over a dead peer adds the peer's NBD
+/// address to this interface, announces it (gratuitous ARP) and serves it, as Pacemaker's
+/// IPaddr2 does.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The interface (it must be on the hosts' network).
+    pub dev: String,
+    /// The prefix length of the addresses added.
+    pub prefix: u8,
 }
 
 /// One controller's configuration.
@@ -111,6 +126,9 @@ pub struct Config {
     pub peers: Vec<PeerConfig>,
     /// Exchange addresses through files in this directory instead of `peer` entries.
     pub rendezvous: Option<PathBuf>,
+    /// Take over dead peers' NBD addresses (their `nbd` in `[[peer]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceConfig>,
 }
 
 fn bad(msg: String) -> ClusterError {
@@ -161,6 +179,17 @@ impl Config {
                 }
             }
             (Some(_), true) => {}
+        }
+        if let Some(s) = &self.service {
+            if s.dev.is_empty() || s.dev.len() > 15 || s.prefix > 32 {
+                return Err(bad(format!(
+                    "[service]: dev {:?} (1 to 15 characters), prefix {} (0 to 32)",
+                    s.dev, s.prefix
+                )));
+            }
+            if let Some(p) = self.peers.iter().find(|p| p.nbd.is_some_and(|a| !a.is_ipv4())) {
+                return Err(bad(format!("peer {}: service addresses are IPv4 here", p.node)));
+            }
         }
         self.check_members()
     }
@@ -223,7 +252,7 @@ pub fn rendezvous(
             if let Some(p) =
                 std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str::<Published>(&t).ok())
             {
-                peers.push(PeerConfig { node: n, fabric: p.fabric, link: p.link });
+                peers.push(PeerConfig { node: n, fabric: p.fabric, link: p.link, nbd: None });
                 break;
             }
             if stop.load(std::sync::atomic::Ordering::Relaxed) {

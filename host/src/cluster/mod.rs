@@ -9,6 +9,7 @@ pub mod launch;
 pub mod lease;
 pub mod membership;
 pub mod serve;
+pub mod service;
 pub mod supervisor;
 
 use std::path::PathBuf;

@@ -184,6 +184,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
 
     let mut last_check = Instant::now();
     let mut gone_seen = 0u8;
+    let mut taken: Vec<super::service::TakenAddress> = Vec::new();
     while !signals.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if last_check.elapsed() >= super::controller::MEMBER_CHECK_INTERVAL {
@@ -198,11 +199,15 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             if let Some(m) = super::admin::resume_orphaned_rebuild(&state, gone & !gone_seen, lowest) {
                 eprintln!("{tag}: resuming the rebuild of member {m} that a dead controller was running");
             }
+            take_addresses(&cfg, &tag, &peers, gone, gone & !gone_seen, &shell, &mut taken);
             gone_seen = gone;
         }
     }
     eprintln!("{tag}: stopping: finishing requests, writing dirty lines back");
     server.shutdown();
+    for t in taken {
+        t.release();
+    }
     admin.stop();
     super::admin::wait_for_task(&state);
     let report = shell.leave();
@@ -215,6 +220,36 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         l.stop(clean);
     }
     result
+}
+
+/// Takes over the service addresses of the controllers that just left (`newly`) whose next
+/// live controller in ring order is this one (the one that holds their replicas).
+fn take_addresses(
+    cfg: &Config,
+    tag: &str,
+    peers: &[super::config::PeerConfig],
+    gone: u8,
+    newly: u8,
+    shell: &Arc<Shell>,
+    taken: &mut Vec<super::service::TakenAddress>,
+) {
+    let Some(service) = &cfg.service else { return };
+    let n = cfg.nodes.max(1);
+    for p in peers.iter().filter(|p| newly & (1 << p.node) != 0) {
+        let Some(addr) = p.nbd else { continue };
+        let heir = (1..n).map(|i| (p.node + i) % n).find(|q| gone & (1 << q) == 0);
+        if heir != Some(cfg.node) {
+            continue;
+        }
+        let backend: Arc<dyn crate::nbd::Backend> = shell.clone();
+        match super::service::TakenAddress::take(&service.dev, service.prefix, addr, backend) {
+            Ok(t) => {
+                eprintln!("{tag}: took over controller {}'s service address {addr} on {}", p.node, service.dev);
+                taken.push(t);
+            }
+            Err(e) => eprintln!("{tag}: could not take over controller {}'s service address {addr}: {e}", p.node),
+        }
+    }
 }
 
 /// Marks the group clean if every controller wrote everything back, dirty otherwise.

@@ -269,6 +269,7 @@ fn write_config(opts: &ClusterOptions, index: usize, run_dir: &std::path::Path) 
         card: super::config::CardConfig { backend: opts.card, link: addr(0)? },
         peers: Vec::new(),
         rendezvous: Some(run_dir.join("rendezvous")),
+        service: None,
     };
     cfg.check()?;
     let text = toml::to_string(&cfg).map_err(|e| ClusterError::Config(e.to_string()))?;
