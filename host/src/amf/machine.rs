@@ -248,6 +248,10 @@ struct Request {
     left: usize,
     data: Vec<u8>,
     error: Option<HostError>,
+    /// The lines a write touches: its answer waits until none of them is being replicated
+    /// again after a membership change (a piece done earlier had its replica only at the
+    /// controller that left).
+    lines: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -392,6 +396,8 @@ pub struct Machine {
     dropped: BTreeMap<(u8, u64), u64>,
     dropped_order: VecDeque<(u8, u64)>,
     flushes: BTreeMap<u64, FlushJob>,
+    /// Writes done but not answered: a line of theirs waits for a new replica.
+    parked: BTreeSet<u64>,
     group: group::Group,
     /// The controllers in the current membership (this one's bit included).
     live: u8,
@@ -427,6 +433,7 @@ impl Machine {
             dropped: BTreeMap::new(),
             dropped_order: VecDeque::new(),
             flushes: BTreeMap::new(),
+            parked: BTreeSet::new(),
             group: group::Group::new(degraded),
             jobs: BTreeMap::new(),
             touched_jobs: BTreeSet::new(),
@@ -685,7 +692,8 @@ impl Machine {
             return;
         }
         let data = if write.is_some() { Vec::new() } else { vec![0u8; len as usize] };
-        self.requests.insert(id, Request { left: count, data, error: None });
+        let lines = if write.is_some() { (offset / lb..=(offset + len - 1) / lb).collect() } else { Vec::new() };
+        self.requests.insert(id, Request { left: count, data, error: None, lines });
         let mut pos = offset;
         while pos < offset + len {
             let r = pos / lb;
@@ -711,13 +719,34 @@ impl Machine {
         }
         req.left -= 1;
         if req.left == 0 {
-            if let Some(req) = self.requests.remove(&p.req) {
-                let result = match req.error {
-                    Some(e) => Err(e),
-                    None => Ok(req.data),
-                };
-                self.out.push(Output::Reply { id: p.req, result });
-            }
+            self.answer_when_replicated(p.req);
+        }
+    }
+
+    /// Answers request `id` (all its pieces done) unless one of its lines waits for a new
+    /// replica; then it is parked until the replica is held.
+    fn answer_when_replicated(&mut self, id: u64) {
+        let Some(req) = self.requests.get(&id) else { return };
+        let waiting = req.error.is_none()
+            && req.lines.iter().any(|r| self.lines.get(r).is_some_and(|l| l.replica_pending.is_some()));
+        if waiting {
+            self.parked.insert(id);
+            return;
+        }
+        self.parked.remove(&id);
+        if let Some(req) = self.requests.remove(&id) {
+            let result = match req.error {
+                Some(e) => Err(e),
+                None => Ok(req.data),
+            };
+            self.out.push(Output::Reply { id, result });
+        }
+    }
+
+    /// A line's new replica is held (or needs none any more): answers parked on it go out.
+    fn replica_settled(&mut self) {
+        for id in self.parked.clone() {
+            self.answer_when_replicated(id);
         }
     }
 
@@ -1367,6 +1396,8 @@ impl Machine {
                         if l.wseq == wseq && l.state == State::Modified {
                             l.state = State::Exclusive;
                         }
+                        // On the members, a line needs no new replica for its writes' answers.
+                        let settled = l.clean_wseq >= l.wseq && l.replica_pending.take().is_some();
                         if let (Some(to), true) = (peer, l.replicated) {
                             let id = self.id();
                             self.send_request(id, to, Msg::DropReplica { id, line: r, wseq }, Purpose::Drop(r));
@@ -1374,6 +1405,9 @@ impl Machine {
                         }
                         if self.head_applied(r) {
                             self.finish_piece(r, None);
+                        }
+                        if settled {
+                            self.replica_settled();
                         }
                     }
                     Err(e) => {
@@ -1450,11 +1484,16 @@ impl Machine {
                     if let Some(l) = self.lines.get_mut(&r).filter(|l| l.replica_pending == Some(id)) {
                         l.replica_pending = None;
                     }
+                    self.replica_settled();
                     return;
                 }
                 if let Some(Outstanding { purpose: Purpose::Replica(r), .. }) = self.fabric.get(&id) {
                     let r = *r;
                     self.fabric.remove(&id);
+                    if let Some(l) = self.lines.get_mut(&r).filter(|l| l.replica_pending == Some(id)) {
+                        l.replica_pending = None;
+                        self.replica_settled();
+                    }
                     if self.lines.get(&r).is_some_and(|l| l.phase == Phase::Replicating { id }) {
                         self.line(r).phase = Phase::Idle;
                         self.finish_piece(r, None);

@@ -161,6 +161,7 @@ impl Machine {
                     if let Some(l) = self.lines.get_mut(&r) {
                         l.replica_pending = None;
                     }
+                    self.replica_settled();
                 }
                 Purpose::Flush(job) => {
                     self.fabric.remove(&id);
@@ -204,6 +205,13 @@ impl Machine {
                         o.sent_us = self.now_us;
                         let msg = o.msg.clone();
                         self.out.push(Output::Send { to, msg });
+                        // Pieces of the line done before carried their replica to the old
+                        // peer only: their writes are answered once the new one holds it.
+                        if let Purpose::Replica(r) = o.purpose {
+                            if let Some(l) = self.lines.get_mut(&r) {
+                                l.replica_pending = Some(id);
+                            }
+                        }
                     }
                 }
                 None => {
@@ -332,6 +340,65 @@ mod tests {
             })
             .unwrap_or_else(|| panic!("{out:?}"));
         let out = m.step(Input::Fabric { from: 2, epoch: 2, msg: Msg::ReplicaAck { id } });
+        assert!(out.contains(&Output::Reply { id: 1, result: Ok(Vec::new()) }), "{out:?}");
+    }
+
+    /// A write over two lines: the first line's piece was replicated to controller 1, which
+    /// then dies; the second line's piece is replicated to 2. The write is answered only once 2
+    /// holds the first line too (its replica lived only at the dead controller).
+    #[test]
+    fn a_write_is_answered_only_once_every_line_it_touched_has_a_live_replica() {
+        let mut m = machine(0, 3);
+        let out = m.step(Input::Host { id: 1, req: HostReq::Write { offset: 2, data: vec![7; 4], fua: false } });
+        let acquire = |out: &[Output], line: u64| {
+            out.iter()
+                .find_map(|o| match o {
+                    Output::Card { id, resource, .. } if *resource == line => Some(*id),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no acquire of line {line}: {out:?}"))
+        };
+        let replicate = |out: &[Output], to: u8, line: u64| {
+            out.iter()
+                .find_map(|o| match o {
+                    Output::Send { to: t, msg: Msg::Replicate { id, line: l, .. } } if *t == to && *l == line => {
+                        Some(*id)
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no replicate of line {line} to {to}: {out:?}"))
+        };
+        // A partial line is filled from the members first.
+        let filled = |m: &mut Machine, mut out: Vec<Output>| {
+            while let Some(id) = out.iter().find_map(|o| match o {
+                Output::MemberRead { id, .. } => Some(*id),
+                _ => None,
+            }) {
+                out.retain(|o| !matches!(o, Output::MemberRead { id: i, .. } if *i == id));
+                out.extend(m.step(Input::MemberDone { id, result: Ok(vec![0; 4]) }));
+            }
+            out
+        };
+        let a0 = acquire(&out, 0);
+        let out = m.step(Input::CardDone { id: a0, status: CardStatus::Ok, sharers: 0 });
+        let out = filled(&mut m, out);
+        let r0 = replicate(&out, 1, 0);
+        let out = from(&mut m, 1, Msg::ReplicaAck { id: r0 });
+        assert!(!out.iter().any(|o| matches!(o, Output::Reply { .. })), "one piece is done, not the write");
+        // Controller 1 dies: line 0 goes to controller 2 again.
+        let out = m.step(Input::View { epoch: 2, live: 0b101 });
+        let again = replicate(&out, 2, 0);
+        // (Acquires in flight are asked again in the new epoch.)
+        let a1 = acquire(&out, 1);
+        let out = m.step(Input::CardDone { id: a1, status: CardStatus::Ok, sharers: 0 });
+        let out = filled(&mut m, out);
+        let r1 = replicate(&out, 2, 1);
+        let out = m.step(Input::Fabric { from: 2, epoch: 2, msg: Msg::ReplicaAck { id: r1 } });
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Reply { .. })),
+            "answered while line 0's only replica was at the dead controller: {out:?}"
+        );
+        let out = m.step(Input::Fabric { from: 2, epoch: 2, msg: Msg::ReplicaAck { id: again } });
         assert!(out.contains(&Output::Reply { id: 1, result: Ok(Vec::new()) }), "{out:?}");
     }
 }

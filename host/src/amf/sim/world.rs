@@ -1118,7 +1118,7 @@ impl World {
             let mut want = vec![0u8; BLOCK_BYTES];
             pattern(id, b, &mut want);
             let ours = node.m.line_data(r).map(|d| &d[at..at + BLOCK_BYTES]);
-            if node.m.line_state(r) != State::Modified || ours != Some(want.as_slice()) || node.m.replica_pending(r) {
+            if node.m.line_state(r) != State::Modified || ours != Some(want.as_slice()) {
                 continue;
             }
             let theirs = self.nodes[peer as usize].m.replicas().get(&(n, r)).map(|(_, d)| &d[at..at + BLOCK_BYTES]);
