@@ -23,8 +23,11 @@ impl Net {
     /// Sets the namespaces up; a machine that cannot (not root, no `ip`) is an error with the
     /// reason, not a skipped test.
     pub fn new(n: usize) -> Net {
-        // A subnet and names of its own (a leftover of an earlier run is removed first).
-        let k = 100 + std::process::id() % 100;
+        // A subnet and names of its own: tests of one process run at once, so each net takes
+        // the next number (a leftover of an earlier run is removed first).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let k = 100 + (std::process::id() * 8 + seq) % 150;
         let net = Net { k, n };
         net.remove();
         net.create().unwrap_or_else(|e| panic!("network namespaces for the test: {e}"));

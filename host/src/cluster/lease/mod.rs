@@ -85,6 +85,8 @@ pub struct LeaseThread {
     /// What it found.
     pub state: Arc<LeaseState>,
     stop: Arc<AtomicBool>,
+    /// How the stopped thread signs off: the controller left clean.
+    clean: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -135,26 +137,24 @@ impl LeaseThread {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ std::process::id() as u64;
-        let (s, st) = (state.clone(), stop.clone());
+        let clean = Arc::new(AtomicBool::new(false));
+        let (s, st, cl) = (state.clone(), stop.clone(), clean.clone());
         let thread = std::thread::Builder::new()
             .name("lease".into())
-            .spawn(move || run(cfg, incarnation, net, takeover, s, st))?;
-        Ok(LeaseThread { state, stop, thread: Some(thread) })
+            .spawn(move || run(cfg, incarnation, net, takeover, s, (st, cl)))?;
+        Ok(LeaseThread { state, stop, clean, thread: Some(thread) })
     }
 
     /// Stops renewing; the last record says this controller left clean (`clean`) or stays
     /// as it was (it will expire: a stop that left dirty lines is taken over like a death).
     pub fn stop(mut self, clean: bool) {
+        self.clean.store(clean, Relaxed);
         self.stop.store(true, Relaxed);
-        LEFT_CLEAN.store(clean, Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
-
-/// How the stopped lease thread signs off.
-static LEFT_CLEAN: AtomicBool = AtomicBool::new(false);
 
 fn run(
     cfg: LeaseConfig,
@@ -162,7 +162,7 @@ fn run(
     net: Arc<NetStats>,
     takeover: Arc<TakeoverProgress>,
     state: Arc<LeaseState>,
-    stop: Arc<AtomicBool>,
+    (stop, clean): (Arc<AtomicBool>, Arc<AtomicBool>),
 ) {
     let t = cfg.timing;
     let node = cfg.node;
@@ -177,7 +177,7 @@ fn run(
         let epoch = view_epoch(cfg.base_epoch, all & !live);
         let paths = member_paths(&cfg.array);
         if stop.load(Relaxed) {
-            let standing = if LEFT_CLEAN.load(Relaxed) { Standing::Left } else { Standing::Live };
+            let standing = if clean.load(Relaxed) { Standing::Left } else { Standing::Live };
             let rec = lease.next_record(epoch, 0, standing);
             disk.write(&paths, &rec);
             return;
