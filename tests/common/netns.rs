@@ -48,6 +48,13 @@ impl Net {
         format!("amf{}h{i}", self.k)
     }
 
+    /// The hosts' namespace (its address is .200): a client there keeps its TCP connections
+    /// alive with probes after 1 s idle, as a host of a controller cluster should (a dead
+    /// controller's connection is found dead when its moved address answers a probe).
+    pub fn host_ns(&self) -> String {
+        format!("amf{}-h", self.k)
+    }
+
     /// Controller i's end of its link (inside its namespace).
     pub fn inner(&self, i: usize) -> String {
         format!("amf{}c{i}", self.k)
@@ -73,6 +80,23 @@ impl Net {
             ip(&["-n", &ns, "link", "set", &inner, "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
+        let (ns, host, inner) = (self.host_ns(), format!("amf{}hh", self.k), format!("amf{}hc", self.k));
+        ip(&["netns", "add", &ns])?;
+        ip(&["link", "add", &host, "type", "veth", "peer", "name", &inner])?;
+        ip(&["link", "set", &inner, "netns", &ns])?;
+        ip(&["link", "set", &host, "master", &br, "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("10.77.{}.200/24", self.k), "dev", &inner])?;
+        ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        for (knob, v) in [("tcp_keepalive_time", 1), ("tcp_keepalive_intvl", 1), ("tcp_keepalive_probes", 3)] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns, "sh", "-c", &format!("echo {v} > /proc/sys/net/ipv4/{knob}")])
+                .output()
+                .map_err(|e| format!("{knob}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("{knob}: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+        }
         Ok(())
     }
 
@@ -86,6 +110,8 @@ impl Net {
             let _ = ip(&["netns", "del", &self.ns(i)]);
             let _ = ip(&["link", "del", &self.link(i)]);
         }
+        let _ = ip(&["netns", "del", &self.host_ns()]);
+        let _ = ip(&["link", "del", &format!("amf{}hh", self.k)]);
         let _ = ip(&["link", "del", &self.bridge()]);
     }
 }

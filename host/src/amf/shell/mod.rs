@@ -498,8 +498,7 @@ impl Loop {
             // Hellos are repeated until every peer answered one (a peer that starts later
             // would miss the first), and then now and then as a heartbeat: the lease's reach
             // is the peers heard from lately.
-            let hello_every = if self.hellos_in() { HEARTBEAT } else { Duration::from_millis(100) };
-            if last_hello.elapsed() >= hello_every {
+            if last_hello.elapsed() >= HEARTBEAT {
                 last_hello = Instant::now();
                 let live = self.all_peers();
                 for p in self.peers.clone().into_iter().filter(|p| live & (1 << p) != 0) {
