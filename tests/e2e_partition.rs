@@ -86,25 +86,26 @@ fn spawn(
     (Controller { child, log }, rx)
 }
 
+/// A RAID5 group in `dir` (made by one controller, stopped clean) served by three controllers,
+/// one per namespace of `net` (`service`: with service addresses that move); returns once
+/// every one is ready.
+fn start_cluster(net: &Net, dir: &std::path::Path, service: bool) -> Vec<Controller> {
+    let c = start(dir, &["--controllers", "1", "--level", "raid5", "--members", "4", "--member-size", "32M"]);
+    assert!(c.stop().success());
+    let (ctl, ready): (Vec<_>, Vec<_>) = (0..3).map(|i| spawn(net, dir, i, 3, service)).unzip();
+    for (i, rx) in ready.iter().enumerate() {
+        let line = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[i].log()));
+        assert!(line.starts_with("controller "), "{line}");
+    }
+    ctl
+}
+
 #[test]
 fn a_controller_cut_off_from_its_peers_fences_itself_and_the_others_take_over() {
     let net = Net::new(3);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    // The group, made by one controller (and stopped clean).
-    let c = start(&dir, &["--controllers", "1", "--level", "raid5", "--members", "4", "--member-size", "32M"]);
-    assert!(c.stop().success());
-    let mut ctl = Vec::new();
-    let mut ready = Vec::new();
-    for i in 0..3 {
-        let (c, rx) = spawn(&net, &dir, i, 3, false);
-        ctl.push(c);
-        ready.push(rx);
-    }
-    for (i, rx) in ready.iter().enumerate() {
-        let line = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[i].log()));
-        assert!(line.starts_with("controller "), "{line}");
-    }
+    let mut ctl = start_cluster(&net, &dir, false);
     let uri = |i: usize| format!("nbd://{}:10809/amf", net.addr(i));
     let admin = |i: usize| format!("http://{}:8080", net.addr(i));
     // A stream of writes through controller 0 (write-back: acknowledged once replicated, dirty
@@ -178,19 +179,7 @@ fn a_host_writing_through_a_dead_controller_goes_on_through_its_moved_address() 
     let net = Net::new(3);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    let c = start(&dir, &["--controllers", "1", "--level", "raid5", "--members", "4", "--member-size", "32M"]);
-    assert!(c.stop().success());
-    let mut ctl = Vec::new();
-    let mut ready = Vec::new();
-    for i in 0..3 {
-        let (c, rx) = spawn(&net, &dir, i, 3, true);
-        ctl.push(c);
-        ready.push(rx);
-    }
-    for (i, rx) in ready.iter().enumerate() {
-        let line = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[i].log()));
-        assert!(line.starts_with("controller "), "{line}");
-    }
+    let mut ctl = start_cluster(&net, &dir, true);
     let uri = |i: usize| format!("nbd://{}:10809/amf", net.addr(i));
     // The host: qemu-io in the hosts' namespace, reconnecting, with TCP keepalive (a request
     // in flight when controller 0 died waits on a connection nothing will close: the first

@@ -9,22 +9,27 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// A 3-controller RAID6 on Verilator cards with qemu-io streaming writes through controller 0,
+/// 1500 of them answered already (qemu-io's output reaches us in blocks: it is further along).
+/// Write-back caching (qemu-io's default, writethrough, makes every write FUA: it would go to
+/// the members before its answer and leave nothing to take over).
+fn raid6_streaming_through_0(dir: &std::path::Path) -> (Cluster, std::process::Child, std::sync::mpsc::Receiver<()>) {
+    let c = start(
+        dir,
+        &["--controllers", "3", "--level", "raid6", "--members", "5", "--member-size", "32M", "--card", "sim"],
+    );
+    let (writer, rx) = spawn_writer(c.uri(0), 0, "writeback");
+    for _ in 0..1500 {
+        rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
+    }
+    (c, writer, rx)
+}
+
 #[test]
 fn kill_9_of_a_controller_loses_no_acknowledged_write_and_the_others_serve_on() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    let c = start(
-        &dir,
-        &["--controllers", "3", "--level", "raid6", "--members", "5", "--member-size", "32M", "--card", "sim"],
-    );
-    // A stream of writes through controller 0; qemu-io prints each one it got an answer for.
-    // Write-back caching (qemu-io's default, writethrough, makes every write FUA: it would go
-    // to the members before its answer and leave nothing to take over).
-    let (mut writer, rx) = spawn_writer(c.uri(0), 0, "writeback");
-    // Mid-stream (qemu-io's output reaches us in blocks: it is further along).
-    for _ in 0..1500 {
-        rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
-    }
+    let (c, mut writer, rx) = raid6_streaming_through_0(&dir);
     unsafe { libc::kill(c.pids[0], libc::SIGKILL) };
     let killed = Instant::now();
     // qemu-io reports every write answered, in order, then fails at the next one.
@@ -84,14 +89,7 @@ fn kill_9_of_a_controller_loses_no_acknowledged_write_and_the_others_serve_on() 
 fn a_controller_paused_past_its_lease_is_taken_over_and_fences_itself_when_it_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    let c = start(
-        &dir,
-        &["--controllers", "3", "--level", "raid6", "--members", "5", "--member-size", "32M", "--card", "sim"],
-    );
-    let (mut writer, rx) = spawn_writer(c.uri(0), 0, "writeback");
-    for _ in 0..1500 {
-        rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
-    }
+    let (c, mut writer, rx) = raid6_streaming_through_0(&dir);
     unsafe { libc::kill(c.pids[0], libc::SIGSTOP) };
     let stopped = Instant::now();
     // The survivors move on once its lease expires.
