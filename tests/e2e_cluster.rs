@@ -35,12 +35,6 @@ fn count(v: &serde_json::Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("no counter {k} in {v}"))
 }
 
-fn scrub_clean(dir: &std::path::Path) {
-    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["mismatches"], 0, "scrub: {v}");
-}
-
 /// Three qemu-io processes, one per controller, each overwriting its own 4 KiB blocks of the
 /// same stripe `rounds` times; the last round writes pattern `0x40 + controller`.
 fn race_one_stripe(c: &Cluster, base: u64, rounds: u32) {

@@ -86,6 +86,17 @@ fn spawn(
     (Controller { child, log }, rx)
 }
 
+/// SIGTERM to controllers `which`; each stops clean.
+fn stop_clean(ctl: &mut [Controller], which: &[usize]) {
+    for &i in which {
+        unsafe { libc::kill(ctl[i].child.id() as i32, libc::SIGTERM) };
+    }
+    for &i in which {
+        let s = wait_timeout(&mut ctl[i].child, Duration::from_secs(30));
+        assert!(s.success(), "controller {i}: {}", ctl[i].log());
+    }
+}
+
 /// A RAID5 group in `dir` (made by one controller, stopped clean) served by three controllers,
 /// one per namespace of `net` (`service`: with service addresses that move); returns once
 /// every one is ready.
@@ -152,16 +163,8 @@ fn a_controller_cut_off_from_its_peers_fences_itself_and_the_others_take_over() 
         .sum();
     eprintln!("{took} dirty lines taken over");
     // The survivors stop clean; the group scrubs clean and holds everything.
-    for i in [1, 2] {
-        unsafe { libc::kill(ctl[i].child.id() as i32, libc::SIGTERM) };
-    }
-    for i in [1, 2] {
-        let s = wait_timeout(&mut ctl[i].child, Duration::from_secs(30));
-        assert!(s.success(), "controller {i}: {}", ctl[i].log());
-    }
-    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["mismatches"], 0, "{v}");
+    stop_clean(&mut ctl, &[1, 2]);
+    scrub_clean(&dir);
     let c = start(&dir, &["--controllers", "1"]);
     verify(&c.nbd_uri, &want);
     qemu_io(&c.nbd_uri, &["read -P 0xa1 8M 1M", "read -P 0xb2 9M 64k"]);
@@ -258,14 +261,6 @@ fn a_host_writing_through_a_dead_controller_goes_on_through_its_moved_address() 
     for u in [uri(0), uri(1), uri(2)] {
         verify(&u, &want);
     }
-    for i in [1, 2] {
-        unsafe { libc::kill(ctl[i].child.id() as i32, libc::SIGTERM) };
-    }
-    for i in [1, 2] {
-        let s = wait_timeout(&mut ctl[i].child, Duration::from_secs(30));
-        assert!(s.success(), "controller {i}: {}", ctl[i].log());
-    }
-    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["mismatches"], 0, "{v}");
+    stop_clean(&mut ctl, &[1, 2]);
+    scrub_clean(&dir);
 }

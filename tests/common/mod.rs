@@ -244,6 +244,13 @@ pub fn amf(args: &[&str]) -> Output {
     run_ok(Command::new(amf_bin()).args(args))
 }
 
+/// `amf scrub DIR --json` finds no parity mismatch.
+pub fn scrub_clean(dir: &Path) {
+    let out = amf(&["scrub", dir.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mismatches"], 0, "scrub: {v}");
+}
+
 /// `amf inspect DIR --json`.
 pub fn inspect(dir: &Path) -> serde_json::Value {
     let out = amf(&["inspect", dir.to_str().unwrap(), "--json"]);
