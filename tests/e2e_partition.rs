@@ -3,7 +3,8 @@
 //! each in its own network namespace; the test takes one's link down. The cut controller
 //! hears no one, the others hear each other: it loses the lease's conflict over reach and
 //! fences itself (it stops answering and writing, says so on the members, exits 3), and the
-//! others take over its dirty lines and serve on.
+//! others take over its dirty lines and serve on. Started again with its link back, it joins
+//! them with a cold cache.
 
 mod common;
 
@@ -112,7 +113,7 @@ fn start_cluster(net: &Net, dir: &std::path::Path, service: bool) -> Vec<Control
 }
 
 #[test]
-fn a_controller_cut_off_from_its_peers_fences_itself_and_the_others_take_over() {
+fn a_controller_cut_off_from_its_peers_fences_itself_the_others_take_over_and_it_rejoins() {
     let net = Net::new(3);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
@@ -162,12 +163,31 @@ fn a_controller_cut_off_from_its_peers_fences_itself_and_the_others_take_over() 
         .map(|&i| admin_get(&admin(i), "/status")["coherency"]["counters"]["lines_taken_over"].as_u64().unwrap())
         .sum();
     eprintln!("{took} dirty lines taken over");
-    // The survivors stop clean; the group scrubs clean and holds everything.
-    stop_clean(&mut ctl, &[1, 2]);
+    // Controller 0 starts again with its link back: it joins the running membership with a
+    // cold cache and serves, coherent with the others.
+    let restarted = Instant::now();
+    let (again, ready) = spawn(&net, &dir, 0, 3, false);
+    ctl[0] = again;
+    let line = ready.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[0].log()));
+    assert!(line.starts_with("controller 0"), "{line}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while [0, 1, 2].iter().any(|&i| admin_get(&admin(i), "/status")["coherency"]["live"] != 0b111) {
+        assert!(Instant::now() < deadline, "0:\n{}\n1:\n{}", ctl[0].log(), ctl[1].log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("controller 0 rejoined {:.1} s after it was started again", restarted.elapsed().as_secs_f64());
+    assert!(ctl[0].log().contains("joined the running controllers"), "{}", ctl[0].log());
+    verify(&uri(0), &want);
+    qemu_io(&uri(0), &["read -P 0xb2 9M 64k", "write -P 0xc3 9M 64k", "write -P 0xc4 12M 256k"]);
+    qemu_io(&uri(1), &["read -P 0xc3 9M 64k", "read -P 0xc4 12M 256k", "write -P 0xc5 12M 4k"]);
+    qemu_io(&uri(2), &["read -P 0xc5 12M 4k", "read -P 0xc4 12292k 252k"]);
+    qemu_io(&uri(0), &["read -P 0xc5 12M 4k"]);
+    // Everyone stops clean; the group scrubs clean and holds everything.
+    stop_clean(&mut ctl, &[0, 1, 2]);
     scrub_clean(&dir);
     let c = start(&dir, &["--controllers", "1"]);
     verify(&c.nbd_uri, &want);
-    qemu_io(&c.nbd_uri, &["read -P 0xa1 8M 1M", "read -P 0xb2 9M 64k"]);
+    qemu_io(&c.nbd_uri, &["read -P 0xa1 8M 1M", "read -P 0xc3 9M 64k", "read -P 0xc5 12M 4k"]);
     assert!(c.stop().success());
 }
 

@@ -176,6 +176,23 @@ pub enum Msg {
     /// made in this epoch before the sender moved were dropped by the sender's card: the
     /// receiver asks again now rather than after its card's timeout.
     ViewChanged,
+    /// A restarted controller asks to join the membership whose epoch will be `target` (the
+    /// receiver's epoch with the asker's change added): answered with `JoinReady` once the
+    /// receiver has finished taking over from the asker's earlier life.
+    JoinAsk {
+        /// The epoch of the membership with the asker in.
+        target: u32,
+    },
+    /// The sender is ready for the asker to join at `target`.
+    JoinReady {
+        /// As asked.
+        target: u32,
+    },
+    /// Every member was ready: move to `target` with the sender in.
+    Join {
+        /// As asked.
+        target: u32,
+    },
 }
 
 /// Inputs of the machine.

@@ -219,8 +219,10 @@ struct Line {
     /// Just acquired: the head piece is served before any yield, so that two nodes taking a
     /// line from each other each make progress.
     fresh: bool,
-    /// The replica peer may hold a replica of this line (a drop is owed after its write-back).
-    replicated: bool,
+    /// The peer that may hold a replica of this line (a drop is owed there after its
+    /// write-back). A line's writes go to that peer until its replica is dropped, even when a
+    /// controller joined in between and the ring now names another: one line, one replica.
+    replica_at: Option<u8>,
     /// A drop of the replica is unanswered: the line is given to no one until it is (a
     /// replica taken over after this node's death must never be older than the members).
     drop_pending: Option<u64>,
@@ -509,9 +511,22 @@ impl Machine {
         self.lines.get(&r).is_some_and(|l| l.replica_pending.is_some())
     }
 
-    /// The node that holds this node's replicas.
+    /// The node that holds this node's replicas of new lines (the next member in ring order).
     pub fn replica_node(&self) -> Option<u8> {
         self.replica_peer()
+    }
+
+    /// The node that holds (or is to hold) the replica of line `r`: the peer its replica went
+    /// to while that is still a member, else the ring's.
+    pub fn replica_holder(&self, r: u64) -> Option<u8> {
+        self.replica_target(r)
+    }
+
+    fn replica_target(&self, r: u64) -> Option<u8> {
+        match self.lines.get(&r).and_then(|l| l.replica_at) {
+            Some(p) if self.others() & (1 << p) != 0 => Some(p),
+            _ => self.replica_peer(),
+        }
     }
 
     /// Dirty lines here.
@@ -644,7 +659,7 @@ impl Machine {
             dirty_since_us: 0,
             retry_at_us: 0,
             fresh: false,
-            replicated: false,
+            replica_at: None,
             drop_pending: None,
             replica_pending: None,
             lost: 0,
@@ -930,13 +945,13 @@ impl Machine {
         l.last_use = uses;
         l.fresh = false;
         let data = l.data.clone();
-        match self.replica_peer().filter(|_| !fua) {
+        match self.replica_target(r).filter(|_| !fua) {
             Some(to) => {
                 self.counters.replications += 1;
                 let id = self.id();
                 let msg = Msg::Replicate { id, line: r, wseq, data };
                 self.send_request(id, to, msg, Purpose::Replica(r));
-                self.line(r).replicated = true;
+                self.line(r).replica_at = Some(to);
                 if self.cfg.mutation == Some(Mutation::AckBeforeReplica) {
                     self.fabric.remove(&id);
                     self.finish_piece(r, None);
@@ -1386,7 +1401,6 @@ impl Machine {
             MemberUse::Destage(r) => {
                 self.unlock_stripes(r);
                 let now = self.now_us;
-                let peer = self.replica_peer();
                 let l = self.line(r);
                 let Phase::Destaging { wseq, .. } = l.phase else { return };
                 l.phase = Phase::Idle;
@@ -1398,7 +1412,7 @@ impl Machine {
                         }
                         // On the members, a line needs no new replica for its writes' answers.
                         let settled = l.clean_wseq >= l.wseq && l.replica_pending.take().is_some();
-                        if let (Some(to), true) = (peer, l.replicated) {
+                        if let Some(to) = l.replica_at {
                             let id = self.id();
                             self.send_request(id, to, Msg::DropReplica { id, line: r, wseq }, Purpose::Drop(r));
                             self.line(r).drop_pending = Some(id);
@@ -1555,7 +1569,7 @@ impl Machine {
                 self.touched.insert(r);
             }
             // The shells handle start and stop; nothing changes here.
-            Msg::Hello | Msg::Leaving => {}
+            Msg::Hello | Msg::Leaving | Msg::JoinAsk { .. } | Msg::JoinReady { .. } | Msg::Join { .. } => {}
             Msg::ViewChanged => self.reissue_acquires(),
             Msg::FlushDone { id, ok } => {
                 if let Some(Outstanding { purpose: Purpose::Flush(job), to, .. }) = self.fabric.get(&id) {

@@ -501,8 +501,8 @@ impl Model for AmfModel {
             }),
             Property::always("acknowledged dirty lines are replicated", |_, s: &McState| {
                 s.machines.iter().enumerate().filter(|(n, _)| s.dead & (1 << n) == 0).all(|(n, m)| {
-                    let Some(peer) = m.replica_node() else { return true };
                     m.dirty_idle().all(|(r, d)| {
+                        let Some(peer) = m.replica_holder(r) else { return true };
                         s.machines[peer as usize].replicas().get(&(n as u8, r)).is_some_and(|(_, x)| x.as_slice() == d)
                     })
                 })

@@ -12,7 +12,7 @@ use super::config::{rendezvous, Config};
 use super::controller::{ready_line, say, ControllerState};
 use super::dirlock::{controller_file, DirLock};
 use super::lease::rules::Timing;
-use super::lease::{AnyOf, LeaseConfig, LeaseState, LeaseThread, LeaseWatch};
+use super::lease::{find_running, wait_until_out, AnyOf, LeaseConfig, LeaseState, LeaseThread, LeaseWatch, Running};
 use super::ClusterError;
 use crate::amf::shell::{DeathWatch, Shell, ShellConfig};
 use crate::engine::{AnyCard, CardKind};
@@ -82,9 +82,13 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         eprintln!("{tag}: {note}");
     }
     let mut resynced = 0;
+    // Peers that serve already (this controller restarted after a crash or a fence): it joins
+    // them, and must not resync what they are writing.
+    let lease_at = lease_offset(&asm.array.superblock()).filter(|_| cfg.nodes > 1);
+    let joining = lease_at.is_some_and(|at| find_running(&asm.array, at, cfg.node, Timing::DEFAULT) == Running::Yes);
     // Another controller of this start may have marked the group in use already: only regions
     // recorded in some slot need the resync.
-    if asm.was_dirty && !asm.dirty_regions.is_empty() && cfg.node == 0 {
+    if asm.was_dirty && !asm.dirty_regions.is_empty() && cfg.node == 0 && !joining {
         // The lowest controller resyncs before it says hello; the others serve only after
         // every hello, so nobody writes while parity is being made whole.
         eprintln!("{tag}: unclean shutdown; resyncing {} write-intent regions", asm.dirty_regions.len());
@@ -94,6 +98,12 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     }
     drop(superblocks);
     let array = Arc::new(asm.array);
+    if let (true, Some(at)) = (joining, lease_at) {
+        eprintln!("{tag}: the other controllers serve: waiting until they took over from this controller's last run");
+        wait_until_out(&array, at, cfg.node, (cfg.epoch, cfg.nodes), PEER_WAIT, &signals)
+            .map_err(ClusterError::Core)?;
+        eprintln!("{tag}: joining the running controllers");
+    }
     let capacity = array.capacity() - array.capacity() % line_bytes;
     let machine = crate::amf::Config {
         node: cfg.node,
@@ -109,7 +119,6 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     // Peers are proven dead by their life locks (same host: at once) or by their leases on
     // the members (any host: once they expire, or at once when they fenced themselves).
     let lease_state = Arc::new(LeaseState::default());
-    let lease_at = lease_offset(&array.superblock()).filter(|_| cfg.nodes > 1);
     if lease_at.is_none() && cfg.nodes > 1 {
         eprintln!(
             "{tag}: WARNING: this group's write-intent bitmaps fill the room of the controllers' leases (it was \
@@ -133,6 +142,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             peers: peers.iter().map(|p| (p.node, p.fabric)).collect(),
             member_workers: MEMBER_WORKERS,
             deaths: Some(Box::new(AnyOf(proofs))),
+            join: joining,
         })
         .map_err(ClusterError::Core)?,
     );
@@ -142,7 +152,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
                 LeaseConfig {
                     node: cfg.node,
                     nodes: cfg.nodes,
-                    base_epoch: cfg.epoch,
+                    joining,
                     array: array.clone(),
                     offset,
                     timing: Timing::DEFAULT,
@@ -200,6 +210,16 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
                 eprintln!("{tag}: resuming the rebuild of member {m} that a dead controller was running");
             }
             take_addresses(&cfg, &tag, &peers, gone, gone & !gone_seen, &shell, &mut taken);
+            // A controller that joined again serves its own address: give it back.
+            let back = gone_seen & !gone;
+            let (theirs, ours): (Vec<_>, Vec<_>) = std::mem::take(&mut taken)
+                .into_iter()
+                .partition(|t| peers.iter().any(|p| back & (1 << p.node) != 0 && p.nbd == Some(t.addr)));
+            for t in theirs {
+                eprintln!("{tag}: giving the service address {} back to the controller that joined", t.addr);
+                t.release();
+            }
+            taken = ours;
             gone_seen = gone;
         }
     }

@@ -117,6 +117,16 @@ impl WriteIntent {
         Ok(cleared)
     }
 
+    /// Takes `regions` as the bits on disk (a controller that joins a running cluster: what it
+    /// assembled was every slot's bits, and its own slot is what it writes).
+    pub fn replace(&self, regions: &[u64]) {
+        let mut g = self.lock();
+        g.on_disk.iter_mut().for_each(|b| *b = 0);
+        for &r in regions.iter().filter(|r| **r < self.regions) {
+            set_bit(&mut g.on_disk, r, true);
+        }
+    }
+
     /// Stripe range of a region.
     pub fn region_stripe_range(&self, region: u64, stripes: u64) -> std::ops::Range<u64> {
         let start = region * self.region_stripes;

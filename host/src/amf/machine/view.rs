@@ -17,6 +17,11 @@
 //!
 //! What it was writing to the members (parity it may have left half-updated) is in its
 //! write-intent slot; the shells resync those regions under the stripe locks.
+//!
+//! A controller that joins (a restarted one, with a cold cache) holds nothing: nothing is taken
+//! over, and the acquires and requests in flight are asked again in the new epoch as for a
+//! leave. The ring of replica peers changes, but a line's replica stays where it is until it
+//! is dropped (`Line::replica_at`): new lines go to the new ring peer.
 
 use super::*;
 
@@ -28,15 +33,14 @@ impl Machine {
             // until it does the card refuses its commands in the new epoch anyway.
             return;
         }
-        let joined = live & !self.live;
-        if joined != 0 || epoch == self.cfg.epoch {
-            // A controller that joins starts with a cold cache and holds no replica: nothing to
-            // take over. The ring of replica peers changes, which the join protocol handles
-            // (not yet: a joining controller is refused by its own start barrier).
-            self.counters.malformed += 1;
+        if epoch == self.cfg.epoch {
+            // Every membership has its own epoch: the same epoch with other members is a shell
+            // out of step.
+            if live != self.live {
+                self.counters.malformed += 1;
+            }
             return;
         }
-        let old_peer = self.replica_peer();
         let gone = self.live & !live;
         self.live = live;
         self.cfg.epoch = epoch;
@@ -61,15 +65,10 @@ impl Machine {
             o.sent_us = now;
             self.out.push(Output::Send { to: o.to, msg: o.msg.clone() });
         }
-        let new_peer = self.replica_peer();
-        if new_peer != old_peer {
-            self.replicate_again(old_peer, new_peer);
-        } else {
-            // The lines taken over live only here: they need a replica too.
-            for r in taken {
-                self.replicate_line(r, new_peer);
-            }
+        if gone != 0 {
+            self.replicate_again(gone);
         }
+        debug_assert!(taken.iter().all(|r| self.lines.get(r).is_none_or(|l| l.replica_at.is_some() || l.writeback)));
     }
 
     /// Acquires in flight may wait for a controller that left: its answer never comes, and the
@@ -139,6 +138,8 @@ impl Machine {
             l.fresh = false;
             l.lost = 0;
             l.acquire_at_us = 0;
+            // It lives only here: its replica goes to this controller's ring peer.
+            l.replica_at = None;
             // Past the cache's size: written back and dropped at once.
             l.evict |= evict;
             self.counters.lines_taken_over += 1;
@@ -187,14 +188,16 @@ impl Machine {
         self.flushes.retain(|_, j| !matches!(j.origin, Origin::Peer { node, .. } if node == d));
     }
 
-    /// The replica peer changed from `old` to `new`: this controller's dirty lines are sent to
-    /// the new one (or, with none, written back).
-    fn replicate_again(&mut self, old: Option<u8>, new: Option<u8>) {
+    /// The controllers of `gone` left: replicas on their way to them go to the ring's replica
+    /// peer now, and every dirty line whose replica lived there (or that has none: the lines
+    /// taken over) is sent to it; with no peer left, they are written back.
+    fn replicate_again(&mut self, gone: u8) {
+        let new = self.replica_peer();
         // Writes waiting for a replica's answer: the same message to the new peer.
         let waiting: Vec<u64> = self
             .fabric
             .iter()
-            .filter(|(_, o)| matches!(o.purpose, Purpose::Replica(_)) && Some(o.to) == old)
+            .filter(|(_, o)| matches!(o.purpose, Purpose::Replica(_)) && gone & (1 << o.to) != 0)
             .map(|(id, _)| *id)
             .collect();
         for id in waiting {
@@ -210,6 +213,7 @@ impl Machine {
                         if let Purpose::Replica(r) = o.purpose {
                             if let Some(l) = self.lines.get_mut(&r) {
                                 l.replica_pending = Some(id);
+                                l.replica_at = Some(to);
                             }
                         }
                     }
@@ -218,6 +222,9 @@ impl Machine {
                     let Some(Outstanding { purpose: Purpose::Replica(r), .. }) = self.fabric.remove(&id) else {
                         continue;
                     };
+                    if let Some(l) = self.lines.get_mut(&r) {
+                        l.replica_at = None;
+                    }
                     if self.lines.get(&r).is_some_and(|l| l.phase == Phase::Replicating { id }) {
                         // On the members before the reply, as with FUA.
                         self.start_destage(r);
@@ -228,7 +235,11 @@ impl Machine {
         let dirty: Vec<u64> = self
             .lines
             .iter()
-            .filter(|(_, l)| l.state == State::Modified && !matches!(l.phase, Phase::Replicating { .. }))
+            .filter(|(_, l)| {
+                l.state == State::Modified
+                    && !matches!(l.phase, Phase::Replicating { .. })
+                    && l.replica_at.is_none_or(|p| gone & (1 << p) != 0)
+            })
             .map(|(r, _)| *r)
             .collect();
         for r in dirty {
@@ -248,7 +259,7 @@ impl Machine {
         let l = self.line(r);
         let msg = Msg::Replicate { id, line: r, wseq: l.wseq, data: l.data.clone() };
         l.replica_pending = Some(id);
-        l.replicated = true;
+        l.replica_at = Some(to);
         self.counters.rereplications += 1;
         self.send_request(id, to, msg, Purpose::Rereplicate(r));
     }
@@ -262,7 +273,7 @@ impl Machine {
         l.drop_pending = None;
         // A newer write since is replicated again (and dropped after its own write-back).
         if l.wseq <= wseq {
-            l.replicated = false;
+            l.replica_at = None;
         }
         self.touched.insert(r);
     }
@@ -400,5 +411,63 @@ mod tests {
         );
         let out = m.step(Input::Fabric { from: 2, epoch: 2, msg: Msg::ReplicaAck { id: again } });
         assert!(out.contains(&Output::Reply { id: 1, result: Ok(Vec::new()) }), "{out:?}");
+    }
+
+    /// Controller 1 left and joins again: controller 0's line whose replica went to 2 in the
+    /// meantime keeps it there (its next write and its drop go to 2), while a new line goes to
+    /// 1, the ring's peer again. One line never has replicas at two controllers.
+    #[test]
+    fn after_a_join_a_line_keeps_its_replica_where_it_is_and_new_lines_go_to_the_joiner() {
+        let mut m = machine(0, 3);
+        let write = |m: &mut Machine, id: u64, offset: u64| {
+            let out = m.step(Input::Host { id, req: HostReq::Write { offset, data: vec![id as u8; 4], fua: false } });
+            let acquire = out.iter().find_map(|o| match o {
+                Output::Card { id, .. } => Some(*id),
+                _ => None,
+            });
+            match acquire {
+                Some(a) => m.step(Input::CardDone { id: a, status: CardStatus::Ok, sharers: 0 }),
+                None => out,
+            }
+        };
+        let replicate_to = |out: &[Output]| {
+            out.iter()
+                .find_map(|o| match o {
+                    Output::Send { to, msg: Msg::Replicate { id, .. } } => Some((*to, *id)),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no replicate: {out:?}"))
+        };
+        // 1 left: line 0's replica goes to 2.
+        m.step(Input::View { epoch: 2, live: 0b101 });
+        let out = write(&mut m, 1, 0);
+        let (to, id) = replicate_to(&out);
+        assert_eq!(to, 2);
+        let epoch = m.config().epoch;
+        let out = m.step(Input::Fabric { from: 2, epoch, msg: Msg::ReplicaAck { id } });
+        assert!(out.contains(&Output::Reply { id: 1, result: Ok(Vec::new()) }), "{out:?}");
+        // 1 joins again (a cold cache): nothing is taken over, nothing re-replicated.
+        let out = m.step(Input::View { epoch: 3, live: 0b111 });
+        assert!(!out.iter().any(|o| matches!(o, Output::Send { msg: Msg::Replicate { .. }, .. })), "{out:?}");
+        assert_eq!(m.live(), 0b111);
+        assert_eq!(m.replica_node(), Some(1));
+        assert_eq!(m.replica_holder(0), Some(2));
+        // Line 0's next write goes to 2, where its replica is; line 1 (new) goes to 1.
+        let out = write(&mut m, 2, 0);
+        assert_eq!(replicate_to(&out).0, 2, "line 0's replica moved to the joiner while 2 kept the old one");
+        let out = write(&mut m, 3, 4);
+        assert_eq!(replicate_to(&out).0, 1);
+        // 2 dies with line 0's write unanswered: it goes to 1 instead, and line 1 stays.
+        let out = m.step(Input::View { epoch: 4, live: 0b011 });
+        let again: Vec<u8> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { to, msg: Msg::Replicate { line: 0, .. } } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert!(again.contains(&1), "line 0's replica was at the dead controller: {out:?}");
+        assert_eq!(m.replica_holder(0), Some(1));
+        assert!(m.check().is_ok(), "{:?}", m.check());
     }
 }

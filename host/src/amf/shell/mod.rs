@@ -6,12 +6,13 @@
 //! commands, fabric sends (queued to a writer thread per peer), member I/O (to a worker pool
 //! over this controller's own `Array`) and host replies.
 
+mod join;
 mod maintenance;
 pub mod members;
 pub mod net;
 mod takeover;
 
-pub use takeover::{view_epoch, DeathWatch, TakeoverProgress};
+pub use takeover::{epoch_live, flip_epoch, DeathWatch, TakeoverProgress};
 
 use super::card_terms::{in_card_order, opcode, take_submittable, waits};
 use super::io::*;
@@ -148,6 +149,9 @@ pub struct ShellConfig {
     /// Which peers are dead for sure (the membership's proof); None: no takeover (a peer that
     /// stops answering only makes the requests that need it fail).
     pub deaths: Option<Box<dyn DeathWatch>>,
+    /// Join a running membership (a restarted controller) instead of meeting every peer at
+    /// the start barrier.
+    pub join: bool,
 }
 
 /// A running controller core.
@@ -194,6 +198,9 @@ impl Shell {
         let takeover = Arc::new(TakeoverProgress::default());
         let (deaths, inbox, progress) = (cfg.deaths, tx.clone(), takeover.clone());
         let base_epoch = m.epoch;
+        takeover.epoch.store(base_epoch, std::sync::atomic::Ordering::Relaxed);
+        takeover.live.store(peers_mask, std::sync::atomic::Ordering::Relaxed);
+        let join = cfg.join.then(join::Joining::new);
         let thread = std::thread::Builder::new()
             .name(format!("amf-loop-{}", m.node))
             .spawn(move || {
@@ -221,6 +228,8 @@ impl Shell {
                     last_watch: Instant::now(),
                     view_due: None,
                     base_epoch,
+                    started: false,
+                    join,
                     inbox,
                     takeover: progress,
                 };
@@ -413,11 +422,16 @@ struct Loop {
     /// The membership's proof of peers' deaths.
     deaths: Option<Box<dyn DeathWatch>>,
     last_watch: Instant,
-    /// A new membership (epoch, live mask, since) waiting for the card to fetch every command
-    /// of the old one; new commands wait in the backlog meanwhile.
-    view_due: Option<(u32, u8, Instant)>,
+    /// A new membership waiting for the card to fetch every command of the old one; new
+    /// commands wait in the backlog meanwhile.
+    view_due: Option<takeover::ViewDue>,
     /// The epoch of the full membership.
     base_epoch: u32,
+    /// The start barrier is passed (every peer said hello, or this controller joined): host
+    /// requests are served.
+    started: bool,
+    /// Joining a running membership (a restarted controller), until it serves.
+    join: Option<join::Joining>,
     /// The loop's own inbox (for the takeover's resync, which runs beside it).
     inbox: Inbox,
     takeover: Arc<TakeoverProgress>,
@@ -437,6 +451,10 @@ impl Loop {
     fn run(&mut self) {
         for p in self.peers.clone() {
             self.net.send(p, &Msg::Hello);
+        }
+        if self.all_peers() == 0 && self.join.is_none() {
+            // Alone: nobody to meet.
+            self.start_serving();
         }
         self.last_watch = Instant::now();
         let mut last_tick = Instant::now();
@@ -489,7 +507,7 @@ impl Loop {
             self.pump_card();
             // Failures found by the periodic member check, with no I/O of this loop's.
             self.note_changes();
-            self.watch_members();
+            self.watch_members(leaving.is_some());
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 let now_us = self.start.elapsed().as_micros() as u64;
@@ -504,6 +522,7 @@ impl Loop {
                 for p in self.peers.clone().into_iter().filter(|p| live & (1 << p) != 0) {
                     self.net.send(p, &Msg::Hello);
                 }
+                self.join_tick();
             }
             if let Some(l) = leaving.as_mut() {
                 if let Some(done) = l.write_back.and_then(|i| self.hosts_done(i)) {
@@ -548,6 +567,16 @@ impl Loop {
         }
     }
 
+    /// The start barrier is passed: held host requests go in.
+    fn start_serving(&mut self) {
+        self.started = true;
+        self.join = None;
+        self.takeover.serving.store(true, std::sync::atomic::Ordering::Relaxed);
+        while let Some((req, reply)) = self.held.pop_front() {
+            self.host(req, reply);
+        }
+    }
+
     /// Answers of the loop's own requests (the leave flush) are kept here.
     fn hosts_done(&mut self, id: u64) -> Option<Result<Vec<u8>, HostError>> {
         self.own.remove(&id)
@@ -556,7 +585,7 @@ impl Loop {
     fn event(&mut self, ev: Event) -> Option<Sender<LeaveReport>> {
         match ev {
             Event::Host { req, reply } => {
-                if !self.hellos_in() {
+                if !self.started {
                     self.held.push_back((req, reply));
                 } else {
                     self.host(req, reply);
@@ -571,14 +600,21 @@ impl Loop {
                             // Answer, so a peer that started after our first hello hears one.
                             self.net.send(from, &Msg::Hello);
                         }
-                        if self.hellos_in() {
-                            self.takeover.serving.store(true, std::sync::atomic::Ordering::Relaxed);
-                            while let Some((req, reply)) = self.held.pop_front() {
-                                self.host(req, reply);
-                            }
+                        if self.hellos_in() && !self.started && self.join.as_ref().is_none_or(|j| j.moved()) {
+                            self.start_serving();
                         }
+                    } else if from < 8 && from != self.m.config().node && self.peers.contains(&from) {
+                        // A controller out of the membership (restarted, joining): its answer
+                        // tells it this membership's epoch.
+                        if self.started && self.m.live() & (1 << from) == 0 {
+                            self.net.send(from, &Msg::Hello);
+                        }
+                        self.join_heard(from, epoch);
                     }
                 }
+                Msg::JoinAsk { target } => self.join_asked(from, target),
+                Msg::JoinReady { target } => self.join_ready(from, target),
+                Msg::Join { target } => self.join_commit(from, target),
                 Msg::Leaving => {
                     if from < 8 && epoch == self.m.config().epoch {
                         self.left_from |= 1 << from;
@@ -796,6 +832,7 @@ mod tests {
             peers: Vec::new(),
             member_workers: 2,
             deaths: None,
+            join: false,
         })
         .expect("shell")
     }

@@ -7,7 +7,7 @@
 use super::{call, Inbox, Loop};
 use crate::amf::io::{HostReq, Input, StripeJob};
 use crate::raid::Array;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// How often the loop asks the membership's proof about its peers.
@@ -27,8 +27,15 @@ pub trait DeathWatch: Send {
 /// The takeover's resync, for `amf status`.
 #[derive(Debug, Default)]
 pub struct TakeoverProgress {
-    /// Controllers that left the membership, as a mask.
+    /// Controllers out of the membership now, as a mask (a controller that joins again is
+    /// taken out of it).
     pub gone: AtomicU64,
+    /// The membership's epoch now.
+    pub epoch: AtomicU32,
+    /// Its members, as a mask.
+    pub live: AtomicU8,
+    /// Joins seen (this controller's own included).
+    pub joins: AtomicU64,
     /// Stripes of their write-intent regions to resync.
     pub stripes: AtomicU64,
     /// Stripes resynced.
@@ -47,6 +54,9 @@ impl TakeoverProgress {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "gone": self.gone.load(Relaxed),
+            "epoch": self.epoch.load(Relaxed),
+            "live": self.live.load(Relaxed),
+            "joins": self.joins.load(Relaxed),
             "resync_stripes": self.stripes.load(Relaxed),
             "resync_done": self.done.load(Relaxed),
             "view_ms": self.view_ms.load(Relaxed),
@@ -55,11 +65,46 @@ impl TakeoverProgress {
     }
 }
 
-/// The epoch of the membership in which the controllers of mask `out` have left, from `base`
-/// (the full membership's): each leave of controller n adds 1 << 4n, so every membership of up
-/// to 8 controllers has its own epoch and survivors that see the same deaths agree on it.
-pub fn view_epoch(base: u32, out: u8) -> u32 {
-    (0..8u32).filter(|n| out & (1 << n) != 0).fold(base, |e, n| e.wrapping_add(1 << (4 * n)))
+/// The epoch after the controllers of `changed` left or joined, from `epoch`: each change of
+/// controller n (a leave or a join) adds one to its nibble (bits 4n..4n+4, counted modulo 16)
+/// over `base`, the full membership's epoch. Changes commute, so controllers that see the same
+/// leaves and joins agree on the epoch without talking, whatever order they saw them in; a
+/// controller is a member when its nibble is even ([`epoch_live`]); and two memberships share
+/// an epoch only after 16 changes of one controller (8 restarts), long after any frame of the
+/// first is gone.
+pub fn flip_epoch(base: u32, epoch: u32, changed: u8) -> u32 {
+    let mut d = epoch.wrapping_sub(base);
+    for n in (0..8u32).filter(|n| changed & (1 << n) != 0) {
+        let nibble = (d >> (4 * n)) & 0xf;
+        d = (d & !(0xf << (4 * n))) | (((nibble + 1) & 0xf) << (4 * n));
+    }
+    base.wrapping_add(d)
+}
+
+/// The members of `epoch` among controllers `0..nodes` (see [`flip_epoch`]).
+pub fn epoch_live(base: u32, epoch: u32, nodes: u8) -> u8 {
+    let d = epoch.wrapping_sub(base);
+    (0..nodes.min(8)).filter(|n| (d >> (4 * *n as u32)) & 1 == 0).fold(0, |m, n| m | 1 << n)
+}
+
+/// Why the membership changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cause {
+    /// Peers are dead for sure: take over from them.
+    Deaths,
+    /// A restarted peer joins (every member was ready for it).
+    Join(u8),
+    /// This controller joins the running members.
+    Joined,
+}
+
+/// A new membership waiting for the card to fetch every command of the old one.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ViewDue {
+    pub(super) epoch: u32,
+    pub(super) live: u8,
+    pub(super) since: Instant,
+    pub(super) cause: Cause,
 }
 
 impl Loop {
@@ -68,27 +113,38 @@ impl Loop {
         self.last_watch = Instant::now() - WATCH_INTERVAL;
     }
 
-    /// Asks the proof about the peers now and then; moves to a new membership once the card
-    /// has fetched every command of the old one.
-    pub(super) fn watch_members(&mut self) {
+    fn all_nodes(&self) -> u8 {
+        if self.m.config().nodes >= 8 {
+            0xff
+        } else {
+            (1u8 << self.m.config().nodes) - 1
+        }
+    }
+
+    /// Asks the proof about the peers now and then (`leaving`: this controller is stopping);
+    /// moves to a new membership once the card has fetched every command of the old one.
+    pub(super) fn watch_members(&mut self, leaving: bool) {
         let node = self.m.config().node;
-        if self.view_due.is_none() && self.hellos_in() && self.last_watch.elapsed() >= WATCH_INTERVAL {
+        let watching = self.started || self.join.as_ref().is_some_and(|j| j.moved());
+        if self.view_due.is_none() && watching && self.last_watch.elapsed() >= WATCH_INTERVAL {
             self.last_watch = Instant::now();
-            // A peer that said it left wrote back everything first: its exit is a stop, not a
-            // death, and nothing of it needs taking over.
-            let dead = self.deaths.as_mut().map_or(0, |w| w.dead()) & self.all_peers() & !self.left_from;
+            // A peer that said it left wrote back everything first. When the whole cluster
+            // stops (this controller too), its exit is a stop, not a death: nothing of it
+            // needs taking over. A peer that stops alone leaves the membership all the same
+            // (its replicas of this controller's lines went with it).
+            let stopping = if leaving { self.left_from } else { 0 };
+            let dead = self.deaths.as_mut().map_or(0, |w| w.dead()) & self.all_peers() & !stopping;
             if dead != 0 {
                 let live = self.m.live() & !dead;
-                let all = if self.m.config().nodes >= 8 { 0xff } else { (1u8 << self.m.config().nodes) - 1 };
-                let epoch = view_epoch(self.base_epoch, all & !live);
+                let epoch = flip_epoch(self.base_epoch, self.m.config().epoch, dead);
                 eprintln!(
                     "amf: controller {node}: controllers {:?} are dead; moving to epoch {epoch}",
                     mask_list(dead)
                 );
-                self.view_due = Some((epoch, live, Instant::now()));
+                self.view_due = Some(ViewDue { epoch, live, since: Instant::now(), cause: Cause::Deaths });
             }
         }
-        let Some((epoch, live, since)) = self.view_due else { return };
+        let Some(due) = self.view_due else { return };
         match self.driver.unfetched() {
             Ok(0) => {}
             Ok(_) => return,
@@ -98,6 +154,7 @@ impl Loop {
             }
         }
         self.view_due = None;
+        let ViewDue { epoch, live, since, cause } = due;
         let gone = self.m.live() & !live;
         self.driver.set_view(epoch, live);
         self.net.set_epoch(epoch);
@@ -105,8 +162,38 @@ impl Loop {
         self.step(Input::View { epoch, live });
         let taken = self.m.counters.lines_taken_over - before;
         let ms = since.elapsed().as_millis() as u64;
+        let all = self.all_nodes();
+        self.takeover.epoch.store(epoch, Relaxed);
+        self.takeover.live.store(live, Relaxed);
+        self.takeover.gone.store((all & !live) as u64, Relaxed);
+        match cause {
+            Cause::Deaths => {}
+            Cause::Join(j) => {
+                self.takeover.joins.fetch_add(1, Relaxed);
+                self.left_from &= !(1 << j);
+                self.hello_from &= !(1 << j);
+                eprintln!(
+                    "amf: controller {node}: controller {j} joined; epoch {epoch}, controllers {:?}",
+                    mask_list(live)
+                );
+                return;
+            }
+            Cause::Joined => {
+                self.takeover.joins.fetch_add(1, Relaxed);
+                self.hello_from = 0;
+                // Its slot was resynced and cleared by the survivors before they were ready:
+                // what this controller assembled from every slot is not its own.
+                if let Err(e) = self.array.reload_own_slot() {
+                    eprintln!("amf: controller {node}: reading its write-intent slot: {e}");
+                }
+                eprintln!(
+                    "amf: controller {node}: joined the running controllers {:?} in epoch {epoch}",
+                    mask_list(live & !(1 << node))
+                );
+                return;
+            }
+        }
         self.takeover.view_ms.store(ms, Relaxed);
-        self.takeover.gone.fetch_or(gone as u64, Relaxed);
         eprintln!(
             "amf: controller {node}: epoch {epoch}, controllers {:?}; took over {taken} dirty lines ({ms} ms)",
             mask_list(live)
@@ -124,7 +211,6 @@ impl Loop {
         // membership: one that died while it resynced for an earlier one left it unfinished).
         if live.trailing_zeros() as u8 == node {
             let (inbox, array, progress) = (self.inbox.clone(), self.array.clone(), self.takeover.clone());
-            let all = if self.m.config().nodes >= 8 { 0xff } else { (1u8 << self.m.config().nodes) - 1 };
             let dead = mask_list(all & !live);
             progress.unfinished.fetch_add(1, Relaxed);
             let spawned = std::thread::Builder::new()

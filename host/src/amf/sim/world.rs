@@ -1110,10 +1110,10 @@ impl World {
     /// dirty is also in `n`'s replica at its replica peer, or on the members.
     fn check_replicated(&self, n: u8, id: u64, first: u64, count: u64) -> Result<(), String> {
         let node = &self.nodes[n as usize];
-        let Some(peer) = node.m.replica_node() else { return Ok(()) };
         let lb = self.cfg.line_bytes;
         for b in first..first + count {
             let r = b * BLOCK_BYTES as u64 / lb;
+            let Some(peer) = node.m.replica_holder(r) else { continue };
             let at = (b * BLOCK_BYTES as u64 % lb) as usize;
             let mut want = vec![0u8; BLOCK_BYTES];
             pattern(id, b, &mut want);
@@ -1152,8 +1152,8 @@ impl World {
                     return Err(format!("stripe {s}: locked by n{other} and n{i} at once"));
                 }
             }
-            if let Some(peer) = node.m.replica_node() {
-                for (r, data) in node.m.dirty_idle() {
+            for (r, data) in node.m.dirty_idle() {
+                if let Some(peer) = node.m.replica_holder(r) {
                     let held = self.nodes[peer as usize].m.replicas().get(&(i as u8, r));
                     if held.is_none_or(|(_, d)| d.as_slice() != data) {
                         return Err(format!("n{i}'s dirty line {r} is acknowledged but n{peer} has no replica of it"));

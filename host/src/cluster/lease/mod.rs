@@ -15,7 +15,7 @@ pub mod record;
 pub mod rules;
 
 use crate::amf::shell::net::NetStats;
-use crate::amf::shell::{view_epoch, DeathWatch, TakeoverProgress};
+use crate::amf::shell::{DeathWatch, TakeoverProgress};
 use crate::raid::fence::{self, FENCED_EXIT_CODE, GATE};
 use crate::raid::Array;
 use record::Standing;
@@ -96,8 +96,9 @@ pub struct LeaseConfig {
     pub node: u8,
     /// Controllers in the cluster.
     pub nodes: u8,
-    /// The full membership's epoch.
-    pub base_epoch: u32,
+    /// It joins a running membership (its records say `Joining` until it serves; otherwise
+    /// `Starting`).
+    pub joining: bool,
     /// The group (its members' paths are read at every renewal: a rebuild may replace one).
     pub array: Arc<Array>,
     /// Where the records start on every member.
@@ -172,23 +173,24 @@ fn run(
     let mut lease = Lease::new(node, incarnation, t, now_us());
     loop {
         let start = now_us();
-        let gone = takeover.gone.load(Relaxed) as u8;
-        let live = all & !gone;
-        let epoch = view_epoch(cfg.base_epoch, all & !live);
+        let live = takeover.live.load(Relaxed) & all;
+        let epoch = takeover.epoch.load(Relaxed);
+        let serving = takeover.serving.load(Relaxed);
         let paths = member_paths(&cfg.array);
         if stop.load(Relaxed) {
-            let standing = if clean.load(Relaxed) { Standing::Left } else { Standing::Live };
+            let standing = if clean.load(Relaxed) { Standing::Left } else { standing_of(serving, cfg.joining) };
             let rec = lease.next_record(epoch, 0, standing);
             disk.write(&paths, &rec);
             return;
         }
-        // Before the start barrier nobody hears anybody yet: no conflicts over reach.
-        let reach =
-            if takeover.serving.load(Relaxed) { net.heard_within(t.suspect_us * 1000) | 1 << node } else { all };
-        if let Some(why) = lease.verdict(start, live, reach) {
+        // Before the start barrier nobody hears anybody yet, and a joining controller is no
+        // member: no conflicts over reach, only the deadline.
+        let reach = if serving { net.heard_within(t.suspect_us * 1000) | 1 << node } else { all };
+        let judged = if serving { live } else { 1 << node };
+        if let Some(why) = lease.verdict(start, judged, reach) {
             fence_and_exit(node, &why, &mut disk, &paths, &mut lease, epoch, reach);
         }
-        let mut rec = lease.next_record(epoch, reach, Standing::Live);
+        let mut rec = lease.next_record(epoch, reach, standing_of(serving, cfg.joining));
         rec.rebuilding = state.rebuilding.load(Relaxed).checked_sub(1);
         let ok = disk.write(&paths, &rec) > 0;
         lease.renewed(start, ok);
@@ -218,6 +220,14 @@ fn run(
     }
 }
 
+fn standing_of(serving: bool, joining: bool) -> Standing {
+    match (serving, joining) {
+        (true, _) => Standing::Live,
+        (false, false) => Standing::Starting,
+        (false, true) => Standing::Joining,
+    }
+}
+
 /// Closes the write gate, waits for the member writes inside, says so on the members (so the
 /// survivors need not wait for the expiry) and ends the process.
 fn fence_and_exit(
@@ -237,4 +247,95 @@ fn fence_and_exit(
         eprintln!("amf: controller {node}: member writes did not end; the others wait for the lease to expire");
     }
     std::process::exit(FENCED_EXIT_CODE)
+}
+
+/// What a starting controller finds on the members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Running {
+    /// No peer serves: the cluster is starting (every controller meets at the start barrier).
+    No,
+    /// Peers serve (their records say so and move): this controller joins them.
+    Yes,
+}
+
+/// Whether peers of `node` serve a running membership: a record that says `Live` (past its
+/// start barrier) and that moves between two reads `fresh_us` apart. Records left by an
+/// earlier run say `Left`, or stand still.
+pub fn find_running(array: &Array, offset: u64, node: u8, timing: Timing) -> Running {
+    let mut disk = disk::LeaseDisk::new(offset, array.superblock().uuid);
+    let first = disk.read(&member_paths(array));
+    let serving = |recs: &[Option<record::Record>; 8]| -> Vec<(u8, u64, u64)> {
+        recs.iter()
+            .flatten()
+            .filter(|r| r.node != node && r.standing == Standing::Live)
+            .map(|r| (r.node, r.incarnation, r.seq))
+            .collect()
+    };
+    let before = serving(&first);
+    if before.is_empty() {
+        return Running::No;
+    }
+    std::thread::sleep(Duration::from_micros(timing.fresh_us + timing.renew_us / 2));
+    let after = serving(&disk.read(&member_paths(array)));
+    if after.iter().any(|r| !before.contains(r)) {
+        Running::Yes
+    } else {
+        Running::No
+    }
+}
+
+/// Waits until the running peers have put controller `node`'s earlier life out of their
+/// membership (their records' epochs say it is out: they took over from it), so that nothing
+/// of this run reaches the members before they did. Its own record must stand still: one that
+/// moves means another process runs as this controller.
+pub fn wait_until_out(
+    array: &Array,
+    offset: u64,
+    node: u8,
+    (base_epoch, nodes): (u32, u8),
+    wait: Duration,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    let mut disk = disk::LeaseDisk::new(offset, array.superblock().uuid);
+    let mine = |recs: &[Option<record::Record>; 8]| recs.get(node as usize).copied().flatten();
+    let first = disk.read(&member_paths(array));
+    let first_own = mine(&first);
+    let began = std::time::Instant::now();
+    // Each peer's last record and when it last changed: only peers renewing now count (a dead
+    // peer's record stands still with whatever epoch it died in).
+    let mut last: [(Option<record::Record>, Option<std::time::Instant>); 8] = [(None, None); 8];
+    for (n, r) in first.iter().enumerate() {
+        last[n].0 = *r;
+    }
+    let fresh = Duration::from_micros(Timing::DEFAULT.fresh_us);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let recs = disk.read(&member_paths(array));
+        let own = mine(&recs);
+        if own.is_some_and(|r| first_own.is_some_and(|f| f.seq != r.seq || f.incarnation != r.incarnation)) {
+            return Err(format!("controller {node}'s lease record moves: another process runs as controller {node}"));
+        }
+        for (n, r) in recs.iter().enumerate() {
+            if *r != last[n].0 {
+                last[n] = (*r, Some(std::time::Instant::now()));
+            }
+        }
+        let renewing: Vec<record::Record> = last
+            .iter()
+            .filter(|(r, at)| at.is_some_and(|t| t.elapsed() <= fresh) && r.is_some_and(|r| r.node != node))
+            .filter_map(|(r, _)| r.filter(|r| r.standing == Standing::Live))
+            .collect();
+        let out = |r: &record::Record| crate::amf::shell::epoch_live(base_epoch, r.epoch, nodes) & (1 << node) == 0;
+        if !renewing.is_empty() && renewing.iter().all(out) {
+            return Ok(());
+        }
+        if began.elapsed() > wait || stop.load(Relaxed) {
+            return Err(format!(
+                "the running controllers did not take controller {node}'s earlier run out of their membership within \
+                 {} s",
+                wait.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

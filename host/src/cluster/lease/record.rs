@@ -12,8 +12,12 @@ pub const RECORD_BYTES: usize = 64;
 /// What a controller says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Standing {
-    /// Renewing: serving, or about to.
+    /// Renewing and serving (past its start barrier): a member of the running membership.
     Live,
+    /// Renewing, at its start barrier (the cluster is starting: no one serves yet).
+    Starting,
+    /// Renewing, joining a running membership (a restarted controller; not a member yet).
+    Joining,
     /// It fenced itself and every member write of its ended: take over at once.
     Fenced,
     /// It stopped clean (everything written back): nothing to take over.
@@ -26,6 +30,8 @@ impl Standing {
             Standing::Live => 1,
             Standing::Fenced => 2,
             Standing::Left => 3,
+            Standing::Starting => 4,
+            Standing::Joining => 5,
         }
     }
     fn from_code(c: u8) -> Option<Standing> {
@@ -33,6 +39,8 @@ impl Standing {
             1 => Standing::Live,
             2 => Standing::Fenced,
             3 => Standing::Left,
+            4 => Standing::Starting,
+            5 => Standing::Joining,
             _ => return None,
         })
     }

@@ -47,6 +47,15 @@ impl Array {
         Ok((0..regions).filter(|r| bits.get((r / 8) as usize).is_some_and(|b| b & (1 << (r % 8)) != 0)).collect())
     }
 
+    /// Makes this controller's bitmap its own slot as it is on the members (a controller
+    /// that joins a running cluster assembled every slot's bits; the survivors resynced and
+    /// cleared its own before it joined).
+    pub fn reload_own_slot(&self) -> Result<(), RaidError> {
+        let regions = self.slot_dirty_regions(self.bitmap_slot())?;
+        self.bitmap().replace(&regions);
+        Ok(())
+    }
+
     /// The stripes of `regions`.
     pub fn region_stripes(&self, regions: &[u64]) -> Vec<u64> {
         let stripes = self.geometry().stripes();
