@@ -72,11 +72,14 @@ pub enum Mutation {
     /// Leases expire for the others before their owner's write deadline (honoured by the
     /// simulator's leases).
     ExpireBeforeFence,
+    /// After a join, send a dirty line's next write to the ring's new replica peer instead of
+    /// the peer that holds its replica (the old replica stays behind).
+    ReplicaFollowsRing,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 12] = [
+    pub const ALL: [Mutation; 13] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -89,6 +92,7 @@ impl Mutation {
         Mutation::YieldBeforeDrop,
         Mutation::SkipTakeoverResync,
         Mutation::ExpireBeforeFence,
+        Mutation::ReplicaFollowsRing,
     ];
 
     /// Its name on the command line.
@@ -106,6 +110,7 @@ impl Mutation {
             Mutation::YieldBeforeDrop => "yield-before-drop",
             Mutation::SkipTakeoverResync => "skip-takeover-resync",
             Mutation::ExpireBeforeFence => "expire-before-fence",
+            Mutation::ReplicaFollowsRing => "replica-follows-ring",
         }
     }
 
@@ -524,7 +529,9 @@ impl Machine {
 
     fn replica_target(&self, r: u64) -> Option<u8> {
         match self.lines.get(&r).and_then(|l| l.replica_at) {
-            Some(p) if self.others() & (1 << p) != 0 => Some(p),
+            Some(p) if self.others() & (1 << p) != 0 && self.cfg.mutation != Some(Mutation::ReplicaFollowsRing) => {
+                Some(p)
+            }
             _ => self.replica_peer(),
         }
     }

@@ -14,6 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
 mod lease;
+mod rejoin;
 use lease::Leases;
 pub use lease::{Partition, Pause};
 
@@ -77,10 +78,16 @@ pub struct Crash {
     pub at_us: u64,
     /// How long until the membership says it is dead (the proof of its death).
     pub detect_us: u64,
+    /// It is started again this long after the survivors took over from it, and joins them
+    /// with a cold cache.
+    pub restart_after_us: Option<u64>,
+    /// Once it joined, the controller before it in ring order (whose replicas went elsewhere
+    /// while it was out) dies this long after, for good.
+    pub then_crash_us: Option<u64>,
 }
 
-/// The membership epoch after the crash (the run starts in epoch 1).
-const EPOCH_AFTER_CRASH: u32 = 2;
+/// The membership epoch at the start (the full membership's).
+const BASE_EPOCH: u32 = 1;
 /// Survivors hear of the new membership within this of each other.
 const VIEW_SPREAD_US: u64 = 500;
 /// A client of the dead controller reconnects to a survivor this long after the survivors
@@ -241,7 +248,14 @@ impl SimConfig {
             node: rng.gen_range(0..self.nodes),
             at_us: rng.gen_range(300..=8_000),
             detect_us: rng.gen_range(100..=3_000),
+            // Half of them are started again (well after anything of their last life is in
+            // flight: 500 us at most).
+            restart_after_us: rng.gen_bool(0.5).then(|| rng.gen_range(2_000..=6_000)),
+            then_crash_us: None,
         });
+        if let Some(c) = self.faults.crash.as_mut().filter(|c| c.restart_after_us.is_some()) {
+            c.then_crash_us = rng.gen_bool(0.5).then(|| rng.gen_range(500..=8_000));
+        }
         self
     }
 }
@@ -282,6 +296,8 @@ pub struct Report {
     pub partitioned: Option<u8>,
     /// A controller that fenced itself (a pause past its deadline), if one did.
     pub fenced: Option<u8>,
+    /// A dead controller that was started again and joined the others, if one did.
+    pub rejoined: Option<u8>,
     /// Lease renewals in the run.
     pub lease_renewals: u64,
 }
@@ -323,6 +339,10 @@ enum Ev {
     Pause(Pause),
     /// A paused controller goes on.
     Resume(u8),
+    /// A dead controller starts again.
+    Restart(u8),
+    /// A member hears that the restarted controller joins.
+    Join(u8),
 }
 
 /// The survivors' resync of the dead controller's write-intent slot, one stripe at a time
@@ -345,6 +365,8 @@ enum OpKind {
 
 struct Client {
     node: u8,
+    /// The controller it started on (it goes back there once that one rejoined).
+    home: u8,
     left: usize,
     op: Option<(u64, OpKind, u64)>,
 }
@@ -364,6 +386,53 @@ struct Node {
     /// A new membership waits for the card to fetch the commands of the old one (new ones
     /// wait in the backlog meanwhile).
     view_due: bool,
+}
+
+impl Node {
+    /// Controller `n` starting in `epoch` (a restarted one: the epoch it joins in): it
+    /// assembles the group with its own write-intent slot, opens a fresh card and a machine
+    /// with a cold cache.
+    fn start(cfg: &SimConfig, dir: &std::path::Path, n: u8, epoch: u32) -> Result<Node, String> {
+        let peers = ((1u16 << cfg.nodes) - 1) as u8;
+        let array = assemble_as(dir, false, n as usize).map_err(|e| format!("assemble: {e}"))?.array;
+        array.set_shared(true);
+        let capacity = array.capacity();
+        let stripe_bytes = array.geometry().stripe_bytes();
+        let card = ModelBackend::new();
+        let dcfg = DriverConfig {
+            node: n,
+            peers,
+            epoch,
+            ring_log2: 8,
+            ack_timeout_cycles: (ACK_TIMEOUT_US * CYCLES_PER_US) as u32,
+            heartbeat_cycles: 0,
+        };
+        let driver = Driver::open(card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
+        let m = Machine::new(Config {
+            node: n,
+            nodes: cfg.nodes,
+            epoch: 1,
+            line_bytes: cfg.line_bytes,
+            lines_max: cfg.lines_max,
+            stripe_bytes,
+            capacity: capacity - capacity % cfg.line_bytes,
+            degraded: !array.degraded_members().is_empty(),
+            mutation: cfg.mutation,
+        });
+        Ok(Node {
+            m,
+            driver,
+            card,
+            array,
+            card_cycles: 0,
+            // The machine hears of every change its assembly has seen at its first event.
+            changes_seen: 0,
+            fail_armed: None,
+            tags: BTreeMap::new(),
+            backlog: VecDeque::new(),
+            view_due: false,
+        })
+    }
 }
 
 struct World {
@@ -389,8 +458,14 @@ struct World {
     /// The online scrub: (next stripe, its request in flight, stripes checked).
     scrub: Option<(u64, Option<u64>, u64)>,
     finished: bool,
-    /// Controllers that died.
+    /// Controllers dead now.
     dead: u8,
+    /// Controllers that died at some point (a restarted one too).
+    ever_dead: u8,
+    /// The membership's epoch (`flip_epoch` over `BASE_EPOCH`).
+    epoch: u32,
+    /// A controller that was started again and joined every member (its clients go back).
+    rejoined: Option<u8>,
     /// Survivors that have not heard of the new membership yet.
     view_pending: u8,
     takeover: Option<Takeover>,
@@ -425,53 +500,19 @@ impl World {
             ..CreateOptions::new(cfg.level, cfg.members, (1 << 20) + cfg.stripes * cfg.chunk_bytes)
         };
         create(&dir, &opts).map_err(|e| format!("create: {e}"))?;
-        let peers = ((1u16 << cfg.nodes) - 1) as u8;
         let mut nodes = Vec::new();
         for n in 0..cfg.nodes {
-            let array = assemble_as(&dir, false, n as usize).map_err(|e| format!("assemble: {e}"))?.array;
-            array.set_shared(true);
-            let capacity = array.capacity();
-            let stripe_bytes = array.geometry().stripe_bytes();
-            let card = ModelBackend::new();
-            let dcfg = DriverConfig {
-                node: n,
-                peers,
-                epoch: 1,
-                ring_log2: 8,
-                ack_timeout_cycles: (ACK_TIMEOUT_US * CYCLES_PER_US) as u32,
-                heartbeat_cycles: 0,
-            };
-            let driver = Driver::open(card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
-            let m = Machine::new(Config {
-                node: n,
-                nodes: cfg.nodes,
-                epoch: 1,
-                line_bytes: cfg.line_bytes,
-                lines_max: cfg.lines_max,
-                stripe_bytes,
-                capacity: capacity - capacity % cfg.line_bytes,
-                degraded: false,
-                mutation: cfg.mutation,
-            });
-            nodes.push(Node {
-                m,
-                driver,
-                card,
-                array,
-                card_cycles: 0,
-                changes_seen: 0,
-                fail_armed: None,
-                tags: BTreeMap::new(),
-                backlog: VecDeque::new(),
-                view_due: false,
-            });
+            nodes.push(Node::start(&cfg, &dir, n, 1)?);
         }
         let capacity = nodes[0].m.config().capacity;
         let stripe_bytes = nodes[0].array.geometry().stripe_bytes();
         let lines = (capacity / cfg.line_bytes).min(cfg.working_lines).max(1);
         let blocks = lines * cfg.line_bytes / BLOCK_BYTES as u64;
         let clients = (0..cfg.nodes as usize * cfg.clients)
-            .map(|i| Client { node: (i % cfg.nodes as usize) as u8, left: cfg.ops, op: None })
+            .map(|i| {
+                let node = (i % cfg.nodes as usize) as u8;
+                Client { node, home: node, left: cfg.ops, op: None }
+            })
             .collect();
         let (nodes_count, mutation) = (cfg.nodes, cfg.mutation);
         Ok(World {
@@ -495,6 +536,9 @@ impl World {
             scrub: None,
             finished: false,
             dead: 0,
+            ever_dead: 0,
+            epoch: BASE_EPOCH,
+            rejoined: None,
             view_pending: 0,
             takeover: None,
             leases: Leases::new(nodes_count, World::lease_timing(mutation)),
@@ -599,6 +643,7 @@ impl World {
             | Ev::MemberRead { node, .. }
             | Ev::Tick(node)
             | Ev::View(node)
+            | Ev::Join(node)
             | Ev::Renew(node) => Some(*node),
             _ => None,
         };
@@ -643,6 +688,8 @@ impl World {
             Ev::Renew(n) => self.renew(n)?,
             Ev::Pause(p) => self.pause(p),
             Ev::Resume(n) => self.resume(n)?,
+            Ev::Restart(n) => self.restart(n)?,
+            Ev::Join(n) => self.join(n)?,
             Ev::Client(c) => self.issue(c)?,
             Ev::Tick(n) => {
                 if self.nodes[n as usize].fail_armed.is_some_and(|f| f.at_us + MEMBER_FAIL_LATE_US <= self.now_us) {
@@ -686,7 +733,15 @@ impl World {
     /// Controller `c.node` dies.
     fn crash(&mut self, c: Crash) -> Result<(), String> {
         let n = c.node;
+        if !self.alive(n) {
+            return Ok(());
+        }
         self.dead |= 1 << n;
+        self.ever_dead |= 1 << n;
+        self.epoch = crate::amf::shell::flip_epoch(BASE_EPOCH, self.epoch, 1 << n);
+        if let Some(after) = c.restart_after_us {
+            self.at(self.now_us + c.detect_us + VIEW_SPREAD_US + after, Ev::Restart(n));
+        }
         let live = self.first_alive() as usize;
         // Its writes in flight are cut off: data written, redundancy not (where its slot says
         // it was writing: the bitmap's bit is on the members before any write of its region).
@@ -743,9 +798,10 @@ impl World {
         }
         node.view_due = false;
         let live = !self.dead & (((1u16 << self.cfg.nodes) - 1) as u8);
-        node.driver.set_view(EPOCH_AFTER_CRASH, live);
+        let epoch = self.epoch;
+        node.driver.set_view(epoch, live);
         self.view_pending &= !(1 << n);
-        self.step(n, Input::View { epoch: EPOCH_AFTER_CRASH, live })?;
+        self.step(n, Input::View { epoch, live })?;
         if n == self.first_alive() {
             let dead = self.dead.trailing_zeros() as u8;
             let array = &self.nodes[n as usize].array;
@@ -815,6 +871,9 @@ impl World {
             return Ok(());
         }
         self.clients[c].left -= 1;
+        if self.rejoined == Some(self.clients[c].home) {
+            self.clients[c].node = self.clients[c].home;
+        }
         let node = self.clients[c].node;
         let req = self.next_req;
         self.next_req += 1;
@@ -1113,7 +1172,6 @@ impl World {
         let lb = self.cfg.line_bytes;
         for b in first..first + count {
             let r = b * BLOCK_BYTES as u64 / lb;
-            let Some(peer) = node.m.replica_holder(r) else { continue };
             let at = (b * BLOCK_BYTES as u64 % lb) as usize;
             let mut want = vec![0u8; BLOCK_BYTES];
             pattern(id, b, &mut want);
@@ -1121,11 +1179,18 @@ impl World {
             if node.m.line_state(r) != State::Modified || ours != Some(want.as_slice()) {
                 continue;
             }
-            let theirs = self.nodes[peer as usize].m.replicas().get(&(n, r)).map(|(_, d)| &d[at..at + BLOCK_BYTES]);
+            // Wherever it is (the machine's own idea of its holder is what is checked; one that
+            // died a moment ago counts until the writer moved on).
+            let held = (0..self.cfg.nodes).filter(|p| *p != n).any(|p| {
+                self.nodes[p as usize].m.replicas().get(&(n, r)).map(|(_, d)| &d[at..at + BLOCK_BYTES])
+                    == Some(want.as_slice())
+            });
             let mut members = vec![0u8; BLOCK_BYTES];
             let _ = node.array.read(b * BLOCK_BYTES as u64, &mut members);
-            if theirs != Some(want.as_slice()) && members != want {
-                return Err(format!("write {id} acknowledged by n{n} while n{peer} holds no replica of block {b}"));
+            if !held && members != want {
+                return Err(format!(
+                    "write {id} acknowledged by n{n} while no controller holds a replica of block {b}"
+                ));
             }
         }
         Ok(())
@@ -1152,12 +1217,30 @@ impl World {
                     return Err(format!("stripe {s}: locked by n{other} and n{i} at once"));
                 }
             }
+        }
+        // One replica per line at most among the controllers alive: of two, the older could
+        // be taken over after its owner's death and undo the newer write.
+        let mut held: BTreeMap<(u8, u64), Vec<u8>> = BTreeMap::new();
+        for (h, node) in self.nodes.iter().enumerate().filter(|(h, _)| self.alive(*h as u8)) {
+            for (o, r) in node.m.replicas().keys().filter(|(o, _)| self.alive(*o)) {
+                held.entry((*o, *r)).or_default().push(h as u8);
+            }
+        }
+        if let Some(((o, r), at)) = held.iter().find(|(_, at)| at.len() > 1) {
+            return Err(format!("n{o}'s line {r} has replicas at {at:?} at once"));
+        }
+        // Every acknowledged dirty line has one (at a controller that may have died a moment
+        // ago: its owner has not moved on yet).
+        for (i, node) in self.nodes.iter().enumerate().filter(|(i, _)| self.alive(*i as u8)) {
+            if node.m.replica_node().is_none() {
+                continue;
+            }
             for (r, data) in node.m.dirty_idle() {
-                if let Some(peer) = node.m.replica_holder(r) {
-                    let held = self.nodes[peer as usize].m.replicas().get(&(i as u8, r));
-                    if held.is_none_or(|(_, d)| d.as_slice() != data) {
-                        return Err(format!("n{i}'s dirty line {r} is acknowledged but n{peer} has no replica of it"));
-                    }
+                let found = (0..self.cfg.nodes).filter(|p| *p as usize != i).any(|p| {
+                    self.nodes[p as usize].m.replicas().get(&(i as u8, r)).is_some_and(|(_, d)| d.as_slice() == data)
+                });
+                if !found {
+                    return Err(format!("n{i}'s dirty line {r} is acknowledged but no controller has a replica of it"));
                 }
             }
         }
@@ -1172,7 +1255,7 @@ impl World {
         }
         let stale: u64 = self.nodes.iter().map(|n| n.m.counters.stale_epoch).sum();
         // Messages of the old membership still in flight when it changed are dropped too.
-        if stale != self.stale_sent && (self.dead == 0 || stale < self.stale_sent) {
+        if stale != self.stale_sent && (self.ever_dead == 0 || stale < self.stale_sent) {
             return Err(format!("{} stale-epoch messages sent, {stale} dropped", self.stale_sent));
         }
         let now = self.now_us + 1;
@@ -1213,6 +1296,7 @@ impl World {
             paused: self.cfg.faults.pause.map(|p| p.node),
             partitioned: self.cfg.faults.partition.map(|p| p.node),
             fenced: self.leases.fenced,
+            rejoined: self.rejoined,
             lease_renewals: self.leases.renewals,
         })
     }

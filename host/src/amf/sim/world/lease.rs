@@ -78,6 +78,19 @@ impl Leases {
     }
 }
 
+impl Leases {
+    /// Controller `n` runs again (a new process, a new incarnation): its lease starts over,
+    /// and it hears and is heard from now (its heartbeats begin with its start).
+    pub(super) fn restarted(&mut self, n: u8, now_us: u64) {
+        let timing = self.rules[n as usize].timing();
+        self.rules[n as usize] = Lease::new(n, 2, timing, now_us);
+        for p in 0..8 {
+            self.heard[n as usize][p] = now_us;
+            self.heard[p][n as usize] = now_us;
+        }
+    }
+}
+
 impl World {
     /// The times in force: the simulator's, or with `expire-before-fence` an expiry shorter
     /// than the owner's deadline (a broken timing the checks must catch).
@@ -170,7 +183,7 @@ impl World {
         // when it resumes), but its clients' next operations go to a survivor.
         let deferred = std::mem::take(&mut self.leases.deferred);
         self.leases.taken_over = Some(p);
-        self.crash(Crash { node: p, at_us: self.now_us, detect_us: 0 })?;
+        self.crash(Crash { node: p, at_us: self.now_us, detect_us: 0, restart_after_us: None, then_crash_us: None })?;
         self.requeue_clients(deferred);
         Ok(())
     }
@@ -194,7 +207,7 @@ impl World {
         self.leases.fenced = Some(n);
         self.leases.taken_over.get_or_insert(n);
         let renew = self.leases.rules[n as usize].timing().renew_us;
-        self.crash(Crash { node: n, at_us: self.now_us, detect_us: renew })
+        self.crash(Crash { node: n, at_us: self.now_us, detect_us: renew, restart_after_us: None, then_crash_us: None })
     }
 
     /// Controller `p.node` stops.
