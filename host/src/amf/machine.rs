@@ -952,7 +952,11 @@ impl Machine {
         l.last_use = uses;
         l.fresh = false;
         let data = l.data.clone();
-        match self.replica_target(r).filter(|_| !fua) {
+        // FUA goes to the members before the reply and needs no replica, unless the line has
+        // one already: that one must not be left older than the members (taken over after
+        // this controller's death with its drop unanswered, it would undo this write).
+        let replicated = self.lines.get(&r).is_some_and(|l| l.replica_at.is_some());
+        match self.replica_target(r).filter(|_| !fua || replicated) {
             Some(to) => {
                 self.counters.replications += 1;
                 let id = self.id();
@@ -1517,7 +1521,13 @@ impl Machine {
                     }
                     if self.lines.get(&r).is_some_and(|l| l.phase == Phase::Replicating { id }) {
                         self.line(r).phase = Phase::Idle;
-                        self.finish_piece(r, None);
+                        let head = self.lines.get(&r).and_then(|l| l.queue.front()).and_then(|p| self.pieces.get(p));
+                        if head.is_some_and(|p| p.fua) {
+                            // The replica is current; now the members, before the reply.
+                            self.start_destage(r);
+                        } else {
+                            self.finish_piece(r, None);
+                        }
                         self.touched.insert(r);
                     }
                 }

@@ -470,4 +470,32 @@ mod tests {
         assert_eq!(m.replica_holder(0), Some(1));
         assert!(m.check().is_ok(), "{:?}", m.check());
     }
+
+    /// A FUA write to a line whose replica is held by a peer updates the replica before the
+    /// members: a replica older than the members, taken over after this controller's death
+    /// with its drop unanswered, would undo the write (simulator seed 905, with its drop lost).
+    #[test]
+    fn a_fua_write_to_a_replicated_line_updates_the_replica_before_the_members() {
+        let mut m = machine(0, 3);
+        let out = m.step(Input::Host { id: 1, req: HostReq::Write { offset: 0, data: vec![1; 4], fua: false } });
+        let Some(Output::Card { id, .. }) = out.first().cloned() else { panic!("{out:?}") };
+        let out = m.step(Input::CardDone { id, status: CardStatus::Ok, sharers: 0 });
+        let Some(rid) = out.iter().find_map(|o| match o {
+            Output::Send { to: 1, msg: Msg::Replicate { id, .. } } => Some(*id),
+            _ => None,
+        }) else {
+            panic!("{out:?}")
+        };
+        m.step(Input::Fabric { from: 1, epoch: 1, msg: Msg::ReplicaAck { id: rid } });
+        let out = m.step(Input::Host { id: 2, req: HostReq::Write { offset: 0, data: vec![2; 4], fua: true } });
+        assert!(!out.iter().any(|o| matches!(o, Output::MemberWrite { .. })), "members before the replica: {out:?}");
+        let Some(rid) = out.iter().find_map(|o| match o {
+            Output::Send { to: 1, msg: Msg::Replicate { id, data, .. } } if data == &vec![2; 4] => Some(*id),
+            _ => None,
+        }) else {
+            panic!("the FUA write left the replica behind: {out:?}")
+        };
+        let out = m.step(Input::Fabric { from: 1, epoch: 1, msg: Msg::ReplicaAck { id: rid } });
+        assert!(!out.iter().any(|o| matches!(o, Output::Reply { .. })), "FUA answered before the members: {out:?}");
+    }
 }

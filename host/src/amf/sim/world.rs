@@ -63,6 +63,21 @@ pub struct Faults {
     pub pause: Option<Pause>,
     /// A controller is cut off from the others' fabric and card link (not from the members).
     pub partition: Option<Partition>,
+    /// The members answer slowly for a while (a disk retrying, a saturated path).
+    pub slow: Option<SlowMembers>,
+}
+
+/// A window in which member I/O takes up to `latency_us_max` (instead of the seed's usual
+/// latency): write-backs and fills hold their lines and stripe locks that much longer, and
+/// peers' acquires wait on them.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct SlowMembers {
+    /// From when.
+    pub at_us: u64,
+    /// For how long.
+    pub for_us: u64,
+    /// The longest an I/O takes meanwhile.
+    pub latency_us_max: u64,
 }
 
 /// A controller that dies: it stops at once (no step, no card, no member I/O of its own from
@@ -194,12 +209,26 @@ impl SimConfig {
                 crash: None,
                 pause: None,
                 partition: None,
+                slow: None,
             },
             mutation: None,
         }
         .with_crash(&mut rng)
         .with_pause(&mut rng)
         .with_partition(&mut rng)
+        .with_slow_members(&mut rng)
+    }
+
+    /// One seed in four has its members slow for a while (drawn after everything else).
+    fn with_slow_members(mut self, rng: &mut StdRng) -> SimConfig {
+        if rng.gen_range(0..4) == 0 {
+            self.faults.slow = Some(SlowMembers {
+                at_us: rng.gen_range(300..=8_000),
+                for_us: rng.gen_range(2_000..=10_000),
+                latency_us_max: rng.gen_range(1_000..=3_000),
+            });
+        }
+        self
     }
 
     /// One seed in three of those without a death or a pause cuts a controller off: shorter
@@ -218,7 +247,11 @@ impl SimConfig {
                 at_us: rng.gen_range(300..=8_000),
                 for_us,
                 deaf_only: rng.gen_bool(0.3),
+                mute_only: false,
             });
+            if let Some(p) = self.faults.partition.as_mut().filter(|p| !p.deaf_only) {
+                p.mute_only = rng.gen_bool(0.3);
+            }
         }
         self
     }
@@ -1025,6 +1058,15 @@ impl World {
         self.check_cluster()
     }
 
+    /// How long a member I/O issued now takes.
+    fn member_latency_us(&mut self) -> u64 {
+        let max = match self.cfg.faults.slow {
+            Some(w) if (w.at_us..w.at_us + w.for_us).contains(&self.now_us) => w.latency_us_max,
+            _ => self.cfg.faults.member_latency_us_max,
+        };
+        self.rng.gen_range(1..=max)
+    }
+
     fn output(&mut self, n: u8, o: Output) -> Result<(), String> {
         let f = self.cfg.faults.clone();
         match o {
@@ -1043,7 +1085,7 @@ impl World {
                 }
             }
             Output::MemberRead { id, offset, len } => {
-                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                let t = self.now_us + self.member_latency_us();
                 self.at(t, Ev::MemberRead { node: n, id, offset, len });
             }
             Output::MemberWrite { id, offset, data } => {
@@ -1062,17 +1104,17 @@ impl World {
                     .write(offset, &data, false)
                     .map(|_| Vec::new())
                     .map_err(|e| e.to_string());
-                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                let t = self.now_us + self.member_latency_us();
                 self.at(t, Ev::MemberDone { node: n, id, result, stripes });
             }
             Output::MemberSync { id } => {
                 let result = self.nodes[n as usize].array.flush().map(|_| Vec::new()).map_err(|e| e.to_string());
-                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                let t = self.now_us + self.member_latency_us();
                 self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
             }
             Output::StripeJob { id, stripe, job } => {
                 let result = crate::amf::shell::members::run_stripe_job(&self.nodes[n as usize].array, stripe, job);
-                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                let t = self.now_us + self.member_latency_us();
                 self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
             }
             Output::Superblocks { id, record } => {
@@ -1080,7 +1122,7 @@ impl World {
                 let result = if record { array.record_states() } else { array.load_states() };
                 let degraded = !array.degraded_members().is_empty();
                 let result = result.map(|_| vec![degraded as u8]).map_err(|e| e.to_string());
-                let t = self.now_us + self.rng.gen_range(1..=f.member_latency_us_max);
+                let t = self.now_us + self.member_latency_us();
                 self.at(t, Ev::MemberDone { node: n, id, result, stripes: Vec::new() });
             }
             Output::Reply { id, result } => self.reply(id, result)?,

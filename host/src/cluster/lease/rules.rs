@@ -194,16 +194,23 @@ impl Lease {
             ));
         }
         let expired = self.expired(live);
-        let mut lost_to = None;
+        // The records that count: live peers renewing now (a paused or dead one's record
+        // stands still, and its expiry decides it), and this controller's own reach.
+        let mut fresh: Vec<(u8, u8)> = vec![(self.node, reach)];
         for n in (0..8u8).filter(|n| live & !expired & (1 << n) != 0 && *n != self.node) {
             let s = &self.seen[n as usize];
             let Some(rec) = s.rec.filter(|r| r.standing == Standing::Live) else { continue };
-            if !s.moved || self.read_us.saturating_sub(s.since_us) > self.timing.fresh_us {
-                continue; // not renewing: it is paused or dead, which expiry decides
+            if s.moved && self.read_us.saturating_sub(s.since_us) <= self.timing.fresh_us {
+                fresh.push((n, rec.reach));
             }
-            let conflict = reach & (1 << n) == 0 || rec.reach & (1 << self.node) == 0;
-            if conflict && loses(self.node, reach, n, rec.reach) {
-                lost_to = Some((n, rec.reach));
+        }
+        let score = |x: u8, reach_x: u8| standing_score(x, reach_x, &fresh);
+        let mine = score(self.node, reach);
+        let mut lost_to = None;
+        for &(n, theirs) in fresh.iter().skip(1) {
+            let conflict = reach & (1 << n) == 0 || theirs & (1 << self.node) == 0;
+            if conflict && loses(self.node, mine, n, score(n, theirs)) {
+                lost_to = Some((n, theirs));
                 break;
             }
         }
@@ -222,10 +229,22 @@ impl Lease {
     }
 }
 
-/// Of two controllers in conflict, whether `a` (hearing `reach_a`) is the one that fences:
-/// the one that hears fewer, then the one with the higher id.
-pub fn loses(a: u8, reach_a: u8, b: u8, reach_b: u8) -> bool {
-    (reach_a.count_ones(), std::cmp::Reverse(a)) < (reach_b.count_ones(), std::cmp::Reverse(b))
+/// How well controller `x` (hearing `reach_x`) is connected, by the records that count: the
+/// controllers it hears plus those that hear it. Counting both ways makes a controller whose
+/// sending alone fails (it hears everyone, no one hears it) the one that goes, as one that
+/// hears no one is.
+/// Between two equally connected, the one that hears more (of two controllers, one of which
+/// does not hear the other, records cannot tell a deaf one from a mute other: the one that
+/// hears stays, as before).
+fn standing_score(x: u8, reach_x: u8, records: &[(u8, u8)]) -> (u32, u32) {
+    let heard_by = records.iter().filter(|(_, r)| r & (1 << x) != 0).count() as u32;
+    (reach_x.count_ones() + heard_by, reach_x.count_ones())
+}
+
+/// Of two controllers in conflict, whether `a` (connected `score_a`, see `standing_score`) is
+/// the one that fences: the worse connected, then the one with the higher id.
+pub fn loses(a: u8, score_a: (u32, u32), b: u8, score_b: (u32, u32)) -> bool {
+    (score_a, std::cmp::Reverse(a)) < (score_b, std::cmp::Reverse(b))
 }
 
 fn list(mask: u8) -> Vec<u8> {
@@ -311,15 +330,19 @@ mod tests {
     #[test]
     fn of_two_sides_of_a_split_exactly_one_stays() {
         // (live, reach of each, who stays)
-        let cases: [(u8, [u8; 3], u8); 4] = [
+        let cases: [(u8, [u8; 3], u8); 6] = [
             // {0} | {1,2}: 0 hears only itself; the larger side stays.
             (0b111, [0b001, 0b110, 0b110], 0b110),
             // {0,1} | {2}
             (0b111, [0b011, 0b011, 0b100], 0b011),
             // 2 controllers cut: the higher id fences.
             (0b011, [0b001, 0b010, 0], 0b001),
-            // One way: 1 does not hear 0, 0 hears 1 (1 hears fewer).
+            // One way: 1 does not hear 0, 0 hears 1 (as connected; 1 hears fewer).
             (0b111, [0b111, 0b110, 0b111], 0b101),
+            // 0's sending fails: it hears everyone, no one hears it; it goes, not the others.
+            (0b111, [0b111, 0b110, 0b110], 0b110),
+            // 0 hears no one, everyone hears it: it goes.
+            (0b111, [0b001, 0b111, 0b111], 0b110),
         ];
         for (live, reach, want) in cases {
             let mut fenced = 0u8;

@@ -42,6 +42,8 @@ pub struct Partition {
     pub for_us: u64,
     /// Only what comes to it is cut.
     pub deaf_only: bool,
+    /// Only what it sends is cut (it hears everyone, no one hears it).
+    pub mute_only: bool,
 }
 
 /// The leases of a run.
@@ -108,7 +110,7 @@ impl World {
         if from == to || now < p.at_us || now >= p.at_us + p.for_us {
             return false;
         }
-        to == p.node || (!p.deaf_only && from == p.node)
+        (to == p.node && !p.mute_only) || (from == p.node && !p.deaf_only)
     }
 
     /// Whether `ev` is for the host side of a paused controller (then it waits).
