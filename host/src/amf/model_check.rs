@@ -48,10 +48,18 @@ pub struct Scope {
     /// its messages in flight still arrive, and each survivor moves to the membership without
     /// it at any later point (once its card has fetched its commands).
     pub crash: Option<u8>,
+    /// Once every survivor moved on, the dead controller may start again (once) with a cold
+    /// cache and run these operations; each survivor moves to the membership with it in at
+    /// any later point. Empty: it stays dead.
+    pub rejoin: Vec<Op>,
 }
 
 /// The epoch after the crash.
 const EPOCH_AFTER: u32 = 2;
+/// The epoch after the dead controller joined again.
+const EPOCH_JOIN: u32 = 3;
+/// The restarted controller's operations are another thread of the linearizability tester.
+const RESTARTED_THREAD: u8 = 8;
 
 type Tester = LinearizabilityTester<u8, Register<u8>>;
 
@@ -92,6 +100,8 @@ pub struct McState {
     epoch: Vec<u32>,
     /// Each controller's card's peer mask.
     peers: Vec<u8>,
+    /// The dead controller started again.
+    restarted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -125,6 +135,10 @@ pub enum Action {
     /// An acquire that waits for a dead controller, or for one in another epoch (whose frames
     /// its card drops), times out.
     Timeout(u64),
+    /// The dead controller starts again, in the epoch with it joined.
+    Restart(u8),
+    /// A member moves to the membership with the restarted controller in.
+    Join(u8),
 }
 
 /// The model.
@@ -140,6 +154,33 @@ impl AmfModel {
 
     fn nodes(&self) -> u8 {
         self.scope.scripts.len() as u8
+    }
+
+    /// Node `n`'s operations (the restarted controller's second life runs `rejoin`).
+    fn script<'a>(&'a self, s: &McState, n: u8) -> &'a [Op] {
+        if s.restarted && self.scope.crash == Some(n) {
+            &self.scope.rejoin
+        } else {
+            &self.scope.scripts[n as usize]
+        }
+    }
+
+    /// Node `n`'s thread in the linearizability tester.
+    fn thread(&self, s: &McState, n: u8) -> u8 {
+        if s.restarted && self.scope.crash == Some(n) {
+            n + RESTARTED_THREAD
+        } else {
+            n
+        }
+    }
+
+    /// The epoch every live controller moves to last.
+    fn final_epoch(&self, s: &McState) -> u32 {
+        if s.restarted {
+            EPOCH_JOIN
+        } else {
+            EPOCH_AFTER
+        }
     }
 
     fn config(&self, node: u8) -> Config {
@@ -177,14 +218,15 @@ impl AmfModel {
                 Output::Superblocks { .. } => panic!("superblock I/O in a scope without member failures"),
                 Output::StripeJob { .. } => panic!("a stripe job in a scope without maintenance"),
                 Output::Reply { result, .. } => {
-                    let op = self.scope.scripts[n as usize][s.next_op[n as usize]];
+                    let Some(&op) = self.script(s, n).get(s.next_op[n as usize]) else { continue };
+                    let thread = self.thread(s, n);
                     let ret = match (op, result) {
                         (Op::Write(..), Ok(_)) => Some(RegisterRet::WriteOk),
                         (Op::Read(_), Ok(d)) => Some(RegisterRet::ReadOk(d.first().copied().unwrap_or(0))),
                         _ => None,
                     };
                     if let (Op::Write(r, _) | Op::Read(r), Some(ret)) = (op, ret) {
-                        let _ = s.testers[r as usize].on_return(n, ret);
+                        let _ = s.testers[r as usize].on_return(thread, ret);
                     }
                     s.busy[n as usize] = false;
                     s.next_op[n as usize] += 1;
@@ -264,7 +306,7 @@ impl AmfModel {
     }
 
     fn all_done(&self, s: &McState) -> bool {
-        (0..self.nodes() as usize).all(|n| s.dead & (1 << n) != 0 || s.next_op[n] == self.scope.scripts[n].len())
+        (0..self.nodes()).all(|n| s.dead & (1 << n) != 0 || s.next_op[n as usize] == self.script(s, n).len())
     }
 
     fn alive(&self, s: &McState) -> u8 {
@@ -273,7 +315,8 @@ impl AmfModel {
 
     /// A survivor has not moved to the membership without the dead controller yet.
     fn view_due(&self, s: &McState) -> bool {
-        s.dead != 0 && (0..self.nodes()).any(|n| s.dead & (1 << n) == 0 && s.epoch[n as usize] != EPOCH_AFTER)
+        (s.dead != 0 || s.restarted)
+            && (0..self.nodes()).any(|n| s.dead & (1 << n) == 0 && s.epoch[n as usize] != self.final_epoch(s))
     }
 
     /// The active acquire of `r` waits for an answer that cannot come (its target is dead, or
@@ -289,8 +332,8 @@ impl AmfModel {
             })
             .collect();
         !unanswerable.is_empty()
-            && s.epoch[a.node as usize] == EPOCH_AFTER
-            && unanswerable.iter().all(|t| s.dead & (1 << t) != 0 || s.epoch[*t as usize] == EPOCH_AFTER)
+            && s.epoch[a.node as usize] == self.final_epoch(s)
+            && unanswerable.iter().all(|t| s.dead & (1 << t) != 0 || s.epoch[*t as usize] == self.final_epoch(s))
     }
 
     fn crash(&self, s: &mut McState, n: u8, landed: bool) {
@@ -334,14 +377,23 @@ impl Model for AmfModel {
             dead: 0,
             epoch: vec![1; n],
             peers: vec![((1u16 << n) - 1) as u8; n],
+            restarted: false,
         }]
     }
 
     fn actions(&self, s: &McState, actions: &mut Vec<Action>) {
-        if let (Some(c), 0) = (self.scope.crash, s.dead) {
+        if let (Some(c), 0, false) = (self.scope.crash, s.dead, s.restarted) {
             actions.push(Action::Crash(c, false));
             if s.member_io.iter().any(|io| io.0 == c && matches!(io.2, MemberIo::Write(..))) {
                 actions.push(Action::Crash(c, true));
+            }
+        }
+        if let Some(c) = self.scope.crash {
+            // Ready for it: every survivor moved on (and the takeover has nothing left to
+            // resync in these scopes, whose writes land whole).
+            let moved = (0..self.nodes()).all(|n| n == c || s.epoch[n as usize] == EPOCH_AFTER);
+            if !self.scope.rejoin.is_empty() && !s.restarted && s.dead == 1 << c && moved {
+                actions.push(Action::Restart(c));
             }
         }
         for n in 0..self.nodes() {
@@ -352,7 +404,10 @@ impl Model for AmfModel {
             if s.dead != 0 && s.epoch[i] != EPOCH_AFTER && s.to_card[i].is_empty() {
                 actions.push(Action::View(n));
             }
-            if !s.busy[i] && s.next_op[i] < self.scope.scripts[i].len() {
+            if s.restarted && s.epoch[i] == EPOCH_AFTER && s.to_card[i].is_empty() {
+                actions.push(Action::Join(n));
+            }
+            if !s.busy[i] && s.next_op[i] < self.script(s, n).len() {
                 actions.push(Action::Issue(n));
             }
             if !s.to_host[i].is_empty() {
@@ -392,7 +447,8 @@ impl Model for AmfModel {
         match action {
             Action::Issue(n) => {
                 let i = n as usize;
-                let op = self.scope.scripts[i][s.next_op[i]];
+                let op = *self.script(&s, n).get(s.next_op[i])?;
+                let thread = self.thread(&s, n);
                 s.busy[i] = true;
                 let (req, reg) = match op {
                     Op::Write(r, v) => {
@@ -402,7 +458,7 @@ impl Model for AmfModel {
                     Op::Flush => (HostReq::Flush, None),
                 };
                 if let Some((r, o)) = reg {
-                    let _ = s.testers[r as usize].on_invoke(n, o);
+                    let _ = s.testers[r as usize].on_invoke(thread, o);
                 }
                 let id = s.next_op[i] as u64 + 1;
                 self.apply(&mut s, n, Input::Host { id, req });
@@ -433,6 +489,29 @@ impl Model for AmfModel {
                 s.epoch[n as usize] = EPOCH_AFTER;
                 s.peers[n as usize] = live;
                 self.apply(&mut s, n, Input::View { epoch: EPOCH_AFTER, live });
+            }
+            Action::Restart(n) => {
+                let i = n as usize;
+                let all = ((1u16 << self.nodes()) - 1) as u8;
+                s.dead &= !(1 << n);
+                s.restarted = true;
+                s.machines[i] = Machine::new(self.config(n));
+                s.to_host[i].clear();
+                s.to_card[i].clear();
+                // A fresh card: it owes nothing.
+                s.card.owed.retain(|o| o.0 != n);
+                s.next_op[i] = 0;
+                s.busy[i] = false;
+                s.ticks[i] = self.scope.ticks;
+                s.epoch[i] = EPOCH_JOIN;
+                s.peers[i] = all;
+                self.apply(&mut s, n, Input::View { epoch: EPOCH_JOIN, live: all });
+            }
+            Action::Join(n) => {
+                let live = self.alive(&s);
+                s.epoch[n as usize] = EPOCH_JOIN;
+                s.peers[n as usize] = live;
+                self.apply(&mut s, n, Input::View { epoch: EPOCH_JOIN, live });
             }
             Action::Timeout(r) => {
                 let (a, _) = s.card.active.remove(&r)?;
@@ -507,6 +586,20 @@ impl Model for AmfModel {
                     })
                 })
             }),
+            Property::always("one replica per line", |m: &AmfModel, s: &McState| {
+                let alive = m.alive(s);
+                (0..m.nodes()).filter(|o| alive & (1 << o) != 0).all(|o| {
+                    (0..m.scope.lines).all(|r| {
+                        let held = s
+                            .machines
+                            .iter()
+                            .enumerate()
+                            .filter(|(h, x)| alive & (1 << h) != 0 && x.replicas().contains_key(&(o, r)))
+                            .count();
+                        held <= 1
+                    })
+                })
+            }),
             Property::always("machine invariants", |_, s: &McState| s.machines.iter().all(|m| m.check().is_ok())),
             Property::always("no deadlock", |m: &AmfModel, s: &McState| {
                 !m.quiet(s) || m.all_done(s) || s.busy.iter().enumerate().all(|(n, b)| !b || s.dead & (1 << n) != 0)
@@ -557,6 +650,7 @@ mod tests {
             ticks: 1,
             mutation: None,
             crash: None,
+            rejoin: Vec::new(),
         }
     }
 
@@ -576,6 +670,7 @@ mod tests {
             ticks: 0,
             mutation: None,
             crash: None,
+            rejoin: Vec::new(),
         };
         let (states, failed) = check(scope);
         println!("three nodes, one line: {states} states");
@@ -591,6 +686,7 @@ mod tests {
             ticks: 0,
             mutation: None,
             crash: None,
+            rejoin: Vec::new(),
         };
         let (states, failed) = check(scope);
         println!("two lines, one stripe, eviction, flush: {states} states");
@@ -606,6 +702,7 @@ mod tests {
             ticks: 1,
             mutation: None,
             crash: Some(0),
+            rejoin: Vec::new(),
         }
     }
 
@@ -627,6 +724,7 @@ mod tests {
             ticks: 0,
             mutation: None,
             crash: Some(0),
+            rejoin: Vec::new(),
         }
     }
 
@@ -652,5 +750,34 @@ mod tests {
             let (_, failed) = check(Scope { mutation: Some(m), ..two_writers() });
             assert!(!failed.is_empty(), "{} passed the model check", m.name());
         }
+    }
+
+    /// Controller 0 writes a line twice; controller 1, its replica peer, may die at any point
+    /// (0's replica then goes to 2), start again with a cold cache and join; then it reads
+    /// the line. The line's replica stays with whoever holds it, and the joiner reads 0's last
+    /// write.
+    fn a_restart() -> Scope {
+        Scope {
+            scripts: vec![vec![Op::Write(0, 1), Op::Write(0, 2)], vec![], vec![]],
+            lines: 1,
+            lines_max: 1,
+            ticks: 0,
+            mutation: None,
+            crash: Some(1),
+            rejoin: vec![Op::Read(0)],
+        }
+    }
+
+    #[test]
+    fn a_dead_controller_restarts_and_joins_at_any_point() {
+        let (states, failed) = check(a_restart());
+        println!("three controllers, one dies and joins again: {states} states");
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    #[test]
+    fn a_replica_left_behind_at_a_join_is_caught() {
+        let (_, failed) = check(Scope { mutation: Some(Mutation::ReplicaFollowsRing), ..a_restart() });
+        assert!(failed.iter().any(|(p, _)| p == "one replica per line"), "{failed:?}");
     }
 }

@@ -75,6 +75,10 @@ pub struct Array {
     /// Member state changes made by this process (failures it saw), counted before the state
     /// changes so that whoever sees the new state also sees the count.
     changes: AtomicU64,
+    /// Stripes whose mirror copies may differ (a dead controller's write-intent regions, until
+    /// resynced): their reads go to the first copy only, as md reads an unsynced region, so
+    /// that two reads never see the two sides of a write cut off by the crash.
+    unsynced: Mutex<std::collections::BTreeSet<u64>>,
     /// Counters.
     pub stats: Stats,
 }
@@ -124,6 +128,7 @@ impl Array {
             shared: AtomicBool::new(false),
             dir: Mutex::new(None),
             changes: AtomicU64::new(0),
+            unsynced: Mutex::new(std::collections::BTreeSet::new()),
             stats: Stats::default(),
         };
         array.refresh_alive();
@@ -423,6 +428,15 @@ impl Array {
 
     // ---- reads ------------------------------------------------------------------------------
 
+    /// Marks `stripes` as possibly out of step between their mirror copies (see `unsynced`):
+    /// a survivor does so for a dead controller's write-intent regions before it serves in the
+    /// new membership. They stay marked for this process's life (only read balancing is lost).
+    pub fn mark_unsynced(&self, stripes: &[u64]) {
+        if self.geo.copies() > 1 {
+            self.unsynced.lock().unwrap_or_else(|e| e.into_inner()).extend(stripes.iter().copied());
+        }
+    }
+
     /// Reads `buf.len()` bytes at logical `offset`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), RaidError> {
         self.check_range(offset, buf.len() as u64)?;
@@ -437,7 +451,8 @@ impl Array {
     fn read_piece(&self, base: u64, p: &Piece, dst: &mut [u8]) -> Result<(), RaidError> {
         let places = self.geo.places(p.stripe, p.dd);
         // Spread mirror reads over the copies; any copy but the preferred one is a degraded read.
-        let start = (p.stripe as usize) % places.len();
+        let unsynced = places.len() > 1 && self.unsynced.lock().unwrap_or_else(|e| e.into_inner()).contains(&p.stripe);
+        let start = if unsynced { 0 } else { (p.stripe as usize) % places.len() };
         for k in 0..places.len() {
             let place = places[(start + k) % places.len()];
             if self.readable(place.member, p.stripe)

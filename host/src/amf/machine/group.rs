@@ -176,6 +176,15 @@ impl Machine {
             self.group.held_done.push_back((id, result));
             return;
         }
+        if let Some((r, exclusive)) = self.unlocked_fill(id).filter(|_| self.group_degraded()) {
+            // Issued before a member went out and finished after this view has it out: the
+            // read may have been reconstructed from a stripe a peer was writing (simulator
+            // seed 1831, a slow read). Read again, under the locks.
+            self.members.remove(&id);
+            self.start_fill(r, exclusive);
+            self.touched.insert(r);
+            return;
+        }
         self.member_finished(id, result);
     }
 

@@ -156,6 +156,16 @@ impl Loop {
         self.view_due = None;
         let ViewDue { epoch, live, since, cause } = due;
         let gone = self.m.live() & !live;
+        if cause == Cause::Deaths {
+            // Before anything is served in the new membership: the dead controllers' mirror
+            // copies may differ where they were writing.
+            for d in mask_list(gone) {
+                match self.array.slot_dirty_regions(d as usize) {
+                    Ok(regions) => self.array.mark_unsynced(&self.array.region_stripes(&regions)),
+                    Err(e) => eprintln!("amf: controller {node}: reading controller {d}'s write-intent slot: {e}"),
+                }
+            }
+        }
         self.driver.set_view(epoch, live);
         self.net.set_epoch(epoch);
         let before = self.m.counters.lines_taken_over;

@@ -832,6 +832,10 @@ impl World {
         node.view_due = false;
         let live = !self.dead & (((1u16 << self.cfg.nodes) - 1) as u8);
         let epoch = self.epoch;
+        // As the shells do: the dead controller's mirror copies may differ where it wrote.
+        let dead = self.dead.trailing_zeros() as usize;
+        let regions = node.array.slot_dirty_regions(dead).map_err(|e| format!("slot {dead}: {e}"))?;
+        node.array.mark_unsynced(&node.array.region_stripes(&regions));
         node.driver.set_view(epoch, live);
         self.view_pending &= !(1 << n);
         self.step(n, Input::View { epoch, live })?;
