@@ -42,6 +42,7 @@ impl Machine {
             return;
         }
         let gone = self.live & !live;
+        let joined = live & !self.live;
         self.live = live;
         self.cfg.epoch = epoch;
         self.counters.views += 1;
@@ -65,7 +66,9 @@ impl Machine {
             o.sent_us = now;
             self.out.push(Output::Send { to: o.to, msg: o.msg.clone() });
         }
-        if gone != 0 {
+        // A join gives a controller that was alone a replica peer again: its dirty lines that
+        // have none (they wait for their write-back) get one.
+        if gone != 0 || joined != 0 {
             self.replicate_again(gone);
         }
         debug_assert!(taken.iter().all(|r| self.lines.get(r).is_none_or(|l| l.replica_at.is_some() || l.writeback)));
@@ -251,6 +254,8 @@ impl Machine {
     /// none, writes it back.
     fn replicate_line(&mut self, r: u64, to: Option<u8>) {
         let Some(to) = to else {
+            // Its replica (if any) was at a controller that left: none now, until a peer joins.
+            self.line(r).replica_at = None;
             self.line(r).writeback = true;
             self.touched.insert(r);
             return;
