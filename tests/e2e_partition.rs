@@ -321,6 +321,9 @@ fn a_controller_killed_and_started_again_at_once_rejoins_under_load() {
         let dead = log.find("controllers [1] are dead").unwrap_or_else(|| panic!("{log}"));
         let joined = log.find("controller 1 joined").unwrap_or_else(|| panic!("{log}"));
         assert!(dead < joined, "{log}");
+        let t = &admin_get(&admin(i), "/status")["coherency"]["takeover"];
+        assert_eq!(t["joins"], 1, "{t}");
+        assert_eq!(t["gone"], 0, "{t}");
     }
     let status = wait_timeout(&mut writer, Duration::from_secs(300));
     assert!(status.success(), "qemu-io failed\n0:\n{}\n1:\n{}", ctl[0].log(), ctl[1].log());

@@ -408,6 +408,14 @@ fn print_status(v: &serde_json::Value) {
                 if t["resync_unfinished"].as_u64().unwrap_or(0) > 0 { " (running)" } else { "" }
             );
         }
+        if t["joins"].as_u64().unwrap_or(0) != 0 {
+            println!(
+                "  joins: {} (members {:#04x}, epoch {})",
+                t["joins"],
+                c["live"].as_u64().unwrap_or(0),
+                c["epoch"]
+            );
+        }
         if let Some(e) = c["card_error"].as_str() {
             println!("  CARD ERROR: {e}");
         }
