@@ -112,6 +112,43 @@ fn start_cluster(net: &Net, dir: &std::path::Path, service: bool) -> Vec<Control
     ctl
 }
 
+/// Waits until controllers `which` all report membership `live` (bit n: controller n).
+fn wait_live(net: &Net, ctl: &[Controller], which: &[usize], live: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while which
+        .iter()
+        .any(|&i| admin_get(&format!("http://{}:8080", net.addr(i)), "/status")["coherency"]["live"] != live)
+    {
+        let logs: Vec<String> = which.iter().map(|&i| format!("-- {i}:\n{}", ctl[i].log())).collect();
+        assert!(Instant::now() < deadline, "membership {live:#b} not reached\n{}", logs.join("\n"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts controller `i` again (same configuration) and waits until all three have it back.
+fn rejoin(net: &Net, dir: &std::path::Path, ctl: &mut [Controller], i: usize) {
+    let restarted = Instant::now();
+    let (again, ready) = spawn(net, dir, i, 3, false);
+    ctl[i] = again;
+    let line = ready.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[i].log()));
+    assert!(line.starts_with(&format!("controller {i}")), "{line}");
+    wait_live(net, ctl, &[0, 1, 2], 0b111, Duration::from_secs(60));
+    eprintln!("controller {i} rejoined {:.1} s after it was started again", restarted.elapsed().as_secs_f64());
+}
+
+/// 1 MiB of 0xa1 at 8 MiB through controller 1, then a stream of writes through controller 0
+/// (write-back: acknowledged once replicated, dirty in its cache); returns once 1500 are
+/// answered.
+fn stream_through_0(net: &Net) -> (std::process::Child, std::sync::mpsc::Receiver<()>) {
+    let uri = |i: usize| format!("nbd://{}:10809/amf", net.addr(i));
+    qemu_io(&uri(1), &["write -P 0xa1 8M 1M"]);
+    let (writer, rx) = spawn_writer(&uri(0), 0, "writeback");
+    for _ in 0..1500 {
+        rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
+    }
+    (writer, rx)
+}
+
 #[test]
 fn a_controller_cut_off_from_its_peers_fences_itself_the_others_take_over_and_it_rejoins() {
     let net = Net::new(3);
@@ -120,13 +157,7 @@ fn a_controller_cut_off_from_its_peers_fences_itself_the_others_take_over_and_it
     let mut ctl = start_cluster(&net, &dir, false);
     let uri = |i: usize| format!("nbd://{}:10809/amf", net.addr(i));
     let admin = |i: usize| format!("http://{}:8080", net.addr(i));
-    // A stream of writes through controller 0 (write-back: acknowledged once replicated, dirty
-    // in its cache), and some through controller 1.
-    qemu_io(&uri(1), &["write -P 0xa1 8M 1M"]);
-    let (mut writer, rx) = spawn_writer(&uri(0), 0, "writeback");
-    for _ in 0..1500 {
-        rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
-    }
+    let (mut writer, rx) = stream_through_0(&net);
     // Controller 0 is cut off mid-stream: its fabric and its card link go down, its members
     // do not.
     let cut = Instant::now();
@@ -144,11 +175,7 @@ fn a_controller_cut_off_from_its_peers_fences_itself_the_others_take_over_and_it
     let acked = 1500 + rx.iter().count() as u64;
     assert!(acked < WRITES, "the cut came after the last write");
     // The others took over and serve everything acknowledged.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while admin_get(&admin(1), "/status")["coherency"]["live"] != 0b110 {
-        assert!(Instant::now() < deadline, "{}", ctl[1].log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_live(&net, &ctl, &[1], 0b110, Duration::from_secs(30));
     let back_s = cut.elapsed().as_secs_f64();
     eprintln!("the others serve without it {back_s:.1} s after the cut");
     let want = expected(0, acked - 1);
@@ -165,17 +192,7 @@ fn a_controller_cut_off_from_its_peers_fences_itself_the_others_take_over_and_it
     eprintln!("{took} dirty lines taken over");
     // Controller 0 starts again with its link back: it joins the running membership with a
     // cold cache and serves, coherent with the others.
-    let restarted = Instant::now();
-    let (again, ready) = spawn(&net, &dir, 0, 3, false);
-    ctl[0] = again;
-    let line = ready.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[0].log()));
-    assert!(line.starts_with("controller 0"), "{line}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while [0, 1, 2].iter().any(|&i| admin_get(&admin(i), "/status")["coherency"]["live"] != 0b111) {
-        assert!(Instant::now() < deadline, "0:\n{}\n1:\n{}", ctl[0].log(), ctl[1].log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("controller 0 rejoined {:.1} s after it was started again", restarted.elapsed().as_secs_f64());
+    rejoin(&net, &dir, &mut ctl, 0);
     assert!(ctl[0].log().contains("joined the running controllers"), "{}", ctl[0].log());
     verify(&uri(0), &want);
     qemu_io(&uri(0), &["read -P 0xb2 9M 64k", "write -P 0xc3 9M 64k", "write -P 0xc4 12M 256k"]);
@@ -297,24 +314,10 @@ fn a_controller_killed_and_started_again_at_once_rejoins_under_load() {
     let mut ctl = start_cluster(&net, &dir, false);
     let uri = |i: usize| format!("nbd://{}:10809/amf", net.addr(i));
     let admin = |i: usize| format!("http://{}:8080", net.addr(i));
-    qemu_io(&uri(1), &["write -P 0xa1 8M 1M"]);
-    let (mut writer, rx) = spawn_writer(&uri(0), 0, "writeback");
-    for _ in 0..1500 {
-        rx.recv_timeout(Duration::from_secs(60)).expect("qemu-io writes through controller 0");
-    }
+    let (mut writer, rx) = stream_through_0(&net);
     let _ = ctl[1].child.kill();
     let _ = ctl[1].child.wait();
-    let restarted = Instant::now();
-    let (again, ready) = spawn(&net, &dir, 1, 3, false);
-    ctl[1] = again;
-    let line = ready.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[1].log()));
-    assert!(line.starts_with("controller 1"), "{line}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while [0, 1, 2].iter().any(|&i| admin_get(&admin(i), "/status")["coherency"]["live"] != 0b111) {
-        assert!(Instant::now() < deadline, "1:\n{}\n0:\n{}", ctl[1].log(), ctl[0].log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("controller 1 rejoined {:.1} s after it was started again", restarted.elapsed().as_secs_f64());
+    rejoin(&net, &dir, &mut ctl, 1);
     // The others took over from its last run before it joined.
     for i in [0, 2] {
         let log = ctl[i].log();
@@ -339,21 +342,10 @@ fn a_controller_killed_and_started_again_at_once_rejoins_under_load() {
     // Controller 2 stops alone (SIGTERM): it writes back, leaves the membership, and the
     // others serve on without waiting for it; started again, it joins.
     stop_clean(&mut ctl, &[2]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while [0, 1].iter().any(|&i| admin_get(&admin(i), "/status")["coherency"]["live"] != 0b011) {
-        assert!(Instant::now() < deadline, "{}", ctl[0].log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_live(&net, &ctl, &[0, 1], 0b011, Duration::from_secs(30));
     qemu_io(&uri(0), &["write -P 0xc3 9M 64k"]);
     qemu_io(&uri(1), &["read -P 0xc3 9M 64k"]);
-    let (again, ready) = spawn(&net, &dir, 2, 3, false);
-    ctl[2] = again;
-    ready.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[2].log()));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while [0, 1, 2].iter().any(|&i| admin_get(&admin(i), "/status")["coherency"]["live"] != 0b111) {
-        assert!(Instant::now() < deadline, "2:\n{}\n0:\n{}", ctl[2].log(), ctl[0].log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    rejoin(&net, &dir, &mut ctl, 2);
     qemu_io(&uri(2), &["read -P 0xc3 9M 64k"]);
     stop_clean(&mut ctl, &[0, 1, 2]);
     scrub_clean(&dir);

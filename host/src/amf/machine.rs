@@ -524,10 +524,6 @@ impl Machine {
     /// The node that holds (or is to hold) the replica of line `r`: the peer its replica went
     /// to while that is still a member, else the ring's.
     pub fn replica_holder(&self, r: u64) -> Option<u8> {
-        self.replica_target(r)
-    }
-
-    fn replica_target(&self, r: u64) -> Option<u8> {
         match self.lines.get(&r).and_then(|l| l.replica_at) {
             Some(p) if self.others() & (1 << p) != 0 && self.cfg.mutation != Some(Mutation::ReplicaFollowsRing) => {
                 Some(p)
@@ -956,7 +952,7 @@ impl Machine {
         // one already: that one must not be left older than the members (taken over after
         // this controller's death with its drop unanswered, it would undo this write).
         let replicated = self.lines.get(&r).is_some_and(|l| l.replica_at.is_some());
-        match self.replica_target(r).filter(|_| !fua || replicated) {
+        match self.replica_holder(r).filter(|_| !fua || replicated) {
             Some(to) => {
                 self.counters.replications += 1;
                 let id = self.id();

@@ -100,7 +100,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     let array = Arc::new(asm.array);
     if let (true, Some(at)) = (joining, lease_at) {
         eprintln!("{tag}: the other controllers serve: waiting until they took over from this controller's last run");
-        wait_until_out(&array, at, cfg.node, (cfg.epoch, cfg.nodes), PEER_WAIT, &signals)
+        wait_until_out(&array, at, cfg.node, (cfg.epoch, cfg.nodes), Timing::DEFAULT, PEER_WAIT, &signals)
             .map_err(ClusterError::Core)?;
         eprintln!("{tag}: joining the running controllers");
     }

@@ -823,22 +823,15 @@ impl World {
     /// Survivor `n` moves to the membership without the dead controller, as the controller's
     /// shell does: once its card has fetched every command of the old epoch.
     fn view(&mut self, n: u8) -> Result<(), String> {
-        let node = &mut self.nodes[n as usize];
-        node.view_due = true;
-        if node.driver.unfetched().map_err(|e| format!("n{n} card: {e}"))? > 0 {
-            self.at(self.now_us + CARD_POLL_US, Ev::View(n));
+        // As the shells do: the dead controller's mirror copies may differ where it wrote
+        // (marked before the new membership serves anything).
+        let dead = self.dead.trailing_zeros() as usize;
+        let array = &self.nodes[n as usize].array;
+        let regions = array.slot_dirty_regions(dead).map_err(|e| format!("slot {dead}: {e}"))?;
+        array.mark_unsynced(&array.region_stripes(&regions));
+        if !self.move_to_membership(n, Ev::View(n))? {
             return Ok(());
         }
-        node.view_due = false;
-        let live = !self.dead & (((1u16 << self.cfg.nodes) - 1) as u8);
-        let epoch = self.epoch;
-        // As the shells do: the dead controller's mirror copies may differ where it wrote.
-        let dead = self.dead.trailing_zeros() as usize;
-        let regions = node.array.slot_dirty_regions(dead).map_err(|e| format!("slot {dead}: {e}"))?;
-        node.array.mark_unsynced(&node.array.region_stripes(&regions));
-        node.driver.set_view(epoch, live);
-        self.view_pending &= !(1 << n);
-        self.step(n, Input::View { epoch, live })?;
         if n == self.first_alive() {
             let dead = self.dead.trailing_zeros() as u8;
             let array = &self.nodes[n as usize].array;
@@ -851,6 +844,25 @@ impl World {
             self.takeover_next()?;
         }
         Ok(())
+    }
+
+    /// Controller `n` moves to the current membership (`self.epoch`, the live controllers) as
+    /// the shells do: once its card has fetched every command of the old one; until then
+    /// `retry` comes back. True once it moved.
+    fn move_to_membership(&mut self, n: u8, retry: Ev) -> Result<bool, String> {
+        let node = &mut self.nodes[n as usize];
+        node.view_due = true;
+        if node.driver.unfetched().map_err(|e| format!("n{n} card: {e}"))? > 0 {
+            self.at(self.now_us + CARD_POLL_US, retry);
+            return Ok(false);
+        }
+        node.view_due = false;
+        let live = !self.dead & (((1u16 << self.cfg.nodes) - 1) as u8);
+        let epoch = self.epoch;
+        node.driver.set_view(epoch, live);
+        self.view_pending &= !(1 << n);
+        self.step(n, Input::View { epoch, live })?;
+        Ok(true)
     }
 
     /// The takeover's resync asks for its next stripe (scrub with repair, under the lock).

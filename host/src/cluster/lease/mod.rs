@@ -293,6 +293,7 @@ pub fn wait_until_out(
     offset: u64,
     node: u8,
     (base_epoch, nodes): (u32, u8),
+    timing: Timing,
     wait: Duration,
     stop: &AtomicBool,
 ) -> Result<(), String> {
@@ -307,7 +308,7 @@ pub fn wait_until_out(
     for (n, r) in first.iter().enumerate() {
         last[n].0 = *r;
     }
-    let fresh = Duration::from_micros(Timing::DEFAULT.fresh_us);
+    let fresh = Duration::from_micros(timing.fresh_us);
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let recs = disk.read(&member_paths(array));

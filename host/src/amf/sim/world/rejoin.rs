@@ -7,7 +7,7 @@
 //! `VIEW_SPREAD_US`) once its card has fetched the commands of the old one. Its clients go
 //! back to it once every member moved.
 
-use super::{Ev, Node, World, BASE_EPOCH, CARD_POLL_US, TICK_US, VIEW_SPREAD_US};
+use super::{Ev, Node, World, BASE_EPOCH, TICK_US, VIEW_SPREAD_US};
 use crate::amf::io::Input;
 use rand::Rng;
 
@@ -49,18 +49,9 @@ impl World {
 
     /// Member `s` moves to the membership with the restarted controller in.
     pub(super) fn join(&mut self, s: u8) -> Result<(), String> {
-        let node = &mut self.nodes[s as usize];
-        node.view_due = true;
-        if node.driver.unfetched().map_err(|e| format!("n{s} card: {e}"))? > 0 {
-            self.at(self.now_us + CARD_POLL_US, Ev::Join(s));
+        if !self.move_to_membership(s, Ev::Join(s))? {
             return Ok(());
         }
-        node.view_due = false;
-        let all = ((1u16 << self.cfg.nodes) - 1) as u8;
-        let (epoch, live) = (self.epoch, all & !self.dead);
-        node.driver.set_view(epoch, live);
-        self.view_pending &= !(1 << s);
-        self.step(s, Input::View { epoch, live })?;
         if self.view_pending == 0 {
             let Some(c) = self.cfg.faults.crash else { return Ok(()) };
             self.rejoined = Some(c.node);
