@@ -116,7 +116,9 @@ pub enum Msg {
         line: u64,
         /// Sender's write sequence of this content.
         wseq: u64,
-        /// The whole line.
+        /// The whole line (as bytes: bincode copies them at once, where a sequence costs a
+        /// call per byte; the encoding is the same).
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// The replica is kept.
@@ -165,6 +167,7 @@ pub enum Msg {
         /// The request's id.
         id: u64,
         /// The whole line.
+        #[serde(with = "serde_bytes")]
         data: Option<Vec<u8>>,
     },
     /// Start-up: the sender has assembled the group (and resynced it, if it is the one that
@@ -295,6 +298,8 @@ pub enum Output {
         offset: u64,
         /// Bytes.
         data: Vec<u8>,
+        /// Durable before `MemberDone` (a FUA write's destage: the reply waits for it).
+        fua: bool,
     },
     /// Make completed member writes durable.
     MemberSync {

@@ -75,11 +75,13 @@ pub enum Mutation {
     /// After a join, send a dirty line's next write to the ring's new replica peer instead of
     /// the peer that holds its replica (the old replica stays behind).
     ReplicaFollowsRing,
+    /// Answer a FUA write once its destage is in the members' write caches, not durable.
+    VolatileFua,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 13] = [
+    pub const ALL: [Mutation; 14] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -93,6 +95,7 @@ impl Mutation {
         Mutation::SkipTakeoverResync,
         Mutation::ExpireBeforeFence,
         Mutation::ReplicaFollowsRing,
+        Mutation::VolatileFua,
     ];
 
     /// Its name on the command line.
@@ -111,6 +114,7 @@ impl Mutation {
             Mutation::SkipTakeoverResync => "skip-takeover-resync",
             Mutation::ExpireBeforeFence => "expire-before-fence",
             Mutation::ReplicaFollowsRing => "replica-follows-ring",
+            Mutation::VolatileFua => "volatile-fua",
         }
     }
 
@@ -1140,7 +1144,11 @@ impl Machine {
         let wseq = l.wseq;
         let data = l.data.clone();
         l.phase = Phase::Destaging { id, wseq };
-        self.member_io(Output::MemberWrite { id, offset, data });
+        // The piece this destage answers is FUA: the members must hold it durably before its
+        // reply, not only in their write caches.
+        let head = self.lines.get(&r).and_then(|l| l.queue.front()).and_then(|p| self.pieces.get(p));
+        let fua = head.is_some_and(|p| p.fua && p.applied) && self.cfg.mutation != Some(Mutation::VolatileFua);
+        self.member_io(Output::MemberWrite { id, offset, data, fua });
     }
 
     fn stripe_event(&mut self, s: u64) {

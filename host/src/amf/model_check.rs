@@ -208,7 +208,7 @@ impl AmfModel {
                 Output::MemberRead { id, offset, .. } => {
                     s.member_io.insert((n, id, MemberIo::Read(offset)));
                 }
-                Output::MemberWrite { id, offset, data } => {
+                Output::MemberWrite { id, offset, data, .. } => {
                     s.member_io.insert((n, id, MemberIo::Write(offset, data.first().copied().unwrap_or(0))));
                 }
                 Output::MemberSync { id } => {

@@ -146,6 +146,17 @@ impl Array {
         }
     }
 
+    /// Puts the volatile write caches of `caches` between the engine and every present member
+    /// (slot i is device i there). For the simulator's power cuts.
+    pub fn cache_members(&self, caches: &Arc<super::power_loss::VolatileCaches>) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let mut m = slot.member.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(old) = m.as_ref() {
+                *m = Some(Arc::new(old.with_volatile_cache(caches, i)));
+            }
+        }
+    }
+
     /// The geometry.
     pub fn geometry(&self) -> &Geometry {
         &self.geo

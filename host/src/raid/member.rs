@@ -3,6 +3,7 @@
 //! the device.
 
 use super::faults::{FaultPlan, FaultyIo};
+use super::power_loss::VolatileCaches;
 use super::RaidError;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -28,6 +29,13 @@ pub trait MemberIo: Send + Sync + std::fmt::Debug {
 /// A member that is a file or block device.
 #[derive(Debug)]
 pub struct FileIo(File);
+
+impl FileIo {
+    /// I/O on an open file or block device.
+    pub fn new(file: File) -> FileIo {
+        FileIo(file)
+    }
+}
 
 impl MemberIo for FileIo {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
@@ -96,6 +104,12 @@ impl Member {
     pub fn with_faults(&self, plan: &Arc<FaultPlan>, index: usize) -> Member {
         let io = FaultyIo::new(self.io.clone(), plan.clone(), index);
         Member { path: self.path.clone(), io: Arc::new(io), size: self.size }
+    }
+
+    /// The same device seen through its volatile write cache in `caches` (member `index`):
+    /// a power cut there loses what was not flushed.
+    pub fn with_volatile_cache(&self, caches: &Arc<VolatileCaches>, index: usize) -> Member {
+        Member { path: self.path.clone(), io: caches.wrap(self.io.clone(), index), size: self.size }
     }
 
     /// Path the member was opened from.

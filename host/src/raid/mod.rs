@@ -9,6 +9,7 @@ pub mod fence;
 pub mod geometry;
 pub mod member;
 pub mod parity;
+pub mod power_loss;
 pub mod rebuild;
 pub mod scrub;
 pub mod stripe_lock;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 enum Job {
     Read { id: u64, offset: u64, len: u64 },
-    Write { id: u64, offset: u64, data: Vec<u8> },
+    Write { id: u64, offset: u64, data: Vec<u8>, fua: bool },
     Sync { id: u64 },
     Superblocks { id: u64, record: bool },
     Stripe { id: u64, stripe: u64, job: StripeJob },
@@ -42,8 +42,8 @@ impl Workers {
     }
 
     /// Writes `data` at `offset`.
-    pub fn write(&self, id: u64, offset: u64, data: Vec<u8>) {
-        let _ = self.tx.send(Job::Write { id, offset, data });
+    pub fn write(&self, id: u64, offset: u64, data: Vec<u8>, fua: bool) {
+        let _ = self.tx.send(Job::Write { id, offset, data, fua });
     }
 
     /// Makes completed writes durable.
@@ -80,8 +80,8 @@ fn work(array: Arc<Array>, rx: Receiver<Job>, inbox: Inbox) {
                 crate::metrics::observe(crate::metrics::Op::MemberRead, start);
                 (id, r)
             }
-            Job::Write { id, offset, data } => {
-                let r = array.write(offset, &data, false).map(|_| Vec::new()).map_err(|e| e.to_string());
+            Job::Write { id, offset, data, fua } => {
+                let r = array.write(offset, &data, fua).map(|_| Vec::new()).map_err(|e| e.to_string());
                 crate::metrics::observe(crate::metrics::Op::MemberWrite, start);
                 (id, r)
             }

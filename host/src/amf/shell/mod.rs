@@ -690,7 +690,7 @@ impl Loop {
                     self.net.send(to, &msg)
                 }
                 Output::MemberRead { id, offset, len } => self.jobs.read(id, offset, len),
-                Output::MemberWrite { id, offset, data } => self.jobs.write(id, offset, data),
+                Output::MemberWrite { id, offset, data, fua } => self.jobs.write(id, offset, data, fua),
                 Output::MemberSync { id } => self.jobs.sync(id),
                 Output::Superblocks { id, record } => self.jobs.superblocks(id, record),
                 Output::StripeJob { id, stripe, job } => self.jobs.stripe(id, stripe, job),

@@ -14,6 +14,8 @@ struct Write {
     start_us: u64,
     /// Acknowledged at; None while in flight.
     end_us: Option<u64>,
+    /// A FUA write: durable once acknowledged.
+    fua: bool,
 }
 
 /// Writes and their blocks.
@@ -22,6 +24,9 @@ pub struct History {
     writes: BTreeMap<u64, Write>,
     /// Block -> writes of it, by id.
     blocks: BTreeMap<u64, Vec<u64>>,
+    /// Writes acknowledged before this are durable (the issue time of the latest flush that
+    /// completed: a flush makes every write acknowledged before it began durable).
+    durable_before_us: u64,
     /// Reads checked.
     pub reads_checked: u64,
 }
@@ -51,8 +56,8 @@ pub fn decode(block: u64, bytes: &[u8]) -> Option<u64> {
 
 impl History {
     /// A write of blocks `first..first + count` was invoked.
-    pub fn write_started(&mut self, id: u64, first: u64, count: u64, now_us: u64) {
-        self.writes.insert(id, Write { start_us: now_us, end_us: None });
+    pub fn write_started(&mut self, id: u64, first: u64, count: u64, fua: bool, now_us: u64) {
+        self.writes.insert(id, Write { start_us: now_us, end_us: None, fua });
         for b in first..first + count {
             self.blocks.entry(b).or_default().push(id);
         }
@@ -62,6 +67,53 @@ impl History {
     pub fn write_done(&mut self, id: u64, now_us: u64) {
         if let Some(w) = self.writes.get_mut(&id) {
             w.end_us = Some(now_us);
+        }
+    }
+
+    /// A flush issued at `start_us` completed.
+    pub fn flush_done(&mut self, start_us: u64) {
+        self.durable_before_us = self.durable_before_us.max(start_us);
+    }
+
+    /// Checks what block `block` holds after a power cut (every write in flight then was cut
+    /// off and is never acknowledged): its newest durable write, or a write of it that was not
+    /// acknowledged before that one began (a later one, or one running beside it), or zeros if
+    /// none was durable. Returns the write it holds.
+    pub fn check_after_cut(&self, block: u64, bytes: &[u8]) -> Result<u64, String> {
+        let Some(seen) = decode(block, bytes) else {
+            return Err(format!("block {block}: bytes are no write's after the power cut (torn or corrupt)"));
+        };
+        let ids = self.blocks.get(&block).map(|v| v.as_slice()).unwrap_or(&[]);
+        if seen != 0 && !ids.contains(&seen) {
+            return Err(format!("block {block}: holds write {seen}, which never wrote it"));
+        }
+        let seen_end = if seen == 0 { Some(0) } else { self.writes[&seen].end_us };
+        let durable = |w: &Write| w.end_us.is_some_and(|e| w.fua || e < self.durable_before_us);
+        let Some(seen_end) = seen_end else { return Ok(seen) };
+        for id in ids {
+            let w = self.writes[id];
+            if *id != seen && durable(&w) && (seen == 0 || w.start_us > seen_end) {
+                return Err(format!(
+                    "block {block}: the power cut lost write {id} ({}, acknowledged at {} us); it holds {} \
+                     (acknowledged at {seen_end} us)",
+                    if w.fua { "FUA" } else { "flushed" },
+                    w.end_us.unwrap_or(0),
+                    if seen == 0 { "zeros".to_string() } else { format!("write {seen}") },
+                ));
+            }
+        }
+        Ok(seen)
+    }
+
+    /// After a power cut, once every block was checked: the blocks hold `held` (block -> write
+    /// id) as if written at `now_us`, and nothing else was ever written.
+    pub fn rebase(&mut self, held: &BTreeMap<u64, u64>, now_us: u64) {
+        self.writes.clear();
+        self.blocks.clear();
+        self.durable_before_us = 0;
+        for (b, id) in held.iter().filter(|(_, id)| **id != 0) {
+            self.writes.insert(*id, Write { start_us: now_us, end_us: Some(now_us), fua: false });
+            self.blocks.entry(*b).or_default().push(*id);
         }
     }
 
@@ -119,9 +171,9 @@ mod tests {
         let mut b = vec![0u8; BLOCK_BYTES];
         pattern(1, 7, &mut a);
         pattern(2, 7, &mut b);
-        h.write_started(1, 7, 1, 0);
+        h.write_started(1, 7, 1, false, 0);
         h.write_done(1, 10);
-        h.write_started(2, 7, 1, 20);
+        h.write_started(2, 7, 1, false, 20);
         // Concurrent with write 2: either value is fine.
         assert!(h.check_read(7, &a, 25, 40).is_ok());
         h.write_done(2, 30);
@@ -133,5 +185,36 @@ mod tests {
         let mut torn = a.clone();
         torn[100] ^= 1;
         assert!(h.check_read(7, &torn, 50, 60).is_err());
+    }
+
+    #[test]
+    fn a_power_cut_may_lose_only_what_was_not_durable() {
+        let mut h = History::default();
+        let at = |id: u64| {
+            let mut b = vec![0u8; BLOCK_BYTES];
+            pattern(id, 3, &mut b);
+            b
+        };
+        h.write_started(1, 3, 1, false, 0);
+        h.write_done(1, 10);
+        // Nothing durable yet: zeros are allowed.
+        assert_eq!(h.check_after_cut(3, &[0u8; BLOCK_BYTES]), Ok(0));
+        h.flush_done(20);
+        assert!(h.check_after_cut(3, &[0u8; BLOCK_BYTES]).is_err(), "write 1 was flushed");
+        h.write_started(2, 3, 1, false, 30);
+        h.write_done(2, 40);
+        // Acknowledged, not flushed: either.
+        assert_eq!(h.check_after_cut(3, &at(1)), Ok(1));
+        assert_eq!(h.check_after_cut(3, &at(2)), Ok(2));
+        h.write_started(3, 3, 1, true, 50);
+        h.write_done(3, 60);
+        assert!(h.check_after_cut(3, &at(2)).is_err(), "write 3 was FUA");
+        // Cut off in flight: may have landed.
+        h.write_started(4, 3, 1, false, 70);
+        assert_eq!(h.check_after_cut(3, &at(4)), Ok(4));
+        let held: BTreeMap<u64, u64> = [(3, 4)].into();
+        h.rebase(&held, 100);
+        assert!(h.check_read(3, &at(4), 110, 120).is_ok());
+        assert!(h.check_read(3, &at(3), 110, 120).is_err());
     }
 }

@@ -83,3 +83,13 @@ fn the_online_scrub_checks_every_stripe_beside_the_clients() {
     let r = run(cfg).expect("seed 1 passes");
     assert!(r.scrubbed_online > 0, "stripes checked online: {}", r.scrubbed_online);
 }
+
+#[test]
+fn a_power_cut_loses_only_what_was_not_durable_and_resyncs_only_the_marked_regions() {
+    let cfg = SimConfig::from_seed(199);
+    assert!(cfg.faults.power_cut.is_some(), "seed 199 cuts the power");
+    let r = run(cfg).expect("seed 199 passes");
+    let p = r.power_cut.expect("the power was cut");
+    assert!(p.lost_writes > 0, "member writes lost: {p:?}");
+    assert!(p.resynced_stripes > 0 && p.resynced_stripes < p.stripes, "stripes resynced: {p:?}");
+}

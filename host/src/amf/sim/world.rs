@@ -6,17 +6,21 @@ use crate::amf::io::*;
 use crate::amf::machine::{Config, Counters, Machine, State};
 use crate::engine::{Backend, Driver, DriverConfig, ModelBackend};
 use crate::raid::assemble::{assemble_as, create, CreateOptions};
+use crate::raid::power_loss::VolatileCaches;
 use crate::raid::{Array, Level};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 mod lease;
+mod power;
 mod rejoin;
 use lease::Leases;
 pub use lease::{Partition, Pause};
+pub use power::{PowerCut, PowerReport};
 
 /// Card clock cycles per simulated microsecond (the nominal 100 MHz).
 const CYCLES_PER_US: u64 = 100;
@@ -65,6 +69,8 @@ pub struct Faults {
     pub partition: Option<Partition>,
     /// The members answer slowly for a while (a disk retrying, a saturated path).
     pub slow: Option<SlowMembers>,
+    /// The power goes for every controller and member at once.
+    pub power_cut: Option<PowerCut>,
 }
 
 /// A window in which member I/O takes up to `latency_us_max` (instead of the seed's usual
@@ -210,6 +216,7 @@ impl SimConfig {
                 pause: None,
                 partition: None,
                 slow: None,
+                power_cut: None,
             },
             mutation: None,
         }
@@ -217,6 +224,7 @@ impl SimConfig {
         .with_pause(&mut rng)
         .with_partition(&mut rng)
         .with_slow_members(&mut rng)
+        .with_power_cut(&mut rng)
     }
 
     /// One seed in four has its members slow for a while (drawn after everything else).
@@ -270,6 +278,20 @@ impl SimConfig {
             };
             self.faults.pause =
                 Some(Pause { node: rng.gen_range(0..self.nodes), at_us: rng.gen_range(300..=8_000), for_us });
+        }
+        self
+    }
+
+    /// Half the seeds with no other controller fault and no member failure cut the power
+    /// (drawn last). A member failure is left out: a stripe torn by the cut that also lost a
+    /// member has lost that member's blocks (the RAID write hole, which the assembly refuses
+    /// without --force).
+    fn with_power_cut(mut self, rng: &mut StdRng) -> SimConfig {
+        let f = &self.faults;
+        let calm = f.crash.is_none() && f.pause.is_none() && f.partition.is_none() && f.member_fail.is_none();
+        if calm && rng.gen_bool(0.5) {
+            self.faults.power_cut =
+                Some(PowerCut { at_us: rng.gen_range(300..=8_000), off_us: rng.gen_range(1_000..=5_000) });
         }
         self
     }
@@ -331,6 +353,8 @@ pub struct Report {
     pub fenced: Option<u8>,
     /// A dead controller that was started again and joined the others, if one did.
     pub rejoined: Option<u8>,
+    /// What the power cut lost and what its restart resynced, if the power went.
+    pub power_cut: Option<PowerReport>,
     /// Lease renewals in the run.
     pub lease_renewals: u64,
 }
@@ -374,6 +398,10 @@ enum Ev {
     Resume(u8),
     /// A dead controller starts again.
     Restart(u8),
+    /// The power goes.
+    PowerCut(PowerCut),
+    /// The power comes back: every controller starts.
+    PowerOn,
     /// A member hears that the restarted controller joins.
     Join(u8),
 }
@@ -425,9 +453,30 @@ impl Node {
     /// Controller `n` starting in `epoch` (a restarted one: the epoch it joins in): it
     /// assembles the group with its own write-intent slot, opens a fresh card and a machine
     /// with a cold cache.
-    fn start(cfg: &SimConfig, dir: &std::path::Path, n: u8, epoch: u32) -> Result<Node, String> {
-        let peers = ((1u16 << cfg.nodes) - 1) as u8;
+    fn start(
+        cfg: &SimConfig,
+        dir: &std::path::Path,
+        n: u8,
+        epoch: u32,
+        caches: Option<&Arc<VolatileCaches>>,
+    ) -> Result<Node, String> {
         let array = assemble_as(dir, false, n as usize).map_err(|e| format!("assemble: {e}"))?.array;
+        Node::open(cfg, array, n, epoch, caches)
+    }
+
+    /// Controller `n` on its assembled `array` (its members seen through `caches` when the
+    /// run cuts the power).
+    fn open(
+        cfg: &SimConfig,
+        array: Array,
+        n: u8,
+        epoch: u32,
+        caches: Option<&Arc<VolatileCaches>>,
+    ) -> Result<Node, String> {
+        let peers = ((1u16 << cfg.nodes) - 1) as u8;
+        if let Some(c) = caches {
+            array.cache_members(c);
+        }
         array.set_shared(true);
         let capacity = array.capacity();
         let stripe_bytes = array.geometry().stripe_bytes();
@@ -503,6 +552,10 @@ struct World {
     view_pending: u8,
     takeover: Option<Takeover>,
     leases: Leases,
+    /// The members' volatile write caches (seeds that cut the power).
+    caches: Option<Arc<VolatileCaches>>,
+    /// What the power cut did.
+    power: Option<PowerReport>,
     torn: u64,
     stripe_bytes: u64,
     blocks: u64,
@@ -533,9 +586,10 @@ impl World {
             ..CreateOptions::new(cfg.level, cfg.members, (1 << 20) + cfg.stripes * cfg.chunk_bytes)
         };
         create(&dir, &opts).map_err(|e| format!("create: {e}"))?;
+        let caches = cfg.faults.power_cut.map(|_| VolatileCaches::new(cfg.members));
         let mut nodes = Vec::new();
         for n in 0..cfg.nodes {
-            nodes.push(Node::start(&cfg, &dir, n, 1)?);
+            nodes.push(Node::start(&cfg, &dir, n, BASE_EPOCH, caches.as_ref())?);
         }
         let capacity = nodes[0].m.config().capacity;
         let stripe_bytes = nodes[0].array.geometry().stripe_bytes();
@@ -575,6 +629,8 @@ impl World {
             view_pending: 0,
             takeover: None,
             leases: Leases::new(nodes_count, World::lease_timing(mutation)),
+            caches,
+            power: None,
             torn: 0,
             stripe_bytes,
             blocks,
@@ -608,6 +664,9 @@ impl World {
         }
         if let Some(p) = self.cfg.faults.pause {
             self.at(p.at_us, Ev::Pause(p));
+        }
+        if let Some(p) = self.cfg.faults.power_cut {
+            self.at(p.at_us, Ev::PowerCut(p));
         }
         for n in 0..self.cfg.nodes {
             self.at(lease::SIM_LEASE.renew_us, Ev::Renew(n));
@@ -723,6 +782,8 @@ impl World {
             Ev::Resume(n) => self.resume(n)?,
             Ev::Restart(n) => self.restart(n)?,
             Ev::Join(n) => self.join(n)?,
+            Ev::PowerCut(p) => self.power_cut(p)?,
+            Ev::PowerOn => self.power_on()?,
             Ev::Client(c) => self.issue(c)?,
             Ev::Tick(n) => {
                 if self.nodes[n as usize].fail_armed.is_some_and(|f| f.at_us + MEMBER_FAIL_LATE_US <= self.now_us) {
@@ -944,8 +1005,8 @@ impl World {
         } else {
             let mut data = vec![0u8; (count as usize) * BLOCK_BYTES];
             pattern(req, first, &mut data);
-            self.history.write_started(req, first, count, self.now_us);
             let fua = self.rng.gen_range(0..10) == 0;
+            self.history.write_started(req, first, count, fua, self.now_us);
             (OpKind::Write { id: req, first, count }, HostReq::Write { offset, data, fua })
         };
         self.clients[c].op = Some((req, kind, self.now_us));
@@ -1041,7 +1102,7 @@ impl World {
                     self.history.check_read(first + i as u64, b, start, self.now_us)?;
                 }
             }
-            OpKind::Flush => {}
+            OpKind::Flush => self.history.flush_done(start),
         }
         self.ops_done += 1;
         if self.clients[c].left > 0 {
@@ -1104,7 +1165,7 @@ impl World {
                 let t = self.now_us + self.member_latency_us();
                 self.at(t, Ev::MemberRead { node: n, id, offset, len });
             }
-            Output::MemberWrite { id, offset, data } => {
+            Output::MemberWrite { id, offset, data, fua } => {
                 let sb = self.stripe_bytes;
                 let stripes: Vec<u64> = (offset / sb..=(offset + data.len() as u64 - 1) / sb).collect();
                 for s in &stripes {
@@ -1117,7 +1178,7 @@ impl World {
                 self.fail_armed_member(n);
                 let result = self.nodes[n as usize]
                     .array
-                    .write(offset, &data, false)
+                    .write(offset, &data, fua)
                     .map(|_| Vec::new())
                     .map_err(|e| e.to_string());
                 let t = self.now_us + self.member_latency_us();
@@ -1355,6 +1416,7 @@ impl World {
             partitioned: self.cfg.faults.partition.map(|p| p.node),
             fenced: self.leases.fenced,
             rejoined: self.rejoined,
+            power_cut: self.power,
             lease_renewals: self.leases.renewals,
         })
     }
