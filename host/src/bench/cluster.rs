@@ -22,7 +22,20 @@ fn group(dir: &Path, n: usize, card: &str) -> Result<Launched, BenchError> {
         .map_err(peer_err)
 }
 
-fn iops(g: &Launched, clients: usize, write_percent: u32, seconds: f64, seed: u64) -> Result<f64, BenchError> {
+/// What one workload run did.
+struct Run {
+    ops: f64,
+    ops_per_s: f64,
+}
+
+fn workload_run(
+    g: &Launched,
+    clients: usize,
+    write_percent: u32,
+    seconds: f64,
+    seed: u64,
+    own_regions: bool,
+) -> Result<Run, BenchError> {
     let spec = Spec {
         targets: g.nbd.clone(),
         clients,
@@ -31,12 +44,18 @@ fn iops(g: &Launched, clients: usize, write_percent: u32, seconds: f64, seed: u6
         write_percent,
         duration: Duration::from_secs_f64(seconds),
         seed,
+        own_regions,
     };
     let out = workload::run(&spec);
     if let Some(e) = out.errors.first().or(out.violations.first()) {
         return Err(peer_err(e));
     }
-    Ok((out.reads + out.writes) as f64 / out.elapsed.as_secs_f64())
+    let ops = (out.reads + out.writes) as f64;
+    Ok(Run { ops, ops_per_s: ops / out.elapsed.as_secs_f64() })
+}
+
+fn iops(g: &Launched, clients: usize, write_percent: u32, seconds: f64, seed: u64) -> Result<f64, BenchError> {
+    Ok(workload_run(g, clients, write_percent, seconds, seed, false)?.ops_per_s)
 }
 
 fn sum(g: &Launched, path: &[&str]) -> Result<u64, BenchError> {
@@ -76,6 +95,43 @@ fn write_latency(g: &Launched, count: usize) -> Result<(Latency, Latency), Bench
     Ok(((mean(&unshared), percentile(&mut unshared, 0.99)), (mean(&shared), percentile(&mut shared, 0.99))))
 }
 
+/// Each client on its own region, 50% writes: 3 clients on one controller against 3 clients,
+/// one per controller, on 3 (model cards), after a warm-up that brings every client's lines
+/// into its controller's cache: IOPS, card frames per operation and the CPU time of every
+/// process of the cluster per operation.
+fn own_regions(base: &Path, seconds: f64) -> Result<String, BenchError> {
+    let mut out = format!(
+        "\nEach client on its own region (each host its own data), 50% writes, 3 clients in all, \
+         after {WARM_UP_S} s of warm-up; CPU is every process of the cluster:\n\n"
+    );
+    out += "| controllers | card | IOPS | ratio to 1 | card frames / op | amf CPU µs / op | CPU ratio to 1 |\n|---|---|---|---|---|---|---|\n";
+    let mut one = (0.0, 0.0);
+    for (n, card) in [(1usize, "none"), (3, "model"), (3, "sim")] {
+        let mut g = group(&base.join(format!("own{n}-{card}")), n, if card == "none" { "sim" } else { card })?;
+        let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
+        workload_run(&g, 3, 50, WARM_UP_S, 10, true)?;
+        let (f0, c0) = (frames(&g)?, g.cpu_seconds());
+        let r = workload_run(&g, 3, 50, seconds, 11, true)?;
+        let (f1, c1) = (frames(&g)?, g.cpu_seconds());
+        let cpu_us = (c1 - c0) * 1e6 / r.ops.max(1.0);
+        if n == 1 {
+            one = (r.ops_per_s, cpu_us);
+        }
+        out += &format!(
+            "| {n} | {card} | {:.0} | {:.2} | {:.2} | {cpu_us:.0} | {:.2} |\n",
+            r.ops_per_s,
+            r.ops_per_s / one.0,
+            f1.saturating_sub(f0) as f64 / r.ops.max(1.0),
+            cpu_us / one.1
+        );
+        g.stop();
+    }
+    Ok(out)
+}
+
+/// Seconds of load before an own-region row is measured.
+const WARM_UP_S: f64 = 1.0;
+
 /// Runs everything; returns the markdown report and, for 2 to 8 controllers with model cards,
 /// (controllers, ops/s) of the mixed workload.
 pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
@@ -98,6 +154,7 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         out += &format!("| {n} | {card} | {rd:.0} | {wr:.0} | {:.2} / {:.2} |\n", rd / one.0, wr / one.1);
         g.stop();
     }
+    out += &own_regions(&base, seconds)?;
     out += "\nWrite latency through controller 0 of 3 (sim cards), 2000 writes each:\n\n";
     out += "| write to | mean µs | p99 µs | card frames per write |\n|---|---|---|---|\n";
     {
@@ -131,6 +188,7 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
             write_percent: 50,
             duration: Duration::from_secs_f64(seconds),
             seed: n as u64,
+            own_regions: false,
         };
         let o = workload::run(&spec);
         if let Some(e) = o.errors.first().or(o.violations.first()) {

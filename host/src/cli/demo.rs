@@ -62,6 +62,7 @@ pub fn run(opts: DemoOptions) -> Res<()> {
         clients: 9,
         blocks: opts.blocks,
         base: 0,
+        own_regions: false,
         write_percent: 30,
         duration: Duration::from_secs_f64(opts.seconds),
         seed: opts.seed,

@@ -67,6 +67,27 @@ impl Launched {
             .collect()
     }
 
+    /// CPU time (user and system) used so far by the cluster's processes: the supervisor and
+    /// every controller (its process group, from /proc).
+    pub fn cpu_seconds(&self) -> f64 {
+        let group = self.child.id() as u64;
+        // SAFETY: sysconf reads a constant of the system; no memory is involved.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+        let mut total = 0u64;
+        for e in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+            // After the command name (which may hold spaces): state, ppid, pgrp, ... utime (12th), stime.
+            let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            if num(2) == group {
+                total += num(11) + num(12);
+            }
+        }
+        total as f64 / ticks
+    }
+
     /// SIGTERM and wait; true when it stopped cleanly.
     pub fn stop(&mut self) -> bool {
         // SAFETY: kill(2) on our own child; no memory is involved.

@@ -52,6 +52,25 @@ pub struct Spec {
     pub duration: Duration,
     /// Seed of every client's choices.
     pub seed: u64,
+    /// Each client on its own slice of the blocks (each host its own data), aligned to
+    /// `OWN_REGION_ALIGN_BLOCKS` so that no two clients share a cache line; otherwise every
+    /// client over all of them.
+    pub own_regions: bool,
+}
+
+/// Own regions start on multiples of this many blocks (1 MiB: the largest line).
+pub const OWN_REGION_ALIGN_BLOCKS: u64 = 256;
+
+impl Spec {
+    /// The blocks client `i` picks from: (first, count).
+    fn blocks_of(&self, i: usize) -> (u64, u64) {
+        if !self.own_regions || self.clients <= 1 {
+            return (0, self.blocks);
+        }
+        let per = self.blocks / self.clients as u64;
+        let per = if per >= OWN_REGION_ALIGN_BLOCKS { per - per % OWN_REGION_ALIGN_BLOCKS } else { per };
+        (i as u64 * per, per.max(1))
+    }
 }
 
 /// What happened.
@@ -116,8 +135,9 @@ fn client(spec: &Spec, open: &Open<'_>, i: usize, t0: Instant) -> ClientLog {
     let ns = |t: Instant| t.duration_since(t0).as_nanos() as u64;
     let mut seq = 0u64;
     let mut buf = vec![0u8; BLOCK_BYTES];
+    let (first, count) = spec.blocks_of(i);
     while t0.elapsed() < spec.duration {
-        let block = rng.gen_range(0..spec.blocks);
+        let block = first + rng.gen_range(0..count);
         let offset = spec.base + block * BLOCK_BYTES as u64;
         if rng.gen_range(0..100) < spec.write_percent {
             seq += 1;
