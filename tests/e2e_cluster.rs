@@ -307,6 +307,7 @@ fn every_read_returns_the_latest_acknowledged_write_under_a_mixed_workload() {
             blocks: 2048,
             base: k as u64 * 2048 * 4096,
             own_regions: false,
+            warm_up: std::time::Duration::ZERO,
             write_percent: 30,
             duration: std::time::Duration::from_secs(3),
             seed,

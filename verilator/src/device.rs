@@ -60,7 +60,15 @@ struct Shared {
     /// Register writes posted by the host, applied in order before the next burst (as PCIe
     /// posted writes: the host does not wait for the card).
     posted: Mutex<std::collections::VecDeque<(u32, u32)>>,
+    /// What the interrupt line does to the host (an MSI-X message: an eventfd written).
+    notify: Mutex<Option<Notify>>,
+    /// The host has cleared the interrupt causes since the last message: the next time the
+    /// line is seen high a message goes out.
+    armed: AtomicBool,
 }
+
+/// Called when the card interrupts the host.
+pub type Notify = Box<dyn Fn() + Send + Sync>;
 
 /// One simulated card with its clock and link threads.
 pub struct SimDevice {
@@ -88,6 +96,8 @@ impl SimDevice {
             peers: Mutex::new(HashMap::new()),
             socket,
             rx: Mutex::new(std::collections::VecDeque::new()),
+            notify: Mutex::new(None),
+            armed: AtomicBool::new(true),
         });
         let (a, b) = (shared.clone(), shared.clone());
         let clock = std::thread::Builder::new().name("card-clock".into()).spawn(move || clock(a))?;
@@ -147,6 +157,21 @@ impl SimDevice {
     /// Writes host memory.
     pub fn dma_write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
         lock(&self.shared.mem).write(addr, data).map_err(|e| e.to_string())
+    }
+
+    /// Interrupts the host through `notify` from now on: once when the card's interrupt line
+    /// is high after the host cleared its causes (see [`SimDevice::interrupt_ack`]), as an
+    /// MSI-X vector does.
+    pub fn set_interrupt(&self, notify: Notify) {
+        *lock(&self.shared.notify) = Some(notify);
+        kick(&self.shared);
+    }
+
+    /// The host cleared the interrupt causes (its write to the IRQ register is posted before
+    /// this): the line seen high from now on interrupts again.
+    pub fn interrupt_ack(&self) {
+        self.shared.armed.store(true, Relaxed);
+        kick(&self.shared);
     }
 
     /// Stops the threads.
@@ -215,6 +240,11 @@ fn clock(s: Arc<Shared>) {
             g.card.run(BURST_CYCLES, &mut LockedMem(&s.mem));
             s.cycles.fetch_add(BURST_CYCLES, Relaxed);
             busy = g.card.busy();
+            if g.card.irq() {
+                if let Some(notify) = lock(&s.notify).as_ref().filter(|_| s.armed.swap(false, Relaxed)) {
+                    notify();
+                }
+            }
             g.card.take_outgoing()
         };
         idle = if busy || !out.is_empty() { 0 } else { idle + 1 };

@@ -392,6 +392,11 @@ impl Card {
             && (self.cmd.pending() || !self.pending.is_empty() || !self.deferred.is_empty())
     }
 
+    /// The interrupt line (an MSI-X vector's trigger): a cause is set that the host enabled.
+    pub fn irq_line(&self) -> bool {
+        self.irq & self.irq_enable != 0
+    }
+
     /// Frames the card sent since the last call.
     pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.out)

@@ -416,6 +416,10 @@ pub struct Machine {
     touched_jobs: BTreeSet<u64>,
     room_waiters: BTreeSet<u64>,
     touched: BTreeSet<u64>,
+    /// Lines the tick must look at: every line changed since (through [`Machine::line`], the
+    /// only way a line becomes Modified or gets a timer) and those still Modified or timed at
+    /// the last tick. A cache of many lines costs the tick nothing while they sit clean.
+    timed: BTreeSet<u64>,
     next_id: u64,
     wseq: u64,
     uses: u64,
@@ -450,6 +454,7 @@ impl Machine {
             touched_jobs: BTreeSet::new(),
             room_waiters: BTreeSet::new(),
             touched: BTreeSet::new(),
+            timed: BTreeSet::new(),
             next_id: 1,
             wseq: 0,
             uses: 0,
@@ -651,6 +656,7 @@ impl Machine {
         // A line that is not here has no data of this node's that the members lack: a line
         // leaves only after its write-back.
         let clean = self.wseq;
+        self.timed.insert(r);
         self.lines.entry(r).or_insert_with(|| Line {
             state: State::Invalid,
             data: Vec::new(),
@@ -994,7 +1000,8 @@ impl Machine {
     }
 
     fn has_room(&self) -> bool {
-        self.lines_used() < self.cfg.lines_max
+        // Every line in use is in the map: a map shorter than the cache needs no count.
+        self.lines.len() < self.cfg.lines_max || self.lines_used() < self.cfg.lines_max
     }
 
     /// Starts evicting the least recently used idle line (unless one is leaving already).
@@ -1715,13 +1722,19 @@ impl Machine {
                 self.out.push(Output::Send { to, msg });
             }
         }
+        let lines = &self.lines;
+        self.timed.retain(|r| {
+            lines.get(r).is_some_and(|l| l.state == State::Modified || l.retry_at_us != 0 || l.acquire_at_us != 0)
+        });
         let old: Vec<u64> = self
-            .lines
+            .timed
             .iter()
-            .filter(|(_, l)| {
-                l.state == State::Modified && l.phase == Phase::Idle && l.dirty_since_us + WRITEBACK_AGE_US <= now
+            .filter(|r| {
+                self.lines.get(r).is_some_and(|l| {
+                    l.state == State::Modified && l.phase == Phase::Idle && l.dirty_since_us + WRITEBACK_AGE_US <= now
+                })
             })
-            .map(|(r, _)| *r)
+            .copied()
             .take(WRITEBACKS_PER_TICK)
             .collect();
         for r in old {
@@ -1729,12 +1742,14 @@ impl Machine {
             self.touched.insert(r);
         }
         let retry: Vec<u64> = self
-            .lines
+            .timed
             .iter()
-            .filter(|(_, l)| {
-                (l.retry_at_us != 0 && l.retry_at_us <= now) || (l.acquire_at_us != 0 && l.acquire_at_us <= now)
+            .filter(|r| {
+                self.lines.get(r).is_some_and(|l| {
+                    (l.retry_at_us != 0 && l.retry_at_us <= now) || (l.acquire_at_us != 0 && l.acquire_at_us <= now)
+                })
             })
-            .map(|(r, _)| *r)
+            .copied()
             .collect();
         for r in retry {
             let l = self.line(r);

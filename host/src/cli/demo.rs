@@ -63,6 +63,7 @@ pub fn run(opts: DemoOptions) -> Res<()> {
         blocks: opts.blocks,
         base: 0,
         own_regions: false,
+        warm_up: std::time::Duration::ZERO,
         write_percent: 30,
         duration: Duration::from_secs_f64(opts.seconds),
         seed: opts.seed,

@@ -67,10 +67,10 @@ enum Command {
         #[arg(long, default_value = "sim")]
         card: CardKind,
         /// Cache budget of each controller, MiB (several controllers).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = crate::cluster::config::CACHE_MIB_DEFAULT)]
         cache_mib: u64,
         /// Cache line (coherency resource) size, KiB (several controllers).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = crate::cluster::config::LINE_KIB_DEFAULT)]
         line_kib: u32,
     },
     /// The main job: a 3-controller RAID5 cluster on files in a temp folder, a verified mixed

@@ -68,23 +68,37 @@ impl Launched {
     }
 
     /// CPU time (user and system) used so far by the cluster's processes: the supervisor and
-    /// every controller (its process group, from /proc).
+    /// every process below it (the controllers), from /proc.
     pub fn cpu_seconds(&self) -> f64 {
-        let group = self.child.id() as u64;
         // SAFETY: sysconf reads a constant of the system; no memory is involved.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
-        let mut total = 0u64;
+        // pid -> (parent, CPU ticks)
+        let mut procs = std::collections::HashMap::new();
         for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
             let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
-            // After the command name (which may hold spaces): state, ppid, pgrp, ... utime (12th), stime.
+            // After the command name (which may hold spaces): state, ppid, ... utime (12th), stime.
             let Some((_, rest)) = stat.rsplit_once(')') else { continue };
             let f: Vec<&str> = rest.split_whitespace().collect();
             let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            if num(2) == group {
-                total += num(11) + num(12);
-            }
+            procs.insert(pid, (num(1) as u32, num(11) + num(12)));
         }
+        let root = self.child.id();
+        let below = |mut pid: u32| {
+            // Bounded: a parent chain is never longer than the process table.
+            for _ in 0..procs.len() {
+                if pid == root {
+                    return true;
+                }
+                match procs.get(&pid) {
+                    Some((parent, _)) if *parent != 0 => pid = *parent,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        let total: u64 = procs.iter().filter(|(pid, _)| below(**pid)).map(|(_, (_, t))| t).sum();
         total as f64 / ticks
     }
 

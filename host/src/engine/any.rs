@@ -75,4 +75,10 @@ impl Backend for AnyCard {
     fn run(&self, cycles: u64) {
         self.inner().run(cycles)
     }
+    fn interrupt(&self) -> Option<std::os::fd::RawFd> {
+        self.inner().interrupt()
+    }
+    fn interrupt_ack(&self) {
+        self.inner().interrupt_ack()
+    }
 }

@@ -35,10 +35,12 @@ const IDLE_POLL: Duration = Duration::from_millis(1);
 const IRQ_FALLBACK: Duration = Duration::from_millis(10);
 
 /// Waits until `fd` (an eventfd) is readable or `timeout` passes, then resets its counter.
-fn wait_interrupt(fd: std::os::fd::RawFd, timeout: Duration) {
+/// True when it was signalled.
+pub(crate) fn wait_interrupt(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    // SAFETY: one pollfd on the stack, valid for the call; the fd belongs to the backend,
-    // which outlives the poller (the poller holds the driver that owns it).
+    // SAFETY: one pollfd on the stack, valid for the call; the fd belongs to a backend the
+    // caller holds (the poller holds the driver that owns it; the shell's waiter a clone of
+    // the card).
     let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
     if n > 0 {
         let mut count = [0u8; 8];
@@ -46,6 +48,7 @@ fn wait_interrupt(fd: std::os::fd::RawFd, timeout: Duration) {
         // non-blocking, so a racing reader makes this fail harmlessly with EAGAIN.
         unsafe { libc::read(fd, count.as_mut_ptr() as *mut libc::c_void, count.len()) };
     }
+    n > 0
 }
 
 impl<B: Backend + 'static> AsyncDriver<B> {

@@ -24,6 +24,10 @@ pub trait Backend: Send {
     fn interrupt(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// The host cleared the card's interrupt causes (its write to the IRQ register was posted
+    /// just before): a simulated card interrupts again the next time its line is high. A real
+    /// card's MSI-X needs nothing.
+    fn interrupt_ack(&self) {}
 }
 
 struct ModelState {
@@ -68,6 +72,11 @@ impl ModelBackend {
     /// Frames the card sent since the last call.
     pub fn take_outgoing(&self) -> Vec<Outgoing> {
         self.lock().card.take_outgoing()
+    }
+
+    /// The card's interrupt line: a cause is set that the host enabled.
+    pub fn irq_line(&self) -> bool {
+        self.lock().card.irq_line()
     }
 
     /// Delivers a frame from the link.

@@ -287,6 +287,7 @@ impl<B: Backend> Driver<B> {
     pub fn ack_interrupt(&self) {
         if self.b.interrupt().is_some() {
             self.b.write32(self.blocks.device + regs::device::irq::OFFSET, u32::MAX);
+            self.b.interrupt_ack();
         }
     }
 

@@ -6,38 +6,54 @@
 use super::{Backend, ModelBackend};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Nominal card clock: cycles per second of wall time.
 pub const CLOCK_HZ: u64 = 100_000_000;
-/// How long the link thread sleeps when nothing arrived (a socket read timeout would round up
-/// to a scheduler tick, milliseconds).
+/// Longest the clock thread sleeps without a doorbell, a frame or an acknowledged interrupt
+/// (the card's timers run on the cycles it catches up when it wakes).
 const IDLE_SLEEP: Duration = Duration::from_micros(50);
+/// The link receiver's socket timeout (only how soon it sees a stop).
+const RECV_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// A model card with a UDP link and a wall-clock-driven clock thread.
+/// A model card with a UDP link, a wall-clock-driven clock thread woken by doorbells and
+/// frames, and its interrupt line as an eventfd (as VFIO gives an MSI-X vector).
 #[derive(Clone)]
 pub struct LinkedModel {
     card: ModelBackend,
     socket: Arc<UdpSocket>,
     peers: Arc<Mutex<HashMap<u8, SocketAddr>>>,
     stop: Arc<AtomicBool>,
+    clock_thread: Arc<Mutex<Option<std::thread::Thread>>>,
+    irq: Arc<EventFd>,
+    /// The host cleared the interrupt causes since the last interrupt: the line seen high
+    /// interrupts again.
+    armed: Arc<AtomicBool>,
 }
 
 impl LinkedModel {
     /// Starts a model card whose link listens on `bind`.
     pub fn start(bind: SocketAddr) -> std::io::Result<LinkedModel> {
         let socket = Arc::new(UdpSocket::bind(bind)?);
-        socket.set_nonblocking(true)?;
+        socket.set_read_timeout(Some(RECV_TIMEOUT))?;
         let me = LinkedModel {
             card: ModelBackend::new(),
             socket,
             peers: Arc::default(),
             stop: Arc::new(AtomicBool::new(false)),
+            clock_thread: Arc::default(),
+            irq: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+            armed: Arc::new(AtomicBool::new(true)),
         };
         let t = me.clone();
-        std::thread::Builder::new().name("model-card".into()).spawn(move || t.clock())?;
+        let clock = std::thread::Builder::new().name("model-card".into()).spawn(move || t.clock())?;
+        *me.clock_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(clock.thread().clone());
+        let r = me.clone();
+        std::thread::Builder::new().name("model-card-link".into()).spawn(move || r.receive())?;
         Ok(me)
     }
 
@@ -51,37 +67,52 @@ impl LinkedModel {
         self.peers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, addr);
     }
 
-    /// Stops the clock thread.
+    /// Stops the clock and link threads.
     pub fn stop(&self) {
         self.stop.store(true, Relaxed);
+        self.wake_clock();
+    }
+
+    fn wake_clock(&self) {
+        if let Some(t) = self.clock_thread.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            t.unpark();
+        }
+    }
+
+    /// Frames from the link go to the card at once, and the clock runs them.
+    fn receive(&self) {
+        let mut buf = [0u8; 64];
+        while !self.stop.load(Relaxed) {
+            if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
+                // Wrong-sized datagrams reach the card too: it counts them as malformed.
+                self.card.deliver(&buf[..n]);
+                self.wake_clock();
+            }
+        }
     }
 
     fn clock(&self) {
         let start = Instant::now();
         let mut cycles_done = 0u64;
-        let mut buf = [0u8; 64];
         while !self.stop.load(Relaxed) {
-            let mut received = false;
-            while let Ok((n, _)) = self.socket.recv_from(&mut buf) {
-                // Wrong-sized datagrams reach the card too: it counts them as malformed.
-                self.card.deliver(&buf[..n]);
-                received = true;
-            }
             let due = start.elapsed().as_nanos() as u64 * CLOCK_HZ / 1_000_000_000;
             if due > cycles_done {
                 self.card.run(due - cycles_done);
                 cycles_done = due;
             }
+            if self.card.irq_line() && self.armed.swap(false, Relaxed) {
+                let _ = self.irq.write(1);
+            }
             let out = self.card.take_outgoing();
-            if out.is_empty() && !received {
-                std::thread::sleep(IDLE_SLEEP);
-            } else {
-                let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                // The link multicasts: one datagram to each node the frame names.
-                for o in out {
-                    for (_, a) in peers.iter().filter(|(n, _)| **n < 8 && o.dst_mask & (1 << **n) != 0) {
-                        let _ = self.socket.send_to(&o.bytes, a);
-                    }
+            if out.is_empty() {
+                std::thread::park_timeout(IDLE_SLEEP);
+                continue;
+            }
+            let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            // The link multicasts: one datagram to each node the frame names.
+            for o in out {
+                for (_, a) in peers.iter().filter(|(n, _)| **n < 8 && o.dst_mask & (1 << **n) != 0) {
+                    let _ = self.socket.send_to(&o.bytes, a);
                 }
             }
         }
@@ -93,7 +124,9 @@ impl Backend for LinkedModel {
         self.card.read32(offset)
     }
     fn write32(&self, offset: u32, value: u32) {
-        self.card.write32(offset, value)
+        self.card.write32(offset, value);
+        // A doorbell: the clock runs the command now rather than after its idle sleep.
+        self.wake_clock();
     }
     fn dma_alloc(&self, bytes: usize) -> Result<u64, String> {
         self.card.dma_alloc(bytes)
@@ -107,5 +140,12 @@ impl Backend for LinkedModel {
     fn run(&self, _cycles: u64) {
         // The clock thread runs the card; the driver only waits a little.
         std::thread::sleep(Duration::from_micros(20));
+    }
+    fn interrupt(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.irq.as_raw_fd())
+    }
+    fn interrupt_ack(&self) {
+        self.armed.store(true, Relaxed);
+        self.wake_clock();
     }
 }

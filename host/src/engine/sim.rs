@@ -1,19 +1,28 @@
-//! The card's RTL under Verilator as a driver backend: a `SimDevice` with its own clock thread
-//! and a UDP link.
+//! The card's RTL under Verilator as a driver backend: a `SimDevice` with its own clock thread,
+//! a UDP link, and its interrupt line delivered as an eventfd (as VFIO gives an MSI-X vector).
 
 use super::Backend;
 use amf_verilator::device::SimDevice;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
+use vmm_sys_util::eventfd::EventFd;
 
 /// A simulated card (shareable: the driver and whatever wires its link hold it).
 #[derive(Clone)]
-pub struct SimBackend(pub Arc<SimDevice>);
+pub struct SimBackend(pub Arc<SimDevice>, Arc<EventFd>);
 
 impl SimBackend {
     /// Starts a simulated card whose link listens on `bind`.
     pub fn start(bind: std::net::SocketAddr) -> std::io::Result<SimBackend> {
-        Ok(SimBackend(Arc::new(SimDevice::start(bind)?)))
+        let device = Arc::new(SimDevice::start(bind)?);
+        let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let fd = irq.clone();
+        device.set_interrupt(Box::new(move || {
+            // A full counter (never, at 2^64 - 1) already wakes the waiter.
+            let _ = fd.write(1);
+        }));
+        Ok(SimBackend(device, irq))
     }
 }
 
@@ -36,5 +45,11 @@ impl Backend for SimBackend {
     fn run(&self, _cycles: u64) {
         // The card's clock thread runs it; the caller only waits a little.
         std::thread::sleep(Duration::from_micros(50));
+    }
+    fn interrupt(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.1.as_raw_fd())
+    }
+    fn interrupt_ack(&self) {
+        self.0.interrupt_ack();
     }
 }

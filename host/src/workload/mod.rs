@@ -52,6 +52,9 @@ pub struct Spec {
     pub duration: Duration,
     /// Seed of every client's choices.
     pub seed: u64,
+    /// Operations started in this first part of `duration` are checked but not counted in
+    /// `Outcome::reads`, `writes` and `elapsed` (a warm-up that fills the caches).
+    pub warm_up: Duration,
     /// Each client on its own slice of the blocks (each host its own data), aligned to
     /// `OWN_REGION_ALIGN_BLOCKS` so that no two clients share a cache line; otherwise every
     /// client over all of them.
@@ -198,13 +201,14 @@ pub fn run_on(spec: &Spec, open: &Open<'_>) -> Outcome {
             })
             .collect()
     });
-    let elapsed = t0.elapsed();
+    let elapsed = t0.elapsed().saturating_sub(spec.warm_up);
+    let from_ns = spec.warm_up.as_nanos() as u64;
     let per_client = logs.iter().map(|l| (l.reads.len() + l.writes.len()) as u64).collect();
     let writes: Vec<WriteRec> = logs.iter().flat_map(|l| l.writes.iter().copied()).collect();
     let reads: Vec<ReadRec> = logs.iter().flat_map(|l| l.reads.iter().copied()).collect();
     Outcome {
-        reads: reads.len() as u64,
-        writes: writes.iter().filter(|w| w.ack_ns.is_some()).count() as u64,
+        reads: reads.iter().filter(|r| r.start_ns >= from_ns).count() as u64,
+        writes: writes.iter().filter(|w| w.ack_ns.is_some() && w.start_ns >= from_ns).count() as u64,
         errors: logs.iter().flat_map(|l| l.errors.iter().cloned()).take(10).collect(),
         violations: check::check(&writes, &reads, 20),
         elapsed,

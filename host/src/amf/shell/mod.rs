@@ -42,6 +42,8 @@ pub enum Event {
     Status(Sender<serde_json::Value>),
     /// Write back everything, tell the peers, wait (bounded) for theirs, then end the loop.
     Leave(Sender<LeaveReport>),
+    /// The card interrupted: completions or events wait in its rings.
+    CardWake,
 }
 
 /// The loop's inbox.
@@ -112,9 +114,14 @@ pub struct LeaveReport {
 const HEARTBEAT: Duration = Duration::from_millis(100);
 /// Machine ticks.
 const TICK: Duration = Duration::from_millis(1);
-/// The loop's wait for input while card commands are in flight (the cards have no
-/// interrupt here: their rings are polled).
+/// The loop's wait for input while card commands are in flight, for a card without an
+/// interrupt (its rings are polled).
 const BUSY_WAIT: Duration = Duration::from_micros(50);
+/// With an interrupt the loop is woken by the card; it looks at the rings this often anyway,
+/// so a lost interrupt costs latency, never a hang.
+const IRQ_FALLBACK: Duration = Duration::from_millis(1);
+/// How often the card's interrupt waiter looks whether the loop has ended.
+const IRQ_WAIT_MAX: Duration = Duration::from_millis(100);
 /// The loop's wait when nothing is in flight.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
 /// Fetches whose latency is being timed at once.
@@ -182,6 +189,8 @@ impl Shell {
             heartbeat_cycles: 0,
         };
         let driver = Driver::open(cfg.card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
+        let card_waker =
+            CardWaker::start(cfg.card.clone(), tx.clone()).map_err(|e| format!("card interrupt thread: {e}"))?;
         let payload_max = m.line_bytes as usize + 1024;
         let net = net::Net::start(cfg.fabric, m.node, m.epoch, &cfg.peers, payload_max, tx.clone())
             .map_err(|e| format!("fabric: {e}"))?;
@@ -232,6 +241,7 @@ impl Shell {
                     join,
                     inbox,
                     takeover: progress,
+                    card_waker,
                 };
                 l.run();
             })
@@ -393,6 +403,42 @@ pub fn call(inbox: &Inbox, req: HostReq) -> Result<Vec<u8>, HostError> {
     rx.recv().map_err(|_| HostError::Card("the controller stopped".into()))?
 }
 
+/// Turns the card's interrupt (an eventfd) into one `Event::CardWake` in the loop's inbox at a
+/// time, so the loop sleeps on its inbox alone and hears the card at once.
+struct CardWaker {
+    /// A wake is in the inbox and not yet taken.
+    pending: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CardWaker {
+    /// None when the card has no interrupt (the loop polls it).
+    fn start(card: AnyCard, inbox: Inbox) -> std::io::Result<Option<CardWaker>> {
+        use crate::engine::Backend;
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        let Some(fd) = card.interrupt() else { return Ok(None) };
+        let pending = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (pending.clone(), stop.clone());
+        std::thread::Builder::new().name("card-irq".into()).spawn(move || {
+            // The fd belongs to the card, whose clone this thread holds.
+            let _card = card;
+            while !s.load(Relaxed) {
+                if crate::engine::asynch::wait_interrupt(fd, IRQ_WAIT_MAX) && !p.swap(true, Relaxed) {
+                    let _ = inbox.send(Event::CardWake);
+                }
+            }
+        })?;
+        Ok(Some(CardWaker { pending, stop }))
+    }
+}
+
+impl Drop for CardWaker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct Loop {
     m: Machine,
     driver: Driver<AnyCard>,
@@ -435,6 +481,8 @@ struct Loop {
     /// The loop's own inbox (for the takeover's resync, which runs beside it).
     inbox: Inbox,
     takeover: Arc<TakeoverProgress>,
+    /// The card's interrupt, when it has one.
+    card_waker: Option<CardWaker>,
 }
 
 impl Loop {
@@ -461,7 +509,13 @@ impl Loop {
         let mut last_hello = Instant::now();
         let mut leaving: Option<Leaving> = None;
         loop {
-            let wait = if self.tags.is_empty() && self.backlog.is_empty() { IDLE_WAIT } else { BUSY_WAIT };
+            // What this round sent leaves before the loop waits.
+            self.net.flush();
+            let wait = match (&self.card_waker, self.tags.is_empty() && self.backlog.is_empty()) {
+                (_, true) => IDLE_WAIT,
+                (Some(_), false) => IRQ_FALLBACK,
+                (None, false) => BUSY_WAIT,
+            };
             match self.rx.recv_timeout(wait) {
                 Ok(ev) => {
                     // Take whatever else is queued before looking at the card again. A leave
@@ -528,7 +582,8 @@ impl Loop {
                 if let Some(done) = l.write_back.and_then(|i| self.hosts_done(i)) {
                     l.error = done.err().map(|e| e.to_string());
                     l.write_back = None;
-                    for p in self.peers.clone().into_iter().filter(|p| self.all_peers() & (1 << p) != 0) {
+                    let live = self.all_peers();
+                    for p in self.peers.clone().into_iter().filter(|p| live & (1 << p) != 0) {
                         self.net.send(p, &Msg::Leaving);
                     }
                 }
@@ -648,6 +703,13 @@ impl Loop {
                 let _ = reply.send(self.status());
             }
             Event::Leave(reply) => return Some(reply),
+            Event::CardWake => {
+                // Taken: the pump after this batch reads the rings (and the next interrupt
+                // wakes the loop again).
+                if let Some(w) = &self.card_waker {
+                    w.pending.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
         }
         None
     }
@@ -710,6 +772,9 @@ impl Loop {
 
     /// Submits queued commands; feeds completions and events to the machine in card order.
     fn pump_card(&mut self) {
+        // Causes set from here on interrupt again (and what they report is reaped below or
+        // at the next wake).
+        self.driver.ack_interrupt();
         for _ in 0..64 {
             if self.view_due.is_none() {
                 let acquires = self.tags.values().filter(|t| waits(t.2)).count();

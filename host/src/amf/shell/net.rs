@@ -1,18 +1,21 @@
 //! The fabric between controllers' machines: one-way messages over TCP. Every frame has a
 //! fixed header (magic, format version, sender, epoch, payload length) and a bincode payload
-//! (the serde form of [`Msg`]); nothing is decoded by hand. A writer thread per peer owns the
-//! outgoing connection (the event loop never blocks on a socket); a reader thread per
-//! incoming connection decodes frames into the loop's inbox. Lost messages are the machine's
-//! business: it retransmits its requests.
+//! (the serde form of [`Msg`]); nothing is decoded by hand. The event loop owns the outgoing
+//! connections: it queues frames per peer and writes them without blocking at the end of each
+//! round (one write for everything a round sent a peer; what the socket does not take waits
+//! for the next round), so a message costs no thread hand-off on the way out. Connections are
+//! made by a short-lived thread, never by the loop. A reader thread per incoming connection
+//! decodes frames into the loop's inbox. Lost messages are the machine's business: it
+//! retransmits its requests.
 
 use super::Inbox;
 use crate::amf::io::Msg;
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use std::io::{Read, Write};
+use crossbeam_channel::{bounded, Receiver, TryRecvError};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// "AMFM": a frame of the machine fabric.
 const MAGIC: u32 = 0x4d46_4d41;
@@ -20,10 +23,14 @@ const MAGIC: u32 = 0x4d46_4d41;
 pub const VERSION: u8 = 2;
 /// Header bytes: magic, version, sender, epoch, payload length.
 const HEADER_BYTES: usize = 4 + 1 + 1 + 4 + 4;
-/// Messages queued for one peer; past it new ones are dropped (and retransmitted).
-const QUEUE_MAX: usize = 4096;
+/// Bytes queued for one peer; past it new frames are dropped (and retransmitted).
+const QUEUE_BYTES_MAX: usize = 64 << 20;
 /// Pause between connection attempts to a peer that is not up.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a stopping controller waits for its last frames to leave.
+const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a frame was refused.
 #[derive(Debug, thiserror::Error)]
@@ -116,19 +123,32 @@ impl NetStats {
     }
 }
 
+/// The way out to one peer.
+struct Peer {
+    addr: SocketAddr,
+    /// Non-blocking, once connected.
+    conn: Option<TcpStream>,
+    /// Encoded frames not yet taken by the socket (a partial frame first).
+    queued: Vec<u8>,
+    /// A connection attempt running on its own thread.
+    connecting: Option<Receiver<std::io::Result<TcpStream>>>,
+    last_attempt: Option<Instant>,
+}
+
 /// This controller's end of the fabric.
 pub struct Net {
     node: u8,
     /// The membership epoch frames carry (changed by the loop only).
     epoch: AtomicU32,
-    peers: Vec<Option<Sender<Vec<u8>>>>,
+    peers: Vec<Option<Peer>>,
     /// Counters.
     pub stats: Arc<NetStats>,
     stop: Arc<AtomicBool>,
 }
 
 impl Net {
-    /// Starts accepting on `listener` (frames go to `inbox`) and a writer per peer.
+    /// Starts accepting on `listener` (frames go to `inbox`); peers are connected when there is
+    /// something to send them.
     pub fn start(
         listener: TcpListener,
         node: u8,
@@ -139,13 +159,10 @@ impl Net {
     ) -> std::io::Result<Net> {
         let stats = Arc::new(NetStats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let mut out: Vec<Option<Sender<Vec<u8>>>> = vec![None; 8];
+        let mut out: Vec<Option<Peer>> = (0..8).map(|_| None).collect();
         for &(p, addr) in peers {
-            let (tx, rx) = bounded(QUEUE_MAX);
-            let (stats, stop) = (stats.clone(), stop.clone());
-            std::thread::Builder::new().name(format!("fabric-to-{p}")).spawn(move || writer(addr, rx, stats, stop))?;
             if let Some(slot) = out.get_mut(p as usize) {
-                *slot = Some(tx);
+                *slot = Some(Peer { addr, conn: None, queued: Vec::new(), connecting: None, last_attempt: None });
             }
         }
         let (s, st) = (stats.clone(), stop.clone());
@@ -156,21 +173,54 @@ impl Net {
         Ok(Net { node, epoch: AtomicU32::new(epoch), peers: out, stats, stop })
     }
 
-    /// Queues `msg` for `to` (dropped when its queue is full: the machine retransmits).
-    pub fn send(&self, to: u8, msg: &Msg) {
-        let Some(Some(tx)) = self.peers.get(to as usize) else {
-            self.stats.dropped.fetch_add(1, Relaxed);
-            return;
-        };
-        match encode(self.node, self.epoch.load(Relaxed), msg) {
-            Ok(bytes) => match tx.try_send(bytes) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    self.stats.dropped.fetch_add(1, Relaxed);
-                }
-            },
-            Err(_) => {
+    /// Queues `msg` for `to`; it leaves at the next [`Net::flush`] (dropped when the peer's
+    /// queue is full: the machine retransmits).
+    pub fn send(&mut self, to: u8, msg: &Msg) {
+        let frame = encode(self.node, self.epoch.load(Relaxed), msg);
+        match (self.peers.get_mut(to as usize), frame) {
+            (Some(Some(p)), Ok(bytes)) if p.queued.len() + bytes.len() <= QUEUE_BYTES_MAX => {
+                p.queued.extend_from_slice(&bytes);
+                self.stats.sent.fetch_add(1, Relaxed);
+            }
+            _ => {
                 self.stats.dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Writes what is queued, as far as each socket takes it without blocking, and connects
+    /// peers that have something queued and no connection.
+    pub fn flush(&mut self) {
+        for p in self.peers.iter_mut().flatten() {
+            if p.queued.is_empty() {
+                continue;
+            }
+            if p.conn.is_none() {
+                p.connect(&self.stats);
+            }
+            let Some(conn) = p.conn.as_mut() else { continue };
+            let mut written = 0;
+            let failed = loop {
+                match conn.write(&p.queued[written..]) {
+                    Ok(0) => break true,
+                    Ok(n) => {
+                        written += n;
+                        if written == p.queued.len() {
+                            break false;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break true,
+                }
+            };
+            if failed {
+                // A new connection must start at a frame: what is queued is dropped whole.
+                p.conn = None;
+                p.queued.clear();
+                self.stats.dropped.fetch_add(1, Relaxed);
+            } else {
+                p.queued.drain(..written);
             }
         }
     }
@@ -180,43 +230,63 @@ impl Net {
         self.epoch.store(epoch, Relaxed);
     }
 
-    /// Stops the threads (writers drop what is queued).
-    pub fn stop(&self) {
+    /// Sends what is queued (waiting at most a second for it), then stops the threads.
+    pub fn stop(&mut self) {
+        let until = Instant::now() + STOP_FLUSH_TIMEOUT;
+        loop {
+            self.flush();
+            let waiting = self.peers.iter().flatten().any(|p| !p.queued.is_empty() && p.conn.is_some());
+            if !waiting || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         self.stop.store(true, Relaxed);
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        self.stop();
+        self.stop.store(true, Relaxed);
     }
 }
 
-fn writer(addr: SocketAddr, rx: Receiver<Vec<u8>>, stats: Arc<NetStats>, stop: Arc<AtomicBool>) {
-    let mut conn: Option<TcpStream> = None;
-    while !stop.load(Relaxed) {
-        let Ok(bytes) = rx.recv_timeout(Duration::from_millis(100)) else { continue };
-        if conn.is_none() {
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
-                    conn = Some(s);
+impl Peer {
+    /// Takes a finished connection attempt, or starts one (at most one per
+    /// `RECONNECT_PAUSE`). Never blocks.
+    fn connect(&mut self, stats: &NetStats) {
+        if let Some(rx) = &self.connecting {
+            match rx.try_recv() {
+                Ok(Ok(s)) => {
+                    self.conn = Some(s);
+                    self.connecting = None;
                 }
-                Err(_) => {
+                Ok(Err(_)) | Err(TryRecvError::Disconnected) => {
+                    // The peer is not up: what waited for it is dropped (and retransmitted).
+                    self.connecting = None;
+                    self.queued.clear();
                     stats.dropped.fetch_add(1, Relaxed);
-                    std::thread::sleep(RECONNECT_PAUSE);
-                    continue;
                 }
+                Err(TryRecvError::Empty) => {}
             }
+            return;
         }
-        if let Some(s) = conn.as_mut() {
-            if s.write_all(&bytes).is_ok() {
-                stats.sent.fetch_add(1, Relaxed);
-            } else {
-                stats.dropped.fetch_add(1, Relaxed);
-                conn = None;
-            }
+        if self.last_attempt.is_some_and(|t| t.elapsed() < RECONNECT_PAUSE) {
+            return;
+        }
+        self.last_attempt = Some(Instant::now());
+        let (tx, rx) = bounded(1);
+        let addr = self.addr;
+        let started = std::thread::Builder::new().name("fabric-connect".into()).spawn(move || {
+            let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).and_then(|s| {
+                s.set_nodelay(true)?;
+                s.set_nonblocking(true)?;
+                Ok(s)
+            });
+            let _ = tx.send(s);
+        });
+        if started.is_ok() {
+            self.connecting = Some(rx);
         }
     }
 }
