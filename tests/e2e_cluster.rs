@@ -8,23 +8,15 @@ use common::*;
 use std::process::Command;
 
 fn start3(dir: &std::path::Path, level: &str, members: &str, card: &str) -> Cluster {
-    start(
-        dir,
-        &[
-            "--controllers",
-            "3",
-            "--level",
-            level,
-            "--members",
-            members,
-            "--member-size",
-            "16M",
-            "--chunk",
-            "16K",
-            "--card",
-            card,
-        ],
-    )
+    start3_with(dir, level, members, card, &[])
+}
+
+fn start3_with(dir: &std::path::Path, level: &str, members: &str, card: &str, extra: &[&str]) -> Cluster {
+    let mut args =
+        vec!["--controllers", "3", "--level", level, "--members", members, "--member-size", "16M", "--chunk", "16K"];
+    args.extend_from_slice(&["--card", card]);
+    args.extend_from_slice(extra);
+    start(dir, &args)
 }
 
 fn counters(c: &Cluster, i: usize) -> serde_json::Value {
@@ -139,7 +131,8 @@ fn the_model_card_serves_a_cluster_too() {
 fn counters_prove_the_method() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    let c = start3(&dir, "raid5", "3", "sim");
+    // 64 KiB lines: the offsets below stay in one line.
+    let c = start3_with(&dir, "raid5", "3", "sim", &["--line-kib", "64"]);
     // One line (64 KiB) written by controller 0 only: after the first write, no card command.
     qemu_io(c.uri(0), &["write -P 1 0 4096"]);
     let before = counters(&c, 0);

@@ -5,6 +5,7 @@
 //! for 2 to 8 controllers (model cards: eight Verilator cards would measure the simulator).
 
 use super::BenchError;
+use crate::cluster::config::LINE_KIB_DEFAULT;
 use crate::cluster::launch::Launched;
 use crate::nbd::client::Client;
 use crate::workload::{self, Spec, BLOCK_BYTES};
@@ -16,26 +17,18 @@ fn peer_err(detail: impl ToString) -> BenchError {
 }
 
 fn group(dir: &Path, n: usize, card: &str) -> Result<Launched, BenchError> {
+    group_with(dir, n, card, &[])
+}
+
+fn group_with(dir: &Path, n: usize, card: &str, extra: &[&str]) -> Result<Launched, BenchError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|source| BenchError::Io { path: dir.display().to_string(), source })?;
-    Launched::start(dir, n, &["--level", "raid5", "--members", "4", "--member-size", "128M", "--card", card])
-        .map_err(peer_err)
+    let mut args = vec!["--level", "raid5", "--members", "4", "--member-size", "128M", "--card", card];
+    args.extend_from_slice(extra);
+    Launched::start(dir, n, &args).map_err(peer_err)
 }
 
-/// What one workload run did.
-struct Run {
-    ops: f64,
-    ops_per_s: f64,
-}
-
-fn workload_run(
-    g: &Launched,
-    clients: usize,
-    write_percent: u32,
-    seconds: f64,
-    seed: u64,
-    own_regions: bool,
-) -> Result<Run, BenchError> {
+fn iops(g: &Launched, clients: usize, write_percent: u32, seconds: f64, seed: u64) -> Result<f64, BenchError> {
     let spec = Spec {
         targets: g.nbd.clone(),
         clients,
@@ -44,19 +37,14 @@ fn workload_run(
         write_percent,
         duration: Duration::from_secs_f64(seconds),
         seed,
-        own_regions,
+        own_regions: false,
         warm_up: Duration::ZERO,
     };
     let out = workload::run(&spec);
     if let Some(e) = out.errors.first().or(out.violations.first()) {
         return Err(peer_err(e));
     }
-    let ops = (out.reads + out.writes) as f64;
-    Ok(Run { ops, ops_per_s: ops / out.elapsed.as_secs_f64() })
-}
-
-fn iops(g: &Launched, clients: usize, write_percent: u32, seconds: f64, seed: u64) -> Result<f64, BenchError> {
-    Ok(workload_run(g, clients, write_percent, seconds, seed, false)?.ops_per_s)
+    Ok((out.reads + out.writes) as f64 / out.elapsed.as_secs_f64())
 }
 
 fn sum(g: &Launched, path: &[&str]) -> Result<u64, BenchError> {
@@ -96,59 +84,71 @@ fn write_latency(g: &Launched, count: usize) -> Result<(Latency, Latency), Bench
     Ok(((mean(&unshared), percentile(&mut unshared, 0.99)), (mean(&shared), percentile(&mut shared, 0.99))))
 }
 
-/// Each client on its own region, 50% writes: `OWN_CLIENTS` clients on one controller against
-/// as many spread over 3 (model and Verilator cards), after a warm-up that brings every client's lines
-/// into its controller's cache: IOPS, card frames per operation and the CPU time of every
-/// process of the cluster per operation.
+/// One own-region measurement: (ops/s, card frames per op, CPU µs of the cluster per op).
+type OwnRow = (f64, f64, f64);
+
+/// `OWN_CLIENTS` clients, each on its own region, 50% writes, after a warm-up that brings
+/// every client's lines into its controller's cache. One run (its history is checked whole);
+/// the counters are read as its warm-up ends.
+fn own_region_row(g: &Launched, seconds: f64) -> Result<OwnRow, BenchError> {
+    let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
+    let spec = Spec {
+        targets: g.nbd.clone(),
+        clients: OWN_CLIENTS,
+        blocks: 16384,
+        base: 0,
+        write_percent: 50,
+        duration: Duration::from_secs_f64(WARM_UP_S + seconds),
+        seed: 10,
+        own_regions: true,
+        warm_up: Duration::from_secs_f64(WARM_UP_S),
+    };
+    let (o, (f0, c0)) = std::thread::scope(|s| {
+        let h = s.spawn(|| workload::run(&spec));
+        std::thread::sleep(Duration::from_secs_f64(WARM_UP_S));
+        let at_warm = (frames(g), g.cpu_seconds());
+        (h.join(), at_warm)
+    });
+    let o = o.map_err(|_| peer_err("the workload panicked"))?;
+    if let Some(e) = o.errors.first().or(o.violations.first()) {
+        return Err(peer_err(e));
+    }
+    let (f1, c1) = (frames(g)?, g.cpu_seconds());
+    let ops = (o.reads + o.writes).max(1) as f64;
+    Ok((ops / o.elapsed.as_secs_f64(), f1.saturating_sub(f0?) as f64 / ops, (c1 - c0) * 1e6 / ops))
+}
+
+/// Each host its own data: one controller against three (model and Verilator cards), then
+/// three with model cards at other line sizes.
 fn own_regions(base: &Path, seconds: f64) -> Result<String, BenchError> {
     let mut out = format!(
         "\nEach client on its own region (each host its own data), 50% writes, {OWN_CLIENTS} clients in all \
-         (one request each: the load of 3 clients at queue depth 4), \
+         (one request each: the load of 3 clients at queue depth 4), {LINE_KIB_DEFAULT} KiB lines, \
          after {WARM_UP_S} s of warm-up; CPU is every process of the cluster:\n\n"
     );
     out += "| controllers | card | IOPS | ratio to 1 | card frames / op | amf CPU µs / op | CPU ratio to 1 |\n|---|---|---|---|---|---|---|\n";
     let mut one = (0.0, 0.0);
     for (n, card) in [(1usize, "none"), (3, "model"), (3, "sim")] {
         let mut g = group(&base.join(format!("own{n}-{card}")), n, if card == "none" { "sim" } else { card })?;
-        let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
-        let spec = Spec {
-            targets: g.nbd.clone(),
-            clients: OWN_CLIENTS,
-            blocks: 16384,
-            base: 0,
-            write_percent: 50,
-            duration: Duration::from_secs_f64(WARM_UP_S + seconds),
-            seed: 10,
-            own_regions: true,
-            warm_up: Duration::from_secs_f64(WARM_UP_S),
-        };
-        // One run (its history checked whole); the counters are read as its warm-up ends.
-        let (o, (f0, c0)) = std::thread::scope(|s| {
-            let h = s.spawn(|| workload::run(&spec));
-            std::thread::sleep(Duration::from_secs_f64(WARM_UP_S));
-            let at_warm = (frames(&g), g.cpu_seconds());
-            (h.join(), at_warm)
-        });
-        let o = o.map_err(|_| peer_err("the workload panicked"))?;
-        if let Some(e) = o.errors.first().or(o.violations.first()) {
-            return Err(peer_err(e));
-        }
-        let (f1, c1) = (frames(&g)?, g.cpu_seconds());
-        let f0 = f0?;
-        let r =
-            Run { ops: (o.reads + o.writes) as f64, ops_per_s: (o.reads + o.writes) as f64 / o.elapsed.as_secs_f64() };
-        let cpu_us = (c1 - c0) * 1e6 / r.ops.max(1.0);
+        let (iops, frames, cpu_us) = own_region_row(&g, seconds)?;
+        g.stop();
         if n == 1 {
-            one = (r.ops_per_s, cpu_us);
+            one = (iops, cpu_us);
         }
         out += &format!(
-            "| {n} | {card} | {:.0} | {:.2} | {:.2} | {cpu_us:.0} | {:.2} |\n",
-            r.ops_per_s,
-            r.ops_per_s / one.0,
-            f1.saturating_sub(f0) as f64 / r.ops.max(1.0),
+            "| {n} | {card} | {iops:.0} | {:.2} | {frames:.2} | {cpu_us:.0} | {:.2} |\n",
+            iops / one.0,
             cpu_us / one.1
         );
+    }
+    out += "\nThe same, 3 controllers with model cards, by line size (`--line-kib`):\n\n";
+    out += "| line KiB | IOPS | ratio to 1 controller | amf CPU µs / op |\n|---|---|---|---|\n";
+    for kib in [4u32, 16, 64] {
+        let dir = base.join(format!("line{kib}"));
+        let mut g = group_with(&dir, 3, "model", &["--line-kib", &kib.to_string()])?;
+        let (iops, _, cpu_us) = own_region_row(&g, seconds)?;
         g.stop();
+        out += &format!("| {kib} | {iops:.0} | {:.2} | {cpu_us:.0} |\n", iops / one.0);
     }
     Ok(out)
 }
@@ -182,19 +182,19 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         g.stop();
     }
     out += &own_regions(&base, seconds)?;
-    out += "\nWrite latency through controller 0 of 3 (sim cards), 2000 writes each:\n\n";
-    out += "| write to | mean µs | p99 µs | card frames per write |\n|---|---|---|---|\n";
-    {
-        let mut g = group(&base.join("lat"), 3, "sim")?;
+    out += "\nWrite latency through controller 0 of 3, 2000 writes each:\n\n";
+    out += "| card | write to | mean µs | p99 µs | card frames per write |\n|---|---|---|---|---|\n";
+    for card in ["model", "sim"] {
+        let mut g = group(&base.join(format!("lat-{card}")), 3, card)?;
         let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
         let f0 = frames(&g)?;
         let ((um, up), (sm, sp)) = write_latency(&g, 2000)?;
         let f1 = frames(&g)?;
         // Unshared writes send nothing; the frames are the shared writes' rounds and the
         // reads that re-share the line.
-        out += &format!("| unshared line (held exclusively) | {um:.0} | {up:.0} | 0 (no acquire) |\n");
+        out += &format!("| {card} | unshared line (held exclusively) | {um:.0} | {up:.0} | 0 (no acquire) |\n");
         out += &format!(
-            "| shared line (read by controller 1 before each write) | {sm:.0} | {sp:.0} | {:.1} incl. the read's |\n",
+            "| {card} | shared line (read by controller 1 before each write) | {sm:.0} | {sp:.0} | {:.1} incl. the read's |\n",
             (f1 - f0) as f64 / 2000.0
         );
         g.stop();

@@ -308,6 +308,9 @@ fn route(state: &Arc<ControllerState>, method: &tiny_http::Method, url: &str) ->
     }
 }
 
+/// How long a rebuild waits for the lease record to name it (a few renewals).
+const REBUILD_RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Starts (or, with no replacement and the member Rebuilding, resumes) the rebuild of `member`
 /// as this controller's task; its lease record says so while it runs, so that a survivor
 /// resumes it if this controller dies.
@@ -321,7 +324,21 @@ pub fn start_rebuild(
         let a = st.array.as_ref().ok_or("no members here")?;
         let lease = st.lease.as_ref();
         if let Some(l) = lease {
-            l.rebuilding.store((member as u8).saturating_add(1), std::sync::atomic::Ordering::Relaxed);
+            let marker = (member as u8).saturating_add(1);
+            l.rebuilding.store(marker, std::sync::atomic::Ordering::Relaxed);
+            // The record names the rebuild before it writes anything: a controller that dies
+            // a moment after starting it leaves a record the survivors resume from.
+            let until = std::time::Instant::now() + REBUILD_RECORD_WAIT;
+            while l.rebuilding_written.load(std::sync::atomic::Ordering::Relaxed) != marker {
+                if std::time::Instant::now() >= until {
+                    eprintln!(
+                        "amf: the lease record does not name the rebuild of member {member} yet; rebuilding anyway \
+                         (a survivor resumes it only once it does)"
+                    );
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
         // On a cluster every controller learns of the new member through the group.
         let r = match &st.core {
@@ -349,6 +366,16 @@ pub fn resume_orphaned_rebuild(state: &Arc<ControllerState>, dead: u8, lowest: b
         .find_map(|d| lease.peers_rebuilding.get(d)?.load(std::sync::atomic::Ordering::Relaxed).checked_sub(1))?
         as usize;
     if array.member_status().get(member)?.state != MemberState::Rebuilding {
+        return None;
+    }
+    // A live controller's record naming it: that one runs it (started again by an operator).
+    let live_runs = (0..8usize).filter(|p| dead & (1 << p) == 0).any(|p| {
+        lease
+            .peers_rebuilding
+            .get(p)
+            .is_some_and(|r| r.load(std::sync::atomic::Ordering::Relaxed) as usize == member + 1)
+    });
+    if live_runs {
         return None;
     }
     let (code, _, _) = start_rebuild(state, member, None);

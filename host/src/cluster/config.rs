@@ -303,7 +303,10 @@ mod tests {
         let text = base() + &peer(0) + &peer(2);
         check(&text).unwrap();
         let c: Config = toml::from_str(&text).unwrap();
-        assert_eq!((c.epoch, c.cache_mib, c.line_kib, c.card.backend), (1, 64, 64, CardKind::Sim));
+        assert_eq!(
+            (c.epoch, c.cache_mib, c.line_kib, c.card.backend),
+            (1, super::CACHE_MIB_DEFAULT, super::LINE_KIB_DEFAULT, CardKind::Sim)
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub const PEER_WAIT: Duration = Duration::from_secs(120);
 const ACK_TIMEOUT: Duration = Duration::from_millis(500);
 /// Member I/O threads per controller.
 const MEMBER_WORKERS: usize = 4;
+/// How often the lowest survivor looks again for a rebuild a dead controller left.
+const RESUME_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, ClusterError> {
     TcpListener::bind(addr).map_err(|source| ClusterError::Bind { addr: addr.to_string(), source })
@@ -194,6 +196,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
 
     let mut last_check = Instant::now();
     let mut gone_seen = 0u8;
+    let mut last_resume_check = Instant::now();
     let mut taken: Vec<super::service::TakenAddress> = Vec::new();
     while !signals.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -201,14 +204,19 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             last_check = Instant::now();
             array.check_members();
         }
-        // A rebuild a dead controller was running is resumed by the lowest survivor.
+        // A rebuild a dead controller was running is resumed by the lowest survivor: at its
+        // death, and again now and then (its record may name the rebuild only at the lease
+        // reads after the death was proven: a life lock proves it at once).
         let gone = shell.takeover.gone.load(Relaxed) as u8;
-        if gone != gone_seen {
+        if gone != gone_seen || (gone != 0 && last_resume_check.elapsed() >= RESUME_CHECK_INTERVAL) {
+            last_resume_check = Instant::now();
             let all: u8 = if cfg.nodes >= 8 { 0xff } else { (1u8 << cfg.nodes) - 1 };
             let lowest = (all & !gone).trailing_zeros() == cfg.node as u32;
-            if let Some(m) = super::admin::resume_orphaned_rebuild(&state, gone & !gone_seen, lowest) {
+            if let Some(m) = super::admin::resume_orphaned_rebuild(&state, gone, lowest) {
                 eprintln!("{tag}: resuming the rebuild of member {m} that a dead controller was running");
             }
+        }
+        if gone != gone_seen {
             take_addresses(&cfg, &tag, &peers, gone, gone & !gone_seen, &shell, &mut taken);
             // A controller that joined again serves its own address: give it back.
             let back = gone_seen & !gone;

@@ -86,8 +86,19 @@ impl LinkedModel {
             if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
                 // Wrong-sized datagrams reach the card too: it counts them as malformed.
                 self.card.deliver(&buf[..n]);
+                // The model takes a frame at once: an event or completion it raised
+                // interrupts now, not after the clock's next look.
+                self.interrupt_if_due();
                 self.wake_clock();
             }
+        }
+    }
+
+    /// Interrupts the host when the line is high and the host cleared the causes since the
+    /// last interrupt.
+    fn interrupt_if_due(&self) {
+        if self.card.irq_line() && self.armed.swap(false, Relaxed) {
+            let _ = self.irq.write(1);
         }
     }
 
@@ -100,9 +111,7 @@ impl LinkedModel {
                 self.card.run(due - cycles_done);
                 cycles_done = due;
             }
-            if self.card.irq_line() && self.armed.swap(false, Relaxed) {
-                let _ = self.irq.write(1);
-            }
+            self.interrupt_if_due();
             let out = self.card.take_outgoing();
             if out.is_empty() {
                 std::thread::park_timeout(IDLE_SLEEP);

@@ -40,6 +40,8 @@ pub struct LeaseState {
     pub renew_us_max: AtomicU64,
     /// The member this controller is rebuilding, plus one (0: none); published in its record.
     pub rebuilding: AtomicU8,
+    /// What the last record written said of `rebuilding`, the same way.
+    pub rebuilding_written: AtomicU8,
     /// What each controller's last record said it was rebuilding, the same way.
     pub peers_rebuilding: [AtomicU8; 8],
 }
@@ -193,6 +195,9 @@ fn run(
         let mut rec = lease.next_record(epoch, reach, standing_of(serving, cfg.joining));
         rec.rebuilding = state.rebuilding.load(Relaxed).checked_sub(1);
         let ok = disk.write(&paths, &rec) > 0;
+        if ok {
+            state.rebuilding_written.store(rec.rebuilding.map_or(0, |m| m.saturating_add(1)), Relaxed);
+        }
         lease.renewed(start, ok);
         let took = now_us().saturating_sub(start);
         state.renew_us_max.fetch_max(took, Relaxed);
