@@ -17,13 +17,14 @@ fn peer_err(detail: impl ToString) -> BenchError {
 }
 
 fn group(dir: &Path, n: usize, card: &str) -> Result<Launched, BenchError> {
-    group_with(dir, n, card, &[])
+    group_with(dir, n, card, &["--member-size", "128M"])
 }
 
+/// `extra` names the member size.
 fn group_with(dir: &Path, n: usize, card: &str, extra: &[&str]) -> Result<Launched, BenchError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|source| BenchError::Io { path: dir.display().to_string(), source })?;
-    let mut args = vec!["--level", "raid5", "--members", "4", "--member-size", "128M", "--card", card];
+    let mut args = vec!["--level", "raid5", "--members", "4", "--card", card];
     args.extend_from_slice(extra);
     Launched::start(dir, n, &args).map_err(peer_err)
 }
@@ -145,12 +146,53 @@ fn own_regions(base: &Path, seconds: f64) -> Result<String, BenchError> {
     out += "| line KiB | IOPS | ratio to 1 controller | amf CPU µs / op |\n|---|---|---|---|\n";
     for kib in [4u32, 16, 64] {
         let dir = base.join(format!("line{kib}"));
-        let mut g = group_with(&dir, 3, "model", &["--line-kib", &kib.to_string()])?;
+        let mut g = group_with(&dir, 3, "model", &["--member-size", "128M", "--line-kib", &kib.to_string()])?;
         let (iops, _, cpu_us) = own_region_row(&g, seconds)?;
         g.stop();
         out += &format!("| {kib} | {iops:.0} | {:.2} | {cpu_us:.0} |\n", iops / one.0);
     }
     Ok(out)
+}
+
+/// One controller's cache at `BIG_CACHE_MIB`: a working set of three quarters of it read twice
+/// through controller 0 of 3 (model cards); the second pass must read no member. Returns the
+/// markdown row.
+fn big_cache(base: &Path) -> Result<String, BenchError> {
+    const BIG_CACHE_MIB: u64 = 1024;
+    let set_bytes = BIG_CACHE_MIB * 3 / 4 << 20;
+    let dir = base.join("big-cache");
+    // RAID5 of 4: three members' worth of data holds the set.
+    let member = format!("{}M", set_bytes / 3 / (1 << 20) + 64);
+    let mut g = group_with(&dir, 3, "model", &["--member-size", &member, "--cache-mib", &BIG_CACHE_MIB.to_string()])?;
+    let fills = |g: &Launched| -> Result<u64, BenchError> {
+        let st = g.status().map_err(peer_err)?;
+        Ok(st.first().and_then(|v| v["coherency"]["counters"]["member_reads"].as_u64()).unwrap_or(0))
+    };
+    let mut c = Client::connect(&g.nbd[0], "amf").map_err(peer_err)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pass = |c: &mut Client| -> Result<f64, BenchError> {
+        let t = Instant::now();
+        for off in (0..set_bytes).step_by(buf.len()) {
+            c.read(off, &mut buf).map_err(peer_err)?;
+        }
+        Ok(set_bytes as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64())
+    };
+    let f0 = fills(&g)?;
+    let first = pass(&mut c)?;
+    let f1 = fills(&g)?;
+    let second = pass(&mut c)?;
+    let f2 = fills(&g)?;
+    c.disconnect();
+    g.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(format!(
+        "\nOne controller's cache at {BIG_CACHE_MIB} MiB ({LINE_KIB_DEFAULT} KiB lines): a {} MiB working set read \
+         twice through controller 0 of 3 (model cards), 1 MiB reads:\n\n\
+         | pass | MiB/s | line fills from the members |\n|---|---|---|\n| first | {first:.0} | {} |\n| second | {second:.0} | {} |\n",
+        set_bytes >> 20,
+        f1 - f0,
+        f2 - f1
+    ))
 }
 
 /// Clients of the own-region rows.
@@ -182,6 +224,7 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         g.stop();
     }
     out += &own_regions(&base, seconds)?;
+    out += &big_cache(&base)?;
     out += "\nWrite latency through controller 0 of 3, 2000 writes each:\n\n";
     out += "| card | write to | mean µs | p99 µs | card frames per write |\n|---|---|---|---|---|\n";
     for card in ["model", "sim"] {

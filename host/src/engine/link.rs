@@ -98,7 +98,13 @@ impl LinkedModel {
     /// last interrupt.
     fn interrupt_if_due(&self) {
         if self.card.irq_line() && self.armed.swap(false, Relaxed) {
-            let _ = self.irq.write(1);
+            // Looked at again once armed: the host arms after its clear, so a line seen high
+            // before the clear does not interrupt for nothing.
+            if self.card.irq_line() {
+                let _ = self.irq.write(1);
+            } else {
+                self.armed.store(true, Relaxed);
+            }
         }
     }
 
@@ -156,5 +162,15 @@ impl Backend for LinkedModel {
     fn interrupt_ack(&self) {
         self.armed.store(true, Relaxed);
         self.wake_clock();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_model_card_interrupts_on_completions() {
+        let card = super::LinkedModel::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        crate::engine::sim::tests::completions_interrupt(card.clone());
+        card.stop();
     }
 }

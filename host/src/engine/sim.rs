@@ -53,3 +53,36 @@ impl Backend for SimBackend {
         self.0.interrupt_ack();
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::engine::{Driver, DriverConfig};
+
+    /// A card interrupts: a command's completion makes its eventfd readable soon, never before
+    /// the completion is in the ring, and again after the driver clears the causes.
+    pub(crate) fn completions_interrupt<B: Backend + Clone + 'static>(b: B) {
+        let fd = b.interrupt().expect("the card has an interrupt");
+        let cfg =
+            DriverConfig { node: 0, peers: 1, epoch: 1, ring_log2: 4, ack_timeout_cycles: 1000, heartbeat_cycles: 0 };
+        let mut d = Driver::open(b, cfg).unwrap();
+        for round in 0..20 {
+            d.ack_interrupt();
+            d.submit(amf_hdl_model::gen::structs::Opcode::AcquireExclusive, 10 + round).unwrap();
+            let t = std::time::Instant::now();
+            assert!(
+                crate::engine::asynch::wait_interrupt(fd, Duration::from_secs(5)),
+                "round {round}: no interrupt in 5 s"
+            );
+            let waited = t.elapsed();
+            let done = d.reap().unwrap();
+            assert_eq!(done.len(), 1, "round {round}: {done:?} after {waited:?} (an interrupt for nothing)");
+            assert!(waited < Duration::from_millis(20), "round {round}: interrupt after {waited:?}");
+        }
+    }
+
+    #[test]
+    fn the_simulated_card_interrupts_on_completions() {
+        completions_interrupt(SimBackend::start("127.0.0.1:0".parse().unwrap()).unwrap());
+    }
+}

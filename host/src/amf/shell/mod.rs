@@ -408,6 +408,8 @@ pub fn call(inbox: &Inbox, req: HostReq) -> Result<Vec<u8>, HostError> {
 struct CardWaker {
     /// A wake is in the inbox and not yet taken.
     pending: Arc<std::sync::atomic::AtomicBool>,
+    /// A wake was taken and the card's causes are not cleared yet.
+    taken: bool,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -429,7 +431,7 @@ impl CardWaker {
                 }
             }
         })?;
-        Ok(Some(CardWaker { pending, stop }))
+        Ok(Some(CardWaker { pending, taken: false, stop }))
     }
 }
 
@@ -706,8 +708,9 @@ impl Loop {
             Event::CardWake => {
                 // Taken: the pump after this batch reads the rings (and the next interrupt
                 // wakes the loop again).
-                if let Some(w) = &self.card_waker {
+                if let Some(w) = self.card_waker.as_mut() {
                     w.pending.store(false, std::sync::atomic::Ordering::Relaxed);
+                    w.taken = true;
                 }
             }
         }
@@ -772,9 +775,13 @@ impl Loop {
 
     /// Submits queued commands; feeds completions and events to the machine in card order.
     fn pump_card(&mut self) {
-        // Causes set from here on interrupt again (and what they report is reaped below or
-        // at the next wake).
-        self.driver.ack_interrupt();
+        // After an interrupt: causes set from here on interrupt again (what they report is
+        // reaped below or at the next wake). Only then: a clear is a register write, which a
+        // simulated card runs its clock for.
+        if let Some(w) = self.card_waker.as_mut().filter(|w| w.taken) {
+            w.taken = false;
+            self.driver.ack_interrupt();
+        }
         for _ in 0..64 {
             if self.view_due.is_none() {
                 let acquires = self.tags.values().filter(|t| waits(t.2)).count();
