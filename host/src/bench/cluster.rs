@@ -159,7 +159,7 @@ fn own_regions(base: &Path, seconds: f64) -> Result<String, BenchError> {
 /// markdown row.
 fn big_cache(base: &Path) -> Result<String, BenchError> {
     const BIG_CACHE_MIB: u64 = 1024;
-    let set_bytes = BIG_CACHE_MIB * 3 / 4 << 20;
+    let set_bytes = (BIG_CACHE_MIB * 3 / 4) << 20;
     let dir = base.join("big-cache");
     // RAID5 of 4: three members' worth of data holds the set.
     let member = format!("{}M", set_bytes / 3 / (1 << 20) + 64);
