@@ -195,6 +195,47 @@ fn big_cache(base: &Path) -> Result<String, BenchError> {
     ))
 }
 
+/// One shared region 4x larger than one controller's cache (64 MiB caches over 256 MiB), 30%
+/// writes, from 9 clients: one controller against 3 with model cards.
+fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
+    const CACHE_MIB: u64 = 64;
+    let blocks = ((4 * CACHE_MIB) << 20) / BLOCK_BYTES as u64;
+    let mut out = format!(
+        "\nOne shared region 4x larger than one cache ({CACHE_MIB} MiB caches over {} MiB), 30% writes, 9 clients:\n\n",
+        4 * CACHE_MIB
+    );
+    out += "| controllers | card | IOPS | ratio to 1 |\n|---|---|---|---|\n";
+    let mut one = 0.0;
+    for (n, card) in [(1usize, "none"), (3, "model")] {
+        let dir = base.join(format!("beyond{n}"));
+        let cache = CACHE_MIB.to_string();
+        let mut g =
+            group_with(&dir, n, if n == 1 { "sim" } else { card }, &["--member-size", "128M", "--cache-mib", &cache])?;
+        let spec = Spec {
+            targets: g.nbd.clone(),
+            clients: 9,
+            blocks,
+            base: 0,
+            write_percent: 30,
+            duration: Duration::from_secs_f64(seconds),
+            seed: 20,
+            own_regions: false,
+            warm_up: Duration::ZERO,
+        };
+        let o = workload::run(&spec);
+        g.stop();
+        if let Some(e) = o.errors.first().or(o.violations.first()) {
+            return Err(peer_err(e));
+        }
+        let iops = (o.reads + o.writes) as f64 / o.elapsed.as_secs_f64();
+        if n == 1 {
+            one = iops;
+        }
+        out += &format!("| {n} | {card} | {iops:.0} | {:.2} |\n", iops / one);
+    }
+    Ok(out)
+}
+
 /// Clients of the own-region rows.
 const OWN_CLIENTS: usize = 12;
 
@@ -224,6 +265,7 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         g.stop();
     }
     out += &own_regions(&base, seconds)?;
+    out += &beyond_cache(&base, seconds)?;
     out += &big_cache(&base)?;
     out += "\nWrite latency through controller 0 of 3, 2000 writes each:\n\n";
     out += "| card | write to | mean µs | p99 µs | card frames per write |\n|---|---|---|---|---|\n";
