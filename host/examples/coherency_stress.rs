@@ -1,7 +1,7 @@
 //! Coherency stress: starts a fresh `amf cluster` with model cards again and again, runs the
 //! verifying workload (every read checked against the write history) through all its
-//! controllers, and stops at the first violation. A diagnostic tool for the known open
-//! coherency bug in docs/coherency.md ("Known limits"), not a test.
+//! controllers, and stops at the first violation. A diagnostic tool (it found the stale reads
+//! of docs/coherency.md "Known limits", fixed in session 10), not a test.
 //!
 //! `cargo build --release && cargo run --release -p amf --example coherency_stress -- \
 //!     [controllers 3] [blocks 2048] [line_kib 16] [rounds 30]`

@@ -107,6 +107,44 @@ pub fn in_card_order(
     inputs
 }
 
+/// Puts what one look at the card's rings found in the card's order, across looks. A look
+/// reaps completions, reads events, then reaps again: a completion the card wrote before an
+/// event that was read is in the second reap at the latest (the card writes its rings in its
+/// order), so no event is handled before a completion that came first. A completion that counts
+/// events not read yet waits here for them (with every completion after it).
+#[derive(Default)]
+pub struct CardOrder {
+    /// Events read so far (the next event's number).
+    events_seen: u32,
+    held: Vec<Completion>,
+}
+
+impl CardOrder {
+    /// The inputs of `done` (this look's completions, both reaps, in order) and `events`, with
+    /// what waited from earlier looks; `id_of` as for [`in_card_order`].
+    pub fn merge(
+        &mut self,
+        done: Vec<Completion>,
+        events: Vec<(u32, Event)>,
+        id_of: impl FnMut(&Completion) -> Option<u64>,
+    ) -> Vec<Input> {
+        if let Some((i, _)) = events.last() {
+            self.events_seen = i.wrapping_add(1);
+        }
+        let mut ready = std::mem::take(&mut self.held);
+        ready.extend(done);
+        let seen = self.events_seen;
+        let wait = ready.iter().position(|c| (c.events_before.wrapping_sub(seen) as i32) > 0).unwrap_or(ready.len());
+        self.held = ready.split_off(wait);
+        in_card_order(ready, events, id_of)
+    }
+
+    /// Completions waiting for events not read yet.
+    pub fn waiting(&self) -> usize {
+        self.held.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,11 +77,14 @@ pub enum Mutation {
     ReplicaFollowsRing,
     /// Answer a FUA write once its destage is in the members' write caches, not durable.
     VolatileFua,
+    /// Look at the card's rings without the second reap: a completion the card wrote just
+    /// after the reap is handled after events it wrote later (honoured by the simulator).
+    EventsBeforeCompletions,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 14] = [
+    pub const ALL: [Mutation; 15] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -96,6 +99,7 @@ impl Mutation {
         Mutation::ExpireBeforeFence,
         Mutation::ReplicaFollowsRing,
         Mutation::VolatileFua,
+        Mutation::EventsBeforeCompletions,
     ];
 
     /// Its name on the command line.
@@ -115,6 +119,7 @@ impl Mutation {
             Mutation::ExpireBeforeFence => "expire-before-fence",
             Mutation::ReplicaFollowsRing => "replica-follows-ring",
             Mutation::VolatileFua => "volatile-fua",
+            Mutation::EventsBeforeCompletions => "events-before-completions",
         }
     }
 

@@ -14,7 +14,7 @@ mod takeover;
 
 pub use takeover::{epoch_live, flip_epoch, DeathWatch, TakeoverProgress};
 
-use super::card_terms::{in_card_order, opcode, take_submittable, waits};
+use super::card_terms::{opcode, take_submittable, waits, CardOrder};
 use super::io::*;
 use super::machine::{Config, Machine};
 use crate::engine::AnyCard;
@@ -242,6 +242,7 @@ impl Shell {
                     inbox,
                     takeover: progress,
                     card_waker,
+                    card_order: CardOrder::default(),
                 };
                 l.run();
             })
@@ -485,6 +486,8 @@ struct Loop {
     takeover: Arc<TakeoverProgress>,
     /// The card's interrupt, when it has one.
     card_waker: Option<CardWaker>,
+    /// Completions and events in the card's order across looks at its rings.
+    card_order: CardOrder,
 }
 
 impl Loop {
@@ -804,15 +807,14 @@ impl Loop {
                     }
                 }
             }
-            let done = match self.driver.reap() {
-                Ok(d) => d,
-                Err(e) => {
-                    self.card_error = Some(e.to_string());
-                    return;
-                }
-            };
-            let events = match self.driver.events_indexed() {
-                Ok(e) => e,
+            // Reap, read events, reap again: see `CardOrder`.
+            let looked = self.driver.reap().and_then(|mut done| {
+                let events = self.driver.events_indexed()?;
+                done.extend(self.driver.reap()?);
+                Ok((done, events))
+            });
+            let (done, events) = match looked {
+                Ok(x) => x,
                 Err(e) => {
                     self.card_error = Some(e.to_string());
                     return;
@@ -822,8 +824,9 @@ impl Loop {
                 return;
             }
             let mut measured = Vec::new();
-            let inputs = in_card_order(done, events, |c| {
-                let (id, at, op, resource) = self.tags.remove(&c.tag)?;
+            let tags = &mut self.tags;
+            let inputs = self.card_order.merge(done, events, |c| {
+                let (id, at, op, resource) = tags.remove(&c.tag)?;
                 measured.push((at, op, resource, c.no_broadcast));
                 Some(id)
             });

@@ -1,7 +1,7 @@
 //! The simulated cluster and its scheduler.
 
 use super::history::{pattern, History, BLOCK_BYTES};
-use crate::amf::card_terms::{in_card_order, opcode, take_submittable, waits};
+use crate::amf::card_terms::{opcode, take_submittable, waits};
 use crate::amf::io::*;
 use crate::amf::machine::{Config, Counters, Machine, State};
 use crate::engine::{Backend, Driver, DriverConfig, ModelBackend};
@@ -34,6 +34,8 @@ const CARD_POLL_US: u64 = 50;
 const TIME_LIMIT_US: u64 = 30_000_000;
 /// Commands a node keeps in its card's ring at once.
 const CARD_INFLIGHT_MAX: usize = 200;
+/// Pumps (with completions and events both) in which the last completion is reaped late.
+const REAP_RACE_PPM: u32 = 100_000;
 /// Rounds of feeding card output back into machines per event before it is called a loop.
 const PUMP_ROUNDS_MAX: usize = 10_000;
 
@@ -447,6 +449,10 @@ struct Node {
     /// A new membership waits for the card to fetch the commands of the old one (new ones
     /// wait in the backlog meanwhile).
     view_due: bool,
+    /// Completions and events in the card's order across looks (the shell's code).
+    card_order: crate::amf::card_terms::CardOrder,
+    /// With `events-before-completions`: completions left for the next look.
+    held: Vec<amf_hdl_model::gen::structs::Completion>,
 }
 
 impl Node {
@@ -513,6 +519,8 @@ impl Node {
             tags: BTreeMap::new(),
             backlog: VecDeque::new(),
             view_due: false,
+            card_order: Default::default(),
+            held: Vec::new(),
         })
     }
 }
@@ -520,6 +528,9 @@ impl Node {
 struct World {
     cfg: SimConfig,
     rng: StdRng,
+    /// The card's ring-write race alone draws from this (the rest of a seed's run is as it was
+    /// before the race was modelled).
+    race_rng: StdRng,
     now_us: u64,
     seq: u64,
     queue: BTreeMap<(u64, u64), Ev>,
@@ -604,6 +615,7 @@ impl World {
         let (nodes_count, mutation) = (cfg.nodes, cfg.mutation);
         Ok(World {
             rng: StdRng::seed_from_u64(cfg.seed),
+            race_rng: StdRng::seed_from_u64(cfg.seed ^ 0x00ca_4d0e_4de4),
             cfg,
             now_us: 1,
             seq: 0,
@@ -1243,11 +1255,31 @@ impl World {
             }
             node.card.run(0);
         }
-        let done = self.nodes[n].driver.reap().map_err(|e| format!("n{n} card: {e}"))?;
+        // As the shell looks: reap, read events, reap again. The card here does not run in
+        // between, so a completion it wrote just after the first reap (before an event) is
+        // modelled by moving the first reap's last completion to the second.
+        let mut done = self.nodes[n].driver.reap().map_err(|e| format!("n{n} card: {e}"))?;
         let events = self.nodes[n].driver.events_indexed().map_err(|e| format!("n{n} card: {e}"))?;
-        let tags = &mut self.nodes[n].tags;
+        let mut late = self.nodes[n].driver.reap().map_err(|e| format!("n{n} card: {e}"))?;
+        if !done.is_empty() && !events.is_empty() && self.race_rng.gen_range(0..1_000_000) < REAP_RACE_PPM {
+            if let Some(c) = done.pop() {
+                late.insert(0, c);
+            }
+        }
+        if self.cfg.mutation == Some(crate::amf::machine::Mutation::EventsBeforeCompletions) {
+            // The look before the fix: no second reap, so the late completion is handled in
+            // the next look, after events the card wrote after it.
+            let held = std::mem::take(&mut self.nodes[n].held);
+            self.nodes[n].held = late;
+            late = held;
+            done.splice(0..0, late.drain(..));
+            moved |= !self.nodes[n].held.is_empty();
+        }
+        done.extend(late);
+        let node = &mut self.nodes[n];
+        let tags = &mut node.tags;
         let mut unknown = None;
-        let inputs = in_card_order(done, events, |c| {
+        let inputs = node.card_order.merge(done, events, |c| {
             let id = tags.remove(&c.tag).map(|t| t.0);
             if id.is_none() {
                 unknown = Some(c.tag);
