@@ -138,16 +138,47 @@ impl CardOrder {
         self.held = ready.split_off(wait);
         in_card_order(ready, events, id_of)
     }
-
-    /// Completions waiting for events not read yet.
-    pub fn waiting(&self) -> usize {
-        self.held.len()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn completion(tag: u32, events_before: u32) -> Completion {
+        Completion { tag, events_before, ..Completion::default() }
+    }
+
+    fn invalidate(resource: u64) -> Event {
+        Event { kind: EventKind::Invalidate as u8, hold: 1, resource, node: 1, ..Event::default() }
+    }
+
+    /// Which input is which: completions by tag, events by resource.
+    fn names(inputs: &[Input]) -> Vec<String> {
+        inputs
+            .iter()
+            .map(|i| match i {
+                Input::CardDone { id, .. } => format!("c{id}"),
+                Input::CardEvent { resource, .. } => format!("e{resource}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_completion_goes_before_the_events_it_precedes_and_waits_for_those_it_counts() {
+        let mut order = CardOrder::default();
+        let id = |c: &Completion| Some(c.tag as u64);
+        // Completion 1 came before event 0 (the second reap found it): it goes first.
+        let out = order.merge(vec![completion(1, 0)], vec![(0, invalidate(10))], id);
+        assert_eq!(names(&out), ["c1", "e10"]);
+        // Completion 2 counts three events (0 to 2); event 2 is not read yet: it waits, and
+        // completion 3 behind it too.
+        let out = order.merge(vec![completion(2, 3), completion(3, 3)], vec![(1, invalidate(11))], id);
+        assert_eq!(names(&out), ["e11"]);
+        // Event 2 arrives: it goes before them.
+        let out = order.merge(vec![], vec![(2, invalidate(12))], id);
+        assert_eq!(names(&out), ["e12", "c2", "c3"]);
+    }
 
     #[test]
     fn yields_go_ahead_of_acquires_held_back_but_not_of_their_own_resource() {

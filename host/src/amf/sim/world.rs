@@ -1267,13 +1267,12 @@ impl World {
             }
         }
         if self.cfg.mutation == Some(crate::amf::machine::Mutation::EventsBeforeCompletions) {
-            // The look before the fix: no second reap, so the late completion is handled in
-            // the next look, after events the card wrote after it.
-            let held = std::mem::take(&mut self.nodes[n].held);
-            self.nodes[n].held = late;
-            late = held;
-            done.splice(0..0, late.drain(..));
+            // The look before the fix: no second reap, so what it would find is handled in the
+            // next look, after events the card wrote after it.
+            let earlier = std::mem::replace(&mut self.nodes[n].held, late);
             moved |= !self.nodes[n].held.is_empty();
+            late = Vec::new();
+            done.splice(0..0, earlier);
         }
         done.extend(late);
         let node = &mut self.nodes[n];
