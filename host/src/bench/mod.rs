@@ -1,6 +1,7 @@
 //! Benchmarks behind `amf bench`: each measures amf and a peer in the same run on this machine
 //! and reports the ratio. Results are recorded in docs/benchmarks.md between markers.
 
+pub mod card;
 pub mod cluster;
 pub mod driver;
 pub mod isal;

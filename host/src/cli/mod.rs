@@ -280,6 +280,12 @@ enum BenchCommand {
         #[arg(long)]
         record: Option<PathBuf>,
     },
+    /// The card's RTL under Verilator: latency against sharers, simulated cycles per second.
+    Card {
+        /// Record the tables in this markdown file (between bench markers) and the chart beside it.
+        #[arg(long)]
+        record: Option<PathBuf>,
+    },
     /// Commands through the card driver: model and simulated card, host overhead per command.
     Driver {
         /// Seconds per measurement.
@@ -462,6 +468,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 crate::bench::parity::plot(&rows, &svg)?;
                 table += "\n![parity: amf vs ISA-L](bench-parity.svg)\n";
                 crate::bench::record(&path, "parity", &table)?;
+            }
+        }
+        Command::Bench { what: BenchCommand::Card { record } } => {
+            let (mut table, rows) = crate::bench::card::run()?;
+            println!("{table}");
+            if let Some(path) = record {
+                let svg = path.with_file_name("bench-card.svg");
+                crate::bench::card::plot(&rows, &svg)?;
+                table += "\n![card: latency against sharers](bench-card.svg)\n";
+                crate::bench::record(&path, "card", &table)?;
             }
         }
         Command::Bench { what: BenchCommand::Driver { seconds, record } } => {

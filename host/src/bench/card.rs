@@ -1,10 +1,10 @@
-//! `cargo run --release -p amf-verilator --bin card_bench [-- --record docs/benchmarks.md]`:
-//! simulated cards linked in process. Measures (1) cycles from the doorbell of an
-//! acquire-exclusive to its completion in host memory with 1..7 sharers to invalidate (lockstep,
-//! a frame moves to its destinations the cycle after it is sent), and (2) simulated cycles per
-//! second for 4 cards exchanging broadcasts, lockstep on one thread and on two threads with a
-//! link of `LINK_CYCLES`.
+//! `amf bench card [--record docs/benchmarks.md]`: the card's RTL under Verilator, cards linked
+//! in process. Measures (1) cycles from the doorbell of an acquire-exclusive to its completion in
+//! host memory with 1..7 sharers to invalidate (lockstep, a frame moves to its destinations the
+//! cycle after it is sent), and (2) simulated cycles per second for 4 cards exchanging
+//! broadcasts, lockstep on one thread and on two threads with a link of `LINK_CYCLES`.
 
+use super::BenchError;
 use amf_hdl_model::gen::regs;
 use amf_hdl_model::gen::structs::{Command, Completion, LinkFrame, Opcode};
 use amf_hdl_model::model::card::HostMemory;
@@ -274,15 +274,12 @@ fn throughput(threads: usize, link: u64) -> (f64, u64, f64) {
     (cycles as f64 / secs, done.load(Relaxed), secs)
 }
 
-fn main() {
-    let record = std::env::args().skip_while(|a| a != "--record").nth(1);
-    // AMF_BENCH_THREADS=N: only the throughput run, on N threads (N = 1 for one core's rate).
-    if let Ok(t) = std::env::var("AMF_BENCH_THREADS") {
-        let (cps, done, secs) = throughput(t.parse().unwrap_or(1).max(1), LINK_CYCLES);
-        println!("{:.2} M simulated cycles/s, {done} acquires in {secs:.1} s", cps / 1e6);
-        return;
-    }
-    // (1) Doorbell-to-completion of an acquire-exclusive with k sharers to invalidate.
+/// Doorbell-to-completion cycles of an acquire-exclusive with `k` sharers, for k in 1..=7.
+pub fn latency_by_sharers() -> Result<Vec<(usize, u64)>, BenchError> {
+    let stalled = |what: &str| BenchError::Peer {
+        program: "amf_card (Verilator)".into(),
+        detail: format!("{what} did not complete"),
+    };
     let mut rows = vec![];
     for k in 1..=7usize {
         let mut nodes: Vec<Node> = (0..8).map(|i| Node::new(i, 8)).collect();
@@ -290,22 +287,29 @@ fn main() {
         // Node 0 and nodes 1..=k read the resource: node 0 then knows exactly k other sharers.
         for i in (1..=k).chain(std::iter::once(0)) {
             nodes[i].submit(Opcode::AcquireShared, r);
-            wait_completion(&mut nodes, i).expect("acquire shared completes");
+            wait_completion(&mut nodes, i).ok_or_else(|| stalled("acquire shared"))?;
             for n in nodes.iter_mut() {
                 n.drain_events();
             }
         }
         nodes[0].submit(Opcode::AcquireExclusive, r);
-        let cycles = wait_completion(&mut nodes, 0).expect("acquire exclusive completes");
+        let cycles = wait_completion(&mut nodes, 0).ok_or_else(|| stalled("acquire exclusive"))?;
         rows.push((k, cycles));
     }
-    // (2) 4 cards exchanging broadcasts: lockstep on one thread with the one-cycle link, then
-    // on two threads (this machine's cores) with a LINK_CYCLES link.
+    Ok(rows)
+}
+
+/// Runs both measurements; returns the report and the latency rows (for the chart).
+pub fn run() -> Result<(String, Vec<(usize, u64)>), BenchError> {
+    let rows = latency_by_sharers()?;
+    // 4 cards exchanging broadcasts: lockstep on one thread with the one-cycle link, then on two
+    // threads (this machine's cores) with a LINK_CYCLES link.
     let (lockstep_cps, lockstep_done, lockstep_secs) = throughput(1, 1);
     let (threaded_cps, threaded_done, threaded_secs) = throughput(2, LINK_CYCLES);
-    let mut s = String::from(
-        "Command: `cargo run --release -p amf-verilator --bin card_bench` — Verilator 5.006, the whole `amf_card` RTL per node, linked in process. Latency: lockstep, a frame reaches its destinations the cycle after it leaves (one multicast frame per broadcast).\n\n\
+    let mut s = format!(
+        "Command: `amf bench card` — {}; Verilator 5.006, the whole `amf_card` RTL per node, linked in process. Latency: lockstep, a frame reaches its destinations the cycle after it leaves (one multicast frame per broadcast).\n\n\
          | sharers invalidated | doorbell to completion (cycles) |\n|---|---|\n",
+        super::machine()
     );
     for (k, c) in &rows {
         s += &format!("| {k} | {c} |\n");
@@ -322,18 +326,36 @@ fn main() {
         threaded_done,
         threaded_secs
     );
-    println!("{s}");
-    if let Some(path) = record {
-        let old = std::fs::read_to_string(&path).unwrap_or_default();
-        let (a, b) = ("<!-- bench:card:start -->", "<!-- bench:card:end -->");
-        let section = format!("{a}\n{s}\n{b}");
-        let new = match (old.find(a), old.find(b)) {
-            (Some(x), Some(y)) if y > x => format!("{}{}{}", &old[..x], section, &old[y + b.len()..]),
-            _ => format!("{old}\n{section}\n"),
-        };
-        if let Err(e) = std::fs::write(&path, new) {
-            eprintln!("card_bench: {path}: {e}");
-            std::process::exit(1);
-        }
+    Ok((s, rows))
+}
+
+/// Draws doorbell-to-completion cycles against the number of sharers.
+pub fn plot(rows: &[(usize, u64)], path: &std::path::Path) -> Result<(), BenchError> {
+    let series = [super::plot::Series {
+        name: "amf_card RTL (Verilator), acquire-exclusive".into(),
+        points: rows.iter().map(|&(k, c)| (k as f64, c as f64)).collect(),
+        peer: false,
+    }];
+    let axes = super::plot::Axes {
+        title: "Card latency against sharers invalidated",
+        x: "sharers invalidated",
+        y: "doorbell to completion (cycles)",
+        log_x: false,
+    };
+    super::plot::line_chart(path, &axes, &series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The broadcast is one multicast frame: each extra sharer costs about one cycle (its
+    /// answer), never a round trip.
+    #[test]
+    fn latency_grows_by_about_a_cycle_per_sharer() {
+        let rows = latency_by_sharers().expect("the RTL completes");
+        assert_eq!(rows.len(), 7);
+        let (first, last) = (rows[0].1, rows[6].1);
+        assert!(last >= first && last - first <= 12, "{rows:?}");
     }
 }
