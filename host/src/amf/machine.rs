@@ -1727,35 +1727,27 @@ impl Machine {
                 self.out.push(Output::Send { to, msg });
             }
         }
-        let lines = &self.lines;
+        // One pass, one lookup per line: the lines to write back (the first few aged ones, in
+        // line order) and those whose timer is due; a line stays while Modified or timed.
+        let (lines, mut old, mut retry) = (&self.lines, Vec::new(), Vec::new());
         self.timed.retain(|r| {
-            lines.get(r).is_some_and(|l| l.state == State::Modified || l.retry_at_us != 0 || l.acquire_at_us != 0)
+            let Some(l) = lines.get(r) else { return false };
+            if l.state == State::Modified
+                && l.phase == Phase::Idle
+                && l.dirty_since_us + WRITEBACK_AGE_US <= now
+                && old.len() < WRITEBACKS_PER_TICK
+            {
+                old.push(*r);
+            }
+            if (l.retry_at_us != 0 && l.retry_at_us <= now) || (l.acquire_at_us != 0 && l.acquire_at_us <= now) {
+                retry.push(*r);
+            }
+            l.state == State::Modified || l.retry_at_us != 0 || l.acquire_at_us != 0
         });
-        let old: Vec<u64> = self
-            .timed
-            .iter()
-            .filter(|r| {
-                self.lines.get(r).is_some_and(|l| {
-                    l.state == State::Modified && l.phase == Phase::Idle && l.dirty_since_us + WRITEBACK_AGE_US <= now
-                })
-            })
-            .copied()
-            .take(WRITEBACKS_PER_TICK)
-            .collect();
         for r in old {
             self.line(r).writeback = true;
             self.touched.insert(r);
         }
-        let retry: Vec<u64> = self
-            .timed
-            .iter()
-            .filter(|r| {
-                self.lines.get(r).is_some_and(|l| {
-                    (l.retry_at_us != 0 && l.retry_at_us <= now) || (l.acquire_at_us != 0 && l.acquire_at_us <= now)
-                })
-            })
-            .copied()
-            .collect();
         for r in retry {
             let l = self.line(r);
             if l.retry_at_us <= now {
