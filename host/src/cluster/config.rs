@@ -146,7 +146,15 @@ impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ClusterError> {
         let text = std::fs::read_to_string(path).map_err(|source| ClusterError::File { path: path.into(), source })?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| match e {
+            ClusterError::Config(m) => bad(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    /// Parses and checks a configuration's text.
+    pub fn parse(text: &str) -> Result<Config, ClusterError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         cfg.check()?;
         Ok(cfg)
     }

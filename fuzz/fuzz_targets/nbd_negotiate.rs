@@ -1,0 +1,30 @@
+//! NBD option negotiation, fed as a client's bytes arrive: in pieces whose sizes the input
+//! chooses. Checks: never a panic, every step consumes at most what it was given, and a
+//! negotiation that ends (Go, Abort or a violation) stays ended.
+#![no_main]
+
+use amf::nbd::negotiate::{step, Negotiation, Outcome};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cut, input)) = data.split_first() else { return };
+    let piece = (cut as usize % 64) + 1;
+    let mut state = Negotiation::ClientFlags;
+    let (mut have, mut fed) = (Vec::new(), 0);
+    let mut out = Vec::new();
+    while fed < input.len() {
+        let end = (fed + piece).min(input.len());
+        have.extend_from_slice(&input[fed..end]);
+        fed = end;
+        match step(&mut state, &have, &mut out, 1 << 30, "amf") {
+            Ok((used, outcome)) => {
+                assert!(used <= have.len(), "consumed {used} of {}", have.len());
+                have.drain(..used);
+                if outcome != Outcome::Continue {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+});
