@@ -867,6 +867,7 @@ impl Loop {
                 "received": self.net.stats.received.load(std::sync::atomic::Ordering::Relaxed),
                 "dropped": self.net.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
                 "refused": self.net.stats.refused.load(std::sync::atomic::Ordering::Relaxed),
+                "idle_closed": self.net.stats.idle_closed.load(std::sync::atomic::Ordering::Relaxed),
             },
             "card_error": self.card_error,
         })

@@ -13,7 +13,7 @@ use crate::amf::io::Msg;
 use crossbeam_channel::{bounded, Receiver, TryRecvError};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,14 @@ const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a stopping controller waits for its last frames to leave.
 const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Incoming connections read at once (a thread each); past it new ones are closed at once and
+/// counted as refused. A cluster needs one per peer (8 at most), and a peer that reconnects
+/// leaves its old one behind until that one ends.
+pub const INCOMING_MAX: usize = 32;
+/// An incoming connection that brings no frame for this long is closed: peers say hello every
+/// 100 ms (`HEARTBEAT`), so only a stranger or a stopped peer is that quiet, and a peer that
+/// wakes up connects again (its requests are retransmitted).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a frame was refused.
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +111,11 @@ pub struct NetStats {
     pub received: AtomicU64,
     /// Frames dropped because a peer's queue was full or its connection failed.
     pub dropped: AtomicU64,
-    /// Connections closed for garbage (bad magic, version, length or payload).
+    /// Connections closed for garbage (bad magic, version, length or payload), or refused
+    /// because `INCOMING_MAX` were open.
     pub refused: AtomicU64,
+    /// Incoming connections closed after `IDLE_TIMEOUT` without a frame.
+    pub idle_closed: AtomicU64,
     /// When a frame last came from each controller (the fence gate's nanoseconds, see
     /// `raid::fence`; 0: never): which peers this one hears, for the lease's reach.
     pub heard_ns: [AtomicU64; 8],
@@ -157,6 +168,17 @@ impl Net {
         payload_max: usize,
         inbox: Inbox,
     ) -> std::io::Result<Net> {
+        Net::start_with(listener, node, epoch, peers, Limits { payload_max, idle: IDLE_TIMEOUT }, inbox)
+    }
+
+    fn start_with(
+        listener: TcpListener,
+        node: u8,
+        epoch: u32,
+        peers: &[(u8, SocketAddr)],
+        limits: Limits,
+        inbox: Inbox,
+    ) -> std::io::Result<Net> {
         let stats = Arc::new(NetStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut out: Vec<Option<Peer>> = (0..8).map(|_| None).collect();
@@ -169,7 +191,7 @@ impl Net {
         listener.set_nonblocking(true)?;
         std::thread::Builder::new()
             .name("fabric-accept".into())
-            .spawn(move || accept(listener, payload_max, inbox, s, st))?;
+            .spawn(move || accept(listener, limits, inbox, s, st))?;
         Ok(Net { node, epoch: AtomicU32::new(epoch), peers: out, stats, stop })
     }
 
@@ -291,24 +313,47 @@ impl Peer {
     }
 }
 
-fn accept(listener: TcpListener, payload_max: usize, inbox: Inbox, stats: Arc<NetStats>, stop: Arc<AtomicBool>) {
+/// What one incoming connection may cost.
+#[derive(Clone, Copy)]
+struct Limits {
+    payload_max: usize,
+    idle: Duration,
+}
+
+fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetStats>, stop: Arc<AtomicBool>) {
+    let open = Arc::new(AtomicUsize::new(0));
     while !stop.load(Relaxed) {
         match listener.accept() {
             Ok((s, _)) => {
-                let (inbox, stats, stop) = (inbox.clone(), stats.clone(), stop.clone());
-                let _ = s.set_nonblocking(false);
-                let _ = std::thread::Builder::new()
-                    .name("fabric-from".into())
-                    .spawn(move || reader(s, payload_max, inbox, stats, stop));
+                if open.load(Relaxed) >= INCOMING_MAX {
+                    stats.refused.fetch_add(1, Relaxed);
+                    continue;
+                }
+                let (inbox, stats, stop, open) = (inbox.clone(), stats.clone(), stop.clone(), open.clone());
+                if s.set_nonblocking(false).and_then(|_| s.set_read_timeout(Some(limits.idle))).is_err() {
+                    continue;
+                }
+                open.fetch_add(1, Relaxed);
+                let spawned = std::thread::Builder::new().name("fabric-from".into()).spawn({
+                    let open = open.clone();
+                    move || {
+                        reader(s, limits.payload_max, inbox, &stats, stop);
+                        open.fetch_sub(1, Relaxed);
+                    }
+                });
+                if spawned.is_err() {
+                    open.fetch_sub(1, Relaxed);
+                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
 }
 
-fn reader(mut s: TcpStream, payload_max: usize, inbox: Inbox, stats: Arc<NetStats>, stop: Arc<AtomicBool>) {
-    // Blocking reads without a timeout: a timeout inside a frame would lose its start. The
-    // thread ends when the peer closes or sends garbage, or when the loop is gone.
+fn reader(mut s: TcpStream, payload_max: usize, inbox: Inbox, stats: &NetStats, stop: Arc<AtomicBool>) {
+    // Blocking reads, with the idle timeout: a timeout (inside a frame or between frames) ends
+    // the connection, so no frame is ever read from its middle. The thread ends when the peer
+    // closes, idles or sends garbage, or when the loop is gone.
     let mut r = std::io::BufReader::new(&mut s);
     while !stop.load(Relaxed) {
         match read_frame(&mut r, payload_max) {
@@ -320,6 +365,10 @@ fn reader(mut s: TcpStream, payload_max: usize, inbox: Inbox, stats: Arc<NetStat
                 if inbox.send(super::Event::Input(crate::amf::io::Input::Fabric { from, epoch, msg })).is_err() {
                     return;
                 }
+            }
+            Err(FrameError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                stats.idle_closed.fetch_add(1, Relaxed);
+                return;
             }
             Err(FrameError::Io(_)) => return,
             Err(e) => {
@@ -352,6 +401,42 @@ mod tests {
             let frame = encode(1, 7, &msg).unwrap();
             let (from, epoch, back) = read_frame(&mut frame.as_slice(), 1 << 20).unwrap();
             assert_eq!((from, epoch, back), (1, 7, msg));
+        }
+    }
+
+    /// Strangers cannot take a controller's threads: past `INCOMING_MAX` open connections new
+    /// ones are closed at once, a connection that sends nothing is closed after the idle
+    /// timeout, and a peer that connects afterwards is served.
+    #[test]
+    fn incoming_connections_are_bounded_and_idle_ones_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let limits = Limits { payload_max: 1 << 16, idle: Duration::from_millis(1500) };
+        let net = Net::start_with(listener, 0, 1, &[], limits, tx).unwrap();
+        let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !f() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let extra = 5;
+        let idle: Vec<TcpStream> = (0..INCOMING_MAX + extra).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        wait_for("the connections past the limit are refused", &|| {
+            net.stats.refused.load(Relaxed) >= extra as u64
+        });
+        wait_for("idle connections are closed", &|| {
+            net.stats.idle_closed.load(Relaxed) >= INCOMING_MAX as u64
+        });
+        drop(idle);
+        let mut peer = TcpStream::connect(addr).unwrap();
+        peer.write_all(&encode(3, 1, &Msg::Hello).unwrap()).unwrap();
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(super::super::Event::Input(crate::amf::io::Input::Fabric { from, epoch, msg })) => {
+                assert_eq!((from, epoch, msg), (3, 1, Msg::Hello))
+            }
+            _ => panic!("the peer's frame did not arrive"),
         }
     }
 }
