@@ -80,11 +80,14 @@ pub enum Mutation {
     /// Look at the card's rings without the second reap: a completion the card wrote just
     /// after the reap is handled after events it wrote later (honoured by the simulator).
     EventsBeforeCompletions,
+    /// A write-back covers only the line's last write, not every byte written since the line
+    /// was last on the members.
+    NarrowWriteBack,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 15] = [
+    pub const ALL: [Mutation; 16] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -100,6 +103,7 @@ impl Mutation {
         Mutation::ReplicaFollowsRing,
         Mutation::VolatileFua,
         Mutation::EventsBeforeCompletions,
+        Mutation::NarrowWriteBack,
     ];
 
     /// Its name on the command line.
@@ -120,6 +124,7 @@ impl Mutation {
             Mutation::ReplicaFollowsRing => "replica-follows-ring",
             Mutation::VolatileFua => "volatile-fua",
             Mutation::EventsBeforeCompletions => "events-before-completions",
+            Mutation::NarrowWriteBack => "narrow-write-back",
         }
     }
 
@@ -210,7 +215,53 @@ enum Phase {
     Destaging {
         id: u64,
         wseq: u64,
+        /// The bytes of the line this write-back carries.
+        dirty: Dirty,
     },
+}
+
+/// Bytes `lo..hi` of a line (empty when `lo >= hi`), in `DIRTY_GRAIN_BYTES` units.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct Dirty {
+    lo: u32,
+    hi: u32,
+}
+
+/// Write-backs carry whole sectors.
+const DIRTY_GRAIN_BYTES: usize = 512;
+
+impl Dirty {
+    /// The smallest range that covers both (whole grains).
+    fn with(self, off: usize, len: usize) -> Dirty {
+        let lo = (off / DIRTY_GRAIN_BYTES * DIRTY_GRAIN_BYTES) as u32;
+        let hi = (off + len).div_ceil(DIRTY_GRAIN_BYTES) * DIRTY_GRAIN_BYTES;
+        if self.lo >= self.hi {
+            return Dirty { lo, hi: hi as u32 };
+        }
+        Dirty { lo: self.lo.min(lo), hi: self.hi.max(hi as u32) }
+    }
+
+    /// This range (written since a write-back began) with the range of that write-back,
+    /// which failed, in a line of `line_len` bytes.
+    fn with_failed(self, failed: Dirty, line_len: usize) -> Dirty {
+        let failed = failed.within(line_len);
+        self.with(failed.start, failed.len())
+    }
+
+    /// All of a line of `line_len` bytes.
+    fn all(line_len: usize) -> Dirty {
+        Dirty { lo: 0, hi: line_len as u32 }
+    }
+
+    /// The range within a line of `line_len` bytes; all of it when empty (nothing known).
+    fn within(self, line_len: usize) -> std::ops::Range<usize> {
+        let (lo, hi) = (self.lo as usize, (self.hi as usize).min(line_len));
+        if lo >= hi {
+            0..line_len
+        } else {
+            lo..hi
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -229,6 +280,9 @@ struct Line {
     writeback: bool,
     last_use: u64,
     dirty_since_us: u64,
+    /// The bytes written since the line was last on the members (a write-back carries only
+    /// them: a 4 KiB write to a 16 KiB line writes 4 KiB back, not the whole line).
+    dirty: Dirty,
     retry_at_us: u64,
     /// Just acquired: the head piece is served before any yield, so that two nodes taking a
     /// line from each other each make progress.
@@ -675,6 +729,7 @@ impl Machine {
             writeback: false,
             last_use: 0,
             dirty_since_us: 0,
+            dirty: Dirty::default(),
             retry_at_us: 0,
             fresh: false,
             replica_at: None,
@@ -953,11 +1008,13 @@ impl Machine {
         p.applied = true;
         let (off, fua) = (p.off, p.fua);
         let bytes = p.write.take().unwrap_or_default();
+        let narrow = self.cfg.mutation == Some(Mutation::NarrowWriteBack);
         let l = self.line(r);
         l.data[off..off + bytes.len()].copy_from_slice(&bytes);
         if l.state != State::Modified {
             l.dirty_since_us = now;
         }
+        l.dirty = if narrow { Dirty::default() } else { l.dirty }.with(off, bytes.len());
         l.state = State::Modified;
         l.wseq = wseq;
         l.last_use = uses;
@@ -1151,11 +1208,15 @@ impl Machine {
         let id = self.id();
         self.members.insert(id, MemberUse::Destage(r));
         self.counters.member_writes += 1;
-        let offset = r * self.cfg.line_bytes;
+        let (lb, line_at) = (self.line_len(), r * self.cfg.line_bytes);
         let l = self.line(r);
         let wseq = l.wseq;
-        let data = l.data.clone();
-        l.phase = Phase::Destaging { id, wseq };
+        // Bytes written from here on are the next write-back's.
+        let dirty = std::mem::take(&mut l.dirty);
+        let range = dirty.within(lb);
+        let offset = line_at + range.start as u64;
+        let data = l.data[range].to_vec();
+        l.phase = Phase::Destaging { id, wseq, dirty };
         // The piece this destage answers is FUA: the members must hold it durably before its
         // reply, not only in their write caches.
         let head = self.lines.get(&r).and_then(|l| l.queue.front()).and_then(|p| self.pieces.get(p));
@@ -1427,9 +1488,9 @@ impl Machine {
             MemberUse::Job(j) => self.job_done(j, result),
             MemberUse::Destage(r) => {
                 self.unlock_stripes(r);
-                let now = self.now_us;
+                let (now, lb) = (self.now_us, self.line_len());
                 let l = self.line(r);
-                let Phase::Destaging { wseq, .. } = l.phase else { return };
+                let Phase::Destaging { wseq, dirty, .. } = l.phase else { return };
                 l.phase = Phase::Idle;
                 match result {
                     Ok(_) => {
@@ -1452,6 +1513,8 @@ impl Machine {
                         }
                     }
                     Err(e) => {
+                        // Not on the members: its bytes are the next write-back's too.
+                        l.dirty = l.dirty.with_failed(dirty, lb);
                         l.retry_at_us = now + DESTAGE_RETRY_US;
                         self.fail_applied(r, HostError::Member(e.clone()));
                         for job in self.flushes.values_mut() {

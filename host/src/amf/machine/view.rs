@@ -135,6 +135,7 @@ impl Machine {
             // and its completion finds the line no longer acquiring.
             l.phase = Phase::Idle;
             l.state = State::Modified;
+            l.dirty = Dirty::all(data.len());
             l.data = data;
             l.wseq = wseq;
             l.dirty_since_us = now;

@@ -423,12 +423,8 @@ mod tests {
         };
         let extra = 5;
         let idle: Vec<TcpStream> = (0..INCOMING_MAX + extra).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        wait_for("the connections past the limit are refused", &|| {
-            net.stats.refused.load(Relaxed) >= extra as u64
-        });
-        wait_for("idle connections are closed", &|| {
-            net.stats.idle_closed.load(Relaxed) >= INCOMING_MAX as u64
-        });
+        wait_for("the connections past the limit are refused", &|| net.stats.refused.load(Relaxed) >= extra as u64);
+        wait_for("idle connections are closed", &|| net.stats.idle_closed.load(Relaxed) >= INCOMING_MAX as u64);
         drop(idle);
         let mut peer = TcpStream::connect(addr).unwrap();
         peer.write_all(&encode(3, 1, &Msg::Hello).unwrap()).unwrap();
