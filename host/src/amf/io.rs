@@ -196,6 +196,29 @@ pub enum Msg {
         /// As asked.
         target: u32,
     },
+    /// One write to a line whose replica the receiver holds at `base`: apply it there, making
+    /// the replica the line at `wseq` (answered with `ReplicaAck`), or answer `ReplicaMissing`
+    /// when the replica held is not at `base` (the sender sends the whole line).
+    ReplicatePiece {
+        /// Request id (sender's).
+        id: u64,
+        /// Line.
+        line: u64,
+        /// Sender's write sequence of the content after this write.
+        wseq: u64,
+        /// The write sequence the replica must hold for the piece to apply.
+        base: u64,
+        /// Where in the line the piece goes.
+        off: u32,
+        /// The bytes written.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// The replica of a `ReplicatePiece` was not at its base: nothing was kept.
+    ReplicaMissing {
+        /// The request's id.
+        id: u64,
+    },
 }
 
 /// Inputs of the machine.

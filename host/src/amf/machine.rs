@@ -83,11 +83,14 @@ pub enum Mutation {
     /// A write-back covers only the line's last write, not every byte written since the line
     /// was last on the members.
     NarrowWriteBack,
+    /// A write's bytes alone go to the replica peer whatever copy of the line it holds, and
+    /// the peer applies them to that copy (or to zeros): replication without the base check.
+    PieceOnAnyBase,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 16] = [
+    pub const ALL: [Mutation; 17] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -104,6 +107,7 @@ impl Mutation {
         Mutation::VolatileFua,
         Mutation::EventsBeforeCompletions,
         Mutation::NarrowWriteBack,
+        Mutation::PieceOnAnyBase,
     ];
 
     /// Its name on the command line.
@@ -125,6 +129,7 @@ impl Mutation {
             Mutation::VolatileFua => "volatile-fua",
             Mutation::EventsBeforeCompletions => "events-before-completions",
             Mutation::NarrowWriteBack => "narrow-write-back",
+            Mutation::PieceOnAnyBase => "piece-on-any-base",
         }
     }
 
@@ -296,6 +301,9 @@ struct Line {
     drop_pending: Option<u64>,
     /// Replicated again to a new replica peer after a membership change, not answered yet.
     replica_pending: Option<u64>,
+    /// The write sequence `replica_at` acknowledged holding this line at (0: not known): the
+    /// next write sends only its bytes when it is the line's current one.
+    replica_wseq: u64,
     /// Acquires that lost their conflicts in a row, when the run began, and when to ask again.
     lost: u32,
     lost_since_us: u64,
@@ -423,6 +431,11 @@ pub struct Counters {
     pub member_writes: u64,
     /// Writes replicated to a peer before their acknowledgement.
     pub replications: u64,
+    /// Of those, sent as the write's bytes alone (the peer held the line as it was before).
+    pub replica_pieces: u64,
+    /// Pieces the peer could not apply (its replica was not at the piece's base): the whole
+    /// line was sent instead.
+    pub replica_missing: u64,
     /// Fabric messages dropped for another epoch.
     pub stale_epoch: u64,
     /// Fabric messages dropped as malformed.
@@ -735,6 +748,7 @@ impl Machine {
             replica_at: None,
             drop_pending: None,
             replica_pending: None,
+            replica_wseq: 0,
             lost: 0,
             lost_since_us: 0,
             acquire_at_us: 0,
@@ -1010,6 +1024,7 @@ impl Machine {
         let bytes = p.write.take().unwrap_or_default();
         let narrow = self.cfg.mutation == Some(Mutation::NarrowWriteBack);
         let l = self.line(r);
+        let base = l.wseq;
         l.data[off..off + bytes.len()].copy_from_slice(&bytes);
         if l.state != State::Modified {
             l.dirty_since_us = now;
@@ -1019,7 +1034,6 @@ impl Machine {
         l.wseq = wseq;
         l.last_use = uses;
         l.fresh = false;
-        let data = l.data.clone();
         // FUA goes to the members before the reply and needs no replica, unless the line has
         // one already: that one must not be left older than the members (taken over after
         // this controller's death with its drop unanswered, it would undo this write).
@@ -1028,7 +1042,15 @@ impl Machine {
             Some(to) => {
                 self.counters.replications += 1;
                 let id = self.id();
-                let msg = Msg::Replicate { id, line: r, wseq, data };
+                // The peer holds this line as it was before the write: only the write goes.
+                let l = &self.lines[&r];
+                let any_base = self.cfg.mutation == Some(Mutation::PieceOnAnyBase);
+                let msg = if l.replica_at == Some(to) && (any_base || (l.replica_wseq == base && base != 0)) {
+                    self.counters.replica_pieces += 1;
+                    Msg::ReplicatePiece { id, line: r, wseq, base, off: off as u32, data: bytes }
+                } else {
+                    Msg::Replicate { id, line: r, wseq, data: l.data.clone() }
+                };
                 self.send_request(id, to, msg, Purpose::Replica(r));
                 self.line(r).replica_at = Some(to);
                 if self.cfg.mutation == Some(Mutation::AckBeforeReplica) {
@@ -1501,6 +1523,8 @@ impl Machine {
                         // On the members, a line needs no new replica for its writes' answers.
                         let settled = l.clean_wseq >= l.wseq && l.replica_pending.take().is_some();
                         if let Some(to) = l.replica_at {
+                            // The peer's copy goes: the next write sends the whole line.
+                            l.replica_wseq = 0;
                             let id = self.id();
                             self.send_request(id, to, Msg::DropReplica { id, line: r, wseq }, Purpose::Drop(r));
                             self.line(r).drop_pending = Some(id);
@@ -1581,6 +1605,59 @@ impl Machine {
                 }
                 self.out.push(Output::Send { to: from, msg: Msg::ReplicaAck { id } });
             }
+            Msg::ReplicatePiece { id, line, wseq, base, off, data } => {
+                let off = off as usize;
+                let fits = off.checked_add(data.len()).is_some_and(|end| end <= self.line_len())
+                    && line < self.cfg.capacity / self.cfg.line_bytes;
+                if !fits {
+                    self.counters.malformed += 1;
+                    return;
+                }
+                let late = self.dropped.get(&(from, line)).is_some_and(|w| wseq <= *w);
+                let any_base = self.cfg.mutation == Some(Mutation::PieceOnAnyBase);
+                let (lb, room) = (self.line_len(), self.replicas.len() < REPLICAS_MAX);
+                let kept = match self.replicas.get_mut(&(from, line)) {
+                    _ if late || self.cfg.mutation == Some(Mutation::ForgetReplica) => true,
+                    Some(e) if e.0 >= wseq => true,
+                    Some(e) if e.0 == base || any_base => {
+                        e.1[off..off + data.len()].copy_from_slice(&data);
+                        e.0 = wseq;
+                        true
+                    }
+                    None if any_base && room => {
+                        let mut d = vec![0u8; lb];
+                        d[off..off + data.len()].copy_from_slice(&data);
+                        self.replicas.insert((from, line), (wseq, d));
+                        true
+                    }
+                    _ => false,
+                };
+                let msg = if kept { Msg::ReplicaAck { id } } else { Msg::ReplicaMissing { id } };
+                self.out.push(Output::Send { to: from, msg });
+            }
+            Msg::ReplicaMissing { id } => {
+                // The whole line instead, under the same id. The line waits for this answer
+                // (it is Replicating), so its content is still the piece's.
+                let Some(Outstanding { purpose: Purpose::Replica(r), msg: Msg::ReplicatePiece { wseq, .. }, .. }) =
+                    self.fabric.get(&id)
+                else {
+                    return;
+                };
+                let (r, wseq) = (*r, *wseq);
+                let Some(l) = self.lines.get(&r).filter(|l| l.wseq == wseq && l.phase == Phase::Replicating { id })
+                else {
+                    return;
+                };
+                self.counters.replica_missing += 1;
+                let full = Msg::Replicate { id, line: r, wseq, data: l.data.clone() };
+                let now = self.now_us;
+                if let Some(o) = self.fabric.get_mut(&id) {
+                    o.msg = full.clone();
+                    o.sent_us = now;
+                    let to = o.to;
+                    self.out.push(Output::Send { to, msg: full });
+                }
+            }
             Msg::ReplicaAck { id } => {
                 if let Some(Outstanding { purpose: Purpose::Rereplicate(r), .. }) = self.fabric.get(&id) {
                     let r = *r;
@@ -1591,15 +1668,23 @@ impl Machine {
                     self.replica_settled();
                     return;
                 }
-                if let Some(Outstanding { purpose: Purpose::Replica(r), .. }) = self.fabric.get(&id) {
-                    let r = *r;
+                if let Some(Outstanding { purpose: Purpose::Replica(r), to, msg, .. }) = self.fabric.get(&id) {
+                    let (r, to) = (*r, *to);
+                    let acked = match msg {
+                        Msg::Replicate { wseq, .. } | Msg::ReplicatePiece { wseq, .. } => *wseq,
+                        _ => 0,
+                    };
                     self.fabric.remove(&id);
                     if let Some(l) = self.lines.get_mut(&r).filter(|l| l.replica_pending == Some(id)) {
                         l.replica_pending = None;
                         self.replica_settled();
                     }
                     if self.lines.get(&r).is_some_and(|l| l.phase == Phase::Replicating { id }) {
-                        self.line(r).phase = Phase::Idle;
+                        let l = self.line(r);
+                        if l.replica_at == Some(to) && from == to {
+                            l.replica_wseq = acked;
+                        }
+                        l.phase = Phase::Idle;
                         let head = self.lines.get(&r).and_then(|l| l.queue.front()).and_then(|p| self.pieces.get(p));
                         if head.is_some_and(|p| p.fua) {
                             // The replica is current; now the members, before the reply.

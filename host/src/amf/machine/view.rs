@@ -207,9 +207,21 @@ impl Machine {
         for id in waiting {
             match new {
                 Some(to) => {
+                    // A write's bytes alone need the old peer's copy: the new one gets the line.
+                    let whole = match self.fabric.get(&id).map(|o| &o.msg) {
+                        Some(Msg::ReplicatePiece { id, line, wseq, .. }) => self
+                            .lines
+                            .get(line)
+                            .filter(|l| l.wseq == *wseq)
+                            .map(|l| Msg::Replicate { id: *id, line: *line, wseq: *wseq, data: l.data.clone() }),
+                        _ => None,
+                    };
                     if let Some(o) = self.fabric.get_mut(&id) {
                         o.to = to;
                         o.sent_us = self.now_us;
+                        if let Some(whole) = whole {
+                            o.msg = whole;
+                        }
                         let msg = o.msg.clone();
                         self.out.push(Output::Send { to, msg });
                         // Pieces of the line done before carried their replica to the old
@@ -439,7 +451,9 @@ mod tests {
         let replicate_to = |out: &[Output]| {
             out.iter()
                 .find_map(|o| match o {
-                    Output::Send { to, msg: Msg::Replicate { id, .. } } => Some((*to, *id)),
+                    Output::Send { to, msg: Msg::Replicate { id, .. } | Msg::ReplicatePiece { id, .. } } => {
+                        Some((*to, *id))
+                    }
                     _ => None,
                 })
                 .unwrap_or_else(|| panic!("no replicate: {out:?}"))
@@ -496,7 +510,11 @@ mod tests {
         let out = m.step(Input::Host { id: 2, req: HostReq::Write { offset: 0, data: vec![2; 4], fua: true } });
         assert!(!out.iter().any(|o| matches!(o, Output::MemberWrite { .. })), "members before the replica: {out:?}");
         let Some(rid) = out.iter().find_map(|o| match o {
-            Output::Send { to: 1, msg: Msg::Replicate { id, data, .. } } if data == &vec![2; 4] => Some(*id),
+            Output::Send { to: 1, msg: Msg::Replicate { id, data, .. } | Msg::ReplicatePiece { id, data, .. } }
+                if data == &vec![2; 4] =>
+            {
+                Some(*id)
+            }
             _ => None,
         }) else {
             panic!("the FUA write left the replica behind: {out:?}")

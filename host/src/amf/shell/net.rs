@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// "AMFM": a frame of the machine fabric.
 const MAGIC: u32 = 0x4d46_4d41;
 /// Format version; frames of another version are refused.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Header bytes: magic, version, sender, epoch, payload length.
 const HEADER_BYTES: usize = 4 + 1 + 1 + 4 + 4;
 /// Bytes queued for one peer; past it new frames are dropped (and retransmitted).
@@ -385,7 +385,7 @@ mod tests {
     use super::*;
 
     /// The line payloads are encoded as bytes; the frame must be what the per-byte sequence
-    /// encoding of format version 2 gave (peers of either build read each other).
+    /// encoding of format version 2 gave (the kinds that were in version 2 kept their encoding).
     #[test]
     fn line_payloads_keep_the_sequence_encoding_and_round_trip() {
         #[derive(serde::Serialize)]
