@@ -10,4 +10,5 @@ pub mod engine;
 pub mod metrics;
 pub mod nbd;
 pub mod raid;
+pub mod tls;
 pub mod workload;

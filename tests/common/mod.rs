@@ -93,7 +93,10 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
     assert_eq!(w.len(), 8, "ready line: {line}");
     assert_eq!((w[0], w[1], w[2], w[4], w[6]), ("controller", "0", "pid", "nbd", "admin"), "ready line: {line}");
     let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p != 0);
-    let nbd = w[5].strip_prefix("nbd://127.0.0.1:").and_then(|r| r.strip_suffix("/amf"));
+    let nbd = w[5]
+        .strip_prefix("nbd://127.0.0.1:")
+        .or_else(|| w[5].strip_prefix("nbds://127.0.0.1:"))
+        .and_then(|r| r.strip_suffix("/amf"));
     assert!(nbd.and_then(port).is_some(), "ready line: {line}");
     assert!(w[7].strip_prefix("http://127.0.0.1:").and_then(port).is_some(), "ready line: {line}");
     Ok(Cluster {
@@ -140,7 +143,7 @@ impl Cluster {
 
     /// Host and port of the NBD export.
     pub fn nbd_addr(&self) -> String {
-        self.nbd_uri.trim_start_matches("nbd://").trim_end_matches("/amf").to_string()
+        self.nbd_uri.trim_start_matches("nbd://").trim_start_matches("nbds://").trim_end_matches("/amf").to_string()
     }
 
     /// GET an admin path of controller 0, parsed as JSON.

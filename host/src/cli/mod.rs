@@ -72,6 +72,14 @@ enum Command {
         /// Cache line (coherency resource) size, KiB (several controllers).
         #[arg(long, default_value_t = crate::cluster::config::LINE_KIB_DEFAULT)]
         line_kib: u32,
+        /// NBD over TLS (STARTTLS): `required` (plaintext refused, the default with --tls) or
+        /// `optional`. A throwaway CA and certificates are made in DIR/tls on first use, named
+        /// as QEMU's tls-creds-x509 and libnbd's tls-certificates expect.
+        #[arg(long, num_args = 0..=1, default_missing_value = "required")]
+        tls: Option<crate::tls::TlsMode>,
+        /// With --tls: hosts must present a certificate signed by DIR/tls/ca-cert.pem.
+        #[arg(long, requires = "tls")]
+        tls_client_certs: bool,
     },
     /// The main job: a 3-controller RAID5 cluster on files in a temp folder, a verified mixed
     /// workload through all three controllers at once, a report, a clean stop and a scrub.
@@ -131,6 +139,14 @@ enum Command {
         admin: std::net::SocketAddr,
         #[arg(long)]
         force: bool,
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_optional: bool,
     },
     /// Status of a running controller: members, counters, the current maintenance task.
     Status {
@@ -221,6 +237,17 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Make a certificate authority, a server certificate and a client certificate in DIR, named
+    /// as QEMU's tls-creds-x509 and libnbd's tls-certificates expect (for trials and tests: real
+    /// deployments use their own CA, docs/operations.md).
+    Certs {
+        /// Folder to write them in (files there are replaced).
+        dir: PathBuf,
+        /// Names (DNS or IP) the server certificate is valid for, besides localhost and the
+        /// loopback addresses.
+        #[arg(long)]
+        name: Vec<String>,
     },
     /// Benchmarks against a peer on this machine.
     Bench {
@@ -367,6 +394,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             card,
             cache_mib,
             line_kib,
+            tls,
+            tls_client_certs,
         } => {
             let create = match (level, members, member_size) {
                 (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
@@ -390,6 +419,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 },
                 cache_mib,
                 line_kib,
+                tls,
+                tls_client_certs,
             })?;
         }
         Command::Demo { seconds, seed, card, keep, blocks } => {
@@ -409,8 +440,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let cfg = crate::cluster::config::Config::load(&config)?;
             crate::cluster::serve::run(cfg)?;
         }
-        Command::Controller { dir, index, nbd, admin, force } => {
-            controller::run(controller::ControllerOptions { dir, index, nbd, admin, force })?;
+        Command::Controller { dir, index, nbd, admin, force, tls_cert, tls_key, tls_client_ca, tls_optional } => {
+            let tls = tls_cert.zip(tls_key).map(|(cert, key)| crate::tls::TlsConfig {
+                cert,
+                key,
+                client_ca: tls_client_ca,
+                mode: if tls_optional { crate::tls::TlsMode::Optional } else { crate::tls::TlsMode::Required },
+            });
+            controller::run(controller::ControllerOptions { dir, index, nbd, admin, force, tls })?;
         }
         Command::Inspect { dir, json } => maintenance::inspect(&dir, json)?,
         Command::Regs { card, admin, json } => {
@@ -457,6 +494,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Fail { dir, member, json } => maintenance::fail(&dir, member, json)?,
         Command::Rebuild { dir, member, replacement, json, force } => {
             maintenance::rebuild(&dir, member, replacement, json, force)?
+        }
+        Command::Certs { dir, name } => {
+            crate::tls::generate(&dir, &name)?;
+            println!("certificates in {}", dir.display());
         }
         Command::Bench { what: BenchCommand::Parity { seconds, record } } => {
             let (machine, rows) = crate::bench::parity::run(std::time::Duration::from_secs_f64(seconds))?;

@@ -16,6 +16,12 @@
 //! backend = "sim"               # sim (Verilator RTL) or model (Rust reference model)
 //! link = "10.0.0.2:7100"        # the card's link port (UDP)
 //!
+//! [tls]                         # optional: NBD over TLS (STARTTLS)
+//! cert = "/etc/amf/server-cert.pem"
+//! key = "/etc/amf/server-key.pem"
+//! client_ca = "/etc/amf/hosts-ca.pem"   # optional: hosts must present a certificate it signed
+//! mode = "required"             # or "optional" (plaintext served too)
+//!
 //! [[peer]]                      # every other controller, or `rendezvous = "DIR"` instead
 //! node = 0
 //! fabric = "10.0.0.1:7000"
@@ -136,6 +142,9 @@ pub struct Config {
     /// Take over dead peers' NBD addresses (their `nbd` in `[[peer]]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceConfig>,
+    /// TLS for the hosts' NBD connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 fn bad(msg: String) -> ClusterError {

@@ -31,6 +31,8 @@ pub struct ControllerOptions {
     pub admin: SocketAddr,
     /// Start even if the group crashed while degraded (see `check_write_hole`).
     pub force: bool,
+    /// TLS for the hosts.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// What the admin endpoint and maintenance tasks share with the controller.
@@ -67,9 +69,19 @@ pub fn say(line: &str) {
 /// How often a controller checks that its members are still there.
 pub const MEMBER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The ready line printed once the controller serves (the `amf cluster` contract).
-pub fn ready_line(index: usize, pid: u32, nbd: SocketAddr, admin: SocketAddr) -> String {
-    format!("controller {index} pid {pid} nbd nbd://{nbd}/amf admin http://{admin}")
+/// The ready line printed once the controller serves (the `amf cluster` contract); the NBD
+/// URI's scheme is `nbds` where hosts must use TLS.
+pub fn ready_line(index: usize, pid: u32, nbd: &str, admin: SocketAddr) -> String {
+    format!("controller {index} pid {pid} nbd {nbd} admin http://{admin}")
+}
+
+/// The NBD URI hosts use: `nbds://` (TLS, as libnbd spells it) where TLS is required.
+pub fn nbd_uri(addr: SocketAddr, tls: Option<&crate::tls::ServerTls>) -> String {
+    let scheme = match tls {
+        Some(t) if t.mode == crate::tls::TlsMode::Required => "nbds",
+        _ => "nbd",
+    };
+    format!("{scheme}://{addr}/amf")
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -85,6 +97,7 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     };
     let nbd_listener = bind(opts.nbd)?;
     let admin_listener = bind(opts.admin)?;
+    let tls = opts.tls.as_ref().map(|t| t.load()).transpose()?;
     let asm = assemble_with(&opts.dir, opts.force)?;
     if let Err(e) = check_write_hole(&asm, opts.force) {
         // Leave the group as found: not serving, still dirty, bitmap intact.
@@ -113,7 +126,8 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     let array = Arc::new(asm.array);
     let nbd_addr =
         nbd_listener.local_addr().map_err(|source| ClusterError::Bind { addr: opts.nbd.to_string(), source })?;
-    let mut server = Server::spawn(nbd_listener, array.clone(), ServerConfig::default())
+    let nbd_cfg = ServerConfig { tls: tls.clone(), ..ServerConfig::default() };
+    let mut server = Server::spawn(nbd_listener, array.clone(), nbd_cfg)
         .map_err(|source| ClusterError::Bind { addr: opts.nbd.to_string(), source })?;
     let state = Arc::new(ControllerState {
         lease: None,
@@ -124,12 +138,12 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
         nbd: server.stats.clone(),
         task: Mutex::new(None),
         resynced_stripes: resynced,
-        nbd_uri: format!("nbd://{nbd_addr}/amf"),
+        nbd_uri: nbd_uri(nbd_addr, tls.as_ref()),
         admin_token: admin::load_admin_token(&opts.dir),
     });
     let admin = admin::spawn(admin_listener, state.clone())?;
     let pid = std::process::id();
-    let line = ready_line(opts.index, pid, nbd_addr, admin.addr);
+    let line = ready_line(opts.index, pid, &state.nbd_uri, admin.addr);
     let status_file = controller_file(&opts.dir, opts.index);
     std::fs::write(
         &status_file,

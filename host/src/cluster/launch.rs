@@ -46,7 +46,12 @@ impl Launched {
                 rx.recv_timeout(Duration::from_secs(120)).map_err(|_| "the cluster did not start".to_string())?;
             let w: Vec<&str> = line.split_whitespace().collect();
             if w.len() == 8 && w[0] == "controller" {
-                me.nbd.push(w[5].trim_start_matches("nbd://").trim_end_matches("/amf").to_string());
+                me.nbd.push(
+                    w[5].trim_start_matches("nbd://")
+                        .trim_start_matches("nbds://")
+                        .trim_end_matches("/amf")
+                        .to_string(),
+                );
                 me.admin.push(w[7].to_string());
             }
         }

@@ -17,6 +17,9 @@ use std::path::PathBuf;
 /// Errors of the controller and supervisor.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// TLS certificates or keys could not be loaded or generated.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The group could not be created or assembled.
     #[error(transparent)]
     Raid(#[from] crate::raid::RaidError),

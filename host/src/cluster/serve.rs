@@ -9,7 +9,7 @@
 
 use super::admin::{self};
 use super::config::{rendezvous, Config};
-use super::controller::{ready_line, say, ControllerState};
+use super::controller::{nbd_uri, ready_line, say, ControllerState};
 use super::dirlock::{controller_file, DirLock};
 use super::lease::rules::Timing;
 use super::lease::{find_running, wait_until_out, AnyOf, LeaseConfig, LeaseState, LeaseThread, LeaseWatch, Running};
@@ -57,6 +57,8 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     let _lock = DirLock::acquire_shared(&cfg.group)?;
     // Held while this process lives: the peers' proof of its death when it is gone.
     let _life = super::membership::LifeLock::take(&cfg.group, cfg.node)?;
+    // Certificates first: a bad file is a configuration error before anything is touched.
+    let tls = cfg.tls.as_ref().map(|t| t.load()).transpose()?;
     let nbd_listener = bind(cfg.nbd)?;
     let admin_listener = bind(cfg.admin)?;
     let fabric_listener = bind(cfg.fabric)?;
@@ -170,7 +172,8 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
 
     let nbd_addr =
         nbd_listener.local_addr().map_err(|source| ClusterError::Bind { addr: cfg.nbd.to_string(), source })?;
-    let mut server = Server::spawn(nbd_listener, shell.clone(), ServerConfig::default())
+    let nbd_cfg = ServerConfig { tls: tls.clone(), ..ServerConfig::default() };
+    let mut server = Server::spawn(nbd_listener, shell.clone(), nbd_cfg.clone())
         .map_err(|source| ClusterError::Bind { addr: cfg.nbd.to_string(), source })?;
     let state = Arc::new(ControllerState {
         index: cfg.node as usize,
@@ -180,7 +183,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         nbd: server.stats.clone(),
         task: Mutex::new(None),
         resynced_stripes: resynced,
-        nbd_uri: format!("nbd://{nbd_addr}/amf"),
+        nbd_uri: nbd_uri(nbd_addr, tls.as_ref()),
         admin_token: super::admin::load_admin_token(&cfg.group),
         lease: lease.as_ref().map(|l| l.state.clone()),
     });
@@ -192,7 +195,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         format!("{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"http://{}\"}}\n", state.nbd_uri, admin.addr),
     )
     .map_err(|source| ClusterError::File { path: status_file.clone(), source })?;
-    say(&ready_line(cfg.node as usize, pid, nbd_addr, admin.addr));
+    say(&ready_line(cfg.node as usize, pid, &state.nbd_uri, admin.addr));
 
     let mut last_check = Instant::now();
     let mut gone_seen = 0u8;
@@ -217,7 +220,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             }
         }
         if gone != gone_seen {
-            take_addresses(&cfg, &tag, &peers, gone, gone & !gone_seen, &shell, &mut taken);
+            take_addresses(&cfg, &peers, gone, gone & !gone_seen, &shell, &mut taken, &nbd_cfg);
             // A controller that joined again serves its own address: give it back.
             let back = gone_seen & !gone;
             let (theirs, ours): (Vec<_>, Vec<_>) = std::mem::take(&mut taken)
@@ -254,14 +257,15 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
 /// live controller in ring order is this one (the one that holds their replicas).
 fn take_addresses(
     cfg: &Config,
-    tag: &str,
     peers: &[super::config::PeerConfig],
     gone: u8,
     newly: u8,
     shell: &Arc<Shell>,
     taken: &mut Vec<super::service::TakenAddress>,
+    nbd_cfg: &ServerConfig,
 ) {
     let Some(service) = &cfg.service else { return };
+    let tag = format!("amf: controller {}", cfg.node);
     let n = cfg.nodes.max(1);
     for p in peers.iter().filter(|p| newly & (1 << p.node) != 0) {
         let Some(addr) = p.nbd else { continue };
@@ -270,7 +274,7 @@ fn take_addresses(
             continue;
         }
         let backend: Arc<dyn crate::nbd::Backend> = shell.clone();
-        match super::service::TakenAddress::take(&service.dev, service.prefix, addr, backend) {
+        match super::service::TakenAddress::take(&service.dev, service.prefix, addr, backend, nbd_cfg.clone()) {
             Ok(t) => {
                 eprintln!("{tag}: took over controller {}'s service address {addr} on {}", p.node, service.dev);
                 taken.push(t);

@@ -130,6 +130,7 @@ impl TakenAddress {
         prefix: u8,
         addr: SocketAddr,
         backend: std::sync::Arc<dyn crate::nbd::Backend>,
+        cfg: crate::nbd::ServerConfig,
     ) -> Result<TakenAddress, ClusterError> {
         let SocketAddr::V4(v4) = addr else {
             return Err(ClusterError::Config(format!("{addr}: service addresses are IPv4 here")));
@@ -137,7 +138,7 @@ impl TakenAddress {
         add_address(dev, *v4.ip(), prefix)?;
         let listener = std::net::TcpListener::bind(addr)
             .map_err(|source| ClusterError::Bind { addr: addr.to_string(), source })?;
-        let server = crate::nbd::Server::spawn(listener, backend, crate::nbd::ServerConfig::default())
+        let server = crate::nbd::Server::spawn(listener, backend, cfg)
             .map_err(|source| ClusterError::Bind { addr: addr.to_string(), source })?;
         // After the listener: a host that hears the announcement finds the port open.
         announce(dev, *v4.ip())?;

@@ -35,6 +35,27 @@ pub struct ClusterOptions {
     pub cache_mib: u64,
     /// Cache line size (several controllers).
     pub line_kib: u32,
+    /// NBD over TLS with a throwaway CA in `DIR/tls` (made if missing).
+    pub tls: Option<crate::tls::TlsMode>,
+    /// With TLS: hosts must present a certificate the CA signed (`DIR/tls/client-cert.pem`).
+    pub tls_client_certs: bool,
+}
+
+/// Where `amf cluster --tls` keeps its certificates (QEMU's and libnbd's file names).
+pub fn tls_dir(dir: &std::path::Path) -> PathBuf {
+    dir.join("tls")
+}
+
+/// The controllers' TLS settings: the CA and certificates in `DIR/tls`, made on first use for
+/// the listen host.
+fn local_tls(opts: &ClusterOptions) -> Result<Option<crate::tls::TlsConfig>, ClusterError> {
+    let Some(mode) = opts.tls else { return Ok(None) };
+    let dir = tls_dir(&opts.dir);
+    if !dir.join(crate::tls::CA_CERT).exists() || !dir.join(crate::tls::SERVER_KEY).exists() {
+        crate::tls::generate(&dir, std::slice::from_ref(&opts.host))?;
+        eprintln!("amf: made a throwaway certificate authority and certificates in {}", dir.display());
+    }
+    Ok(Some(crate::tls::TlsConfig::from_dir(&dir, mode, opts.tls_client_certs)))
 }
 
 struct Running {
@@ -136,6 +157,7 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
     // A fresh admin token for this run: the controllers read it, and so do `amf scrub` and
     // `amf rebuild`, which need it to change the group through a controller.
     super::admin::create_admin_token(&opts.dir)?;
+    let tls = local_tls(&opts)?;
     let mut procs: Vec<Running> = Vec::new();
     let mut outputs = Vec::new();
     for index in 0..opts.controllers {
@@ -151,8 +173,17 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
                 .arg("--admin")
                 .arg(format!("{}:{}", opts.host, opts.admin_port as usize + index))
                 .args(opts.force.then_some("--force"));
+            if let Some(t) = &tls {
+                cmd.arg("--tls-cert").arg(&t.cert).arg("--tls-key").arg(&t.key);
+                if let Some(ca) = &t.client_ca {
+                    cmd.arg("--tls-client-ca").arg(ca);
+                }
+                if t.mode == crate::tls::TlsMode::Optional {
+                    cmd.arg("--tls-optional");
+                }
+            }
         } else {
-            let path = match write_config(&opts, index, &run_dir) {
+            let path = match write_config(&opts, index, &run_dir, tls.clone()) {
                 Ok(p) => p,
                 Err(e) => {
                     terminate(&mut procs);
@@ -249,7 +280,12 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
 /// Writes controller `index`'s configuration for a cluster on this machine: every address on
 /// `opts.host`, NBD and admin ports as for one controller (port + index, or 0), fabric and card
 /// link on port 0, peers found through the rendezvous directory.
-fn write_config(opts: &ClusterOptions, index: usize, run_dir: &std::path::Path) -> Result<PathBuf, ClusterError> {
+fn write_config(
+    opts: &ClusterOptions,
+    index: usize,
+    run_dir: &std::path::Path,
+    tls: Option<crate::tls::TlsConfig>,
+) -> Result<PathBuf, ClusterError> {
     let port = |base: u16| if base == 0 { 0 } else { base as usize + index };
     let addr = |p: usize| -> Result<std::net::SocketAddr, ClusterError> {
         format!("{}:{p}", opts.host).parse().map_err(|e| ClusterError::Config(format!("--host {}: {e}", opts.host)))
@@ -270,6 +306,7 @@ fn write_config(opts: &ClusterOptions, index: usize, run_dir: &std::path::Path) 
         peers: Vec::new(),
         rendezvous: Some(run_dir.join("rendezvous")),
         service: None,
+        tls,
     };
     cfg.check()?;
     let text = toml::to_string(&cfg).map_err(|e| ClusterError::Config(e.to_string()))?;

@@ -6,15 +6,16 @@
 //! not a thread. A write's payload is received completely before the request is handed on, so a
 //! client that disconnects mid-write leaves nothing behind.
 
-use super::negotiate::{self, Negotiation, Outcome};
+use super::negotiate::{self, Negotiation, Outcome, Tls};
 use super::proto::*;
 use super::server::{run_blocking, Backend, BackendError, Done, Request, ServerConfig, ServerStats};
+use super::transport::Transport;
 use crate::metrics::{observe, Op};
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -67,8 +68,12 @@ enum Phase {
 }
 
 struct Connection {
-    stream: TcpStream,
+    io: Transport,
     phase: Phase,
+    /// TLS as negotiation sees it.
+    tls: Tls,
+    /// STARTTLS was acknowledged: TLS starts once the acknowledgement is on the wire.
+    starttls: bool,
     /// Bytes received; those before `at` are consumed.
     inbuf: Vec<u8>,
     at: usize,
@@ -318,11 +323,18 @@ impl EventLoop {
             self.stats.connections.fetch_add(1, Relaxed);
             self.stats.connections_open.fetch_add(1, Relaxed);
             let deadline = Instant::now() + self.cfg.negotiation_timeout;
+            let tls = Tls {
+                offered: self.cfg.tls.is_some(),
+                required: self.cfg.tls.as_ref().is_some_and(|t| t.mode == crate::tls::TlsMode::Required),
+                ..Tls::default()
+            };
             self.conns.insert(
                 token,
                 Connection {
-                    stream,
+                    io: Transport::plain(stream),
                     phase: Phase::Negotiating { state: Negotiation::ClientFlags, deadline },
+                    tls,
+                    starttls: false,
                     inbuf: Vec::new(),
                     at: 0,
                     outbuf: negotiate::greeting(),
@@ -345,8 +357,12 @@ impl EventLoop {
                 // Received whole but never run: their client left without NBD_CMD_DISC.
                 self.stats.dropped.fetch_add(whole_requests(c.input()), Relaxed);
             }
-            let _ = self.poll.registry().deregister(&mut c.stream);
-            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            if c.tls.refused > 0 && !c.tls.active {
+                self.stats.tls_refused.fetch_add(1, Relaxed);
+            }
+            c.io.close();
+            let _ = self.poll.registry().deregister(c.io.socket());
+            let _ = c.io.socket().shutdown(std::net::Shutdown::Both);
             c.gone.store(true, Relaxed);
             self.stats.connections_open.fetch_sub(1, Relaxed);
         }
@@ -361,7 +377,7 @@ impl EventLoop {
             self.parse(t);
             self.write(t);
             let Some(c) = self.conns.get(&t) else { return };
-            let flushed = c.unsent() == 0;
+            let flushed = c.unsent() == 0 && !c.io.pending();
             let end = c.kill || (c.gone() && c.inflight == 0) || (c.no_more && c.inflight == 0 && flushed);
             if end {
                 return self.close(t);
@@ -395,15 +411,16 @@ impl EventLoop {
 
     fn read(&mut self, t: usize) {
         let Some(c) = self.conns.get(&t) else { return };
-        let mut want = self.wanted(c);
+        let mut want = if c.starttls { 0 } else { self.wanted(c) };
         let chunk = &mut self.chunk;
+        let stats = &self.stats;
         let Some(c) = self.conns.get_mut(&t) else { return };
         if want > c.input().len() && c.at > 0 {
             c.inbuf.drain(..c.at);
             c.at = 0;
         }
         while c.input().len() < want {
-            match c.stream.read(chunk) {
+            match c.io.read(chunk) {
                 Ok(0) => {
                     // The client hung up: only NBD_CMD_DISC asks for what is queued to be
                     // finished, so nothing more is done for it.
@@ -414,7 +431,11 @@ impl EventLoop {
                 Ok(n) => c.inbuf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => {
+                Err(e) => {
+                    if c.io.is_tls() && e.kind() == ErrorKind::InvalidData {
+                        stats.tls_failures.fetch_add(1, Relaxed);
+                        eprintln!("amf: nbd connection closed: TLS: {e}");
+                    }
                     c.gone.store(true, Relaxed);
                     c.no_more = true;
                     want = 0;
@@ -425,8 +446,14 @@ impl EventLoop {
 
     fn write(&mut self, t: usize) {
         let Some(c) = self.conns.get_mut(&t) else { return };
+        match c.io.flush() {
+            Err(e) if e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::Interrupted => {
+                c.gone.store(true, Relaxed)
+            }
+            _ => {}
+        }
         while c.unsent() > 0 && !c.gone() {
-            match c.stream.write(&c.outbuf[c.sent..]) {
+            match c.io.write(&c.outbuf[c.sent..]) {
                 Ok(0) => c.gone.store(true, Relaxed),
                 Ok(n) => c.sent += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -438,17 +465,52 @@ impl EventLoop {
         if c.unsent() == 0 {
             c.outbuf.clear();
             c.sent = 0;
+            if c.starttls && !c.gone() {
+                self.start_tls(t);
+            }
+        }
+    }
+
+    /// The STARTTLS acknowledgement is out: what follows each way is TLS.
+    fn start_tls(&mut self, t: usize) {
+        let Some(c) = self.conns.get_mut(&t) else { return };
+        c.starttls = false;
+        let Some(tls) = self.cfg.tls.as_ref() else {
+            c.kill = true;
+            return;
+        };
+        // A client that sent its handshake right behind STARTTLS: those bytes are TLS.
+        let early = c.input().to_vec();
+        c.inbuf.clear();
+        c.at = 0;
+        match c.io.start_tls(tls.config.clone(), &early) {
+            Ok(()) => {
+                c.tls.active = true;
+                self.stats.tls_connections.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.stats.tls_failures.fetch_add(1, Relaxed);
+                eprintln!("amf: nbd connection closed: TLS: {e}");
+                c.kill = true;
+            }
         }
     }
 
     fn parse(&mut self, t: usize) {
         let Some(c) = self.conns.get_mut(&t) else { return };
+        if c.starttls {
+            return;
+        }
         if let Phase::Negotiating { state, .. } = &mut c.phase {
-            match negotiate::step(state, &c.inbuf[c.at..], &mut c.outbuf, self.size, &self.cfg.export) {
+            match negotiate::step(state, &c.inbuf[c.at..], &mut c.outbuf, self.size, &self.cfg.export, &mut c.tls) {
                 Ok((used, outcome)) => {
                     c.take(used);
                     match outcome {
                         Outcome::Continue => return,
+                        Outcome::StartTls => {
+                            c.starttls = true;
+                            return;
+                        }
                         Outcome::Go => c.phase = Phase::Serving,
                         Outcome::Abort => {
                             c.no_more = true;

@@ -1,12 +1,14 @@
 //! NBD server: fixed newstyle negotiation (OPT_GO/INFO/LIST/ABORT/EXPORT_NAME), simple replies,
 //! READ/WRITE/FLUSH/FUA/TRIM/WRITE_ZEROES, several requests in flight per connection, every
-//! connection served by one event loop.
+//! connection served by one event loop; TLS through NBD_OPT_STARTTLS (rustls), optional or
+//! required.
 
 pub mod client;
 mod event_loop;
 pub mod negotiate;
 pub mod proto;
 pub mod server;
+mod transport;
 
 pub use server::{run_blocking, Backend, BackendError, Done, Request, Server, ServerConfig, ServerStats};
 

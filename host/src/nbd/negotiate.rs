@@ -25,6 +25,22 @@ pub enum Outcome {
     Go,
     /// The client gave up (NBD_OPT_ABORT).
     Abort,
+    /// The server acknowledged NBD_OPT_STARTTLS: once the acknowledgement is sent, the next
+    /// bytes each way are the TLS handshake, and negotiation goes on inside TLS.
+    StartTls,
+}
+
+/// A connection's TLS as negotiation sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// The server has a certificate: NBD_OPT_STARTTLS is accepted.
+    pub offered: bool,
+    /// Options other than STARTTLS and ABORT are refused until TLS runs (FORCEDTLS).
+    pub required: bool,
+    /// TLS runs on this connection.
+    pub active: bool,
+    /// Options refused with NBD_REP_ERR_TLS_REQD on this connection.
+    pub refused: u32,
 }
 
 /// A protocol violation: the connection is closed.
@@ -64,6 +80,7 @@ pub fn step(
     out: &mut Vec<u8>,
     size: u64,
     export: &str,
+    tls: &mut Tls,
 ) -> Result<(usize, Outcome), Violation> {
     let mut used = 0;
     let known = |name: &str| name.is_empty() || name == export;
@@ -99,7 +116,32 @@ pub fn step(
                     return Ok((used, Outcome::Continue));
                 };
                 used += 16 + len as usize;
+                let plaintext_refused = tls.required && !tls.active;
                 match option {
+                    OPT_STARTTLS if !tls.offered => out.extend_from_slice(&option_reply(option, REP_ERR_UNSUP, &[])),
+                    OPT_STARTTLS if tls.active => {
+                        out.extend_from_slice(&option_reply(option, REP_ERR_INVALID, b"TLS is already running"))
+                    }
+                    OPT_STARTTLS if !data.is_empty() => {
+                        out.extend_from_slice(&option_reply(option, REP_ERR_INVALID, b"STARTTLS takes no data"))
+                    }
+                    OPT_STARTTLS => {
+                        out.extend_from_slice(&option_reply(option, REP_ACK, &[]));
+                        return Ok((used, Outcome::StartTls));
+                    }
+                    // EXPORT_NAME has no error reply: the spec has the server hang up.
+                    OPT_EXPORT_NAME if plaintext_refused => {
+                        tls.refused += 1;
+                        return Err(Violation("NBD_OPT_EXPORT_NAME before STARTTLS on a server that requires TLS"));
+                    }
+                    OPT_ABORT => {
+                        out.extend_from_slice(&option_reply(option, REP_ACK, &[]));
+                        return Ok((used, Outcome::Abort));
+                    }
+                    _ if plaintext_refused => {
+                        tls.refused += 1;
+                        out.extend_from_slice(&option_reply(option, REP_ERR_TLS_REQD, b"this server requires TLS"));
+                    }
                     OPT_EXPORT_NAME => {
                         if !known(&String::from_utf8_lossy(data)) {
                             return Err(Violation("unknown export"));
@@ -110,10 +152,6 @@ pub fn step(
                             out.extend_from_slice(&[0u8; 124]);
                         }
                         return Ok((used, Outcome::Go));
-                    }
-                    OPT_ABORT => {
-                        out.extend_from_slice(&option_reply(option, REP_ACK, &[]));
-                        return Ok((used, Outcome::Abort));
                     }
                     OPT_LIST => {
                         if !data.is_empty() {
@@ -148,7 +186,7 @@ pub fn step(
                             return Ok((used, Outcome::Go));
                         }
                     }
-                    // STARTTLS, structured replies, meta contexts, extended headers: not offered.
+                    // Structured replies, meta contexts, extended headers: not offered.
                     _ => out.extend_from_slice(&option_reply(option, REP_ERR_UNSUP, &[])),
                 }
             }
@@ -179,14 +217,17 @@ mod tests {
         input.extend(option(OPT_GO, &go));
         let whole = {
             let (mut st, mut out) = (Negotiation::ClientFlags, Vec::new());
-            assert_eq!(step(&mut st, &input, &mut out, 4096, "amf").unwrap(), (input.len(), Outcome::Go));
+            assert_eq!(
+                step(&mut st, &input, &mut out, 4096, "amf", &mut Tls::default()).unwrap(),
+                (input.len(), Outcome::Go)
+            );
             out
         };
         for cut in 0..input.len() {
             let (mut st, mut out) = (Negotiation::ClientFlags, Vec::new());
-            let (a, o) = step(&mut st, &input[..cut], &mut out, 4096, "amf").unwrap();
+            let (a, o) = step(&mut st, &input[..cut], &mut out, 4096, "amf", &mut Tls::default()).unwrap();
             assert_eq!(o, Outcome::Continue, "cut {cut}");
-            let (b, o) = step(&mut st, &input[a..], &mut out, 4096, "amf").unwrap();
+            let (b, o) = step(&mut st, &input[a..], &mut out, 4096, "amf", &mut Tls::default()).unwrap();
             assert_eq!((a + b, o), (input.len(), Outcome::Go), "cut {cut}");
             assert_eq!(out, whole, "cut {cut}");
         }
@@ -195,12 +236,64 @@ mod tests {
     #[test]
     fn violations_are_reported() {
         let (mut st, mut out) = (Negotiation::ClientFlags, Vec::new());
-        assert!(step(&mut st, &[0, 0, 0, 8], &mut out, 1, "amf").is_err(), "unknown client flag");
+        assert!(step(&mut st, &[0, 0, 0, 8], &mut out, 1, "amf", &mut Tls::default()).is_err(), "unknown client flag");
         let mut st = Negotiation::Options { no_zeroes: true };
-        assert!(step(&mut st, &[0u8; 16], &mut out, 1, "amf").is_err(), "bad magic");
+        assert!(step(&mut st, &[0u8; 16], &mut out, 1, "amf", &mut Tls::default()).is_err(), "bad magic");
         let mut big = IHAVEOPT.to_be_bytes().to_vec();
         big.extend_from_slice(&OPT_LIST.to_be_bytes());
         big.extend_from_slice(&(OPTION_BYTES_MAX + 1).to_be_bytes());
-        assert!(step(&mut st, &big, &mut out, 1, "amf").is_err(), "oversized option");
+        assert!(step(&mut st, &big, &mut out, 1, "amf", &mut Tls::default()).is_err(), "oversized option");
+    }
+
+    fn replies(out: &[u8]) -> Vec<(u32, u32)> {
+        let mut v = Vec::new();
+        let mut at = 0;
+        while at + 20 <= out.len() {
+            let len = be_u32(&out[at + 16..]) as usize;
+            v.push((be_u32(&out[at + 8..]), be_u32(&out[at + 12..])));
+            at += 20 + len;
+        }
+        v
+    }
+
+    #[test]
+    fn a_server_that_requires_tls_refuses_options_until_starttls() {
+        let mut tls = Tls { offered: true, required: true, ..Tls::default() };
+        let mut go = 0u32.to_be_bytes().to_vec();
+        go.extend_from_slice(&0u16.to_be_bytes());
+        let mut input = option(OPT_LIST, &[]);
+        input.extend(option(OPT_GO, &go));
+        input.extend(option(OPT_STARTTLS, &[]));
+        let (mut st, mut out) = (Negotiation::Options { no_zeroes: true }, Vec::new());
+        let (used, o) = step(&mut st, &input, &mut out, 4096, "amf", &mut tls).unwrap();
+        assert_eq!((used, o), (input.len(), Outcome::StartTls));
+        assert_eq!(
+            replies(&out),
+            vec![(OPT_LIST, REP_ERR_TLS_REQD), (OPT_GO, REP_ERR_TLS_REQD), (OPT_STARTTLS, REP_ACK)]
+        );
+        assert_eq!(tls.refused, 2);
+        // Inside TLS: GO is served, a second STARTTLS is a client error.
+        tls.active = true;
+        let mut input = option(OPT_STARTTLS, &[]);
+        input.extend(option(OPT_GO, &go));
+        let mut out = Vec::new();
+        assert_eq!(step(&mut st, &input, &mut out, 4096, "amf", &mut tls).unwrap().1, Outcome::Go);
+        let r = replies(&out);
+        assert_eq!(r[0], (OPT_STARTTLS, REP_ERR_INVALID));
+        assert_eq!(r.last(), Some(&(OPT_GO, REP_ACK)));
+    }
+
+    #[test]
+    fn export_name_before_tls_ends_the_connection_and_starttls_without_a_certificate_is_unsupported() {
+        let mut required = Tls { offered: true, required: true, ..Tls::default() };
+        let mut st = Negotiation::Options { no_zeroes: true };
+        assert!(step(&mut st, &option(OPT_EXPORT_NAME, b"amf"), &mut Vec::new(), 1, "amf", &mut required).is_err());
+        let mut out = Vec::new();
+        let (_, o) = step(&mut st, &option(OPT_STARTTLS, &[]), &mut out, 1, "amf", &mut Tls::default()).unwrap();
+        assert_eq!((o, replies(&out)), (Outcome::Continue, vec![(OPT_STARTTLS, REP_ERR_UNSUP)]));
+        // Optional TLS serves plaintext.
+        let mut optional = Tls { offered: true, ..Tls::default() };
+        let (_, o) = step(&mut st, &option(OPT_EXPORT_NAME, b"amf"), &mut Vec::new(), 1, "amf", &mut optional).unwrap();
+        assert_eq!(o, Outcome::Go);
     }
 }

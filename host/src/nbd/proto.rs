@@ -45,6 +45,8 @@ pub const REP_ERR_UNSUP: u32 = REP_FLAG_ERROR | 1;
 pub const REP_ERR_INVALID: u32 = REP_FLAG_ERROR | 3;
 /// Unknown export.
 pub const REP_ERR_UNKNOWN: u32 = REP_FLAG_ERROR | 6;
+/// The server requires TLS before this option.
+pub const REP_ERR_TLS_REQD: u32 = REP_FLAG_ERROR | 5;
 
 /// Information types.
 pub const INFO_EXPORT: u16 = 0;

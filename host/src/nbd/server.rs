@@ -113,6 +113,8 @@ pub struct ServerConfig {
     pub negotiation_timeout: Duration,
     /// Connections served at once; more are closed as soon as they are accepted.
     pub connections_max: usize,
+    /// TLS (NBD_OPT_STARTTLS offered; with `Required`, plaintext refused).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +125,7 @@ impl Default for ServerConfig {
             queue_depth: 64,
             negotiation_timeout: Duration::from_secs(30),
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -150,6 +153,13 @@ pub struct ServerStats {
     pub dropped: AtomicU64,
     /// Connections closed at once because `connections_max` were being served.
     pub connections_refused: AtomicU64,
+    /// Connections that started TLS.
+    pub tls_connections: AtomicU64,
+    /// Connections ended by a failed TLS handshake or a bad record (an unknown client
+    /// certificate among them).
+    pub tls_failures: AtomicU64,
+    /// Plaintext connections refused because TLS is required.
+    pub tls_refused: AtomicU64,
 }
 
 /// A running server.

@@ -1,0 +1,134 @@
+//! A connection's byte stream as the event loop sees it: the TCP socket itself, or TLS over it
+//! once the client has sent NBD_OPT_STARTTLS. Both read and write without blocking; TLS records
+//! that could not go out yet wait inside rustls and go with the next write or writable event.
+
+use mio::net::TcpStream;
+use std::io::{self, ErrorKind, Read, Write};
+use std::sync::Arc;
+
+/// Plaintext or TLS over a non-blocking socket.
+pub(super) struct Transport {
+    sock: TcpStream,
+    /// Running TLS (boxed: a rustls connection is large and most connections have none).
+    tls: Option<Box<rustls::ServerConnection>>,
+}
+
+fn would_block() -> io::Error {
+    io::Error::from(ErrorKind::WouldBlock)
+}
+
+/// Sends what rustls has queued; Err(WouldBlock) when the socket is full.
+fn flush_records(s: &mut TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(s) {
+            Ok(0) => return Err(io::Error::from(ErrorKind::WriteZero)),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Hands rustls the records it has received; a protocol or certificate error sends its alert
+/// and ends the connection.
+fn process(s: &mut TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<()> {
+    if let Err(e) = tls.process_new_packets() {
+        let _ = flush_records(s, tls);
+        return Err(io::Error::new(ErrorKind::InvalidData, e));
+    }
+    match flush_records(s, tls) {
+        Err(e) if e.kind() != ErrorKind::WouldBlock => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl Transport {
+    /// Plaintext over `sock`.
+    pub(super) fn plain(sock: TcpStream) -> Transport {
+        Transport { sock, tls: None }
+    }
+
+    /// The socket, to register with the poller or shut down.
+    pub(super) fn socket(&mut self) -> &mut TcpStream {
+        &mut self.sock
+    }
+
+    /// Whether TLS runs.
+    pub(super) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Starts TLS as the server. `early` holds bytes the client sent after STARTTLS that were
+    /// already read from the socket (the start of its handshake).
+    pub(super) fn start_tls(&mut self, config: Arc<rustls::ServerConfig>, mut early: &[u8]) -> io::Result<()> {
+        if self.tls.is_some() {
+            return Ok(());
+        }
+        let mut tls = rustls::ServerConnection::new(config).map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+        while !early.is_empty() {
+            if tls.read_tls(&mut early)? == 0 {
+                break;
+            }
+            process(&mut self.sock, &mut tls)?;
+        }
+        self.tls = Some(Box::new(tls));
+        Ok(())
+    }
+
+    /// Reads plaintext: Ok(0) when the client has closed, Err(WouldBlock) when nothing is
+    /// there yet. Handshake records are answered on the way.
+    pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (s, Some(tls)) = (&mut self.sock, self.tls.as_mut()) else { return self.sock.read(buf) };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                // Closed without close_notify: the same as a hang-up here.
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            match tls.read_tls(s) {
+                Ok(0) => return Ok(0),
+                Ok(_) => process(s, tls)?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes plaintext; Err(WouldBlock) when nothing could be taken now.
+    pub(super) fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let (s, Some(tls)) = (&mut self.sock, self.tls.as_mut()) else { return self.sock.write(data) };
+        flush_records(s, tls)?;
+        let n = tls.writer().write(data)?;
+        match flush_records(s, tls) {
+            Err(e) if e.kind() != ErrorKind::WouldBlock => return Err(e),
+            _ => {}
+        }
+        if n == 0 && !data.is_empty() {
+            return Err(would_block());
+        }
+        Ok(n)
+    }
+
+    /// TLS records queued but not on the socket yet.
+    pub(super) fn pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Sends queued TLS records; Err(WouldBlock) when the socket is full.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        match self.tls.as_mut() {
+            None => Ok(()),
+            Some(tls) => flush_records(&mut self.sock, tls),
+        }
+    }
+
+    /// Ends TLS politely (close_notify) where it runs.
+    pub(super) fn close(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = flush_records(&mut self.sock, tls);
+        }
+    }
+}
