@@ -1,5 +1,6 @@
 //! `amf bench nbd`: `qemu-img bench` against one amf controller serving RAID5 on member files,
-//! and against `qemu-nbd` serving a raw file of the same size, in the same run, alternating.
+//! and against `qemu-nbd` serving a raw file of the same size, in the same run, alternating;
+//! then both again over TLS (one throwaway CA, the same certificate for both servers).
 
 use super::BenchError;
 use crate::raid::assemble::{create, CreateOptions};
@@ -38,13 +39,33 @@ fn free_port() -> Result<u16, BenchError> {
     Ok(l.local_addr().map_err(|e| peer_err("bind", e))?.port())
 }
 
-fn start_amf(dir: &Path) -> Result<(Proc, String), BenchError> {
+/// How `qemu-img bench` reaches a server: a plain URI, or TLS options.
+#[derive(Clone, Debug)]
+struct Target {
+    /// Arguments naming the image.
+    args: Vec<String>,
+}
+
+impl Target {
+    fn plain(uri: String) -> Target {
+        Target { args: vec!["-f".into(), "raw".into(), uri] }
+    }
+}
+
+fn start_amf(dir: &Path, tls: Option<&Path>) -> Result<(Proc, String), BenchError> {
     let exe = std::env::current_exe().map_err(|e| peer_err("amf", e))?;
     let (p, a) = (free_port()?, free_port()?);
-    let mut child = Command::new(exe)
-        .args(["controller", "--dir"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["controller", "--dir"])
         .arg(dir)
-        .args(["--index", "0", "--nbd", &format!("127.0.0.1:{p}"), "--admin", &format!("127.0.0.1:{a}")])
+        .args(["--index", "0", "--nbd", &format!("127.0.0.1:{p}"), "--admin", &format!("127.0.0.1:{a}")]);
+    if let Some(t) = tls {
+        cmd.arg("--tls-cert")
+            .arg(t.join(crate::tls::SERVER_CERT))
+            .arg("--tls-key")
+            .arg(t.join(crate::tls::SERVER_KEY));
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -58,10 +79,17 @@ fn start_amf(dir: &Path) -> Result<(Proc, String), BenchError> {
     Ok((proc, uri))
 }
 
-fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
+fn start_qemu_nbd(file: &Path, tls: Option<&Path>) -> Result<(Proc, String), BenchError> {
     let port = free_port()?;
-    let child = Command::new("qemu-nbd")
-        .args(["-f", "raw", "-x", "amf", "-b", "127.0.0.1", "-p", &port.to_string(), "--persistent", "--shared=8"])
+    let mut cmd = Command::new("qemu-nbd");
+    cmd.args(["-f", "raw", "-x", "amf", "-b", "127.0.0.1", "-p", &port.to_string(), "--persistent", "--shared=8"]);
+    if let Some(t) = tls {
+        cmd.arg("--object")
+            // No client certificates asked for, as amf here.
+            .arg(format!("tls-creds-x509,id=tls0,dir={},endpoint=server,verify-peer=off", t.display()))
+            .args(["--tls-creds", "tls0"]);
+    }
+    let child = cmd
         .arg(file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -79,19 +107,41 @@ fn start_qemu_nbd(file: &Path) -> Result<(Proc, String), BenchError> {
 }
 
 /// Runs `qemu-img bench` and returns operations per second.
-fn qemu_img_bench(uri: &str, count: u64, block: u64, write: bool) -> Result<f64, BenchError> {
+fn qemu_img_bench(target: &Target, count: u64, block: u64, write: bool) -> Result<f64, BenchError> {
     let mut cmd = Command::new("qemu-img");
-    cmd.args(["bench", "-f", "raw", "-c", &count.to_string(), "-d", "16", "-s", &block.to_string(), "--pattern=0xa5"]);
+    cmd.args(["bench", "-c", &count.to_string(), "-d", "16", "-s", &block.to_string(), "--pattern=0xa5"]);
     if write {
         cmd.arg("-w");
     }
-    let out = cmd.arg(uri).output().map_err(|e| peer_err("qemu-img", e))?;
+    let out = cmd.args(&target.args).output().map_err(|e| peer_err("qemu-img", e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let secs = text
         .lines()
         .find_map(|l| l.strip_prefix("Run completed in ")?.strip_suffix(" seconds.")?.parse::<f64>().ok())
         .ok_or_else(|| peer_err("qemu-img bench", format!("{}{}", text, String::from_utf8_lossy(&out.stderr))))?;
     Ok(count as f64 / secs.max(1e-9))
+}
+
+/// Runs fio's nbd engine (libnbd, GnuTLS) over TLS and returns operations per second:
+/// `qemu-img bench` has no `--object` to carry TLS credentials. fio's engine may not name a
+/// certificate folder in the URI (libnbd refuses local files there), so the client does not
+/// verify the server: that costs the handshake, not the records measured here.
+fn fio_bench(uri: &str, count: u64, block: u64, write: bool) -> Result<f64, BenchError> {
+    let rw = if write { "write" } else { "read" };
+    let out = Command::new("fio")
+        .args(["--name=bench", "--ioengine=nbd", &format!("--uri={uri}?tls-verify-peer=false"), &format!("--rw={rw}")])
+        .args([format!("--bs={block}"), "--iodepth=16".into(), format!("--io_size={}", count * block)])
+        .args(["--size=256M", "--output-format=json"])
+        .output()
+        .map_err(|e| peer_err("fio (apt-get install fio)", e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = text.find('{').map(|i| &text[i..]).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let job = &v["jobs"][0];
+    match (job["error"].as_u64(), job[rw]["iops"].as_f64()) {
+        (Some(0), Some(iops)) if iops > 0.0 => Ok(iops),
+        _ => Err(peer_err("fio", format!("{text}{}", String::from_utf8_lossy(&out.stderr)))),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -119,13 +169,14 @@ pub fn run(count: u64) -> Result<(String, Vec<NbdRow>), BenchError> {
     std::fs::File::create(&raw)
         .and_then(|f| f.set_len(capacity))
         .map_err(|source| BenchError::Io { path: raw.display().to_string(), source })?;
-    let (_amf, amf_uri) = start_amf(&dir)?;
-    let (_peer, peer_uri) = start_qemu_nbd(&raw)?;
+    let (amf, amf_uri) = start_amf(&dir, None)?;
+    let (peer, peer_uri) = start_qemu_nbd(&raw, None)?;
+    let (amf_target, peer_target) = (Target::plain(amf_uri), Target::plain(peer_uri));
     // Fill both completely so reads move real data (a sparse peer file would answer reads of
     // holes without sending data).
     let fill = capacity / (1 << 20);
-    qemu_img_bench(&amf_uri, fill, 1 << 20, true)?;
-    qemu_img_bench(&peer_uri, fill, 1 << 20, true)?;
+    qemu_img_bench(&amf_target, fill, 1 << 20, true)?;
+    qemu_img_bench(&peer_target, fill, 1 << 20, true)?;
     let workloads: [(&str, u64, bool, u64); 4] = [
         ("64 KiB sequential writes", 65536, true, count / 10),
         ("4 KiB sequential writes", 4096, true, count / 4),
@@ -135,24 +186,42 @@ pub fn run(count: u64) -> Result<(String, Vec<NbdRow>), BenchError> {
     let mut s = format!(
         "Command: `amf bench nbd` — {}; `qemu-img bench -d 16` (queue depth 16) against one amf controller \
          (RAID5, {MEMBERS} x {} MiB member files, {} KiB chunks: one stripe = 64 KiB of data) and `qemu-nbd` on a raw file of the same capacity; \
-         median of {REPEATS} alternating runs; data in the page cache.\n\n\
+         median of {REPEATS} alternating runs; data in the page cache. Rows marked TLS: both servers again with TLS \
+         required (the same ECDSA P-256 certificate; rustls in amf, GnuTLS in qemu-nbd), driven by fio's nbd engine \
+         (libnbd, GnuTLS; queue depth 16, one connection), since `qemu-img bench` cannot be given TLS credentials.\n\n\
          | workload | requests | amf ops/s | qemu-nbd ops/s | amf / qemu-nbd |\n|---|---|---|---|---|\n",
         super::machine(),
         MEMBER_BYTES >> 20,
         CHUNK_BYTES >> 10
     );
     let mut rows = Vec::new();
-    for (name, block, write, n) in workloads {
-        let (mut a, mut p) = (Vec::new(), Vec::new());
-        for _ in 0..REPEATS {
-            a.push(qemu_img_bench(&amf_uri, n, block, write)?);
-            p.push(qemu_img_bench(&peer_uri, n, block, write)?);
+    let mut measure = |suffix: &str, run: &mut dyn FnMut(bool, u64, u64, bool) -> Result<f64, BenchError>| {
+        for (name, block, write, n) in workloads {
+            let (mut a, mut p) = (Vec::new(), Vec::new());
+            for _ in 0..REPEATS {
+                a.push(run(true, n, block, write)?);
+                p.push(run(false, n, block, write)?);
+            }
+            let (a, p) = (median(a), median(p));
+            s += &format!("| {name}{suffix} | {n} | {a:.0} | {p:.0} | {:.2}x |\n", a / p.max(1e-9));
+            rows.push((format!("{name}{suffix}"), a, p));
         }
-        let (a, p) = (median(a), median(p));
-        s += &format!("| {name} | {n} | {a:.0} | {p:.0} | {:.2}x |\n", a / p.max(1e-9));
-        rows.push((name.to_string(), a, p));
-    }
-    drop((_amf, _peer));
+        Ok::<(), BenchError>(())
+    };
+    measure("", &mut |amf_side, n, block, write| {
+        qemu_img_bench(if amf_side { &amf_target } else { &peer_target }, n, block, write)
+    })?;
+    drop((amf, peer));
+    // The same servers with TLS required (one controller holds the group at a time).
+    let creds = tmp.join("tls");
+    crate::tls::generate(&creds, &[]).map_err(|e| peer_err("amf certs", e))?;
+    let (amf, amf_uri) = start_amf(&dir, Some(&creds))?;
+    let (peer, peer_uri) = start_qemu_nbd(&raw, Some(&creds))?;
+    let peer_uri = peer_uri.replace("nbd://", "nbds://");
+    measure(", TLS", &mut |amf_side, n, block, write| {
+        fio_bench(if amf_side { &amf_uri } else { &peer_uri }, n, block, write)
+    })?;
+    drop((amf, peer));
     let _ = std::fs::remove_dir_all(&tmp);
     Ok((s, rows))
 }
