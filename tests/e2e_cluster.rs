@@ -217,11 +217,11 @@ fn counters_prove_the_method() {
 }
 
 #[test]
-fn garbage_on_the_fabric_is_refused_and_changes_nothing() {
+fn garbage_on_a_plaintext_fabric_is_refused_and_changes_nothing() {
     use std::io::{Read, Write};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    let c = start3(&dir, "raid1", "2", "model");
+    let c = start3_with(&dir, "raid1", "2", "model", &["--fabric-tls", "off"]);
     qemu_io(c.uri(0), &["write -P 0x5a 0 64k"]);
     let published: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("run/rendezvous/node-1.json")).unwrap()).unwrap();
@@ -247,6 +247,43 @@ fn garbage_on_the_fabric_is_refused_and_changes_nothing() {
     // The cluster still serves the same data everywhere.
     for i in 0..3 {
         qemu_io(c.uri(i), &["read -P 0x5a 0 64k"]);
+    }
+    assert!(c.stop().success());
+}
+
+/// With mutual TLS (the default) a stranger gets no further than the handshake: garbage is
+/// answered with a TLS alert and closed, and a well-formed frame sent in plaintext never
+/// reaches the machine (no counter of it moves); both are counted as refused.
+#[test]
+fn a_stranger_on_the_tls_fabric_is_refused_before_any_frame() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let c = start3(&dir, "raid1", "2", "model");
+    qemu_io(c.uri(0), &["write -P 0x5b 0 64k"]);
+    let published: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/rendezvous/node-1.json")).unwrap()).unwrap();
+    let fabric = published["fabric"].as_str().unwrap().to_string();
+    let status = || c.admin_of(1, "/status")["coherency"]["fabric"].clone();
+    assert_eq!(status()["tls"], true);
+    let before = counters(&c, 1);
+    let mut s = std::net::TcpStream::connect(&fabric).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.write_all(&[0xde; 64]).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert!(n == 0 || buf[0] == 0x15, "garbage got something other than a TLS alert: {:?}", &buf[..n]);
+    let msg = amf::amf::io::Msg::DropReplica { id: 0, line: 0, wseq: u64::MAX };
+    let mut s = std::net::TcpStream::connect(&fabric).unwrap();
+    s.write_all(&amf::amf::shell::net::encode(0, 99, &msg).unwrap()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status()["tls_refused"].as_u64().unwrap() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the strangers were not counted: {}", status());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(count(&counters(&c, 1), "stale_epoch"), count(&before, "stale_epoch"), "a forged frame was decoded");
+    for i in 0..3 {
+        qemu_io(c.uri(i), &["read -P 0x5b 0 64k"]);
     }
     assert!(c.stop().success());
 }

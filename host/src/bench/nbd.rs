@@ -56,20 +56,19 @@ fn start_amf(dir: &Path, tls: Option<&Path>) -> Result<(Proc, String), BenchErro
     let exe = std::env::current_exe().map_err(|e| peer_err("amf", e))?;
     let (p, a) = (free_port()?, free_port()?);
     let mut cmd = Command::new(exe);
-    cmd.args(["controller", "--dir"])
-        .arg(dir)
-        .args(["--index", "0", "--nbd", &format!("127.0.0.1:{p}"), "--admin", &format!("127.0.0.1:{a}")]);
+    cmd.args(["controller", "--dir"]).arg(dir).args([
+        "--index",
+        "0",
+        "--nbd",
+        &format!("127.0.0.1:{p}"),
+        "--admin",
+        &format!("127.0.0.1:{a}"),
+    ]);
     if let Some(t) = tls {
-        cmd.arg("--tls-cert")
-            .arg(t.join(crate::tls::SERVER_CERT))
-            .arg("--tls-key")
-            .arg(t.join(crate::tls::SERVER_KEY));
+        cmd.arg("--tls-cert").arg(t.join(crate::tls::SERVER_CERT)).arg("--tls-key").arg(t.join(crate::tls::SERVER_KEY));
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| peer_err("amf controller", e))?;
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| peer_err("amf controller", e))?;
     let out = child.stdout.take().ok_or_else(|| peer_err("amf controller", "no stdout"))?;
     let proc = Proc(child);
     let line = BufReader::new(out).lines().map_while(Result::ok).find(|l| l.starts_with("controller "));

@@ -80,6 +80,10 @@ enum Command {
         /// With --tls: hosts must present a certificate signed by DIR/tls/ca-cert.pem.
         #[arg(long, requires = "tls")]
         tls_client_certs: bool,
+        /// Mutual TLS between the controllers (several controllers): on (default; a CA made for
+        /// each start, in DIR/run/fabric-tls, its key not kept) or off.
+        #[arg(long, default_value = "on")]
+        fabric_tls: OnOff,
     },
     /// The main job: a 3-controller RAID5 cluster on files in a temp folder, a verified mixed
     /// workload through all three controllers at once, a report, a clean stop and a scrub.
@@ -256,6 +260,15 @@ enum Command {
     },
 }
 
+/// A switch.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// Card backends selectable on the command line.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum CardKind {
@@ -396,6 +409,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             line_kib,
             tls,
             tls_client_certs,
+            fabric_tls,
         } => {
             let create = match (level, members, member_size) {
                 (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
@@ -421,6 +435,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 line_kib,
                 tls,
                 tls_client_certs,
+                fabric_tls: matches!(fabric_tls, OnOff::On),
             })?;
         }
         Command::Demo { seconds, seed, card, keep, blocks } => {

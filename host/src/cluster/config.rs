@@ -22,6 +22,11 @@
 //! client_ca = "/etc/amf/hosts-ca.pem"   # optional: hosts must present a certificate it signed
 //! mode = "required"             # or "optional" (plaintext served too)
 //!
+//! [fabric_tls]                  # optional: mutual TLS between controllers
+//! ca = "/etc/amf/cluster-ca.pem"
+//! cert = "/etc/amf/node-1-cert.pem"    # valid for the DNS name amf-node-1
+//! key = "/etc/amf/node-1-key.pem"
+//!
 //! [[peer]]                      # every other controller, or `rendezvous = "DIR"` instead
 //! node = 0
 //! fabric = "10.0.0.1:7000"
@@ -145,6 +150,9 @@ pub struct Config {
     /// TLS for the hosts' NBD connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Mutual TLS between the controllers (every controller of a cluster needs it, or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric_tls: Option<crate::tls::fabric::FabricTlsConfig>,
 }
 
 fn bad(msg: String) -> ClusterError {

@@ -59,6 +59,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     let _life = super::membership::LifeLock::take(&cfg.group, cfg.node)?;
     // Certificates first: a bad file is a configuration error before anything is touched.
     let tls = cfg.tls.as_ref().map(|t| t.load()).transpose()?;
+    let fabric_tls = cfg.fabric_tls.as_ref().map(|t| t.load(cfg.node).map(Arc::new)).transpose()?;
     let nbd_listener = bind(cfg.nbd)?;
     let admin_listener = bind(cfg.admin)?;
     let fabric_listener = bind(cfg.fabric)?;
@@ -147,6 +148,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             member_workers: MEMBER_WORKERS,
             deaths: Some(Box::new(AnyOf(proofs))),
             join: joining,
+            fabric_tls: fabric_tls.clone(),
         })
         .map_err(ClusterError::Core)?,
     );

@@ -39,6 +39,8 @@ pub struct ClusterOptions {
     pub tls: Option<crate::tls::TlsMode>,
     /// With TLS: hosts must present a certificate the CA signed (`DIR/tls/client-cert.pem`).
     pub tls_client_certs: bool,
+    /// Mutual TLS between the controllers (several controllers), with a CA made for this run.
+    pub fabric_tls: bool,
 }
 
 /// Where `amf cluster --tls` keeps its certificates (QEMU's and libnbd's file names).
@@ -158,6 +160,12 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
     // `amf rebuild`, which need it to change the group through a controller.
     super::admin::create_admin_token(&opts.dir)?;
     let tls = local_tls(&opts)?;
+    // A CA for this run only (its key is not kept) and a certificate per controller.
+    let fabric_tls = if opts.controllers > 1 && opts.fabric_tls {
+        crate::tls::fabric::generate_cluster(&run_dir.join("fabric-tls"), opts.controllers as u8)?
+    } else {
+        Vec::new()
+    };
     let mut procs: Vec<Running> = Vec::new();
     let mut outputs = Vec::new();
     for index in 0..opts.controllers {
@@ -183,7 +191,7 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
                 }
             }
         } else {
-            let path = match write_config(&opts, index, &run_dir, tls.clone()) {
+            let path = match write_config(&opts, index, &run_dir, tls.clone(), fabric_tls.get(index).cloned()) {
                 Ok(p) => p,
                 Err(e) => {
                     terminate(&mut procs);
@@ -285,6 +293,7 @@ fn write_config(
     index: usize,
     run_dir: &std::path::Path,
     tls: Option<crate::tls::TlsConfig>,
+    fabric_tls: Option<crate::tls::fabric::FabricTlsConfig>,
 ) -> Result<PathBuf, ClusterError> {
     let port = |base: u16| if base == 0 { 0 } else { base as usize + index };
     let addr = |p: usize| -> Result<std::net::SocketAddr, ClusterError> {
@@ -307,6 +316,7 @@ fn write_config(
         rendezvous: Some(run_dir.join("rendezvous")),
         service: None,
         tls,
+        fabric_tls,
     };
     cfg.check()?;
     let text = toml::to_string(&cfg).map_err(|e| ClusterError::Config(e.to_string()))?;

@@ -2,6 +2,7 @@
 //! once the client has sent NBD_OPT_STARTTLS. Both read and write without blocking; TLS records
 //! that could not go out yet wait inside rustls and go with the next write or writable event.
 
+use crate::tls::nonblocking;
 use mio::net::TcpStream;
 use std::io::{self, ErrorKind, Read, Write};
 use std::sync::Arc;
@@ -10,37 +11,7 @@ use std::sync::Arc;
 pub(super) struct Transport {
     sock: TcpStream,
     /// Running TLS (boxed: a rustls connection is large and most connections have none).
-    tls: Option<Box<rustls::ServerConnection>>,
-}
-
-fn would_block() -> io::Error {
-    io::Error::from(ErrorKind::WouldBlock)
-}
-
-/// Sends what rustls has queued; Err(WouldBlock) when the socket is full.
-fn flush_records(s: &mut TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<()> {
-    while tls.wants_write() {
-        match tls.write_tls(s) {
-            Ok(0) => return Err(io::Error::from(ErrorKind::WriteZero)),
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Hands rustls the records it has received; a protocol or certificate error sends its alert
-/// and ends the connection.
-fn process(s: &mut TcpStream, tls: &mut rustls::ServerConnection) -> io::Result<()> {
-    if let Err(e) = tls.process_new_packets() {
-        let _ = flush_records(s, tls);
-        return Err(io::Error::new(ErrorKind::InvalidData, e));
-    }
-    match flush_records(s, tls) {
-        Err(e) if e.kind() != ErrorKind::WouldBlock => Err(e),
-        _ => Ok(()),
-    }
+    tls: Option<Box<rustls::Connection>>,
 }
 
 impl Transport {
@@ -65,12 +36,13 @@ impl Transport {
         if self.tls.is_some() {
             return Ok(());
         }
-        let mut tls = rustls::ServerConnection::new(config).map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+        let tls = rustls::ServerConnection::new(config).map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+        let mut tls = rustls::Connection::Server(tls);
         while !early.is_empty() {
             if tls.read_tls(&mut early)? == 0 {
                 break;
             }
-            process(&mut self.sock, &mut tls)?;
+            nonblocking::process(&mut self.sock, &mut tls)?;
         }
         self.tls = Some(Box::new(tls));
         Ok(())
@@ -79,36 +51,18 @@ impl Transport {
     /// Reads plaintext: Ok(0) when the client has closed, Err(WouldBlock) when nothing is
     /// there yet. Handshake records are answered on the way.
     pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (s, Some(tls)) = (&mut self.sock, self.tls.as_mut()) else { return self.sock.read(buf) };
-        loop {
-            match tls.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                // Closed without close_notify: the same as a hang-up here.
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
-            }
-            match tls.read_tls(s) {
-                Ok(0) => return Ok(0),
-                Ok(_) => process(s, tls)?,
-                Err(e) => return Err(e),
-            }
+        match self.tls.as_mut() {
+            None => self.sock.read(buf),
+            Some(tls) => nonblocking::read(&mut self.sock, tls, buf),
         }
     }
 
     /// Writes plaintext; Err(WouldBlock) when nothing could be taken now.
     pub(super) fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let (s, Some(tls)) = (&mut self.sock, self.tls.as_mut()) else { return self.sock.write(data) };
-        flush_records(s, tls)?;
-        let n = tls.writer().write(data)?;
-        match flush_records(s, tls) {
-            Err(e) if e.kind() != ErrorKind::WouldBlock => return Err(e),
-            _ => {}
+        match self.tls.as_mut() {
+            None => self.sock.write(data),
+            Some(tls) => nonblocking::write(&mut self.sock, tls, data),
         }
-        if n == 0 && !data.is_empty() {
-            return Err(would_block());
-        }
-        Ok(n)
     }
 
     /// TLS records queued but not on the socket yet.
@@ -120,7 +74,7 @@ impl Transport {
     pub(super) fn flush(&mut self) -> io::Result<()> {
         match self.tls.as_mut() {
             None => Ok(()),
-            Some(tls) => flush_records(&mut self.sock, tls),
+            Some(tls) => nonblocking::flush(&mut self.sock, tls),
         }
     }
 
@@ -128,7 +82,7 @@ impl Transport {
     pub(super) fn close(&mut self) {
         if let Some(tls) = self.tls.as_mut() {
             tls.send_close_notify();
-            let _ = flush_records(&mut self.sock, tls);
+            let _ = nonblocking::flush(&mut self.sock, tls);
         }
     }
 }

@@ -15,7 +15,7 @@ pub struct LocalCa {
     pub dir: PathBuf,
 }
 
-fn write(dir: &Path, name: &str, text: &str, private: bool) -> Result<(), TlsError> {
+pub(super) fn write(dir: &Path, name: &str, text: &str, private: bool) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);

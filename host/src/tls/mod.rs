@@ -4,7 +4,9 @@
 //! `qemu-io --object tls-creds-x509,dir=DIR,...` and `nbdinfo nbds://...?tls-certificates=DIR`
 //! use the same folder.
 
+pub mod fabric;
 mod local_ca;
+pub mod nonblocking;
 
 pub use local_ca::{generate, LocalCa};
 
@@ -55,6 +57,14 @@ pub enum TlsError {
     /// A certificate could not be generated.
     #[error("generating a certificate: {0}")]
     Generate(#[source] rcgen::Error),
+    /// A controller's fabric certificate does not name its node.
+    #[error("{path}: the certificate is not valid for {name} (this controller's node)")]
+    NotNode {
+        /// The certificate file.
+        path: PathBuf,
+        /// The name it should carry.
+        name: String,
+    },
     /// A generated file could not be written.
     #[error("{path}: {source}")]
     Write {

@@ -159,6 +159,8 @@ pub struct ShellConfig {
     /// Join a running membership (a restarted controller) instead of meeting every peer at
     /// the start barrier.
     pub join: bool,
+    /// Mutual TLS on the fabric.
+    pub fabric_tls: Option<Arc<crate::tls::fabric::FabricTls>>,
 }
 
 /// A running controller core.
@@ -192,8 +194,9 @@ impl Shell {
         let card_waker =
             CardWaker::start(cfg.card.clone(), tx.clone()).map_err(|e| format!("card interrupt thread: {e}"))?;
         let payload_max = m.line_bytes as usize + 1024;
-        let net = net::Net::start(cfg.fabric, m.node, m.epoch, &cfg.peers, payload_max, tx.clone())
-            .map_err(|e| format!("fabric: {e}"))?;
+        let net =
+            net::Net::start(cfg.fabric, m.node, m.epoch, &cfg.peers, payload_max, cfg.fabric_tls.clone(), tx.clone())
+                .map_err(|e| format!("fabric: {e}"))?;
         let stats = net.stats.clone();
         let jobs = members::Workers::start(cfg.array.clone(), cfg.member_workers, tx.clone())
             .map_err(|e| format!("member workers: {e}"))?;
@@ -868,6 +871,8 @@ impl Loop {
                 "dropped": self.net.stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
                 "refused": self.net.stats.refused.load(std::sync::atomic::Ordering::Relaxed),
                 "idle_closed": self.net.stats.idle_closed.load(std::sync::atomic::Ordering::Relaxed),
+                "tls": self.net.tls(),
+                "tls_refused": self.net.stats.tls_refused.load(std::sync::atomic::Ordering::Relaxed),
             },
             "card_error": self.card_error,
         })
@@ -909,6 +914,7 @@ mod tests {
             member_workers: 2,
             deaths: None,
             join: false,
+            fabric_tls: None,
         })
         .expect("shell")
     }

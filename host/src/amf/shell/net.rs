@@ -7,9 +7,16 @@
 //! made by a short-lived thread, never by the loop. A reader thread per incoming connection
 //! decodes frames into the loop's inbox. Lost messages are the machine's business: it
 //! retransmits its requests.
+//!
+//! With fabric TLS (`tls::fabric`) every connection is mutual TLS under the cluster's CA: the
+//! connecting thread does the handshake (blocking, bounded) before it hands the connection to
+//! the loop, which then writes records without blocking; a reader accepts only a peer whose
+//! certificate names a node, and only frames that say they come from that node.
 
 use super::Inbox;
 use crate::amf::io::Msg;
+use crate::tls::fabric::{node_name, node_of, FabricTls};
+use crate::tls::nonblocking;
 use crossbeam_channel::{bounded, Receiver, TryRecvError};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,6 +36,8 @@ const QUEUE_BYTES_MAX: usize = 64 << 20;
 const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a TLS handshake with a peer may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a stopping controller waits for its last frames to leave.
 const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Incoming connections read at once (a thread each); past it new ones are closed at once and
@@ -116,6 +125,9 @@ pub struct NetStats {
     pub refused: AtomicU64,
     /// Incoming connections closed after `IDLE_TIMEOUT` without a frame.
     pub idle_closed: AtomicU64,
+    /// TLS handshakes that failed (a peer without a valid certificate, or whose certificate
+    /// names no node or another node than it claims), either way.
+    pub tls_refused: AtomicU64,
     /// When a frame last came from each controller (the fence gate's nanoseconds, see
     /// `raid::fence`; 0: never): which peers this one hears, for the lease's reach.
     pub heard_ns: [AtomicU64; 8],
@@ -134,21 +146,80 @@ impl NetStats {
     }
 }
 
+/// A connection to a peer: non-blocking, TLS where the fabric has it.
+struct Outgoing {
+    sock: TcpStream,
+    tls: Option<Box<rustls::Connection>>,
+}
+
+impl Outgoing {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self.tls.as_mut() {
+            None => self.sock.write(data),
+            Some(t) => nonblocking::write(&mut self.sock, t, data),
+        }
+    }
+
+    /// Sends TLS records that are waiting; Err(WouldBlock) when the socket is full.
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.tls.as_mut() {
+            None => Ok(()),
+            Some(t) => nonblocking::flush(&mut self.sock, t),
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+}
+
+/// Connects to peer `node` at `addr`: TCP, then (with `tls`) the handshake that proves the peer
+/// is that node, both bounded; the result is non-blocking.
+fn connect_to(addr: SocketAddr, node: u8, tls: Option<&FabricTls>) -> std::io::Result<Outgoing> {
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    s.set_nodelay(true)?;
+    let tls = match tls {
+        None => None,
+        Some(t) => {
+            let name = rustls::pki_types::ServerName::try_from(node_name(node))
+                .map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+            let c = rustls::ClientConnection::new(t.client.clone(), name)
+                .map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))?;
+            let mut c = rustls::Connection::Client(c);
+            s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+            s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+            let mut sock = &s;
+            while c.is_handshaking() {
+                c.complete_io(&mut sock)?;
+            }
+            s.set_read_timeout(None)?;
+            s.set_write_timeout(None)?;
+            Some(Box::new(c))
+        }
+    };
+    s.set_nonblocking(true)?;
+    Ok(Outgoing { sock: s, tls })
+}
+
 /// The way out to one peer.
 struct Peer {
+    node: u8,
     addr: SocketAddr,
     /// Non-blocking, once connected.
-    conn: Option<TcpStream>,
+    conn: Option<Outgoing>,
     /// Encoded frames not yet taken by the socket (a partial frame first).
     queued: Vec<u8>,
     /// A connection attempt running on its own thread.
-    connecting: Option<Receiver<std::io::Result<TcpStream>>>,
+    connecting: Option<Receiver<std::io::Result<Outgoing>>>,
     last_attempt: Option<Instant>,
+    /// A failed handshake with this peer was logged (once until one succeeds).
+    warned: bool,
 }
 
 /// This controller's end of the fabric.
 pub struct Net {
     node: u8,
+    tls: Option<Arc<FabricTls>>,
     /// The membership epoch frames carry (changed by the loop only).
     epoch: AtomicU32,
     peers: Vec<Option<Peer>>,
@@ -159,16 +230,17 @@ pub struct Net {
 
 impl Net {
     /// Starts accepting on `listener` (frames go to `inbox`); peers are connected when there is
-    /// something to send them.
+    /// something to send them. With `tls`, every connection is mutual TLS.
     pub fn start(
         listener: TcpListener,
         node: u8,
         epoch: u32,
         peers: &[(u8, SocketAddr)],
         payload_max: usize,
+        tls: Option<Arc<FabricTls>>,
         inbox: Inbox,
     ) -> std::io::Result<Net> {
-        Net::start_with(listener, node, epoch, peers, Limits { payload_max, idle: IDLE_TIMEOUT }, inbox)
+        Net::start_with(listener, node, epoch, peers, Limits { payload_max, idle: IDLE_TIMEOUT, tls }, inbox)
     }
 
     fn start_with(
@@ -184,15 +256,24 @@ impl Net {
         let mut out: Vec<Option<Peer>> = (0..8).map(|_| None).collect();
         for &(p, addr) in peers {
             if let Some(slot) = out.get_mut(p as usize) {
-                *slot = Some(Peer { addr, conn: None, queued: Vec::new(), connecting: None, last_attempt: None });
+                *slot = Some(Peer {
+                    node: p,
+                    addr,
+                    conn: None,
+                    queued: Vec::new(),
+                    connecting: None,
+                    last_attempt: None,
+                    warned: false,
+                });
             }
         }
         let (s, st) = (stats.clone(), stop.clone());
+        let tls = limits.tls.clone();
         listener.set_nonblocking(true)?;
         std::thread::Builder::new()
             .name("fabric-accept".into())
             .spawn(move || accept(listener, limits, inbox, s, st))?;
-        Ok(Net { node, epoch: AtomicU32::new(epoch), peers: out, stats, stop })
+        Ok(Net { node, tls, epoch: AtomicU32::new(epoch), peers: out, stats, stop })
     }
 
     /// Queues `msg` for `to`; it leaves at the next [`Net::flush`] (dropped when the peer's
@@ -214,15 +295,18 @@ impl Net {
     /// peers that have something queued and no connection.
     pub fn flush(&mut self) {
         for p in self.peers.iter_mut().flatten() {
-            if p.queued.is_empty() {
+            if p.queued.is_empty() && !p.conn.as_ref().is_some_and(Outgoing::pending) {
                 continue;
             }
             if p.conn.is_none() {
-                p.connect(&self.stats);
+                p.connect(&self.stats, self.tls.as_ref());
             }
             let Some(conn) = p.conn.as_mut() else { continue };
             let mut written = 0;
             let failed = loop {
+                if written == p.queued.len() {
+                    break conn.flush().is_err_and(|e| e.kind() != ErrorKind::WouldBlock);
+                }
                 match conn.write(&p.queued[written..]) {
                     Ok(0) => break true,
                     Ok(n) => {
@@ -247,6 +331,11 @@ impl Net {
         }
     }
 
+    /// Whether connections are mutual TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Frames from now on carry `epoch` (a new membership).
     pub fn set_epoch(&self, epoch: u32) {
         self.epoch.store(epoch, Relaxed);
@@ -257,7 +346,11 @@ impl Net {
         let until = Instant::now() + STOP_FLUSH_TIMEOUT;
         loop {
             self.flush();
-            let waiting = self.peers.iter().flatten().any(|p| !p.queued.is_empty() && p.conn.is_some());
+            let waiting = self
+                .peers
+                .iter()
+                .flatten()
+                .any(|p| p.conn.as_ref().is_some_and(|c| !p.queued.is_empty() || c.pending()));
             if !waiting || Instant::now() >= until {
                 break;
             }
@@ -276,12 +369,23 @@ impl Drop for Net {
 impl Peer {
     /// Takes a finished connection attempt, or starts one (at most one per
     /// `RECONNECT_PAUSE`). Never blocks.
-    fn connect(&mut self, stats: &NetStats) {
+    fn connect(&mut self, stats: &NetStats, tls: Option<&Arc<FabricTls>>) {
         if let Some(rx) = &self.connecting {
             match rx.try_recv() {
                 Ok(Ok(s)) => {
                     self.conn = Some(s);
                     self.connecting = None;
+                    self.warned = false;
+                }
+                Ok(Err(e)) if e.kind() == ErrorKind::InvalidData => {
+                    // The peer's certificate (or ours, in its eyes) is not right: say so once.
+                    stats.tls_refused.fetch_add(1, Relaxed);
+                    if !std::mem::replace(&mut self.warned, true) {
+                        eprintln!("amf: fabric: TLS with controller {} at {} failed: {e}", self.node, self.addr);
+                    }
+                    self.connecting = None;
+                    self.queued.clear();
+                    stats.dropped.fetch_add(1, Relaxed);
                 }
                 Ok(Err(_)) | Err(TryRecvError::Disconnected) => {
                     // The peer is not up: what waited for it is dropped (and retransmitted).
@@ -298,14 +402,9 @@ impl Peer {
         }
         self.last_attempt = Some(Instant::now());
         let (tx, rx) = bounded(1);
-        let addr = self.addr;
+        let (addr, node, tls) = (self.addr, self.node, tls.cloned());
         let started = std::thread::Builder::new().name("fabric-connect".into()).spawn(move || {
-            let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).and_then(|s| {
-                s.set_nodelay(true)?;
-                s.set_nonblocking(true)?;
-                Ok(s)
-            });
-            let _ = tx.send(s);
+            let _ = tx.send(connect_to(addr, node, tls.as_deref()));
         });
         if started.is_ok() {
             self.connecting = Some(rx);
@@ -313,11 +412,12 @@ impl Peer {
     }
 }
 
-/// What one incoming connection may cost.
-#[derive(Clone, Copy)]
+/// What one incoming connection may cost, and what it must prove.
+#[derive(Clone)]
 struct Limits {
     payload_max: usize,
     idle: Duration,
+    tls: Option<Arc<FabricTls>>,
 }
 
 fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetStats>, stop: Arc<AtomicBool>) {
@@ -330,6 +430,7 @@ fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetSta
                     continue;
                 }
                 let (inbox, stats, stop, open) = (inbox.clone(), stats.clone(), stop.clone(), open.clone());
+                let limits = limits.clone();
                 if s.set_nonblocking(false).and_then(|_| s.set_read_timeout(Some(limits.idle))).is_err() {
                     continue;
                 }
@@ -337,7 +438,7 @@ fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetSta
                 let spawned = std::thread::Builder::new().name("fabric-from".into()).spawn({
                     let open = open.clone();
                     move || {
-                        reader(s, limits.payload_max, inbox, &stats, stop);
+                        reader(s, &limits, inbox, &stats, stop);
                         open.fetch_sub(1, Relaxed);
                     }
                 });
@@ -350,13 +451,64 @@ fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetSta
     }
 }
 
-fn reader(mut s: TcpStream, payload_max: usize, inbox: Inbox, stats: &NetStats, stop: Arc<AtomicBool>) {
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+fn reader(s: TcpStream, limits: &Limits, inbox: Inbox, stats: &NetStats, stop: Arc<AtomicBool>) {
+    let Some(tls) = &limits.tls else {
+        return frames(std::io::BufReader::new(&s), None, limits.payload_max, inbox, stats, stop);
+    };
+    let who = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let refuse = |why: String| {
+        stats.tls_refused.fetch_add(1, Relaxed);
+        eprintln!("amf: fabric: refused a connection from {who}: {why}");
+    };
+    let mut conn = match rustls::ServerConnection::new(tls.server.clone()) {
+        Ok(c) => c,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let mut sock = &s;
+    while conn.is_handshaking() {
+        match conn.complete_io(&mut sock) {
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {
+                stats.idle_closed.fetch_add(1, Relaxed);
+                return;
+            }
+            Err(e) => return refuse(e.to_string()),
+        }
+    }
+    let Some(node) = conn.peer_certificates().and_then(node_of) else {
+        return refuse("its certificate names no controller".into());
+    };
+    let stream = rustls::StreamOwned::new(conn, &s);
+    frames(std::io::BufReader::new(stream), Some(node), limits.payload_max, inbox, stats, stop)
+}
+
+/// Decodes frames from one incoming connection into the inbox; `node` is who its certificate
+/// says is on the other end, where there is one.
+fn frames(
+    mut r: impl Read,
+    node: Option<u8>,
+    payload_max: usize,
+    inbox: Inbox,
+    stats: &NetStats,
+    stop: Arc<AtomicBool>,
+) {
     // Blocking reads, with the idle timeout: a timeout (inside a frame or between frames) ends
     // the connection, so no frame is ever read from its middle. The thread ends when the peer
     // closes, idles or sends garbage, or when the loop is gone.
-    let mut r = std::io::BufReader::new(&mut s);
     while !stop.load(Relaxed) {
         match read_frame(&mut r, payload_max) {
+            Ok((from, _, _)) if node.is_some_and(|n| n != from) => {
+                stats.tls_refused.fetch_add(1, Relaxed);
+                eprintln!(
+                    "amf: fabric: closing a connection: a frame says it is from controller {from}, the certificate is {}",
+                    node.map(node_name).unwrap_or_default()
+                );
+                return;
+            }
             Ok((from, epoch, msg)) => {
                 stats.received.fetch_add(1, Relaxed);
                 if let Some(t) = stats.heard_ns.get(from as usize) {
@@ -366,7 +518,7 @@ fn reader(mut s: TcpStream, payload_max: usize, inbox: Inbox, stats: &NetStats, 
                     return;
                 }
             }
-            Err(FrameError::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            Err(FrameError::Io(e)) if is_timeout(&e) => {
                 stats.idle_closed.fetch_add(1, Relaxed);
                 return;
             }
@@ -412,7 +564,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let limits = Limits { payload_max: 1 << 16, idle: Duration::from_millis(1500) };
+        let limits = Limits { payload_max: 1 << 16, idle: Duration::from_millis(1500), tls: None };
         let net = Net::start_with(listener, 0, 1, &[], limits, tx).unwrap();
         let wait_for = |what: &str, f: &dyn Fn() -> bool| {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -434,5 +586,64 @@ mod tests {
             }
             _ => panic!("the peer's frame did not arrive"),
         }
+    }
+
+    fn fabric_tls(dir: &std::path::Path, nodes: u8) -> Vec<crate::tls::fabric::FabricTlsConfig> {
+        crate::tls::fabric::generate_cluster(dir, nodes).unwrap()
+    }
+
+    /// Mutual TLS: a peer of the cluster gets its frames through; a plaintext stranger, a
+    /// controller of another cluster and a controller that claims another node's id are refused
+    /// and counted, and none of their frames reaches the loop.
+    #[test]
+    fn mutual_tls_carries_frames_and_refuses_strangers() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = fabric_tls(&dir.path().join("ours"), 3);
+        let theirs = fabric_tls(&dir.path().join("theirs"), 3);
+        let tls = |c: &crate::tls::fabric::FabricTlsConfig, n: u8| Some(Arc::new(c.load(n).unwrap()));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let limits = Limits { payload_max: 1 << 16, idle: Duration::from_secs(5), tls: tls(&ours[0], 0) };
+        let server = Net::start_with(listener, 0, 1, &[], limits, tx).unwrap();
+        let send_from = |node: u8, t: Option<Arc<FabricTls>>| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let limits = Limits { payload_max: 1 << 16, idle: Duration::from_secs(5), tls: t };
+            let (itx, _irx) = crossbeam_channel::unbounded();
+            let mut net = Net::start_with(l, node, 1, &[(0, addr)], limits, itx).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                net.send(0, &Msg::Hello);
+                net.flush();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            net
+        };
+        let arrived = |rx: &crossbeam_channel::Receiver<super::super::Event>| {
+            let mut from = Vec::new();
+            while let Ok(super::super::Event::Input(crate::amf::io::Input::Fabric { from: f, .. })) =
+                rx.recv_timeout(Duration::from_millis(300))
+            {
+                from.push(f);
+            }
+            from
+        };
+        let peer = send_from(1, tls(&ours[1], 1));
+        let got = arrived(&rx);
+        assert!(
+            !got.is_empty() && got.iter().all(|f| *f == 1),
+            "frames of a peer with the cluster's certificate: {got:?}"
+        );
+        assert_eq!(peer.stats.tls_refused.load(Relaxed), 0);
+
+        let mut plain = TcpStream::connect(addr).unwrap();
+        plain.write_all(&encode(1, 1, &Msg::Hello).unwrap()).unwrap();
+        let other = send_from(1, tls(&theirs[1], 1));
+        assert!(other.stats.tls_refused.load(Relaxed) > 0, "the stranger sees the cluster's certificate fail");
+        // Node 2's certificate, frames saying node 1.
+        let liar = send_from(1, tls(&ours[2], 2));
+        assert!(liar.stats.sent.load(Relaxed) > 0);
+        assert_eq!(arrived(&rx), Vec::<u8>::new(), "no frame of a stranger or a liar reaches the loop");
+        assert!(server.stats.tls_refused.load(Relaxed) >= 3, "{:?}", server.stats.tls_refused);
     }
 }
