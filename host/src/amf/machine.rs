@@ -16,6 +16,7 @@
 use super::io::*;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod bases;
 mod group;
 mod jobs;
 mod view;
@@ -86,11 +87,14 @@ pub enum Mutation {
     /// A write's bytes alone go to the replica peer whatever copy of the line it holds, and
     /// the peer applies them to that copy (or to zeros): replication without the base check.
     PieceOnAnyBase,
+    /// A line keeps its kept-base peer when its data goes (invalidated or evicted), so a write
+    /// after it is filled again may send a piece against the old content.
+    BaseAfterInvalidate,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 17] = [
+    pub const ALL: [Mutation; 18] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -108,6 +112,7 @@ impl Mutation {
         Mutation::EventsBeforeCompletions,
         Mutation::NarrowWriteBack,
         Mutation::PieceOnAnyBase,
+        Mutation::BaseAfterInvalidate,
     ];
 
     /// Its name on the command line.
@@ -130,6 +135,7 @@ impl Mutation {
             Mutation::EventsBeforeCompletions => "events-before-completions",
             Mutation::NarrowWriteBack => "narrow-write-back",
             Mutation::PieceOnAnyBase => "piece-on-any-base",
+            Mutation::BaseAfterInvalidate => "base-after-invalidate",
         }
     }
 
@@ -304,6 +310,11 @@ struct Line {
     /// The write sequence `replica_at` acknowledged holding this line at (0: not known): the
     /// next write sends only its bytes when it is the line's current one.
     replica_wseq: u64,
+    /// After a write-back: the peer that held the replica at exactly the written-back
+    /// sequence, which it keeps as a base once dropped (`bases.rs`). The next write sends only
+    /// its bytes there while the line is still that sequence; cleared when the line's data
+    /// goes (another node may change it on the members).
+    base_at: Option<(u8, u64)>,
     /// Acquires that lost their conflicts in a row, when the run began, and when to ask again.
     lost: u32,
     lost_since_us: u64,
@@ -436,6 +447,9 @@ pub struct Counters {
     /// Pieces the peer could not apply (its replica was not at the piece's base): the whole
     /// line was sent instead.
     pub replica_missing: u64,
+    /// Pieces applied here to a replica kept after its drop (the line's first write after its
+    /// write-back).
+    pub replica_bases_used: u64,
     /// Fabric messages dropped for another epoch.
     pub stale_epoch: u64,
     /// Fabric messages dropped as malformed.
@@ -472,6 +486,8 @@ pub struct Machine {
     members: BTreeMap<u64, MemberUse>,
     fabric: BTreeMap<u64, Outstanding>,
     replicas: BTreeMap<(u8, u64), (u64, Vec<u8>)>,
+    /// Dropped replicas kept as bases for the owners' next pieces (never taken over).
+    bases: bases::Bases,
     /// Replicas dropped, by (owner, line): the write sequence dropped up to, so a late copy of
     /// an older `Replicate` (a retransmission the network held back) is not kept again: taken
     /// over, it would be older than the members. The oldest are forgotten past
@@ -505,6 +521,8 @@ impl Machine {
     /// A machine with an empty cache.
     pub fn new(cfg: Config) -> Machine {
         let degraded = cfg.degraded;
+        // As many bases as a quarter of this node's own cache.
+        let bases_cap = cfg.lines_max / 4;
         let live = if cfg.nodes >= 8 { 0xff } else { (1u8 << cfg.nodes) - 1 };
         Machine {
             live,
@@ -517,6 +535,7 @@ impl Machine {
             members: BTreeMap::new(),
             fabric: BTreeMap::new(),
             replicas: BTreeMap::new(),
+            bases: bases::Bases::new(bases_cap),
             dropped: BTreeMap::new(),
             dropped_order: VecDeque::new(),
             flushes: BTreeMap::new(),
@@ -564,6 +583,11 @@ impl Machine {
     /// Replicas held for peers: (owner, line) -> (write sequence, bytes).
     pub fn replicas(&self) -> &BTreeMap<(u8, u64), (u64, Vec<u8>)> {
         &self.replicas
+    }
+
+    /// Dropped replicas kept here as bases for their owners' next pieces.
+    pub fn bases_kept(&self) -> usize {
+        self.bases.len()
     }
 
     /// Host requests not answered yet.
@@ -749,6 +773,7 @@ impl Machine {
             drop_pending: None,
             replica_pending: None,
             replica_wseq: 0,
+            base_at: None,
             lost: 0,
             lost_since_us: 0,
             acquire_at_us: 0,
@@ -913,6 +938,7 @@ impl Machine {
                     return;
                 }
                 let skip = self.cfg.mutation == Some(Mutation::SkipInvalidate);
+                let keep_base = self.cfg.mutation == Some(Mutation::BaseAfterInvalidate);
                 let l = self.line(r);
                 if l.owed_excl {
                     if skip && l.state != State::Invalid {
@@ -920,6 +946,9 @@ impl Machine {
                     } else {
                         l.state = State::Invalid;
                         l.data = Vec::new();
+                        if !keep_base {
+                            l.base_at = None;
+                        }
                     }
                     l.owed_excl = false;
                     l.owed_share = false;
@@ -954,10 +983,14 @@ impl Machine {
                     if l.state != State::Invalid {
                         self.cmd(CardOp::Release, r, CardUse::Fire);
                     }
+                    let keep_base = self.cfg.mutation == Some(Mutation::BaseAfterInvalidate);
                     let l = self.line(r);
                     l.state = State::Invalid;
                     l.data = Vec::new();
                     l.evict = false;
+                    if !keep_base {
+                        l.base_at = None;
+                    }
                     self.wake_room();
                     continue;
                 }
@@ -1045,14 +1078,18 @@ impl Machine {
                 // The peer holds this line as it was before the write: only the write goes.
                 let l = &self.lines[&r];
                 let any_base = self.cfg.mutation == Some(Mutation::PieceOnAnyBase);
-                let msg = if l.replica_at == Some(to) && (any_base || (l.replica_wseq == base && base != 0)) {
+                let held = l.replica_at == Some(to) && (any_base || (l.replica_wseq == base && base != 0));
+                let kept = l.base_at == Some((to, base)) && base != 0;
+                let msg = if held || kept {
                     self.counters.replica_pieces += 1;
                     Msg::ReplicatePiece { id, line: r, wseq, base, off: off as u32, data: bytes }
                 } else {
                     Msg::Replicate { id, line: r, wseq, data: l.data.clone() }
                 };
                 self.send_request(id, to, msg, Purpose::Replica(r));
-                self.line(r).replica_at = Some(to);
+                let l = self.line(r);
+                l.replica_at = Some(to);
+                l.base_at = None;
                 if self.cfg.mutation == Some(Mutation::AckBeforeReplica) {
                     self.fabric.remove(&id);
                     self.finish_piece(r, None);
@@ -1523,7 +1560,9 @@ impl Machine {
                         // On the members, a line needs no new replica for its writes' answers.
                         let settled = l.clean_wseq >= l.wseq && l.replica_pending.take().is_some();
                         if let Some(to) = l.replica_at {
-                            // The peer's copy goes: the next write sends the whole line.
+                            // The peer's copy goes, kept there as a base if it is this very
+                            // write-back's content: the next write sends its bytes only.
+                            l.base_at = (l.replica_wseq == wseq && wseq != 0).then_some((to, wseq));
                             l.replica_wseq = 0;
                             let id = self.id();
                             self.send_request(id, to, Msg::DropReplica { id, line: r, wseq }, Purpose::Drop(r));
@@ -1597,6 +1636,7 @@ impl Machine {
                     return;
                 }
                 let late = self.dropped.get(&(from, line)).is_some_and(|w| wseq <= *w);
+                self.bases.forget((from, line));
                 if self.cfg.mutation != Some(Mutation::ForgetReplica) && !late {
                     let e = self.replicas.entry((from, line)).or_insert((0, Vec::new()));
                     if wseq >= e.0 {
@@ -1630,6 +1670,15 @@ impl Machine {
                         self.replicas.insert((from, line), (wseq, d));
                         true
                     }
+                    None if room => match self.bases.take_at((from, line), base) {
+                        Some(mut d) if d.len() == lb => {
+                            d[off..off + data.len()].copy_from_slice(&data);
+                            self.replicas.insert((from, line), (wseq, d));
+                            self.counters.replica_bases_used += 1;
+                            true
+                        }
+                        _ => false,
+                    },
                     _ => false,
                 };
                 let msg = if kept { Msg::ReplicaAck { id } } else { Msg::ReplicaMissing { id } };
@@ -1698,7 +1747,12 @@ impl Machine {
             }
             Msg::DropReplica { id, line, wseq } => {
                 if self.replicas.get(&(from, line)).is_some_and(|(w, _)| *w <= wseq) {
-                    self.replicas.remove(&(from, line));
+                    if let Some((w, d)) = self.replicas.remove(&(from, line)) {
+                        // Exactly what the members hold now: the base of the owner's next piece.
+                        if w == wseq {
+                            self.bases.keep((from, line), w, d);
+                        }
+                    }
                 }
                 self.note_dropped(from, line, wseq);
                 self.out.push(Output::Send { to: from, msg: Msg::ReplicaDropped { id } });
@@ -1949,6 +2003,16 @@ impl Machine {
         let resident = self.lines.values().filter(|l| l.state != State::Invalid && !l.evict).count();
         if resident > self.cfg.lines_max {
             return Err(format!("n{} holds {resident} lines, more than {}", self.cfg.node, self.cfg.lines_max));
+        }
+        if self.bases.len() > self.cfg.lines_max / 4 {
+            return Err(format!(
+                "n{} keeps {} replica bases, more than a quarter of its cache",
+                self.cfg.node,
+                self.bases.len()
+            ));
+        }
+        if let Some((o, r)) = self.bases.keys().find(|k| self.replicas.contains_key(k)) {
+            return Err(format!("n{}: n{o}'s line {r} is both a live replica and a kept base", self.cfg.node));
         }
         Ok(())
     }

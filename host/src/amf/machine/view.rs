@@ -43,6 +43,8 @@ impl Machine {
         }
         let gone = self.live & !live;
         let joined = live & !self.live;
+        // Owners that left or moved their replicas elsewhere: no kept base is worth its memory.
+        self.bases.clear();
         self.live = live;
         self.cfg.epoch = epoch;
         self.counters.views += 1;

@@ -862,6 +862,7 @@ impl Loop {
             "live": self.m.live(),
             "takeover": self.takeover.json(),
             "replicas": self.m.replicas().len(),
+            "replica_bases": self.m.bases_kept(),
             "requests_open": self.m.requests_open(),
             "card_commands_in_flight": self.tags.len() + self.backlog.len(),
             "counters": self.m.counters,
