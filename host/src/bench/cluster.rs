@@ -129,8 +129,18 @@ fn own_regions(base: &Path, seconds: f64) -> Result<String, BenchError> {
     );
     out += "| controllers | card | IOPS | ratio to 1 | card frames / op | amf CPU µs / op | CPU ratio to 1 |\n|---|---|---|---|---|---|---|\n";
     let mut one = (0.0, 0.0);
-    for (n, card) in [(1usize, "none"), (3, "model"), (3, "sim")] {
-        let mut g = group(&base.join(format!("own{n}-{card}")), n, if card == "none" { "sim" } else { card })?;
+    // The fabric is mutual TLS by default; one row without it shows what TLS costs.
+    let rows: [(usize, &str, &[&str]); 4] = [
+        (1, "none", &[]),
+        (3, "model", &[]),
+        (3, "model, fabric without TLS", &["--fabric-tls", "off"]),
+        (3, "sim", &[]),
+    ];
+    for (i, (n, card, extra)) in rows.into_iter().enumerate() {
+        let kind = if card == "none" { "sim" } else { card.split(',').next().unwrap_or(card) };
+        let mut args = vec!["--member-size", "128M"];
+        args.extend_from_slice(extra);
+        let mut g = group_with(&base.join(format!("own{i}")), n, kind, &args)?;
         let (iops, frames, cpu_us) = own_region_row(&g, seconds)?;
         g.stop();
         if n == 1 {
