@@ -568,3 +568,45 @@ fn any_controller_scrubs_and_rebuilds_the_group_online() {
     qemu_io(&c.nbd_uri, &reads);
     assert!(c.stop().success());
 }
+
+/// `--host` moves the NBD service only: the admin endpoints stay on loopback, and so do the
+/// fabric and the card links of a cluster on one machine.
+#[test]
+fn host_exposes_nbd_and_nothing_else() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let mut child = Command::new(amf_bin())
+        .args(["cluster", "--dir"])
+        .arg(&dir)
+        .args(["--nbd-port", "0", "--admin-port", "0", "--host", "0.0.0.0", "--controllers", "2", "--card", "model"])
+        .args(["--level", "raid1", "--members", "2", "--member-size", "4M"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let lines: Vec<String> = std::io::BufReader::new(out).lines().map_while(Result::ok).take(2).collect();
+    let stopped = |mut child: std::process::Child| {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        wait_timeout(&mut child, std::time::Duration::from_secs(60))
+    };
+    let published: Vec<serde_json::Value> = (0..2)
+        .map(|i| {
+            let p = dir.join(format!("run/rendezvous/node-{i}.json"));
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default()
+        })
+        .collect();
+    assert!(stopped(child).success());
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        assert!(w[5].starts_with("nbd://0.0.0.0:"), "{l}");
+        assert!(w[7].starts_with("http://127.0.0.1:"), "{l}");
+    }
+    for p in &published {
+        for k in ["fabric", "link"] {
+            assert!(p[k].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{k}: {p}");
+        }
+    }
+}

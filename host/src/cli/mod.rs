@@ -52,9 +52,14 @@ enum Command {
         /// Admin HTTP port of controller 0 (controller I uses PORT+I).
         #[arg(long, default_value_t = 9100)]
         admin_port: u16,
-        /// Address to listen on.
+        /// Address hosts reach the NBD service on (the fabric and the card links of a cluster on
+        /// one machine stay on loopback).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
+        /// Address of the admin endpoints (loopback by default: reads need no token, and the
+        /// endpoint has no TLS).
+        #[arg(long, default_value = "127.0.0.1")]
+        admin_host: String,
         /// Start a group that cannot start as it is: one that crashed while degraded (parity of
         /// the stripes being written then may not match their data), or one whose members were
         /// failed for a transient cause (a full filesystem, a cable): the freshest of them are
@@ -403,6 +408,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             nbd_port,
             admin_port,
             host,
+            admin_host,
             force,
             card,
             cache_mib,
@@ -426,6 +432,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 nbd_port,
                 admin_port,
                 host,
+                admin_host,
                 force,
                 card: match card {
                     CardKind::Sim => crate::engine::CardKind::Sim,

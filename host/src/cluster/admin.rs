@@ -56,6 +56,14 @@ pub fn spawn(listener: std::net::TcpListener, state: Arc<ControllerState>) -> Re
     let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| ClusterError::Bind { addr: addr.to_string(), source: std::io::Error::other(e.to_string()) })?;
     let addr = server.server_addr().to_ip().unwrap_or(addr);
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "amf: controller {}: WARNING: the admin endpoint http://{addr} is reachable beyond this machine \
+             without TLS: status and metrics are open to whoever reaches it, and the bearer token of \
+             its changes crosses the network in the clear; keep it on a management network",
+            state.index
+        );
+    }
     let server = Arc::new(server);
     let srv = server.clone();
     let thread = std::thread::Builder::new()

@@ -25,8 +25,10 @@ pub struct ClusterOptions {
     pub nbd_port: u16,
     /// Admin port of controller 0; controller I listens on port + I.
     pub admin_port: u16,
-    /// Listen host.
+    /// Where hosts reach the NBD service.
     pub host: String,
+    /// Where the admin endpoint listens (loopback unless asked otherwise: it has no TLS).
+    pub admin_host: String,
     /// Passed to the controllers: start a group that crashed while degraded.
     pub force: bool,
     /// Card of each controller (several controllers).
@@ -179,7 +181,7 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
                 .arg("--nbd")
                 .arg(format!("{}:{}", opts.host, opts.nbd_port as usize + index))
                 .arg("--admin")
-                .arg(format!("{}:{}", opts.host, opts.admin_port as usize + index))
+                .arg(format!("{}:{}", opts.admin_host, opts.admin_port as usize + index))
                 .args(opts.force.then_some("--force"));
             if let Some(t) = &tls {
                 cmd.arg("--tls-cert").arg(&t.cert).arg("--tls-key").arg(&t.key);
@@ -285,9 +287,10 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
     }
 }
 
-/// Writes controller `index`'s configuration for a cluster on this machine: every address on
-/// `opts.host`, NBD and admin ports as for one controller (port + index, or 0), fabric and card
-/// link on port 0, peers found through the rendezvous directory.
+/// Writes controller `index`'s configuration for a cluster on this machine: NBD on `opts.host`
+/// and admin on `opts.admin_host`, ports as for one controller (port + index, or 0); fabric and
+/// card link on loopback, port 0 (the controllers are all on this machine: nothing else needs
+/// to reach them), peers found through the rendezvous directory.
 fn write_config(
     opts: &ClusterOptions,
     index: usize,
@@ -296,9 +299,11 @@ fn write_config(
     fabric_tls: Option<crate::tls::fabric::FabricTlsConfig>,
 ) -> Result<PathBuf, ClusterError> {
     let port = |base: u16| if base == 0 { 0 } else { base as usize + index };
-    let addr = |p: usize| -> Result<std::net::SocketAddr, ClusterError> {
-        format!("{}:{p}", opts.host).parse().map_err(|e| ClusterError::Config(format!("--host {}: {e}", opts.host)))
+    let at = |host: &str, flag: &str, p: usize| -> Result<std::net::SocketAddr, ClusterError> {
+        format!("{host}:{p}").parse().map_err(|e| ClusterError::Config(format!("{flag} {host}: {e}")))
     };
+    let addr = |p: usize| at(&opts.host, "--host", p);
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let cfg = super::config::Config {
         node: index as u8,
         nodes: opts.controllers as u8,
@@ -306,12 +311,12 @@ fn write_config(
         group: opts.dir.clone(),
         members: Vec::new(),
         nbd: addr(port(opts.nbd_port))?,
-        admin: addr(port(opts.admin_port))?,
-        fabric: addr(0)?,
+        admin: at(&opts.admin_host, "--admin-host", port(opts.admin_port))?,
+        fabric: loopback,
         cache_mib: opts.cache_mib,
         line_kib: opts.line_kib,
         force: opts.force,
-        card: super::config::CardConfig { backend: opts.card, link: addr(0)? },
+        card: super::config::CardConfig { backend: opts.card, link: loopback },
         peers: Vec::new(),
         rendezvous: Some(run_dir.join("rendezvous")),
         service: None,
