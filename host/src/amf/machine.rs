@@ -504,10 +504,15 @@ pub struct Machine {
     touched_jobs: BTreeSet<u64>,
     room_waiters: BTreeSet<u64>,
     touched: BTreeSet<u64>,
-    /// Lines the tick must look at: every line changed since (through [`Machine::line`], the
-    /// only way a line becomes Modified or gets a timer) and those still Modified or timed at
-    /// the last tick. A cache of many lines costs the tick nothing while they sit clean.
+    /// Lines changed since the last tick (through [`Machine::line`], the only way a line
+    /// becomes Modified or gets a timer): the tick queues their deadlines.
     timed: BTreeSet<u64>,
+    /// (when a dirty line is old enough to be written back, line), oldest first. An entry
+    /// whose line has since been written back or made dirty anew is skipped when it comes up:
+    /// a tick looks only at what is due, however many lines are dirty.
+    writeback_due: BTreeSet<(u64, u64)>,
+    /// (when a line's retry or acquire timer fires, line), soonest first; stale ones likewise.
+    timer_due: BTreeSet<(u64, u64)>,
     next_id: u64,
     wseq: u64,
     uses: u64,
@@ -546,6 +551,8 @@ impl Machine {
             room_waiters: BTreeSet::new(),
             touched: BTreeSet::new(),
             timed: BTreeSet::new(),
+            writeback_due: BTreeSet::new(),
+            timer_due: BTreeSet::new(),
             next_id: 1,
             wseq: 0,
             uses: 0,
@@ -1929,33 +1936,62 @@ impl Machine {
                 self.out.push(Output::Send { to, msg });
             }
         }
-        // One pass, one lookup per line: the lines to write back (the first few aged ones, in
-        // line order) and those whose timer is due; a line stays while Modified or timed.
-        let (lines, mut old, mut retry) = (&self.lines, Vec::new(), Vec::new());
-        self.timed.retain(|r| {
-            let Some(l) = lines.get(r) else { return false };
-            if l.state == State::Modified
-                && l.phase == Phase::Idle
-                && l.dirty_since_us + WRITEBACK_AGE_US <= now
-                && old.len() < WRITEBACKS_PER_TICK
-            {
-                old.push(*r);
+        // The deadlines of the lines changed since the last tick join the queues.
+        for r in std::mem::take(&mut self.timed) {
+            let Some(l) = self.lines.get(&r) else { continue };
+            if l.state == State::Modified {
+                self.writeback_due.insert((l.dirty_since_us + WRITEBACK_AGE_US, r));
             }
-            if (l.retry_at_us != 0 && l.retry_at_us <= now) || (l.acquire_at_us != 0 && l.acquire_at_us <= now) {
-                retry.push(*r);
+            for t in [l.retry_at_us, l.acquire_at_us].into_iter().filter(|t| *t != 0) {
+                self.timer_due.insert((t, r));
             }
-            l.state == State::Modified || l.retry_at_us != 0 || l.acquire_at_us != 0
-        });
+        }
+        // The oldest dirty lines that are due, a few per tick; one busy now (replicating or
+        // being written back) is looked at again next tick.
+        let (mut old, mut busy) = (Vec::new(), Vec::new());
+        while old.len() < WRITEBACKS_PER_TICK {
+            let Some(&(due, r)) = self.writeback_due.first() else { break };
+            if due > now {
+                break;
+            }
+            self.writeback_due.pop_first();
+            let Some(l) = self.lines.get(&r) else { continue };
+            if l.state != State::Modified || l.dirty_since_us + WRITEBACK_AGE_US > now {
+                continue;
+            }
+            if l.phase == Phase::Idle {
+                old.push(r);
+            } else {
+                busy.push(r);
+            }
+        }
+        for r in busy {
+            self.writeback_due.insert((now + 1, r));
+        }
+        let mut retry = BTreeSet::new();
+        while let Some(&(due, r)) = self.timer_due.first() {
+            if due > now {
+                break;
+            }
+            self.timer_due.pop_first();
+            retry.insert(r);
+        }
         for r in old {
             self.line(r).writeback = true;
             self.touched.insert(r);
         }
         for r in retry {
+            let Some(l) = self.lines.get_mut(&r) else { continue };
+            let (retry_due, acquire_due) =
+                (l.retry_at_us != 0 && l.retry_at_us <= now, l.acquire_at_us != 0 && l.acquire_at_us <= now);
+            if !retry_due && !acquire_due {
+                continue;
+            }
             let l = self.line(r);
-            if l.retry_at_us <= now {
+            if retry_due {
                 l.retry_at_us = 0;
             }
-            if l.acquire_at_us <= now {
+            if acquire_due {
                 l.acquire_at_us = 0;
             }
             self.touched.insert(r);
