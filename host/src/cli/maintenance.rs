@@ -359,6 +359,13 @@ fn print_status(v: &serde_json::Value) {
     }
     let n = &v["nbd_server"];
     println!("  nbd: {} connections open, {} requests, {} errors", n["connections_open"], n["requests"], n["errors"]);
+    let tls = ["tls_connections", "tls_failures", "tls_refused"].map(|k| n[k].as_u64().unwrap_or(0));
+    if tls.iter().any(|c| *c != 0) || s("nbd").starts_with("nbds://") {
+        println!(
+            "  nbd tls: {} connections, {} failed handshakes, {} plaintext clients refused",
+            tls[0], tls[1], tls[2]
+        );
+    }
     // Latency at a glance: the operations that ran, mean and the p99 bucket bound.
     let lat: Vec<String> = v["latency"]
         .as_object()
@@ -384,8 +391,23 @@ fn print_status(v: &serde_json::Value) {
             c["peers_up"].as_u64().unwrap_or(0),
         );
         println!(
-            "  cache: {}/{} lines of {} bytes, {} dirty, {} replicas held for peers",
-            cache["lines"], cache["lines_max"], c["line_bytes"], cache["dirty"], c["replicas"]
+            "  cache: {}/{} lines of {} bytes, {} dirty, {} replicas held for peers ({} kept as bases)",
+            cache["lines"],
+            cache["lines_max"],
+            c["line_bytes"],
+            cache["dirty"],
+            c["replicas"],
+            c["replica_bases"].as_u64().unwrap_or(0)
+        );
+        let f = &c["fabric"];
+        println!(
+            "  fabric: {}, {} frames sent, {} received, {} dropped, {} refused, {} refused by TLS",
+            if f["tls"] == true { "mutual TLS" } else { "plaintext" },
+            f["sent"],
+            f["received"],
+            f["dropped"],
+            f["refused"],
+            f["tls_refused"].as_u64().unwrap_or(0)
         );
         println!(
             "  method: {} hits, {} remote hits, {} line fills from the members, {} acquires ({} retried), {} yields",
