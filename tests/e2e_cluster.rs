@@ -19,6 +19,13 @@ fn start3_with(dir: &std::path::Path, level: &str, members: &str, card: &str, ex
     start(dir, &args)
 }
 
+/// Controller `node`'s fabric address, as it published it at the rendezvous.
+fn fabric_of(dir: &std::path::Path, node: u8) -> String {
+    let path = dir.join(format!("run/rendezvous/node-{node}.json"));
+    let published: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    published["fabric"].as_str().unwrap().to_string()
+}
+
 fn counters(c: &Cluster, i: usize) -> serde_json::Value {
     c.admin_of(i, "/status")["coherency"]["counters"].clone()
 }
@@ -223,9 +230,7 @@ fn garbage_on_a_plaintext_fabric_is_refused_and_changes_nothing() {
     let dir = tmp.path().join("g");
     let c = start3_with(&dir, "raid1", "2", "model", &["--fabric-tls", "off"]);
     qemu_io(c.uri(0), &["write -P 0x5a 0 64k"]);
-    let published: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/rendezvous/node-1.json")).unwrap()).unwrap();
-    let fabric = published["fabric"].as_str().unwrap().to_string();
+    let fabric = fabric_of(&dir, 1);
     // Not the protocol: the connection is closed.
     let mut s = std::net::TcpStream::connect(&fabric).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
@@ -261,9 +266,7 @@ fn a_stranger_on_the_tls_fabric_is_refused_before_any_frame() {
     let dir = tmp.path().join("g");
     let c = start3(&dir, "raid1", "2", "model");
     qemu_io(c.uri(0), &["write -P 0x5b 0 64k"]);
-    let published: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/rendezvous/node-1.json")).unwrap()).unwrap();
-    let fabric = published["fabric"].as_str().unwrap().to_string();
+    let fabric = fabric_of(&dir, 1);
     let status = || c.admin_of(1, "/status")["coherency"]["fabric"].clone();
     assert_eq!(status()["tls"], true);
     let before = counters(&c, 1);

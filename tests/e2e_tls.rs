@@ -22,6 +22,12 @@ fn qemu_io_tls(port: &str, creds: &Path, cmds: &[&str]) -> Output {
     c.output().unwrap()
 }
 
+/// qemu-io over TLS that must succeed with every pattern verified.
+fn qemu_io_tls_ok(port: &str, creds: &Path, cmds: &[&str]) {
+    let o = qemu_io_tls(port, creds, cmds);
+    assert!(o.status.success() && !text(&o).contains("failed"), "qemu-io over TLS {cmds:?}: {}", text(&o));
+}
+
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
@@ -45,8 +51,7 @@ fn qemu_io_nbdinfo_and_nbdcopy_over_tls_and_plaintext_refused() {
     let creds = dir.join("tls");
     let p = port(&c.nbd_uri);
 
-    let o = qemu_io_tls(&p, &creds, &["write -P 0x5c 8M 256k", "read -P 0x5c 8M 256k"]);
-    assert!(o.status.success() && !text(&o).contains("failed"), "qemu-io over TLS: {}", text(&o));
+    qemu_io_tls_ok(&p, &creds, &["write -P 0x5c 8M 256k", "read -P 0x5c 8M 256k"]);
 
     let uri = format!("{}?tls-certificates={}", c.nbd_uri, creds.display());
     let info = run_ok(Command::new("nbdinfo").arg(&uri));
@@ -84,8 +89,7 @@ fn qemu_io_nbdinfo_and_nbdcopy_over_tls_and_plaintext_refused() {
     assert!(nbd_counter(&c.admin, "tls_connections") >= 4);
 
     // The data written over TLS is still there after the refusals.
-    let o = qemu_io_tls(&p, &creds, &["read -P 0x5c 8M 256k"]);
-    assert!(o.status.success() && !text(&o).contains("failed"), "{}", text(&o));
+    qemu_io_tls_ok(&p, &creds, &["read -P 0x5c 8M 256k"]);
     assert!(c.stop().success());
 }
 
@@ -97,8 +101,7 @@ fn optional_tls_serves_both() {
     args.extend(["--tls", "optional"]);
     let c = start(&dir, &args);
     assert!(c.nbd_uri.starts_with("nbd://"), "plaintext is served, so the URI is nbd://: {}", c.nbd_uri);
-    let o = qemu_io_tls(&port(&c.nbd_uri), &dir.join("tls"), &["write -P 0x11 0 64k"]);
-    assert!(o.status.success(), "{}", text(&o));
+    qemu_io_tls_ok(&port(&c.nbd_uri), &dir.join("tls"), &["write -P 0x11 0 64k"]);
     qemu_io(&c.nbd_uri, &["read -P 0x11 0 64k"]);
     assert_eq!(nbd_counter(&c.admin, "tls_connections"), 1);
     assert!(c.stop().success());
@@ -115,8 +118,7 @@ fn client_certificates_required_by_every_controller() {
     args.extend(["--controllers", "3", "--card", "model", "--tls", "--tls-client-certs"]);
     let c = start(&dir, &args);
     let creds = dir.join("tls");
-    let o = qemu_io_tls(&port(c.uri(1)), &creds, &["write -P 0x77 2M 128k"]);
-    assert!(o.status.success() && !text(&o).contains("failed"), "{}", text(&o));
+    qemu_io_tls_ok(&port(c.uri(1)), &creds, &["write -P 0x77 2M 128k"]);
 
     // The CA alone: no client certificate.
     let ca_only = tmp.path().join("ca-only");
@@ -140,8 +142,7 @@ fn client_certificates_required_by_every_controller() {
     }
     // Hosts with the certificate are served on and see controller 1's write.
     for i in [0, 2] {
-        let o = qemu_io_tls(&port(c.uri(i)), &creds, &["read -P 0x77 2M 128k"]);
-        assert!(o.status.success() && !text(&o).contains("failed"), "controller {i}: {}", text(&o));
+        qemu_io_tls_ok(&port(c.uri(i)), &creds, &["read -P 0x77 2M 128k"]);
     }
     assert!(c.stop().success());
 }

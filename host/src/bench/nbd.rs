@@ -39,19 +39,6 @@ fn free_port() -> Result<u16, BenchError> {
     Ok(l.local_addr().map_err(|e| peer_err("bind", e))?.port())
 }
 
-/// How `qemu-img bench` reaches a server: a plain URI, or TLS options.
-#[derive(Clone, Debug)]
-struct Target {
-    /// Arguments naming the image.
-    args: Vec<String>,
-}
-
-impl Target {
-    fn plain(uri: String) -> Target {
-        Target { args: vec!["-f".into(), "raw".into(), uri] }
-    }
-}
-
 fn start_amf(dir: &Path, tls: Option<&Path>) -> Result<(Proc, String), BenchError> {
     let exe = std::env::current_exe().map_err(|e| peer_err("amf", e))?;
     let (p, a) = (free_port()?, free_port()?);
@@ -106,13 +93,13 @@ fn start_qemu_nbd(file: &Path, tls: Option<&Path>) -> Result<(Proc, String), Ben
 }
 
 /// Runs `qemu-img bench` and returns operations per second.
-fn qemu_img_bench(target: &Target, count: u64, block: u64, write: bool) -> Result<f64, BenchError> {
+fn qemu_img_bench(uri: &str, count: u64, block: u64, write: bool) -> Result<f64, BenchError> {
     let mut cmd = Command::new("qemu-img");
-    cmd.args(["bench", "-c", &count.to_string(), "-d", "16", "-s", &block.to_string(), "--pattern=0xa5"]);
+    cmd.args(["bench", "-f", "raw", "-c", &count.to_string(), "-d", "16", "-s", &block.to_string(), "--pattern=0xa5"]);
     if write {
         cmd.arg("-w");
     }
-    let out = cmd.args(&target.args).output().map_err(|e| peer_err("qemu-img", e))?;
+    let out = cmd.arg(uri).output().map_err(|e| peer_err("qemu-img", e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let secs = text
         .lines()
@@ -170,12 +157,11 @@ pub fn run(count: u64) -> Result<(String, Vec<NbdRow>), BenchError> {
         .map_err(|source| BenchError::Io { path: raw.display().to_string(), source })?;
     let (amf, amf_uri) = start_amf(&dir, None)?;
     let (peer, peer_uri) = start_qemu_nbd(&raw, None)?;
-    let (amf_target, peer_target) = (Target::plain(amf_uri), Target::plain(peer_uri));
     // Fill both completely so reads move real data (a sparse peer file would answer reads of
     // holes without sending data).
     let fill = capacity / (1 << 20);
-    qemu_img_bench(&amf_target, fill, 1 << 20, true)?;
-    qemu_img_bench(&peer_target, fill, 1 << 20, true)?;
+    qemu_img_bench(&amf_uri, fill, 1 << 20, true)?;
+    qemu_img_bench(&peer_uri, fill, 1 << 20, true)?;
     let workloads: [(&str, u64, bool, u64); 4] = [
         ("64 KiB sequential writes", 65536, true, count / 10),
         ("4 KiB sequential writes", 4096, true, count / 4),
@@ -208,7 +194,7 @@ pub fn run(count: u64) -> Result<(String, Vec<NbdRow>), BenchError> {
         Ok::<(), BenchError>(())
     };
     measure("", &mut |amf_side, n, block, write| {
-        qemu_img_bench(if amf_side { &amf_target } else { &peer_target }, n, block, write)
+        qemu_img_bench(if amf_side { &amf_uri } else { &peer_uri }, n, block, write)
     })?;
     drop((amf, peer));
     // The same servers with TLS required (one controller holds the group at a time).

@@ -9,7 +9,8 @@
 use super::negotiate::{self, Negotiation, Outcome, Tls};
 use super::proto::*;
 use super::server::{run_blocking, Backend, BackendError, Done, Request, ServerConfig, ServerStats};
-use super::transport::Transport;
+/// A connection's bytes: plaintext, or TLS once the client sent NBD_OPT_STARTTLS.
+type Transport = crate::tls::nonblocking::Stream<mio::net::TcpStream>;
 use crate::metrics::{observe, Op};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use mio::net::TcpListener;
@@ -483,7 +484,7 @@ impl EventLoop {
         let early = c.input().to_vec();
         c.inbuf.clear();
         c.at = 0;
-        match c.io.start_tls(tls.config.clone(), &early) {
+        match c.io.start_server(tls.config.clone(), &early) {
             Ok(()) => {
                 c.tls.active = true;
                 self.stats.tls_connections.fetch_add(1, Relaxed);

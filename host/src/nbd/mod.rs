@@ -8,7 +8,6 @@ mod event_loop;
 pub mod negotiate;
 pub mod proto;
 pub mod server;
-mod transport;
 
 pub use server::{run_blocking, Backend, BackendError, Done, Request, Server, ServerConfig, ServerStats};
 

@@ -62,16 +62,16 @@ impl FabricTlsConfig {
         if node_of(&chain) != Some(node) {
             return Err(TlsError::NotNode { path: self.cert.clone(), name: node_name(node) });
         }
+        let ca = roots(&self.ca)?;
         let client = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?
-            .with_root_certificates(roots(&self.ca)?)
+            .with_root_certificates(ca.clone())
             .with_client_auth_cert(chain.clone(), private_key(&self.key)?)
             .map_err(TlsError::Config)?;
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(&self.ca)?), provider())
-                .build()
-                .map_err(|source| TlsError::ClientCa { path: self.ca.clone(), source })?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(ca), provider())
+            .build()
+            .map_err(|source| TlsError::ClientCa { path: self.ca.clone(), source })?;
         let mut server = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Config)?

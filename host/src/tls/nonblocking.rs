@@ -1,11 +1,98 @@
 //! TLS over a non-blocking socket, for loops that never wait on one connection: the NBD event
-//! loop's connections (server side) and the fabric's outgoing connections (client side).
-//! Records the socket cannot take yet wait inside rustls and go with the next call.
+//! loop's connections (server side, TLS from NBD_OPT_STARTTLS on) and the fabric's outgoing
+//! connections (client side). Records the socket cannot take yet wait inside rustls and go
+//! with the next call.
 
 use std::io::{self, ErrorKind, Read, Write};
+use std::sync::Arc;
+
+/// A non-blocking socket carrying plaintext, or TLS once started.
+pub struct Stream<S> {
+    sock: S,
+    /// Running TLS (boxed: a rustls connection is large and most NBD connections have none).
+    tls: Option<Box<rustls::Connection>>,
+}
+
+impl<S: Read + Write> Stream<S> {
+    /// Plaintext over `sock`.
+    pub fn plain(sock: S) -> Stream<S> {
+        Stream { sock, tls: None }
+    }
+
+    /// TLS over `sock` with a connection whose handshake is done or under way.
+    pub fn with_tls(sock: S, tls: rustls::Connection) -> Stream<S> {
+        Stream { sock, tls: Some(Box::new(tls)) }
+    }
+
+    /// The socket, to register with a poller or shut down.
+    pub fn socket(&mut self) -> &mut S {
+        &mut self.sock
+    }
+
+    /// Whether TLS runs.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Starts TLS as the server. `early` holds bytes the client sent after asking for TLS that
+    /// were already read from the socket (the start of its handshake).
+    pub fn start_server(&mut self, config: Arc<rustls::ServerConfig>, mut early: &[u8]) -> io::Result<()> {
+        if self.tls.is_some() {
+            return Ok(());
+        }
+        let tls = rustls::ServerConnection::new(config).map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+        let mut tls = rustls::Connection::Server(tls);
+        while !early.is_empty() {
+            if tls.read_tls(&mut early)? == 0 {
+                break;
+            }
+            process(&mut self.sock, &mut tls)?;
+        }
+        self.tls = Some(Box::new(tls));
+        Ok(())
+    }
+
+    /// Reads plaintext: Ok(0) when the peer has closed, Err(WouldBlock) when nothing is there
+    /// yet, Err(InvalidData) for a TLS failure.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.tls.as_mut() {
+            None => self.sock.read(buf),
+            Some(tls) => read(&mut self.sock, tls, buf),
+        }
+    }
+
+    /// Writes plaintext; Err(WouldBlock) when nothing could be taken now.
+    pub fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match self.tls.as_mut() {
+            None => self.sock.write(data),
+            Some(tls) => write(&mut self.sock, tls, data),
+        }
+    }
+
+    /// TLS records queued but not on the socket yet.
+    pub fn pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Sends queued TLS records; Err(WouldBlock) when the socket is full.
+    pub fn flush(&mut self) -> io::Result<()> {
+        match self.tls.as_mut() {
+            None => Ok(()),
+            Some(tls) => flush(&mut self.sock, tls),
+        }
+    }
+
+    /// Ends TLS politely (close_notify) where it runs.
+    pub fn close(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            let _ = flush(&mut self.sock, tls);
+        }
+    }
+}
 
 /// Sends what rustls has queued; Err(WouldBlock) when the socket is full.
-pub fn flush(sock: &mut impl Write, tls: &mut rustls::Connection) -> io::Result<()> {
+fn flush(sock: &mut impl Write, tls: &mut rustls::Connection) -> io::Result<()> {
     while tls.wants_write() {
         match tls.write_tls(sock) {
             Ok(0) => return Err(io::Error::from(ErrorKind::WriteZero)),
@@ -27,7 +114,7 @@ fn flush_some(sock: &mut impl Write, tls: &mut rustls::Connection) -> io::Result
 
 /// Hands rustls the records it has received; a protocol or certificate error sends its alert
 /// and fails with InvalidData.
-pub fn process(sock: &mut impl Write, tls: &mut rustls::Connection) -> io::Result<()> {
+fn process(sock: &mut impl Write, tls: &mut rustls::Connection) -> io::Result<()> {
     if let Err(e) = tls.process_new_packets() {
         let _ = flush(sock, tls);
         return Err(io::Error::new(ErrorKind::InvalidData, e));
@@ -37,7 +124,7 @@ pub fn process(sock: &mut impl Write, tls: &mut rustls::Connection) -> io::Resul
 
 /// Reads plaintext: Ok(0) when the peer has closed, Err(WouldBlock) when nothing is there yet,
 /// Err(InvalidData) for a TLS failure. Handshake records are answered on the way.
-pub fn read<S: Read + Write>(sock: &mut S, tls: &mut rustls::Connection, buf: &mut [u8]) -> io::Result<usize> {
+fn read<S: Read + Write>(sock: &mut S, tls: &mut rustls::Connection, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match tls.reader().read(buf) {
             Ok(n) => return Ok(n),
@@ -55,7 +142,7 @@ pub fn read<S: Read + Write>(sock: &mut S, tls: &mut rustls::Connection, buf: &m
 }
 
 /// Writes plaintext; Err(WouldBlock) when nothing could be taken now.
-pub fn write(sock: &mut impl Write, tls: &mut rustls::Connection, data: &[u8]) -> io::Result<usize> {
+fn write(sock: &mut impl Write, tls: &mut rustls::Connection, data: &[u8]) -> io::Result<usize> {
     flush(sock, tls)?;
     let n = tls.writer().write(data)?;
     flush_some(sock, tls)?;

@@ -18,7 +18,7 @@ use crate::amf::io::Msg;
 use crate::tls::fabric::{node_name, node_of, FabricTls};
 use crate::tls::nonblocking;
 use crossbeam_channel::{bounded, Receiver, TryRecvError};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -147,31 +147,7 @@ impl NetStats {
 }
 
 /// A connection to a peer: non-blocking, TLS where the fabric has it.
-struct Outgoing {
-    sock: TcpStream,
-    tls: Option<Box<rustls::Connection>>,
-}
-
-impl Outgoing {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        match self.tls.as_mut() {
-            None => self.sock.write(data),
-            Some(t) => nonblocking::write(&mut self.sock, t, data),
-        }
-    }
-
-    /// Sends TLS records that are waiting; Err(WouldBlock) when the socket is full.
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self.tls.as_mut() {
-            None => Ok(()),
-            Some(t) => nonblocking::flush(&mut self.sock, t),
-        }
-    }
-
-    fn pending(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| t.wants_write())
-    }
-}
+type Outgoing = nonblocking::Stream<TcpStream>;
 
 /// Connects to peer `node` at `addr`: TCP, then (with `tls`) the handshake that proves the peer
 /// is that node, both bounded; the result is non-blocking.
@@ -194,11 +170,14 @@ fn connect_to(addr: SocketAddr, node: u8, tls: Option<&FabricTls>) -> std::io::R
             }
             s.set_read_timeout(None)?;
             s.set_write_timeout(None)?;
-            Some(Box::new(c))
+            Some(c)
         }
     };
     s.set_nonblocking(true)?;
-    Ok(Outgoing { sock: s, tls })
+    Ok(match tls {
+        None => Outgoing::plain(s),
+        Some(c) => Outgoing::with_tls(s, c),
+    })
 }
 
 /// The way out to one peer.
@@ -535,6 +514,7 @@ fn frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// The line payloads are encoded as bytes; the frame must be what the per-byte sequence
     /// encoding of format version 2 gave (the kinds that were in version 2 kept their encoding).
