@@ -4,6 +4,7 @@
 use amf_hdl_model::gen::regs;
 use amf_hdl_model::gen::structs::{Command, Completion, Event, EventKind, FrameKind, LinkFrame, Opcode, Status};
 use amf_hdl_model::model::card::{Card, HostMemory};
+use amf_hdl_model::model::link_auth::{seal, WireFrame};
 use amf_hdl_model::model::VecMemory;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
@@ -13,6 +14,8 @@ const CPL: u64 = BASE + 0x10000;
 const EVT: u64 = BASE + 0x20000;
 const CONS: u64 = BASE + 0x30000;
 const RING_LOG2: u32 = 6;
+/// The cluster's link key (every card of a cluster holds the same).
+const KEY: [u32; 4] = [0x0123_4567, 0x89ab_cdef, 0x0f1e_2d3c, 0x4b5a_6978];
 
 /// One node: a card, its host memory and the host side of the rings.
 struct Node {
@@ -58,6 +61,10 @@ impl Node {
             c.mmio_write(b + 0x14, RING_LOG2);
         }
         c.mmio_write(addr(cmd_ring::BASE, cmd_ring::cons_addr_lo::OFFSET), CONS as u32);
+        for (i, k) in KEY.iter().enumerate() {
+            c.mmio_write(addr(link_auth::BASE, link_auth::key_0::OFFSET + 4 * i as u32), *k);
+        }
+        c.mmio_write(addr(link_auth::BASE, link_auth::ctrl::OFFSET), 1);
         c.mmio_write(addr(device::BASE, device::ctrl::OFFSET), 1);
         n
     }
@@ -116,7 +123,7 @@ impl Node {
 struct Cluster {
     nodes: Vec<Node>,
     /// Frames on the link, one entry per destination (the link multicasts): (dst, bytes).
-    in_flight: Vec<(u8, [u8; 32])>,
+    in_flight: Vec<(u8, WireFrame)>,
     dead: u8,
 }
 
@@ -282,26 +289,57 @@ fn bad_frames_and_commands_are_dropped_or_refused() {
         f
     };
     let n = &mut c.nodes[0];
-    assert!(n.card.receive(&good.encode(), &mut n.mem));
-    let mut bad_crc = good.encode();
+    let sealed = |f: &LinkFrame, counter| seal(&f.encode(), Some(KEY), counter);
+    assert!(n.card.receive(&sealed(&good, 1), &mut n.mem));
+    let mut bad_crc = sealed(&good, 2);
     bad_crc[20] ^= 1;
     assert!(!n.card.receive(&bad_crc, &mut n.mem));
     let mut stale = good;
     stale.epoch = 6;
     let b = stale.encode();
     stale.crc = crc32c::crc32c(&b[..28]);
-    assert!(!n.card.receive(&stale.encode(), &mut n.mem));
+    assert!(!n.card.receive(&sealed(&stale, 3), &mut n.mem), "an old epoch's frame, sealed under the key");
     let mut unknown = good;
     unknown.kind = 99;
     let b = unknown.encode();
     unknown.crc = crc32c::crc32c(&b[..28]);
-    assert!(!n.card.receive(&unknown.encode(), &mut n.mem));
+    assert!(!n.card.receive(&sealed(&unknown, 4), &mut n.mem));
     assert!(!n.card.receive(&[1, 2, 3], &mut n.mem), "short frame");
-    let s = |o| n.reg(regs::stats::BASE, o);
+    assert!(!n.card.receive(&good.encode(), &mut n.mem), "a frame without its seal (malformed: 32 bytes)");
+    // Forged: a frame sealed under another key, or a good frame whose counter was changed.
+    assert!(!n.card.receive(&seal(&good.encode(), Some([9, 9, 9, 9]), 5), &mut n.mem));
+    let mut moved = sealed(&good, 6);
+    moved[32] ^= 1;
+    assert!(!n.card.receive(&moved, &mut n.mem));
+    // Replayed: a counter seen in this epoch; a new one still gets through, an old one inside
+    // the window does once.
+    assert!(!n.card.receive(&sealed(&good, 1), &mut n.mem));
+    assert!(n.card.receive(&sealed(&good, 40), &mut n.mem));
+    assert!(n.card.receive(&sealed(&good, 30), &mut n.mem));
+    assert!(!n.card.receive(&sealed(&good, 30), &mut n.mem));
+    assert!(!n.card.receive(&sealed(&good, 2), &mut n.mem), "behind the window");
+    let s = |n: &Node, o| n.reg(regs::stats::BASE, o);
     assert_eq!(
-        (s(regs::stats::crc_errors::OFFSET), s(regs::stats::stale_epoch::OFFSET), s(regs::stats::malformed::OFFSET)),
-        (1, 1, 2)
+        (
+            s(n, regs::stats::crc_errors::OFFSET),
+            s(n, regs::stats::stale_epoch::OFFSET),
+            s(n, regs::stats::malformed::OFFSET),
+            s(n, regs::stats::forged::OFFSET),
+            s(n, regs::stats::replayed::OFFSET),
+        ),
+        (1, 1, 3, 2, 3)
     );
+    // A new epoch restarts the counters: the sender's counter 1 is new again there.
+    n.card.mmio_write(addr(regs::device::BASE, regs::device::epoch::OFFSET), 8);
+    let mut next = good;
+    next.epoch = 8;
+    next.crc = 0;
+    let b = next.encode();
+    next.crc = crc32c::crc32c(&b[..28]);
+    assert!(n.card.receive(&sealed(&next, 1), &mut n.mem));
+    assert!(!n.card.receive(&sealed(&good, 41), &mut n.mem), "epoch 7 is stale now");
+    assert_eq!(s(n, regs::stats::stale_epoch::OFFSET), 2);
+    n.card.mmio_write(addr(regs::device::BASE, regs::device::epoch::OFFSET), 7);
     // Unknown opcode and stale epoch commands complete with an error and do nothing.
     n.tag += 1;
     let tag = n.tag;

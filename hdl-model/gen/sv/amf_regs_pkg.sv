@@ -4,8 +4,8 @@
 package amf_regs_pkg;
 
   localparam int unsigned BlockBytes = 256;
-  localparam int unsigned NumBlocks = 6;
-  localparam int unsigned BarBytes = 1536;
+  localparam int unsigned NumBlocks = 7;
+  localparam int unsigned BarBytes = 1792;
   localparam logic [7:0] HeaderTypeOffset = 8'h00;
   localparam logic [7:0] HeaderVersionOffset = 8'h04;
   localparam logic [7:0] HeaderNextOffset = 8'h08;
@@ -125,8 +125,8 @@ package amf_regs_pkg;
   // stats: Counters (wrap at 2^32).
   localparam logic [31:0] StatsBase = 32'h00000500;
   localparam logic [31:0] StatsType = 32'h414d0006;
-  localparam logic [31:0] StatsVersion = 32'h00010000;
-  localparam logic [31:0] StatsNext = 32'h00000000;
+  localparam logic [31:0] StatsVersion = 32'h00010001;
+  localparam logic [31:0] StatsNext = 32'h00000600;
   localparam logic [7:0] StatsFramesTxOffset = 8'h0c;
   localparam logic [31:0] StatsFramesTxReset = 32'h00000000;
   localparam logic [7:0] StatsFramesRxOffset = 8'h10;
@@ -145,6 +145,28 @@ package amf_regs_pkg;
   localparam logic [31:0] StatsBroadcastsSkippedReset = 32'h00000000;
   localparam logic [7:0] StatsAckTimeoutsOffset = 8'h2c;
   localparam logic [31:0] StatsAckTimeoutsReset = 32'h00000000;
+  localparam logic [7:0] StatsForgedOffset = 8'h30;
+  localparam logic [31:0] StatsForgedReset = 32'h00000000;
+  localparam logic [7:0] StatsReplayedOffset = 8'h34;
+  localparam logic [31:0] StatsReplayedReset = 32'h00000000;
+
+  // link_auth: Authenticated link frames: a SipHash-2-4 MAC under a per-cluster 128-bit key and a per-sender counter with a replay window. Sending cards seal every frame with the next counter of the epoch; receiving cards drop frames whose MAC does not verify (stats.forged) and frames whose counter the window has seen (stats.replayed). Writing a new value to device.epoch restarts the counter and clears the windows.
+  localparam logic [31:0] LinkAuthBase = 32'h00000600;
+  localparam logic [31:0] LinkAuthType = 32'h414d0007;
+  localparam logic [31:0] LinkAuthVersion = 32'h00010000;
+  localparam logic [31:0] LinkAuthNext = 32'h00000000;
+  localparam logic [7:0] LinkAuthCtrlOffset = 8'h0c;
+  localparam logic [31:0] LinkAuthCtrlReset = 32'h00000000;
+  localparam int unsigned LinkAuthCtrlEnableLsb = 0;
+  localparam int unsigned LinkAuthCtrlEnableWidth = 1;
+  localparam logic [7:0] LinkAuthKey0Offset = 8'h10;
+  localparam logic [31:0] LinkAuthKey0Reset = 32'h00000000;
+  localparam logic [7:0] LinkAuthKey1Offset = 8'h14;
+  localparam logic [31:0] LinkAuthKey1Reset = 32'h00000000;
+  localparam logic [7:0] LinkAuthKey2Offset = 8'h18;
+  localparam logic [31:0] LinkAuthKey2Reset = 32'h00000000;
+  localparam logic [7:0] LinkAuthKey3Offset = 8'h1c;
+  localparam logic [31:0] LinkAuthKey3Reset = 32'h00000000;
 
 endpackage
 /* verilator lint_on UNUSEDPARAM */

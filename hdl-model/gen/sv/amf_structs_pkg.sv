@@ -92,6 +92,17 @@ package amf_structs_pkg;
     frame_kind_e kind;
   } link_frame_t;
 
+  // Follows every link frame on the wire (48 bytes in all): the sender's counter and the MAC of the frame and counter (link_auth block). Zero when link_auth.ctrl.enable is clear. (16 bytes, little-endian; first field at bit 0)
+  localparam int unsigned LinkSealBytes = 16;
+  localparam int unsigned LinkSealCounterLsb = 0;
+  localparam int unsigned LinkSealCounterWidth = 64;
+  localparam int unsigned LinkSealMacLsb = 64;
+  localparam int unsigned LinkSealMacWidth = 64;
+  typedef struct packed {
+    logic [63:0] mac;
+    logic [63:0] counter;
+  } link_seal_t;
+
   // Command descriptor, host to card. (32 bytes, little-endian; first field at bit 0)
   localparam int unsigned CommandBytes = 32;
   localparam int unsigned CommandOpcodeLsb = 0;

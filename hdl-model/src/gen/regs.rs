@@ -3,7 +3,7 @@
 /// Bytes per register block.
 pub const BLOCK_BYTES: u32 = 256;
 /// Bytes of BAR0 the blocks occupy.
-pub const BAR_BYTES: u32 = 1536;
+pub const BAR_BYTES: u32 = 1792;
 
 /// Offsets of the header words every block starts with.
 pub mod header {
@@ -464,7 +464,7 @@ pub mod stats {
     /// Value of the TYPE header word.
     pub const TYPE: u32 = 0x414d0006;
     /// Value of the VERSION header word.
-    pub const VERSION: u32 = 0x00010000;
+    pub const VERSION: u32 = 0x00010001;
     /// Byte offset of the block in BAR0 (drivers discover it by TYPE instead).
     pub const BASE: u32 = 0x500;
     /// Link frames sent.
@@ -527,6 +527,82 @@ pub mod stats {
     pub mod ack_timeouts {
         /// Offset within the block.
         pub const OFFSET: u32 = 0x2c;
+        /// Reset value.
+        pub const RESET: u32 = 0x0;
+    }
+    /// Frames dropped because their MAC did not verify under link_auth's key (link_auth.ctrl.enable set).
+    pub mod forged {
+        /// Offset within the block.
+        pub const OFFSET: u32 = 0x30;
+        /// Reset value.
+        pub const RESET: u32 = 0x0;
+    }
+    /// Frames of the current epoch dropped because their sender's counter was already seen or behind the replay window.
+    pub mod replayed {
+        /// Offset within the block.
+        pub const OFFSET: u32 = 0x34;
+        /// Reset value.
+        pub const RESET: u32 = 0x0;
+    }
+}
+
+/// Authenticated link frames: a SipHash-2-4 MAC under a per-cluster 128-bit key and a per-sender counter with a replay window. Sending cards seal every frame with the next counter of the epoch; receiving cards drop frames whose MAC does not verify (stats.forged) and frames whose counter the window has seen (stats.replayed). Writing a new value to device.epoch restarts the counter and clears the windows.
+pub mod link_auth {
+    /// Value of the TYPE header word.
+    pub const TYPE: u32 = 0x414d0007;
+    /// Value of the VERSION header word.
+    pub const VERSION: u32 = 0x00010000;
+    /// Byte offset of the block in BAR0 (drivers discover it by TYPE instead).
+    pub const BASE: u32 = 0x600;
+    /// Control.
+    pub mod ctrl {
+        /// Offset within the block.
+        pub const OFFSET: u32 = 0x0c;
+        /// Reset value.
+        pub const RESET: u32 = 0x0;
+        /// Seal sent frames and check received ones. Clear: frames go with a zero seal and received seals are not checked. Every card of a cluster must agree.
+        pub mod enable {
+            /// Lowest bit.
+            pub const LSB: u32 = 0;
+            /// Width in bits.
+            pub const WIDTH: u32 = 1;
+            /// Mask of the field's value (not shifted).
+            pub const MASK: u32 = 0x1;
+            /// The field's value in a register value.
+            pub const fn get(reg: u32) -> u32 {
+                (reg >> LSB) & MASK
+            }
+            /// `reg` with the field set to `value`.
+            pub const fn set(reg: u32, value: u32) -> u32 {
+                (reg & !(MASK << LSB)) | ((value & MASK) << LSB)
+            }
+        }
+    }
+    /// Key bytes 0..3 (little-endian), write-only: reads return 0.
+    pub mod key_0 {
+        /// Offset within the block.
+        pub const OFFSET: u32 = 0x10;
+        /// Reset value.
+        pub const RESET: u32 = 0x0;
+    }
+    /// Key bytes 4..7.
+    pub mod key_1 {
+        /// Offset within the block.
+        pub const OFFSET: u32 = 0x14;
+        /// Reset value.
+        pub const RESET: u32 = 0x0;
+    }
+    /// Key bytes 8..11.
+    pub mod key_2 {
+        /// Offset within the block.
+        pub const OFFSET: u32 = 0x18;
+        /// Reset value.
+        pub const RESET: u32 = 0x0;
+    }
+    /// Key bytes 12..15.
+    pub mod key_3 {
+        /// Offset within the block.
+        pub const OFFSET: u32 = 0x1c;
         /// Reset value.
         pub const RESET: u32 = 0x0;
     }
@@ -666,7 +742,7 @@ pub static BLOCKS: &[BlockInfo] = &[
         RegInfo { name: "full_fallbacks", offset: 0x14, access: "ro", reset: 0x0, description: "Acquires that found their set full and fell back to broadcasting to every peer.", fields: &[
         ] },
     ] },
-    BlockInfo { name: "stats", type_id: 0x414d0006, version: 0x00010000, base: 0x500, regs: &[
+    BlockInfo { name: "stats", type_id: 0x414d0006, version: 0x00010001, base: 0x500, regs: &[
         RegInfo { name: "frames_tx", offset: 0x0c, access: "ro", reset: 0x0, description: "Link frames sent.", fields: &[
         ] },
         RegInfo { name: "frames_rx", offset: 0x10, access: "ro", reset: 0x0, description: "Link frames received and accepted.", fields: &[
@@ -684,6 +760,23 @@ pub static BLOCKS: &[BlockInfo] = &[
         RegInfo { name: "broadcasts_skipped", offset: 0x28, access: "ro", reset: 0x0, description: "Acquires the table proved unshared: no frame sent.", fields: &[
         ] },
         RegInfo { name: "ack_timeouts", offset: 0x2c, access: "ro", reset: 0x0, description: "Broadcasts completed with peers missing.", fields: &[
+        ] },
+        RegInfo { name: "forged", offset: 0x30, access: "ro", reset: 0x0, description: "Frames dropped because their MAC did not verify under link_auth's key (link_auth.ctrl.enable set).", fields: &[
+        ] },
+        RegInfo { name: "replayed", offset: 0x34, access: "ro", reset: 0x0, description: "Frames of the current epoch dropped because their sender's counter was already seen or behind the replay window.", fields: &[
+        ] },
+    ] },
+    BlockInfo { name: "link_auth", type_id: 0x414d0007, version: 0x00010000, base: 0x600, regs: &[
+        RegInfo { name: "ctrl", offset: 0x0c, access: "rw", reset: 0x0, description: "Control.", fields: &[
+            FieldInfo { name: "enable", lsb: 0, width: 1, access: "rw", description: "Seal sent frames and check received ones. Clear: frames go with a zero seal and received seals are not checked. Every card of a cluster must agree.", values: &[] },
+        ] },
+        RegInfo { name: "key_0", offset: 0x10, access: "wo", reset: 0x0, description: "Key bytes 0..3 (little-endian), write-only: reads return 0.", fields: &[
+        ] },
+        RegInfo { name: "key_1", offset: 0x14, access: "wo", reset: 0x0, description: "Key bytes 4..7.", fields: &[
+        ] },
+        RegInfo { name: "key_2", offset: 0x18, access: "wo", reset: 0x0, description: "Key bytes 8..11.", fields: &[
+        ] },
+        RegInfo { name: "key_3", offset: 0x1c, access: "wo", reset: 0x0, description: "Key bytes 12..15.", fields: &[
         ] },
     ] },
 ];

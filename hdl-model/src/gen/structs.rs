@@ -277,6 +277,40 @@ impl LinkFrame {
     }
 }
 
+/// Follows every link frame on the wire (48 bytes in all): the sender's counter and the MAC of the frame and counter (link_auth block). Zero when link_auth.ctrl.enable is clear.
+/// Fields hold raw values (enum fields too) so that garbage from a peer or a card can be
+/// represented and rejected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkSeal {
+    /// Frames this card sent in the current epoch, this one included (1, 2, ...).
+    pub counter: u64,
+    /// SipHash-2-4 under the link key of bytes 0..40 of the wire frame (the link frame, then counter).
+    pub mac: u64,
+}
+
+impl LinkSeal {
+    /// Encoded size.
+    pub const BYTES: usize = 16;
+    /// Width of `counter` in bits.
+    pub const COUNTER_BITS: u32 = 64;
+    /// Width of `mac` in bits.
+    pub const MAC_BITS: u32 = 64;
+    /// Little-endian encoding.
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        put_bits(&mut b, 0, 64, self.counter as u128);
+        put_bits(&mut b, 64, 64, self.mac as u128);
+        b
+    }
+    /// Decodes; every bit pattern decodes (validation is the receiver's job).
+    pub fn decode(b: &[u8; 16]) -> Self {
+        Self {
+            counter: get_bits(b, 0, 64) as u64,
+            mac: get_bits(b, 64, 64) as u64,
+        }
+    }
+}
+
 /// Command descriptor, host to card.
 /// Fields hold raw values (enum fields too) so that garbage from a peer or a card can be
 /// represented and rejected.

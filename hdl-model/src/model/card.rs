@@ -3,10 +3,11 @@
 //! collection and timeouts, conflict ordering (docs/protocol.md), heartbeats. Time is counted in
 //! card clock cycles so timeouts match the RTL.
 
+use super::link_auth::{self, Window, WireFrame};
 use super::ring::{RingError, RingReader, RingWriter};
 use super::sharer_table::SharerTable;
 use crate::gen::regs;
-use crate::gen::structs::{Command, Completion, Event, EventKind, FrameKind, LinkFrame, Opcode, Status};
+use crate::gen::structs::{Command, Completion, Event, EventKind, FrameKind, LinkFrame, LinkSeal, Opcode, Status};
 use std::collections::VecDeque;
 
 /// Host memory as the card's DMA engine sees it.
@@ -56,8 +57,8 @@ pub const TABLE_WAYS: usize = 4;
 pub struct Outgoing {
     /// Destination nodes (bit n: node n), as in the frame's dst field.
     pub dst_mask: u8,
-    /// Encoded frame.
-    pub bytes: [u8; 32],
+    /// The frame as the link carries it (link frame, then seal).
+    pub bytes: WireFrame,
 }
 
 /// An acquire, search or other command waiting for answers.
@@ -110,6 +111,10 @@ pub struct Stats {
     pub broadcasts_skipped: u32,
     /// Broadcasts completed with peers missing.
     pub ack_timeouts: u32,
+    /// Dropped: MAC did not verify.
+    pub forged: u32,
+    /// Dropped: counter already seen in this epoch.
+    pub replayed: u32,
 }
 
 /// One card.
@@ -141,6 +146,14 @@ pub struct Card {
     next_heartbeat: u64,
     /// Events posted since reset (reported in every completion).
     events_posted: u32,
+    /// link_auth.ctrl.enable.
+    auth_enable: bool,
+    /// link_auth.key_0..3.
+    key: [u32; 4],
+    /// Frames sealed in this epoch.
+    tx_counter: u64,
+    /// Counters accepted in this epoch, per sender.
+    windows: [Window; NODES_MAX as usize],
 }
 
 impl Default for Card {
@@ -166,6 +179,50 @@ pub enum Verdict {
     Malformed = 2,
     /// Another membership epoch.
     StaleEpoch = 3,
+    /// The MAC does not verify under the link key (link_auth enabled).
+    Forged = 4,
+    /// A counter of the current epoch the sender's window has seen (link_auth enabled).
+    Replayed = 5,
+}
+
+/// What a receiving card checks a seal against: its key and its senders' windows.
+#[derive(Clone, Copy, Debug)]
+pub struct Auth<'a> {
+    /// link_auth.key_0..3.
+    pub key: [u32; 4],
+    /// Counters accepted per sender in this epoch.
+    pub windows: &'a [Window; NODES_MAX as usize],
+}
+
+/// Classifies a frame as the link carries it: the checks of [`classify`], then with `auth` the
+/// MAC (before the epoch, so that a frame from outside the cluster counts as forged whatever
+/// epoch it names) and, for a frame of the current epoch, its sender's window.
+pub fn classify_wire(wire: &WireFrame, node: u8, peers: u8, epoch: u32, auth: Option<Auth>) -> Verdict {
+    let mut raw = [0u8; 32];
+    raw.copy_from_slice(&wire[..32]);
+    let v = classify(&raw, node, peers, epoch);
+    let Some(auth) = auth else { return v };
+    if matches!(v, Verdict::BadCrc | Verdict::Malformed) {
+        return v;
+    }
+    if !link_auth::verifies(wire, auth.key) {
+        return Verdict::Forged;
+    }
+    if v != Verdict::Ok {
+        return v;
+    }
+    let src = LinkFrame::decode(&raw).src;
+    let counter = LinkSeal::decode(&seal_bytes(wire)).counter;
+    if !auth.windows[src as usize % NODES_MAX as usize].is_new(counter) {
+        return Verdict::Replayed;
+    }
+    Verdict::Ok
+}
+
+fn seal_bytes(wire: &WireFrame) -> [u8; LinkSeal::BYTES] {
+    let mut b = [0u8; LinkSeal::BYTES];
+    b.copy_from_slice(&wire[LinkFrame::BYTES..]);
+    b
 }
 
 /// Classifies a received frame for node `node` whose cluster is `peers` (a mask that may include
@@ -218,6 +275,10 @@ impl Card {
             peer_up: 0,
             next_heartbeat: 0,
             events_posted: 0,
+            auth_enable: false,
+            key: [0; 4],
+            tx_counter: 0,
+            windows: [Window::default(); NODES_MAX as usize],
         }
     }
 
@@ -306,6 +367,9 @@ impl Card {
             (stats::TYPE, stats::broadcasts::OFFSET) => self.stats.broadcasts,
             (stats::TYPE, stats::broadcasts_skipped::OFFSET) => self.stats.broadcasts_skipped,
             (stats::TYPE, stats::ack_timeouts::OFFSET) => self.stats.ack_timeouts,
+            (stats::TYPE, stats::forged::OFFSET) => self.stats.forged,
+            (stats::TYPE, stats::replayed::OFFSET) => self.stats.replayed,
+            (link_auth::TYPE, link_auth::ctrl::OFFSET) => self.auth_enable as u32,
             _ => 0,
         }
     }
@@ -331,7 +395,14 @@ impl Card {
             (device::TYPE, device::node::OFFSET) => {
                 self.node = value & (device::node::id::MASK | device::node::peers::MASK << device::node::peers::LSB)
             }
-            (device::TYPE, device::epoch::OFFSET) => self.epoch = value,
+            (device::TYPE, device::epoch::OFFSET) => {
+                if value != self.epoch {
+                    // Counters are per epoch: a restarted controller joins under a new one.
+                    self.tx_counter = 0;
+                    self.windows = [Window::default(); NODES_MAX as usize];
+                }
+                self.epoch = value;
+            }
             (device::TYPE, device::ack_timeout::OFFSET) => self.ack_timeout = value,
             (device::TYPE, device::heartbeat_period::OFFSET) => self.heartbeat_period = value,
             (device::TYPE, device::irq::OFFSET) => self.irq &= !value,
@@ -355,6 +426,11 @@ impl Card {
             (evt_ring::TYPE, evt_ring::base_hi::OFFSET) => self.evt.base = hi(self.evt.base),
             (evt_ring::TYPE, evt_ring::size_log2::OFFSET) => self.evt.size_log2 = value,
             (evt_ring::TYPE, evt_ring::doorbell::OFFSET) => self.host_consumed(false, value),
+            (link_auth::TYPE, link_auth::ctrl::OFFSET) => self.auth_enable = link_auth::ctrl::enable::get(value) == 1,
+            (link_auth::TYPE, link_auth::key_0::OFFSET) => self.key[0] = value,
+            (link_auth::TYPE, link_auth::key_1::OFFSET) => self.key[1] = value,
+            (link_auth::TYPE, link_auth::key_2::OFFSET) => self.key[2] = value,
+            (link_auth::TYPE, link_auth::key_3::OFFSET) => self.key[3] = value,
             _ => {}
         }
     }
@@ -410,9 +486,14 @@ impl Card {
         f.src = self.node_id();
         f.dst = dst_mask;
         f.epoch = self.epoch;
-        let mut bytes = f.encode();
-        f.crc = crc(&bytes);
-        bytes = f.encode();
+        f.crc = crc(&f.encode());
+        let key = if self.auth_enable {
+            self.tx_counter += 1;
+            Some(self.key)
+        } else {
+            None
+        };
+        let bytes = link_auth::seal(&f.encode(), key, self.tx_counter);
         self.stats.frames_tx = self.stats.frames_tx.wrapping_add(1);
         self.out.push(Outgoing { dst_mask, bytes });
     }
@@ -762,21 +843,30 @@ impl Card {
     /// Delivers a frame from the link. Returns false if it was dropped (bad CRC, stale epoch,
     /// malformed) — counted in the stats either way.
     pub fn receive(&mut self, bytes: &[u8], mem: &mut dyn HostMemory) -> bool {
-        let Ok(raw) = <[u8; 32]>::try_from(bytes) else {
+        let Ok(wire) = <WireFrame>::try_from(bytes) else {
             self.stats.malformed = self.stats.malformed.wrapping_add(1);
             return false;
         };
-        let counter = match classify(&raw, self.node_id(), self.peers(), self.epoch) {
+        let auth = self.auth_enable.then_some(Auth { key: self.key, windows: &self.windows });
+        let counter = match classify_wire(&wire, self.node_id(), self.peers(), self.epoch, auth) {
             Verdict::Ok => None,
             Verdict::BadCrc => Some(&mut self.stats.crc_errors),
             Verdict::Malformed => Some(&mut self.stats.malformed),
             Verdict::StaleEpoch => Some(&mut self.stats.stale_epoch),
+            Verdict::Forged => Some(&mut self.stats.forged),
+            Verdict::Replayed => Some(&mut self.stats.replayed),
         };
         if let Some(c) = counter {
             *c = c.wrapping_add(1);
             return false;
         }
+        let mut raw = [0u8; 32];
+        raw.copy_from_slice(&wire[..32]);
         let f = LinkFrame::decode(&raw);
+        if self.auth_enable {
+            let seal = LinkSeal::decode(&seal_bytes(&wire));
+            self.windows[f.src as usize % NODES_MAX as usize].accept(seal.counter);
+        }
         self.stats.frames_rx = self.stats.frames_rx.wrapping_add(1);
         if !self.ctrl_enable {
             return true;

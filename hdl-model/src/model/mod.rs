@@ -2,6 +2,7 @@
 //! large simulations.
 
 pub mod card;
+pub mod link_auth;
 pub mod ring;
 pub mod sharer_table;
 
