@@ -10,13 +10,13 @@ const TOPS: &[(&str, &[&str], &str)] = &[
     ("amf_sharer_table", &["amf_sharer_table.sv"], "csrc/sharer_table_shim.cpp"),
     (
         "amf_frame_check",
-        &["../gen/sv/amf_structs_pkg.sv", "amf_crc_pkg.sv", "amf_frame_check.sv"],
+        &["../gen/sv/amf_structs_pkg.sv", "amf_crc_pkg.sv", "amf_siphash.sv", "amf_frame_check.sv"],
         "csrc/frame_check_shim.cpp",
     ),
     ("amf_regs", &["../gen/sv/amf_regs_pkg.sv", "amf_regs.sv"], "csrc/regs_shim.cpp"),
     ("amf_ring_writer", &["../gen/sv/amf_regs_pkg.sv", "amf_ring_writer.sv"], "csrc/ring_writer_shim.cpp"),
     ("amf_cmd_fetch", &["../gen/sv/amf_regs_pkg.sv", "amf_cmd_fetch.sv"], "csrc/cmd_fetch_shim.cpp"),
-    ("amf_frame_tx", &["amf_crc_pkg.sv", "amf_frame_tx.sv"], "csrc/frame_tx_shim.cpp"),
+    ("amf_frame_tx", &["amf_crc_pkg.sv", "amf_siphash.sv", "amf_frame_tx.sv"], "csrc/frame_tx_shim.cpp"),
     ("amf_dma_arb", &["amf_dma_arb.sv"], "csrc/dma_arb_shim.cpp"),
     (
         "amf_card",
@@ -28,6 +28,7 @@ const TOPS: &[(&str, &[&str], &str)] = &[
             "amf_cmd_fetch.sv",
             "amf_ring_writer.sv",
             "amf_dma_arb.sv",
+            "amf_siphash.sv",
             "amf_frame_check.sv",
             "amf_frame_tx.sv",
             "amf_sharer_table.sv",

@@ -1,5 +1,6 @@
 // The card: BAR0 registers, command fetch, completion and event rings, one DMA port shared by
-// round-robin, link receive (frame checks) and transmit (CRC), and the engine with its sharer
+// round-robin, link receive (frame checks, MAC and replay window) and transmit (CRC and seal),
+// and the engine with its sharer
 // table. Errors latch the first device.status.error_code and stop command and frame processing
 // until a soft reset, like the reference model.
 
@@ -36,10 +37,10 @@ module amf_card #(
   // link
   input  logic         link_rx_valid_i,
   output logic         link_rx_ready_o,
-  input  logic [255:0] link_rx_frame_i,
+  input  logic [383:0] link_rx_frame_i,  // wire frame: link frame, then link_seal
   output logic         link_tx_valid_o,
   input  logic         link_tx_ready_i,
-  output logic [255:0] link_tx_frame_o,
+  output logic [383:0] link_tx_frame_o,
   output logic         irq_o,
   // the card has work or a timer running; a simulation may stop its clock while this is low
   output logic         busy_o
@@ -54,7 +55,9 @@ module amf_card #(
   logic [2:0]  irq_set;
   logic [31:0] occupancy, full_fallbacks;
   logic [31:0] frames_tx, bad_commands, broadcasts, skipped, ack_timeouts;
-  logic [31:0] frames_rx_q, crc_errors_q, stale_q, malformed_q;
+  logic [31:0] frames_rx_q, crc_errors_q, stale_q, malformed_q, forged_q, replayed_q;
+  logic        auth_en;
+  logic [127:0] auth_key;
 
   amf_regs u_regs (
     .clk_i,
@@ -83,15 +86,26 @@ module amf_card #(
     .cpl_doorbell_o     (cpl_db),
     .evt_doorbell_o     (evt_db),
     .doorbell_value_o   (db_value),
+    .auth_enable_o      (auth_en),
+    .auth_key_o         (auth_key),
     .irq_o,
     .ready_i            (1'b1),
     .error_code_i       (error_q),
     .irq_set_i          (irq_set),
     .occupancy_i        (occupancy),
     .full_fallbacks_i   (full_fallbacks),
-    .stats_i            ({ack_timeouts, skipped, broadcasts, bad_commands, malformed_q, stale_q,
-                          crc_errors_q, frames_rx_q, frames_tx})
+    .stats_i            ({replayed_q, forged_q, ack_timeouts, skipped, broadcasts, bad_commands,
+                          malformed_q, stale_q, crc_errors_q, frames_rx_q, frames_tx})
   );
+
+  // Authentication counters and windows are per epoch: a new device.epoch value restarts them.
+  logic [31:0] epoch_seen_q;
+  logic        epoch_changed;
+  always_ff @(posedge clk_i or negedge rst_ni) begin
+    if (!rst_ni) epoch_seen_q <= amf_regs_pkg::DeviceEpochReset;
+    else         epoch_seen_q <= epoch;
+  end
+  assign epoch_changed = epoch != epoch_seen_q;
 
   logic running;
   assign running = enable && error_q == 8'd0;
@@ -248,7 +262,7 @@ module amf_card #(
   // ---- link receive: the checker's output stage holds a frame until the engine takes it -------
   logic         chk_valid, chk_ready, chk_ok;
   logic [255:0] chk_frame;
-  logic [1:0]   chk_verdict;
+  logic [2:0]   chk_verdict;
   logic         rx_ready;
 
   amf_frame_check u_check (
@@ -260,6 +274,9 @@ module amf_card #(
     .node_id_i     (node_id),
     .peers_i       (peers),
     .epoch_i       (epoch),
+    .auth_en_i     (auth_en),
+    .key_i         (auth_key),
+    .restart_i     (epoch_changed),
     .out_valid_o   (chk_valid),
     .out_ready_i   (chk_ready),
     .out_frame_o   (chk_frame),
@@ -267,7 +284,7 @@ module amf_card #(
   );
   // Good frames wait for the engine; frames arriving while the card is disabled are counted, not
   // acted on; bad ones are counted and dropped at once.
-  assign chk_ok    = chk_verdict == 2'd0 && enable;
+  assign chk_ok    = chk_verdict == 3'd0 && enable;
   assign chk_ready = !chk_ok || rx_ready;
 
   always_ff @(posedge clk_i or negedge rst_ni) begin
@@ -276,17 +293,23 @@ module amf_card #(
       crc_errors_q <= '0;
       malformed_q  <= '0;
       stale_q      <= '0;
+      forged_q     <= '0;
+      replayed_q   <= '0;
     end else if (soft_reset) begin
       frames_rx_q  <= '0;
       crc_errors_q <= '0;
       malformed_q  <= '0;
       stale_q      <= '0;
+      forged_q     <= '0;
+      replayed_q   <= '0;
     end else if (chk_valid && chk_ready) begin
       unique case (chk_verdict)
-        2'd0:    frames_rx_q <= frames_rx_q + 32'd1;
-        2'd1:    crc_errors_q <= crc_errors_q + 32'd1;
-        2'd2:    malformed_q <= malformed_q + 32'd1;
-        default: stale_q <= stale_q + 32'd1;
+        3'd0:    frames_rx_q <= frames_rx_q + 32'd1;
+        3'd1:    crc_errors_q <= crc_errors_q + 32'd1;
+        3'd2:    malformed_q <= malformed_q + 32'd1;
+        3'd3:    stale_q <= stale_q + 32'd1;
+        3'd4:    forged_q <= forged_q + 32'd1;
+        default: replayed_q <= replayed_q + 32'd1;
       endcase
     end
   end
@@ -298,6 +321,9 @@ module amf_card #(
   amf_frame_tx u_tx (
     .clk_i,
     .rst_ni,
+    .auth_en_i  (auth_en),
+    .key_i      (auth_key),
+    .restart_i  (epoch_changed),
     .in_valid_i (tx_valid),
     .in_ready_o (tx_ready),
     .in_frame_i (tx_frame),

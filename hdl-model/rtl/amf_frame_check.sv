@@ -1,8 +1,10 @@
 // Checks received link frames before the engine acts on them: CRC-32C of bytes 0..27 against the
-// crc field, then kind, source and destination mask, then the membership epoch. The verdict order
-// is the reference model's (`Card::classify`): a frame is counted under the first check it fails.
-// Two pipeline stages (CRC, then classification) take one frame per cycle, so the acks of a
-// broadcast to k sharers drain in k cycles, not 8k.
+// crc field, then kind, source and destination mask, then (link authentication on) the MAC of the
+// seal, then the membership epoch, then (authentication on) the sender's counter against its
+// replay window. The verdict order is the reference model's (`card::classify_wire`): a frame is
+// counted under the first check it fails. Two pipeline stages (CRC and MAC, then classification)
+// take one frame per cycle without authentication, so the acks of a broadcast to k sharers
+// drain in k cycles, not 8k; with it, one frame per MAC (amf_siphash: 16 cycles).
 
 module amf_frame_check (
   input  logic         clk_i,
@@ -10,44 +12,85 @@ module amf_frame_check (
   // frame in
   input  logic         in_valid_i,
   output logic         in_ready_o,
-  input  logic [255:0] in_frame_i,
+  input  logic [383:0] in_frame_i,  // link frame, then link_seal
   // this node
   input  logic [2:0]   node_id_i,
   input  logic [7:0]   peers_i,
   input  logic [31:0]  epoch_i,
+  // link authentication (link_auth block); restart_i: the epoch changed, windows start over
+  input  logic         auth_en_i,
+  input  logic [127:0] key_i,
+  input  logic         restart_i,
   // verdict out, held until taken
   output logic         out_valid_o,
   input  logic         out_ready_i,
   output logic [255:0] out_frame_o,
-  output logic [1:0]   out_verdict_o
+  output logic [2:0]   out_verdict_o
 );
   // Verdicts (the reference model's order).
-  localparam logic [1:0] VerdictOk        = 2'd0;
-  localparam logic [1:0] VerdictBadCrc    = 2'd1;
-  localparam logic [1:0] VerdictMalformed = 2'd2;
-  localparam logic [1:0] VerdictStale     = 2'd3;
+  localparam logic [2:0] VerdictOk        = 3'd0;
+  localparam logic [2:0] VerdictBadCrc    = 3'd1;
+  localparam logic [2:0] VerdictMalformed = 3'd2;
+  localparam logic [2:0] VerdictStale     = 3'd3;
+  localparam logic [2:0] VerdictForged    = 3'd4;
+  localparam logic [2:0] VerdictReplayed  = 3'd5;
+  // Counters remembered behind a sender's highest (model: link_auth::WINDOW_BITS).
+  localparam int unsigned WindowBits = 32;
+  localparam int unsigned Nodes = 8;
 
-  // Stage 1: the frame and its computed CRC. Stage 2: the frame and its verdict.
-  logic         s1_valid_q, s2_valid_q;
-  logic [255:0] s1_frame_q, s2_frame_q;
+  // Stage 1: the frame, its computed CRC and (authenticated) its MAC. Stage 2: the frame and its
+  // verdict.
+  logic         s1_valid_q, s2_valid_q, s1_mac_q;
+  logic [383:0] s1_frame_q;
+  logic [255:0] s2_frame_q;
   logic [31:0]  s1_crc_q;
-  logic [1:0]   s2_verdict_q;
-  logic         s1_load, s2_load;
+  logic [2:0]   s2_verdict_q;
+  logic         s1_load, s2_load, mac_ready;
 
-  assign s2_load    = s1_valid_q && (!s2_valid_q || out_ready_i);
+  logic        mac_done;
+  logic [63:0] mac;
+  amf_siphash #(.Words(5)) u_mac (
+    .clk_i,
+    .rst_ni,
+    .start_i (s1_load && auth_en_i),
+    .key_i,
+    .msg_i   (in_frame_i[319:0]),
+    .done_o  (mac_done),
+    .mac_o   (mac)
+  );
+
+  assign mac_ready  = !s1_mac_q || mac_done;
+  assign s2_load    = s1_valid_q && mac_ready && (!s2_valid_q || out_ready_i);
   assign s1_load    = in_valid_i && in_ready_o;
   assign in_ready_o = !s1_valid_q || s2_load;
 
   // The checked fields of stage 1, by position (generated constants; yosys lacks struct casts).
   logic [7:0]  f_kind, f_src, f_dst;
   logic [31:0] f_epoch, f_crc;
+  logic [63:0] f_counter, f_mac;
   assign f_kind  = s1_frame_q[amf_structs_pkg::LinkFrameKindLsb+:8];
   assign f_src   = s1_frame_q[amf_structs_pkg::LinkFrameSrcLsb+:8];
   assign f_dst   = s1_frame_q[amf_structs_pkg::LinkFrameDstLsb+:8];
   assign f_epoch = s1_frame_q[amf_structs_pkg::LinkFrameEpochLsb+:32];
   assign f_crc   = s1_frame_q[amf_structs_pkg::LinkFrameCrcLsb+:32];
+  assign f_counter = s1_frame_q[256+amf_structs_pkg::LinkSealCounterLsb+:64];
+  assign f_mac     = s1_frame_q[256+amf_structs_pkg::LinkSealMacLsb+:64];
 
-  logic [1:0] verdict;
+  // Replay windows, one per sender: the highest counter accepted in this epoch and a bit per
+  // counter behind it (bit d: highest - d). Counter 0 is never sent, so bit 0 starts set.
+  logic [63:0]           high_q [Nodes];
+  logic [WindowBits-1:0] seen_q [Nodes];
+  logic [63:0]           w_high, behind, ahead;
+  logic [WindowBits-1:0] w_seen;
+  logic                  counter_new;
+  assign w_high      = high_q[f_src[2:0]];
+  assign w_seen      = seen_q[f_src[2:0]];
+  assign behind      = w_high - f_counter;
+  assign ahead       = f_counter - w_high;
+  assign counter_new = f_counter > w_high
+                       || (behind < 64'(WindowBits) && !w_seen[behind[$clog2(WindowBits)-1:0]]);
+
+  logic [2:0] verdict;
   always_comb begin
     logic kind_ok;
     // Frame kinds are 1..=8 (amf_structs_pkg::frame_kind_e).
@@ -58,8 +101,12 @@ module amf_frame_check (
     end else if (!kind_ok || f_src[7:3] != '0 || f_src[2:0] == node_id_i || !peers_i[f_src[2:0]]
                  || !f_dst[node_id_i]) begin
       verdict = VerdictMalformed;
+    end else if (s1_mac_q && mac != f_mac) begin
+      verdict = VerdictForged;
     end else if (f_epoch != epoch_i) begin
       verdict = VerdictStale;
+    end else if (s1_mac_q && !counter_new) begin
+      verdict = VerdictReplayed;
     end else begin
       verdict = VerdictOk;
     end
@@ -72,20 +119,45 @@ module amf_frame_check (
       s1_frame_q   <= '0;
       s2_frame_q   <= '0;
       s1_crc_q     <= '0;
+      s1_mac_q     <= 1'b0;
       s2_verdict_q <= '0;
     end else begin
       if (s1_load) begin
         s1_frame_q <= in_frame_i;
         s1_crc_q   <= amf_crc_pkg::crc32c_frame(in_frame_i[223:0]);
+        s1_mac_q   <= auth_en_i;
       end
       if (s1_load) s1_valid_q <= 1'b1;
       else if (s2_load) s1_valid_q <= 1'b0;
       if (s2_load) begin
-        s2_frame_q   <= s1_frame_q;
+        s2_frame_q   <= s1_frame_q[255:0];
         s2_verdict_q <= verdict;
       end
       if (s2_load) s2_valid_q <= 1'b1;
       else if (out_ready_i) s2_valid_q <= 1'b0;
+    end
+  end
+
+  // A frame accepted under authentication moves its sender's window; a new epoch clears them.
+  always_ff @(posedge clk_i or negedge rst_ni) begin
+    if (!rst_ni) begin
+      for (int unsigned n = 0; n < Nodes; n++) begin
+        high_q[n] <= '0;
+        seen_q[n] <= WindowBits'(1);
+      end
+    end else if (restart_i) begin
+      for (int unsigned n = 0; n < Nodes; n++) begin
+        high_q[n] <= '0;
+        seen_q[n] <= WindowBits'(1);
+      end
+    end else if (s2_load && s1_mac_q && verdict == VerdictOk) begin
+      if (f_counter > w_high) begin
+        high_q[f_src[2:0]] <= f_counter;
+        seen_q[f_src[2:0]] <= (ahead >= 64'(WindowBits) ? '0 : w_seen << ahead[$clog2(WindowBits)-1:0])
+                              | WindowBits'(1);
+      end else begin
+        seen_q[f_src[2:0]] <= w_seen | (WindowBits'(1) << behind[$clog2(WindowBits)-1:0]);
+      end
     end
   end
 

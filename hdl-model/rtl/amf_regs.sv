@@ -38,6 +38,9 @@ module amf_regs #(
   output logic         cpl_doorbell_o,
   output logic         evt_doorbell_o,
   output logic [31:0]  doorbell_value_o,
+  // link authentication
+  output logic         auth_enable_o,
+  output logic [127:0] auth_key_o,
   output logic         irq_o,
   // engine state
   input  logic         ready_i,
@@ -45,9 +48,9 @@ module amf_regs #(
   input  logic [2:0]   irq_set_i,
   input  logic [31:0]  occupancy_i,
   input  logic [31:0]  full_fallbacks_i,
-  input  logic [287:0] stats_i  // 9 counters, frames_tx at [31:0], in register order
+  input  logic [351:0] stats_i  // 11 counters, frames_tx at [31:0], in register order
 );
-  localparam int unsigned NumStats = 9;
+  localparam int unsigned NumStats = 11;
 
   logic [2:0]  blk;
   logic [7:0]  off;
@@ -60,6 +63,8 @@ module amf_regs #(
   logic [31:0] node_q, epoch_q, ack_timeout_q, heartbeat_q, irq_q, irq_enable_q, scratch_q;
   logic [63:0] cmd_base_q, cmd_cons_addr_q, cpl_base_q, evt_base_q;
   logic [31:0] cmd_size_q, cpl_size_q, evt_size_q;
+  logic        auth_enable_q;
+  logic [127:0] auth_key_q;
   logic        rsp_valid_q;
   logic [31:0] rdata_q, rdata_d;
 
@@ -89,6 +94,7 @@ module amf_regs #(
         3'(amf_regs_pkg::EvtRingBase >> 8):     rdata_d = block_word(amf_regs_pkg::EvtRingType, amf_regs_pkg::EvtRingVersion, amf_regs_pkg::EvtRingNext, off);
         3'(amf_regs_pkg::SharerTableBase >> 8): rdata_d = block_word(amf_regs_pkg::SharerTableType, amf_regs_pkg::SharerTableVersion, amf_regs_pkg::SharerTableNext, off);
         3'(amf_regs_pkg::StatsBase >> 8):       rdata_d = block_word(amf_regs_pkg::StatsType, amf_regs_pkg::StatsVersion, amf_regs_pkg::StatsNext, off);
+        3'(amf_regs_pkg::LinkAuthBase >> 8):    rdata_d = block_word(amf_regs_pkg::LinkAuthType, amf_regs_pkg::LinkAuthVersion, amf_regs_pkg::LinkAuthNext, off);
         default:                  rdata_d = '0;
       endcase
     end else begin
@@ -142,9 +148,13 @@ module amf_regs #(
           endcase
         end
         3'(amf_regs_pkg::StatsBase >> 8): begin
-          if (off >= amf_regs_pkg::StatsFramesTxOffset && off <= amf_regs_pkg::StatsAckTimeoutsOffset) begin
+          if (off >= amf_regs_pkg::StatsFramesTxOffset && off <= amf_regs_pkg::StatsReplayedOffset) begin
             rdata_d = stats_i[32*((off - amf_regs_pkg::StatsFramesTxOffset) >> 2)+:32];
           end
+        end
+        // The key is write-only: it reads as 0.
+        3'(amf_regs_pkg::LinkAuthBase >> 8): begin
+          if (off == amf_regs_pkg::LinkAuthCtrlOffset) rdata_d = {31'd0, auth_enable_q};
         end
         default: rdata_d = '0;
       endcase
@@ -168,6 +178,8 @@ module amf_regs #(
       cmd_size_q      <= amf_regs_pkg::CmdRingSizeLog2Reset;
       cpl_size_q      <= amf_regs_pkg::CplRingSizeLog2Reset;
       evt_size_q      <= amf_regs_pkg::EvtRingSizeLog2Reset;
+      auth_enable_q   <= 1'b0;
+      auth_key_q      <= '0;
       rsp_valid_q     <= 1'b0;
       rdata_q         <= '0;
     end else begin
@@ -216,6 +228,16 @@ module amf_regs #(
               default: ;
             endcase
           end
+          3'(amf_regs_pkg::LinkAuthBase >> 8): begin
+            unique case (off)
+              amf_regs_pkg::LinkAuthCtrlOffset: auth_enable_q <= req_wdata_i[amf_regs_pkg::LinkAuthCtrlEnableLsb];
+              amf_regs_pkg::LinkAuthKey0Offset: auth_key_q[31:0] <= req_wdata_i;
+              amf_regs_pkg::LinkAuthKey1Offset: auth_key_q[63:32] <= req_wdata_i;
+              amf_regs_pkg::LinkAuthKey2Offset: auth_key_q[95:64] <= req_wdata_i;
+              amf_regs_pkg::LinkAuthKey3Offset: auth_key_q[127:96] <= req_wdata_i;
+              default: ;
+            endcase
+          end
           default: ;
         endcase
       end
@@ -246,9 +268,11 @@ module amf_regs #(
   assign evt_doorbell_o     = wr && blk == 3'(amf_regs_pkg::EvtRingBase >> 8) && off == amf_regs_pkg::EvtRingDoorbellOffset;
   assign doorbell_value_o   = req_wdata_i;
   assign irq_o              = |(irq_q & irq_enable_q);
+  assign auth_enable_o      = auth_enable_q;
+  assign auth_key_o         = auth_key_q;
 
   // NumStats documents stats_i's width.
-  if (NumStats * 32 != 288) begin : gen_stats_width_check
+  if (NumStats * 32 != 352) begin : gen_stats_width_check
     $error("stats_i width");
   end
 

@@ -19,7 +19,7 @@ struct amf_cd_io {
     uint16_t pad0;
     uint32_t reg_req_wdata;
     uint32_t dma_rsp_rdata[8];
-    uint32_t link_rx_frame[8];
+    uint32_t link_rx_frame[12];
     // outputs
     uint8_t reg_rsp_valid;
     uint8_t dma_req_valid;
@@ -32,7 +32,7 @@ struct amf_cd_io {
     uint32_t reg_rsp_rdata;
     uint64_t dma_req_addr;
     uint32_t dma_req_wdata[8];
-    uint32_t link_tx_frame[8];
+    uint32_t link_tx_frame[12];
 };
 
 struct amf_cd {
@@ -73,7 +73,7 @@ void amf_cd_cycle(void* p, amf_cd_io* io) {
     t->dma_rsp_error_i = io->dma_rsp_error;
     for (int i = 0; i < 8; i++) t->dma_rsp_rdata_i[i] = io->dma_rsp_rdata[i];
     t->link_rx_valid_i = io->link_rx_valid;
-    for (int i = 0; i < 8; i++) t->link_rx_frame_i[i] = io->link_rx_frame[i];
+    for (int i = 0; i < 12; i++) t->link_rx_frame_i[i] = io->link_rx_frame[i];
     t->link_tx_ready_i = io->link_tx_ready;
     // The falling edge of the previous cycle and the settling of this cycle's inputs share one
     // eval (nothing in the RTL is sensitive to the falling edge): two evals per cycle, not three.
@@ -88,7 +88,7 @@ void amf_cd_cycle(void* p, amf_cd_io* io) {
     for (int i = 0; i < 8; i++) io->dma_req_wdata[i] = t->dma_req_wdata_o[i];
     io->link_rx_ready = t->link_rx_ready_o;
     io->link_tx_valid = t->link_tx_valid_o;
-    for (int i = 0; i < 8; i++) io->link_tx_frame[i] = t->link_tx_frame_o[i];
+    for (int i = 0; i < 12; i++) io->link_tx_frame[i] = t->link_tx_frame_o[i];
     io->irq = t->irq_o;
     io->busy = t->busy_o;
     t->clk_i = 1;

@@ -11,7 +11,10 @@ struct amf_fc_io {
     uint8_t node_id;
     uint8_t peers;
     uint32_t epoch;
-    uint32_t in_frame[8];  // bits 31:0 first
+    uint32_t key[4];
+    uint32_t in_frame[12];  // bits 31:0 first: link frame, then seal
+    uint8_t auth_en;
+    uint8_t restart;
     uint8_t out_ready;
     uint8_t in_ready;
     uint8_t out_valid;
@@ -54,7 +57,10 @@ void amf_fc_cycle(void* p, amf_fc_io* io) {
     t->node_id_i = io->node_id;
     t->peers_i = io->peers;
     t->epoch_i = io->epoch;
-    for (int i = 0; i < 8; i++) t->in_frame_i[i] = io->in_frame[i];
+    t->auth_en_i = io->auth_en;
+    t->restart_i = io->restart;
+    for (int i = 0; i < 4; i++) t->key_i[i] = io->key[i];
+    for (int i = 0; i < 12; i++) t->in_frame_i[i] = io->in_frame[i];
     t->out_ready_i = io->out_ready;
     t->eval();
     io->in_ready = t->in_ready_o;

@@ -11,9 +11,12 @@ struct amf_tx_io {
     uint8_t tx_ready;
     uint8_t in_ready;
     uint8_t tx_valid;
-    uint8_t pad[3];
+    uint8_t auth_en;
+    uint8_t restart;
+    uint8_t pad;
+    uint32_t key[4];
     uint32_t in_frame[8];
-    uint32_t tx_frame[8];
+    uint32_t tx_frame[12];
 };
 
 struct amf_tx {
@@ -49,11 +52,14 @@ void amf_tx_cycle(void* p, amf_tx_io* io) {
     t->rst_ni = io->rst_n;
     t->in_valid_i = io->in_valid;
     t->tx_ready_i = io->tx_ready;
+    t->auth_en_i = io->auth_en;
+    t->restart_i = io->restart;
+    for (int i = 0; i < 4; i++) t->key_i[i] = io->key[i];
     for (int i = 0; i < 8; i++) t->in_frame_i[i] = io->in_frame[i];
     t->eval();
     io->in_ready = t->in_ready_o;
     io->tx_valid = t->tx_valid_o;
-    for (int i = 0; i < 8; i++) io->tx_frame[i] = t->tx_frame_o[i];
+    for (int i = 0; i < 12; i++) io->tx_frame[i] = t->tx_frame_o[i];
     t->clk_i = 1;
     t->eval();
     t->clk_i = 0;

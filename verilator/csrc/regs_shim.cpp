@@ -17,7 +17,7 @@ struct amf_rg_io {
     uint32_t req_wdata;
     uint32_t occupancy;
     uint32_t full_fallbacks;
-    uint32_t stats[9];
+    uint32_t stats[11];
     // outputs
     uint8_t rsp_valid;
     uint8_t ctrl_enable;
@@ -30,6 +30,9 @@ struct amf_rg_io {
     uint32_t rsp_rdata;
     uint32_t epoch;
     uint32_t doorbell_value;
+    uint32_t auth_key[4];
+    uint8_t auth_enable;
+    uint8_t pad2[3];
 };
 
 struct amf_rg {
@@ -72,7 +75,7 @@ void amf_rg_cycle(void* p, amf_rg_io* io) {
     t->irq_set_i = io->irq_set;
     t->occupancy_i = io->occupancy;
     t->full_fallbacks_i = io->full_fallbacks;
-    for (int i = 0; i < 9; i++) t->stats_i[i] = io->stats[i];
+    for (int i = 0; i < 11; i++) t->stats_i[i] = io->stats[i];
     t->eval();
     io->rsp_valid = t->rsp_valid_o;
     io->rsp_rdata = t->rsp_rdata_o;
@@ -84,6 +87,8 @@ void amf_rg_cycle(void* p, amf_rg_io* io) {
     io->cmd_doorbell = t->cmd_doorbell_o;
     io->doorbell_value = t->doorbell_value_o;
     io->irq = t->irq_o;
+    io->auth_enable = t->auth_enable_o;
+    for (int i = 0; i < 4; i++) io->auth_key[i] = t->auth_key_o[i];
     t->clk_i = 1;
     t->eval();
     t->clk_i = 0;

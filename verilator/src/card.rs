@@ -2,6 +2,7 @@
 //! cycle, and the link port as frame queues.
 
 use crate::sim::{bytes, words, Sim};
+use amf_hdl_model::model::link_auth::WireFrame;
 use amf_hdl_model::model::card::HostMemory;
 use std::collections::VecDeque;
 
@@ -20,7 +21,7 @@ struct Io {
     pad0: u16,
     reg_req_wdata: u32,
     dma_rsp_rdata: [u32; 8],
-    link_rx_frame: [u32; 8],
+    link_rx_frame: [u32; 12],
     reg_rsp_valid: u8,
     dma_req_valid: u8,
     dma_req_write: u8,
@@ -32,7 +33,7 @@ struct Io {
     reg_rsp_rdata: u32,
     dma_req_addr: u64,
     dma_req_wdata: [u32; 8],
-    link_tx_frame: [u32; 8],
+    link_tx_frame: [u32; 12],
 }
 
 mod ffi {
@@ -49,8 +50,8 @@ mod ffi {
 pub struct SimCard {
     sim: Sim<Io>,
     io: Io,
-    rx: VecDeque<[u8; 32]>,
-    tx: Vec<[u8; 32]>,
+    rx: VecDeque<WireFrame>,
+    tx: Vec<WireFrame>,
     /// A DMA response to present next cycle: (error, data).
     dma_rsp: Option<(bool, [u8; 32])>,
     cycles: u64,
@@ -109,7 +110,7 @@ impl SimCard {
         if self.io.dma_req_valid == 1 && self.io.dma_req_ready == 1 {
             let addr = self.io.dma_req_addr;
             let rsp = if self.io.dma_req_write == 1 {
-                let data = bytes(&self.io.dma_req_wdata);
+                let data: [u8; 32] = bytes(&self.io.dma_req_wdata);
                 let n = (self.io.dma_req_bytes as usize).min(32);
                 (mem.write(addr, &data[..n]).is_err(), [0u8; 32])
             } else {
@@ -154,12 +155,12 @@ impl SimCard {
     }
 
     /// Queues a frame arriving from the link.
-    pub fn receive(&mut self, frame: [u8; 32]) {
+    pub fn receive(&mut self, frame: WireFrame) {
         self.rx.push_back(frame);
     }
 
     /// Frames the card sent since the last call.
-    pub fn take_outgoing(&mut self) -> Vec<[u8; 32]> {
+    pub fn take_outgoing(&mut self) -> Vec<WireFrame> {
         std::mem::take(&mut self.tx)
     }
 

@@ -4,7 +4,7 @@
 //! processes talk (one datagram per 32-byte frame).
 
 use crate::card::SimCard;
-use amf_hdl_model::gen::structs::LinkFrame;
+use amf_hdl_model::model::link_auth::{self, WireFrame};
 use amf_hdl_model::model::card::HostMemory;
 use amf_hdl_model::model::VecMemory;
 use std::collections::HashMap;
@@ -56,7 +56,7 @@ struct Shared {
     /// Frames from the link, handed to the card at the next burst. A queue of its own so the
     /// link thread never waits for a running burst (std's mutex is not fair: a busy clock
     /// thread that relocks at once would starve it).
-    rx: Mutex<std::collections::VecDeque<[u8; 32]>>,
+    rx: Mutex<std::collections::VecDeque<WireFrame>>,
     /// Host memory.
     mem: Mutex<VecMemory>,
     /// Register writes posted by the host, applied in order before the next burst (as PCIe
@@ -264,7 +264,7 @@ fn clock(s: Arc<Shared>) {
             for f in out {
                 // The link multicasts: one datagram to each node the frame names. A lost
                 // datagram is a lost frame: the protocol's timeouts cover it.
-                let dst_mask = LinkFrame::decode(&f).dst;
+                let dst_mask = link_auth::link_frame(&f).dst;
                 for (_, addr) in peers.iter().filter(|(n, _)| **n < 8 && dst_mask & (1 << **n) != 0) {
                     let _ = s.socket.send_to(&f, addr);
                 }
@@ -273,14 +273,14 @@ fn clock(s: Arc<Shared>) {
     }
 }
 
-/// The link receiver: datagrams of exactly one frame go to the card; anything else is counted
-/// by the card as malformed only if it is 32 bytes (others cannot be frames and are dropped).
+/// The link receiver: datagrams of exactly one wire frame go to the card (which checks them);
+/// datagrams of any other size cannot be frames and are dropped here.
 fn receive(s: Arc<Shared>) {
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 2 * link_auth::WIRE_BYTES];
     while !s.stop.load(Relaxed) {
-        if let Ok((32, _)) = s.socket.recv_from(&mut buf) {
-            let mut f = [0u8; 32];
-            f.copy_from_slice(&buf[..32]);
+        if let Ok((link_auth::WIRE_BYTES, _)) = s.socket.recv_from(&mut buf) {
+            let mut f = [0u8; link_auth::WIRE_BYTES];
+            f.copy_from_slice(&buf[..link_auth::WIRE_BYTES]);
             lock(&s.rx).push_back(f);
             kick(&s);
         }

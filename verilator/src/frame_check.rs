@@ -1,6 +1,7 @@
 //! `amf_frame_check` under Verilator.
 
 use crate::sim::{bytes, words, Sim};
+use amf_hdl_model::model::link_auth::WireFrame;
 
 /// Inputs and outputs of one cycle (mirrors `amf_fc_io` in csrc/frame_check_shim.cpp).
 #[repr(C)]
@@ -11,7 +12,10 @@ struct Io {
     node_id: u8,
     peers: u8,
     epoch: u32,
-    in_frame: [u32; 8],
+    key: [u32; 4],
+    in_frame: [u32; 12],
+    auth_en: u8,
+    restart: u8,
     out_ready: u8,
     in_ready: u8,
     out_valid: u8,
@@ -32,6 +36,8 @@ mod ffi {
 /// One simulated frame checker.
 pub struct FrameCheck {
     sim: Sim<Io>,
+    /// The link key, when authentication is on.
+    key: Option<[u32; 4]>,
 }
 
 const CYCLES_MAX: u32 = 64;
@@ -41,7 +47,7 @@ impl FrameCheck {
     pub fn new() -> FrameCheck {
         // SAFETY: the three functions come from this top's shim and Io mirrors its struct.
         let sim = unsafe { Sim::new(ffi::amf_fc_new, ffi::amf_fc_free, ffi::amf_fc_cycle) };
-        let mut f = FrameCheck { sim };
+        let mut f = FrameCheck { sim, key: None };
         let mut io = Io::default();
         for _ in 0..3 {
             f.cycle(&mut io);
@@ -50,12 +56,25 @@ impl FrameCheck {
     }
 
     fn cycle(&mut self, io: &mut Io) {
+        io.auth_en = self.key.is_some() as u8;
+        io.key = self.key.unwrap_or_default();
         self.sim.cycle(io);
+    }
+
+    /// Checks seals under `key` from now on (None: seals are not checked).
+    pub fn set_auth(&mut self, key: Option<[u32; 4]>) {
+        self.key = key;
+    }
+
+    /// A new epoch: the replay windows start over.
+    pub fn restart(&mut self) {
+        let mut io = Io { rst_n: 1, restart: 1, ..Io::default() };
+        self.cycle(&mut io);
     }
 
     /// Checks one frame for node `node` of cluster `peers` in `epoch`; returns the verdict code
     /// and the frame as passed through, or None if the RTL does not answer.
-    pub fn check(&mut self, frame: &[u8; 32], node: u8, peers: u8, epoch: u32) -> Option<(u8, [u8; 32])> {
+    pub fn check(&mut self, frame: &WireFrame, node: u8, peers: u8, epoch: u32) -> Option<(u8, [u8; 32])> {
         let mut io = Io { rst_n: 1, node_id: node, peers, epoch, out_ready: 1, ..Io::default() };
         io.in_frame = words(frame);
         for _ in 0..CYCLES_MAX {
@@ -80,7 +99,7 @@ impl FrameCheck {
     /// The checker must neither drop nor duplicate a frame under back-pressure.
     pub fn stream(
         &mut self,
-        frames: &[[u8; 32]],
+        frames: &[WireFrame],
         node: u8,
         peers: u8,
         epoch: u32,
@@ -90,7 +109,7 @@ impl FrameCheck {
         let mut next = 0;
         let mut out = vec![];
         let mut cycle = 0u64;
-        let cycles_max = 64 + 64 * frames.len() as u64;
+        let cycles_max = 64 + 64 * frames.len() as u64 * if self.key.is_some() { 4 } else { 1 };
         while out.len() < frames.len() && cycle < cycles_max {
             io.in_valid = (next < frames.len()) as u8;
             if let Some(f) = frames.get(next) {

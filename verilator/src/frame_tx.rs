@@ -1,6 +1,7 @@
 //! `amf_frame_tx` under Verilator.
 
-use crate::sim::Sim;
+use crate::sim::{bytes, words, Sim};
+use amf_hdl_model::model::link_auth::WireFrame;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -10,9 +11,12 @@ struct Io {
     tx_ready: u8,
     in_ready: u8,
     tx_valid: u8,
-    pad: [u8; 3],
+    auth_en: u8,
+    restart: u8,
+    pad: u8,
+    key: [u32; 4],
     in_frame: [u32; 8],
-    tx_frame: [u32; 8],
+    tx_frame: [u32; 12],
 }
 
 mod ffi {
@@ -50,12 +54,23 @@ impl FrameTx {
         self.sim.cycle(&mut self.io);
     }
 
+    /// Seals frames under `key` from now on (None: zero seals).
+    pub fn set_auth(&mut self, key: Option<[u32; 4]>) {
+        self.io.auth_en = key.is_some() as u8;
+        self.io.key = key.unwrap_or_default();
+    }
+
+    /// A new epoch: the counter starts over.
+    pub fn restart(&mut self) {
+        self.io.restart = 1;
+        self.cycle();
+        self.io.restart = 0;
+    }
+
     /// Sends one frame through the stage; returns what appears on the link, with the number of
     /// cycles the link was held not-ready first (back-pressure), or None if it hangs.
-    pub fn send(&mut self, frame: &[u8; 32], stall_cycles: u32) -> Option<[u8; 32]> {
-        for (i, w) in self.io.in_frame.iter_mut().enumerate() {
-            *w = u32::from_le_bytes([frame[4 * i], frame[4 * i + 1], frame[4 * i + 2], frame[4 * i + 3]]);
-        }
+    pub fn send(&mut self, frame: &[u8; 32], stall_cycles: u32) -> Option<WireFrame> {
+        self.io.in_frame = words(frame);
         self.io.in_valid = 1;
         self.io.tx_ready = 0;
         for _ in 0..CYCLES_MAX {
@@ -74,12 +89,8 @@ impl FrameTx {
                     stalled += 1;
                     continue;
                 }
-                let mut out = [0u8; 32];
-                for (i, w) in self.io.tx_frame.iter().enumerate() {
-                    out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
-                }
                 self.io.tx_ready = 0;
-                return Some(out);
+                return Some(bytes(&self.io.tx_frame));
             }
         }
         None

@@ -27,7 +27,7 @@ pub struct Io {
     /// Sharer table full fallbacks.
     pub full_fallbacks: u32,
     /// Stats counters in register order.
-    pub stats: [u32; 9],
+    pub stats: [u32; 11],
     /// Read data valid.
     pub rsp_valid: u8,
     /// ctrl.enable.
@@ -50,6 +50,12 @@ pub struct Io {
     pub epoch: u32,
     /// Value written to a doorbell.
     pub doorbell_value: u32,
+    /// link_auth.key_0..3.
+    pub auth_key: [u32; 4],
+    /// link_auth.ctrl.enable.
+    pub auth_enable: u8,
+    /// Padding.
+    pub pad2: [u8; 3],
 }
 
 mod ffi {

@@ -56,16 +56,18 @@ impl<Io> Drop for Sim<Io> {
     }
 }
 
-/// A 32-byte frame or descriptor as the eight little-endian words of a 256-bit port.
-pub(crate) fn words(b: &[u8; 32]) -> [u32; 8] {
-    std::array::from_fn(|i| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
+/// A frame or descriptor as the little-endian words of a wide port (32 bytes: 8 words; a 48-byte
+/// wire frame: 12). Bytes past the words are ignored, missing ones read as zero.
+pub(crate) fn words<const N: usize>(b: &[u8]) -> [u32; N] {
+    let byte = |i: usize| b.get(i).copied().unwrap_or(0);
+    std::array::from_fn(|i| u32::from_le_bytes([byte(4 * i), byte(4 * i + 1), byte(4 * i + 2), byte(4 * i + 3)]))
 }
 
-/// The bytes of a 256-bit port's eight words.
-pub(crate) fn bytes(w: &[u32; 8]) -> [u8; 32] {
-    let mut b = [0u8; 32];
-    for (i, x) in w.iter().enumerate() {
-        b[4 * i..4 * i + 4].copy_from_slice(&x.to_le_bytes());
+/// The bytes of a wide port's words.
+pub(crate) fn bytes<const B: usize>(w: &[u32]) -> [u8; B] {
+    let mut b = [0u8; B];
+    for (chunk, x) in b.chunks_mut(4).zip(w) {
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
     b
 }

@@ -8,6 +8,7 @@
 use amf_hdl_model::gen::regs;
 use amf_hdl_model::gen::structs::{Command, Completion, Event, EventKind, FrameKind, LinkFrame, Opcode, Status};
 use amf_hdl_model::model::card::{Card, HostMemory};
+use amf_hdl_model::model::link_auth::{self, link_frame, WireFrame};
 use amf_hdl_model::model::VecMemory;
 use amf_verilator::card::SimCard;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -24,6 +25,8 @@ const NODES: u8 = 3;
 /// cycles), so a retry scheduled during a step also happens during it on both sides: the RTL
 /// takes a few cycles per operation where the model takes none, and only whole steps compare.
 const SETTLE_CYCLES: u64 = 4000;
+/// The link key of the authenticated runs.
+const KEY: [u32; 4] = [0x5eed_0001, 0x5eed_0002, 0x5eed_0003, 0x5eed_0004];
 
 struct Pair {
     rtl: SimCard,
@@ -37,6 +40,11 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
+        Pair::with_auth(false)
+    }
+
+    /// A pair whose cards seal and check frames under `KEY` when `auth` is set.
+    fn with_auth(auth: bool) -> Pair {
         let mut p = Pair {
             rtl: SimCard::new(),
             rtl_mem: VecMemory::new(BASE, 0x10000),
@@ -60,6 +68,11 @@ impl Pair {
             (cpl_ring::BASE + cpl_ring::size_log2::OFFSET, RING_LOG2),
             (evt_ring::BASE + evt_ring::base_lo::OFFSET, EVT as u32),
             (evt_ring::BASE + evt_ring::size_log2::OFFSET, RING_LOG2),
+            (link_auth::BASE + link_auth::key_0::OFFSET, KEY[0]),
+            (link_auth::BASE + link_auth::key_1::OFFSET, KEY[1]),
+            (link_auth::BASE + link_auth::key_2::OFFSET, KEY[2]),
+            (link_auth::BASE + link_auth::key_3::OFFSET, KEY[3]),
+            (link_auth::BASE + link_auth::ctrl::OFFSET, auth as u32),
             (device::BASE + device::ctrl::OFFSET, 1),
         ];
         for (a, v) in setup {
@@ -117,10 +130,32 @@ impl Pair {
     }
 }
 
-fn seal(mut f: LinkFrame) -> [u8; 32] {
+/// `f` with its CRC, as the link carries it without authentication.
+fn seal(f: LinkFrame) -> WireFrame {
+    link_auth::seal(&with_crc(f), None, 0)
+}
+
+fn with_crc(mut f: LinkFrame) -> [u8; 32] {
     let b = f.encode();
     f.crc = crc32c::crc32c(&b[..28]);
     f.encode()
+}
+
+/// Peers' side of an authenticated link: each peer's counter of the epoch.
+struct Peers {
+    auth: bool,
+    counters: [u64; 8],
+}
+
+impl Peers {
+    fn seal(&mut self, f: LinkFrame) -> WireFrame {
+        if !self.auth {
+            return seal(f);
+        }
+        let c = &mut self.counters[f.src as usize % 8];
+        *c += 1;
+        link_auth::seal(&with_crc(f), Some(KEY), *c)
+    }
 }
 
 /// Host memory of both cards must agree, except completions' `cycles` (bytes 20..24).
@@ -144,6 +179,9 @@ fn compare_memory(p: &Pair, seed: u64, step: usize) {
     assert_eq!(&a[cons..cons + 4], &b[cons..cons + 4], "seed {seed} step {step}: consumer write-back");
 }
 
+/// Seeds 71 and 72 run without link authentication, 73 and 74 with it (odd seeds of AMF_SEED
+/// without, even with). With it, peers' frames are sealed under the key with their counters, and
+/// the garbage includes replays and forged seals.
 #[test]
 fn rtl_card_matches_model() {
     let seeds: Vec<u64> = match std::env::var("AMF_SEED") {
@@ -151,8 +189,13 @@ fn rtl_card_matches_model() {
         Err(_) => vec![71, 72, 73, 74],
     };
     for seed in seeds {
+        let auth = seed >= 73 || (seed % 2 == 0 && seed != 72);
         let mut rng = SmallRng::seed_from_u64(seed);
-        let mut p = Pair::new();
+        let mut p = Pair::with_auth(auth);
+        let mut peers = Peers { auth, counters: [0; 8] };
+        let mut sent: Vec<WireFrame> = vec![];
+        // The counters this node's card sealed its frames with (authenticated runs).
+        let mut own_counters: Vec<u64> = vec![];
         // Requests the card sent and nobody answered yet: (dst, kind, seq, resource).
         let mut outstanding: Vec<(u8, u8, u32, u64)> = vec![];
         let mut tag = 0u32;
@@ -206,7 +249,7 @@ fn rtl_card_matches_model() {
                         ..Default::default()
                     };
                     log.push(format!("{step}: reply {f:?}"));
-                    let b = seal(f);
+                    let b = peers.seal(f);
                     p.rtl.receive(b);
                     p.model.receive(&b, &mut p.model_mem);
                 }
@@ -233,9 +276,12 @@ fn rtl_card_matches_model() {
                         f.epoch = EPOCH - 1;
                     }
                     log.push(format!("{step}: frame {f:?}"));
-                    let mut b = seal(f);
-                    if rng.gen_range(0..15) == 0 {
-                        b[rng.gen_range(0..32)] ^= 0x10;
+                    let mut b = peers.seal(f);
+                    match rng.gen_range(0..15) {
+                        0 => b[rng.gen_range(0..32)] ^= 0x10,
+                        1 if auth => b[rng.gen_range(32..48)] ^= 0x10,
+                        2 if auth && !sent.is_empty() => b = sent[rng.gen_range(0..sent.len())],
+                        _ => sent.push(b),
                     }
                     p.rtl.receive(b);
                     p.model.receive(&b, &mut p.model_mem);
@@ -246,9 +292,32 @@ fn rtl_card_matches_model() {
                 eprintln!("{}", log[log.len().saturating_sub(12)..].join("\n"));
                 panic!("seed {seed} step {step}: host memory differs");
             }
-            // Frames out: the same multiset.
-            let mut a = p.rtl.take_outgoing();
-            let mut b: Vec<[u8; 32]> = p.model.take_outgoing().into_iter().map(|o| o.bytes).collect();
+            // Frames out: the same multiset of link frames. Seals are compared apart: the two
+            // cards may send a step's frames in another order, so their counters differ frame
+            // by frame, but each set is the next counters in a row and every MAC verifies.
+            let wa = p.rtl.take_outgoing();
+            let wb: Vec<WireFrame> = p.model.take_outgoing().into_iter().map(|o| o.bytes).collect();
+            let counters = |w: &[WireFrame]| {
+                let mut c: Vec<u64> = w.iter().map(|f| u64::from_le_bytes(f[32..40].try_into().expect("8"))).collect();
+                c.sort();
+                c
+            };
+            assert_eq!(counters(&wa), counters(&wb), "seed {seed} step {step}: seal counters");
+            for f in &wa {
+                if auth {
+                    assert!(link_auth::verifies(f, KEY), "seed {seed} step {step}: the RTL's MAC does not verify");
+                } else {
+                    assert_eq!(f[32..], [0u8; 16], "seed {seed} step {step}: a seal without authentication");
+                }
+            }
+            own_counters.extend(counters(&wa));
+            let head = |w: &WireFrame| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&w[..32]);
+                h
+            };
+            let mut a: Vec<[u8; 32]> = wa.iter().map(head).collect();
+            let mut b: Vec<[u8; 32]> = wb.iter().map(head).collect();
             a.sort();
             b.sort();
             if a.len() != b.len() {
@@ -305,6 +374,8 @@ fn rtl_card_matches_model() {
                 regs::stats::bad_commands::OFFSET,
                 regs::stats::broadcasts::OFFSET,
                 regs::stats::broadcasts_skipped::OFFSET,
+                regs::stats::forged::OFFSET,
+                regs::stats::replayed::OFFSET,
             ] {
                 let a = p.rtl.mmio_read(regs::stats::BASE + off, &mut p.rtl_mem);
                 let b = p.model.mmio_read(regs::stats::BASE + off);
@@ -328,6 +399,14 @@ fn rtl_card_matches_model() {
         }
         eprintln!("seed {seed}: {held_events} held requests posted, {yield_acks} acks sent by yields");
         assert!(held_events > 0 && yield_acks > 0, "seed {seed}: the hold and yield paths were not exercised");
+        if auth {
+            let stat = |p: &mut Pair, off| p.rtl.mmio_read(regs::stats::BASE + off, &mut p.rtl_mem);
+            let (forged, replayed) = (stat(&mut p, regs::stats::forged::OFFSET), stat(&mut p, regs::stats::replayed::OFFSET));
+            eprintln!("seed {seed}: {forged} forged and {replayed} replayed frames dropped");
+            assert!(forged > 0 && replayed > 0, "seed {seed}: forged and replayed frames were exercised");
+            let n = own_counters.len() as u64;
+            assert_eq!(own_counters, (1..=n).collect::<Vec<_>>(), "seed {seed}: counters 1, 2, ... once each");
+        }
     }
 }
 
@@ -352,7 +431,7 @@ fn silent_peers_time_out_on_rtl_and_model() {
     assert_eq!(a.len(), 1, "one invalidate, multicast to both peers");
     assert_eq!(b.len(), 1);
     assert_eq!(a, b.iter().map(|o| o.bytes).collect::<Vec<_>>());
-    assert_eq!(LinkFrame::decode(&a[0]).dst, 0b110);
+    assert_eq!(link_frame(&a[0]).dst, 0b110);
     compare_memory(&p, 0, 0);
     let (cpls, _) = p.consume();
     assert_eq!(cpls.len(), 1);
@@ -399,7 +478,7 @@ fn silent_peer_is_reported_down_after_four_periods_on_rtl_and_model() {
     // most one per tick, whatever the tick's length.)
     let (a, b) = (p.rtl.take_outgoing(), p.model.take_outgoing());
     assert!(a.len() >= 4 && !b.is_empty(), "heartbeats sent: rtl {} model {}", a.len(), b.len());
-    for f in a.iter().chain(b.iter().map(|o| &o.bytes)).map(LinkFrame::decode) {
+    for f in a.iter().chain(b.iter().map(|o| &o.bytes)).map(link_frame) {
         assert_eq!((f.kind, f.dst), (FrameKind::Heartbeat as u8, 0b110));
     }
 }

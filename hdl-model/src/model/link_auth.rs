@@ -43,6 +43,13 @@ pub fn seal(frame: &[u8; 32], key: Option<[u32; 4]>, counter: u64) -> WireFrame 
     w
 }
 
+/// The link frame a wire frame carries (its seal aside).
+pub fn link_frame(wire: &WireFrame) -> LinkFrame {
+    let mut raw = [0u8; LinkFrame::BYTES];
+    raw.copy_from_slice(&wire[..LinkFrame::BYTES]);
+    LinkFrame::decode(&raw)
+}
+
 /// Whether a wire frame's MAC verifies under `key`.
 pub fn verifies(wire: &WireFrame, key: [u32; 4]) -> bool {
     let seal = LinkSeal::decode(wire[32..].try_into().unwrap_or(&[0; 16]));
