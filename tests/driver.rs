@@ -70,18 +70,18 @@ impl Backend for SimBackend {
 /// A card backend with a link port, for the multi-card tests.
 trait Linked: Backend + Clone + 'static {
     fn make() -> Self;
-    fn outgoing(&self) -> Vec<[u8; 32]>;
-    fn deliver_frame(&self, f: [u8; 32]);
+    fn outgoing(&self) -> Vec<amf_hdl_model::model::link_auth::WireFrame>;
+    fn deliver_frame(&self, f: amf_hdl_model::model::link_auth::WireFrame);
 }
 
 impl Linked for ModelBackend {
     fn make() -> Self {
         ModelBackend::new()
     }
-    fn outgoing(&self) -> Vec<[u8; 32]> {
+    fn outgoing(&self) -> Vec<amf_hdl_model::model::link_auth::WireFrame> {
         self.take_outgoing().into_iter().map(|o| o.bytes).collect()
     }
-    fn deliver_frame(&self, f: [u8; 32]) {
+    fn deliver_frame(&self, f: amf_hdl_model::model::link_auth::WireFrame) {
         self.deliver(&f);
     }
 }
@@ -90,10 +90,10 @@ impl Linked for SimBackend {
     fn make() -> Self {
         SimBackend::new()
     }
-    fn outgoing(&self) -> Vec<[u8; 32]> {
+    fn outgoing(&self) -> Vec<amf_hdl_model::model::link_auth::WireFrame> {
         self.0.lock().unwrap().card.take_outgoing()
     }
-    fn deliver_frame(&self, f: [u8; 32]) {
+    fn deliver_frame(&self, f: amf_hdl_model::model::link_auth::WireFrame) {
         self.0.lock().unwrap().card.receive(f);
     }
 }
@@ -264,7 +264,7 @@ fn pump_link<B: Linked>(cards: &[B]) {
             for f in c.outgoing() {
                 moved = true;
                 // The link multicasts: every card the frame's dst mask names gets it.
-                let dst_mask = amf_hdl_model::gen::structs::LinkFrame::decode(&f).dst;
+                let dst_mask = amf_hdl_model::model::link_auth::link_frame(&f).dst;
                 for (i, dst) in cards.iter().enumerate() {
                     if dst_mask & (1 << i) != 0 {
                         dst.deliver_frame(f);

@@ -2,8 +2,8 @@
 //! cycle, and the link port as frame queues.
 
 use crate::sim::{bytes, words, Sim};
-use amf_hdl_model::model::link_auth::WireFrame;
 use amf_hdl_model::model::card::HostMemory;
+use amf_hdl_model::model::link_auth::WireFrame;
 use std::collections::VecDeque;
 
 #[repr(C)]

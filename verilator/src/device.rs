@@ -4,8 +4,8 @@
 //! processes talk (one datagram per 32-byte frame).
 
 use crate::card::SimCard;
-use amf_hdl_model::model::link_auth::{self, WireFrame};
 use amf_hdl_model::model::card::HostMemory;
+use amf_hdl_model::model::link_auth::{self, WireFrame};
 use amf_hdl_model::model::VecMemory;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};

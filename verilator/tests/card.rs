@@ -401,7 +401,8 @@ fn rtl_card_matches_model() {
         assert!(held_events > 0 && yield_acks > 0, "seed {seed}: the hold and yield paths were not exercised");
         if auth {
             let stat = |p: &mut Pair, off| p.rtl.mmio_read(regs::stats::BASE + off, &mut p.rtl_mem);
-            let (forged, replayed) = (stat(&mut p, regs::stats::forged::OFFSET), stat(&mut p, regs::stats::replayed::OFFSET));
+            let (forged, replayed) =
+                (stat(&mut p, regs::stats::forged::OFFSET), stat(&mut p, regs::stats::replayed::OFFSET));
             eprintln!("seed {seed}: {forged} forged and {replayed} replayed frames dropped");
             assert!(forged > 0 && replayed > 0, "seed {seed}: forged and replayed frames were exercised");
             let n = own_counters.len() as u64;

@@ -87,7 +87,12 @@ fn rtl_frame_check_matches_model() {
             let want = model.verdict(&bytes, node, peers, epoch);
             let (got, out) =
                 rtl.check(&bytes, node, peers, epoch).unwrap_or_else(|| panic!("seed {seed} frame {i}: no verdict"));
-            assert_eq!(got, want as u8, "seed {seed} frame {i}: {:?} node {node} peers {peers:#x} epoch {epoch}", link_frame(&bytes));
+            assert_eq!(
+                got,
+                want as u8,
+                "seed {seed} frame {i}: {:?} node {node} peers {peers:#x} epoch {epoch}",
+                link_frame(&bytes)
+            );
             assert_eq!(out[..], bytes[..32], "seed {seed} frame {i}: frame passes through unchanged");
             seen[got as usize] += 1;
         }

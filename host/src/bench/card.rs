@@ -6,8 +6,9 @@
 
 use super::BenchError;
 use amf_hdl_model::gen::regs;
-use amf_hdl_model::gen::structs::{Command, Completion, LinkFrame, Opcode};
+use amf_hdl_model::gen::structs::{Command, Completion, Opcode};
 use amf_hdl_model::model::card::HostMemory;
+use amf_hdl_model::model::link_auth::{link_frame, WireFrame};
 use amf_hdl_model::model::VecMemory;
 use amf_verilator::card::SimCard;
 use std::time::Instant;
@@ -113,7 +114,7 @@ fn step(nodes: &mut [Node]) {
         moved.extend(n.card.take_outgoing());
     }
     for f in moved {
-        let dst_mask = LinkFrame::decode(&f).dst;
+        let dst_mask = link_frame(&f).dst;
         for (i, n) in nodes.iter_mut().enumerate() {
             if dst_mask & (1 << i) != 0 {
                 n.card.receive(f);
@@ -179,7 +180,7 @@ impl SpinBarrier {
 }
 
 /// A frame on its way: (cycle from which it is presented, frame).
-type InFlight = (u64, [u8; 32]);
+type InFlight = (u64, WireFrame);
 
 /// 4 cards, each submitting an acquire whenever its last one completed, split over `threads`
 /// threads that meet every `link` cycles to exchange frames. Returns (cluster cycles per second,
@@ -233,7 +234,7 @@ fn throughput(threads: usize, link: u64) -> (f64, u64, f64) {
                             });
                             n.card.run(1, &mut n.mem);
                             for f in n.card.take_outgoing() {
-                                let dst_mask = LinkFrame::decode(&f).dst;
+                                let dst_mask = link_frame(&f).dst;
                                 for (d, m) in mail.iter().enumerate() {
                                     if dst_mask & (1 << d) != 0 {
                                         m[(window % 2) as usize]

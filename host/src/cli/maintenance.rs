@@ -409,6 +409,25 @@ fn print_status(v: &serde_json::Value) {
             f["refused"],
             f["tls_refused"].as_u64().unwrap_or(0)
         );
+        let card = &c["card"];
+        let cc = &card["counters"];
+        let n = |k: &str| cc[k].as_u64().unwrap_or(0);
+        println!(
+            "  card link: {}, {} frames sent, {} accepted; dropped: {} bad CRC, {} malformed, {} stale epoch, {} forged, \
+             {} replayed",
+            match card["link_auth"].as_bool() {
+                Some(true) => "authenticated (MAC and replay window)",
+                Some(false) => "unauthenticated",
+                None => "unauthenticated (card without link_auth)",
+            },
+            n("frames_tx"),
+            n("frames_rx"),
+            n("crc_errors"),
+            n("malformed"),
+            n("stale_epoch"),
+            n("forged"),
+            n("replayed")
+        );
         println!(
             "  method: {} hits, {} remote hits, {} line fills from the members, {} acquires ({} retried), {} yields",
             k["hits"], k["remote_hits"], k["member_reads"], k["acquires"], k["retries"], k["yields"]

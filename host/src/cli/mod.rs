@@ -89,6 +89,11 @@ enum Command {
         /// each start, in DIR/run/fabric-tls, its key not kept) or off.
         #[arg(long, default_value = "on")]
         fabric_tls: OnOff,
+        /// Authenticated card link (several controllers): on (default; a key made for each
+        /// start, in DIR/run/link.key; the cards seal every frame with a MAC and a counter and
+        /// drop forged and replayed ones) or off.
+        #[arg(long, default_value = "on")]
+        link_auth: OnOff,
     },
     /// The main job: a 3-controller RAID5 cluster on files in a temp folder, a verified mixed
     /// workload through all three controllers at once, a report, a clean stop and a scrub.
@@ -416,6 +421,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tls,
             tls_client_certs,
             fabric_tls,
+            link_auth,
         } => {
             let create = match (level, members, member_size) {
                 (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
@@ -443,6 +449,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 tls,
                 tls_client_certs,
                 fabric_tls: matches!(fabric_tls, OnOff::On),
+                link_auth: matches!(link_auth, OnOff::On),
             })?;
         }
         Command::Demo { seconds, seed, card, keep, blocks } => {

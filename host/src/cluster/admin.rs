@@ -100,20 +100,25 @@ pub fn load_admin_token(dir: &Path) -> Option<String> {
 
 /// Makes a fresh random admin token for the group (mode 0600), replacing any old one.
 pub fn create_admin_token(dir: &Path) -> Result<String, ClusterError> {
+    write_secret(&admin_token_path(dir), 32)
+}
+
+/// Writes `bytes` random bytes from the OS as hexadecimal to a new file at `path` that only its
+/// owner can read (replacing any file there), and returns the text.
+pub fn write_secret(path: &Path, bytes: usize) -> Result<String, ClusterError> {
     use rand::RngCore;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = admin_token_path(dir);
-    let file_err = |source| ClusterError::File { path: path.clone(), source };
+    let file_err = |source| ClusterError::File { path: path.to_path_buf(), source };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(file_err)?;
     }
-    let mut raw = [0u8; 32];
+    let mut raw = vec![0u8; bytes];
     rand::rngs::OsRng.fill_bytes(&mut raw);
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let _ = std::fs::remove_file(&path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(file_err)?;
-    std::io::Write::write_all(&mut f, token.as_bytes()).map_err(file_err)?;
-    Ok(token)
+    let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(file_err)?;
+    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(file_err)?;
+    Ok(text)
 }
 
 /// Mutating requests need `Authorization: Bearer TOKEN` with the group's token (compared in

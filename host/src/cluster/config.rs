@@ -15,6 +15,8 @@
 //! [card]
 //! backend = "sim"               # sim (Verilator RTL) or model (Rust reference model)
 //! link = "10.0.0.2:7100"        # the card's link port (UDP)
+//! link_key = "/etc/amf/link.key"  # optional: 32 hex digits, the same on every controller;
+//!                               # cards seal and check every frame under it (MAC, replays)
 //!
 //! [tls]                         # optional: NBD over TLS (STARTTLS)
 //! cert = "/etc/amf/server-cert.pem"
@@ -73,6 +75,30 @@ pub struct CardConfig {
     pub backend: CardKind,
     /// Its link port.
     pub link: SocketAddr,
+    /// A file holding the cluster's link key (32 hexadecimal digits): the cards seal every
+    /// frame under it and drop forged and replayed ones. Every controller needs the same key,
+    /// or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_key: Option<PathBuf>,
+}
+
+impl CardConfig {
+    /// Reads the link key file, if one is configured. A key file others can read is refused:
+    /// whoever reads it can forge frames.
+    pub fn load_link_key(&self) -> Result<Option<crate::engine::LinkKey>, ClusterError> {
+        let Some(path) = &self.link_key else { return Ok(None) };
+        let file = |source| ClusterError::File { path: path.clone(), source };
+        let meta = std::fs::metadata(path).map_err(file)?;
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad(format!(
+                "{}: the link key must be readable by its owner only (chmod 600)",
+                path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(file)?;
+        crate::engine::LinkKey::parse_hex(&text).map(Some).map_err(|e| bad(format!("{}: {e}", path.display())))
+    }
 }
 
 fn default_backend() -> CardKind {

@@ -60,6 +60,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     // Certificates first: a bad file is a configuration error before anything is touched.
     let tls = cfg.tls.as_ref().map(|t| t.load()).transpose()?;
     let fabric_tls = cfg.fabric_tls.as_ref().map(|t| t.load(cfg.node).map(Arc::new)).transpose()?;
+    let link_key = cfg.card.load_link_key()?;
     let nbd_listener = bind(cfg.nbd)?;
     let admin_listener = bind(cfg.admin)?;
     let fabric_listener = bind(cfg.fabric)?;
@@ -149,6 +150,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             deaths: Some(Box::new(AnyOf(proofs))),
             join: joining,
             fabric_tls: fabric_tls.clone(),
+            link_key,
         })
         .map_err(ClusterError::Core)?,
     );

@@ -43,6 +43,8 @@ pub struct ClusterOptions {
     pub tls_client_certs: bool,
     /// Mutual TLS between the controllers (several controllers), with a CA made for this run.
     pub fabric_tls: bool,
+    /// Authenticated card link (several controllers), with a key made for this run.
+    pub link_auth: bool,
 }
 
 /// Where `amf cluster --tls` keeps its certificates (QEMU's and libnbd's file names).
@@ -168,6 +170,14 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
     } else {
         Vec::new()
     };
+    // A link key for this run, in a file only this user reads.
+    let link_key = if opts.controllers > 1 && opts.link_auth {
+        let path = run_dir.join("link.key");
+        super::admin::write_secret(&path, 16)?;
+        Some(path)
+    } else {
+        None
+    };
     let mut procs: Vec<Running> = Vec::new();
     let mut outputs = Vec::new();
     for index in 0..opts.controllers {
@@ -193,7 +203,9 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
                 }
             }
         } else {
-            let path = match write_config(&opts, index, &run_dir, tls.clone(), fabric_tls.get(index).cloned()) {
+            let secrets =
+                Secrets { tls: tls.clone(), fabric_tls: fabric_tls.get(index).cloned(), link_key: link_key.clone() };
+            let path = match write_config(&opts, index, &run_dir, secrets) {
                 Ok(p) => p,
                 Err(e) => {
                     terminate(&mut procs);
@@ -287,6 +299,13 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
     }
 }
 
+/// A controller's keys and certificates (files).
+struct Secrets {
+    tls: Option<crate::tls::TlsConfig>,
+    fabric_tls: Option<crate::tls::fabric::FabricTlsConfig>,
+    link_key: Option<PathBuf>,
+}
+
 /// Writes controller `index`'s configuration for a cluster on this machine: NBD on `opts.host`
 /// and admin on `opts.admin_host`, ports as for one controller (port + index, or 0); fabric and
 /// card link on loopback, port 0 (the controllers are all on this machine: nothing else needs
@@ -295,9 +314,9 @@ fn write_config(
     opts: &ClusterOptions,
     index: usize,
     run_dir: &std::path::Path,
-    tls: Option<crate::tls::TlsConfig>,
-    fabric_tls: Option<crate::tls::fabric::FabricTlsConfig>,
+    secrets: Secrets,
 ) -> Result<PathBuf, ClusterError> {
+    let Secrets { tls, fabric_tls, link_key } = secrets;
     let port = |base: u16| if base == 0 { 0 } else { base as usize + index };
     let at = |host: &str, flag: &str, p: usize| -> Result<std::net::SocketAddr, ClusterError> {
         format!("{host}:{p}").parse().map_err(|e| ClusterError::Config(format!("{flag} {host}: {e}")))
@@ -316,7 +335,7 @@ fn write_config(
         cache_mib: opts.cache_mib,
         line_kib: opts.line_kib,
         force: opts.force,
-        card: super::config::CardConfig { backend: opts.card, link: loopback },
+        card: super::config::CardConfig { backend: opts.card, link: loopback, link_key },
         peers: Vec::new(),
         rendezvous: Some(run_dir.join("rendezvous")),
         service: None,

@@ -98,6 +98,8 @@ pub fn card_state(b: &dyn Backend) -> Result<Value, EngineError> {
         "epoch": rd(blocks.device, regs::device::epoch::OFFSET),
         "rings": { "command": ring(blocks.cmd), "completion": ring(blocks.cpl), "event": ring(blocks.evt) },
         "counters": counters,
+        // Whether frames are sealed and checked (link_auth); cards before it have no block.
+        "link_auth": blocks.link_auth.map(|at| regs::link_auth::ctrl::enable::get(rd(at, regs::link_auth::ctrl::OFFSET)) == 1),
     }))
 }
 

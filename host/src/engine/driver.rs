@@ -33,11 +33,58 @@ pub struct DriverConfig {
     pub ack_timeout_cycles: u32,
     /// Card cycles between heartbeats (0: none).
     pub heartbeat_cycles: u32,
+    /// The cluster's link key (link_auth block): frames are sealed and checked under it. None
+    /// leaves the link unauthenticated.
+    pub link_key: Option<LinkKey>,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
-        DriverConfig { node: 0, peers: 1, epoch: 1, ring_log2: 8, ack_timeout_cycles: 100_000, heartbeat_cycles: 0 }
+        DriverConfig {
+            node: 0,
+            peers: 1,
+            epoch: 1,
+            ring_log2: 8,
+            ack_timeout_cycles: 100_000,
+            heartbeat_cycles: 0,
+            link_key: None,
+        }
+    }
+}
+
+/// A 128-bit link key as the four little-endian words of link_auth.key_0..3. Its Debug output
+/// hides the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LinkKey(pub [u32; 4]);
+
+impl std::fmt::Debug for LinkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkKey(..)")
+    }
+}
+
+impl LinkKey {
+    /// The key from its 16 bytes.
+    pub fn from_bytes(b: [u8; 16]) -> LinkKey {
+        LinkKey(std::array::from_fn(|i| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])))
+    }
+
+    /// The key from 32 hexadecimal digits (surrounding whitespace ignored).
+    pub fn parse_hex(text: &str) -> Result<LinkKey, String> {
+        let t = text.trim();
+        if t.len() != 32 || !t.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("a link key is 32 hexadecimal digits (128 bits); found {} characters", t.len()));
+        }
+        let mut b = [0u8; 16];
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        Ok(LinkKey::from_bytes(b))
+    }
+
+    /// 32 hexadecimal digits, as [`LinkKey::parse_hex`] reads them.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().flat_map(|w| w.to_le_bytes()).map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -54,6 +101,8 @@ pub struct Blocks {
     pub evt: u32,
     /// stats block.
     pub stats: u32,
+    /// link_auth block (cards before it have none).
+    pub link_auth: Option<u32>,
 }
 
 /// Walks TYPE/VERSION/NEXT from offset 0 and finds the blocks the driver needs.
@@ -81,6 +130,7 @@ pub fn discover(b: &dyn Backend) -> Result<Blocks, EngineError> {
                 cpl: get("cpl_ring", regs::cpl_ring::TYPE)?,
                 evt: get("evt_ring", regs::evt_ring::TYPE)?,
                 stats: get("stats", regs::stats::TYPE)?,
+                link_auth: found.get(&regs::link_auth::TYPE).copied(),
             });
         }
         // Blocks only move forward, block-aligned, inside a plausible BAR.
@@ -90,6 +140,34 @@ pub fn discover(b: &dyn Backend) -> Result<Blocks, EngineError> {
         at = next;
     }
     Err(EngineError::BrokenChain(at))
+}
+
+/// Loads the link key and turns authentication on, or turns it off without a key. A card
+/// without the link_auth block cannot take a key; one whose enable bit does not read back is
+/// not trusted with it either.
+fn set_link_key(b: &dyn Backend, blocks: &Blocks, key: Option<LinkKey>) -> Result<(), EngineError> {
+    let Some(key) = key else {
+        if let Some(at) = blocks.link_auth {
+            b.write32(at + regs::link_auth::ctrl::OFFSET, 0);
+        }
+        return Ok(());
+    };
+    let at = blocks.link_auth.ok_or(EngineError::MissingBlock("link_auth", regs::link_auth::TYPE))?;
+    let offsets = [
+        regs::link_auth::key_0::OFFSET,
+        regs::link_auth::key_1::OFFSET,
+        regs::link_auth::key_2::OFFSET,
+        regs::link_auth::key_3::OFFSET,
+    ];
+    for (off, word) in offsets.iter().zip(key.0) {
+        b.write32(at + off, word);
+    }
+    let on = regs::link_auth::ctrl::enable::set(0, 1);
+    b.write32(at + regs::link_auth::ctrl::OFFSET, on);
+    if b.read32(at + regs::link_auth::ctrl::OFFSET) != on {
+        return Err(EngineError::LinkAuth);
+    }
+    Ok(())
 }
 
 /// One card under the driver.
@@ -128,6 +206,7 @@ impl<B: Backend> Driver<B> {
         b.write32(dev + regs::device::epoch::OFFSET, cfg.epoch);
         b.write32(dev + regs::device::ack_timeout::OFFSET, cfg.ack_timeout_cycles);
         b.write32(dev + regs::device::heartbeat_period::OFFSET, cfg.heartbeat_cycles);
+        set_link_key(&b, &blocks, cfg.link_key)?;
         for (block, base) in [(blocks.cmd, cmd_base), (blocks.cpl, cpl_base), (blocks.evt, evt_base)] {
             // base_lo, base_hi and size_log2 sit at the same offsets in the three ring blocks.
             b.write32(block + regs::cmd_ring::base_lo::OFFSET, base as u32);

@@ -14,7 +14,7 @@ pub mod vfio;
 pub use any::{AnyCard, CardKind};
 pub use asynch::AsyncDriver;
 pub use backend::{Backend, ModelBackend};
-pub use driver::{Driver, DriverConfig};
+pub use driver::{Driver, DriverConfig, LinkKey};
 pub use link::LinkedModel;
 pub use sim::SimBackend;
 pub use vfio::VfioBackend;
@@ -61,4 +61,7 @@ pub enum EngineError {
     /// Host memory for the rings could not be provided.
     #[error("DMA memory: {0}")]
     Dma(String),
+    /// link_auth.ctrl.enable did not read back set after the key was loaded.
+    #[error("card did not turn link authentication on (link_auth.ctrl.enable reads back clear)")]
+    LinkAuth,
 }

@@ -161,6 +161,8 @@ pub struct ShellConfig {
     pub join: bool,
     /// Mutual TLS on the fabric.
     pub fabric_tls: Option<Arc<crate::tls::fabric::FabricTls>>,
+    /// The cluster's card link key (`[card] link_key`): frames sealed and checked under it.
+    pub link_key: Option<crate::engine::LinkKey>,
 }
 
 /// A running controller core.
@@ -189,6 +191,7 @@ impl Shell {
             ring_log2: 8,
             ack_timeout_cycles: cfg.ack_timeout_cycles,
             heartbeat_cycles: 0,
+            link_key: cfg.link_key,
         };
         let driver = Driver::open(cfg.card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
         let card_waker =
@@ -916,6 +919,7 @@ mod tests {
             deaths: None,
             join: false,
             fabric_tls: None,
+            link_key: None,
         })
         .expect("shell")
     }

@@ -24,6 +24,8 @@ pub use power::{PowerCut, PowerReport};
 
 /// Card clock cycles per simulated microsecond (the nominal 100 MHz).
 const CYCLES_PER_US: u64 = 100;
+/// Accepted card frames kept for replays.
+const ACCEPTED_FRAMES_KEPT: usize = 32;
 /// How long a card waits for answers before it reports the silent peers.
 const ACK_TIMEOUT_US: u64 = 3_000;
 /// Machine ticks.
@@ -339,6 +341,8 @@ pub struct Report {
     pub counters: Vec<Counters>,
     /// Garbage injected (dropped by cards and machines).
     pub garbage: u64,
+    /// Of it, card frames a card had accepted, sent to it again (each dropped as replayed).
+    pub replays: u64,
     /// Stripes the online scrub checked (0 when the seed runs none).
     pub scrubbed_online: u64,
     /// The controller that died, if one did.
@@ -365,7 +369,7 @@ pub struct Report {
 enum Ev {
     Frame {
         to: u8,
-        bytes: [u8; 32],
+        bytes: amf_hdl_model::model::link_auth::WireFrame,
     },
     Fabric {
         to: u8,
@@ -494,6 +498,14 @@ impl Node {
             ring_log2: 8,
             ack_timeout_cycles: (ACK_TIMEOUT_US * CYCLES_PER_US) as u32,
             heartbeat_cycles: 0,
+            // Every card of the run under one key from the seed: frames are authenticated as
+            // in a deployed cluster, and a replayed frame must be dropped (inject_garbage).
+            link_key: Some(crate::engine::LinkKey([
+                cfg.seed as u32,
+                (cfg.seed >> 32) as u32,
+                0x6c69_6e6b,
+                0x6b65_7921,
+            ])),
         };
         let driver = Driver::open(card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
         let m = Machine::new(Config {
@@ -547,6 +559,11 @@ struct World {
     ops_done: u64,
     garbage: u64,
     stale_sent: u64,
+    /// The last card frames a card accepted (destination, frame): a party on the link replays
+    /// them (inject_garbage), and the destination must drop every one.
+    accepted_frames: VecDeque<(u8, amf_hdl_model::model::link_auth::WireFrame)>,
+    /// Replays injected (each dropped).
+    replays_sent: u64,
     final_flush: Option<u64>,
     /// The online scrub: (next stripe, its request in flight, stripes checked).
     scrub: Option<(u64, Option<u64>, u64)>,
@@ -631,6 +648,8 @@ impl World {
             ops_done: 0,
             garbage: 0,
             stale_sent: 0,
+            accepted_frames: VecDeque::new(),
+            replays_sent: 0,
             final_flush: None,
             scrub: None,
             finished: false,
@@ -758,7 +777,12 @@ impl World {
         let Some(ev) = self.defer_if_paused(ev) else { return Ok(()) };
         match ev {
             Ev::Frame { to, bytes } => {
-                self.nodes[to as usize].card.deliver(&bytes);
+                if self.nodes[to as usize].card.deliver(&bytes) {
+                    if self.accepted_frames.len() == ACCEPTED_FRAMES_KEPT {
+                        self.accepted_frames.pop_front();
+                    }
+                    self.accepted_frames.push_back((to, bytes));
+                }
             }
             Ev::Fabric { to, from, epoch, msg } => {
                 self.step(to, Input::Fabric { from, epoch, msg })?;
@@ -972,8 +996,16 @@ impl World {
         }
         let to = self.rng.gen_range(0..self.cfg.nodes);
         self.garbage += 1;
-        if self.rng.gen_bool(0.5) {
-            let mut bytes = [0u8; 32];
+        let kind = self.rng.gen_range(0..3);
+        if kind == 0 && !self.accepted_frames.is_empty() {
+            let k = self.rng.gen_range(0..self.accepted_frames.len());
+            let (to, bytes) = self.accepted_frames[k];
+            self.replays_sent += 1;
+            if self.alive(to) && self.nodes[to as usize].card.deliver(&bytes) {
+                return Err(format!("card {to} accepted a replayed frame"));
+            }
+        } else if kind == 1 {
+            let mut bytes = [0u8; amf_hdl_model::model::link_auth::WIRE_BYTES];
             self.rng.fill(&mut bytes[..]);
             if self.nodes[to as usize].card.deliver(&bytes) {
                 return Err("a card accepted a garbage frame".into());
@@ -1439,6 +1471,7 @@ impl World {
             member_writes: self.nodes.iter().map(|n| n.m.counters.member_writes).collect(),
             counters: self.nodes.iter().map(|n| n.m.counters).collect(),
             garbage: self.garbage,
+            replays: self.replays_sent,
             scrubbed_online: self.scrub.map_or(0, |s| s.2),
             crashed: self.cfg.faults.crash.map(|c| c.node).or(self.leases.taken_over),
             resynced_after_crash: self.takeover.as_ref().map_or(0, |t| t.next as u64),
