@@ -18,12 +18,12 @@ trap 'rm -rf "$out"' EXIT
 FREQ_MHZ=60
 # Each entry: top module, parameters (yosys chparam), RTL files. Tops whose ports exceed the
 # package's pins go through a wrapper in bitstreams/wrap (named *_syn).
-card_rtl="hdl-model/rtl/amf_crc_pkg.sv hdl-model/rtl/amf_regs.sv hdl-model/rtl/amf_cmd_fetch.sv hdl-model/rtl/amf_ring_writer.sv hdl-model/rtl/amf_dma_arb.sv hdl-model/rtl/amf_frame_check.sv hdl-model/rtl/amf_frame_tx.sv hdl-model/rtl/amf_sharer_table.sv hdl-model/rtl/amf_engine.sv hdl-model/rtl/amf_card.sv"
+card_rtl="hdl-model/rtl/amf_crc_pkg.sv hdl-model/rtl/amf_regs.sv hdl-model/rtl/amf_cmd_fetch.sv hdl-model/rtl/amf_ring_writer.sv hdl-model/rtl/amf_dma_arb.sv hdl-model/rtl/amf_siphash.sv hdl-model/rtl/amf_frame_check.sv hdl-model/rtl/amf_frame_tx.sv hdl-model/rtl/amf_sharer_table.sv hdl-model/rtl/amf_engine.sv hdl-model/rtl/amf_card.sv"
 tops=(
   "amf_engine_syn|-set Inflight 2 -set TableSetsLog2 4 -set TableWays 2 -set Nodes 4|hdl-model/rtl/amf_sharer_table.sv hdl-model/rtl/amf_engine.sv bitstreams/wrap/amf_engine_syn.sv"
   "amf_card_syn|-set Inflight 2 -set TableSetsLog2 4 -set TableWays 2 -set Nodes 4|$card_rtl bitstreams/wrap/amf_card_syn.sv"
   "amf_sharer_table|-set SetsLog2 6 -set Ways 4|hdl-model/rtl/amf_sharer_table.sv"
-  "amf_frame_check_syn||hdl-model/rtl/amf_crc_pkg.sv hdl-model/rtl/amf_frame_check.sv bitstreams/wrap/amf_frame_check_syn.sv"
+  "amf_frame_check_syn||hdl-model/rtl/amf_crc_pkg.sv hdl-model/rtl/amf_siphash.sv hdl-model/rtl/amf_frame_check.sv bitstreams/wrap/amf_frame_check_syn.sv"
 )
 {
   echo "# Synthesis report (iCE40 HX8K)"

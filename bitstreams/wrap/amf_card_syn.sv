@@ -1,7 +1,7 @@
-// Synthesis wrapper for the whole card: its 256-bit DMA and link ports exceed an HX8K's pins, so
-// both wide inputs come from one 256-bit shift register fed by a pin, and the wide outputs are
-// reduced to their parity (which keeps every bit's logic). Only for the resource and fmax
-// report: the shift register adds 256 flip-flops to the count. A real card's wide ports end at
+// Synthesis wrapper for the whole card: its 256-bit DMA and 384-bit link ports exceed an HX8K's
+// pins, so the wide inputs come from one 384-bit shift register fed by a pin, and the wide
+// outputs are reduced to their parity (which keeps every bit's logic). Only for the resource and
+// fmax report: the shift register adds 384 flip-flops to the count. A real card's wide ports end at
 // its PCIe DMA engine and Ethernet MAC, on chip.
 module amf_card_syn #(
   parameter int unsigned Inflight      = 2,
@@ -36,11 +36,12 @@ module amf_card_syn #(
   output logic        irq_o,
   output logic        busy_o
 );
-  logic [255:0] wide_q;
-  always_ff @(posedge clk_i) wide_q <= {wide_q[254:0], wide_bit_i};
+  logic [383:0] wide_q;
+  always_ff @(posedge clk_i) wide_q <= {wide_q[382:0], wide_bit_i};
 
   logic [63:0]  dma_req_addr;
-  logic [255:0] dma_req_wdata, link_tx_frame;
+  logic [255:0] dma_req_wdata;
+  logic [383:0] link_tx_frame;
 
   amf_card #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax)) u_card (
     .clk_i,
@@ -59,7 +60,7 @@ module amf_card_syn #(
     .dma_req_wdata_o (dma_req_wdata),
     .dma_rsp_valid_i,
     .dma_rsp_error_i,
-    .dma_rsp_rdata_i (wide_q),
+    .dma_rsp_rdata_i (wide_q[255:0]),
     .link_rx_valid_i,
     .link_rx_ready_o,
     .link_rx_frame_i (wide_q),

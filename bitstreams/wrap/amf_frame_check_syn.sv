@@ -1,5 +1,6 @@
-// Synthesis wrapper: the checker's 256-bit frame ports exceed an HX8K's pins, so the frame is
-// shifted in serially and the passed-through frame is reduced to its parity. Only for the
+// Synthesis wrapper: the checker's 384-bit frame port and 128-bit key exceed an HX8K's pins, so
+// the frame and the configuration are shifted in serially and the passed-through frame is
+// reduced to its parity. Only for the
 // resource and fmax report; the card's top will have narrow external ports.
 module amf_frame_check_syn (
   input  logic       clk_i,
@@ -8,15 +9,15 @@ module amf_frame_check_syn (
   input  logic       in_valid_i,
   output logic       out_valid_o,
   output logic       out_parity_o,
-  output logic [1:0] out_verdict_o
+  output logic [2:0] out_verdict_o
 );
-  logic [255:0] shift_q;
+  logic [383:0] shift_q;
   logic [255:0] out_frame;
-  logic [42:0]  cfg_q;
+  logic [172:0] cfg_q;
 
   always_ff @(posedge clk_i) begin
-    shift_q <= {shift_q[254:0], in_bit_i};
-    cfg_q   <= {cfg_q[41:0], shift_q[255]};
+    shift_q <= {shift_q[382:0], in_bit_i};
+    cfg_q   <= {cfg_q[171:0], shift_q[383]};
   end
 
   logic in_ready_unused;
@@ -30,6 +31,9 @@ module amf_frame_check_syn (
     .node_id_i    (cfg_q[2:0]),
     .peers_i      (cfg_q[10:3]),
     .epoch_i      (cfg_q[42:11]),
+    .auth_en_i    (cfg_q[43]),
+    .key_i        (cfg_q[171:44]),
+    .restart_i    (cfg_q[172]),
     .out_valid_o,
     .out_ready_i  (1'b1),
     .out_frame_o  (out_frame),

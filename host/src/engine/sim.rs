@@ -63,8 +63,15 @@ pub(crate) mod tests {
     /// the completion is in the ring, and again after the driver clears the causes.
     pub(crate) fn completions_interrupt<B: Backend + Clone + 'static>(b: B) {
         let fd = b.interrupt().expect("the card has an interrupt");
-        let cfg =
-            DriverConfig { node: 0, peers: 1, epoch: 1, ring_log2: 4, ack_timeout_cycles: 1000, heartbeat_cycles: 0 };
+        let cfg = DriverConfig {
+            node: 0,
+            peers: 1,
+            epoch: 1,
+            ring_log2: 4,
+            ack_timeout_cycles: 1000,
+            heartbeat_cycles: 0,
+            link_key: None,
+        };
         let mut d = Driver::open(b, cfg).unwrap();
         for round in 0..20 {
             d.ack_interrupt();
