@@ -146,3 +146,54 @@ fn client_certificates_required_by_every_controller() {
     }
     assert!(c.stop().success());
 }
+
+/// `--admin-tls`: the admin endpoints answer over HTTPS only. `amf status` reaches them trusting
+/// the CA named by AMF_ADMIN_CA and says what is missing without it; a plaintext request gets
+/// no HTTP answer; a mutation without the token is refused over TLS as over HTTP; Prometheus-style
+/// keep-alive clients get several answers on one connection (curl).
+#[test]
+fn admin_endpoint_over_https() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("g");
+    let shape = ["--level", "raid1", "--members", "2", "--member-size", "8M"];
+    let c = start(&dir, &[&["--controllers", "2", "--admin-tls"][..], &shape[..]].concat());
+    let ca = dir.join("tls/ca-cert.pem");
+    for (_, admin) in &c.controllers {
+        assert!(admin.starts_with("https://127.0.0.1:"), "ready line names https: {admin}");
+        let o = Command::new(amf_bin()).args(["status", "--admin", admin]).env("AMF_ADMIN_CA", &ca).output().unwrap();
+        assert!(o.status.success() && text(&o).contains("raid1"), "{}", text(&o));
+        let o = Command::new(amf_bin()).args(["status", "--admin", admin]).env_remove("AMF_ADMIN_CA").output().unwrap();
+        assert!(!o.status.success() && text(&o).contains("AMF_ADMIN_CA"), "{}", text(&o));
+        // Another CA's certificate is not trusted.
+        let other = tmp.path().join("other");
+        amf::tls::generate(&other, &[]).unwrap();
+        let o = Command::new(amf_bin())
+            .args(["status", "--admin", admin])
+            .env("AMF_ADMIN_CA", other.join("ca-cert.pem"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "a certificate from another CA was trusted: {}", text(&o));
+        // Plain HTTP to the TLS port: no HTTP answer.
+        let mut s = std::net::TcpStream::connect(admin.trim_start_matches("https://")).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /status HTTP/1.0\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(!got.starts_with(b"HTTP/"), "plaintext got an HTTP answer: {:?}", String::from_utf8_lossy(&got));
+        // A mutation without the token, and one with it.
+        let (code, _) = amf::cluster::admin::request_with_ca(admin, "POST", "/scrub", None, Some(&ca)).unwrap();
+        assert_eq!(code, 401);
+        let token = std::fs::read_to_string(dir.join("run/admin-token")).unwrap();
+        let (code, body) =
+            amf::cluster::admin::request_with_ca(admin, "POST", "/scrub", Some(token.trim()), Some(&ca)).unwrap();
+        assert_eq!(code, 202, "{body}");
+    }
+    // Keep-alive: two answers on one connection.
+    let admin = &c.controllers[0].1;
+    let urls = [format!("{admin}/metrics"), format!("{admin}/status")];
+    let o = Command::new("curl").args(["-sf", "--cacert"]).arg(&ca).args(&urls).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("amf_engine") && out.contains("\"members\""), "{}", text(&o));
+    assert!(c.stop().success());
+}

@@ -98,7 +98,8 @@ pub fn try_start(dir: &Path, args: &[&str]) -> Result<Cluster, String> {
         .or_else(|| w[5].strip_prefix("nbds://127.0.0.1:"))
         .and_then(|r| r.strip_suffix("/amf"));
     assert!(nbd.and_then(port).is_some(), "ready line: {line}");
-    assert!(w[7].strip_prefix("http://127.0.0.1:").and_then(port).is_some(), "ready line: {line}");
+    let admin = w[7].strip_prefix("http://127.0.0.1:").or_else(|| w[7].strip_prefix("https://127.0.0.1:"));
+    assert!(admin.and_then(port).is_some(), "ready line: {line}");
     Ok(Cluster {
         child,
         dir: dir.to_path_buf(),

@@ -56,8 +56,8 @@ enum Command {
         /// one machine stay on loopback).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
-        /// Address of the admin endpoints (loopback by default: reads need no token, and the
-        /// endpoint has no TLS).
+        /// Address of the admin endpoints (loopback by default: reads need no token, and
+        /// without --admin-tls the endpoint speaks plain HTTP).
         #[arg(long, default_value = "127.0.0.1")]
         admin_host: String,
         /// Start a group that cannot start as it is: one that crashed while degraded (parity of
@@ -94,6 +94,11 @@ enum Command {
         /// drop forged and replayed ones) or off.
         #[arg(long, default_value = "on")]
         link_auth: OnOff,
+        /// HTTPS for the admin endpoints, with the certificates in DIR/tls (made if missing, as
+        /// for --tls, valid for --admin-host too); clients trust DIR/tls/ca-cert.pem through
+        /// AMF_ADMIN_CA.
+        #[arg(long)]
+        admin_tls: bool,
     },
     /// The main job: a 3-controller RAID5 cluster on files in a temp folder, a verified mixed
     /// workload through all three controllers at once, a report, a clean stop and a scrub.
@@ -161,6 +166,10 @@ enum Command {
         tls_client_ca: Option<PathBuf>,
         #[arg(long, requires = "tls_cert")]
         tls_optional: bool,
+        #[arg(long, requires = "admin_tls_key")]
+        admin_tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "admin_tls_cert")]
+        admin_tls_key: Option<PathBuf>,
     },
     /// Status of a running controller: members, counters, the current maintenance task.
     Status {
@@ -422,6 +431,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tls_client_certs,
             fabric_tls,
             link_auth,
+            admin_tls,
         } => {
             let create = match (level, members, member_size) {
                 (Some(level), Some(members), Some(member_bytes)) => Some(CreateOptions {
@@ -450,6 +460,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 tls_client_certs,
                 fabric_tls: matches!(fabric_tls, OnOff::On),
                 link_auth: matches!(link_auth, OnOff::On),
+                admin_tls,
             })?;
         }
         Command::Demo { seconds, seed, card, keep, blocks } => {
@@ -469,14 +480,31 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let cfg = crate::cluster::config::Config::load(&config)?;
             crate::cluster::serve::run(cfg)?;
         }
-        Command::Controller { dir, index, nbd, admin, force, tls_cert, tls_key, tls_client_ca, tls_optional } => {
+        Command::Controller {
+            dir,
+            index,
+            nbd,
+            admin,
+            force,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            tls_optional,
+            admin_tls_cert,
+            admin_tls_key,
+        } => {
             let tls = tls_cert.zip(tls_key).map(|(cert, key)| crate::tls::TlsConfig {
                 cert,
                 key,
                 client_ca: tls_client_ca,
                 mode: if tls_optional { crate::tls::TlsMode::Optional } else { crate::tls::TlsMode::Required },
             });
-            controller::run(controller::ControllerOptions { dir, index, nbd, admin, force, tls })?;
+            let admin_tls = admin_tls_cert.zip(admin_tls_key).map(|(cert, key)| crate::tls::AdminTlsConfig {
+                cert,
+                key,
+                client_ca: None,
+            });
+            controller::run(controller::ControllerOptions { dir, index, nbd, admin, force, tls, admin_tls })?;
         }
         Command::Inspect { dir, json } => maintenance::inspect(&dir, json)?,
         Command::Regs { card, admin, json } => {

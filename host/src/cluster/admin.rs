@@ -38,25 +38,50 @@ pub struct Admin {
     pub addr: SocketAddr,
     server: Arc<tiny_http::Server>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// With TLS: the front on `addr` (the plain endpoint then listens on a loopback port).
+    front: Option<super::admin_tls::Front>,
 }
 
 impl Admin {
-    /// Stops serving and waits for the thread.
+    /// Stops serving and waits for the threads.
     pub fn stop(mut self) {
+        if let Some(f) = self.front.take() {
+            f.stop();
+        }
         self.server.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+
+    /// The endpoint's URL: `https://ADDR` with TLS, `http://ADDR` without.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.front.is_some() { "https" } else { "http" }, self.addr)
+    }
 }
 
-/// Serves the endpoint for `state`.
-pub fn spawn(listener: std::net::TcpListener, state: Arc<ControllerState>) -> Result<Admin, ClusterError> {
+/// Serves the endpoint for `state` on `listener`; with `tls`, over HTTPS.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    state: Arc<ControllerState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<Admin, ClusterError> {
     let addr = listener.local_addr().map_err(|source| ClusterError::Bind { addr: "admin".into(), source })?;
-    let server = tiny_http::Server::from_listener(listener, None)
+    let bind_err = |source| ClusterError::Bind { addr: addr.to_string(), source };
+    // With TLS the plain endpoint moves to a loopback port only the front uses.
+    let (plain, front) = match tls {
+        None => (listener, None),
+        Some(config) => {
+            let plain = std::net::TcpListener::bind("127.0.0.1:0").map_err(bind_err)?;
+            let plain_addr = plain.local_addr().map_err(bind_err)?;
+            let front = super::admin_tls::Front::start(listener, plain_addr, config).map_err(bind_err)?;
+            (plain, Some(front))
+        }
+    };
+    let server = tiny_http::Server::from_listener(plain, None)
         .map_err(|e| ClusterError::Bind { addr: addr.to_string(), source: std::io::Error::other(e.to_string()) })?;
-    let addr = server.server_addr().to_ip().unwrap_or(addr);
-    if !addr.ip().is_loopback() {
+    let addr = if front.is_some() { addr } else { server.server_addr().to_ip().unwrap_or(addr) };
+    if !addr.ip().is_loopback() && front.is_none() {
         eprintln!(
             "amf: controller {}: WARNING: the admin endpoint http://{addr} is reachable beyond this machine \
              without TLS: status and metrics are open to whoever reaches it, and the bearer token of \
@@ -85,7 +110,7 @@ pub fn spawn(listener: std::net::TcpListener, state: Arc<ControllerState>) -> Re
             }
         })
         .map_err(|source| ClusterError::Bind { addr: addr.to_string(), source })?;
-    Ok(Admin { addr, server, thread: Some(thread) })
+    Ok(Admin { addr, server, thread: Some(thread), front })
 }
 
 /// Where `amf cluster` keeps the admin token of a group: readable by whoever may change the group.
@@ -458,17 +483,56 @@ pub fn wait_for_task(state: &ControllerState) {
     }
 }
 
-/// Minimal HTTP/1.0 client for the CLI: returns (status, body).
+/// The environment variable naming the CA certificate (PEM) an `https://` admin endpoint's
+/// certificate must chain to.
+pub const ADMIN_CA_ENV: &str = "AMF_ADMIN_CA";
+
+/// Minimal HTTP/1.0 client for the CLI (`http://` or, trusting the CA in `$AMF_ADMIN_CA`,
+/// `https://`): returns (status, body).
 pub fn request(base: &str, method: &str, path: &str, token: Option<&str>) -> Result<(u16, String), ClusterError> {
+    let ca = std::env::var_os(ADMIN_CA_ENV).map(PathBuf::from);
+    request_with_ca(base, method, path, token, ca.as_deref())
+}
+
+/// [`request`] trusting `ca` for an `https://` endpoint.
+pub fn request_with_ca(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    ca: Option<&Path>,
+) -> Result<(u16, String), ClusterError> {
     let err = |detail: String| ClusterError::Admin { url: base.to_string(), detail };
-    let hostport = base.strip_prefix("http://").unwrap_or(base).trim_end_matches('/');
+    let https = base.starts_with("https://");
+    let hostport = base.strip_prefix("https://").or_else(|| base.strip_prefix("http://")).unwrap_or(base);
+    let hostport = hostport.trim_end_matches('/');
     let mut s = TcpStream::connect(hostport).map_err(|e| err(e.to_string()))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| err(e.to_string()))?;
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\n{auth}Content-Length: 0\r\n\r\n")
-        .map_err(|e| err(e.to_string()))?;
+    let req = format!("{method} {path} HTTP/1.0\r\nHost: {hostport}\r\n{auth}Content-Length: 0\r\n\r\n");
     let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| err(e.to_string()))?;
+    if https {
+        let ca = ca.ok_or_else(|| {
+            err(format!("an https endpoint: set {ADMIN_CA_ENV} to the CA certificate (PEM) that signed it"))
+        })?;
+        let config = crate::tls::client_config(ca, None).map_err(|e| err(e.to_string()))?;
+        let host = hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).trim_matches(['[', ']']);
+        let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| err(e.to_string()))?;
+        let conn = rustls::ClientConnection::new(config, name).map_err(|e| err(e.to_string()))?;
+        let mut tls = rustls::StreamOwned::new(conn, s);
+        tls.write_all(req.as_bytes()).map_err(|e| err(format!("TLS: {e}")))?;
+        tls.flush().map_err(|e| err(format!("TLS: {e}")))?;
+        // The front ends an HTTP/1.0 exchange with close_notify; a peer that just closes is
+        // taken as the end too (the answer's Content-Length was already read by then).
+        match tls.read_to_string(&mut resp) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
+            Err(e) => return Err(err(format!("TLS: {e}"))),
+        }
+    } else {
+        s.write_all(req.as_bytes()).map_err(|e| err(e.to_string()))?;
+        s.read_to_string(&mut resp).map_err(|e| err(e.to_string()))?;
+    }
     let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| err("malformed HTTP response".into()))?;
     let code = head
         .split_whitespace()

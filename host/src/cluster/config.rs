@@ -29,6 +29,11 @@
 //! cert = "/etc/amf/node-1-cert.pem"    # valid for the DNS name amf-node-1
 //! key = "/etc/amf/node-1-key.pem"
 //!
+//! [admin_tls]                   # optional: HTTPS for the admin endpoint
+//! cert = "/etc/amf/admin-cert.pem"
+//! key = "/etc/amf/admin-key.pem"
+//! client_ca = "/etc/amf/operators-ca.pem"   # optional: clients need a certificate it signed
+//!
 //! [[peer]]                      # every other controller, or `rendezvous = "DIR"` instead
 //! node = 0
 //! fabric = "10.0.0.1:7000"
@@ -179,6 +184,9 @@ pub struct Config {
     /// Mutual TLS between the controllers (every controller of a cluster needs it, or none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fabric_tls: Option<crate::tls::fabric::FabricTlsConfig>,
+    /// HTTPS for the admin endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_tls: Option<crate::tls::AdminTlsConfig>,
 }
 
 fn bad(msg: String) -> ClusterError {

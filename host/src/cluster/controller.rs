@@ -33,6 +33,8 @@ pub struct ControllerOptions {
     pub force: bool,
     /// TLS for the hosts.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// HTTPS for the admin endpoint.
+    pub admin_tls: Option<crate::tls::AdminTlsConfig>,
 }
 
 /// What the admin endpoint and maintenance tasks share with the controller.
@@ -71,8 +73,8 @@ pub const MEMBER_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The ready line printed once the controller serves (the `amf cluster` contract); the NBD
 /// URI's scheme is `nbds` where hosts must use TLS.
-pub fn ready_line(index: usize, pid: u32, nbd: &str, admin: SocketAddr) -> String {
-    format!("controller {index} pid {pid} nbd {nbd} admin http://{admin}")
+pub fn ready_line(index: usize, pid: u32, nbd: &str, admin: &str) -> String {
+    format!("controller {index} pid {pid} nbd {nbd} admin {admin}")
 }
 
 /// The NBD URI hosts use: `nbds://` (TLS, as libnbd spells it) where TLS is required.
@@ -98,6 +100,7 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
     let nbd_listener = bind(opts.nbd)?;
     let admin_listener = bind(opts.admin)?;
     let tls = opts.tls.as_ref().map(|t| t.load()).transpose()?;
+    let admin_tls = opts.admin_tls.as_ref().map(|t| t.load()).transpose()?;
     let asm = assemble_with(&opts.dir, opts.force)?;
     if let Err(e) = check_write_hole(&asm, opts.force) {
         // Leave the group as found: not serving, still dirty, bitmap intact.
@@ -141,13 +144,13 @@ pub fn run(opts: ControllerOptions) -> Result<(), ClusterError> {
         nbd_uri: nbd_uri(nbd_addr, tls.as_ref()),
         admin_token: admin::load_admin_token(&opts.dir),
     });
-    let admin = admin::spawn(admin_listener, state.clone())?;
+    let admin = admin::spawn(admin_listener, state.clone(), admin_tls)?;
     let pid = std::process::id();
-    let line = ready_line(opts.index, pid, &state.nbd_uri, admin.addr);
+    let line = ready_line(opts.index, pid, &state.nbd_uri, &admin.url());
     let status_file = controller_file(&opts.dir, opts.index);
     std::fs::write(
         &status_file,
-        format!("{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"http://{}\"}}\n", state.nbd_uri, admin.addr),
+        format!("{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"{}\"}}\n", state.nbd_uri, admin.url()),
     )
     .map_err(|source| ClusterError::File { path: status_file.clone(), source })?;
     say(&line);

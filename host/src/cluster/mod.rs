@@ -2,6 +2,7 @@
 //! serving NBD and an admin HTTP endpoint, started and stopped together.
 
 pub mod admin;
+pub mod admin_tls;
 pub mod config;
 pub mod controller;
 pub mod dirlock;

@@ -61,6 +61,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     let tls = cfg.tls.as_ref().map(|t| t.load()).transpose()?;
     let fabric_tls = cfg.fabric_tls.as_ref().map(|t| t.load(cfg.node).map(Arc::new)).transpose()?;
     let link_key = cfg.card.load_link_key()?;
+    let admin_tls = cfg.admin_tls.as_ref().map(|t| t.load()).transpose()?;
     let nbd_listener = bind(cfg.nbd)?;
     let admin_listener = bind(cfg.admin)?;
     let fabric_listener = bind(cfg.fabric)?;
@@ -191,15 +192,15 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         admin_token: super::admin::load_admin_token(&cfg.group),
         lease: lease.as_ref().map(|l| l.state.clone()),
     });
-    let admin = admin::spawn(admin_listener, state.clone())?;
+    let admin = admin::spawn(admin_listener, state.clone(), admin_tls)?;
     let pid = std::process::id();
     let status_file = controller_file(&cfg.group, cfg.node as usize);
     std::fs::write(
         &status_file,
-        format!("{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"http://{}\"}}\n", state.nbd_uri, admin.addr),
+        format!("{{\"pid\":{pid},\"nbd\":\"{}\",\"admin\":\"{}\"}}\n", state.nbd_uri, admin.url()),
     )
     .map_err(|source| ClusterError::File { path: status_file.clone(), source })?;
-    say(&ready_line(cfg.node as usize, pid, &state.nbd_uri, admin.addr));
+    say(&ready_line(cfg.node as usize, pid, &state.nbd_uri, &admin.url()));
 
     let mut last_check = Instant::now();
     let mut gone_seen = 0u8;

@@ -45,6 +45,8 @@ pub struct ClusterOptions {
     pub fabric_tls: bool,
     /// Authenticated card link (several controllers), with a key made for this run.
     pub link_auth: bool,
+    /// HTTPS for the admin endpoints, with the certificates in `DIR/tls`.
+    pub admin_tls: bool,
 }
 
 /// Where `amf cluster --tls` keeps its certificates (QEMU's and libnbd's file names).
@@ -56,12 +58,19 @@ pub fn tls_dir(dir: &std::path::Path) -> PathBuf {
 /// the listen host.
 fn local_tls(opts: &ClusterOptions) -> Result<Option<crate::tls::TlsConfig>, ClusterError> {
     let Some(mode) = opts.tls else { return Ok(None) };
+    let dir = local_ca(opts)?;
+    Ok(Some(crate::tls::TlsConfig::from_dir(&dir, mode, opts.tls_client_certs)))
+}
+
+/// `DIR/tls` with a throwaway CA and a server certificate valid for `--host` and
+/// `--admin-host`, made on first use.
+fn local_ca(opts: &ClusterOptions) -> Result<PathBuf, ClusterError> {
     let dir = tls_dir(&opts.dir);
     if !dir.join(crate::tls::CA_CERT).exists() || !dir.join(crate::tls::SERVER_KEY).exists() {
-        crate::tls::generate(&dir, std::slice::from_ref(&opts.host))?;
+        crate::tls::generate(&dir, &[opts.host.clone(), opts.admin_host.clone()])?;
         eprintln!("amf: made a throwaway certificate authority and certificates in {}", dir.display());
     }
-    Ok(Some(crate::tls::TlsConfig::from_dir(&dir, mode, opts.tls_client_certs)))
+    Ok(dir)
 }
 
 struct Running {
@@ -164,6 +173,16 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
     // `amf rebuild`, which need it to change the group through a controller.
     super::admin::create_admin_token(&opts.dir)?;
     let tls = local_tls(&opts)?;
+    let admin_tls = if opts.admin_tls {
+        let dir = local_ca(&opts)?;
+        Some(crate::tls::AdminTlsConfig {
+            cert: dir.join(crate::tls::SERVER_CERT),
+            key: dir.join(crate::tls::SERVER_KEY),
+            client_ca: None,
+        })
+    } else {
+        None
+    };
     // A CA for this run only (its key is not kept) and a certificate per controller.
     let fabric_tls = if opts.controllers > 1 && opts.fabric_tls {
         crate::tls::fabric::generate_cluster(&run_dir.join("fabric-tls"), opts.controllers as u8)?
@@ -193,6 +212,9 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
                 .arg("--admin")
                 .arg(format!("{}:{}", opts.admin_host, opts.admin_port as usize + index))
                 .args(opts.force.then_some("--force"));
+            if let Some(t) = &admin_tls {
+                cmd.arg("--admin-tls-cert").arg(&t.cert).arg("--admin-tls-key").arg(&t.key);
+            }
             if let Some(t) = &tls {
                 cmd.arg("--tls-cert").arg(&t.cert).arg("--tls-key").arg(&t.key);
                 if let Some(ca) = &t.client_ca {
@@ -203,8 +225,12 @@ pub fn run(opts: ClusterOptions) -> Result<(), ClusterError> {
                 }
             }
         } else {
-            let secrets =
-                Secrets { tls: tls.clone(), fabric_tls: fabric_tls.get(index).cloned(), link_key: link_key.clone() };
+            let secrets = Secrets {
+                tls: tls.clone(),
+                fabric_tls: fabric_tls.get(index).cloned(),
+                link_key: link_key.clone(),
+                admin_tls: admin_tls.clone(),
+            };
             let path = match write_config(&opts, index, &run_dir, secrets) {
                 Ok(p) => p,
                 Err(e) => {
@@ -304,6 +330,7 @@ struct Secrets {
     tls: Option<crate::tls::TlsConfig>,
     fabric_tls: Option<crate::tls::fabric::FabricTlsConfig>,
     link_key: Option<PathBuf>,
+    admin_tls: Option<crate::tls::AdminTlsConfig>,
 }
 
 /// Writes controller `index`'s configuration for a cluster on this machine: NBD on `opts.host`
@@ -316,7 +343,7 @@ fn write_config(
     run_dir: &std::path::Path,
     secrets: Secrets,
 ) -> Result<PathBuf, ClusterError> {
-    let Secrets { tls, fabric_tls, link_key } = secrets;
+    let Secrets { tls, fabric_tls, link_key, admin_tls } = secrets;
     let port = |base: u16| if base == 0 { 0 } else { base as usize + index };
     let at = |host: &str, flag: &str, p: usize| -> Result<std::net::SocketAddr, ClusterError> {
         format!("{host}:{p}").parse().map_err(|e| ClusterError::Config(format!("{flag} {host}: {e}")))
@@ -341,6 +368,7 @@ fn write_config(
         service: None,
         tls,
         fabric_tls,
+        admin_tls,
     };
     cfg.check()?;
     let text = toml::to_string(&cfg).map_err(|e| ClusterError::Config(e.to_string()))?;

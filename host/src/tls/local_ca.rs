@@ -52,7 +52,11 @@ pub fn generate(dir: &Path, names: &[String]) -> Result<LocalCa, TlsError> {
         Ok((cert.pem(), key.serialize_pem()))
     };
     let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
-    sans.extend(names.iter().filter(|n| !sans.contains(n)).cloned().collect::<Vec<_>>());
+    for n in names {
+        if !sans.contains(n) {
+            sans.push(n.clone());
+        }
+    }
     let (server_cert, server_key) = leaf("amf controller", sans, ExtendedKeyUsagePurpose::ServerAuth)?;
     let (client_cert, client_key) = leaf("amf host", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?;
 

@@ -123,6 +123,26 @@ impl TlsConfig {
     }
 }
 
+/// The `[admin_tls]` section: HTTPS for the admin endpoint (and `amf cluster --admin-tls`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// The endpoint's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Clients must present a certificate signed by this authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl AdminTlsConfig {
+    /// Loads the files into a server configuration.
+    pub fn load(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        server_config(&self.cert, &self.key, self.client_ca.as_deref())
+    }
+}
+
 /// A loaded server TLS setting.
 #[derive(Clone, Debug)]
 pub struct ServerTls {

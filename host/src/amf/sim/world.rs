@@ -543,6 +543,9 @@ struct World {
     /// The card's ring-write race alone draws from this (the rest of a seed's run is as it was
     /// before the race was modelled).
     race_rng: StdRng,
+    /// Picks replayed card frames: a stream of its own, so that the other draws of a seed stay
+    /// as they were before replays existed (the mutation seeds were found with them).
+    replay_rng: StdRng,
     now_us: u64,
     seq: u64,
     queue: BTreeMap<(u64, u64), Ev>,
@@ -633,6 +636,7 @@ impl World {
         Ok(World {
             rng: StdRng::seed_from_u64(cfg.seed),
             race_rng: StdRng::seed_from_u64(cfg.seed ^ 0x00ca_4d0e_4de4),
+            replay_rng: StdRng::seed_from_u64(cfg.seed ^ 0x7265_706c_6179),
             cfg,
             now_us: 1,
             seq: 0,
@@ -996,17 +1000,18 @@ impl World {
         }
         let to = self.rng.gen_range(0..self.cfg.nodes);
         self.garbage += 1;
-        let kind = self.rng.gen_range(0..3);
-        if kind == 0 && !self.accepted_frames.is_empty() {
-            let k = self.rng.gen_range(0..self.accepted_frames.len());
+        if !self.accepted_frames.is_empty() && self.replay_rng.gen_bool(0.5) {
+            let k = self.replay_rng.gen_range(0..self.accepted_frames.len());
             let (to, bytes) = self.accepted_frames[k];
             self.replays_sent += 1;
             if self.alive(to) && self.nodes[to as usize].card.deliver(&bytes) {
                 return Err(format!("card {to} accepted a replayed frame"));
             }
-        } else if kind == 1 {
+        }
+        if self.rng.gen_bool(0.5) {
+            // Random link frame bytes and a zero seal.
             let mut bytes = [0u8; amf_hdl_model::model::link_auth::WIRE_BYTES];
-            self.rng.fill(&mut bytes[..]);
+            self.rng.fill(&mut bytes[..32]);
             if self.nodes[to as usize].card.deliver(&bytes) {
                 return Err("a card accepted a garbage frame".into());
             }
