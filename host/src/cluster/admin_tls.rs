@@ -76,10 +76,10 @@ fn serve(sock: TcpStream, plain: SocketAddr, config: Arc<rustls::ServerConfig>) 
     sock.set_read_timeout(Some(IO_TIMEOUT))?;
     sock.set_write_timeout(Some(IO_TIMEOUT))?;
     let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    let mut inner: Option<TcpStream> = None;
+    let mut client = Messages::new(rustls::StreamOwned::new(conn, sock));
+    let mut inner: Option<Messages<TcpStream>> = None;
     loop {
-        let Some(request) = read_message(&mut tls, false)? else { return Ok(()) };
+        let Some(request) = client.next(false)? else { return Ok(()) };
         let close = wants_close(&request);
         let out = match inner.as_mut() {
             Some(s) => s,
@@ -87,11 +87,12 @@ fn serve(sock: TcpStream, plain: SocketAddr, config: Arc<rustls::ServerConfig>) 
                 let s = TcpStream::connect_timeout(&plain, IO_TIMEOUT)?;
                 s.set_read_timeout(Some(IO_TIMEOUT))?;
                 s.set_write_timeout(Some(IO_TIMEOUT))?;
-                inner.insert(s)
+                inner.insert(Messages::new(s))
             }
         };
-        out.write_all(&request)?;
-        let answer = read_message(out, true)?.ok_or_else(|| io::Error::other("the admin endpoint closed"))?;
+        out.r.write_all(&request)?;
+        let answer = out.next(true)?.ok_or_else(|| io::Error::other("the admin endpoint closed"))?;
+        let tls = &mut client.r;
         tls.write_all(&answer)?;
         tls.flush()?;
         if close || wants_close(&answer) {
@@ -116,54 +117,65 @@ fn header_end(b: &[u8]) -> Option<usize> {
     b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-/// Reads one HTTP message (headers, then `Content-Length` bytes of body; an answer without a
-/// length runs to the end of the connection). None: the peer closed before a message began.
-fn read_message(r: &mut impl Read, answer: bool) -> io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let end = loop {
-        if let Some(e) = header_end(&buf) {
-            break e;
-        }
-        let n = r.read(&mut chunk)?;
-        if n == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MESSAGE_BYTES_MAX {
-            return Err(io::Error::other("HTTP headers too long"));
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map(|v| v.trim().parse::<usize>().map_err(|_| io::Error::other("bad Content-Length")))
-        .transpose()?;
-    match length {
-        Some(n) if n > MESSAGE_BYTES_MAX => return Err(io::Error::other("HTTP body too long")),
-        Some(n) => {
-            while buf.len() < end + n {
-                let k = r.read(&mut chunk[..(end + n - buf.len()).min(4096)])?;
-                if k == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                buf.extend_from_slice(&chunk[..k]);
-            }
-        }
-        None if answer => loop {
-            let k = r.read(&mut chunk)?;
-            if k == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..k]);
-            if buf.len() > MESSAGE_BYTES_MAX {
-                return Err(io::Error::other("HTTP answer too long"));
-            }
-        },
-        None => {}
+/// Reads HTTP messages one at a time from a stream, keeping bytes that arrive past a message
+/// (a pipelining client's next request) for the next one.
+struct Messages<R> {
+    r: R,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> Messages<R> {
+    fn new(r: R) -> Messages<R> {
+        Messages { r, buf: Vec::new() }
     }
-    Ok(Some(buf))
+
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 4096];
+        let n = self.r.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        if self.buf.len() > MESSAGE_BYTES_MAX + 4096 {
+            return Err(io::Error::other("HTTP message too long"));
+        }
+        Ok(n)
+    }
+
+    /// One message: headers, then `Content-Length` bytes of body (an answer without a length
+    /// runs to the end of the connection). None: the peer closed before a message began.
+    fn next(&mut self, answer: bool) -> io::Result<Option<Vec<u8>>> {
+        let end = loop {
+            if let Some(e) = header_end(&self.buf) {
+                break e;
+            }
+            if self.buf.len() > MESSAGE_BYTES_MAX {
+                return Err(io::Error::other("HTTP headers too long"));
+            }
+            if self.fill()? == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse::<usize>().map_err(|_| io::Error::other("bad Content-Length")))
+            .transpose()?;
+        let total = match length {
+            Some(n) if n > MESSAGE_BYTES_MAX => return Err(io::Error::other("HTTP body too long")),
+            Some(n) => end + n,
+            None if answer => {
+                while self.fill()? != 0 {}
+                self.buf.len()
+            }
+            None => end,
+        };
+        while self.buf.len() < total {
+            if self.fill()? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let rest = self.buf.split_off(total);
+        Ok(Some(std::mem::replace(&mut self.buf, rest)))
+    }
 }
 
 #[cfg(test)]
@@ -172,19 +184,24 @@ mod tests {
 
     #[test]
     fn messages_are_read_whole_and_closing_is_recognised() {
-        let req = b"GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET".to_vec();
-        let mut r = &req[..];
-        let m = read_message(&mut r, false).unwrap().unwrap();
+        let req =
+            b"GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /metrics HTTP/1.1\r\n\r\n".to_vec();
+        let mut r = Messages::new(&req[..]);
+        let m = r.next(false).unwrap().unwrap();
         assert_eq!(m, b"GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
         assert!(!wants_close(&m));
+        assert_eq!(r.next(false).unwrap().unwrap(), b"GET /metrics HTTP/1.1\r\n\r\n", "a pipelined request kept");
+        assert!(r.next(false).unwrap().is_none());
         assert!(wants_close(b"GET / HTTP/1.0\r\n\r\n"));
         assert!(!wants_close(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
         assert!(wants_close(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"));
-        let mut empty: &[u8] = &[];
-        assert!(read_message(&mut empty, false).unwrap().is_none());
-        let mut cut: &[u8] = b"GET / HTTP/1.1\r\nHost";
-        assert!(read_message(&mut cut, false).is_err());
+        let empty: &[u8] = &[];
+        assert!(Messages::new(empty).next(false).unwrap().is_none());
+        let cut: &[u8] = b"GET / HTTP/1.1\r\nHost";
+        assert!(Messages::new(cut).next(false).is_err());
         let huge = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MESSAGE_BYTES_MAX + 1);
-        assert!(read_message(&mut huge.as_bytes(), false).is_err());
+        assert!(Messages::new(huge.as_bytes()).next(false).is_err());
+        let answer: &[u8] = b"HTTP/1.0 200 OK\r\n\r\nto the end";
+        assert_eq!(Messages::new(answer).next(true).unwrap().unwrap(), answer, "an answer without a length");
     }
 }

@@ -44,6 +44,11 @@ const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// counted as refused. A cluster needs one per peer (8 at most), and a peer that reconnects
 /// leaves its old one behind until that one ends.
 pub const INCOMING_MAX: usize = 32;
+/// Of those, connections still in their TLS handshake (not yet proven a controller) at once,
+/// each for `HANDSHAKE_TIMEOUT` at most. A connection past it closes the oldest unfinished
+/// handshake: strangers on the fabric's network hold no more than these, and a peer that
+/// connects among them gets through in the milliseconds its handshake takes.
+pub const HANDSHAKES_MAX: usize = 8;
 /// An incoming connection that brings no frame for this long is closed: peers say hello every
 /// 100 ms (`HEARTBEAT`), so only a stranger or a stopped peer is that quiet, and a peer that
 /// wakes up connects again (its requests are retransmitted).
@@ -399,31 +404,90 @@ struct Limits {
     tls: Option<Arc<FabricTls>>,
 }
 
+/// A counted slot, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>) -> Slot {
+        count.fetch_add(1, Relaxed);
+        Slot(count.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The incoming connections in their TLS handshake, oldest first (with a handle to close one).
+#[derive(Default)]
+struct Handshakes {
+    next: u64,
+    open: std::collections::VecDeque<(u64, TcpStream)>,
+}
+
+/// A connection's place among the handshakes, left when dropped (handshake over).
+struct Handshake {
+    id: u64,
+    all: Arc<std::sync::Mutex<Handshakes>>,
+}
+
+impl Handshake {
+    /// Enters `s`; past `HANDSHAKES_MAX` the oldest is closed (its reader then fails).
+    fn enter(all: &Arc<std::sync::Mutex<Handshakes>>, s: &TcpStream, stats: &NetStats) -> Option<Handshake> {
+        let handle = s.try_clone().ok()?;
+        let (id, evicted) = {
+            let mut h = all.lock().unwrap_or_else(|p| p.into_inner());
+            let evicted = (h.open.len() >= HANDSHAKES_MAX).then(|| h.open.pop_front()).flatten();
+            let id = h.next;
+            h.next += 1;
+            h.open.push_back((id, handle));
+            (id, evicted)
+        };
+        if let Some((_, old)) = evicted {
+            stats.refused.fetch_add(1, Relaxed);
+            let _ = old.shutdown(std::net::Shutdown::Both);
+        }
+        Some(Handshake { id, all: all.clone() })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.all.lock().unwrap_or_else(|p| p.into_inner()).open.retain(|(id, _)| *id != self.id);
+    }
+}
+
 fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetStats>, stop: Arc<AtomicBool>) {
     let open = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(std::sync::Mutex::new(Handshakes::default()));
     while !stop.load(Relaxed) {
         match listener.accept() {
             Ok((s, _)) => {
+                let tls = limits.tls.is_some();
                 if open.load(Relaxed) >= INCOMING_MAX {
                     stats.refused.fetch_add(1, Relaxed);
                     continue;
                 }
-                let (inbox, stats, stop, open) = (inbox.clone(), stats.clone(), stop.clone(), open.clone());
+                let (inbox, stats, stop) = (inbox.clone(), stats.clone(), stop.clone());
                 let limits = limits.clone();
-                if s.set_nonblocking(false).and_then(|_| s.set_read_timeout(Some(limits.idle))).is_err() {
+                let first_timeout = if tls { HANDSHAKE_TIMEOUT.min(limits.idle) } else { limits.idle };
+                if s.set_nonblocking(false).and_then(|_| s.set_read_timeout(Some(first_timeout))).is_err() {
                     continue;
                 }
-                open.fetch_add(1, Relaxed);
-                let spawned = std::thread::Builder::new().name("fabric-from".into()).spawn({
-                    let open = open.clone();
-                    move || {
-                        reader(s, &limits, inbox, &stats, stop);
-                        open.fetch_sub(1, Relaxed);
-                    }
+                let handshake = match tls {
+                    true => match Handshake::enter(&handshakes, &s, &stats) {
+                        Some(h) => Some(h),
+                        None => continue,
+                    },
+                    false => None,
+                };
+                let slot = Slot::take(&open);
+                let _ = std::thread::Builder::new().name("fabric-from".into()).spawn(move || {
+                    reader(s, &limits, handshake, inbox, &stats, stop);
+                    drop(slot);
                 });
-                if spawned.is_err() {
-                    open.fetch_sub(1, Relaxed);
-                }
             }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
@@ -434,7 +498,16 @@ fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
-fn reader(s: TcpStream, limits: &Limits, inbox: Inbox, stats: &NetStats, stop: Arc<AtomicBool>) {
+/// Serves one incoming connection; `handshake` is its place among the connections still in
+/// their TLS handshake, given up once the peer is proven.
+fn reader(
+    s: TcpStream,
+    limits: &Limits,
+    handshake: Option<Handshake>,
+    inbox: Inbox,
+    stats: &NetStats,
+    stop: Arc<AtomicBool>,
+) {
     let Some(tls) = &limits.tls else {
         return frames(std::io::BufReader::new(&s), None, limits.payload_max, inbox, stats, stop);
     };
@@ -461,6 +534,10 @@ fn reader(s: TcpStream, limits: &Limits, inbox: Inbox, stats: &NetStats, stop: A
     let Some(node) = conn.peer_certificates().and_then(node_of) else {
         return refuse("its certificate names no controller".into());
     };
+    drop(handshake);
+    if s.set_read_timeout(Some(limits.idle)).is_err() {
+        return;
+    }
     let stream = rustls::StreamOwned::new(conn, &s);
     frames(std::io::BufReader::new(stream), Some(node), limits.payload_max, inbox, stats, stop)
 }
@@ -570,6 +647,49 @@ mod tests {
 
     fn fabric_tls(dir: &std::path::Path, nodes: u8) -> Vec<crate::tls::fabric::FabricTlsConfig> {
         crate::tls::fabric::generate_cluster(dir, nodes).unwrap()
+    }
+
+    /// Strangers that open connections and never finish a TLS handshake hold at most
+    /// `HANDSHAKES_MAX` of them (each newer one closes the oldest), for `HANDSHAKE_TIMEOUT`
+    /// each; a peer of the cluster that connects meanwhile is served at once.
+    #[test]
+    fn unfinished_handshakes_cannot_keep_peers_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = fabric_tls(dir.path(), 2);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let tls = |n: u8| Some(Arc::new(ours[n as usize].load(n).unwrap()));
+        let limits = Limits { payload_max: 1 << 16, idle: Duration::from_secs(30), tls: tls(0) };
+        let server = Net::start_with(listener, 0, 1, &[], limits, tx).unwrap();
+        let strangers: Vec<TcpStream> = (0..INCOMING_MAX + 4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.stats.refused.load(Relaxed) < (INCOMING_MAX + 4 - HANDSHAKES_MAX) as u64 {
+            assert!(Instant::now() < deadline, "strangers past the handshake budget were not refused");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The strangers still hold their slots: the peer gets in beside them, well before their
+        // handshakes time out.
+        let started = Instant::now();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let limits = Limits { payload_max: 1 << 16, idle: Duration::from_secs(30), tls: tls(1) };
+        let (itx, _irx) = crossbeam_channel::unbounded();
+        let mut peer = Net::start_with(l, 1, 1, &[(0, addr)], limits, itx).unwrap();
+        let arrived = loop {
+            peer.send(0, &Msg::Hello);
+            peer.flush();
+            if let Ok(super::super::Event::Input(crate::amf::io::Input::Fabric { from: 1, .. })) =
+                rx.recv_timeout(Duration::from_millis(50))
+            {
+                break true;
+            }
+            if started.elapsed() > HANDSHAKE_TIMEOUT / 2 {
+                break false;
+            }
+        };
+        assert!(arrived, "the peer was kept out by strangers");
+        assert!(started.elapsed() < HANDSHAKE_TIMEOUT, "{:?}", started.elapsed());
+        drop(strangers);
     }
 
     /// Mutual TLS: a peer of the cluster gets its frames through; a plaintext stranger, a
