@@ -188,8 +188,9 @@ fn card_diagnostics_decode_registers_for_model_and_sim_cards() {
     for card in ["model", "sim"] {
         let v: serde_json::Value = serde_json::from_slice(&amf(&["regs", "--card", card, "--json"]).stdout).unwrap();
         let blocks = v["blocks"].as_array().unwrap();
-        assert_eq!(blocks.len(), 6, "{card}");
+        assert_eq!(blocks.len(), 7, "{card}");
         assert_eq!(blocks[0]["block"], "device");
+        assert_eq!(blocks[6]["block"], "link_auth", "{card}");
         let status = blocks[0]["registers"].as_array().unwrap().iter().find(|r| r["name"] == "status").unwrap();
         let ready = status["fields"].as_array().unwrap().iter().find(|f| f["name"] == "ready").unwrap();
         assert_eq!(ready["value"], 1, "{card}: status.ready decoded");
@@ -203,6 +204,8 @@ fn card_diagnostics_decode_registers_for_model_and_sim_cards() {
         );
         assert_eq!(c["rings"]["command"]["entries"], 256);
         assert!(c["counters"]["frames_tx"].is_u64());
+        assert!(c["counters"]["forged"].is_u64() && c["counters"]["replayed"].is_u64(), "{c}");
+        assert_eq!(c["link_auth"], false, "{card}: a standalone card has no key");
         let text = String::from_utf8(amf(&["regs", "--card", card]).stdout).unwrap();
         assert!(text.contains("error_code=0 (none)"), "{text}");
     }
