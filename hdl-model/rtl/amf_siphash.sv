@@ -19,21 +19,9 @@ module amf_siphash #(
   localparam int unsigned Rounds = 2 * Blocks + 4;
   localparam logic [63:0] LenBlock = 64'(Words * 8) << 56;
 
-  typedef struct packed {
-    logic [63:0] v0, v1, v2, v3;
-  } state_t;
-
-  function automatic state_t sipround(input state_t s);
-    state_t r;
-    r = s;
-    r.v0 = r.v0 + r.v1; r.v1 = {r.v1[50:0], r.v1[63:51]}; r.v1 = r.v1 ^ r.v0; r.v0 = {r.v0[31:0], r.v0[63:32]};
-    r.v2 = r.v2 + r.v3; r.v3 = {r.v3[47:0], r.v3[63:48]}; r.v3 = r.v3 ^ r.v2;
-    r.v0 = r.v0 + r.v3; r.v3 = {r.v3[42:0], r.v3[63:43]}; r.v3 = r.v3 ^ r.v0;
-    r.v2 = r.v2 + r.v1; r.v1 = {r.v1[46:0], r.v1[63:47]}; r.v1 = r.v1 ^ r.v2; r.v2 = {r.v2[31:0], r.v2[63:32]};
-    return r;
-  endfunction
-
-  state_t              s_q, s_d;
+  // The state as four 64-bit words (no packed struct: yosys 0.23 cannot select its members).
+  logic [63:0] v0_q, v1_q, v2_q, v3_q;
+  logic [63:0] v0_d, v1_d, v2_d, v3_d;
   logic [Words*64-1:0] msg_q;
   logic [7:0]          round_q;  // rounds done; Rounds when idle after a result
   logic                busy_q, done_q;
@@ -49,33 +37,51 @@ module amf_siphash #(
     end
   end
 
+  // One SipRound, with the message word mixed in before a block's first round and after its
+  // last, and 0xff into v2 before the first finalization round.
   always_comb begin
-    state_t x;
-    x = s_q;
-    if (round_q < 8'(2 * Blocks) && !round_q[0]) x.v3 = x.v3 ^ block;   // a block's first round
-    if (round_q == 8'(2 * Blocks)) x.v2 = x.v2 ^ 64'hff;                // finalization starts
-    s_d = sipround(x);
-    if (round_q < 8'(2 * Blocks) && round_q[0]) s_d.v0 = s_d.v0 ^ block; // a block's last round
+    logic [63:0] a, b, c, d;
+    a = v0_q;
+    b = v1_q;
+    c = v2_q;
+    d = v3_q;
+    if (round_q < 8'(2 * Blocks) && !round_q[0]) d = d ^ block;
+    if (round_q == 8'(2 * Blocks)) c = c ^ 64'hff;
+    a = a + b; b = {b[50:0], b[63:51]}; b = b ^ a; a = {a[31:0], a[63:32]};
+    c = c + d; d = {d[47:0], d[63:48]}; d = d ^ c;
+    a = a + d; d = {d[42:0], d[63:43]}; d = d ^ a;
+    c = c + b; b = {b[46:0], b[63:47]}; b = b ^ c; c = {c[31:0], c[63:32]};
+    if (round_q < 8'(2 * Blocks) && round_q[0]) a = a ^ block;
+    v0_d = a;
+    v1_d = b;
+    v2_d = c;
+    v3_d = d;
   end
 
   always_ff @(posedge clk_i or negedge rst_ni) begin
     if (!rst_ni) begin
-      s_q     <= '0;
+      v0_q    <= '0;
+      v1_q    <= '0;
+      v2_q    <= '0;
+      v3_q    <= '0;
       msg_q   <= '0;
       round_q <= '0;
       busy_q  <= 1'b0;
       done_q  <= 1'b0;
     end else if (start_i) begin
-      s_q.v0  <= key_i[63:0] ^ 64'h736f6d6570736575;
-      s_q.v1  <= key_i[127:64] ^ 64'h646f72616e646f6d;
-      s_q.v2  <= key_i[63:0] ^ 64'h6c7967656e657261;
-      s_q.v3  <= key_i[127:64] ^ 64'h7465646279746573;
+      v0_q    <= key_i[63:0] ^ 64'h736f6d6570736575;
+      v1_q    <= key_i[127:64] ^ 64'h646f72616e646f6d;
+      v2_q    <= key_i[63:0] ^ 64'h6c7967656e657261;
+      v3_q    <= key_i[127:64] ^ 64'h7465646279746573;
       msg_q   <= msg_i;
       round_q <= '0;
       busy_q  <= 1'b1;
       done_q  <= 1'b0;
     end else if (busy_q) begin
-      s_q     <= s_d;
+      v0_q    <= v0_d;
+      v1_q    <= v1_d;
+      v2_q    <= v2_d;
+      v3_q    <= v3_d;
       round_q <= round_q + 8'd1;
       if (round_q == 8'(Rounds - 1)) begin
         busy_q <= 1'b0;
@@ -85,7 +91,7 @@ module amf_siphash #(
   end
 
   assign done_o = done_q;
-  assign mac_o  = s_q.v0 ^ s_q.v1 ^ s_q.v2 ^ s_q.v3;
+  assign mac_o  = v0_q ^ v1_q ^ v2_q ^ v3_q;
 
 `ifndef SYNTHESIS
   /* verilator lint_off SYNCASYNCNET */
