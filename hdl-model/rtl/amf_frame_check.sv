@@ -4,7 +4,7 @@
 // replay window. The verdict order is the reference model's (`card::classify_wire`): a frame is
 // counted under the first check it fails. Two pipeline stages (CRC and MAC, then classification)
 // take one frame per cycle without authentication, so the acks of a broadcast to k sharers
-// drain in k cycles, not 8k; with it, one frame per MAC (amf_siphash: 16 cycles).
+// drain in k cycles, not 8k; with it, one frame per MAC (amf_siphash: 32 cycles).
 
 module amf_frame_check (
   input  logic         clk_i,

@@ -2,7 +2,7 @@
 // link authentication on, appends the seal (link_seal: this card's counter of the epoch and the
 // SipHash-2-4 MAC of bytes 0..39 under the cluster key), then holds the 48-byte wire frame on
 // the link port until taken. Without authentication the seal is zero and the stage takes one
-// frame per cycle; with it, one per MAC (amf_siphash: 16 cycles). The engine builds frames
+// frame per cycle; with it, one per MAC (amf_siphash: 32 cycles). The engine builds frames
 // without a CRC.
 
 module amf_frame_tx (
