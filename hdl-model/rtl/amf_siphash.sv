@@ -25,43 +25,47 @@ module amf_siphash #(
   // The state as four 64-bit words (no packed struct: yosys 0.23 cannot select its members).
   logic [63:0] v0_q, v1_q, v2_q, v3_q;
   logic [63:0] v0_d, v1_d, v2_d, v3_d;
-  logic [Words*64-1:0] msg_q;
-  logic [7:0]          step_q;   // half-rounds done
-  logic [7:0]          round;
-  logic                second_half;
-  assign round       = step_q >> 1;
-  assign second_half = step_q[0];
-  logic                busy_q, done_q;
+  // The blocks still to mix, the current one lowest (the length block last): a shift register,
+  // so that no step selects among them.
+  logic [Blocks*64-1:0] msg_q;
+  logic [7:0]           step_q;  // half-rounds done
+  logic                 busy_q, done_q;
 
-  // The block the current round belongs to (the length block after the message words).
+  // What the next step does, registered so that the round's logic starts from flops: mix the
+  // block in (a block's first half-round), mix it out (its last), 0xff into v2 (finalization
+  // starts), or the second half of a round.
+  // (Bits, not a packed struct: yosys 0.23 cannot select struct members.)
+  localparam int unsigned MixIn = 0, MixOut = 1, Finalize = 2, SecondHalf = 3;
+  logic [3:0] flags_q;
+
+  function automatic logic [3:0] step_of(input logic [7:0] s);
+    logic [3:0] f;
+    f[MixIn]      = s[1:0] == 2'd0 && s < 8'(4 * Blocks);
+    f[MixOut]     = s[1:0] == 2'd3 && s < 8'(4 * Blocks);
+    f[Finalize]   = s == 8'(4 * Blocks);
+    f[SecondHalf] = s[0];
+    step_of = f;
+  endfunction
+
   logic [63:0] block;
-  always_comb begin
-    logic [7:0] b;
-    b = round >> 1;
-    block = LenBlock;
-    for (int unsigned i = 0; i < Words; i++) begin
-      if (b == 8'(i)) block = msg_q[64*i+:64];
-    end
-  end
+  assign block = msg_q[63:0];
 
-  // Half a SipRound: the first half mixes the message word in before a block's first round (and
-  // 0xff into v2 before the first finalization round); the second mixes it out after a block's
-  // last round.
+  // Half a SipRound: one level of 64-bit adds (two in parallel).
   always_comb begin
     logic [63:0] a, b, c, d;
     a = v0_q;
     b = v1_q;
     c = v2_q;
     d = v3_q;
-    if (!second_half) begin
-      if (round < 8'(2 * Blocks) && !round[0]) d = d ^ block;
-      if (round == 8'(2 * Blocks)) c = c ^ 64'hff;
+    if (!flags_q[SecondHalf]) begin
+      if (flags_q[MixIn]) d = d ^ block;
+      if (flags_q[Finalize]) c = c ^ 64'hff;
       a = a + b; b = {b[50:0], b[63:51]}; b = b ^ a; a = {a[31:0], a[63:32]};
       c = c + d; d = {d[47:0], d[63:48]}; d = d ^ c;
     end else begin
       a = a + d; d = {d[42:0], d[63:43]}; d = d ^ a;
       c = c + b; b = {b[46:0], b[63:47]}; b = b ^ c; c = {c[31:0], c[63:32]};
-      if (round < 8'(2 * Blocks) && round[0]) a = a ^ block;
+      if (flags_q[MixOut]) a = a ^ block;
     end
     v0_d = a;
     v1_d = b;
@@ -71,29 +75,33 @@ module amf_siphash #(
 
   always_ff @(posedge clk_i or negedge rst_ni) begin
     if (!rst_ni) begin
-      v0_q    <= '0;
-      v1_q    <= '0;
-      v2_q    <= '0;
-      v3_q    <= '0;
-      msg_q   <= '0;
-      step_q  <= '0;
-      busy_q  <= 1'b0;
-      done_q  <= 1'b0;
+      v0_q         <= '0;
+      v1_q         <= '0;
+      v2_q         <= '0;
+      v3_q         <= '0;
+      msg_q        <= '0;
+      step_q       <= '0;
+      flags_q      <= '0;
+      busy_q       <= 1'b0;
+      done_q       <= 1'b0;
     end else if (start_i) begin
-      v0_q    <= key_i[63:0] ^ 64'h736f6d6570736575;
-      v1_q    <= key_i[127:64] ^ 64'h646f72616e646f6d;
-      v2_q    <= key_i[63:0] ^ 64'h6c7967656e657261;
-      v3_q    <= key_i[127:64] ^ 64'h7465646279746573;
-      msg_q   <= msg_i;
-      step_q  <= '0;
-      busy_q  <= 1'b1;
-      done_q  <= 1'b0;
+      v0_q         <= key_i[63:0] ^ 64'h736f6d6570736575;
+      v1_q         <= key_i[127:64] ^ 64'h646f72616e646f6d;
+      v2_q         <= key_i[63:0] ^ 64'h6c7967656e657261;
+      v3_q         <= key_i[127:64] ^ 64'h7465646279746573;
+      msg_q        <= {LenBlock, msg_i};
+      step_q       <= '0;
+      flags_q      <= step_of(8'd0);
+      busy_q       <= 1'b1;
+      done_q       <= 1'b0;
     end else if (busy_q) begin
-      v0_q    <= v0_d;
-      v1_q    <= v1_d;
-      v2_q    <= v2_d;
-      v3_q    <= v3_d;
-      step_q  <= step_q + 8'd1;
+      v0_q         <= v0_d;
+      v1_q         <= v1_d;
+      v2_q         <= v2_d;
+      v3_q         <= v3_d;
+      if (flags_q[MixOut]) msg_q <= msg_q >> 64;
+      step_q       <= step_q + 8'd1;
+      flags_q      <= step_of(step_q + 8'd1);
       if (step_q == 8'(Steps - 1)) begin
         busy_q <= 1'b0;
         done_q <= 1'b1;

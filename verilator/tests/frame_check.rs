@@ -210,7 +210,7 @@ fn rtl_frame_check_takes_a_frame_per_cycle_and_holds_under_backpressure() {
             rtl.set_auth(key);
             let (got, cycles) = rtl.stream(&frames, node, peers, epoch, |_| true);
             assert_eq!(got, want(()), "seed {seed} key {}: verdicts in order", key.is_some());
-            let per_frame = if key.is_some() { 33 } else { 1 };
+            let per_frame = if key.is_some() { 34 } else { 1 };
             assert!(
                 cycles <= per_frame * frames.len() as u64 + 3,
                 "seed {seed}: {cycles} cycles for {} frames",
