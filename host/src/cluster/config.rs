@@ -390,6 +390,42 @@ mod tests {
         }
     }
 
+    /// The link key file: 32 hex digits, readable by its owner only; anything else is refused
+    /// with the file's name and the reason.
+    #[test]
+    fn the_link_key_is_checked_before_use() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let card = |path: &Path| CardConfig {
+            backend: CardKind::Model,
+            link: "127.0.0.1:0".parse().unwrap(),
+            link_key: Some(path.to_path_buf()),
+        };
+        let write = |name: &str, text: &str, mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let good = write("good", "000102030405060708090a0b0c0d0e0f\n", 0o600);
+        let key = card(&good).load_link_key().unwrap().unwrap();
+        assert_eq!(key.0, [0x0302_0100, 0x0706_0504, 0x0b0a_0908, 0x0f0e_0d0c]);
+        assert_eq!(key.to_hex(), "000102030405060708090a0b0c0d0e0f");
+        assert_eq!(format!("{key:?}"), "LinkKey(..)", "Debug hides the key");
+        for (name, text, mode, want) in [
+            ("open", "000102030405060708090a0b0c0d0e0f", 0o644, "owner only"),
+            ("short", "0001", 0o600, "32 hexadecimal digits"),
+            ("garbage", "zz0102030405060708090a0b0c0d0e0f", 0o600, "32 hexadecimal digits"),
+        ] {
+            let e = card(&write(name, text, mode)).load_link_key().unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(name), "{name}: {e}");
+        }
+        let e = card(&dir.path().join("missing")).load_link_key().unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+        let none = CardConfig { link_key: None, ..card(&good) };
+        assert!(none.load_link_key().unwrap().is_none());
+    }
+
     #[test]
     fn members_must_belong_to_the_group() {
         let dir = tempfile::tempdir().unwrap();
