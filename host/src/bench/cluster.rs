@@ -281,8 +281,11 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
     out += "| card | write to | mean µs | p99 µs | card frames per write |\n|---|---|---|---|---|\n";
     // Card frames are authenticated by default; one row without it shows what the MAC costs
     // a shared write on the RTL (its checker takes 34 cycles per frame instead of one).
-    let rows: [(&str, &str, &[&str]); 3] =
-        [("model", "model", &[]), ("sim", "sim", &[]), ("sim", "sim, link without authentication", &["--link-auth", "off"])];
+    let rows: [(&str, &str, &[&str]); 3] = [
+        ("model", "model", &[]),
+        ("sim", "sim", &[]),
+        ("sim", "sim, link without authentication", &["--link-auth", "off"]),
+    ];
     for (i, (kind, card, extra)) in rows.into_iter().enumerate() {
         let mut args = vec!["--member-size", "128M"];
         args.extend_from_slice(extra);
