@@ -103,9 +103,7 @@ fn replayed_and_forged_card_frames_are_dropped_and_counted() {
     let forged = card_counter(&c, 1, "forged");
     let mut moved = frame;
     moved[32..40].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
-    let mut head = [0u8; 32];
-    head.copy_from_slice(&frame[..32]);
-    let outsider = link_auth::seal(&head, Some([1, 2, 3, 4]), u64::MAX / 2);
+    let outsider = link_auth::seal(&link_auth::head(&frame), Some([1, 2, 3, 4]), u64::MAX / 2);
     let mut changed = frame;
     changed[16] ^= 0x40; // the resource
     let crc = crc32c::crc32c(&changed[..28]);

@@ -298,7 +298,7 @@ fn rtl_card_matches_model() {
             let wa = p.rtl.take_outgoing();
             let wb: Vec<WireFrame> = p.model.take_outgoing().into_iter().map(|o| o.bytes).collect();
             let counters = |w: &[WireFrame]| {
-                let mut c: Vec<u64> = w.iter().map(|f| u64::from_le_bytes(f[32..40].try_into().expect("8"))).collect();
+                let mut c: Vec<u64> = w.iter().map(|f| link_auth::link_seal(f).counter).collect();
                 c.sort();
                 c
             };
@@ -311,13 +311,8 @@ fn rtl_card_matches_model() {
                 }
             }
             own_counters.extend(counters(&wa));
-            let head = |w: &WireFrame| {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(&w[..32]);
-                h
-            };
-            let mut a: Vec<[u8; 32]> = wa.iter().map(head).collect();
-            let mut b: Vec<[u8; 32]> = wb.iter().map(head).collect();
+            let mut a: Vec<[u8; 32]> = wa.iter().map(link_auth::head).collect();
+            let mut b: Vec<[u8; 32]> = wb.iter().map(link_auth::head).collect();
             a.sort();
             b.sort();
             if a.len() != b.len() {

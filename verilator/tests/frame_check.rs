@@ -6,7 +6,7 @@
 
 use amf_hdl_model::gen::structs::{FrameKind, LinkFrame};
 use amf_hdl_model::model::card::{classify_wire, Auth, Verdict, NODES_MAX};
-use amf_hdl_model::model::link_auth::{link_frame, seal, Window, WireFrame, WIRE_BYTES};
+use amf_hdl_model::model::link_auth::{head, link_frame, link_seal, seal, Window, WireFrame, WIRE_BYTES};
 use amf_verilator::frame_check::FrameCheck;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
@@ -36,8 +36,7 @@ impl ModelRx {
         let auth = self.key.map(|key| Auth { key, windows: &self.windows });
         let v = classify_wire(w, node, peers, epoch, auth);
         if v == Verdict::Ok && self.key.is_some() {
-            let counter = u64::from_le_bytes(w[32..40].try_into().expect("8 bytes"));
-            self.windows[link_frame(w).src as usize].accept(counter);
+            self.windows[link_frame(w).src as usize].accept(link_seal(w).counter);
         }
         v
     }
@@ -196,14 +195,7 @@ fn rtl_frame_check_takes_a_frame_per_cycle_and_holds_under_backpressure() {
                 .collect();
             let want = |_: ()| {
                 let mut model = ModelRx { key, windows: [Window::default(); 8] };
-                frames
-                    .iter()
-                    .map(|f| {
-                        let mut head = [0u8; 32];
-                        head.copy_from_slice(&f[..32]);
-                        (model.verdict(f, node, peers, epoch) as u8, head)
-                    })
-                    .collect::<Vec<_>>()
+                frames.iter().map(|f| (model.verdict(f, node, peers, epoch) as u8, head(f))).collect::<Vec<_>>()
             };
             // Consumer always ready: n frames in n + pipeline depth cycles (n MACs with a key).
             let mut rtl = FrameCheck::new();

@@ -4,7 +4,7 @@
 
 use amf_hdl_model::gen::structs::LinkFrame;
 use amf_hdl_model::model::card::{classify, Verdict};
-use amf_hdl_model::model::link_auth::{link_frame, seal};
+use amf_hdl_model::model::link_auth::{head, link_frame, seal};
 use amf_verilator::frame_check::FrameCheck;
 use amf_verilator::frame_tx::FrameTx;
 use rand::{rngs::SmallRng, Rng, RngCore, SeedableRng};
@@ -33,9 +33,7 @@ fn rtl_frame_tx_seals_like_the_model() {
         f.dst = 1; // node 0
         f.epoch = 9;
         let sealed = tx.send(&f.encode(), 0).unwrap_or_else(|| panic!("frame {i}: TX hung"));
-        let mut head = [0u8; 32];
-        head.copy_from_slice(&sealed[..32]);
-        assert_eq!(classify(&head, 0, 0b11, 9), Verdict::Ok);
+        assert_eq!(classify(&head(&sealed), 0, 0b11, 9), Verdict::Ok);
         assert_eq!(
             rx.check(&sealed, 0, 0b11, 9).map(|v| v.0),
             Some(Verdict::Ok as u8),

@@ -3,11 +3,11 @@
 //! collection and timeouts, conflict ordering (docs/protocol.md), heartbeats. Time is counted in
 //! card clock cycles so timeouts match the RTL.
 
-use super::link_auth::{self, Window, WireFrame};
+use super::link_auth::{self, link_seal, Window, WireFrame};
 use super::ring::{RingError, RingReader, RingWriter};
 use super::sharer_table::SharerTable;
 use crate::gen::regs;
-use crate::gen::structs::{Command, Completion, Event, EventKind, FrameKind, LinkFrame, LinkSeal, Opcode, Status};
+use crate::gen::structs::{Command, Completion, Event, EventKind, FrameKind, LinkFrame, Opcode, Status};
 use std::collections::VecDeque;
 
 /// Host memory as the card's DMA engine sees it.
@@ -198,8 +198,7 @@ pub struct Auth<'a> {
 /// MAC (before the epoch, so that a frame from outside the cluster counts as forged whatever
 /// epoch it names) and, for a frame of the current epoch, its sender's window.
 pub fn classify_wire(wire: &WireFrame, node: u8, peers: u8, epoch: u32, auth: Option<Auth>) -> Verdict {
-    let mut raw = [0u8; 32];
-    raw.copy_from_slice(&wire[..32]);
+    let raw = link_auth::head(wire);
     let v = classify(&raw, node, peers, epoch);
     let Some(auth) = auth else { return v };
     if matches!(v, Verdict::BadCrc | Verdict::Malformed) {
@@ -212,17 +211,10 @@ pub fn classify_wire(wire: &WireFrame, node: u8, peers: u8, epoch: u32, auth: Op
         return v;
     }
     let src = LinkFrame::decode(&raw).src;
-    let counter = LinkSeal::decode(&seal_bytes(wire)).counter;
-    if !auth.windows[src as usize % NODES_MAX as usize].is_new(counter) {
+    if !auth.windows[src as usize % NODES_MAX as usize].is_new(link_seal(wire).counter) {
         return Verdict::Replayed;
     }
     Verdict::Ok
-}
-
-fn seal_bytes(wire: &WireFrame) -> [u8; LinkSeal::BYTES] {
-    let mut b = [0u8; LinkSeal::BYTES];
-    b.copy_from_slice(&wire[LinkFrame::BYTES..]);
-    b
 }
 
 /// Classifies a received frame for node `node` whose cluster is `peers` (a mask that may include
@@ -860,12 +852,9 @@ impl Card {
             *c = c.wrapping_add(1);
             return false;
         }
-        let mut raw = [0u8; 32];
-        raw.copy_from_slice(&wire[..32]);
-        let f = LinkFrame::decode(&raw);
+        let f = link_auth::link_frame(&wire);
         if self.auth_enable {
-            let seal = LinkSeal::decode(&seal_bytes(&wire));
-            self.windows[f.src as usize % NODES_MAX as usize].accept(seal.counter);
+            self.windows[f.src as usize % NODES_MAX as usize].accept(link_seal(&wire).counter);
         }
         self.stats.frames_rx = self.stats.frames_rx.wrapping_add(1);
         if !self.ctrl_enable {

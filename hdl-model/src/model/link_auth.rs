@@ -4,8 +4,8 @@
 //!
 //! On the wire a frame is the 32-byte link frame (CRC included), then the 16-byte seal: the
 //! sender's counter of the epoch and SipHash-2-4 of the first 40 bytes under the cluster's key.
-//! SipHash is a MAC built for short messages; its rounds are 64-bit add, rotate and xor, one per
-//! clock cycle in the RTL. The counter, not the MAC, stops replays: a receiver accepts each
+//! SipHash is a MAC built for short messages; its rounds are 64-bit add, rotate and xor, half a
+//! round per clock cycle in the RTL. The counter, not the MAC, stops replays: a receiver accepts each
 //! counter of a sender once, within a window of `WINDOW_BITS` behind the highest it accepted.
 
 use crate::gen::structs::{LinkFrame, LinkSeal};
@@ -43,17 +43,28 @@ pub fn seal(frame: &[u8; 32], key: Option<[u32; 4]>, counter: u64) -> WireFrame 
     w
 }
 
-/// The link frame a wire frame carries (its seal aside).
-pub fn link_frame(wire: &WireFrame) -> LinkFrame {
+/// The encoded link frame a wire frame carries (its first 32 bytes).
+pub fn head(wire: &WireFrame) -> [u8; LinkFrame::BYTES] {
     let mut raw = [0u8; LinkFrame::BYTES];
     raw.copy_from_slice(&wire[..LinkFrame::BYTES]);
-    LinkFrame::decode(&raw)
+    raw
+}
+
+/// The link frame a wire frame carries (its seal aside).
+pub fn link_frame(wire: &WireFrame) -> LinkFrame {
+    LinkFrame::decode(&head(wire))
+}
+
+/// The seal a wire frame carries.
+pub fn link_seal(wire: &WireFrame) -> LinkSeal {
+    let mut raw = [0u8; LinkSeal::BYTES];
+    raw.copy_from_slice(&wire[LinkFrame::BYTES..]);
+    LinkSeal::decode(&raw)
 }
 
 /// Whether a wire frame's MAC verifies under `key`.
 pub fn verifies(wire: &WireFrame, key: [u32; 4]) -> bool {
-    let seal = LinkSeal::decode(wire[32..].try_into().unwrap_or(&[0; 16]));
-    mac(key, &wire[..MAC_COVERED_BYTES]) == seal.mac
+    mac(key, &wire[..MAC_COVERED_BYTES]) == link_seal(wire).mac
 }
 
 /// The counters of one sender a receiver has accepted in this epoch: the highest, and a bit per

@@ -16,6 +16,9 @@ use std::time::Duration;
 const CONNECTIONS_MAX: usize = 16;
 /// Largest request or answer forwarded (metrics and status are a few KiB).
 const MESSAGE_BYTES_MAX: usize = 4 << 20;
+/// Largest header block: the end of the headers is searched for after every read, so the
+/// search stays short.
+const HEADER_BYTES_MAX: usize = 64 << 10;
 /// Longest wait for a client or the plain endpoint.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -146,7 +149,7 @@ impl<R: Read> Messages<R> {
             if let Some(e) = header_end(&self.buf) {
                 break e;
             }
-            if self.buf.len() > MESSAGE_BYTES_MAX {
+            if self.buf.len() > HEADER_BYTES_MAX {
                 return Err(io::Error::other("HTTP headers too long"));
             }
             if self.fill()? == 0 {
@@ -154,6 +157,11 @@ impl<R: Read> Messages<R> {
             }
         };
         let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+        // A chunked body would be forwarded as the next message: refused instead (the endpoint
+        // takes no bodies, and its answers carry a length).
+        if head.lines().any(|l| l.starts_with("transfer-encoding:")) {
+            return Err(io::Error::other("chunked HTTP messages are not forwarded"));
+        }
         let length = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -199,6 +207,10 @@ mod tests {
         assert!(Messages::new(empty).next(false).unwrap().is_none());
         let cut: &[u8] = b"GET / HTTP/1.1\r\nHost";
         assert!(Messages::new(cut).next(false).is_err());
+        let chunked: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert!(Messages::new(chunked).next(false).is_err());
+        let long_headers = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(HEADER_BYTES_MAX + 1));
+        assert!(Messages::new(long_headers.as_bytes()).next(false).is_err());
         let huge = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MESSAGE_BYTES_MAX + 1);
         assert!(Messages::new(huge.as_bytes()).next(false).is_err());
         let answer: &[u8] = b"HTTP/1.0 200 OK\r\n\r\nto the end";

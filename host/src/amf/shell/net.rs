@@ -476,12 +476,11 @@ fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetSta
                 if s.set_nonblocking(false).and_then(|_| s.set_read_timeout(Some(first_timeout))).is_err() {
                     continue;
                 }
-                let handshake = match tls {
-                    true => match Handshake::enter(&handshakes, &s, &stats) {
-                        Some(h) => Some(h),
-                        None => continue,
-                    },
-                    false => None,
+                let handshake = if tls {
+                    let Some(h) = Handshake::enter(&handshakes, &s, &stats) else { continue };
+                    Some(h)
+                } else {
+                    None
                 };
                 let slot = Slot::take(&open);
                 let _ = std::thread::Builder::new().name("fabric-from".into()).spawn(move || {
