@@ -252,31 +252,10 @@ const OWN_CLIENTS: usize = 12;
 /// Seconds of load before an own-region row is measured.
 const WARM_UP_S: f64 = 1.0;
 
-/// Runs everything; returns the markdown report and, for 2 to 8 controllers with model cards,
-/// (controllers, ops/s) of the mixed workload.
-pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
-    let mut scaling = Vec::new();
-    let base = std::env::temp_dir().join(format!("amf-bench-cluster-{}", std::process::id()));
-    let mut out = format!(
-        "Machine: {}. RAID5 of 4 member files, 4 KiB random I/O over 64 MiB, {seconds} s per row, \
-         3 clients per controller (verifying workload: every read checked).\n\n",
-        super::machine()
-    );
-    out += "| controllers | card | read IOPS | write IOPS | ratio to 1 controller (read / write) |\n|---|---|---|---|---|\n";
-    let mut one = (0.0, 0.0);
-    for (n, card) in [(1usize, "none"), (3, "sim"), (3, "model")] {
-        let mut g = group(&base.join(format!("n{n}-{card}")), n, if card == "none" { "sim" } else { card })?;
-        let rd = iops(&g, 3 * n, 0, seconds, 1)?;
-        let wr = iops(&g, 3 * n, 100, seconds, 2)?;
-        if n == 1 {
-            one = (rd, wr);
-        }
-        out += &format!("| {n} | {card} | {rd:.0} | {wr:.0} | {:.2} / {:.2} |\n", rd / one.0, wr / one.1);
-        g.stop();
-    }
-    out += &own_regions(&base, seconds)?;
-    out += &beyond_cache(&base, seconds)?;
-    out += &big_cache(&base)?;
+/// The write-latency rows: through controller 0 of 3, to an unshared and a shared line, with
+/// model cards and Verilator cards (with and without the link's authentication).
+pub fn latency_rows(base: &Path) -> Result<String, BenchError> {
+    let mut out = String::new();
     out += "\nWrite latency through controller 0 of 3, 2000 writes each:\n\n";
     out += "| card | write to | mean µs | p99 µs | card frames per write |\n|---|---|---|---|---|\n";
     // Card frames are authenticated by default; one row without it shows what the MAC costs
@@ -303,6 +282,35 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         );
         g.stop();
     }
+    Ok(out)
+}
+
+/// Runs everything; returns the markdown report and, for 2 to 8 controllers with model cards,
+/// (controllers, ops/s) of the mixed workload.
+pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
+    let mut scaling = Vec::new();
+    let base = std::env::temp_dir().join(format!("amf-bench-cluster-{}", std::process::id()));
+    let mut out = format!(
+        "Machine: {}. RAID5 of 4 member files, 4 KiB random I/O over 64 MiB, {seconds} s per row, \
+         3 clients per controller (verifying workload: every read checked).\n\n",
+        super::machine()
+    );
+    out += "| controllers | card | read IOPS | write IOPS | ratio to 1 controller (read / write) |\n|---|---|---|---|---|\n";
+    let mut one = (0.0, 0.0);
+    for (n, card) in [(1usize, "none"), (3, "sim"), (3, "model")] {
+        let mut g = group(&base.join(format!("n{n}-{card}")), n, if card == "none" { "sim" } else { card })?;
+        let rd = iops(&g, 3 * n, 0, seconds, 1)?;
+        let wr = iops(&g, 3 * n, 100, seconds, 2)?;
+        if n == 1 {
+            one = (rd, wr);
+        }
+        out += &format!("| {n} | {card} | {rd:.0} | {wr:.0} | {:.2} / {:.2} |\n", rd / one.0, wr / one.1);
+        g.stop();
+    }
+    out += &own_regions(&base, seconds)?;
+    out += &beyond_cache(&base, seconds)?;
+    out += &big_cache(&base)?;
+    out += &latency_rows(&base)?;
     out += "\nMessages per operation, model cards, 50% writes, 3 clients per controller:\n\n";
     out += "| controllers | ops | card frames / op | line acquires / op | stripe acquires / write | fabric messages / op |\n|---|---|---|---|---|---|\n";
     for n in 2..=8usize {

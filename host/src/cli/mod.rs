@@ -361,8 +361,11 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
         /// Record the tables in this markdown file (between bench markers).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "latency_only")]
         record: Option<PathBuf>,
+        /// Only the write-latency rows (a quick look while tuning the card path).
+        #[arg(long)]
+        latency_only: bool,
     },
     /// kill -9 of a controller under writes: the time until a survivor answers for its data.
     Takeover {
@@ -585,7 +588,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 crate::bench::record(&path, "driver", &table)?;
             }
         }
-        Command::Bench { what: BenchCommand::Cluster { seconds, record } } => {
+        Command::Bench { what: BenchCommand::Cluster { seconds, record, latency_only: true } } => {
+            let _ = (seconds, record);
+            let base = std::env::temp_dir().join(format!("amf-bench-latency-{}", std::process::id()));
+            let rows = crate::bench::cluster::latency_rows(&base);
+            let _ = std::fs::remove_dir_all(&base);
+            println!("{}", rows?);
+        }
+        Command::Bench { what: BenchCommand::Cluster { seconds, record, latency_only: false } } => {
             let (mut table, scaling) = crate::bench::cluster::run(seconds)?;
             println!("{table}");
             if let Some(path) = record {

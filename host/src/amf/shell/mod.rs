@@ -35,9 +35,21 @@ pub enum Event {
         /// The answer.
         reply: Reply,
     },
-    /// An input for the machine as it came: a fabric frame (`Input::Fabric`, whose start and
-    /// stop notices the loop keeps for itself) or a finished member I/O (`Input::MemberDone`).
+    /// An input for the machine as it came: a finished member I/O (`Input::MemberDone`).
     Input(Input),
+    /// A fabric frame from a peer (for the machine as `Input::Fabric`, but for the start and
+    /// stop notices the loop keeps for itself), holding its share of the peer's inbox budget
+    /// until the loop takes it.
+    Fabric {
+        /// The sender.
+        from: u8,
+        /// The sender's membership epoch.
+        epoch: u32,
+        /// The message.
+        msg: Msg,
+        /// Its share of the budget.
+        credit: net::Credit,
+    },
     /// A status snapshot.
     Status(Sender<serde_json::Value>),
     /// Write back everything, tell the peers, wait (bounded) for theirs, then end the loop.
@@ -648,6 +660,55 @@ impl Loop {
         self.own.remove(&id)
     }
 
+    /// A peer's frame: the start, join and stop notices are the loop's; the rest is the
+    /// machine's.
+    fn fabric(&mut self, from: u8, epoch: u32, msg: Msg) {
+        match msg {
+            Msg::Hello => {
+                if from < 8 && self.all_peers() & (1 << from) != 0 && epoch == self.m.config().epoch {
+                    let first = self.hello_from & (1 << from) == 0;
+                    self.hello_from |= 1 << from;
+                    if first {
+                        // Answer, so a peer that started after our first hello hears one.
+                        self.net.send(from, &Msg::Hello);
+                    }
+                    if self.hellos_in() && !self.started && self.join.as_ref().is_none_or(|j| j.moved()) {
+                        self.start_serving();
+                    }
+                } else if from < 8 && from != self.m.config().node && self.peers.contains(&from) {
+                    // A controller out of the membership (restarted, joining): its answer
+                    // tells it this membership's epoch.
+                    if self.started && self.m.live() & (1 << from) == 0 {
+                        self.net.send(from, &Msg::Hello);
+                    }
+                    self.join_heard(from, epoch);
+                }
+            }
+            Msg::JoinAsk { target } => self.join_asked(from, target),
+            Msg::JoinReady { target } => self.join_ready(from, target),
+            Msg::Join { target } => self.join_commit(from, target),
+            Msg::Leaving => {
+                if from < 8 && epoch == self.m.config().epoch {
+                    self.left_from |= 1 << from;
+                }
+            }
+            msg => {
+                if epoch != self.m.config().epoch && from < 8 && self.all_peers() & (1 << from) != 0 {
+                    // A peer in another epoch: it may have seen a death first; look now.
+                    self.watch_now();
+                }
+                if let Msg::LineData { id, data } = &msg {
+                    if let Some(at) = self.fetches.remove(id) {
+                        if data.is_some() {
+                            crate::metrics::observe(crate::metrics::Op::RemoteHit, at);
+                        }
+                    }
+                }
+                self.step(Input::Fabric { from, epoch, msg })
+            }
+        }
+    }
+
     fn event(&mut self, ev: Event) -> Option<Sender<LeaveReport>> {
         match ev {
             Event::Host { req, reply } => {
@@ -657,50 +718,10 @@ impl Loop {
                     self.host(req, reply);
                 }
             }
-            Event::Input(Input::Fabric { from, epoch, msg }) => match msg {
-                Msg::Hello => {
-                    if from < 8 && self.all_peers() & (1 << from) != 0 && epoch == self.m.config().epoch {
-                        let first = self.hello_from & (1 << from) == 0;
-                        self.hello_from |= 1 << from;
-                        if first {
-                            // Answer, so a peer that started after our first hello hears one.
-                            self.net.send(from, &Msg::Hello);
-                        }
-                        if self.hellos_in() && !self.started && self.join.as_ref().is_none_or(|j| j.moved()) {
-                            self.start_serving();
-                        }
-                    } else if from < 8 && from != self.m.config().node && self.peers.contains(&from) {
-                        // A controller out of the membership (restarted, joining): its answer
-                        // tells it this membership's epoch.
-                        if self.started && self.m.live() & (1 << from) == 0 {
-                            self.net.send(from, &Msg::Hello);
-                        }
-                        self.join_heard(from, epoch);
-                    }
-                }
-                Msg::JoinAsk { target } => self.join_asked(from, target),
-                Msg::JoinReady { target } => self.join_ready(from, target),
-                Msg::Join { target } => self.join_commit(from, target),
-                Msg::Leaving => {
-                    if from < 8 && epoch == self.m.config().epoch {
-                        self.left_from |= 1 << from;
-                    }
-                }
-                msg => {
-                    if epoch != self.m.config().epoch && from < 8 && self.all_peers() & (1 << from) != 0 {
-                        // A peer in another epoch: it may have seen a death first; look now.
-                        self.watch_now();
-                    }
-                    if let Msg::LineData { id, data } = &msg {
-                        if let Some(at) = self.fetches.remove(id) {
-                            if data.is_some() {
-                                crate::metrics::observe(crate::metrics::Op::RemoteHit, at);
-                            }
-                        }
-                    }
-                    self.step(Input::Fabric { from, epoch, msg })
-                }
-            },
+            Event::Fabric { from, epoch, msg, credit } => {
+                drop(credit);
+                self.fabric(from, epoch, msg)
+            }
             Event::Input(input) => {
                 if matches!(input, Input::MemberDone { .. }) {
                     // The worker saw any member failure it caused before it posted this: the
@@ -877,6 +898,7 @@ impl Loop {
                 "idle_closed": self.net.stats.idle_closed.load(std::sync::atomic::Ordering::Relaxed),
                 "tls": self.net.tls(),
                 "tls_refused": self.net.stats.tls_refused.load(std::sync::atomic::Ordering::Relaxed),
+                "throttled": self.net.stats.throttled.load(std::sync::atomic::Ordering::Relaxed),
             },
             "card_error": self.card_error,
         })

@@ -53,6 +53,16 @@ pub const HANDSHAKES_MAX: usize = 8;
 /// 100 ms (`HEARTBEAT`), so only a stranger or a stopped peer is that quiet, and a peer that
 /// wakes up connects again (its requests are retransmitted).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames of one peer waiting in the loop's inbox at once. Its readers stop reading past it
+/// (TCP then pushes back on the peer, whose own queue drops and retransmits), so a peer that
+/// floods holds at most this much of the inbox and the frames of the others wait behind at most
+/// this many of its own: each peer gets its share of the loop, whatever it sends. A peer's
+/// legitimate bursts (a round's replicas and invalidations) are a few hundred frames.
+pub const PEER_FRAMES_QUEUED_MAX: usize = 1024;
+/// Payload bytes of one peer waiting in the loop's inbox at once (as above; 256 lines of 64 KiB).
+pub const PEER_BYTES_QUEUED_MAX: usize = 16 << 20;
+/// How long a throttled reader waits before it looks at its peer's budget again.
+const THROTTLE_PAUSE: Duration = Duration::from_micros(200);
 
 /// Why a frame was refused.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +100,11 @@ pub fn encode(from: u8, epoch: u32, msg: &Msg) -> Result<Vec<u8>, FrameError> {
 /// Reads one frame: (sender, epoch, message). `payload_max` bounds what a peer can make this
 /// controller allocate.
 pub fn read_frame(r: &mut impl Read, payload_max: usize) -> Result<(u8, u32, Msg), FrameError> {
+    read_sized(r, payload_max).map(|(from, epoch, msg, _)| (from, epoch, msg))
+}
+
+/// [`read_frame`], with the payload's length.
+fn read_sized(r: &mut impl Read, payload_max: usize) -> Result<(u8, u32, Msg, usize), FrameError> {
     let mut h = [0u8; HEADER_BYTES];
     r.read_exact(&mut h)?;
     let magic = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
@@ -113,7 +128,7 @@ pub fn read_frame(r: &mut impl Read, payload_max: usize) -> Result<(u8, u32, Msg
         &payload,
     )
     .map_err(|e| FrameError::Payload(e.to_string()))?;
-    Ok((from, epoch, msg))
+    Ok((from, epoch, msg, len))
 }
 
 /// Counters of the fabric.
@@ -133,6 +148,9 @@ pub struct NetStats {
     /// TLS handshakes that failed (a peer without a valid certificate, or whose certificate
     /// names no node or another node than it claims), either way.
     pub tls_refused: AtomicU64,
+    /// Times a reader stopped reading because its peer had `PEER_FRAMES_QUEUED_MAX` frames or
+    /// `PEER_BYTES_QUEUED_MAX` bytes waiting in the loop's inbox.
+    pub throttled: AtomicU64,
     /// When a frame last came from each controller (the fence gate's nanoseconds, see
     /// `raid::fence`; 0: never): which peers this one hears, for the lease's reach.
     pub heard_ns: [AtomicU64; 8],
@@ -420,6 +438,59 @@ impl Drop for Slot {
     }
 }
 
+/// What one peer has waiting in the loop's inbox (every connection from it counts).
+#[derive(Default)]
+struct PeerQueue {
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// The inbox budgets: one per controller, and one for senders that name none (a plaintext
+/// fabric's frames name their sender only by their own say).
+type PeerQueues = Arc<[PeerQueue; 9]>;
+
+/// A fabric frame's share of its peer's budget, given back when the loop takes the frame.
+pub struct Credit {
+    queues: PeerQueues,
+    peer: usize,
+    bytes: usize,
+}
+
+impl Credit {
+    /// Waits (bounded by `stop`) until `peer` may have `bytes` more in the inbox, then takes
+    /// them. A frame alone is always let through, so a budget never holds one forever.
+    fn take(queues: &PeerQueues, peer: u8, bytes: usize, stats: &NetStats, stop: &AtomicBool) -> Option<Credit> {
+        let peer = (peer as usize).min(queues.len() - 1);
+        let q = &queues[peer];
+        let mut counted = false;
+        loop {
+            let frames = q.frames.load(Relaxed);
+            let over = frames >= PEER_FRAMES_QUEUED_MAX || q.bytes.load(Relaxed) + bytes > PEER_BYTES_QUEUED_MAX;
+            if frames == 0 || !over {
+                break;
+            }
+            if stop.load(Relaxed) {
+                return None;
+            }
+            if !std::mem::replace(&mut counted, true) {
+                stats.throttled.fetch_add(1, Relaxed);
+            }
+            std::thread::sleep(THROTTLE_PAUSE);
+        }
+        q.frames.fetch_add(1, Relaxed);
+        q.bytes.fetch_add(bytes, Relaxed);
+        Some(Credit { queues: queues.clone(), peer, bytes })
+    }
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        let q = &self.queues[self.peer];
+        q.frames.fetch_sub(1, Relaxed);
+        q.bytes.fetch_sub(self.bytes, Relaxed);
+    }
+}
+
 /// The incoming connections in their TLS handshake, oldest first (with a handle to close one).
 #[derive(Default)]
 struct Handshakes {
@@ -462,6 +533,7 @@ impl Drop for Handshake {
 fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetStats>, stop: Arc<AtomicBool>) {
     let open = Arc::new(AtomicUsize::new(0));
     let handshakes = Arc::new(std::sync::Mutex::new(Handshakes::default()));
+    let queues: PeerQueues = Arc::new(Default::default());
     while !stop.load(Relaxed) {
         match listener.accept() {
             Ok((s, _)) => {
@@ -471,7 +543,7 @@ fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetSta
                     continue;
                 }
                 let (inbox, stats, stop) = (inbox.clone(), stats.clone(), stop.clone());
-                let limits = limits.clone();
+                let (limits, queues) = (limits.clone(), queues.clone());
                 let first_timeout = if tls { HANDSHAKE_TIMEOUT.min(limits.idle) } else { limits.idle };
                 if s.set_nonblocking(false).and_then(|_| s.set_read_timeout(Some(first_timeout))).is_err() {
                     continue;
@@ -484,7 +556,7 @@ fn accept(listener: TcpListener, limits: Limits, inbox: Inbox, stats: Arc<NetSta
                 };
                 let slot = Slot::take(&open);
                 let _ = std::thread::Builder::new().name("fabric-from".into()).spawn(move || {
-                    reader(s, &limits, handshake, inbox, &stats, stop);
+                    reader(s, &limits, handshake, Queue { inbox, queues }, &stats, stop);
                     drop(slot);
                 });
             }
@@ -497,13 +569,19 @@ fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
 
+/// Where a reader puts frames: the loop's inbox, within each peer's budget.
+struct Queue {
+    inbox: Inbox,
+    queues: PeerQueues,
+}
+
 /// Serves one incoming connection; `handshake` is its place among the connections still in
 /// their TLS handshake, given up once the peer is proven.
 fn reader(
     s: TcpStream,
     limits: &Limits,
     handshake: Option<Handshake>,
-    inbox: Inbox,
+    inbox: Queue,
     stats: &NetStats,
     stop: Arc<AtomicBool>,
 ) {
@@ -547,7 +625,7 @@ fn frames(
     mut r: impl Read,
     node: Option<u8>,
     payload_max: usize,
-    inbox: Inbox,
+    inbox: Queue,
     stats: &NetStats,
     stop: Arc<AtomicBool>,
 ) {
@@ -555,8 +633,8 @@ fn frames(
     // the connection, so no frame is ever read from its middle. The thread ends when the peer
     // closes, idles or sends garbage, or when the loop is gone.
     while !stop.load(Relaxed) {
-        match read_frame(&mut r, payload_max) {
-            Ok((from, _, _)) if node.is_some_and(|n| n != from) => {
+        match read_sized(&mut r, payload_max) {
+            Ok((from, _, _, _)) if node.is_some_and(|n| n != from) => {
                 stats.tls_refused.fetch_add(1, Relaxed);
                 eprintln!(
                     "amf: fabric: closing a connection: a frame says it is from controller {from}, the certificate is {}",
@@ -564,12 +642,15 @@ fn frames(
                 );
                 return;
             }
-            Ok((from, epoch, msg)) => {
+            Ok((from, epoch, msg, bytes)) => {
                 stats.received.fetch_add(1, Relaxed);
                 if let Some(t) = stats.heard_ns.get(from as usize) {
                     t.store(crate::raid::fence::now_ns().max(1), Relaxed);
                 }
-                if inbox.send(super::Event::Input(crate::amf::io::Input::Fabric { from, epoch, msg })).is_err() {
+                let Some(credit) = Credit::take(&inbox.queues, node.unwrap_or(from), bytes, stats, &stop) else {
+                    return;
+                };
+                if inbox.inbox.send(super::Event::Fabric { from, epoch, msg, credit }).is_err() {
                     return;
                 }
             }
@@ -637,11 +718,69 @@ mod tests {
         let mut peer = TcpStream::connect(addr).unwrap();
         peer.write_all(&encode(3, 1, &Msg::Hello).unwrap()).unwrap();
         match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(super::super::Event::Input(crate::amf::io::Input::Fabric { from, epoch, msg })) => {
+            Ok(super::super::Event::Fabric { from, epoch, msg, .. }) => {
                 assert_eq!((from, epoch, msg), (3, 1, Msg::Hello))
             }
             _ => panic!("the peer's frame did not arrive"),
         }
+    }
+
+    /// A peer that floods the fabric holds at most its budget of the loop's inbox, in frames
+    /// and in bytes; the others' frames get in beside it, and nothing of the flood is lost
+    /// (TCP pushes back until the loop takes what waits).
+    #[test]
+    fn a_flooding_peer_holds_at_most_its_share_of_the_inbox() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let line = 64 << 10;
+        let limits = Limits { payload_max: line + 1024, idle: Duration::from_secs(30), tls: None };
+        let net = Net::start_with(listener, 0, 1, &[], limits, tx).unwrap();
+        let flood = |from: u8, count: usize, msg: Msg| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let frame = encode(from, 1, &msg).unwrap();
+                for _ in 0..count {
+                    s.write_all(&frame).unwrap();
+                }
+                s
+            })
+        };
+        let (small, big) = (3 * PEER_FRAMES_QUEUED_MAX, 2 * PEER_BYTES_QUEUED_MAX / line);
+        let hellos = flood(1, small, Msg::Hello);
+        let lines = flood(2, big, Msg::LineData { id: 1, data: Some(vec![7; line]) });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while net.stats.throttled.load(Relaxed) < 2 {
+            assert!(Instant::now() < deadline, "the floods were not throttled: {} queued", rx.len());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let bounded = PEER_FRAMES_QUEUED_MAX + PEER_BYTES_QUEUED_MAX / line;
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(rx.len() <= bounded, "{} frames queued, budget {bounded}", rx.len());
+        let before = rx.len();
+        let mut other = TcpStream::connect(addr).unwrap();
+        other.write_all(&encode(3, 1, &Msg::Hello).unwrap()).unwrap();
+        while rx.len() == before {
+            assert!(Instant::now() < deadline, "the other peer's frame did not get in beside the floods");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut got = [0usize; 4];
+        let mut third_at = None;
+        while got.iter().sum::<usize>() < small + big + 1 {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(super::super::Event::Fabric { from, .. }) => {
+                    got[from as usize] += 1;
+                    if from == 3 {
+                        third_at = Some(got.iter().sum::<usize>());
+                    }
+                }
+                _ => panic!("frames were lost: {got:?}"),
+            }
+        }
+        assert_eq!(got, [0, small, big, 1]);
+        let third_at = third_at.unwrap();
+        assert!(third_at <= bounded + 1, "the other peer's frame waited behind {third_at} frames");
+        drop((hellos.join().unwrap(), lines.join().unwrap()));
     }
 
     fn fabric_tls(dir: &std::path::Path, nodes: u8) -> Vec<crate::tls::fabric::FabricTlsConfig> {
@@ -677,9 +816,7 @@ mod tests {
         let arrived = loop {
             peer.send(0, &Msg::Hello);
             peer.flush();
-            if let Ok(super::super::Event::Input(crate::amf::io::Input::Fabric { from: 1, .. })) =
-                rx.recv_timeout(Duration::from_millis(50))
-            {
+            if let Ok(super::super::Event::Fabric { from: 1, .. }) = rx.recv_timeout(Duration::from_millis(50)) {
                 break true;
             }
             if started.elapsed() > HANDSHAKE_TIMEOUT / 2 {
@@ -720,9 +857,7 @@ mod tests {
         };
         let arrived = |rx: &crossbeam_channel::Receiver<super::super::Event>| {
             let mut from = Vec::new();
-            while let Ok(super::super::Event::Input(crate::amf::io::Input::Fabric { from: f, .. })) =
-                rx.recv_timeout(Duration::from_millis(300))
-            {
+            while let Ok(super::super::Event::Fabric { from: f, .. }) = rx.recv_timeout(Duration::from_millis(300)) {
                 from.push(f);
             }
             from
