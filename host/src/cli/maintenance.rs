@@ -401,13 +401,14 @@ fn print_status(v: &serde_json::Value) {
         );
         let f = &c["fabric"];
         println!(
-            "  fabric: {}, {} frames sent, {} received, {} dropped, {} refused, {} refused by TLS",
+            "  fabric: {}, {} frames sent, {} received, {} dropped, {} refused, {} refused by TLS, {} peer throttles",
             if f["tls"] == true { "mutual TLS" } else { "plaintext" },
             f["sent"],
             f["received"],
             f["dropped"],
             f["refused"],
-            f["tls_refused"].as_u64().unwrap_or(0)
+            f["tls_refused"].as_u64().unwrap_or(0),
+            f["throttled"].as_u64().unwrap_or(0)
         );
         let card = &c["card"];
         let cc = &card["counters"];
