@@ -523,7 +523,7 @@ pub fn request_with_ca(
         tls.write_all(req.as_bytes()).map_err(|e| err(format!("TLS: {e}")))?;
         tls.flush().map_err(|e| err(format!("TLS: {e}")))?;
         // The front ends an HTTP/1.0 exchange with close_notify; a peer that just closes is
-        // taken as the end too (the answer's Content-Length was already read by then).
+        // taken as the end too, and an answer cut short is caught by its Content-Length.
         match tls.read_to_string(&mut resp) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
@@ -533,11 +533,39 @@ pub fn request_with_ca(
         s.write_all(req.as_bytes()).map_err(|e| err(e.to_string()))?;
         s.read_to_string(&mut resp).map_err(|e| err(e.to_string()))?;
     }
-    let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| err("malformed HTTP response".into()))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| err("malformed HTTP status line".into()))?;
-    Ok((code, body.to_string()))
+    parse_response(&resp).map_err(err)
+}
+
+/// Splits an HTTP answer into (status, body). An answer shorter than its Content-Length was
+/// cut off (a peer that closed early, over TLS without close_notify too) and is an error.
+fn parse_response(resp: &str) -> Result<(u16, String), String> {
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("malformed HTTP status line")?;
+    let length = head.lines().skip(1).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+    });
+    match length {
+        Some(n) if body.len() < n => Err(format!("the answer was cut off: {} of {n} bytes", body.len())),
+        Some(n) => Ok((code, body.get(..n).ok_or("the answer's length falls inside a character")?.to_string())),
+        None => Ok((code, body.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_response;
+
+    /// An answer is taken whole or refused: a body short of its Content-Length was cut off.
+    #[test]
+    fn answers_shorter_than_their_length_are_refused() {
+        let whole = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}";
+        assert_eq!(parse_response(whole), Ok((200, "{\"a\":1}".to_string())));
+        let cut = "HTTP/1.0 200 OK\r\nContent-Length: 70\r\n\r\n{\"a\":1}";
+        assert!(parse_response(cut).unwrap_err().contains("cut off: 7 of 70"));
+        let no_length = "HTTP/1.0 401 Unauthorized\r\n\r\nno token";
+        assert_eq!(parse_response(no_length), Ok((401, "no token".to_string())));
+        assert!(parse_response("HTTP/1.0 200 OK\r\n").is_err());
+        assert!(parse_response("garbage\r\n\r\n").is_err());
+    }
 }
