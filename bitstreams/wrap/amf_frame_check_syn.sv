@@ -20,7 +20,7 @@ module amf_frame_check_syn (
     cfg_q   <= {cfg_q[171:0], shift_q[383]};
   end
 
-  logic in_ready_unused;
+  logic in_ready_unused, busy_unused;
 
   amf_frame_check u_check (
     .clk_i,
@@ -37,8 +37,9 @@ module amf_frame_check_syn (
     .out_valid_o,
     .out_ready_i  (1'b1),
     .out_frame_o  (out_frame),
-    .out_verdict_o
+    .out_verdict_o,
+    .busy_o       (busy_unused)
   );
 
-  assign out_parity_o = ^{out_frame, in_ready_unused};
+  assign out_parity_o = ^{out_frame, in_ready_unused, busy_unused};
 endmodule

@@ -260,7 +260,7 @@ module amf_card #(
   assign irq_set = {error_q == 8'd0 && (fetch_err || cpl_err || evt_err), evt_written, cpl_written};
 
   // ---- link receive: the checker's output stage holds a frame until the engine takes it -------
-  logic         chk_valid, chk_ready, chk_ok;
+  logic         chk_valid, chk_ready, chk_ok, chk_busy;
   logic [255:0] chk_frame;
   logic [2:0]   chk_verdict;
   logic         rx_ready;
@@ -280,7 +280,8 @@ module amf_card #(
     .out_valid_o   (chk_valid),
     .out_ready_i   (chk_ready),
     .out_frame_o   (chk_frame),
-    .out_verdict_o (chk_verdict)
+    .out_verdict_o (chk_verdict),
+    .busy_o        (chk_busy)
   );
   // Good frames wait for the engine; frames arriving while the card is disabled are counted, not
   // acted on; bad ones are counted and dropped at once.
@@ -372,7 +373,10 @@ module amf_card #(
     .busy_o             (engine_busy)
   );
 
-  assign busy_o = fetch_busy || cpl_busy || evt_busy || engine_busy || chk_valid || !link_rx_ready_o
+  // The checker's own busy, not its ready: a frame moving from its first stage to its second
+  // leaves ready high for a cycle with the frame inside, and a clock gated on busy stopped there
+  // (the frame then waited for the next input to start the clock again).
+  assign busy_o = fetch_busy || cpl_busy || evt_busy || engine_busy || chk_busy
                   || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
 
   logic unused;

@@ -25,7 +25,10 @@ module amf_frame_check (
   output logic         out_valid_o,
   input  logic         out_ready_i,
   output logic [255:0] out_frame_o,
-  output logic [2:0]   out_verdict_o
+  output logic [2:0]   out_verdict_o,
+  // a frame is inside (either stage): in_ready_o is no measure of it, being high in the cycle a
+  // frame moves from stage 1 to stage 2
+  output logic         busy_o
 );
   // Verdicts (the reference model's order).
   localparam logic [2:0] VerdictOk        = 3'd0;
@@ -195,6 +198,7 @@ module amf_frame_check (
   assign out_valid_o   = s2_valid_q;
   assign out_frame_o   = s2_frame_q;
   assign out_verdict_o = s2_verdict_q;
+  assign busy_o        = s1_valid_q || s2_valid_q;
 
 `ifndef SYNTHESIS
   /* verilator lint_off SYNCASYNCNET */

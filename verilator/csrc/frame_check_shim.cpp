@@ -19,6 +19,7 @@ struct amf_fc_io {
     uint8_t in_ready;
     uint8_t out_valid;
     uint8_t out_verdict;
+    uint8_t busy;
     uint32_t out_frame[8];
 };
 
@@ -66,6 +67,7 @@ void amf_fc_cycle(void* p, amf_fc_io* io) {
     io->in_ready = t->in_ready_o;
     io->out_valid = t->out_valid_o;
     io->out_verdict = t->out_verdict_o;
+    io->busy = t->busy_o;
     for (int i = 0; i < 8; i++) io->out_frame[i] = t->out_frame_o[i];
     t->clk_i = 1;
     t->eval();

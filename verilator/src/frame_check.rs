@@ -20,6 +20,7 @@ struct Io {
     in_ready: u8,
     out_valid: u8,
     out_verdict: u8,
+    busy: u8,
     out_frame: [u32; 8],
 }
 
@@ -95,8 +96,10 @@ impl FrameCheck {
     }
 
     /// Streams `frames` in back to back while the consumer takes a verdict only in the cycles
-    /// `take(cycle)` allows; returns the verdicts and frames in order, and the cycles it took.
-    /// The checker must neither drop nor duplicate a frame under back-pressure.
+    /// `take(cycle)` allows; returns the verdicts and frames in order, the cycles it took, and
+    /// the cycles whose busy output disagreed with whether a frame was inside. The checker must
+    /// neither drop nor duplicate a frame under back-pressure, and a clock gated on its busy
+    /// must never stop with a frame inside.
     pub fn stream(
         &mut self,
         frames: &[WireFrame],
@@ -104,19 +107,25 @@ impl FrameCheck {
         peers: u8,
         epoch: u32,
         mut take: impl FnMut(u64) -> bool,
-    ) -> (Vec<(u8, [u8; 32])>, u64) {
+    ) -> (Vec<(u8, [u8; 32])>, u64, u64) {
         let mut io = Io { rst_n: 1, node_id: node, peers, epoch, ..Io::default() };
         let mut next = 0;
         let mut out = vec![];
         let mut cycle = 0u64;
         let cycles_max = 64 + 64 * frames.len() as u64 * if self.key.is_some() { 4 } else { 1 };
+        let mut busy_wrong = 0;
         while out.len() < frames.len() && cycle < cycles_max {
+            // Frames taken and not yet given out, as of the edge before this cycle.
+            let inside = next - out.len();
             io.in_valid = (next < frames.len()) as u8;
             if let Some(f) = frames.get(next) {
                 io.in_frame = words(f);
             }
             io.out_ready = take(cycle) as u8;
             self.cycle(&mut io);
+            if (io.busy == 1) != (inside > 0) {
+                busy_wrong += 1;
+            }
             // Handshakes at this edge (outputs as seen before it).
             if io.in_valid == 1 && io.in_ready == 1 {
                 next += 1;
@@ -126,7 +135,7 @@ impl FrameCheck {
             }
             cycle += 1;
         }
-        (out, cycle)
+        (out, cycle, busy_wrong)
     }
 }
 

@@ -200,8 +200,9 @@ fn rtl_frame_check_takes_a_frame_per_cycle_and_holds_under_backpressure() {
             // Consumer always ready: n frames in n + pipeline depth cycles (n MACs with a key).
             let mut rtl = FrameCheck::new();
             rtl.set_auth(key);
-            let (got, cycles) = rtl.stream(&frames, node, peers, epoch, |_| true);
+            let (got, cycles, busy_wrong) = rtl.stream(&frames, node, peers, epoch, |_| true);
             assert_eq!(got, want(()), "seed {seed} key {}: verdicts in order", key.is_some());
+            assert_eq!(busy_wrong, 0, "seed {seed}: cycles whose busy output said otherwise than the frames inside");
             let per_frame = if key.is_some() { 34 } else { 1 };
             assert!(
                 cycles <= per_frame * frames.len() as u64 + 3,
@@ -212,8 +213,9 @@ fn rtl_frame_check_takes_a_frame_per_cycle_and_holds_under_backpressure() {
             let mut rtl = FrameCheck::new();
             rtl.set_auth(key);
             let mut stall = SmallRng::seed_from_u64(seed + 1000);
-            let (got, _) = rtl.stream(&frames, node, peers, epoch, |_| stall.gen_bool(0.4));
+            let (got, _, busy_wrong) = rtl.stream(&frames, node, peers, epoch, |_| stall.gen_bool(0.4));
             assert_eq!(got, want(()), "seed {seed} key {}: verdicts in order under back-pressure", key.is_some());
+            assert_eq!(busy_wrong, 0, "seed {seed}: busy under back-pressure");
         }
     }
 }
