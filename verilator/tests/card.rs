@@ -36,6 +36,9 @@ struct Pair {
     cmd_prod: u32,
     cpl_cons: u32,
     evt_cons: u32,
+    /// The RTL's clock stops at the first cycle its busy output is low, as the simulated
+    /// device's clock does: work it strands with busy low shows as a difference from the model.
+    gated: bool,
 }
 
 impl Pair {
@@ -53,6 +56,7 @@ impl Pair {
             cmd_prod: 0,
             cpl_cons: 0,
             evt_cons: 0,
+            gated: false,
         };
         use regs::*;
         let node = device::node::peers::set(0, (1 << NODES) - 1);
@@ -87,7 +91,16 @@ impl Pair {
     }
 
     fn settle(&mut self) {
-        self.rtl.run(SETTLE_CYCLES, &mut self.rtl_mem);
+        if self.gated {
+            for _ in 0..SETTLE_CYCLES {
+                self.rtl.run(1, &mut self.rtl_mem);
+                if !self.rtl.busy() {
+                    break;
+                }
+            }
+        } else {
+            self.rtl.run(SETTLE_CYCLES, &mut self.rtl_mem);
+        }
         self.model.tick(SETTLE_CYCLES, &mut self.model_mem);
     }
 
@@ -192,6 +205,7 @@ fn rtl_card_matches_model() {
         let auth = seed >= 73 || (seed % 2 == 0 && seed != 72);
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut p = Pair::with_auth(auth);
+        p.gated = seed % 2 == 0;
         let mut peers = Peers { auth, counters: [0; 8] };
         let mut sent: Vec<WireFrame> = vec![];
         // The counters this node's card sealed its frames with (authenticated runs).
