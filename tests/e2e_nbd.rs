@@ -129,7 +129,8 @@ fn fio_nbd_engine_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
     let c = start(&dir, &args(&shape("raid6", "5")));
-    let out = run_ok(Command::new("fio").args([
+    // fio saves its verify state in the working folder: the test's own, not the tree's.
+    let out = run_ok(Command::new("fio").current_dir(tmp.path()).args([
         "--name=verify",
         "--ioengine=nbd",
         &format!("--uri={}", c.nbd_uri),

@@ -588,8 +588,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 crate::bench::record(&path, "driver", &table)?;
             }
         }
-        Command::Bench { what: BenchCommand::Cluster { seconds, record, latency_only: true } } => {
-            let _ = (seconds, record);
+        Command::Bench { what: BenchCommand::Cluster { latency_only: true, .. } } => {
             let base = std::env::temp_dir().join(format!("amf-bench-latency-{}", std::process::id()));
             let rows = crate::bench::cluster::latency_rows(&base);
             let _ = std::fs::remove_dir_all(&base);
