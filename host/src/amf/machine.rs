@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 mod bases;
 mod group;
 mod jobs;
+mod room;
 mod view;
 
 /// How a controller's machine is set up.
@@ -319,6 +320,8 @@ struct Line {
     lost: u32,
     lost_since_us: u64,
     acquire_at_us: u64,
+    /// What the cache's index counted this line as when it last looked (`room.rs`).
+    seen: room::Seen,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -503,6 +506,8 @@ pub struct Machine {
     jobs: BTreeMap<u64, jobs::Job>,
     touched_jobs: BTreeSet<u64>,
     room_waiters: BTreeSet<u64>,
+    /// Lines in use and by last use, kept as lines change (`room.rs`).
+    room: room::Room,
     touched: BTreeSet<u64>,
     /// Lines changed since the last tick (through [`Machine::line`], the only way a line
     /// becomes Modified or gets a timer): the tick queues their deadlines.
@@ -549,6 +554,7 @@ impl Machine {
             jobs: BTreeMap::new(),
             touched_jobs: BTreeSet::new(),
             room_waiters: BTreeSet::new(),
+            room: room::Room::default(),
             touched: BTreeSet::new(),
             timed: BTreeSet::new(),
             writeback_due: BTreeSet::new(),
@@ -752,6 +758,8 @@ impl Machine {
                 break;
             }
         }
+        // Between steps the index is exact (and so the same for equal caches).
+        self.room.sync(&mut self.lines);
         std::mem::take(&mut self.out)
     }
 
@@ -760,6 +768,7 @@ impl Machine {
         // leaves only after its write-back.
         let clean = self.wseq;
         self.timed.insert(r);
+        self.room.changed(r);
         self.lines.entry(r).or_insert_with(|| Line {
             state: State::Invalid,
             data: Vec::new(),
@@ -784,6 +793,7 @@ impl Machine {
             lost: 0,
             lost_since_us: 0,
             acquire_at_us: 0,
+            seen: room::Seen::default(),
         })
     }
 
@@ -1005,7 +1015,9 @@ impl Machine {
             let l = &self.lines[&r];
             let Some(&pid) = l.queue.front() else {
                 if l.state == State::Invalid {
-                    self.lines.remove(&r);
+                    if let Some(l) = self.lines.remove(&r) {
+                        self.room.forget(r, &l);
+                    }
                     self.wake_room();
                 } else if !self.room_waiters.is_empty() {
                     self.make_room();
@@ -1031,12 +1043,13 @@ impl Machine {
             if is_write && matches!(l.state, State::Exclusive | State::Modified) {
                 return self.apply(r, pid);
             }
-            if l.state == State::Invalid && !self.has_room() {
+            let (invalid, acquire_at_us) = (l.state == State::Invalid, l.acquire_at_us);
+            if invalid && !self.has_room() {
                 self.room_waiters.insert(r);
                 self.make_room();
                 return;
             }
-            if l.acquire_at_us > self.now_us {
+            if acquire_at_us > self.now_us {
                 // Backing off after lost conflicts; a tick brings it back.
                 return;
             }
@@ -1111,44 +1124,26 @@ impl Machine {
     }
 
     /// Lines that take a place in the cache: resident, or on their way in.
-    fn lines_used(&self) -> usize {
-        self.lines
-            .values()
-            .filter(|l| {
-                l.state != State::Invalid
-                    || matches!(
-                        l.phase,
-                        Phase::Acquiring { .. }
-                            | Phase::Filling { .. }
-                            | Phase::FillLocking { .. }
-                            | Phase::Fetching { .. }
-                    )
-            })
-            .count()
+    fn lines_used(&mut self) -> usize {
+        self.room.sync(&mut self.lines);
+        self.room.used()
     }
 
-    fn has_room(&self) -> bool {
+    fn has_room(&mut self) -> bool {
         // Every line in use is in the map: a map shorter than the cache needs no count.
         self.lines.len() < self.cfg.lines_max || self.lines_used() < self.cfg.lines_max
     }
 
     /// Starts evicting the least recently used idle line (unless one is leaving already).
     fn make_room(&mut self) {
-        if self.lines.values().any(|l| l.evict) {
+        self.room.sync(&mut self.lines);
+        if self.room.evicting() {
             return;
         }
-        let victim = self
-            .lines
-            .iter()
-            .filter(|(_, l)| {
-                l.state != State::Invalid
-                    && l.phase == Phase::Idle
-                    && l.queue.is_empty()
-                    && !l.owed_excl
-                    && !l.owed_share
-            })
-            .min_by_key(|(r, l)| (l.last_use, **r))
-            .map(|(r, _)| *r);
+        let lines = &self.lines;
+        let victim = self.room.by_use().find(|r| {
+            lines.get(r).is_some_and(|l| l.phase == Phase::Idle && l.queue.is_empty() && !l.owed_excl && !l.owed_share)
+        });
         if let Some(v) = victim {
             self.line(v).evict = true;
             self.touched.insert(v);
@@ -2036,6 +2031,7 @@ impl Machine {
         self.check_jobs()?;
         // Lines taken over from a controller that left may overfill the cache: those are
         // being evicted.
+        self.room.check(self.cfg.node, &self.lines)?;
         let resident = self.lines.values().filter(|l| l.state != State::Invalid && !l.evict).count();
         if resident > self.cfg.lines_max {
             return Err(format!("n{} holds {resident} lines, more than {}", self.cfg.node, self.cfg.lines_max));
