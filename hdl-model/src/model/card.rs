@@ -117,7 +117,8 @@ pub struct Stats {
     pub replayed: u32,
 }
 
-/// One card.
+/// One card (cloned by tests that look ahead).
+#[derive(Clone)]
 pub struct Card {
     ctrl_enable: bool,
     node: u32,
@@ -458,6 +459,25 @@ impl Card {
         self.ctrl_enable
             && self.error_code == 0
             && (self.cmd.pending() || !self.pending.is_empty() || !self.deferred.is_empty())
+    }
+
+    /// The first cycle at which `tick` would do something without new input (a host write or
+    /// a frame), or `None` when nothing is timed: a clock driving the model may sleep until
+    /// then. At or before the current cycle when work waits now.
+    pub fn next_due(&self) -> Option<u64> {
+        if !self.ctrl_enable || self.error_code != 0 {
+            return None;
+        }
+        if self.cmd.pending() || !self.deferred.is_empty() {
+            return Some(self.cycle);
+        }
+        let timers = self.pending.iter().map(|p| p.retry_at.unwrap_or(p.deadline));
+        let period = self.heartbeat_period as u64;
+        let heartbeat = (period != 0).then_some(self.next_heartbeat);
+        let down = Self::each_peer(self.peers() & self.peer_up)
+            .filter(|_| period != 0)
+            .map(|p| self.last_seen[p as usize] + DOWN_PERIODS * period + 1);
+        timers.chain(heartbeat).chain(down).min()
     }
 
     /// The interrupt line (an MSI-X vector's trigger): a cause is set that the host enabled.

@@ -207,7 +207,7 @@ fn big_cache(base: &Path) -> Result<String, BenchError> {
 
 /// One shared region 4x larger than one controller's cache (64 MiB caches over 256 MiB), 30%
 /// writes, from 9 clients: one controller against 3 with model cards.
-fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
+pub fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
     const CACHE_MIB: u64 = 64;
     let blocks = ((4 * CACHE_MIB) << 20) / BLOCK_BYTES as u64;
     let mut out = format!(

@@ -361,11 +361,15 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
         /// Record the tables in this markdown file (between bench markers).
-        #[arg(long, conflicts_with = "latency_only")]
+        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only"])]
         record: Option<PathBuf>,
         /// Only the write-latency rows (a quick look while tuning the card path).
         #[arg(long)]
         latency_only: bool,
+        /// Only the rows of a shared region 4x one cache (a quick look while tuning misses
+        /// and evictions).
+        #[arg(long, conflicts_with = "latency_only")]
+        beyond_cache_only: bool,
     },
     /// kill -9 of a controller under writes: the time until a survivor answers for its data.
     Takeover {
@@ -594,7 +598,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let _ = std::fs::remove_dir_all(&base);
             println!("{}", rows?);
         }
-        Command::Bench { what: BenchCommand::Cluster { seconds, record, latency_only: false } } => {
+        Command::Bench { what: BenchCommand::Cluster { seconds, beyond_cache_only: true, .. } } => {
+            let base = std::env::temp_dir().join(format!("amf-bench-beyond-{}", std::process::id()));
+            let rows = crate::bench::cluster::beyond_cache(&base, seconds);
+            let _ = std::fs::remove_dir_all(&base);
+            println!("{}", rows?);
+        }
+        Command::Bench { what: BenchCommand::Cluster { seconds, record, .. } } => {
             let (mut table, scaling) = crate::bench::cluster::run(seconds)?;
             println!("{table}");
             if let Some(path) = record {

@@ -79,6 +79,20 @@ impl ModelBackend {
         self.lock().card.irq_line()
     }
 
+    /// Runs the card until its clock reads `cycle` (nothing when it is there already).
+    pub fn run_to(&self, cycle: u64) {
+        let mut g = self.lock();
+        let ModelState { card, mem, .. } = &mut *g;
+        if cycle > card.cycle() {
+            card.tick(cycle - card.cycle(), mem);
+        }
+    }
+
+    /// The first cycle at which the card has something to do without new input, if any.
+    pub fn next_due(&self) -> Option<u64> {
+        self.lock().card.next_due()
+    }
+
     /// Delivers a frame from the link.
     pub fn deliver(&self, bytes: &[u8]) -> bool {
         let mut g = self.lock();

@@ -7,16 +7,21 @@ use super::{Backend, ModelBackend};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Nominal card clock: cycles per second of wall time.
 pub const CLOCK_HZ: u64 = 100_000_000;
+/// How long the clock thread waits while the card has work it cannot do yet (a ring full).
+const STALLED_SLEEP: Duration = Duration::from_micros(50);
 /// Longest the clock thread sleeps without a doorbell, a frame or an acknowledged interrupt
-/// (the card's timers run on the cycles it catches up when it wakes).
-const IDLE_SLEEP: Duration = Duration::from_micros(50);
+/// when nothing is timed: the card's next timer (a command's deadline or back-off, a
+/// heartbeat) wakes it otherwise.
+const IDLE_SLEEP_MAX: Duration = Duration::from_millis(10);
+/// `wakes_at` while the clock thread is awake.
+const AWAKE: u64 = 0;
 /// The link receiver's socket timeout (only how soon it sees a stop).
 const RECV_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -29,6 +34,11 @@ pub struct LinkedModel {
     peers: Arc<Mutex<HashMap<u8, SocketAddr>>>,
     stop: Arc<AtomicBool>,
     clock_thread: Arc<Mutex<Option<std::thread::Thread>>>,
+    /// When the clock's time started (cycle 0).
+    start: Instant,
+    /// The cycle the sleeping clock thread wakes at by itself (`AWAKE` while it runs): a
+    /// frame that makes the card due sooner wakes it.
+    wakes_at: Arc<AtomicU64>,
     irq: Arc<EventFd>,
     /// The host cleared the interrupt causes since the last interrupt: the line seen high
     /// interrupts again.
@@ -46,6 +56,8 @@ impl LinkedModel {
             peers: Arc::default(),
             stop: Arc::new(AtomicBool::new(false)),
             clock_thread: Arc::default(),
+            start: Instant::now(),
+            wakes_at: Arc::new(AtomicU64::new(AWAKE)),
             irq: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
             armed: Arc::new(AtomicBool::new(true)),
         };
@@ -79,19 +91,49 @@ impl LinkedModel {
         }
     }
 
-    /// Frames from the link go to the card at once, and the clock runs them.
+    /// The card's cycle now: wall time since the start at `CLOCK_HZ`.
+    fn cycle_now(&self) -> u64 {
+        (self.start.elapsed().as_nanos() * CLOCK_HZ as u128 / 1_000_000_000) as u64
+    }
+
+    /// Frames from the link go to the card at once, on this thread: the card's answers leave
+    /// from here too, and the clock thread is woken only when the frame gave the card a timer
+    /// sooner than the one it sleeps until (a context switch per frame was most of a model
+    /// card's CPU).
     fn receive(&self) {
         let mut buf = [0u8; 64];
         while !self.stop.load(Relaxed) {
             if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
+                // The card's time catches up first: timers the frame starts count from now.
+                self.card.run_to(self.cycle_now());
                 // Wrong-sized datagrams reach the card too: it counts them as malformed.
                 self.card.deliver(&buf[..n]);
+                self.send_outgoing();
                 // The model takes a frame at once: an event or completion it raised
                 // interrupts now, not after the clock's next look.
                 self.interrupt_if_due();
-                self.wake_clock();
+                let wakes_at = self.wakes_at.load(SeqCst);
+                if self.card.next_due().is_some_and(|due| wakes_at == AWAKE || due < wakes_at) {
+                    self.wake_clock();
+                }
             }
         }
+    }
+
+    /// Sends the frames the card put out; false when there were none.
+    fn send_outgoing(&self) -> bool {
+        let out = self.card.take_outgoing();
+        if out.is_empty() {
+            return false;
+        }
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // The link multicasts: one datagram to each node the frame names.
+        for o in out {
+            for (_, a) in peers.iter().filter(|(n, _)| **n < 8 && o.dst_mask & (1 << **n) != 0) {
+                let _ = self.socket.send_to(&o.bytes, a);
+            }
+        }
+        true
     }
 
     /// Interrupts the host when the line is high and the host cleared the causes since the
@@ -108,28 +150,30 @@ impl LinkedModel {
         }
     }
 
+    /// Runs the card's clock: catches up with wall time, sends what the card put out, and
+    /// sleeps until the card's next timer, a doorbell, a frame that needs it sooner, or an
+    /// acknowledged interrupt.
     fn clock(&self) {
-        let start = Instant::now();
-        let mut cycles_done = 0u64;
         while !self.stop.load(Relaxed) {
-            let due = start.elapsed().as_nanos() as u64 * CLOCK_HZ / 1_000_000_000;
-            if due > cycles_done {
-                self.card.run(due - cycles_done);
-                cycles_done = due;
-            }
+            self.wakes_at.store(AWAKE, SeqCst);
+            let now = self.cycle_now();
+            self.card.run_to(now);
             self.interrupt_if_due();
-            let out = self.card.take_outgoing();
-            if out.is_empty() {
-                std::thread::park_timeout(IDLE_SLEEP);
+            if self.send_outgoing() {
                 continue;
             }
-            let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            // The link multicasts: one datagram to each node the frame names.
-            for o in out {
-                for (_, a) in peers.iter().filter(|(n, _)| **n < 8 && o.dst_mask & (1 << **n) != 0) {
-                    let _ = self.socket.send_to(&o.bytes, a);
+            let sleep = match self.card.next_due() {
+                Some(due) if due <= now => STALLED_SLEEP,
+                Some(due) => {
+                    self.wakes_at.store(due, SeqCst);
+                    Duration::from_nanos((due - now).saturating_mul(1_000_000_000 / CLOCK_HZ)).min(IDLE_SLEEP_MAX)
                 }
-            }
+                None => {
+                    self.wakes_at.store(u64::MAX, SeqCst);
+                    IDLE_SLEEP_MAX
+                }
+            };
+            std::thread::park_timeout(sleep);
         }
     }
 }
