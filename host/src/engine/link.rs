@@ -108,15 +108,20 @@ impl LinkedModel {
                 self.card.run_to(self.cycle_now());
                 // Wrong-sized datagrams reach the card too: it counts them as malformed.
                 self.card.deliver(&buf[..n]);
-                self.send_outgoing();
-                // The model takes a frame at once: an event or completion it raised
-                // interrupts now, not after the clock's next look.
-                self.interrupt_if_due();
-                let wakes_at = self.wakes_at.load(SeqCst);
-                if self.card.next_due().is_some_and(|due| wakes_at == AWAKE || due < wakes_at) {
-                    self.wake_clock();
-                }
+                self.react();
             }
+        }
+    }
+
+    /// After new input (a frame, a host write): the card's answers leave now, an interrupt it
+    /// raised fires now, and the clock thread is woken only when the card is due sooner than
+    /// the clock sleeps.
+    fn react(&self) {
+        self.send_outgoing();
+        self.interrupt_if_due();
+        let wakes_at = self.wakes_at.load(SeqCst);
+        if self.card.next_due().is_some_and(|due| wakes_at == AWAKE || due < wakes_at) {
+            self.wake_clock();
         }
     }
 
@@ -183,9 +188,12 @@ impl Backend for LinkedModel {
         self.card.read32(offset)
     }
     fn write32(&self, offset: u32, value: u32) {
+        // A doorbell is served at once, on the writer's thread, as a card fetching the
+        // command within the write's time would (a real card takes about a microsecond).
+        self.card.run_to(self.cycle_now());
         self.card.write32(offset, value);
-        // A doorbell: the clock runs the command now rather than after its idle sleep.
-        self.wake_clock();
+        self.card.run_to(self.cycle_now());
+        self.react();
     }
     fn dma_alloc(&self, bytes: usize) -> Result<u64, String> {
         self.card.dma_alloc(bytes)
@@ -205,7 +213,8 @@ impl Backend for LinkedModel {
     }
     fn interrupt_ack(&self) {
         self.armed.store(true, Relaxed);
-        self.wake_clock();
+        // Causes raised since the host's clear interrupt again now.
+        self.interrupt_if_due();
     }
 }
 
