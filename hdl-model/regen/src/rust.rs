@@ -183,28 +183,43 @@ fn rust_ty(bits: u32) -> &'static str {
 
 pub(crate) fn structs(s: &StructSpec) -> String {
     let mut o = format!("// {}\n\n", crate::HEADER_NOTE);
-    o += r#"/// Reads `width` bits at bit `offset` of a little-endian byte string.
-fn get_bits(b: &[u8], offset: u32, width: u32) -> u128 {
-    let mut v = 0u128;
-    for i in 0..width {
-        let bit = offset + i;
-        if b[(bit / 8) as usize] >> (bit % 8) & 1 == 1 {
-            v |= 1 << i;
-        }
+    o += r#"/// The low `width` bits set.
+fn mask(width: u32) -> u128 {
+    if width >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << width) - 1
     }
-    v
 }
 
-/// Writes the low `width` bits of `v` at bit `offset`.
+/// Reads `width` bits at bit `offset` of a little-endian byte string: the bytes it spans at
+/// once (every frame and descriptor passes here, so no loop per bit).
+fn get_bits(b: &[u8], offset: u32, width: u32) -> u128 {
+    let (first, shift) = ((offset / 8) as usize, offset % 8);
+    if shift + width > 128 {
+        // A 128-bit field off a byte boundary spans 17 bytes: bit by bit.
+        return (0..width).filter(|i| b[((offset + i) / 8) as usize] >> ((offset + i) % 8) & 1 == 1).fold(0, |v, i| v | 1 << i);
+    }
+    let last = (offset + width).div_ceil(8) as usize;
+    let v = b[first..last].iter().rev().fold(0u128, |v, byte| v << 8 | *byte as u128);
+    v >> shift & mask(width)
+}
+
+/// Writes the low `width` bits of `v` at bit `offset` (the bytes it spans at once).
 fn put_bits(b: &mut [u8], offset: u32, width: u32, v: u128) {
-    for i in 0..width {
-        let bit = offset + i;
-        let byte = &mut b[(bit / 8) as usize];
-        if v >> i & 1 == 1 {
-            *byte |= 1 << (bit % 8);
-        } else {
-            *byte &= !(1 << (bit % 8));
+    let (first, shift) = ((offset / 8) as usize, offset % 8);
+    if shift + width > 128 {
+        for i in 0..width {
+            let (byte, bit) = (((offset + i) / 8) as usize, (offset + i) % 8);
+            b[byte] = b[byte] & !(1 << bit) | (((v >> i) & 1) as u8) << bit;
         }
+        return;
+    }
+    let last = (offset + width).div_ceil(8) as usize;
+    let (m, v) = (mask(width) << shift, (v & mask(width)) << shift);
+    for (k, byte) in b[first..last].iter_mut().enumerate() {
+        let (mk, vk) = ((m >> (8 * k)) as u8, (v >> (8 * k)) as u8);
+        *byte = *byte & !mk | vk;
     }
 }
 "#;
