@@ -805,13 +805,6 @@ impl Loop {
 
     /// Submits queued commands; feeds completions and events to the machine in card order.
     fn pump_card(&mut self) {
-        // After an interrupt: causes set from here on interrupt again (what they report is
-        // reaped below or at the next wake). Only then: a clear is a register write, which a
-        // simulated card runs its clock for.
-        if let Some(w) = self.card_waker.as_mut().filter(|w| w.taken) {
-            w.taken = false;
-            self.driver.ack_interrupt();
-        }
         for _ in 0..64 {
             if self.view_due.is_none() {
                 let acquires = self.tags.values().filter(|t| waits(t.2)).count();
@@ -848,6 +841,15 @@ impl Loop {
                 }
             };
             if done.is_empty() && events.is_empty() {
+                // After an interrupt, once the rings are empty: causes set from here on
+                // interrupt again, and what came before the clear is reaped in the next round.
+                // Not at the wake: what this round's commands complete (a yield's completion
+                // at once) would interrupt for what the round reaps anyway, a wake of the
+                // loop for nothing (two in five before). Only after an interrupt: a clear is
+                // a register write, which a simulated card runs its clock for.
+                if self.rearm() {
+                    continue;
+                }
                 return;
             }
             let mut measured = Vec::new();
@@ -866,6 +868,27 @@ impl Loop {
             for input in inputs {
                 self.step(input);
             }
+        }
+        // Rounds left over: cleared and armed, and the loop comes back for them at once (a
+        // clear wipes the causes of what is still in the rings).
+        if self.rearm() {
+            if let Some(w) = self.card_waker.as_ref() {
+                w.pending.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let _ = self.inbox.send(Event::CardWake);
+        }
+    }
+
+    /// After an interrupt was taken: clears the card's causes and arms its interrupt again
+    /// (true); the rings must be read after this.
+    fn rearm(&mut self) -> bool {
+        match self.card_waker.as_mut().filter(|w| w.taken) {
+            Some(w) => {
+                w.taken = false;
+                self.driver.ack_interrupt();
+                true
+            }
+            None => false,
         }
     }
 
