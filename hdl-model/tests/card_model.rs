@@ -181,6 +181,13 @@ impl Cluster {
         *cs.iter().find(|c| c.tag == tag).unwrap_or_else(|| panic!("no completion for tag {tag}: {cs:?}"))
     }
 
+    /// A random acquire or release of one of three resources by a random node.
+    fn submit_random(&mut self, rng: &mut SmallRng) {
+        let node = rng.gen_range(0..self.nodes.len());
+        let op = [Opcode::AcquireShared, Opcode::AcquireExclusive, Opcode::Release][rng.gen_range(0..3)];
+        self.nodes[node].submit(op, rng.gen_range(0..3), 7);
+    }
+
     fn frames_tx(&self) -> u32 {
         self.nodes.iter().map(|n| n.reg(regs::stats::BASE, regs::stats::frames_tx::OFFSET)).sum()
     }
@@ -372,9 +379,7 @@ fn seeded_random_runs_keep_the_coherence_invariant() {
         let mut completed = 0;
         for step in 0..4000 {
             if rng.gen_bool(0.2) {
-                let node = rng.gen_range(0..n as usize);
-                let op = [Opcode::AcquireShared, Opcode::AcquireExclusive, Opcode::Release][rng.gen_range(0..3)];
-                c.nodes[node].submit(op, rng.gen_range(0..3), 7);
+                c.submit_random(&mut rng);
             }
             c.tick(rng.gen_range(1..20));
             let deliveries = rng.gen_range(0..=c.in_flight.len().min(4));
@@ -455,9 +460,7 @@ fn next_due_is_the_first_cycle_with_something_to_do() {
         }
         for step in 0..1500 {
             if rng.gen_bool(0.1) {
-                let node = rng.gen_range(0..n as usize);
-                let op = [Opcode::AcquireShared, Opcode::AcquireExclusive, Opcode::Release][rng.gen_range(0..3)];
-                c.nodes[node].submit(op, rng.gen_range(0..3), 7);
+                c.submit_random(&mut rng);
             }
             c.tick(rng.gen_range(1..40));
             // Frames are lost now and then, so timers run out.
