@@ -603,6 +603,14 @@ impl Machine {
         self.bases.len()
     }
 
+    /// This controller joins a running membership (it was restarted): it holds nothing of
+    /// the group until it asks, and reads the record before its first member I/O (simulator
+    /// seed 851: a restarted controller whose assembly predated a member failure another
+    /// controller recorded read the failed member's stale data).
+    pub fn joins(&mut self) {
+        self.group = group::Group::joining(self.group_degraded());
+    }
+
     /// Host requests not answered yet.
     pub fn requests_open(&self) -> usize {
         self.requests.len()

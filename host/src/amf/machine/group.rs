@@ -60,6 +60,14 @@ impl Group {
         }
     }
 
+    /// The group for a controller joining a running membership: held by nothing here and
+    /// with no view yet. Its assembly may predate a change another controller recorded while
+    /// it was out, or one being recorded now under the exclusive hold, so it asks for the
+    /// shared hold and reads the record before its first member I/O.
+    pub(super) fn joining(degraded: bool) -> Group {
+        Group { held: None, view: false, ..Group::new(degraded) }
+    }
+
     /// A change waits to be recorded (or its record is being written).
     fn recording(&self) -> bool {
         self.change || matches!(self.io, Some((_, true)))

@@ -216,7 +216,10 @@ impl Shell {
         let jobs = members::Workers::start(cfg.array.clone(), cfg.member_workers, tx.clone())
             .map_err(|e| format!("member workers: {e}"))?;
         let capacity = m.capacity;
-        let machine = Machine::new(cfg.machine.clone());
+        let mut machine = Machine::new(cfg.machine.clone());
+        if cfg.join {
+            machine.joins();
+        }
         let peers: Vec<u8> = cfg.peers.iter().map(|p| p.0).collect();
         let card = cfg.card.clone();
         let array = cfg.array.clone();

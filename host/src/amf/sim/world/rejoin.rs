@@ -27,6 +27,7 @@ impl World {
         let target = crate::amf::shell::flip_epoch(BASE_EPOCH, self.epoch, 1 << n);
         let mut node = Node::start(&self.cfg, &self.dir, n, target, self.caches.as_ref())?;
         node.array.reload_own_slot().map_err(|e| format!("n{n} reading its slot: {e}"))?;
+        node.m.joins();
         node.card_cycles = self.now_us * super::CYCLES_PER_US;
         self.nodes[n as usize] = node;
         self.dead &= !(1 << n);
