@@ -79,13 +79,13 @@ impl ModelBackend {
         self.lock().card.irq_line()
     }
 
-    /// Runs the card until its clock reads `cycle` (nothing when it is there already).
+    /// Runs the card until its clock reads `cycle`, and lets it take what came since its last
+    /// tick (a doorbell) even when no cycle has passed.
     pub fn run_to(&self, cycle: u64) {
         let mut g = self.lock();
         let ModelState { card, mem, .. } = &mut *g;
-        if cycle > card.cycle() {
-            card.tick(cycle - card.cycle(), mem);
-        }
+        let cycles = cycle.saturating_sub(card.cycle());
+        card.tick(cycles, mem);
     }
 
     /// The first cycle at which the card has something to do without new input, if any.

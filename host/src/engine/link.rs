@@ -190,7 +190,6 @@ impl Backend for LinkedModel {
     fn write32(&self, offset: u32, value: u32) {
         // A doorbell is served at once, on the writer's thread, as a card fetching the
         // command within the write's time would (a real card takes about a microsecond).
-        self.card.run_to(self.cycle_now());
         self.card.write32(offset, value);
         self.card.run_to(self.cycle_now());
         self.react();
