@@ -1628,6 +1628,16 @@ impl Machine {
         self.out.push(Output::Send { to, msg });
     }
 
+    /// Requests sent in this epoch to `from` before it moved to it were dropped there: they go
+    /// again now rather than at their retransmission.
+    fn resend_requests_to(&mut self, to: u8) {
+        let now = self.now_us;
+        for o in self.fabric.values_mut().filter(|o| o.to == to) {
+            o.sent_us = now;
+            self.out.push(Output::Send { to, msg: o.msg.clone() });
+        }
+    }
+
     fn fabric_in(&mut self, from: u8, epoch: u32, msg: Msg) {
         if epoch != self.cfg.epoch {
             self.counters.stale_epoch += 1;
@@ -1815,7 +1825,10 @@ impl Machine {
             }
             // The shells handle start and stop; nothing changes here.
             Msg::Hello | Msg::Leaving | Msg::JoinAsk { .. } | Msg::JoinReady { .. } | Msg::Join { .. } => {}
-            Msg::ViewChanged => self.reissue_acquires(),
+            Msg::ViewChanged => {
+                self.reissue_acquires();
+                self.resend_requests_to(from);
+            }
             Msg::FlushDone { id, ok } => {
                 if let Some(Outstanding { purpose: Purpose::Flush(job), to, .. }) = self.fabric.get(&id) {
                     let (job, to) = (*job, *to);

@@ -433,6 +433,42 @@ mod tests {
         assert!(out.contains(&Output::Reply { id: 1, result: Ok(Vec::new()) }), "{out:?}");
     }
 
+    /// Controller 0 moves to a new epoch first (2 died) and re-replicates its dirty line to 1,
+    /// which drops the request (it is still in the old epoch). When 1 says it moved, the
+    /// request goes again at once: waiting for the retransmission left the line without a
+    /// live replica for up to 20 ms, and its owner dying then lost an acknowledged write
+    /// (simulator seed 1377 under the sharer-filter prototype).
+    #[test]
+    fn a_request_a_peer_dropped_before_it_moved_goes_again_when_it_says_it_moved() {
+        let mut m = machine(0, 3);
+        let out = m.step(Input::Host { id: 1, req: HostReq::Write { offset: 0, data: vec![1; 4], fua: false } });
+        let Some(Output::Card { id, .. }) = out.first().cloned() else { panic!("{out:?}") };
+        let out = m.step(Input::CardDone { id, status: CardStatus::Ok, sharers: 0 });
+        let first = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Send { to: 1, msg: Msg::Replicate { id, .. } } => Some(*id),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{out:?}"));
+        from(&mut m, 1, Msg::ReplicaAck { id: first });
+        // 2 dies; 0 moves and tells 1, which has not moved yet and drops what 0 sends.
+        m.step(Input::View { epoch: 2, live: 0b011 });
+        let out = m.step(Input::Host { id: 2, req: HostReq::Write { offset: 0, data: vec![2; 4], fua: false } });
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Send { to: 1, msg: Msg::Replicate { .. } | Msg::ReplicatePiece { .. } })),
+            "{out:?}"
+        );
+        // 1 moves and says so, well before the retransmission is due.
+        let out = m.step(Input::Fabric { from: 1, epoch: 2, msg: Msg::ViewChanged });
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Send { to: 1, msg: Msg::Replicate { .. } | Msg::ReplicatePiece { .. } })),
+            "the request 1 dropped before it moved was not sent again: {out:?}"
+        );
+    }
+
     /// Controller 1 left and joins again: controller 0's line whose replica went to 2 in the
     /// meantime keeps it there (its next write and its drop go to 2), while a new line goes to
     /// 1, the ring's peer again. One line never has replicas at two controllers.
