@@ -130,10 +130,39 @@ fn rejoin(net: &Net, dir: &std::path::Path, ctl: &mut [Controller], i: usize) {
     let restarted = Instant::now();
     let (again, ready) = spawn(net, dir, i, 3, false);
     ctl[i] = again;
-    let line = ready.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| panic!("{}", ctl[i].log()));
+    let line = ready.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
+        let logs: Vec<String> = ctl
+            .iter()
+            .enumerate()
+            .map(|(n, c)| {
+                let st = if n == i {
+                    serde_json::Value::Null
+                } else {
+                    admin_get(&format!("http://{}:8080", net.addr(n)), "/status")
+                };
+                format!("-- {n}:\n{}\nlease {}\ntakeover {}", c.log(), st["lease"], st["coherency"]["takeover"])
+            })
+            .collect();
+        panic!("controller {i} not ready again\n{}", logs.join("\n"))
+    });
     assert!(line.starts_with(&format!("controller {i}")), "{line}");
     wait_live(net, ctl, &[0, 1, 2], 0b111, Duration::from_secs(60));
     eprintln!("controller {i} rejoined {:.1} s after it was started again", restarted.elapsed().as_secs_f64());
+}
+
+/// `qemu_io`, with every controller's log when it fails.
+fn qemu_io_logged(uri: &str, cmds: &[&str], ctl: &[Controller]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let out = c.arg(uri).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() || text.contains("failed") {
+        let logs: Vec<String> = ctl.iter().enumerate().map(|(i, c)| format!("-- {i}:\n{}", c.log())).collect();
+        panic!("qemu-io {cmds:?} through {uri}: {text}\n{}", logs.join("\n"));
+    }
 }
 
 /// 1 MiB of 0xa1 at 8 MiB through controller 1, then a stream of writes through controller 0
@@ -346,7 +375,7 @@ fn a_controller_killed_and_started_again_at_once_rejoins_under_load() {
     qemu_io(&uri(0), &["write -P 0xc3 9M 64k"]);
     qemu_io(&uri(1), &["read -P 0xc3 9M 64k"]);
     rejoin(&net, &dir, &mut ctl, 2);
-    qemu_io(&uri(2), &["read -P 0xc3 9M 64k"]);
+    qemu_io_logged(&uri(2), &["read -P 0xc3 9M 64k"], &ctl);
     stop_clean(&mut ctl, &[0, 1, 2]);
     scrub_clean(&dir);
 }

@@ -171,8 +171,12 @@ pub enum Msg {
         data: Option<Vec<u8>>,
     },
     /// Start-up: the sender has assembled the group (and resynced it, if it is the one that
-    /// does) and serves.
-    Hello,
+    /// does) and serves; repeated as a heartbeat. `incarnation` names the sender's process: a
+    /// member's hello from another process than the one met proves the first one dead.
+    Hello {
+        /// The sender's process (random at its start).
+        incarnation: u64,
+    },
     /// Stop: the sender wrote back everything it acknowledged and leaves.
     Leaving,
     /// The sender moved to this message's epoch (a controller died). Acquires the receiver

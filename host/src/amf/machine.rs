@@ -1824,7 +1824,7 @@ impl Machine {
                 self.touched.insert(r);
             }
             // The shells handle start and stop; nothing changes here.
-            Msg::Hello | Msg::Leaving | Msg::JoinAsk { .. } | Msg::JoinReady { .. } | Msg::Join { .. } => {}
+            Msg::Hello { .. } | Msg::Leaving | Msg::JoinAsk { .. } | Msg::JoinReady { .. } | Msg::Join { .. } => {}
             Msg::ViewChanged => {
                 self.reissue_acquires();
                 self.resend_requests_to(from);

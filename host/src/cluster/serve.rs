@@ -139,6 +139,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     if lease_at.is_some() {
         proofs.push(Box::new(LeaseWatch(lease_state.clone())));
     }
+    let incarnation = super::lease::new_incarnation();
     let shell = Arc::new(
         Shell::start(ShellConfig {
             machine,
@@ -152,6 +153,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
             join: joining,
             fabric_tls: fabric_tls.clone(),
             link_key,
+            incarnation,
         })
         .map_err(ClusterError::Core)?,
     );
@@ -165,6 +167,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
                     array: array.clone(),
                     offset,
                     timing: Timing::DEFAULT,
+                    incarnation,
                 },
                 lease_state.clone(),
                 shell.net.clone(),

@@ -61,6 +61,25 @@ impl Loop {
         }
     }
 
+    /// A hello from a member `from` of `epoch`, a membership without this controller, while
+    /// it waits at the start barrier: the others served already and took this controller's
+    /// earlier life for dead (it restarted before they wrote a record that showed them
+    /// serving, so it took itself for part of a cluster's start). It joins them instead.
+    pub(super) fn taken_for_dead(&mut self, from: u8, epoch: u32) {
+        let (base, nodes, me) = (self.base_epoch, self.m.config().nodes, self.me());
+        let live = epoch_live(base, epoch, nodes);
+        if self.started || self.join.is_some() || live & me != 0 || live & (1 << from) == 0 {
+            return;
+        }
+        eprintln!(
+            "amf: controller {}: the others serve in epoch {epoch} without it (its earlier life was taken over); \
+             joining them",
+            self.m.config().node
+        );
+        self.join = Some(Joining::new());
+        self.m.joins();
+    }
+
     /// Each heartbeat while joining: ask every member of the membership they agree on, or
     /// repeat the commit to those not heard in the new epoch yet.
     pub(super) fn join_tick(&mut self) {

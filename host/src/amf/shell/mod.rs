@@ -175,6 +175,8 @@ pub struct ShellConfig {
     pub fabric_tls: Option<Arc<crate::tls::fabric::FabricTls>>,
     /// The cluster's card link key (`[card] link_key`): frames sealed and checked under it.
     pub link_key: Option<crate::engine::LinkKey>,
+    /// This process, as its hellos name it (the lease records carry the same).
+    pub incarnation: u64,
 }
 
 /// A running controller core.
@@ -264,6 +266,9 @@ impl Shell {
                     takeover: progress,
                     card_waker,
                     card_order: CardOrder::default(),
+                    incarnation: cfg.incarnation,
+                    met: [None; 8],
+                    reborn: 0,
                 };
                 l.run();
             })
@@ -509,6 +514,12 @@ struct Loop {
     card_waker: Option<CardWaker>,
     /// Completions and events in the card's order across looks at its rings.
     card_order: CardOrder,
+    /// This process (its hellos say it): random at start.
+    incarnation: u64,
+    /// The process of each member met in this membership (from its hellos).
+    met: [Option<u64>; 8],
+    /// Members a hello of another process came from: the process met is dead.
+    reborn: u8,
 }
 
 impl Loop {
@@ -522,9 +533,22 @@ impl Loop {
         self.hello_from & self.all_peers() == self.all_peers()
     }
 
+    /// The process of member `n` met over the fabric (the lease reads it too).
+    fn set_met(&mut self, n: u8, incarnation: Option<u64>) {
+        if let (Some(m), Some(shared)) = (self.met.get_mut(n as usize), self.takeover.met.get(n as usize)) {
+            *m = incarnation;
+            shared.store(incarnation.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// This controller's hello.
+    fn hello(&self) -> Msg {
+        Msg::Hello { incarnation: self.incarnation }
+    }
+
     fn run(&mut self) {
         for p in self.peers.clone() {
-            self.net.send(p, &Msg::Hello);
+            self.net.send(p, &self.hello());
         }
         if self.all_peers() == 0 && self.join.is_none() {
             // Alone: nobody to meet.
@@ -600,7 +624,7 @@ impl Loop {
                 last_hello = Instant::now();
                 let live = self.all_peers();
                 for p in self.peers.clone().into_iter().filter(|p| live & (1 << p) != 0) {
-                    self.net.send(p, &Msg::Hello);
+                    self.net.send(p, &self.hello());
                 }
                 self.join_tick();
             }
@@ -667,13 +691,34 @@ impl Loop {
     /// machine's.
     fn fabric(&mut self, from: u8, epoch: u32, msg: Msg) {
         match msg {
-            Msg::Hello => {
+            Msg::Hello { incarnation } => {
                 if from < 8 && self.all_peers() & (1 << from) != 0 && epoch == self.m.config().epoch {
+                    match self.met[from as usize] {
+                        Some(met) if met != incarnation && self.started => {
+                            // A member killed and started again at once may say hello before
+                            // its death was seen (its life lock taken again within the watch
+                            // interval, its lease's expiry still ahead). Let in as the member
+                            // met, it would serve with a cold cache while this controller holds
+                            // its dirty lines' replicas: its earlier life is dead, taken over
+                            // first, and it joins.
+                            if self.reborn & (1 << from) == 0 {
+                                eprintln!(
+                                    "amf: controller {}: controller {from} says hello from a new process: the one it \
+                                     ran is dead",
+                                    self.m.config().node
+                                );
+                            }
+                            self.reborn |= 1 << from;
+                            self.watch_now();
+                            return;
+                        }
+                        _ => self.set_met(from, Some(incarnation)),
+                    }
                     let first = self.hello_from & (1 << from) == 0;
                     self.hello_from |= 1 << from;
                     if first {
                         // Answer, so a peer that started after our first hello hears one.
-                        self.net.send(from, &Msg::Hello);
+                        self.net.send(from, &self.hello());
                     }
                     if self.hellos_in() && !self.started && self.join.as_ref().is_none_or(|j| j.moved()) {
                         self.start_serving();
@@ -682,8 +727,9 @@ impl Loop {
                     // A controller out of the membership (restarted, joining): its answer
                     // tells it this membership's epoch.
                     if self.started && self.m.live() & (1 << from) == 0 {
-                        self.net.send(from, &Msg::Hello);
+                        self.net.send(from, &self.hello());
                     }
+                    self.taken_for_dead(from, epoch);
                     self.join_heard(from, epoch);
                 }
             }
@@ -968,6 +1014,7 @@ mod tests {
             join: false,
             fabric_tls: None,
             link_key: None,
+            incarnation: 1,
         })
         .expect("shell")
     }

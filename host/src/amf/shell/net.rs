@@ -716,10 +716,10 @@ mod tests {
         wait_for("idle connections are closed", &|| net.stats.idle_closed.load(Relaxed) >= INCOMING_MAX as u64);
         drop(idle);
         let mut peer = TcpStream::connect(addr).unwrap();
-        peer.write_all(&encode(3, 1, &Msg::Hello).unwrap()).unwrap();
+        peer.write_all(&encode(3, 1, &Msg::Hello { incarnation: 7 }).unwrap()).unwrap();
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(super::super::Event::Fabric { from, epoch, msg, .. }) => {
-                assert_eq!((from, epoch, msg), (3, 1, Msg::Hello))
+                assert_eq!((from, epoch, msg), (3, 1, Msg::Hello { incarnation: 7 }))
             }
             _ => panic!("the peer's frame did not arrive"),
         }
@@ -747,7 +747,7 @@ mod tests {
             })
         };
         let (small, big) = (3 * PEER_FRAMES_QUEUED_MAX, 2 * PEER_BYTES_QUEUED_MAX / line);
-        let hellos = flood(1, small, Msg::Hello);
+        let hellos = flood(1, small, Msg::Hello { incarnation: 7 });
         let lines = flood(2, big, Msg::LineData { id: 1, data: Some(vec![7; line]) });
         let deadline = Instant::now() + Duration::from_secs(20);
         while net.stats.throttled.load(Relaxed) < 2 {
@@ -759,7 +759,7 @@ mod tests {
         assert!(rx.len() <= bounded, "{} frames queued, budget {bounded}", rx.len());
         let before = rx.len();
         let mut other = TcpStream::connect(addr).unwrap();
-        other.write_all(&encode(3, 1, &Msg::Hello).unwrap()).unwrap();
+        other.write_all(&encode(3, 1, &Msg::Hello { incarnation: 7 }).unwrap()).unwrap();
         while rx.len() == before {
             assert!(Instant::now() < deadline, "the other peer's frame did not get in beside the floods");
             std::thread::sleep(Duration::from_millis(5));
@@ -814,7 +814,7 @@ mod tests {
         let (itx, _irx) = crossbeam_channel::unbounded();
         let mut peer = Net::start_with(l, 1, 1, &[(0, addr)], limits, itx).unwrap();
         let arrived = loop {
-            peer.send(0, &Msg::Hello);
+            peer.send(0, &Msg::Hello { incarnation: 7 });
             peer.flush();
             if let Ok(super::super::Event::Fabric { from: 1, .. }) = rx.recv_timeout(Duration::from_millis(50)) {
                 break true;
@@ -849,7 +849,7 @@ mod tests {
             let mut net = Net::start_with(l, node, 1, &[(0, addr)], limits, itx).unwrap();
             let deadline = Instant::now() + Duration::from_secs(3);
             while Instant::now() < deadline {
-                net.send(0, &Msg::Hello);
+                net.send(0, &Msg::Hello { incarnation: 7 });
                 net.flush();
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -871,7 +871,7 @@ mod tests {
         assert_eq!(peer.stats.tls_refused.load(Relaxed), 0);
 
         let mut plain = TcpStream::connect(addr).unwrap();
-        plain.write_all(&encode(1, 1, &Msg::Hello).unwrap()).unwrap();
+        plain.write_all(&encode(1, 1, &Msg::Hello { incarnation: 7 }).unwrap()).unwrap();
         let other = send_from(1, tls(&theirs[1], 1));
         assert!(other.stats.tls_refused.load(Relaxed) > 0, "the stranger sees the cluster's certificate fail");
         // Node 2's certificate, frames saying node 1.

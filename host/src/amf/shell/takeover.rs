@@ -47,6 +47,9 @@ pub struct TakeoverProgress {
     pub unfinished: AtomicU64,
     /// Every peer said hello: the start barrier is passed and the fabric carries heartbeats.
     pub serving: std::sync::atomic::AtomicBool,
+    /// The process (incarnation) of each member met over the fabric, 0 for none: the lease
+    /// counts its records as of this run.
+    pub met: [AtomicU64; 8],
 }
 
 impl TakeoverProgress {
@@ -133,7 +136,8 @@ impl Loop {
             // needs taking over. A peer that stops alone leaves the membership all the same
             // (its replicas of this controller's lines went with it).
             let stopping = if leaving { self.left_from } else { 0 };
-            let dead = self.deaths.as_mut().map_or(0, |w| w.dead()) & self.all_peers() & !stopping;
+            let proven = self.deaths.as_mut().map_or(0, |w| w.dead()) | self.reborn;
+            let dead = proven & self.all_peers() & !stopping;
             if dead != 0 {
                 let live = self.m.live() & !dead;
                 let epoch = flip_epoch(self.base_epoch, self.m.config().epoch, dead);
@@ -156,6 +160,11 @@ impl Loop {
         self.view_due = None;
         let ViewDue { epoch, live, since, cause } = due;
         let gone = self.m.live() & !live;
+        // A controller that left or joins is met again (a new process says hello).
+        self.reborn &= !gone;
+        for d in mask_list(self.m.live() ^ live) {
+            self.set_met(d, None);
+        }
         if cause == Cause::Deaths {
             // Before anything is served in the new membership: the dead controllers' mirror
             // copies may differ where they were writing.

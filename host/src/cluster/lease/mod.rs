@@ -44,6 +44,8 @@ pub struct LeaseState {
     pub rebuilding_written: AtomicU8,
     /// What each controller's last record said it was rebuilding, the same way.
     pub peers_rebuilding: [AtomicU8; 8],
+    /// The peers' records as last read (`Lease::peers_json`).
+    pub peers: std::sync::Mutex<Vec<serde_json::Value>>,
 }
 
 impl LeaseState {
@@ -54,6 +56,7 @@ impl LeaseState {
             "renewals": self.renewals.load(Relaxed),
             "renewals_failed": self.renewals_failed.load(Relaxed),
             "renew_us_max": self.renew_us_max.load(Relaxed),
+            "peers": self.peers.lock().map(|p| p.clone()).unwrap_or_default(),
             "write_deadline_in_ms": if GATE.leased() {
                 serde_json::json!((GATE.deadline_ns().saturating_sub(fence::now_ns())) / 1_000_000)
             } else {
@@ -107,6 +110,15 @@ pub struct LeaseConfig {
     pub offset: u64,
     /// The times.
     pub timing: Timing,
+    /// This process ([`new_incarnation`]; its hellos on the fabric name it too).
+    pub incarnation: u64,
+}
+
+/// A name for this controller process, written in its lease records and said in its hellos:
+/// a restart is another one.
+pub fn new_incarnation() -> u64 {
+    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64);
+    (ns.unwrap_or(0) ^ (std::process::id() as u64) << 32 ^ rand::random::<u64>()).max(1)
 }
 
 fn now_us() -> u64 {
@@ -135,11 +147,7 @@ impl LeaseThread {
     ) -> std::io::Result<LeaseThread> {
         cfg.timing.check().map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let incarnation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ std::process::id() as u64;
+        let incarnation = cfg.incarnation;
         let clean = Arc::new(AtomicBool::new(false));
         let (s, st, cl) = (state.clone(), stop.clone(), clean.clone());
         let thread = std::thread::Builder::new()
@@ -177,6 +185,7 @@ fn run(
         let start = now_us();
         let live = takeover.live.load(Relaxed) & all;
         let epoch = takeover.epoch.load(Relaxed);
+        lease.out_of(live);
         let serving = takeover.serving.load(Relaxed);
         let paths = member_paths(&cfg.array);
         if stop.load(Relaxed) {
@@ -215,7 +224,11 @@ fn run(
                 slot.store(r.rebuilding.map_or(0, |m| m.saturating_add(1)), Relaxed);
             }
         }
+        lease.met(std::array::from_fn(|n| takeover.met[n].load(Relaxed)));
         state.expired.store(lease.expired(live), Relaxed);
+        if let Ok(mut p) = state.peers.lock() {
+            *p = lease.peers_json();
+        }
         state.left.store(lease.left(), Relaxed);
         let next = start + t.renew_us;
         let now = now_us();
@@ -264,11 +277,15 @@ pub enum Running {
 }
 
 /// Whether peers of `node` serve a running membership: a record that says `Live` (past its
-/// start barrier) and that moves between two reads `fresh_us` apart. Records left by an
-/// earlier run say `Left`, or stand still.
+/// start barrier) and that moves. Records left by an earlier run say `Left`, or stand still;
+/// but a serving peer's renewals may stall too (members slow under load, a takeover's
+/// resync), for up to its fence time before it stops itself. So "no" takes every `Live`
+/// record standing still for the expiry time, as a peer's death does: a restarted controller
+/// that took a stalled peer for a finished run would meet nobody at the start barrier, or
+/// (if the others had not seen it die) be let in with a cold cache in place of the
+/// controller whose dirty lines they hold.
 pub fn find_running(array: &Array, offset: u64, node: u8, timing: Timing) -> Running {
     let mut disk = disk::LeaseDisk::new(offset, array.superblock().uuid);
-    let first = disk.read(&member_paths(array));
     let serving = |recs: &[Option<record::Record>; 8]| -> Vec<(u8, u64, u64)> {
         recs.iter()
             .flatten()
@@ -276,17 +293,21 @@ pub fn find_running(array: &Array, offset: u64, node: u8, timing: Timing) -> Run
             .map(|r| (r.node, r.incarnation, r.seq))
             .collect()
     };
-    let before = serving(&first);
+    let before = serving(&disk.read(&member_paths(array)));
     if before.is_empty() {
         return Running::No;
     }
-    std::thread::sleep(Duration::from_micros(timing.fresh_us + timing.renew_us / 2));
-    let after = serving(&disk.read(&member_paths(array)));
-    if after.iter().any(|r| !before.contains(r)) {
-        Running::Yes
-    } else {
-        Running::No
+    let began = std::time::Instant::now();
+    let still_for = Duration::from_micros(timing.expire_us);
+    let poll = Duration::from_micros(timing.renew_us / 2).max(Duration::from_millis(1));
+    while began.elapsed() <= still_for {
+        std::thread::sleep(poll);
+        let after = serving(&disk.read(&member_paths(array)));
+        if after.iter().any(|r| !before.contains(r)) {
+            return Running::Yes;
+        }
     }
+    Running::No
 }
 
 /// Waits until the running peers have put controller `node`'s earlier life out of their
