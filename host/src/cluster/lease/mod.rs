@@ -185,7 +185,6 @@ fn run(
         let start = now_us();
         let live = takeover.live.load(Relaxed) & all;
         let epoch = takeover.epoch.load(Relaxed);
-        lease.out_of(live);
         let serving = takeover.serving.load(Relaxed);
         let paths = member_paths(&cfg.array);
         if stop.load(Relaxed) {

@@ -80,12 +80,6 @@ struct Seen {
     /// that never moved is a leftover of an earlier run (or of a controller that has not
     /// started): it proves nothing, as a life lock never taken proves nothing.
     moved: bool,
-    /// The record's process (its incarnation) was seen to renew.
-    renewing: bool,
-    /// A process seen renewing was followed by another one: the first is dead (a controller's
-    /// process is one at a time: its life lock, and its own record's check at start). Until the
-    /// controller is out of the membership (`out_of`).
-    reborn: bool,
 }
 
 /// One controller's view of the leases.
@@ -102,8 +96,6 @@ pub struct Lease {
     /// Start of the last read of the records.
     read_us: u64,
     conflict_since_us: Option<u64>,
-    /// The membership as of the last `out_of`.
-    members: u8,
     /// The process of each peer met over the fabric in this run (0: none), as of the last `met`.
     met: [u64; 8],
 }
@@ -121,7 +113,6 @@ impl Lease {
             seen: [Seen::default(); 8],
             read_us: now_us,
             conflict_since_us: None,
-            members: 0xff,
             met: [0; 8],
         }
     }
@@ -166,16 +157,7 @@ impl Lease {
             }
             let s = &mut self.seen[n];
             if !s.read || *rec != s.rec {
-                let same = matches!((s.rec, rec), (Some(a), Some(b)) if a.incarnation == b.incarnation);
-                let other = matches!((s.rec, rec), (Some(a), Some(b)) if a.incarnation != b.incarnation);
-                *s = Seen {
-                    rec: *rec,
-                    since_us: read_us,
-                    read: true,
-                    moved: s.moved || s.read,
-                    renewing: s.read && same,
-                    reborn: s.reborn || (other && s.renewing && self.members & (1 << n) != 0),
-                };
+                *s = Seen { rec: *rec, since_us: read_us, read: true, moved: s.moved || s.read };
             }
         }
     }
@@ -194,22 +176,11 @@ impl Lease {
                 continue;
             }
             let fenced = s.rec.is_some_and(|r| r.standing == Standing::Fenced);
-            if fenced || s.reborn || self.read_us.saturating_sub(s.since_us) > self.timing.expire_us {
+            if fenced || self.read_us.saturating_sub(s.since_us) > self.timing.expire_us {
                 out |= 1 << n;
             }
         }
         out
-    }
-
-    /// The membership is `live` (until the next call): a new process of a controller out of it
-    /// is no proof of anything (it joins), whenever it was seen.
-    pub fn out_of(&mut self, live: u8) {
-        self.members = live;
-        for (n, s) in self.seen.iter_mut().enumerate() {
-            if live & (1 << n) == 0 {
-                s.reborn = false;
-            }
-        }
     }
 
     /// The processes of the peers met over the fabric in this run (0: none).
@@ -231,7 +202,6 @@ impl Lease {
                 "epoch": r.epoch,
                 "unchanged_ms": self.read_us.saturating_sub(s.since_us) / 1000,
                 "moved": s.moved,
-                "new_process": s.reborn,
             }));
         }
         out
@@ -374,48 +344,6 @@ mod tests {
         l.observed(10, &recs);
         assert_eq!(l.expired(0b111), 0b010);
         assert_eq!(l.left(), 0b100);
-    }
-
-    /// A member killed and started again at once may take its life lock again before the
-    /// others look at it: its new process's record (another incarnation) proves the old one
-    /// dead. A record left by an earlier run that a new process replaces proves nothing, and
-    /// once the controller is out of the membership its new process joins as any other.
-    #[test]
-    fn a_member_whose_record_comes_from_a_new_process_is_dead() {
-        let mut l = Lease::new(0, 1, T, 0);
-        let mut recs = [None; 8];
-        let by =
-            |inc: u64, seq: u64, standing| Some(Record { incarnation: inc, ..rec(1, seq, 0b111, standing).unwrap() });
-        // A leftover of an earlier run (incarnation 3), then the start of controller 1 (4).
-        recs[1] = by(3, 40, Standing::Live);
-        l.observed(0, &recs);
-        for seq in 1..4 {
-            recs[1] = by(4, seq, Standing::Live);
-            l.observed(seq * 100_000, &recs);
-        }
-        assert_eq!(l.expired(0b111), 0, "a new run replacing an old record is no death");
-        // Killed; started again at once (incarnation 5): it says it joins.
-        recs[1] = by(5, 1, Standing::Joining);
-        l.observed(500_000, &recs);
-        assert_eq!(l.expired(0b111), 0b010, "incarnation 4 is dead");
-        assert_eq!(l.expired(0b101), 0);
-        // Taken out of the membership, it joins and is let in: incarnation 5 is a member.
-        l.out_of(0b101);
-        recs[1] = by(5, 2, Standing::Joining);
-        l.observed(600_000, &recs);
-        l.out_of(0b111);
-        recs[1] = by(5, 3, Standing::Live);
-        l.observed(700_000, &recs);
-        assert_eq!(l.expired(0b111), 0);
-        // It stops clean (out of the membership), and its next process is first seen only once
-        // it is a member again: no proof either.
-        recs[1] = by(5, 4, Standing::Left);
-        l.observed(800_000, &recs);
-        l.out_of(0b101);
-        recs[1] = by(6, 1, Standing::Joining);
-        l.observed(900_000, &recs);
-        l.out_of(0b111);
-        assert_eq!(l.expired(0b111), 0, "a process seen while its controller was out is its next member");
     }
 
     /// A peer that died before its second renewal left one record, which this controller
