@@ -1628,13 +1628,13 @@ impl Machine {
         self.out.push(Output::Send { to, msg });
     }
 
-    /// Requests sent in this epoch to `from` before it moved to it were dropped there: they go
-    /// again now rather than at their retransmission.
-    fn resend_requests_to(&mut self, to: u8) {
+    /// Requests to the controllers of `peers` that they dropped (sent in an epoch they were not
+    /// in yet) go again now rather than at their retransmission.
+    pub(super) fn resend_requests_to(&mut self, peers: u8) {
         let now = self.now_us;
-        for o in self.fabric.values_mut().filter(|o| o.to == to) {
+        for o in self.fabric.values_mut().filter(|o| peers & (1 << o.to) != 0) {
             o.sent_us = now;
-            self.out.push(Output::Send { to, msg: o.msg.clone() });
+            self.out.push(Output::Send { to: o.to, msg: o.msg.clone() });
         }
     }
 
@@ -1827,7 +1827,7 @@ impl Machine {
             Msg::Hello { .. } | Msg::Leaving | Msg::JoinAsk { .. } | Msg::JoinReady { .. } | Msg::Join { .. } => {}
             Msg::ViewChanged => {
                 self.reissue_acquires();
-                self.resend_requests_to(from);
+                self.resend_requests_to(1 << from);
             }
             Msg::FlushDone { id, ok } => {
                 if let Some(Outstanding { purpose: Purpose::Flush(job), to, .. }) = self.fabric.get(&id) {

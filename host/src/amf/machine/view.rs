@@ -63,11 +63,7 @@ impl Machine {
         // Requests sent in the old epoch to peers that moved first were dropped there: send
         // them again now rather than at their next retransmission.
         // (Replicas still addressed to a controller that left go to the new peer below.)
-        let (now, live) = (self.now_us, self.live);
-        for o in self.fabric.values_mut().filter(|o| live & (1 << o.to) != 0) {
-            o.sent_us = now;
-            self.out.push(Output::Send { to: o.to, msg: o.msg.clone() });
-        }
+        self.resend_requests_to(self.live);
         // A join gives a controller that was alone a replica peer again: its dirty lines that
         // have none (they wait for their write-back) get one.
         if gone != 0 || joined != 0 {
