@@ -11,4 +11,4 @@ mod model_check;
 pub mod shell;
 pub mod sim;
 
-pub use machine::{Config, Machine, Mutation, State};
+pub use machine::{Config, Machine, Mutation, State, WRITEBACK_AGE_US_DEFAULT};

@@ -193,6 +193,7 @@ impl AmfModel {
             stripe_bytes: self.scope.lines,
             capacity: self.scope.lines,
             degraded: false,
+            writeback_age_us: 50_000,
             mutation: self.scope.mutation,
         }
     }

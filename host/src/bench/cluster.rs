@@ -122,8 +122,9 @@ fn own_region_row(g: &Launched, seconds: f64) -> Result<OwnRow, BenchError> {
 }
 
 /// Each host its own data: one controller against three (model and Verilator cards), then
-/// three with model cards at other line sizes.
-fn own_regions(base: &Path, seconds: f64) -> Result<String, BenchError> {
+/// three with model cards at other line sizes; `quick`: one controller and three with model
+/// cards only, the three started with `cluster_args` as well.
+pub fn own_regions(base: &Path, seconds: f64, quick: bool, cluster_args: &[String]) -> Result<String, BenchError> {
     let mut out = format!(
         "\nEach client on its own region (each host its own data), 50% writes, {OWN_CLIENTS} clients in all \
          (one request each: the load of 3 clients at queue depth 4), {LINE_KIB_DEFAULT} KiB lines, \
@@ -138,10 +139,14 @@ fn own_regions(base: &Path, seconds: f64) -> Result<String, BenchError> {
         (3, "model, fabric without TLS", &["--fabric-tls", "off"]),
         (3, "sim", &[]),
     ];
-    for (i, (n, card, extra)) in rows.into_iter().enumerate() {
+    let rows = if quick { &rows[..2] } else { &rows[..] };
+    for (i, &(n, card, extra)) in rows.iter().enumerate() {
         let kind = if card == "none" { "sim" } else { card.split(',').next().unwrap_or(card) };
         let mut args = vec!["--member-size", "128M"];
         args.extend_from_slice(extra);
+        if n > 1 {
+            args.extend(cluster_args.iter().map(String::as_str));
+        }
         let mut g = group_with(&base.join(format!("own{i}")), n, kind, &args)?;
         let (iops, frames, cpu_us) = own_region_row(&g, seconds)?;
         g.stop();
@@ -153,6 +158,9 @@ fn own_regions(base: &Path, seconds: f64) -> Result<String, BenchError> {
             iops / one.0,
             cpu_us / one.1
         );
+    }
+    if quick {
+        return Ok(out);
     }
     out += "\nThe same, 3 controllers with model cards, by line size (`--line-kib`):\n\n";
     out += "| line KiB | IOPS | ratio to 1 controller | amf CPU µs / op |\n|---|---|---|---|\n";
@@ -309,7 +317,7 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         out += &format!("| {n} | {card} | {rd:.0} | {wr:.0} | {:.2} / {:.2} |\n", rd / one.0, wr / one.1);
         g.stop();
     }
-    out += &own_regions(&base, seconds)?;
+    out += &own_regions(&base, seconds, false, &[])?;
     out += &beyond_cache(&base, seconds)?;
     out += &big_cache(&base)?;
     out += &latency_rows(&base)?;

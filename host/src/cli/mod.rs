@@ -77,6 +77,10 @@ enum Command {
         /// Cache line (coherency resource) size, KiB (several controllers).
         #[arg(long, default_value_t = crate::cluster::config::LINE_KIB_DEFAULT)]
         line_kib: u32,
+        /// How long a cache line stays dirty before its background write-back, ms (several
+        /// controllers; its replica on a peer keeps it safe meanwhile).
+        #[arg(long, default_value_t = crate::cluster::config::WRITEBACK_AGE_MS_DEFAULT)]
+        writeback_age_ms: u64,
         /// NBD over TLS (STARTTLS): `required` (plaintext refused, the default with --tls) or
         /// `optional`. A throwaway CA and certificates are made in DIR/tls on first use, named
         /// as QEMU's tls-creds-x509 and libnbd's tls-certificates expect.
@@ -361,7 +365,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
         /// Record the tables in this markdown file (between bench markers).
-        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only"])]
+        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only", "own_regions_only"])]
         record: Option<PathBuf>,
         /// Only the write-latency rows (a quick look while tuning the card path).
         #[arg(long)]
@@ -370,6 +374,15 @@ enum BenchCommand {
         /// and evictions).
         #[arg(long, conflicts_with = "latency_only")]
         beyond_cache_only: bool,
+        /// Only one controller against three with model cards, each client on its own region
+        /// (a quick look while tuning the common case's CPU per operation).
+        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only"])]
+        own_regions_only: bool,
+        /// With --own-regions-only: one more `amf cluster` argument for the three controllers
+        /// (repeat it; e.g. `--cluster-arg=--writeback-age-ms --cluster-arg=50`), to compare
+        /// a setting with its default side by side.
+        #[arg(long = "cluster-arg", requires = "own_regions_only", allow_hyphen_values = true)]
+        cluster_args: Vec<String>,
     },
     /// kill -9 of a controller under writes: the time until a survivor answers for its data.
     Takeover {
@@ -434,6 +447,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             card,
             cache_mib,
             line_kib,
+            writeback_age_ms,
             tls,
             tls_client_certs,
             fabric_tls,
@@ -463,6 +477,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 },
                 cache_mib,
                 line_kib,
+                writeback_age_ms,
                 tls,
                 tls_client_certs,
                 fabric_tls: matches!(fabric_tls, OnOff::On),
@@ -601,6 +616,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench { what: BenchCommand::Cluster { seconds, beyond_cache_only: true, .. } } => {
             let base = std::env::temp_dir().join(format!("amf-bench-beyond-{}", std::process::id()));
             let rows = crate::bench::cluster::beyond_cache(&base, seconds);
+            let _ = std::fs::remove_dir_all(&base);
+            println!("{}", rows?);
+        }
+        Command::Bench { what: BenchCommand::Cluster { seconds, own_regions_only: true, cluster_args, .. } } => {
+            let base = std::env::temp_dir().join(format!("amf-bench-own-{}", std::process::id()));
+            let rows = crate::bench::cluster::own_regions(&base, seconds, true, &cluster_args);
             let _ = std::fs::remove_dir_all(&base);
             println!("{}", rows?);
         }

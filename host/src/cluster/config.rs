@@ -11,6 +11,7 @@
 //! fabric = "10.0.0.2:7000"      # controller-to-controller data path
 //! cache_mib = 256
 //! line_kib = 16                 # cache line = coherency resource
+//! writeback_age_ms = 50         # a dirty line is written back this long after its first write
 //!
 //! [card]
 //! backend = "sim"               # sim (Verilator RTL) or model (Rust reference model)
@@ -64,6 +65,15 @@ pub const CACHE_MIB_DEFAULT: u64 = 256;
 /// 4 KiB write to a 64 KiB line moves 16x its data to the replica).
 pub const LINE_KIB_DEFAULT: u32 = 16;
 
+/// How long a line stays dirty before its background write-back by default, ms.
+pub const WRITEBACK_AGE_MS_DEFAULT: u64 = crate::amf::WRITEBACK_AGE_US_DEFAULT / 1000;
+/// The longest write-back age a configuration may ask for, ms (dirty data waits on two
+/// controllers' memory meanwhile; a takeover writes back what the dead one left).
+pub const WRITEBACK_AGE_MS_MAX: u64 = 60_000;
+
+fn default_writeback_age_ms() -> u64 {
+    WRITEBACK_AGE_MS_DEFAULT
+}
 fn default_cache_mib() -> u64 {
     CACHE_MIB_DEFAULT
 }
@@ -165,6 +175,9 @@ pub struct Config {
     /// Cache line size.
     #[serde(default = "default_line_kib")]
     pub line_kib: u32,
+    /// How long a line stays dirty before its background write-back.
+    #[serde(default = "default_writeback_age_ms")]
+    pub writeback_age_ms: u64,
     /// Serve a group that crashed while degraded.
     #[serde(default)]
     pub force: bool,
@@ -220,6 +233,9 @@ impl Config {
         }
         if !self.line_kib.is_power_of_two() || !(4..=1024).contains(&self.line_kib) {
             return Err(bad(format!("line_kib = {}: a power of two from 4 to 1024", self.line_kib)));
+        }
+        if !(1..=WRITEBACK_AGE_MS_MAX).contains(&self.writeback_age_ms) {
+            return Err(bad(format!("writeback_age_ms = {}: 1 to {WRITEBACK_AGE_MS_MAX}", self.writeback_age_ms)));
         }
         if self.cache_mib == 0 || self.cache_mib > 1 << 20 {
             return Err(bad(format!("cache_mib = {}: 1 to 1048576", self.cache_mib)));

@@ -121,6 +121,7 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         stripe_bytes: array.geometry().stripe_bytes(),
         capacity,
         degraded: !array.degraded_members().is_empty(),
+        writeback_age_us: cfg.writeback_age_ms * 1000,
         mutation: None,
     };
     // Peers are proven dead by their life locks (same host: at once) or by their leases on

@@ -37,6 +37,8 @@ pub struct ClusterOptions {
     pub cache_mib: u64,
     /// Cache line size (several controllers).
     pub line_kib: u32,
+    /// How long a line stays dirty before its background write-back, ms.
+    pub writeback_age_ms: u64,
     /// NBD over TLS with a throwaway CA in `DIR/tls` (made if missing).
     pub tls: Option<crate::tls::TlsMode>,
     /// With TLS: hosts must present a certificate the CA signed (`DIR/tls/client-cert.pem`).
@@ -361,6 +363,7 @@ fn write_config(
         fabric: loopback,
         cache_mib: opts.cache_mib,
         line_kib: opts.line_kib,
+        writeback_age_ms: opts.writeback_age_ms,
         force: opts.force,
         card: super::config::CardConfig { backend: opts.card, link: loopback, link_key },
         peers: Vec::new(),

@@ -309,6 +309,7 @@ mod tests {
             stripe_bytes: 16,
             capacity: 64,
             degraded: false,
+            writeback_age_us: 50_000,
             mutation: None,
         })
     }

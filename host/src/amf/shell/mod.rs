@@ -1002,6 +1002,7 @@ mod tests {
                 stripe_bytes: array.geometry().stripe_bytes(),
                 capacity: array.capacity() - array.capacity() % line_bytes,
                 degraded: false,
+                writeback_age_us: crate::amf::WRITEBACK_AGE_US_DEFAULT,
                 mutation: None,
             },
             card,

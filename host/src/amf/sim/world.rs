@@ -163,6 +163,9 @@ pub struct SimConfig {
     pub ops: usize,
     /// A controller that scrubs every stripe online while the clients run.
     pub scrub_node: Option<u8>,
+    /// How long a line stays dirty before its background write-back (short: a run lasts tens
+    /// of simulated milliseconds, and write-backs racing the protocol are what it looks for).
+    pub writeback_age_us: u64,
     /// Faults.
     pub faults: Faults,
     /// A protocol rule broken on purpose (tests of the checkers).
@@ -206,6 +209,7 @@ impl SimConfig {
             clients: rng.gen_range(1..=3),
             ops: rng.gen_range(30..=60),
             scrub_node: (rng.gen_range(0..3) == 0).then(|| rng.gen_range(0..nodes)),
+            writeback_age_us: 50_000,
             faults: Faults {
                 fabric_delay_us_max: rng.gen_range(5..=200),
                 fabric_loss_ppm: if rng.gen_bool(0.5) { rng.gen_range(0..=20_000) } else { 0 },
@@ -229,6 +233,16 @@ impl SimConfig {
         .with_partition(&mut rng)
         .with_slow_members(&mut rng)
         .with_power_cut(&mut rng)
+        .with_writeback_age(&mut rng)
+    }
+
+    /// Half the seeds write dirty lines back sooner than 50 ms (drawn last, so that the knobs
+    /// drawn before keep the values they had before this one existed).
+    fn with_writeback_age(mut self, rng: &mut StdRng) -> SimConfig {
+        if rng.gen_bool(0.5) {
+            self.writeback_age_us = rng.gen_range(500..=20_000);
+        }
+        self
     }
 
     /// One seed in four has its members slow for a while (drawn after everything else).
@@ -517,6 +531,7 @@ impl Node {
             stripe_bytes,
             capacity: capacity - capacity % cfg.line_bytes,
             degraded: !array.degraded_members().is_empty(),
+            writeback_age_us: cfg.writeback_age_us,
             mutation: cfg.mutation,
         });
         Ok(Node {
