@@ -43,7 +43,8 @@ module amf_card_syn #(
   logic [255:0] dma_req_wdata;
   logic [383:0] link_tx_frame;
 
-  amf_card #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax)) u_card (
+  amf_card #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax),
+             .MacHalfRounds(1'b1)) u_card (
     .clk_i,
     .rst_ni,
     .reg_req_valid_i,

@@ -22,7 +22,8 @@ module amf_frame_check_syn (
 
   logic in_ready_unused, busy_unused;
 
-  amf_frame_check u_check (
+  // An iCE40 runs the MAC a half SipRound per cycle (amf_siphash).
+  amf_frame_check #(.MacHalfRounds(1'b1)) u_check (
     .clk_i,
     .rst_ni,
     .in_valid_i,

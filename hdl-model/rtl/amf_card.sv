@@ -13,7 +13,9 @@ module amf_card #(
   // Nodes whose liveness the engine tracks (up to 8).
   parameter int unsigned Nodes         = 8,
   // Peers' held requests waiting for this host's yield at once (the model's OWED_MAX).
-  parameter int unsigned OwedMax       = 32
+  parameter int unsigned OwedMax       = 32,
+  // The link MAC a half SipRound per cycle (an iCE40's timing) instead of a round (amf_siphash).
+  parameter bit          MacHalfRounds = 1'b0
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
@@ -265,7 +267,7 @@ module amf_card #(
   logic [2:0]   chk_verdict;
   logic         rx_ready;
 
-  amf_frame_check u_check (
+  amf_frame_check #(.MacHalfRounds(MacHalfRounds)) u_check (
     .clk_i,
     .rst_ni,
     .in_valid_i    (link_rx_valid_i),
@@ -319,7 +321,7 @@ module amf_card #(
   logic         tx_valid, tx_ready;
   logic [255:0] tx_frame;
 
-  amf_frame_tx u_tx (
+  amf_frame_tx #(.MacHalfRounds(MacHalfRounds)) u_tx (
     .clk_i,
     .rst_ni,
     .auth_en_i  (auth_en),

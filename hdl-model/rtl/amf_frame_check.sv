@@ -4,9 +4,12 @@
 // replay window. The verdict order is the reference model's (`card::classify_wire`): a frame is
 // counted under the first check it fails. Two pipeline stages (CRC and MAC, then classification)
 // take one frame per cycle without authentication, so the acks of a broadcast to k sharers
-// drain in k cycles, not 8k; with it, one frame per MAC (amf_siphash: 32 cycles).
+// drain in k cycles, not 8k; with it, one frame per MAC (amf_siphash: 16 cycles, 32 with MacHalfRounds).
 
-module amf_frame_check (
+module amf_frame_check #(
+  // The MAC a half SipRound per cycle (iCE40 timing) instead of a round (amf_siphash).
+  parameter bit MacHalfRounds = 1'b0
+) (
   input  logic         clk_i,
   input  logic         rst_ni,
   // frame in
@@ -52,7 +55,7 @@ module amf_frame_check (
 
   logic        mac_done;
   logic [63:0] mac;
-  amf_siphash #(.Words(5)) u_mac (
+  amf_siphash #(.Words(5), .HalfRounds(MacHalfRounds)) u_mac (
     .clk_i,
     .rst_ni,
     .start_i (s1_load && auth_en_i),

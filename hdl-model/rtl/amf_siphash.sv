@@ -1,13 +1,16 @@
 // SipHash-2-4 of a fixed-length message (Words 64-bit little-endian words, no partial block):
 // the MAC of authenticated link frames (link_auth block). Two SipRounds per message word and two
 // for the length block, then four finalization rounds: 2 * (Words + 1) + 4 rounds, 16 for a
-// frame. Each round runs as two half-rounds, one per cycle, so that a cycle holds one level of
-// 64-bit adds (two in parallel): a whole round per cycle chains three carry chains and ran at
-// 31 MHz on an iCE40, half a round meets the 60 MHz target. 32 cycles from start to done; the
-// result holds until the next start.
+// frame. A round per cycle chains two levels of 64-bit adds: 16 cycles from start to done, as
+// a card's FPGA with fast carry chains runs it (and the Verilator card, whose simulated cycles
+// are the shared write's latency). With HalfRounds, each round runs as two half-rounds, one per
+// cycle, so that a cycle holds one level of adds: a whole round per cycle ran at 31 MHz on an
+// iCE40, half a round meets its 60 MHz target (the synthesis report's wrappers set it); 32
+// cycles. The result holds until the next start.
 
 module amf_siphash #(
-  parameter int unsigned Words = 5
+  parameter int unsigned Words      = 5,
+  parameter bit          HalfRounds = 1'b0
 ) (
   input  logic                  clk_i,
   input  logic                  rst_ni,
@@ -19,7 +22,7 @@ module amf_siphash #(
 );
   localparam int unsigned Blocks = Words + 1;          // the length block ends the message
   localparam int unsigned Rounds = 2 * Blocks + 4;
-  localparam int unsigned Steps  = 2 * Rounds;         // half-rounds
+  localparam int unsigned Steps  = HalfRounds ? 2 * Rounds : Rounds;
   localparam logic [63:0] LenBlock = 64'(Words * 8) << 56;
 
   // The state as four 64-bit words (no packed struct: yosys 0.23 cannot select its members).
@@ -28,7 +31,7 @@ module amf_siphash #(
   // The blocks still to mix, the current one lowest (the length block last): a shift register,
   // so that no step selects among them.
   logic [Blocks*64-1:0] msg_q;
-  logic [7:0]           step_q;  // half-rounds done
+  logic [7:0]           step_q;  // steps (rounds, or half-rounds) done
   logic                 busy_q, done_q;
 
   // What the next step does, registered so that the round's logic starts from flops: mix the
@@ -38,31 +41,39 @@ module amf_siphash #(
   localparam int unsigned MixIn = 0, MixOut = 1, Finalize = 2, SecondHalf = 3;
   logic [3:0] flags_q;
 
+  // Steps per block: two rounds.
+  localparam int unsigned BlockSteps = HalfRounds ? 4 : 2;
+
   function automatic logic [3:0] step_of(input logic [7:0] s);
     logic [3:0] f;
-    f[MixIn]      = s[1:0] == 2'd0 && s < 8'(4 * Blocks);
-    f[MixOut]     = s[1:0] == 2'd3 && s < 8'(4 * Blocks);
-    f[Finalize]   = s == 8'(4 * Blocks);
-    f[SecondHalf] = s[0];
+    logic [7:0] in_block;
+    in_block        = s % 8'(BlockSteps);
+    f[MixIn]      = in_block == 8'd0 && s < 8'(BlockSteps * Blocks);
+    f[MixOut]     = in_block == 8'(BlockSteps - 1) && s < 8'(BlockSteps * Blocks);
+    f[Finalize]   = s == 8'(BlockSteps * Blocks);
+    f[SecondHalf] = HalfRounds && s[0];
     step_of = f;
   endfunction
 
   logic [63:0] block;
   assign block = msg_q[63:0];
 
-  // Half a SipRound: one level of 64-bit adds (two in parallel).
+  // A SipRound's first half (with HalfRounds, the step's all when SecondHalf is clear), then
+  // its second (with HalfRounds, when SecondHalf is set): one level of 64-bit adds each (two
+  // in parallel).
   always_comb begin
     logic [63:0] a, b, c, d;
     a = v0_q;
     b = v1_q;
     c = v2_q;
     d = v3_q;
-    if (!flags_q[SecondHalf]) begin
+    if (!HalfRounds || !flags_q[SecondHalf]) begin
       if (flags_q[MixIn]) d = d ^ block;
       if (flags_q[Finalize]) c = c ^ 64'hff;
       a = a + b; b = {b[50:0], b[63:51]}; b = b ^ a; a = {a[31:0], a[63:32]};
       c = c + d; d = {d[47:0], d[63:48]}; d = d ^ c;
-    end else begin
+    end
+    if (!HalfRounds || flags_q[SecondHalf]) begin
       a = a + d; d = {d[42:0], d[63:43]}; d = d ^ a;
       c = c + b; b = {b[46:0], b[63:47]}; b = b ^ c; c = {c[31:0], c[63:32]};
       if (flags_q[MixOut]) a = a ^ block;
