@@ -5,19 +5,24 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// (top module, RTL files relative to hdl-model/rtl, shim).
-const TOPS: &[(&str, &[&str], &str)] = &[
-    ("amf_sharer_table", &["amf_sharer_table.sv"], "csrc/sharer_table_shim.cpp"),
+/// (top module, RTL files relative to hdl-model/rtl, shim, parameters).
+type Top = (&'static str, &'static [&'static str], &'static str, &'static [&'static str]);
+
+const TOPS: &[Top] = &[
+    ("amf_sharer_table", &["amf_sharer_table.sv"], "csrc/sharer_table_shim.cpp", &[]),
     (
         "amf_frame_check",
         &["../gen/sv/amf_structs_pkg.sv", "amf_crc_pkg.sv", "amf_siphash.sv", "amf_frame_check.sv"],
         "csrc/frame_check_shim.cpp",
+        // The checker alone is simulated in the iCE40 report's configuration (a MAC of half
+        // rounds, 32 cycles); the card and the sender in the card's (a round per cycle).
+        &["-GMacHalfRounds=1'b1"],
     ),
-    ("amf_regs", &["../gen/sv/amf_regs_pkg.sv", "amf_regs.sv"], "csrc/regs_shim.cpp"),
-    ("amf_ring_writer", &["../gen/sv/amf_regs_pkg.sv", "amf_ring_writer.sv"], "csrc/ring_writer_shim.cpp"),
-    ("amf_cmd_fetch", &["../gen/sv/amf_regs_pkg.sv", "amf_cmd_fetch.sv"], "csrc/cmd_fetch_shim.cpp"),
-    ("amf_frame_tx", &["amf_crc_pkg.sv", "amf_siphash.sv", "amf_frame_tx.sv"], "csrc/frame_tx_shim.cpp"),
-    ("amf_dma_arb", &["amf_dma_arb.sv"], "csrc/dma_arb_shim.cpp"),
+    ("amf_regs", &["../gen/sv/amf_regs_pkg.sv", "amf_regs.sv"], "csrc/regs_shim.cpp", &[]),
+    ("amf_ring_writer", &["../gen/sv/amf_regs_pkg.sv", "amf_ring_writer.sv"], "csrc/ring_writer_shim.cpp", &[]),
+    ("amf_cmd_fetch", &["../gen/sv/amf_regs_pkg.sv", "amf_cmd_fetch.sv"], "csrc/cmd_fetch_shim.cpp", &[]),
+    ("amf_frame_tx", &["amf_crc_pkg.sv", "amf_siphash.sv", "amf_frame_tx.sv"], "csrc/frame_tx_shim.cpp", &[]),
+    ("amf_dma_arb", &["amf_dma_arb.sv"], "csrc/dma_arb_shim.cpp", &[]),
     (
         "amf_card",
         &[
@@ -36,6 +41,7 @@ const TOPS: &[(&str, &[&str], &str)] = &[
             "amf_card.sv",
         ],
         "csrc/card_shim.cpp",
+        &[],
     ),
 ];
 
@@ -59,7 +65,7 @@ fn main() {
         .flag_if_supported("-faligned-new")
         .file(root.join("include/verilated.cpp"))
         .file(root.join("include/verilated_threads.cpp"));
-    for (top, files, shim) in TOPS {
+    for (top, files, shim, params) in TOPS {
         let mdir = out.join(format!("obj_{top}"));
         let mut cmd = Command::new("verilator");
         cmd.args([
@@ -79,6 +85,7 @@ fn main() {
             "-MAKEFLAGS",
             "OPT_FAST=-O2",
         ])
+        .args(params.iter())
         .args(["--top-module", top, "-Mdir"])
         .arg(&mdir)
         .arg(format!("-I{}", rtl.display()))

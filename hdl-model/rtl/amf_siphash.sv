@@ -58,30 +58,41 @@ module amf_siphash #(
   logic [63:0] block;
   assign block = msg_q[63:0];
 
-  // A SipRound's first half (with HalfRounds, the step's all when SecondHalf is clear), then
-  // its second (with HalfRounds, when SecondHalf is set): one level of 64-bit adds each (two
-  // in parallel).
-  always_comb begin
+  // The two halves of a SipRound, one level of 64-bit adds each (two in parallel), on the
+  // state packed as {v3, v2, v1, v0}. The block goes in before the first half of a block's
+  // first round and out after the second half of its last.
+  function automatic logic [255:0] first_half(input logic [255:0] v, input logic [63:0] blk,
+                                              input logic mix_in, input logic finalize);
     logic [63:0] a, b, c, d;
-    a = v0_q;
-    b = v1_q;
-    c = v2_q;
-    d = v3_q;
-    if (!HalfRounds || !flags_q[SecondHalf]) begin
-      if (flags_q[MixIn]) d = d ^ block;
-      if (flags_q[Finalize]) c = c ^ 64'hff;
-      a = a + b; b = {b[50:0], b[63:51]}; b = b ^ a; a = {a[31:0], a[63:32]};
-      c = c + d; d = {d[47:0], d[63:48]}; d = d ^ c;
-    end
-    if (!HalfRounds || flags_q[SecondHalf]) begin
-      a = a + d; d = {d[42:0], d[63:43]}; d = d ^ a;
-      c = c + b; b = {b[46:0], b[63:47]}; b = b ^ c; c = {c[31:0], c[63:32]};
-      if (flags_q[MixOut]) a = a ^ block;
-    end
-    v0_d = a;
-    v1_d = b;
-    v2_d = c;
-    v3_d = d;
+    {d, c, b, a} = v;
+    if (mix_in) d = d ^ blk;
+    if (finalize) c = c ^ 64'hff;
+    a = a + b; b = {b[50:0], b[63:51]}; b = b ^ a; a = {a[31:0], a[63:32]};
+    c = c + d; d = {d[47:0], d[63:48]}; d = d ^ c;
+    first_half = {d, c, b, a};
+  endfunction
+
+  function automatic logic [255:0] second_half(input logic [255:0] v, input logic [63:0] blk,
+                                               input logic mix_out);
+    logic [63:0] a, b, c, d;
+    {d, c, b, a} = v;
+    a = a + d; d = {d[42:0], d[63:43]}; d = d ^ a;
+    c = c + b; b = {b[46:0], b[63:47]}; b = b ^ c; c = {c[31:0], c[63:32]};
+    if (mix_out) a = a ^ blk;
+    second_half = {d, c, b, a};
+  endfunction
+
+  // With HalfRounds a step is one half, chosen by a mux after both (each half's adds start
+  // from the flops); else a step chains both.
+  logic [255:0] v_q, v_d;
+  assign v_q = {v3_q, v2_q, v1_q, v0_q};
+  assign {v3_d, v2_d, v1_d, v0_d} = v_d;
+  if (HalfRounds) begin : gen_half_rounds
+    assign v_d = flags_q[SecondHalf] ? second_half(v_q, block, flags_q[MixOut])
+                                     : first_half(v_q, block, flags_q[MixIn], flags_q[Finalize]);
+  end else begin : gen_full_rounds
+    assign v_d = second_half(first_half(v_q, block, flags_q[MixIn], flags_q[Finalize]), block,
+                             flags_q[MixOut]);
   end
 
   always_ff @(posedge clk_i or negedge rst_ni) begin
