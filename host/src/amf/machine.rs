@@ -487,7 +487,9 @@ pub struct Counters {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Machine {
     cfg: Config,
-    lines: BTreeMap<u64, Line>,
+    /// Boxed: a B-tree moves its values when nodes change, and a line is a few hundred bytes
+    /// (lines come and go with every miss of a workload larger than the cache).
+    lines: BTreeMap<u64, Box<Line>>,
     pieces: BTreeMap<u64, Piece>,
     requests: BTreeMap<u64, Request>,
     stripes: BTreeMap<u64, Stripe>,
@@ -783,31 +785,33 @@ impl Machine {
         let clean = self.wseq;
         self.timed.insert(r);
         self.room.changed(r);
-        self.lines.entry(r).or_insert_with(|| Line {
-            state: State::Invalid,
-            data: Vec::new(),
-            wseq: clean,
-            clean_wseq: clean,
-            phase: Phase::Idle,
-            queue: VecDeque::new(),
-            owed_excl: false,
-            owed_share: false,
-            evict: false,
-            writeback: false,
-            last_use: 0,
-            dirty_since_us: 0,
-            dirty: Dirty::default(),
-            retry_at_us: 0,
-            fresh: false,
-            replica_at: None,
-            drop_pending: None,
-            replica_pending: None,
-            replica_wseq: 0,
-            base_at: None,
-            lost: 0,
-            lost_since_us: 0,
-            acquire_at_us: 0,
-            seen: room::Seen::default(),
+        self.lines.entry(r).or_insert_with(|| {
+            Box::new(Line {
+                state: State::Invalid,
+                data: Vec::new(),
+                wseq: clean,
+                clean_wseq: clean,
+                phase: Phase::Idle,
+                queue: VecDeque::new(),
+                owed_excl: false,
+                owed_share: false,
+                evict: false,
+                writeback: false,
+                last_use: 0,
+                dirty_since_us: 0,
+                dirty: Dirty::default(),
+                retry_at_us: 0,
+                fresh: false,
+                replica_at: None,
+                drop_pending: None,
+                replica_pending: None,
+                replica_wseq: 0,
+                base_at: None,
+                lost: 0,
+                lost_since_us: 0,
+                acquire_at_us: 0,
+                seen: room::Seen::default(),
+            })
         })
     }
 
@@ -1527,6 +1531,22 @@ impl Machine {
         }
         if resource & STRIPE_NS != 0 {
             return self.stripe_event(resource & !STRIPE_NS);
+        }
+        if !self.lines.contains_key(&resource) {
+            // Not held nor being acquired here: the yield the line's own turn would make, at
+            // once (most events of a workload larger than the caches are for lines the peer
+            // does not have; making an entry to drop it again cost a B-tree insert and removal).
+            self.counters.yields += 1;
+            match kind {
+                CardEventKind::Invalidate => {
+                    self.cmd(CardOp::Yield, resource, CardUse::Fire);
+                    self.wake_room();
+                }
+                CardEventKind::Share => {
+                    self.cmd(CardOp::YieldShare, resource, CardUse::Fire);
+                }
+            }
+            return;
         }
         let l = self.line(resource);
         match kind {

@@ -53,7 +53,7 @@ impl Room {
     }
 
     /// Looks again at the lines changed since the last call.
-    pub(super) fn sync(&mut self, lines: &mut BTreeMap<u64, Line>) {
+    pub(super) fn sync(&mut self, lines: &mut BTreeMap<u64, Box<Line>>) {
         while let Some(r) = self.changed.pop_first() {
             if let Some(l) = lines.get_mut(&r) {
                 let now = Seen::of(l);
@@ -101,7 +101,7 @@ impl Room {
     }
 
     /// The index agrees with a count over all lines (call it between steps: synced).
-    pub(super) fn check(&self, node: u8, lines: &BTreeMap<u64, Line>) -> Result<(), String> {
+    pub(super) fn check(&self, node: u8, lines: &BTreeMap<u64, Box<Line>>) -> Result<(), String> {
         if !self.changed.is_empty() {
             return Err(format!("n{node}: {} lines changed and not looked at after the step", self.changed.len()));
         }
