@@ -123,7 +123,7 @@ fn a_controller_that_dies_with_acknowledged_writes_is_taken_over_and_the_group_s
         assert!(t.elapsed() < Duration::from_secs(30), "the survivors did not move on");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Those it had not written back yet (it does so after its write-back age, 1 s) are taken over.
+    // Those it had not written back yet (it does so after its write-back age, 50 ms) are taken over.
     let taken: u64 =
         (0..2).map(|i| c.admin_of(i, "/status")["coherency"]["counters"]["lines_taken_over"].as_u64().unwrap()).sum();
     eprintln!("controller 2 had {d} dirty lines; {taken} taken over");

@@ -155,11 +155,12 @@ impl Mutation {
 const ACQUIRE_PATIENCE_US: u64 = 10_000_000;
 /// A fabric request without an answer is sent again after this long.
 const RETRANSMIT_US: u64 = 20_000;
-/// Dirty lines older than this are written back in the background, by default: a second,
-/// measured in docs/benchmarks.md (with each host on its own data, 1 s served 1.27x the
-/// operations of 50 ms at 0.74x the CPU per operation, rewrites of a dirty line costing
-/// neither a member write nor a whole line's replica).
-pub const WRITEBACK_AGE_US_DEFAULT: u64 = 1_000_000;
+/// Dirty lines older than this are written back in the background, by default. Longer ages
+/// serve more (docs/benchmarks.md: 1 s, 1.15-1.27x the operations at 0.8x the CPU with each
+/// host on its own data), but a clean stop with seconds of dirty lines did not finish in time
+/// (the leave waits 5 s for its peers' write-backs, then goes while they still need it): 50 ms
+/// until the leave handles that.
+pub const WRITEBACK_AGE_US_DEFAULT: u64 = 50_000;
 /// Background write-backs started per tick.
 const WRITEBACKS_PER_TICK: usize = 8;
 /// A failed write-back is tried again after this long.
