@@ -157,9 +157,9 @@ const ACQUIRE_PATIENCE_US: u64 = 10_000_000;
 const RETRANSMIT_US: u64 = 20_000;
 /// Dirty lines older than this are written back in the background, by default. Longer ages
 /// serve more (docs/benchmarks.md: 1 s, 1.15-1.27x the operations at 0.8x the CPU with each
-/// host on its own data), but a clean stop with seconds of dirty lines did not finish in time
-/// (the leave waits 5 s for its peers' write-backs, then goes while they still need it): 50 ms
-/// until the leave handles that.
+/// host on its own data), but with 8 controllers writing one shared region a clean stop with
+/// a second of dirty lines did not finish in the supervisor's 8 s (each write-back raced the
+/// others for its stripe locks): 50 ms until the leave orders them.
 pub const WRITEBACK_AGE_US_DEFAULT: u64 = 50_000;
 /// Background write-backs started per tick.
 const WRITEBACKS_PER_TICK: usize = 8;
