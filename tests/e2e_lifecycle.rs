@@ -185,22 +185,10 @@ fn connections_past_the_limit_are_refused_and_the_others_keep_being_served() {
 fn a_stop_with_thousands_of_dirty_lines_on_every_controller_writes_them_back_clean() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("g");
-    let args = [
-        "--level",
-        "raid5",
-        "--members",
-        "4",
-        "--member-size",
-        "64M",
-        "--controllers",
-        "3",
-        "--card",
-        "model",
-        "--line-kib",
-        "4",
-        "--writeback-age-ms",
-        "60000",
-    ];
+    let args: Vec<&str> =
+        "--level raid5 --members 4 --member-size 64M --controllers 3 --card model --line-kib 4 --writeback-age-ms 60000"
+            .split(' ')
+            .collect();
     let c = start(&dir, &args);
     const LINES: u64 = 6000;
     let area = |n: usize| n as u64 * (32 << 20);
