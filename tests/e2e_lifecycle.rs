@@ -179,7 +179,7 @@ fn connections_past_the_limit_are_refused_and_the_others_keep_being_served() {
 /// A clean stop with thousands of dirty lines on every controller (a long write-back age):
 /// each writes them back and the group is marked clean, within the supervisor's bound, and
 /// every byte is there at the next start. (A leave's check of its flush once rescanned every
-/// line at every step: with 6000 dirty lines the loops stalled, peers stopped hearing each
+/// line at every step: with 3000 dirty lines the loops stalled, peers stopped hearing each
 /// other and fenced themselves, and the stop ended unclean.)
 #[test]
 fn a_stop_with_thousands_of_dirty_lines_on_every_controller_writes_them_back_clean() {
@@ -190,7 +190,7 @@ fn a_stop_with_thousands_of_dirty_lines_on_every_controller_writes_them_back_cle
             .split(' ')
             .collect();
     let c = start(&dir, &args);
-    const LINES: u64 = 6000;
+    const LINES: u64 = 3000;
     let area = |n: usize| n as u64 * (32 << 20);
     std::thread::scope(|s| {
         for n in 0..3 {
