@@ -419,6 +419,12 @@ enum Origin {
     Peer { node: u8, id: u64 },
 }
 
+/// Whether line `r`, dirty at write sequence `w` when a flush started, is still to be written
+/// back for it.
+fn unwritten(lines: &BTreeMap<u64, Box<Line>>, r: u64, w: u64) -> bool {
+    lines.get(&r).is_some_and(|l| l.state == State::Modified && l.clean_wseq < w)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct FlushJob {
     origin: Origin,
@@ -702,21 +708,17 @@ impl Machine {
     /// that takes long): peers that did not answer, and each unwritten line's phase, its
     /// stripe locks and its owed drop.
     pub fn flushes_waiting(&self) -> Vec<String> {
-        let stripes_of = |r: u64| {
-            let first = r * self.cfg.line_bytes / self.cfg.stripe_bytes.max(1);
-            let last = ((r + 1) * self.cfg.line_bytes - 1) / self.cfg.stripe_bytes.max(1);
-            first..=last
-        };
         self.flushes
             .iter()
             .map(|(job, j)| {
                 let mut lines = Vec::new();
-                for (r, w) in &j.lines {
+                for (r, w) in &j.lines[j.written..] {
                     let Some(l) = self.lines.get(r) else { continue };
-                    if l.state != State::Modified || l.clean_wseq >= *w {
+                    if !unwritten(&self.lines, *r, *w) {
                         continue;
                     }
-                    let locks: Vec<String> = stripes_of(*r)
+                    let locks: Vec<String> = self
+                        .stripes_of(*r)
                         .map(|s| match self.stripes.get(&s) {
                             Some(st) => format!(
                                 "s{s}:held={},acquiring={:?},users={},owed={},lost={}",
@@ -820,6 +822,18 @@ impl Machine {
                 seen: room::Seen::default(),
             })
         })
+    }
+
+    /// Answers the peers' requests for line `r` on the card: all of them once the line is given
+    /// up (`all`: its room may go to a waiter), else the shared ones.
+    fn yield_line(&mut self, r: u64, all: bool) {
+        self.counters.yields += 1;
+        if all {
+            self.cmd(CardOp::Yield, r, CardUse::Fire);
+            self.wake_room();
+        } else {
+            self.cmd(CardOp::YieldShare, r, CardUse::Fire);
+        }
     }
 
     fn cmd(&mut self, op: CardOp, resource: u64, usage: CardUse) -> u64 {
@@ -994,16 +1008,13 @@ impl Machine {
                     }
                     l.owed_excl = false;
                     l.owed_share = false;
-                    self.counters.yields += 1;
-                    self.cmd(CardOp::Yield, r, CardUse::Fire);
-                    self.wake_room();
+                    self.yield_line(r, true);
                 } else {
                     if l.state == State::Exclusive {
                         l.state = State::Shared;
                     }
                     l.owed_share = false;
-                    self.counters.yields += 1;
-                    self.cmd(CardOp::YieldShare, r, CardUse::Fire);
+                    self.yield_line(r, false);
                 }
                 continue;
             }
@@ -1543,17 +1554,7 @@ impl Machine {
             // Not held nor being acquired here: the yield the line's own turn would make, at
             // once (most events of a workload larger than the caches are for lines the peer
             // does not have; making an entry to drop it again cost a B-tree insert and removal).
-            self.counters.yields += 1;
-            match kind {
-                CardEventKind::Invalidate => {
-                    self.cmd(CardOp::Yield, resource, CardUse::Fire);
-                    self.wake_room();
-                }
-                CardEventKind::Share => {
-                    self.cmd(CardOp::YieldShare, resource, CardUse::Fire);
-                }
-            }
-            return;
+            return self.yield_line(resource, kind == CardEventKind::Invalidate);
         }
         let l = self.line(resource);
         match kind {
@@ -1920,9 +1921,7 @@ impl Machine {
         for job in ids {
             let lines = &self.lines;
             let Some(j) = self.flushes.get_mut(&job) else { continue };
-            let unwritten =
-                |(r, w): &(u64, u64)| lines.get(r).is_some_and(|l| l.state == State::Modified && l.clean_wseq < *w);
-            j.written += j.lines[j.written..].iter().take_while(|x| !unwritten(x)).count();
+            j.written += j.lines[j.written..].iter().take_while(|(r, w)| !unwritten(lines, *r, *w)).count();
             let pending = j.written < j.lines.len();
             let j = &self.flushes[&job];
             if (pending || j.peers_left != 0)
@@ -2089,7 +2088,7 @@ impl Machine {
         for (job, j) in &self.flushes {
             // The written prefix a flush skips stays written (`FlushJob::written`).
             for (r, w) in &j.lines[..j.written] {
-                if self.lines.get(r).is_some_and(|l| l.state == State::Modified && l.clean_wseq < *w) {
+                if unwritten(&self.lines, *r, *w) {
                     return Err(format!("n{} flush {job} counts line {r} written though it is not", self.cfg.node));
                 }
             }

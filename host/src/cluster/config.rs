@@ -394,6 +394,8 @@ mod tests {
             (base().replace("nodes = 3", "nodes = 9") + &peer(0), "1 to 8 controllers"),
             (base().replace("[card]", "line_kib = 3\n[card]") + &peer(0) + &peer(2), "power of two"),
             (base().replace("[card]", "cache_mib = 0\n[card]") + &peer(0) + &peer(2), "cache_mib = 0"),
+            (base().replace("[card]", "writeback_age_ms = 0\n[card]") + &peer(0) + &peer(2), "writeback_age_ms = 0"),
+            (base().replace("[card]", "writeback_age_ms = 60001\n[card]") + &peer(0) + &peer(2), "1 to 60000"),
             (base().replace("[card]", "epoch = 0\n[card]") + &peer(0) + &peer(2), "epoch = 0"),
             (base().replace("[card]", "colour = 1\n[card]"), "unknown field"),
             (base().replace("[card]\nlink = \"127.0.0.1:0\"\n", ""), "missing field `card`"),
