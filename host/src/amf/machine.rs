@@ -155,12 +155,11 @@ impl Mutation {
 const ACQUIRE_PATIENCE_US: u64 = 10_000_000;
 /// A fabric request without an answer is sent again after this long.
 const RETRANSMIT_US: u64 = 20_000;
-/// Dirty lines older than this are written back in the background, by default. Longer ages
-/// serve more (docs/benchmarks.md: 1 s, 1.15-1.27x the operations at 0.8x the CPU with each
-/// host on its own data), but with 8 controllers writing one shared region a clean stop with
-/// a second of dirty lines did not finish in the supervisor's 8 s (each write-back raced the
-/// others for its stripe locks): 50 ms until the leave orders them.
-pub const WRITEBACK_AGE_US_DEFAULT: u64 = 50_000;
+/// Dirty lines older than this are written back in the background, by default: as array
+/// controllers do, a second (its replica on a peer keeps it safe meanwhile). With 50 ms nearly
+/// every write of a host rewriting its data was the first after a write-back: a whole-line
+/// replica, a member read-modify-write and a replica drop each (docs/benchmarks.md).
+pub const WRITEBACK_AGE_US_DEFAULT: u64 = 1_000_000;
 /// Background write-backs started per tick.
 const WRITEBACKS_PER_TICK: usize = 8;
 /// A failed write-back is tried again after this long.

@@ -298,7 +298,6 @@ pub fn latency_rows(base: &Path) -> Result<String, BenchError> {
 /// Runs everything; returns the markdown report and, for 2 to 8 controllers with model cards,
 /// (controllers, ops/s) of the mixed workload.
 pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
-    let mut scaling = Vec::new();
     let base = std::env::temp_dir().join(format!("amf-bench-cluster-{}", std::process::id()));
     let mut out = format!(
         "Machine: {}. RAID5 of 4 member files, 4 KiB random I/O over 64 MiB, {seconds} s per row, \
@@ -321,10 +320,26 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
     out += &beyond_cache(&base, seconds)?;
     out += &big_cache(&base)?;
     out += &latency_rows(&base)?;
-    out += "\nMessages per operation, model cards, 50% writes, 3 clients per controller:\n\n";
-    out += "| controllers | ops | card frames / op | line acquires / op | stripe acquires / write | fabric messages / op |\n|---|---|---|---|---|---|\n";
+    let (rows, points) = scaling(&base, seconds, &[])?;
+    out += &rows;
+    let _ = std::fs::remove_dir_all(&base);
+    out += &format!("\nCommand: `amf bench cluster --seconds {seconds} --record docs/benchmarks.md`\n");
+    Ok((out, points))
+}
+
+/// Messages per operation for 2 to 8 controllers with model cards (each started with
+/// `cluster_args` as well), and how each stop went: the markdown rows and (controllers, ops/s).
+pub fn scaling(base: &Path, seconds: f64, cluster_args: &[String]) -> Result<(String, Vec<(f64, f64)>), BenchError> {
+    let mut points = Vec::new();
+    let mut out = "\nMessages per operation, model cards, 50% writes, 3 clients per controller; the stop is \
+                   SIGTERM to the cluster right after the run (clean: every controller wrote its dirty lines \
+                   back and left):\n\n"
+        .to_string();
+    out += "| controllers | ops | card frames / op | line acquires / op | stripe acquires / write | fabric messages / op | stop |\n|---|---|---|---|---|---|---|\n";
     for n in 2..=8usize {
-        let mut g = group(&base.join(format!("m{n}")), n, "model")?;
+        let mut args = vec!["--member-size", "128M"];
+        args.extend(cluster_args.iter().map(String::as_str));
+        let mut g = group_with(&base.join(format!("m{n}")), n, "model", &args)?;
         let k = |g: &Launched, key: &str| sum(g, &["coherency", "counters", key]);
         let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
         let fabric = |g: &Launched| sum(g, &["coherency", "fabric", "sent"]);
@@ -345,22 +360,22 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
             return Err(peer_err(e));
         }
         let ops = (o.reads + o.writes).max(1) as f64;
-        scaling.push((n as f64, ops / o.elapsed.as_secs_f64()));
+        points.push((n as f64, ops / o.elapsed.as_secs_f64()));
         let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
         let (f1, a1, s1, m1) = (frames(&g)?, k(&g, "acquires")?, k(&g, "stripe_acquires")?, fabric(&g)?);
+        let stop_at = std::time::Instant::now();
+        let clean = g.stop();
+        let stop = format!("{} in {:.1} s", if clean { "clean" } else { "NOT clean" }, stop_at.elapsed().as_secs_f64());
         out += &format!(
-            "| {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {stop} |\n",
             ops,
             d(f1, f0) / ops,
             (d(a1, a0) - d(s1, s0)) / ops,
             d(s1, s0) / (o.writes.max(1) as f64),
             d(m1, m0) / ops
         );
-        g.stop();
     }
-    let _ = std::fs::remove_dir_all(&base);
-    out += &format!("\nCommand: `amf bench cluster --seconds {seconds} --record docs/benchmarks.md`\n");
-    Ok((out, scaling))
+    Ok((out, points))
 }
 
 /// IOPS against the number of controllers (model cards, 50% writes).

@@ -365,7 +365,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
         /// Record the tables in this markdown file (between bench markers).
-        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only", "own_regions_only"])]
+        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only", "own_regions_only", "scaling_only"])]
         record: Option<PathBuf>,
         /// Only the write-latency rows (a quick look while tuning the card path).
         #[arg(long)]
@@ -376,12 +376,16 @@ enum BenchCommand {
         beyond_cache_only: bool,
         /// Only one controller against three with model cards, each client on its own region
         /// (a quick look while tuning the common case's CPU per operation).
-        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only"])]
+        #[arg(long, group = "quick_rows", conflicts_with_all = ["latency_only", "beyond_cache_only"])]
         own_regions_only: bool,
-        /// With --own-regions-only: one more `amf cluster` argument for the three controllers
-        /// (repeat it; e.g. `--cluster-arg=--writeback-age-ms --cluster-arg=50`), to compare
-        /// a setting with its default side by side.
-        #[arg(long = "cluster-arg", requires = "own_regions_only", allow_hyphen_values = true)]
+        /// Only the rows of 2 to 8 controllers with model cards sharing one region, with how
+        /// each stop went (a quick look at contended write-backs and leaves).
+        #[arg(long, group = "quick_rows", conflicts_with_all = ["latency_only", "beyond_cache_only"])]
+        scaling_only: bool,
+        /// With --own-regions-only or --scaling-only: one more `amf cluster` argument for the
+        /// clusters of several controllers (repeat it; e.g. `--cluster-arg=--writeback-age-ms
+        /// --cluster-arg=50`), to compare a setting with its default side by side.
+        #[arg(long = "cluster-arg", requires = "quick_rows", allow_hyphen_values = true)]
         cluster_args: Vec<String>,
     },
     /// kill -9 of a controller under writes: the time until a survivor answers for its data.
@@ -624,6 +628,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let rows = crate::bench::cluster::own_regions(&base, seconds, true, &cluster_args);
             let _ = std::fs::remove_dir_all(&base);
             println!("{}", rows?);
+        }
+        Command::Bench { what: BenchCommand::Cluster { seconds, scaling_only: true, cluster_args, .. } } => {
+            let base = std::env::temp_dir().join(format!("amf-bench-scaling-{}", std::process::id()));
+            let rows = crate::bench::cluster::scaling(&base, seconds, &cluster_args);
+            let _ = std::fs::remove_dir_all(&base);
+            println!("{}", rows?.0);
         }
         Command::Bench { what: BenchCommand::Cluster { seconds, record, .. } } => {
             let (mut table, scaling) = crate::bench::cluster::run(seconds)?;

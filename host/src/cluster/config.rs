@@ -11,7 +11,7 @@
 //! fabric = "10.0.0.2:7000"      # controller-to-controller data path
 //! cache_mib = 256
 //! line_kib = 16                 # cache line = coherency resource
-//! writeback_age_ms = 50         # a dirty line is written back this long after its first write
+//! writeback_age_ms = 1000       # a dirty line is written back this long after its first write
 //!
 //! [card]
 //! backend = "sim"               # sim (Verilator RTL) or model (Rust reference model)

@@ -63,6 +63,9 @@ pub const PEER_FRAMES_QUEUED_MAX: usize = 1024;
 pub const PEER_BYTES_QUEUED_MAX: usize = 16 << 20;
 /// How long a throttled reader waits before it looks at its peer's budget again.
 const THROTTLE_PAUSE: Duration = Duration::from_micros(200);
+/// How often a throttled reader looks whether its peer's bytes wait in the socket (and so
+/// counts the peer as heard): well within the lease's suspicion time.
+const THROTTLED_HEARD_EVERY: Duration = Duration::from_millis(20);
 
 /// Why a frame was refused.
 #[derive(Debug, thiserror::Error)]
@@ -459,10 +462,23 @@ pub struct Credit {
 impl Credit {
     /// Waits (bounded by `stop`) until `peer` may have `bytes` more in the inbox, then takes
     /// them. A frame alone is always let through, so a budget never holds one forever.
-    fn take(queues: &PeerQueues, peer: u8, bytes: usize, stats: &NetStats, stop: &AtomicBool) -> Option<Credit> {
+    ///
+    /// Meanwhile the frame's sender `from` still counts as heard while more of its bytes wait
+    /// in `socket`: they are this controller's backlog (its loop is behind), not the link's
+    /// silence, and a peer the lease's reach lost for that would turn a slow loop into a
+    /// fence. A peer cut off is still found once the loop has caught up with what it sent,
+    /// as with its frames already in the inbox.
+    fn take(
+        queues: &PeerQueues,
+        (from, peer): (u8, u8),
+        bytes: usize,
+        (stats, socket): (&NetStats, &TcpStream),
+        stop: &AtomicBool,
+    ) -> Option<Credit> {
         let peer = (peer as usize).min(queues.len() - 1);
         let q = &queues[peer];
         let mut counted = false;
+        let mut looked = Instant::now();
         loop {
             let frames = q.frames.load(Relaxed);
             let over = frames >= PEER_FRAMES_QUEUED_MAX || q.bytes.load(Relaxed) + bytes > PEER_BYTES_QUEUED_MAX;
@@ -475,12 +491,31 @@ impl Credit {
             if !std::mem::replace(&mut counted, true) {
                 stats.throttled.fetch_add(1, Relaxed);
             }
+            if looked.elapsed() >= THROTTLED_HEARD_EVERY {
+                looked = Instant::now();
+                if let (true, Some(t)) = (bytes_waiting(socket), stats.heard_ns.get(from as usize)) {
+                    t.store(crate::raid::fence::now_ns().max(1), Relaxed);
+                }
+            }
             std::thread::sleep(THROTTLE_PAUSE);
         }
         q.frames.fetch_add(1, Relaxed);
         q.bytes.fetch_add(bytes, Relaxed);
         Some(Credit { queues: queues.clone(), peer, bytes })
     }
+}
+
+/// Whether bytes wait unread in `s`'s receive buffer. The reader that owns `s` is the only
+/// one reading it, and it is not reading now (it waits for a budget), so switching the socket
+/// to non-blocking for a peek disturbs nothing; if it cannot be switched back, the reader's
+/// next read fails and the connection ends (the peer connects again).
+fn bytes_waiting(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let waiting = matches!(s.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+    let _ = s.set_nonblocking(false);
+    waiting
 }
 
 impl Drop for Credit {
@@ -586,7 +621,7 @@ fn reader(
     stop: Arc<AtomicBool>,
 ) {
     let Some(tls) = &limits.tls else {
-        return frames(std::io::BufReader::new(&s), None, limits.payload_max, inbox, stats, stop);
+        return frames(std::io::BufReader::new(&s), (&s, None), limits.payload_max, inbox, stats, stop);
     };
     let who = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let refuse = |why: String| {
@@ -616,14 +651,14 @@ fn reader(
         return;
     }
     let stream = rustls::StreamOwned::new(conn, &s);
-    frames(std::io::BufReader::new(stream), Some(node), limits.payload_max, inbox, stats, stop)
+    frames(std::io::BufReader::new(stream), (&s, Some(node)), limits.payload_max, inbox, stats, stop)
 }
 
-/// Decodes frames from one incoming connection into the inbox; `node` is who its certificate
-/// says is on the other end, where there is one.
+/// Decodes frames from one incoming connection (`r`, reading `socket`) into the inbox; `node`
+/// is who its certificate says is on the other end, where there is one.
 fn frames(
     mut r: impl Read,
-    node: Option<u8>,
+    (socket, node): (&TcpStream, Option<u8>),
     payload_max: usize,
     inbox: Queue,
     stats: &NetStats,
@@ -647,7 +682,8 @@ fn frames(
                 if let Some(t) = stats.heard_ns.get(from as usize) {
                     t.store(crate::raid::fence::now_ns().max(1), Relaxed);
                 }
-                let Some(credit) = Credit::take(&inbox.queues, node.unwrap_or(from), bytes, stats, &stop) else {
+                let budget = (from, node.unwrap_or(from));
+                let Some(credit) = Credit::take(&inbox.queues, budget, bytes, (stats, socket), &stop) else {
                     return;
                 };
                 if inbox.inbox.send(super::Event::Fabric { from, epoch, msg, credit }).is_err() {
@@ -723,6 +759,55 @@ mod tests {
             }
             _ => panic!("the peer's frame did not arrive"),
         }
+    }
+
+    /// A loop behind its inbox is not a peer gone silent: while a peer's reader is throttled
+    /// and its frames wait in the socket, the lease's reach still hears it; once it stops
+    /// sending and the loop has caught up, it is no longer heard.
+    #[test]
+    fn a_throttled_peer_that_keeps_sending_stays_heard() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let limits = Limits { payload_max: 1 << 16, idle: Duration::from_secs(30), tls: None };
+        let net = Net::start_with(listener, 0, 1, &[], limits, tx).unwrap();
+        let sending = Arc::new(AtomicBool::new(true));
+        let peer = {
+            let sending = sending.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_write_timeout(Some(Duration::from_millis(50))).unwrap();
+                let frame = encode(1, 1, &Msg::Hello { incarnation: 7 }).unwrap();
+                // A burst past the budget, then a heartbeat every 10 ms (a write that times
+                // out leaves the frame half sent: the connection is dropped after the test).
+                for _ in 0..2 * PEER_FRAMES_QUEUED_MAX {
+                    s.write_all(&frame).unwrap();
+                }
+                while sending.load(Relaxed) {
+                    if s.write_all(&frame).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                s
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while net.stats.throttled.load(Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the reader was not throttled: {} queued", rx.len());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The loop takes nothing for longer than the window asked about.
+        let window_ns = 300_000_000;
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(net.stats.heard_within(window_ns) & 0b10, 0b10, "a throttled peer that keeps sending is heard");
+        sending.store(false, Relaxed);
+        let s = peer.join().unwrap();
+        // The loop catches up; the peer, silent but connected, is no longer heard.
+        while rx.recv_timeout(Duration::from_millis(100)).is_ok() {}
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(net.stats.heard_within(window_ns) & 0b10, 0, "a silent peer is not heard");
+        drop(s);
     }
 
     /// A peer that floods the fabric holds at most its budget of the loop's inbox, in frames
