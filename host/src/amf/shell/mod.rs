@@ -638,8 +638,14 @@ impl Loop {
             if last_hello.elapsed() >= HEARTBEAT {
                 last_hello = Instant::now();
                 let live = self.all_peers();
+                // A leave's notice goes with every heartbeat: a frame dropped on the way (a
+                // full queue, a connection that failed) would leave its peers waiting for it.
+                let left = leaving.as_ref().is_some_and(|l| l.write_back.is_none());
                 for p in self.peers.clone().into_iter().filter(|p| live & (1 << p) != 0) {
                     self.net.send(p, &self.hello());
+                    if left {
+                        self.net.send(p, &Msg::Leaving);
+                    }
                 }
                 self.join_tick();
             }
