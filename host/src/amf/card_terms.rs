@@ -18,32 +18,60 @@ pub fn waits(op: CardOp) -> bool {
     matches!(op, CardOp::AcquireShared | CardOp::AcquireExclusive)
 }
 
+/// What the card can take now, from [`take_submittable`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Submittable {
+    /// Commands to submit, in order.
+    pub send: Vec<(u64, CardOp, u64)>,
+    /// Acquires taken back before they reached the card: the machine is told they lost
+    /// (`CardStatus::Conflict`: it backs off and asks again).
+    pub lost: Vec<u64>,
+}
+
 /// Takes from `backlog` (in order) up to `room` commands the card can take now: acquires while
 /// fewer than [`CARD_ACQUIRES_MAX`] run (`acquires` counts those submitted and not completed),
 /// and every yield and release, except one for a resource whose acquire is held back (the card
 /// sees one resource's commands in the machine's order). The rest stay in the backlog in order.
-pub fn take_submittable(
-    backlog: &mut VecDeque<(u64, CardOp, u64)>,
-    mut acquires: usize,
-    room: usize,
-) -> Vec<(u64, CardOp, u64)> {
-    let mut taken = Vec::new();
+///
+/// A yield behind its own resource's acquire, held back for want of an acquire slot, takes
+/// that acquire back instead of waiting: the host gives the resource to a peer that asked
+/// before it ever asked the card for it, so its acquire lost. Waiting would close a cycle
+/// across the cards (its slots full of acquires waiting for peers' yields that wait the same
+/// way behind their hosts' held-back acquires): 8 controllers writing one region back at a
+/// stop once waited so until they were killed.
+pub fn take_submittable(backlog: &mut VecDeque<(u64, CardOp, u64)>, mut acquires: usize, room: usize) -> Submittable {
+    let mut out = Submittable::default();
     let mut kept = VecDeque::new();
     let mut held_back = BTreeSet::new();
+    // Resources whose only commands held back so far are an acquire kept for want of a slot.
+    let mut capped = BTreeSet::new();
     while let Some(c) = backlog.pop_front() {
         let (_, op, resource) = c;
-        let ok =
-            taken.len() < room && if waits(op) { acquires < CARD_ACQUIRES_MAX } else { !held_back.contains(&resource) };
+        if matches!(op, CardOp::Yield | CardOp::YieldShare) && capped.remove(&resource) {
+            if let Some(at) = kept.iter().position(|k: &(u64, CardOp, u64)| k.2 == resource) {
+                if let Some((id, _, _)) = kept.remove(at) {
+                    out.lost.push(id);
+                }
+            }
+            held_back.remove(&resource);
+        }
+        let slot = acquires < CARD_ACQUIRES_MAX;
+        let ok = out.send.len() < room && if waits(op) { slot } else { !held_back.contains(&resource) };
         if ok {
             acquires += waits(op) as usize;
-            taken.push(c);
+            out.send.push(c);
         } else {
-            held_back.insert(resource);
+            if waits(op) && !slot && out.send.len() < room && held_back.insert(resource) {
+                capped.insert(resource);
+            } else {
+                held_back.insert(resource);
+                capped.remove(&resource);
+            }
             kept.push_back(c);
         }
     }
     *backlog = kept;
-    taken
+    out
 }
 
 /// The opcode of a machine command and whether it is sent with `hold`.
@@ -181,24 +209,29 @@ mod tests {
     }
 
     #[test]
-    fn yields_go_ahead_of_acquires_held_back_but_not_of_their_own_resource() {
+    fn yields_go_ahead_of_acquires_held_back_and_take_back_the_acquire_of_their_own_resource() {
         let mut backlog: VecDeque<(u64, CardOp, u64)> = VecDeque::new();
-        for r in 0..CARD_ACQUIRES_MAX as u64 + 2 {
+        for r in 0..CARD_ACQUIRES_MAX as u64 + 3 {
             backlog.push_back((r, CardOp::AcquireExclusive, r));
         }
-        let last = CARD_ACQUIRES_MAX as u64 + 1;
+        let (last, other) = (CARD_ACQUIRES_MAX as u64 + 1, CARD_ACQUIRES_MAX as u64 + 2);
         backlog.push_back((100, CardOp::Yield, 500));
         backlog.push_back((101, CardOp::Yield, last));
-        let taken = take_submittable(&mut backlog, 0, 1000);
-        let ids: Vec<u64> = taken.iter().map(|c| c.0).collect();
+        backlog.push_back((102, CardOp::Release, other));
+        let got = take_submittable(&mut backlog, 0, 1000);
+        let ids: Vec<u64> = got.send.iter().map(|c| c.0).collect();
         let mut want: Vec<u64> = (0..CARD_ACQUIRES_MAX as u64).collect();
-        want.push(100);
-        assert_eq!(ids, want, "acquires up to the limit, then the yield of another resource");
+        want.extend([100, 101]);
+        assert_eq!(ids, want, "acquires up to the limit, then the yields");
+        assert_eq!(got.lost, vec![last], "the acquire of the yielded resource is taken back as lost");
         let left: Vec<u64> = backlog.iter().map(|c| c.0).collect();
-        assert_eq!(left, vec![CARD_ACQUIRES_MAX as u64, last, 101], "held back in order");
-        // Room is a limit too.
+        assert_eq!(left, vec![CARD_ACQUIRES_MAX as u64, other, 102], "a release waits behind its acquire, in order");
+        // Room is a limit too, and an acquire held back by it (not by the slots) stays.
         let mut b: VecDeque<_> = (0..5u64).map(|r| (r, CardOp::Yield, r)).collect();
-        assert_eq!(take_submittable(&mut b, 0, 2).len(), 2);
+        assert_eq!(take_submittable(&mut b, 0, 2).send.len(), 2);
         assert_eq!(b.len(), 3);
+        let mut b: VecDeque<_> = [(1, CardOp::Yield, 7), (2, CardOp::AcquireShared, 9), (3, CardOp::Yield, 9)].into();
+        let got = take_submittable(&mut b, 0, 1);
+        assert_eq!((got.send.len(), got.lost.len(), b.len()), (1, 0, 2));
     }
 }

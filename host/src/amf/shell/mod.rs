@@ -884,7 +884,11 @@ impl Loop {
             if self.view_due.is_none() {
                 let acquires = self.tags.values().filter(|t| waits(t.2)).count();
                 let room = CARD_INFLIGHT_MAX.saturating_sub(self.driver.in_flight());
-                let mut batch = take_submittable(&mut self.backlog, acquires, room).into_iter();
+                let got = take_submittable(&mut self.backlog, acquires, room);
+                for id in got.lost {
+                    self.step(Input::CardDone { id, status: CardStatus::Conflict, sharers: 0 });
+                }
+                let mut batch = got.send.into_iter();
                 while let Some((id, op, resource)) = batch.next() {
                     let (code, hold) = opcode(op);
                     match self.driver.submit_with(code, resource, hold) {

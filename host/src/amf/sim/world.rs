@@ -1293,19 +1293,26 @@ impl World {
 
     fn pump_node(&mut self, n: usize) -> Result<bool, String> {
         let mut moved = false;
+        let mut lost = Vec::new();
         {
             let node = &mut self.nodes[n];
             if !node.view_due {
                 let acquires = node.tags.values().filter(|t| waits(t.1)).count();
                 let room = CARD_INFLIGHT_MAX.saturating_sub(node.driver.in_flight());
-                for (id, op, resource) in take_submittable(&mut node.backlog, acquires, room) {
+                let got = take_submittable(&mut node.backlog, acquires, room);
+                for (id, op, resource) in got.send {
                     let (code, wait) = opcode(op);
                     let tag = node.driver.submit_with(code, resource, wait).map_err(|e| format!("n{n} card: {e}"))?;
                     node.tags.insert(tag, (id, op));
                     moved = true;
                 }
+                lost = got.lost;
             }
             node.card.run(0);
+        }
+        for id in lost {
+            moved = true;
+            self.step(n as u8, Input::CardDone { id, status: CardStatus::Conflict, sharers: 0 })?;
         }
         // As the shell looks: reap, read events, reap again. The card here does not run in
         // between, so a completion it wrote just after the first reap (before an event) is
