@@ -9,7 +9,9 @@ module amf_engine_syn #(
   parameter int unsigned TableWays     = 2,
   parameter int unsigned Nodes         = 4,
   // The small configuration keeps 16 held requests (the full card has 32).
-  parameter int unsigned OwedMax       = 16
+  parameter int unsigned OwedMax       = 16,
+  // 4096 presence buckets: one iCE40 block RAM as 4096 x 1 (the full card has 16384).
+  parameter int unsigned PresenceLog2  = 12
 ) (
   input  logic       clk_i,
   input  logic       rst_ni,
@@ -36,9 +38,11 @@ module amf_engine_syn #(
   assign cfg_q = wide_q[115:0];
 
   logic [255:0] cpl, evt, tx_frame;
-  logic [31:0]  frames_tx, bad_commands, broadcasts, skipped, ack_timeouts, occupancy, full_fallbacks;
+  logic [31:0]  frames_tx, bad_commands, broadcasts, skipped, ack_timeouts, occupancy, full_fallbacks, filtered;
+  logic         filter_on;
 
-  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax)) u_engine (
+  amf_engine #(.Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax),
+               .PresenceLog2(PresenceLog2)) u_engine (
     .clk_i,
     .rst_ni,
     .clear_i,
@@ -72,9 +76,11 @@ module amf_engine_syn #(
     .ack_timeouts_o     (ack_timeouts),
     .occupancy_o        (occupancy),
     .full_fallbacks_o   (full_fallbacks),
+    .filter_on_o        (filter_on),
+    .filtered_o         (filtered),
     .busy_o
   );
 
   assign parity_o = {^cpl, ^evt, ^tx_frame,
-                     ^{frames_tx, bad_commands, broadcasts, skipped, ack_timeouts, occupancy, full_fallbacks}};
+                     ^{frames_tx, bad_commands, broadcasts, skipped, ack_timeouts, occupancy, full_fallbacks, filtered, filter_on}};
 endmodule

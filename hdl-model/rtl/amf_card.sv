@@ -14,6 +14,8 @@ module amf_card #(
   parameter int unsigned Nodes         = 8,
   // Peers' held requests waiting for this host's yield at once (the model's OWED_MAX).
   parameter int unsigned OwedMax       = 32,
+  // Presence filter buckets, log2 (the model's PRESENCE_BUCKETS_LOG2).
+  parameter int unsigned PresenceLog2  = 14,
   // The link MAC a half SipRound per cycle (an iCE40's timing) instead of a round (amf_siphash).
   parameter bit          MacHalfRounds = 1'b0
 ) (
@@ -55,13 +57,16 @@ module amf_card #(
   logic [63:0] cmd_base, cmd_cons_addr, cpl_base, evt_base;
   logic [7:0]  error_q;
   logic [2:0]  irq_set;
-  logic [31:0] occupancy, full_fallbacks;
+  logic [31:0] occupancy, full_fallbacks, filtered;
+  logic        filter_on;
   logic [31:0] frames_tx, bad_commands, broadcasts, skipped, ack_timeouts;
   logic [31:0] frames_rx_q, crc_errors_q, stale_q, malformed_q, forged_q, replayed_q;
   logic        auth_en;
   logic [127:0] auth_key;
 
-  amf_regs u_regs (
+  amf_regs #(
+    .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .PresenceLog2(PresenceLog2)
+  ) u_regs (
     .clk_i,
     .rst_ni,
     .req_valid_i        (reg_req_valid_i),
@@ -96,6 +101,8 @@ module amf_card #(
     .irq_set_i          (irq_set),
     .occupancy_i        (occupancy),
     .full_fallbacks_i   (full_fallbacks),
+    .filter_on_i        (filter_on),
+    .filtered_i         (filtered),
     .stats_i            ({replayed_q, forged_q, ack_timeouts, skipped, broadcasts, bad_commands,
                           malformed_q, stale_q, crc_errors_q, frames_rx_q, frames_tx})
   );
@@ -337,7 +344,8 @@ module amf_card #(
 
   // ---- engine -------------------------------------------------------------------------------
   amf_engine #(
-    .Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax)
+    .Inflight(Inflight), .TableSetsLog2(TableSetsLog2), .TableWays(TableWays), .Nodes(Nodes), .OwedMax(OwedMax),
+    .PresenceLog2(PresenceLog2)
   ) u_engine (
     .clk_i,
     .rst_ni,
@@ -372,6 +380,8 @@ module amf_card #(
     .ack_timeouts_o     (ack_timeouts),
     .occupancy_o        (occupancy),
     .full_fallbacks_o   (full_fallbacks),
+    .filter_on_o        (filter_on),
+    .filtered_o         (filtered),
     .busy_o             (engine_busy)
   );
 

@@ -13,7 +13,10 @@ module amf_engine #(
   parameter int unsigned Nodes         = 8,
   // Peers' requests sent with `hold` that wait for this host's yield at once (more are nacked;
   // 8 controllers with 3 clients each overflowed 16 into nack storms; 32 holds them).
-  parameter int unsigned OwedMax       = 32
+  parameter int unsigned OwedMax       = 32,
+  // Buckets of the presence filter (2^PresenceLog2 bits of block RAM; a line's bucket is its
+  // resource id modulo that).
+  parameter int unsigned PresenceLog2  = 14
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
@@ -52,6 +55,8 @@ module amf_engine #(
   output logic [31:0]  ack_timeouts_o,
   output logic [31:0]  occupancy_o,
   output logic [31:0]  full_fallbacks_o,
+  output logic         filter_on_o,
+  output logic [31:0]  filtered_o,
   // something to do or wait for (a clock may stop while this is low)
   output logic         busy_o
 );
@@ -82,7 +87,10 @@ module amf_engine #(
                          OpSearch     = amf_structs_pkg::OpcodeSearch,
                          OpHeartbeat  = amf_structs_pkg::OpcodeHeartbeat,
                          OpYieldShare = amf_structs_pkg::OpcodeYieldShare,
-                         OpYield      = amf_structs_pkg::OpcodeYield;
+                         OpYield      = amf_structs_pkg::OpcodeYield,
+                         OpMark       = amf_structs_pkg::OpcodeMark,
+                         OpUnmark     = amf_structs_pkg::OpcodeUnmark,
+                         OpFilterOn   = amf_structs_pkg::OpcodeFilterOn;
   localparam logic [7:0] StOk         = amf_structs_pkg::StatusOk,
                          StTimeout    = amf_structs_pkg::StatusTimeout,
                          StBadOpcode  = amf_structs_pkg::StatusBadOpcode,
@@ -185,7 +193,7 @@ module amf_engine #(
   );
 
   // ---- pending operations --------------------------------------------------------------------
-  logic [Inflight-1:0] p_valid, p_aborted, p_wait, p_hold;
+  logic [Inflight-1:0] p_valid, p_aborted, p_wait, p_hold, p_filt;
   logic [7:0]          p_kind     [Inflight];
   logic [7:0]          p_op       [Inflight];  // the command's opcode, tag and resource
   logic [31:0]         p_tag      [Inflight];
@@ -231,6 +239,25 @@ module amf_engine #(
     end
   end
 
+  // ---- presence filter ---------------------------------------------------------------------------
+  // A bit per bucket: the host may hold or be acquiring a line there. One write port (commands,
+  // in SCmd) and one read port (the received frame's bucket, latched with the frame in SIdle),
+  // without reset, so that it maps to block RAM; a stale set bit only costs a message, and the
+  // host turns the filter on only when the bits are its truth.
+  localparam int unsigned PresenceBuckets = 1 << PresenceLog2;
+  logic presence_mem [PresenceBuckets];
+  logic                    pres_we, pres_wdata;
+  logic [PresenceLog2-1:0] pres_waddr;
+  logic                    rx_present_q;  // the latched frame's bucket bit
+  logic                    filter_on_q;
+  logic [31:0]             filter_epoch_q;  // the epoch the filter was last turned on or off in
+  logic [31:0]             filtered_q;
+`ifndef SYNTHESIS
+  initial begin
+    for (int unsigned i = 0; i < PresenceBuckets; i++) presence_mem[i] = 1'b0;
+  end
+`endif
+
   // ---- state -----------------------------------------------------------------------------------
   typedef enum logic [4:0] {
     SIdle, SCmd, SCmdLookup, SCmdDecide, SRelease, SStart, STx, SCpl, SEvt, STableWrite,
@@ -263,8 +290,9 @@ module amf_engine #(
   logic [7:0]  c_op;
   logic [31:0] c_tag, c_epoch;
   logic [63:0] c_res;
-  logic        c_hold;
+  logic        c_hold, c_filtered;
   assign c_op    = cmd_q[amf_structs_pkg::CommandOpcodeLsb+:8];
+  assign c_filtered = cmd_q[amf_structs_pkg::CommandFilteredLsb];
   assign c_hold  = cmd_q[amf_structs_pkg::CommandHoldLsb];
   assign c_tag   = cmd_q[amf_structs_pkg::CommandTagLsb+:32];
   assign c_res   = cmd_q[amf_structs_pkg::CommandResourceLsb+:64];
@@ -273,8 +301,9 @@ module amf_engine #(
   logic [7:0]  f_kind, f_src;
   logic [31:0] f_seq, f_stamp, f_epoch;
   logic [63:0] f_res;
-  logic        f_hold;
+  logic        f_hold, f_filtered;
   assign f_hold    = rx_q[amf_structs_pkg::LinkFrameHoldLsb];
+  assign f_filtered = rx_q[amf_structs_pkg::LinkFrameFilteredLsb];
   assign f_kind    = rx_q[amf_structs_pkg::LinkFrameKindLsb+:8];
   assign f_src     = rx_q[amf_structs_pkg::LinkFrameSrcLsb+:8];
   assign f_seq     = rx_q[amf_structs_pkg::LinkFrameSeqLsb+:32];
@@ -361,6 +390,12 @@ module amf_engine #(
   logic                nack_rx;
   logic [Inflight-1:0] abort_rx, learn_rx;
   assign exclusive_rx = f_kind == KInvalidate;
+  // The presence filter answers the latched request as the host's yield would: the host holds
+  // nothing in its bucket and acquires nothing there (the non-hold path, with the table not
+  // listing this node, is exactly that answer).
+  logic rx_filtered;
+  assign rx_filtered = f_hold && f_filtered && filter_on_q && !rx_present_q && !held_q
+                       && (f_kind == KInvalidate || f_kind == KAcqShared);
   always_comb begin
     nack_rx  = 1'b0;
     abort_rx = '0;
@@ -501,6 +536,18 @@ module amf_engine #(
   logic tbl_done;  // the table answered the request issued in this state
   assign tbl_done = tbl_busy_q && tbl_rsp_valid;
 
+  // Presence writes: mark and unmark, and a `filtered` acquire accepted in its epoch.
+  assign pres_we    = state_q == SCmd && c_op <= OpFilterOn
+                      && (c_op == OpMark || c_op == OpUnmark
+                          || ((c_op == OpAcqShared || c_op == OpAcqExcl) && c_filtered && c_epoch == epoch_i));
+  assign pres_wdata = c_op != OpUnmark;
+  assign pres_waddr = c_res[PresenceLog2-1:0];
+  always_ff @(posedge clk_i) begin
+    if (pres_we) presence_mem[pres_waddr] <= pres_wdata;
+    // Read with the frame's latch in SIdle (no write happens in SIdle).
+    if (state_q == SIdle && !deferred_q && rx_valid_i) rx_present_q <= presence_mem[a_res[PresenceLog2-1:0]];
+  end
+
   always_ff @(posedge clk_i or negedge rst_ni) begin
     if (!rst_ni) begin
       state_q        <= SIdle;
@@ -539,6 +586,10 @@ module amf_engine #(
       p_aborted      <= '0;
       p_wait         <= '0;
       p_hold         <= '0;
+      p_filt         <= '0;
+      filter_on_q    <= 1'b0;
+      filter_epoch_q <= '0;
+      filtered_q     <= '0;
       o_valid        <= '0;
       o_excl         <= '0;
       y_sharers_q    <= '0;
@@ -571,9 +622,17 @@ module amf_engine #(
       broadcasts_q   <= '0;
       skipped_q      <= '0;
       ack_timeouts_q <= '0;
+      filter_on_q    <= 1'b0;
+      filtered_q     <= '0;
       now_q          <= now_q + 64'd1;
     end else begin
       now_q <= now_q + 64'd1;
+      // A new membership can give the host lines without commands: the filter waits for the
+      // host to say its bits are the truth again.
+      if (epoch_i != filter_epoch_q) begin
+        filter_on_q    <= 1'b0;
+        filter_epoch_q <= epoch_i;
+      end
       // Timer flags for the next cycle (the states below clear the ones they rearm).
       for (int unsigned i = 0; i < Inflight; i++) begin
         if (p_left[i] != 32'd0) p_left[i] <= p_left[i] - 32'd1;
@@ -669,14 +728,24 @@ module amf_engine #(
         // ---- commands ------------------------------------------------------------------------
         SCmd: begin
           ret_q <= SIdle;
-          if (c_op > OpYield) begin
+          if (c_op > OpFilterOn) begin
             bad_commands_q <= bad_commands_q + 32'd1;
             out_q   <= completion(c_op, StBadOpcode, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            state_q <= SCpl;
+          end else if (c_op == OpMark || c_op == OpUnmark) begin
+            // The bit is written by pres_we in this cycle; no epoch check (it describes this
+            // host, not the membership).
+            out_q   <= completion(c_op, StOk, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             state_q <= SCpl;
           end else if (c_op != OpNop && c_epoch != epoch_i) begin
             out_q   <= completion(c_op, StStaleEpoch, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             state_q <= SCpl;
           end else if (c_op == OpNop) begin
+            out_q   <= completion(c_op, StOk, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
+            state_q <= SCpl;
+          end else if (c_op == OpFilterOn) begin
+            // filter_epoch_q already follows epoch_i, which this command matched.
+            filter_on_q <= 1'b1;
             out_q   <= completion(c_op, StOk, 1'b0, 1'b0, 5'd0, 8'd0, c_tag, c_res, 8'd0, 8'd0, 8'd0, 32'd0);
             state_q <= SCpl;
           end else if (c_op == OpHeartbeat) begin
@@ -753,6 +822,7 @@ module amf_engine #(
           p_aborted[free_idx]  <= 1'b0;
           p_wait[free_idx]     <= 1'b0;
           p_hold[free_idx]     <= c_hold && c_op != OpSearch;
+          p_filt[free_idx]     <= c_filtered && c_op != OpSearch;
           p_kind[free_idx]     <= c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch);
           p_op[free_idx]       <= c_op;
           p_tag[free_idx]      <= c_tag;
@@ -770,7 +840,8 @@ module amf_engine #(
           slot_q     <= free_idx;
           tx_tmpl_q  <= frame(c_op == OpAcqShared ? KAcqShared : (c_op == OpAcqExcl ? KInvalidate : KSearch),
                               next_seq_q, clock_q, c_res, 8'd0, 8'd0)
-                        | (256'(c_hold && c_op != OpSearch) << amf_structs_pkg::LinkFrameHoldLsb);
+                        | (256'(c_hold && c_op != OpSearch) << amf_structs_pkg::LinkFrameHoldLsb)
+                        | (256'(c_filtered && c_op != OpSearch) << amf_structs_pkg::LinkFrameFilteredLsb);
           tx_mask_q  <= (c_op != OpSearch && held_q) ? (sharers_q & others) : others;
           ret_q      <= SFinish;  // nobody to ask: finish at once (checked there)
           state_q    <= STx;
@@ -856,7 +927,8 @@ module amf_engine #(
         end
         SRxDecide: begin
           ret_q <= SIdle;
-          if (f_hold && (f_kind == KInvalidate || f_kind == KAcqShared)) begin
+          if (rx_filtered && rsp_step_q == 2'd0) filtered_q <= filtered_q + 32'd1;
+          if (f_hold && !rx_filtered && (f_kind == KInvalidate || f_kind == KAcqShared)) begin
             // Held for the host: it hears of the request whatever the table says (it knows its
             // own lines), and the answer waits for its yield.
             if (!owed_hit && !owed_free) begin
@@ -1001,7 +1073,8 @@ module amf_engine #(
             tx_mask_q <= (tbl_rsp_hit && (tbl_rsp_sharers & me) != 0) ? (tbl_rsp_sharers & others) : others;
             tx_tmpl_q <= frame(p_kind[slot_q], next_seq_q, p_stamp[slot_q],
                                p_res[slot_q], 8'd0, 8'd0)
-                         | (256'(p_hold[slot_q]) << amf_structs_pkg::LinkFrameHoldLsb);
+                         | (256'(p_hold[slot_q]) << amf_structs_pkg::LinkFrameHoldLsb)
+                         | (256'(p_filt[slot_q]) << amf_structs_pkg::LinkFrameFilteredLsb);
             ret_q   <= SFinish;
             state_q <= STx;
           end
@@ -1033,9 +1106,11 @@ module amf_engine #(
   assign broadcasts_o   = broadcasts_q;
   assign skipped_o      = skipped_q;
   assign ack_timeouts_o = ack_timeouts_q;
+  assign filter_on_o    = filter_on_q;
+  assign filtered_o     = filtered_q;
 
   logic unused;
-  assign unused = ^{a_src[7:3], tbl_ready, cmd_q[255:160], cmd_q[31:9], rx_q[255:192], rx_q[31:25], rx_q[23:16],
+  assign unused = ^{a_src[7:3], tbl_ready, cmd_q[255:160], cmd_q[31:10], rx_q[255:192], rx_q[31:26], rx_q[23:16],
                     out_q[255:76]};
 
 endmodule

@@ -7,7 +7,8 @@
 
 module amf_regs #(
   parameter int unsigned TableSetsLog2 = 6,
-  parameter int unsigned TableWays     = 4
+  parameter int unsigned TableWays     = 4,
+  parameter int unsigned PresenceLog2  = 14
 ) (
   input  logic         clk_i,
   input  logic         rst_ni,
@@ -48,6 +49,8 @@ module amf_regs #(
   input  logic [2:0]   irq_set_i,
   input  logic [31:0]  occupancy_i,
   input  logic [31:0]  full_fallbacks_i,
+  input  logic         filter_on_i,
+  input  logic [31:0]  filtered_i,
   input  logic [351:0] stats_i  // 11 counters, frames_tx at [31:0], in register order
 );
   localparam int unsigned NumStats = 11;
@@ -144,6 +147,8 @@ module amf_regs #(
             amf_regs_pkg::SharerTableGeometryOffset:      rdata_d = {16'd0, 8'(TableWays), 8'(TableSetsLog2)};
             amf_regs_pkg::SharerTableOccupancyOffset:     rdata_d = occupancy_i;
             amf_regs_pkg::SharerTableFullFallbacksOffset: rdata_d = full_fallbacks_i;
+            amf_regs_pkg::SharerTablePresenceOffset:      rdata_d = {23'd0, filter_on_i, 8'(PresenceLog2)};
+            amf_regs_pkg::SharerTableFilteredOffset:      rdata_d = filtered_i;
             default:                        rdata_d = '0;
           endcase
         end

@@ -223,8 +223,11 @@ fn rtl_card_matches_model() {
             match rng.gen_range(0..100) {
                 0..=34 if p.cmd_prod.wrapping_sub(p.cpl_cons) < 48 => {
                     tag += 1;
-                    let opcode = match rng.gen_range(0..26) {
-                        0 => rng.gen_range(Opcode::Yield as u8 + 1..255),
+                    let opcode = match rng.gen_range(0..30) {
+                        0 => rng.gen_range(Opcode::FilterOn as u8 + 1..255),
+                        26 => Opcode::Mark as u8,
+                        27..=28 => Opcode::Unmark as u8,
+                        29 => Opcode::FilterOn as u8,
                         1 => Opcode::Nop as u8,
                         2 => Opcode::Heartbeat as u8,
                         3..=4 => Opcode::Search as u8,
@@ -237,7 +240,17 @@ fn rtl_card_matches_model() {
                     let epoch = if rng.gen_range(0..20) == 0 { EPOCH + 1 } else { EPOCH };
                     // Acquires with `hold` wait for the receivers' yields.
                     let hold = rng.gen_bool(0.5) as u8;
-                    let cmd = Command { opcode, hold, tag, resource: rng.gen_range(0..4), epoch, ..Default::default() };
+                    // Line acquires mark their presence bucket and let receivers filter.
+                    let filtered = rng.gen_bool(0.5) as u8;
+                    let cmd = Command {
+                        opcode,
+                        hold,
+                        filtered,
+                        tag,
+                        resource: rng.gen_range(0..4),
+                        epoch,
+                        ..Default::default()
+                    };
                     log.push(format!("{step}: cmd {cmd:?}"));
                     p.submit(cmd);
                 }
@@ -284,6 +297,7 @@ fn rtl_card_matches_model() {
                         stamp: rng.gen_range(0..60),
                         resource: rng.gen_range(0..4),
                         hold: rng.gen_bool(0.4) as u8,
+                        filtered: rng.gen_bool(0.5) as u8,
                         ..Default::default()
                     };
                     if rng.gen_range(0..10) == 0 {
@@ -390,7 +404,12 @@ fn rtl_card_matches_model() {
                 let b = p.model.mmio_read(regs::stats::BASE + off);
                 assert_eq!(a, b, "seed {seed} step {step}: stats offset {off:#x}");
             }
-            for off in [regs::sharer_table::occupancy::OFFSET, regs::sharer_table::full_fallbacks::OFFSET] {
+            for off in [
+                regs::sharer_table::occupancy::OFFSET,
+                regs::sharer_table::full_fallbacks::OFFSET,
+                regs::sharer_table::presence::OFFSET,
+                regs::sharer_table::filtered::OFFSET,
+            ] {
                 let a = p.rtl.mmio_read(regs::sharer_table::BASE + off, &mut p.rtl_mem);
                 let b = p.model.mmio_read(regs::sharer_table::BASE + off);
                 assert_eq!(a, b, "seed {seed} step {step}: sharer table offset {off:#x}");
@@ -407,6 +426,9 @@ fn rtl_card_matches_model() {
             assert!(events.get(&(ev as u8)).copied().unwrap_or(0) > 0, "seed {seed}: no {ev:?} event");
         }
         eprintln!("seed {seed}: {held_events} held requests posted, {yield_acks} acks sent by yields");
+        let filtered = p.rtl.mmio_read(regs::sharer_table::BASE + regs::sharer_table::filtered::OFFSET, &mut p.rtl_mem);
+        eprintln!("seed {seed}: {filtered} requests answered by the presence filter");
+        assert!(filtered > 0, "seed {seed}: the presence filter answered nothing");
         assert!(held_events > 0 && yield_acks > 0, "seed {seed}: the hold and yield paths were not exercised");
         if auth {
             let stat = |p: &mut Pair, off| p.rtl.mmio_read(regs::stats::BASE + off, &mut p.rtl_mem);
@@ -491,4 +513,103 @@ fn silent_peer_is_reported_down_after_four_periods_on_rtl_and_model() {
     for f in a.iter().chain(b.iter().map(|o| &o.bytes)).map(link_frame) {
         assert_eq!((f.kind, f.dst), (FrameKind::Heartbeat as u8, 0b110));
     }
+}
+
+/// The presence filter on both cards: off until `filter_on`; then a held, filtered request for
+/// a bucket whose bit is clear is answered at once without an event, one for a bucket marked
+/// (by `mark` or by a filtered acquire) waits for the host's yield, `unmark` clears the bit, and
+/// a new epoch turns the filter off until the host says `filter_on` again.
+#[test]
+fn the_presence_filter_answers_for_empty_buckets_until_the_epoch_changes_on_rtl_and_model() {
+    let mut p = Pair::new();
+    let mut tag = 0;
+    let mut seq = 100;
+    let mut cmd = |p: &mut Pair, opcode: Opcode, resource: u64, epoch: u32| {
+        tag += 1;
+        p.submit(Command { opcode: opcode as u8, tag, resource, epoch, filtered: 1, ..Default::default() });
+        p.settle();
+        let (c, _) = p.consume();
+        assert_eq!(c.len(), 1, "{opcode:?}: one completion");
+        assert_eq!(Completion::decode(&c[0]).status, Status::Ok as u8, "{opcode:?}");
+    };
+    // A held, filtered invalidate from node 1: true if both cards acked at once (no event),
+    // false if both posted a held event and wait.
+    let mut ask = |p: &mut Pair, resource: u64, epoch: u32| -> bool {
+        seq += 1;
+        let f = LinkFrame {
+            kind: FrameKind::Invalidate as u8,
+            src: 1,
+            dst: 1,
+            epoch,
+            seq,
+            stamp: 1,
+            resource,
+            hold: 1,
+            filtered: 1,
+            ..Default::default()
+        };
+        let b = seal(f);
+        p.rtl.receive(b);
+        p.model.receive(&b, &mut p.model_mem);
+        p.settle();
+        compare_memory(&p, 0, seq as usize);
+        let (a, m) = (p.rtl.take_outgoing(), p.model.take_outgoing());
+        assert_eq!(a, m.iter().map(|o| o.bytes).collect::<Vec<_>>(), "resource {resource}: the same frames");
+        let (_, events) = p.consume();
+        let acked = a.iter().any(|w| link_frame(w).kind == FrameKind::Ack as u8 && link_frame(w).seq == seq);
+        assert_eq!(acked, events.is_empty(), "resource {resource}: an ack at once or an event, not both");
+        acked
+    };
+    let filtered = |p: &mut Pair| {
+        let a = p.rtl.mmio_read(regs::sharer_table::BASE + regs::sharer_table::filtered::OFFSET, &mut p.rtl_mem);
+        assert_eq!(a, p.model.mmio_read(regs::sharer_table::BASE + regs::sharer_table::filtered::OFFSET));
+        a
+    };
+    assert!(!ask(&mut p, 5, EPOCH), "the filter is off after reset");
+    cmd(&mut p, Opcode::Yield, 5, EPOCH);
+    let _ = p.rtl.take_outgoing();
+    let _ = p.model.take_outgoing();
+    cmd(&mut p, Opcode::FilterOn, 0, EPOCH);
+    assert!(ask(&mut p, 6, EPOCH), "an empty bucket is answered by the card");
+    assert_eq!(filtered(&mut p), 1);
+    cmd(&mut p, Opcode::Mark, 6, EPOCH);
+    assert!(!ask(&mut p, 6, EPOCH), "a marked bucket waits for the host");
+    // Bucket of 6 + 2^14: the same bit.
+    assert!(!ask(&mut p, 6 + (1 << 14), EPOCH), "the bucket, not the resource, is marked");
+    cmd(&mut p, Opcode::Yield, 6, EPOCH);
+    cmd(&mut p, Opcode::Yield, 6 + (1 << 14), EPOCH);
+    cmd(&mut p, Opcode::Unmark, 6, EPOCH);
+    let _ = p.rtl.take_outgoing();
+    let _ = p.model.take_outgoing();
+    assert!(ask(&mut p, 6, EPOCH), "unmarked again");
+    assert_eq!(filtered(&mut p), 2);
+    // A filtered acquire marks its bucket: a peer's request then waits for the host.
+    p.submit(Command {
+        opcode: Opcode::AcquireShared as u8,
+        tag: 99,
+        resource: 9,
+        epoch: EPOCH,
+        filtered: 1,
+        ..Default::default()
+    });
+    p.settle();
+    assert!(!ask(&mut p, 9 + (1 << 14), EPOCH), "an acquire in flight marked the bucket");
+    cmd(&mut p, Opcode::Yield, 9 + (1 << 14), EPOCH);
+    let _ = p.rtl.take_outgoing();
+    let _ = p.model.take_outgoing();
+    let pr = regs::sharer_table::BASE + regs::sharer_table::presence::OFFSET;
+    assert_eq!(p.rtl.mmio_read(pr, &mut p.rtl_mem), p.model.mmio_read(pr));
+    assert_eq!(regs::sharer_table::presence::on::get(p.model.mmio_read(pr)), 1);
+    // A new epoch turns the filter off.
+    p.write(regs::device::BASE + regs::device::epoch::OFFSET, EPOCH + 2);
+    p.settle();
+    assert_eq!(p.rtl.mmio_read(pr, &mut p.rtl_mem), p.model.mmio_read(pr));
+    assert_eq!(regs::sharer_table::presence::on::get(p.model.mmio_read(pr)), 0);
+    assert!(!ask(&mut p, 7, EPOCH + 2), "off after the epoch changed");
+    cmd(&mut p, Opcode::Yield, 7, EPOCH + 2);
+    cmd(&mut p, Opcode::FilterOn, 0, EPOCH + 2);
+    let _ = p.rtl.take_outgoing();
+    let _ = p.model.take_outgoing();
+    assert!(ask(&mut p, 7, EPOCH + 2), "on again");
+    assert_eq!(filtered(&mut p), 3);
 }

@@ -109,7 +109,7 @@ package amf_regs_pkg;
   // sharer_table: The set-associative sharer table (resource -> sharer mask, owner, state) in block RAM.
   localparam logic [31:0] SharerTableBase = 32'h00000400;
   localparam logic [31:0] SharerTableType = 32'h414d0005;
-  localparam logic [31:0] SharerTableVersion = 32'h00010000;
+  localparam logic [31:0] SharerTableVersion = 32'h00010001;
   localparam logic [31:0] SharerTableNext = 32'h00000500;
   localparam logic [7:0] SharerTableGeometryOffset = 8'h0c;
   localparam logic [31:0] SharerTableGeometryReset = 32'h00000000;
@@ -121,6 +121,14 @@ package amf_regs_pkg;
   localparam logic [31:0] SharerTableOccupancyReset = 32'h00000000;
   localparam logic [7:0] SharerTableFullFallbacksOffset = 8'h14;
   localparam logic [31:0] SharerTableFullFallbacksReset = 32'h00000000;
+  localparam logic [7:0] SharerTablePresenceOffset = 8'h18;
+  localparam logic [31:0] SharerTablePresenceReset = 32'h00000000;
+  localparam int unsigned SharerTablePresenceBucketsLog2Lsb = 0;
+  localparam int unsigned SharerTablePresenceBucketsLog2Width = 8;
+  localparam int unsigned SharerTablePresenceOnLsb = 8;
+  localparam int unsigned SharerTablePresenceOnWidth = 1;
+  localparam logic [7:0] SharerTableFilteredOffset = 8'h1c;
+  localparam logic [31:0] SharerTableFilteredReset = 32'h00000000;
 
   // stats: Counters (wrap at 2^32).
   localparam logic [31:0] StatsBase = 32'h00000500;

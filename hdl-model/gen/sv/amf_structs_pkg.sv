@@ -24,7 +24,10 @@ package amf_structs_pkg;
     OpcodeSearch = 8'd4,
     OpcodeHeartbeat = 8'd5,
     OpcodeYieldShare = 8'd6,
-    OpcodeYield = 8'd7
+    OpcodeYield = 8'd7,
+    OpcodeMark = 8'd8,
+    OpcodeUnmark = 8'd9,
+    OpcodeFilterOn = 8'd10
   } opcode_e;
 
   // Completion status.
@@ -55,8 +58,10 @@ package amf_structs_pkg;
   localparam int unsigned LinkFrameDstWidth = 8;
   localparam int unsigned LinkFrameHoldLsb = 24;
   localparam int unsigned LinkFrameHoldWidth = 1;
-  localparam int unsigned LinkFrameFlagsLsb = 25;
-  localparam int unsigned LinkFrameFlagsWidth = 7;
+  localparam int unsigned LinkFrameFilteredLsb = 25;
+  localparam int unsigned LinkFrameFilteredWidth = 1;
+  localparam int unsigned LinkFrameFlagsLsb = 26;
+  localparam int unsigned LinkFrameFlagsWidth = 6;
   localparam int unsigned LinkFrameEpochLsb = 32;
   localparam int unsigned LinkFrameEpochWidth = 32;
   localparam int unsigned LinkFrameSeqLsb = 64;
@@ -85,7 +90,8 @@ package amf_structs_pkg;
     logic [31:0] stamp;
     logic [31:0] seq;
     logic [31:0] epoch;
-    logic [6:0] flags;
+    logic [5:0] flags;
+    logic filtered;
     logic hold;
     logic [7:0] dst;
     logic [7:0] src;
@@ -109,8 +115,10 @@ package amf_structs_pkg;
   localparam int unsigned CommandOpcodeWidth = 8;
   localparam int unsigned CommandHoldLsb = 8;
   localparam int unsigned CommandHoldWidth = 1;
-  localparam int unsigned CommandFlagsLsb = 9;
-  localparam int unsigned CommandFlagsWidth = 7;
+  localparam int unsigned CommandFilteredLsb = 9;
+  localparam int unsigned CommandFilteredWidth = 1;
+  localparam int unsigned CommandFlagsLsb = 10;
+  localparam int unsigned CommandFlagsWidth = 6;
   localparam int unsigned CommandReservedLsb = 16;
   localparam int unsigned CommandReservedWidth = 16;
   localparam int unsigned CommandTagLsb = 32;
@@ -127,7 +135,8 @@ package amf_structs_pkg;
     logic [63:0] resource;
     logic [31:0] tag;
     logic [15:0] reserved;
-    logic [6:0] flags;
+    logic [5:0] flags;
+    logic filtered;
     logic hold;
     opcode_e opcode;
   } command_t;

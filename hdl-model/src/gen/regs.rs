@@ -399,7 +399,7 @@ pub mod sharer_table {
     /// Value of the TYPE header word.
     pub const TYPE: u32 = 0x414d0005;
     /// Value of the VERSION header word.
-    pub const VERSION: u32 = 0x00010000;
+    pub const VERSION: u32 = 0x00010001;
     /// Byte offset of the block in BAR0 (drivers discover it by TYPE instead).
     pub const BASE: u32 = 0x400;
     /// Table shape, fixed at synthesis.
@@ -454,6 +454,54 @@ pub mod sharer_table {
     pub mod full_fallbacks {
         /// Offset within the block.
         pub const OFFSET: u32 = 0x14;
+        /// Reset value.
+        pub const RESET: u32 = 0x0;
+    }
+    /// The presence filter: a bit per bucket of resources (bucket = resource mod 2^buckets_log2) saying the host may hold or be acquiring a line there. Set by `filtered` acquires and `mark`, cleared by `unmark`; with it on, a `filtered` request for a bucket whose bit is clear is answered by the card.
+    pub mod presence {
+        /// Offset within the block.
+        pub const OFFSET: u32 = 0x18;
+        /// Reset value.
+        pub const RESET: u32 = 0x0;
+        /// Buckets = 2^buckets_log2, fixed at synthesis.
+        pub mod buckets_log2 {
+            /// Lowest bit.
+            pub const LSB: u32 = 0;
+            /// Width in bits.
+            pub const WIDTH: u32 = 8;
+            /// Mask of the field's value (not shifted).
+            pub const MASK: u32 = 0xff;
+            /// The field's value in a register value.
+            pub const fn get(reg: u32) -> u32 {
+                (reg >> LSB) & MASK
+            }
+            /// `reg` with the field set to `value`.
+            pub const fn set(reg: u32, value: u32) -> u32 {
+                (reg & !(MASK << LSB)) | ((value & MASK) << LSB)
+            }
+        }
+        /// The filter answers requests (set by `filter_on`, cleared by a write of device.epoch and by soft reset).
+        pub mod on {
+            /// Lowest bit.
+            pub const LSB: u32 = 8;
+            /// Width in bits.
+            pub const WIDTH: u32 = 1;
+            /// Mask of the field's value (not shifted).
+            pub const MASK: u32 = 0x1;
+            /// The field's value in a register value.
+            pub const fn get(reg: u32) -> u32 {
+                (reg >> LSB) & MASK
+            }
+            /// `reg` with the field set to `value`.
+            pub const fn set(reg: u32, value: u32) -> u32 {
+                (reg & !(MASK << LSB)) | ((value & MASK) << LSB)
+            }
+        }
+    }
+    /// Peers' requests the presence filter answered without the host.
+    pub mod filtered {
+        /// Offset within the block.
+        pub const OFFSET: u32 = 0x1c;
         /// Reset value.
         pub const RESET: u32 = 0x0;
     }
@@ -732,7 +780,7 @@ pub static BLOCKS: &[BlockInfo] = &[
         RegInfo { name: "doorbell", offset: 0x18, access: "wo", reset: 0x0, description: "Host consumer index (posted write).", fields: &[
         ] },
     ] },
-    BlockInfo { name: "sharer_table", type_id: 0x414d0005, version: 0x00010000, base: 0x400, regs: &[
+    BlockInfo { name: "sharer_table", type_id: 0x414d0005, version: 0x00010001, base: 0x400, regs: &[
         RegInfo { name: "geometry", offset: 0x0c, access: "ro", reset: 0x0, description: "Table shape, fixed at synthesis.", fields: &[
             FieldInfo { name: "sets_log2", lsb: 0, width: 8, access: "ro", description: "Sets = 2^sets_log2.", values: &[] },
             FieldInfo { name: "ways", lsb: 8, width: 8, access: "ro", description: "Entries per set.", values: &[] },
@@ -740,6 +788,12 @@ pub static BLOCKS: &[BlockInfo] = &[
         RegInfo { name: "occupancy", offset: 0x10, access: "ro", reset: 0x0, description: "Valid entries.", fields: &[
         ] },
         RegInfo { name: "full_fallbacks", offset: 0x14, access: "ro", reset: 0x0, description: "Acquires that found their set full and fell back to broadcasting to every peer.", fields: &[
+        ] },
+        RegInfo { name: "presence", offset: 0x18, access: "ro", reset: 0x0, description: "The presence filter: a bit per bucket of resources (bucket = resource mod 2^buckets_log2) saying the host may hold or be acquiring a line there. Set by `filtered` acquires and `mark`, cleared by `unmark`; with it on, a `filtered` request for a bucket whose bit is clear is answered by the card.", fields: &[
+            FieldInfo { name: "buckets_log2", lsb: 0, width: 8, access: "ro", description: "Buckets = 2^buckets_log2, fixed at synthesis.", values: &[] },
+            FieldInfo { name: "on", lsb: 8, width: 1, access: "ro", description: "The filter answers requests (set by `filter_on`, cleared by a write of device.epoch and by soft reset).", values: &[] },
+        ] },
+        RegInfo { name: "filtered", offset: 0x1c, access: "ro", reset: 0x0, description: "Peers' requests the presence filter answered without the host.", fields: &[
         ] },
     ] },
     BlockInfo { name: "stats", type_id: 0x414d0006, version: 0x00010001, base: 0x500, regs: &[

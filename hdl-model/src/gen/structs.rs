@@ -101,6 +101,12 @@ pub enum Opcode {
     YieldShare = 6,
     /// Answer every deferred request for the resource: the host holds no copy and no dirty data of it.
     Yield = 7,
+    /// Presence filter: set the bit of the resource's bucket (the host holds a line there that it got without an acquire, e.g. taken over from a dead controller's replica). Not checked against the epoch.
+    Mark = 8,
+    /// Presence filter: clear the bit of the resource's bucket. The host sends it after the yields and releases that left it holding nothing, and acquiring nothing, in that bucket. Not checked against the epoch.
+    Unmark = 9,
+    /// Presence filter: the bits are the host's truth from here on; answer `filtered` requests from them. Writing device.epoch turns the filter off again (a new membership gives the host lines without commands).
+    FilterOn = 10,
 }
 
 impl Opcode {
@@ -115,11 +121,14 @@ impl Opcode {
             5 => Some(Self::Heartbeat),
             6 => Some(Self::YieldShare),
             7 => Some(Self::Yield),
+            8 => Some(Self::Mark),
+            9 => Some(Self::Unmark),
+            10 => Some(Self::FilterOn),
             _ => None,
         }
     }
     /// Every value.
-    pub const ALL: [Self; 8] = [Self::Nop, Self::AcquireShared, Self::AcquireExclusive, Self::Release, Self::Search, Self::Heartbeat, Self::YieldShare, Self::Yield];
+    pub const ALL: [Self; 11] = [Self::Nop, Self::AcquireShared, Self::AcquireExclusive, Self::Release, Self::Search, Self::Heartbeat, Self::YieldShare, Self::Yield, Self::Mark, Self::Unmark, Self::FilterOn];
 }
 
 /// Completion status.
@@ -199,6 +208,8 @@ pub struct LinkFrame {
     pub dst: u8,
     /// acquire_shared / invalidate: every receiver posts an event and answers only when its host yields the resource (a lock whose holder finishes first), whether or not its table lists the resource.
     pub hold: u8,
+    /// acquire_shared / invalidate with `hold`: a receiver whose presence filter is on and shows its host holding nothing in the resource's bucket (and whose table does not list it) answers at once, as its host's yield would, without posting an event.
+    pub filtered: u8,
     /// Reserved, zero.
     pub flags: u8,
     /// Sender's membership epoch.
@@ -232,8 +243,10 @@ impl LinkFrame {
     pub const DST_BITS: u32 = 8;
     /// Width of `hold` in bits.
     pub const HOLD_BITS: u32 = 1;
+    /// Width of `filtered` in bits.
+    pub const FILTERED_BITS: u32 = 1;
     /// Width of `flags` in bits.
-    pub const FLAGS_BITS: u32 = 7;
+    pub const FLAGS_BITS: u32 = 6;
     /// Width of `epoch` in bits.
     pub const EPOCH_BITS: u32 = 32;
     /// Width of `seq` in bits.
@@ -259,7 +272,8 @@ impl LinkFrame {
         put_bits(&mut b, 8, 8, self.src as u128);
         put_bits(&mut b, 16, 8, self.dst as u128);
         put_bits(&mut b, 24, 1, self.hold as u128);
-        put_bits(&mut b, 25, 7, self.flags as u128);
+        put_bits(&mut b, 25, 1, self.filtered as u128);
+        put_bits(&mut b, 26, 6, self.flags as u128);
         put_bits(&mut b, 32, 32, self.epoch as u128);
         put_bits(&mut b, 64, 32, self.seq as u128);
         put_bits(&mut b, 96, 32, self.stamp as u128);
@@ -278,7 +292,8 @@ impl LinkFrame {
             src: get_bits(b, 8, 8) as u8,
             dst: get_bits(b, 16, 8) as u8,
             hold: get_bits(b, 24, 1) as u8,
-            flags: get_bits(b, 25, 7) as u8,
+            filtered: get_bits(b, 25, 1) as u8,
+            flags: get_bits(b, 26, 6) as u8,
             epoch: get_bits(b, 32, 32) as u32,
             seq: get_bits(b, 64, 32) as u32,
             stamp: get_bits(b, 96, 32) as u32,
@@ -335,6 +350,8 @@ pub struct Command {
     pub opcode: u8,
     /// acquire_shared / acquire_exclusive: the request waits for each receiver's host to yield (frame field `hold`).
     pub hold: u8,
+    /// acquire_shared / acquire_exclusive of a cache line: set the presence bit of its bucket here, and let receivers answer from their presence filters (frame field `filtered`).
+    pub filtered: u8,
     /// Reserved, zero.
     pub flags: u8,
     /// Zero.
@@ -356,8 +373,10 @@ impl Command {
     pub const OPCODE_BITS: u32 = 8;
     /// Width of `hold` in bits.
     pub const HOLD_BITS: u32 = 1;
+    /// Width of `filtered` in bits.
+    pub const FILTERED_BITS: u32 = 1;
     /// Width of `flags` in bits.
-    pub const FLAGS_BITS: u32 = 7;
+    pub const FLAGS_BITS: u32 = 6;
     /// Width of `reserved` in bits.
     pub const RESERVED_BITS: u32 = 16;
     /// Width of `tag` in bits.
@@ -373,7 +392,8 @@ impl Command {
         let mut b = [0u8; 32];
         put_bits(&mut b, 0, 8, self.opcode as u128);
         put_bits(&mut b, 8, 1, self.hold as u128);
-        put_bits(&mut b, 9, 7, self.flags as u128);
+        put_bits(&mut b, 9, 1, self.filtered as u128);
+        put_bits(&mut b, 10, 6, self.flags as u128);
         put_bits(&mut b, 16, 16, self.reserved as u128);
         put_bits(&mut b, 32, 32, self.tag as u128);
         put_bits(&mut b, 64, 64, self.resource as u128);
@@ -386,7 +406,8 @@ impl Command {
         Self {
             opcode: get_bits(b, 0, 8) as u8,
             hold: get_bits(b, 8, 1) as u8,
-            flags: get_bits(b, 9, 7) as u8,
+            filtered: get_bits(b, 9, 1) as u8,
+            flags: get_bits(b, 10, 6) as u8,
             reserved: get_bits(b, 16, 16) as u16,
             tag: get_bits(b, 32, 32) as u32,
             resource: get_bits(b, 64, 64) as u64,

@@ -50,6 +50,9 @@ pub const RETRIES_REPORTED_MAX: u8 = (1 << crate::gen::structs::Completion::RETR
 pub const TABLE_SETS_LOG2: u32 = 6;
 /// Ways of the model's table.
 pub const TABLE_WAYS: usize = 4;
+/// Buckets of the presence filter (the RTL's default `PresenceLog2`): a line's bucket is its
+/// resource id modulo 2^this.
+pub const PRESENCE_BUCKETS_LOG2: u32 = 14;
 
 /// A frame leaving the card: one transmit slot, delivered by the link to every node in
 /// `dst_mask` (multicast).
@@ -115,6 +118,8 @@ pub struct Stats {
     pub forged: u32,
     /// Dropped: counter already seen in this epoch.
     pub replayed: u32,
+    /// Peers' requests the presence filter answered without the host.
+    pub filtered: u32,
 }
 
 /// One card (cloned by tests that look ahead).
@@ -155,6 +160,11 @@ pub struct Card {
     tx_counter: u64,
     /// Counters accepted in this epoch, per sender.
     windows: [Window; NODES_MAX as usize],
+    /// The presence filter's bits, one per bucket: the host may hold or be acquiring a line
+    /// there. Kept across a soft reset, as block RAM is (a stale set bit only costs a message).
+    presence: Vec<u64>,
+    /// The filter answers `filtered` requests (`filter_on`; off at an epoch write or reset).
+    filter_on: bool,
 }
 
 impl Default for Card {
@@ -272,7 +282,30 @@ impl Card {
             key: [0; 4],
             tx_counter: 0,
             windows: [Window::default(); NODES_MAX as usize],
+            presence: vec![0; (1usize << PRESENCE_BUCKETS_LOG2).div_ceil(64)],
+            filter_on: false,
         }
+    }
+
+    /// The presence bucket of resource `r` and its bit.
+    fn bucket(r: u64) -> (usize, u64) {
+        let b = (r & ((1u64 << PRESENCE_BUCKETS_LOG2) - 1)) as usize;
+        (b / 64, 1u64 << (b % 64))
+    }
+
+    fn set_present(&mut self, r: u64, on: bool) {
+        let (w, bit) = Self::bucket(r);
+        if on {
+            self.presence[w] |= bit;
+        } else {
+            self.presence[w] &= !bit;
+        }
+    }
+
+    /// Whether the presence filter answers a `filtered` request for `r` itself.
+    fn filters(&self, r: u64) -> bool {
+        let (w, bit) = Self::bucket(r);
+        self.filter_on && self.presence[w] & bit == 0
     }
 
     fn node_id(&self) -> u8 {
@@ -351,6 +384,11 @@ impl Card {
             }
             (sharer_table::TYPE, sharer_table::occupancy::OFFSET) => self.table.occupancy(),
             (sharer_table::TYPE, sharer_table::full_fallbacks::OFFSET) => self.table.full_fallbacks(),
+            (sharer_table::TYPE, sharer_table::presence::OFFSET) => {
+                let p = sharer_table::presence::buckets_log2::set(0, PRESENCE_BUCKETS_LOG2);
+                sharer_table::presence::on::set(p, self.filter_on as u32)
+            }
+            (sharer_table::TYPE, sharer_table::filtered::OFFSET) => self.stats.filtered,
             (stats::TYPE, stats::frames_tx::OFFSET) => self.stats.frames_tx,
             (stats::TYPE, stats::frames_rx::OFFSET) => self.stats.frames_rx,
             (stats::TYPE, stats::crc_errors::OFFSET) => self.stats.crc_errors,
@@ -393,6 +431,10 @@ impl Card {
                     // Counters are per epoch: a restarted controller joins under a new one.
                     self.tx_counter = 0;
                     self.windows = [Window::default(); NODES_MAX as usize];
+                    // A new membership can give the host lines without commands (taken over
+                    // from a dead controller's replicas): its bits are not the truth until it
+                    // says so again.
+                    self.filter_on = false;
                 }
                 self.epoch = value;
             }
@@ -452,6 +494,7 @@ impl Card {
         self.irq = 0;
         self.peer_up = 0;
         self.events_posted = 0;
+        self.filter_on = false;
     }
 
     /// True when the card would do something on `tick` without new input.
@@ -624,10 +667,20 @@ impl Card {
             self.complete(mem, c);
             return;
         };
+        // The presence bits describe this host, not the membership: no epoch check.
+        if matches!(op, Opcode::Mark | Opcode::Unmark) {
+            self.set_present(cmd.resource, op == Opcode::Mark);
+            let c = self.done(&cmd, Status::Ok);
+            self.complete(mem, c);
+            return;
+        }
         if op != Opcode::Nop && cmd.epoch != self.epoch {
             let c = self.done(&cmd, Status::StaleEpoch);
             self.complete(mem, c);
             return;
+        }
+        if cmd.filtered != 0 && matches!(op, Opcode::AcquireShared | Opcode::AcquireExclusive) {
+            self.set_present(cmd.resource, true);
         }
         let me = 1u8 << self.node_id();
         let (held, sharers, owner) = self.holds(cmd.resource);
@@ -637,7 +690,12 @@ impl Card {
             c.owner = owner;
         };
         match op {
-            Opcode::Nop => {
+            Opcode::Nop | Opcode::Mark | Opcode::Unmark => {
+                let c = self.done(&cmd, Status::Ok);
+                self.complete(mem, c);
+            }
+            Opcode::FilterOn => {
+                self.filter_on = true;
                 let c = self.done(&cmd, Status::Ok);
                 self.complete(mem, c);
             }
@@ -756,6 +814,7 @@ impl Card {
             LinkFrame {
                 kind: kind as u8,
                 hold: (cmd.hold != 0 && kind != FrameKind::Search) as u8,
+                filtered: (cmd.filtered != 0 && kind != FrameKind::Search) as u8,
                 seq,
                 stamp,
                 resource: cmd.resource,
@@ -952,7 +1011,12 @@ impl Card {
                     }
                 }
                 let (held, sharers, owner) = self.holds(f.resource);
-                if f.hold != 0 {
+                // The presence filter answers as the host's yield would: the host holds
+                // nothing in the bucket and acquires nothing there.
+                let filtered = f.hold != 0 && f.filtered != 0 && !held && self.filters(f.resource);
+                if filtered {
+                    self.stats.filtered = self.stats.filtered.wrapping_add(1);
+                } else if f.hold != 0 {
                     return self.defer(f, exclusive, held, sharers, mem);
                 }
                 if exclusive {
