@@ -165,6 +165,8 @@ pub struct Card {
     presence: Vec<u64>,
     /// The filter answers `filtered` requests (`filter_on`; off at an epoch write or reset).
     filter_on: bool,
+    /// Buckets of the filter, log2 (the RTL's `PresenceLog2`).
+    presence_log2: u32,
 }
 
 impl Default for Card {
@@ -284,17 +286,25 @@ impl Card {
             windows: [Window::default(); NODES_MAX as usize],
             presence: vec![0; (1usize << PRESENCE_BUCKETS_LOG2).div_ceil(64)],
             filter_on: false,
+            presence_log2: PRESENCE_BUCKETS_LOG2,
         }
     }
 
+    /// A card whose presence filter has 2^`log2` buckets (1..=20), as the RTL's `PresenceLog2`
+    /// parameter makes one: the simulator makes lines share buckets with a small filter.
+    pub fn with_presence_buckets_log2(log2: u32) -> Card {
+        let log2 = log2.clamp(1, 20);
+        Card { presence: vec![0; (1usize << log2).div_ceil(64)], presence_log2: log2, ..Card::new() }
+    }
+
     /// The presence bucket of resource `r` and its bit.
-    fn bucket(r: u64) -> (usize, u64) {
-        let b = (r & ((1u64 << PRESENCE_BUCKETS_LOG2) - 1)) as usize;
+    fn bucket(&self, r: u64) -> (usize, u64) {
+        let b = (r & ((1u64 << self.presence_log2) - 1)) as usize;
         (b / 64, 1u64 << (b % 64))
     }
 
     fn set_present(&mut self, r: u64, on: bool) {
-        let (w, bit) = Self::bucket(r);
+        let (w, bit) = self.bucket(r);
         if on {
             self.presence[w] |= bit;
         } else {
@@ -304,7 +314,7 @@ impl Card {
 
     /// Whether the presence filter answers a `filtered` request for `r` itself.
     fn filters(&self, r: u64) -> bool {
-        let (w, bit) = Self::bucket(r);
+        let (w, bit) = self.bucket(r);
         self.filter_on && self.presence[w] & bit == 0
     }
 
@@ -385,7 +395,7 @@ impl Card {
             (sharer_table::TYPE, sharer_table::occupancy::OFFSET) => self.table.occupancy(),
             (sharer_table::TYPE, sharer_table::full_fallbacks::OFFSET) => self.table.full_fallbacks(),
             (sharer_table::TYPE, sharer_table::presence::OFFSET) => {
-                let p = sharer_table::presence::buckets_log2::set(0, PRESENCE_BUCKETS_LOG2);
+                let p = sharer_table::presence::buckets_log2::set(0, self.presence_log2);
                 sharer_table::presence::on::set(p, self.filter_on as u32)
             }
             (sharer_table::TYPE, sharer_table::filtered::OFFSET) => self.stats.filtered,

@@ -2,7 +2,7 @@
 //! and the simulator): commands to opcodes, completions to statuses, held events to inputs,
 //! and the two rings merged in the card's order.
 
-use super::io::{CardEventKind, CardOp, CardStatus, Input};
+use super::io::{CardEventKind, CardOp, CardStatus, Input, GROUP_RESOURCE, PRESENCE_NS, STRIPE_NS};
 use amf_hdl_model::gen::structs::{Completion, Event, EventKind, Opcode, Status};
 use std::collections::{BTreeSet, VecDeque};
 
@@ -45,6 +45,10 @@ pub fn take_submittable(backlog: &mut VecDeque<(u64, CardOp, u64)>, mut acquires
     let mut held_back = BTreeSet::new();
     // Resources whose only commands held back so far are an acquire kept for want of a slot.
     let mut capped = BTreeSet::new();
+    // A presence command was held back: later presence commands and acquires wait behind it
+    // (an acquire that set a bucket's bit before an earlier `Unmark` cleared it would leave a
+    // line held with its bit clear).
+    let mut presence_held = false;
     while let Some(c) = backlog.pop_front() {
         let (_, op, resource) = c;
         if matches!(op, CardOp::Yield | CardOp::YieldShare) && capped.remove(&resource) {
@@ -56,12 +60,15 @@ pub fn take_submittable(backlog: &mut VecDeque<(u64, CardOp, u64)>, mut acquires
             held_back.remove(&resource);
         }
         let slot = acquires < CARD_ACQUIRES_MAX;
-        let ok = out.send.len() < room && if waits(op) { slot } else { !held_back.contains(&resource) };
+        let ok = out.send.len() < room
+            && !(presence_held && (waits(op) || presence_cmd(op)))
+            && if waits(op) { slot } else { !held_back.contains(&resource) };
         if ok {
             acquires += waits(op) as usize;
             out.send.push(c);
         } else {
-            if waits(op) && !slot && out.send.len() < room && held_back.insert(resource) {
+            presence_held |= presence_cmd(op);
+            if waits(op) && !slot && !presence_held && out.send.len() < room && held_back.insert(resource) {
                 capped.insert(resource);
             } else {
                 held_back.insert(resource);
@@ -74,15 +81,27 @@ pub fn take_submittable(backlog: &mut VecDeque<(u64, CardOp, u64)>, mut acquires
     out
 }
 
-/// The opcode of a machine command and whether it is sent with `hold`.
-pub fn opcode(op: CardOp) -> (Opcode, bool) {
+/// The opcode of a machine command on `resource`, whether it is sent with `hold`, and whether
+/// it is `filtered`: a line's acquire sets its presence bit and lets receivers answer from their
+/// presence filters (stripe locks and the group resource are not tracked there).
+pub fn opcode(op: CardOp, resource: u64) -> (Opcode, bool, bool) {
+    let line = resource & (STRIPE_NS | GROUP_RESOURCE | PRESENCE_NS) == 0;
     match op {
-        CardOp::AcquireShared => (Opcode::AcquireShared, true),
-        CardOp::AcquireExclusive => (Opcode::AcquireExclusive, true),
-        CardOp::YieldShare => (Opcode::YieldShare, false),
-        CardOp::Yield => (Opcode::Yield, false),
-        CardOp::Release => (Opcode::Release, false),
+        CardOp::AcquireShared => (Opcode::AcquireShared, true, line),
+        CardOp::AcquireExclusive => (Opcode::AcquireExclusive, true, line),
+        CardOp::YieldShare => (Opcode::YieldShare, false, false),
+        CardOp::Yield => (Opcode::Yield, false, false),
+        CardOp::Release => (Opcode::Release, false, false),
+        CardOp::Mark => (Opcode::Mark, false, false),
+        CardOp::Unmark => (Opcode::Unmark, false, false),
+        CardOp::FilterOn => (Opcode::FilterOn, false, false),
     }
+}
+
+/// True for the presence filter's own commands: once one is held back, later ones and later
+/// acquires wait behind it (see [`take_submittable`]).
+fn presence_cmd(op: CardOp) -> bool {
+    matches!(op, CardOp::Mark | CardOp::Unmark | CardOp::FilterOn)
 }
 
 /// A completion as the machine sees it.
@@ -233,5 +252,47 @@ mod tests {
         let mut b: VecDeque<_> = [(1, CardOp::Yield, 7), (2, CardOp::AcquireShared, 9), (3, CardOp::Yield, 9)].into();
         let got = take_submittable(&mut b, 0, 1);
         assert_eq!((got.send.len(), got.lost.len(), b.len()), (1, 0, 2));
+    }
+
+    #[test]
+    fn no_acquire_or_presence_command_overtakes_a_presence_command_held_back() {
+        let unmark = PRESENCE_NS | 7;
+        // The unmark waits behind a mark of its bucket's resource held back for room: the
+        // later acquire of a line in that bucket, and the later mark, wait behind both; yields
+        // and releases still go.
+        let mut b: VecDeque<(u64, CardOp, u64)> = [
+            (1, CardOp::Mark, unmark),
+            (2, CardOp::Unmark, unmark),
+            (3, CardOp::AcquireExclusive, 7),
+            (4, CardOp::Mark, PRESENCE_NS | 8),
+            (5, CardOp::Yield, 9),
+        ]
+        .into();
+        let got = take_submittable(&mut b, 0, 0);
+        assert!(got.send.is_empty());
+        let got = take_submittable(&mut b, 0, 1);
+        assert_eq!(got.send.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1]);
+        // Unmark's own resource is free now: everything goes, in order.
+        let got = take_submittable(&mut b, 0, 10);
+        assert_eq!(got.send.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+        // Held back behind its own resource, a presence command holds later acquires too,
+        // and the acquire it holds is not taken back by its yield (it did not lack a slot).
+        let mut b: VecDeque<(u64, CardOp, u64)> = [
+            (1, CardOp::AcquireShared, unmark),
+            (2, CardOp::Unmark, unmark),
+            (3, CardOp::AcquireExclusive, 7),
+            (4, CardOp::Yield, 7),
+            (5, CardOp::Release, 9),
+        ]
+        .into();
+        let got = take_submittable(&mut b, CARD_ACQUIRES_MAX, 10);
+        assert_eq!(got.send.iter().map(|c| c.0).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(got.lost, Vec::<u64>::new());
+        assert_eq!(b.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        // Line acquires are filtered; stripe, group and presence commands are not.
+        assert_eq!(opcode(CardOp::AcquireExclusive, 7), (Opcode::AcquireExclusive, true, true));
+        assert_eq!(opcode(CardOp::AcquireExclusive, STRIPE_NS | 7), (Opcode::AcquireExclusive, true, false));
+        assert_eq!(opcode(CardOp::AcquireShared, GROUP_RESOURCE), (Opcode::AcquireShared, true, false));
+        assert_eq!(opcode(CardOp::Yield, 7), (Opcode::Yield, false, false));
     }
 }

@@ -12,6 +12,11 @@ pub const STRIPE_NS: u64 = 1 << 62;
 /// member I/O with a view that still counts the failed member.
 pub const GROUP_RESOURCE: u64 = 1 << 61;
 
+/// Bit of the presence filter's own commands (`Mark`, `Unmark`, `FilterOn`): their resource is
+/// this bit and a bucket number (the card reads the low bits), so that they share no command
+/// order with a line's.
+pub const PRESENCE_NS: u64 = 1 << 60;
+
 /// A host request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostReq {
@@ -76,6 +81,12 @@ pub enum CardOp {
     Yield,
     /// Drop the resource (eviction).
     Release,
+    /// Set the presence bit of the resource's bucket (a line held without an acquire).
+    Mark,
+    /// Clear the presence bit of the resource's bucket: nothing there is held or acquired.
+    Unmark,
+    /// Trust the presence bits (after the marks of a new membership).
+    FilterOn,
 }
 
 /// Completion status as the machine needs it.

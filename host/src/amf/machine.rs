@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 mod bases;
 mod group;
 mod jobs;
+mod presence;
 mod room;
 mod view;
 
@@ -44,6 +45,9 @@ pub struct Config {
     pub capacity: u64,
     /// A member was out when the group was assembled (reads may reconstruct lines).
     pub degraded: bool,
+    /// Buckets of the card's presence filter, log2 (0: the card has none; nothing is sent
+    /// for it). Read from the card by the shells.
+    pub presence_buckets_log2: u32,
     /// A test aid: one protocol rule deliberately broken, so tests show that a checker
     /// catches it. None in every real controller.
     pub mutation: Option<Mutation>,
@@ -94,11 +98,16 @@ pub enum Mutation {
     /// A line keeps its kept-base peer when its data goes (invalidated or evicted), so a write
     /// after it is filled again may send a piece against the old content.
     BaseAfterInvalidate,
+    /// Clear a presence bucket's bit when any of its lines goes, though others are still here.
+    UnmarkWithLinesLeft,
+    /// Never mark a presence bucket for a line that came without an acquire (taken over from a
+    /// dead controller's replica), nor at a new membership.
+    NoPresenceMarks,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 18] = [
+    pub const ALL: [Mutation; 20] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -117,6 +126,8 @@ impl Mutation {
         Mutation::NarrowWriteBack,
         Mutation::PieceOnAnyBase,
         Mutation::BaseAfterInvalidate,
+        Mutation::UnmarkWithLinesLeft,
+        Mutation::NoPresenceMarks,
     ];
 
     /// Its name on the command line.
@@ -140,6 +151,8 @@ impl Mutation {
             Mutation::NarrowWriteBack => "narrow-write-back",
             Mutation::PieceOnAnyBase => "piece-on-any-base",
             Mutation::BaseAfterInvalidate => "base-after-invalidate",
+            Mutation::UnmarkWithLinesLeft => "unmark-with-lines-left",
+            Mutation::NoPresenceMarks => "no-presence-marks",
         }
     }
 
@@ -383,6 +396,8 @@ enum CardUse {
     Group,
     /// A command whose completion needs no action (yields, releases).
     Fire,
+    /// A presence mark of a new membership: the filter goes on once all are done.
+    Mark,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -457,6 +472,10 @@ pub struct Counters {
     pub retries: u64,
     /// Yields answered for peers.
     pub yields: u64,
+    /// Presence buckets this host marked (a line without an acquire, a new membership).
+    pub presence_marks: u64,
+    /// Presence buckets this host unmarked (its last line there gone).
+    pub presence_unmarks: u64,
     /// Member reads (line fills).
     pub member_reads: u64,
     /// Member writes (write-backs).
@@ -528,6 +547,8 @@ pub struct Machine {
     room_waiters: BTreeSet<u64>,
     /// Lines in use and by last use, kept as lines change (`room.rs`).
     room: room::Room,
+    /// The card's presence filter, as this machine keeps it true.
+    presence: presence::Presence,
     touched: BTreeSet<u64>,
     /// Lines changed since the last tick (through [`Machine::line`], the only way a line
     /// becomes Modified or gets a timer): the tick queues their deadlines.
@@ -556,6 +577,8 @@ impl Machine {
         let live = if cfg.nodes >= 8 { 0xff } else { (1u8 << cfg.nodes) - 1 };
         Machine {
             live,
+            room: room::Room::new(cfg.presence_buckets_log2 > 0),
+            presence: presence::Presence::new(cfg.presence_buckets_log2, cfg.mutation),
             cfg,
             lines: BTreeMap::new(),
             pieces: BTreeMap::new(),
@@ -574,7 +597,6 @@ impl Machine {
             jobs: BTreeMap::new(),
             touched_jobs: BTreeSet::new(),
             room_waiters: BTreeSet::new(),
-            room: room::Room::default(),
             touched: BTreeSet::new(),
             timed: BTreeSet::new(),
             writeback_due: BTreeSet::new(),
@@ -784,7 +806,32 @@ impl Machine {
         }
         // Between steps the index is exact (and so the same for equal caches).
         self.room.sync(&mut self.lines);
+        self.presence_step();
         std::mem::take(&mut self.out)
+    }
+
+    /// Tells the card's presence filter what this step changed (see `presence.rs`): after
+    /// everything else the step sent, so after the yields and releases an unmark follows.
+    fn presence_step(&mut self) {
+        for (r, used) in self.room.take_used_changes() {
+            let acquiring = self.lines.get(&r).is_some_and(|l| matches!(l.phase, Phase::Acquiring { .. }));
+            self.presence.line_changed(r, used, acquiring);
+        }
+        let cmds = self.presence.commands();
+        for r in cmds.unmark {
+            self.counters.presence_unmarks += 1;
+            self.cmd(CardOp::Unmark, r, CardUse::Fire);
+        }
+        for (r, tracked) in cmds.mark {
+            self.counters.presence_marks += 1;
+            let id = self.cmd(CardOp::Mark, r, if tracked { CardUse::Mark } else { CardUse::Fire });
+            if tracked {
+                self.presence.marking(id);
+            }
+        }
+        if cmds.on {
+            self.cmd(CardOp::FilterOn, PRESENCE_NS, CardUse::Fire);
+        }
     }
 
     fn line(&mut self, r: u64) -> &mut Line {
@@ -1363,6 +1410,7 @@ impl Machine {
             CardUse::Stripe(s) => self.stripe_done(s, id, status),
             CardUse::Group => self.group_acquired(id, status),
             CardUse::Line(r) => self.line_done(r, id, status, sharers),
+            CardUse::Mark => self.presence.marked(id),
         }
     }
 
@@ -2097,6 +2145,7 @@ impl Machine {
         // Lines taken over from a controller that left may overfill the cache: those are
         // being evicted.
         self.room.check(self.cfg.node, &self.lines)?;
+        self.presence.check(self.cfg.node, self.lines.iter().filter(|(_, l)| room::uses_room(l)).map(|(r, _)| *r))?;
         let resident = self.lines.values().filter(|l| l.state != State::Invalid && !l.evict).count();
         if resident > self.cfg.lines_max {
             return Err(format!("n{} holds {resident} lines, more than {}", self.cfg.node, self.cfg.lines_max));

@@ -194,6 +194,9 @@ impl AmfModel {
             capacity: self.scope.lines,
             degraded: false,
             writeback_age_us: 50_000,
+            // The checker's card is the protocol's abstraction, without the presence filter
+            // (the simulator drives the real card model with it).
+            presence_buckets_log2: 0,
             mutation: self.scope.mutation,
         }
     }
@@ -258,7 +261,9 @@ impl AmfModel {
                 }
                 self.finish(s, resource);
             }
-            CardOp::Release => {}
+            // The abstract card has no presence filter (its machines are configured without
+            // one and never send these); they complete like a release.
+            CardOp::Release | CardOp::Mark | CardOp::Unmark | CardOp::FilterOn => {}
         }
         s.to_host[n as usize].push_back(Input::CardDone { id, status: CardStatus::Ok, sharers: 0 });
     }

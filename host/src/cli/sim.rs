@@ -24,7 +24,7 @@ pub fn main(o: SimOptions) -> Result<(), Box<dyn std::error::Error>> {
         None => (o.first..o.first.saturating_add(o.seeds)).collect(),
     };
     let (mut passed, mut failed) = (0u64, Vec::new());
-    let (mut ops, mut steps) = (0u64, 0u64);
+    let (mut ops, mut steps, mut filtered) = (0u64, 0u64, 0u64);
     let mutation = match o.mutate.as_deref() {
         None => None,
         Some(name) => Some(crate::amf::Mutation::from_name(name).ok_or_else(|| {
@@ -41,6 +41,7 @@ pub fn main(o: SimOptions) -> Result<(), Box<dyn std::error::Error>> {
                 passed += 1;
                 ops += r.ops;
                 steps += r.steps;
+                filtered += r.filtered;
                 if o.json {
                     println!("{}", serde_json::json!({ "seed": seed, "ok": true, "config": cfg, "report": r }));
                 } else if o.seed.is_some() {
@@ -63,7 +64,8 @@ pub fn main(o: SimOptions) -> Result<(), Box<dyn std::error::Error>> {
     }
     if !o.json {
         println!(
-            "amf sim: {passed} passed, {} failed ({ops} host operations, {steps} machine steps, {:.1} s)",
+            "amf sim: {passed} passed, {} failed ({ops} host operations, {steps} machine steps, {filtered} requests \
+             answered by presence filters, {:.1} s)",
             failed.len(),
             start.elapsed().as_secs_f64()
         );

@@ -122,6 +122,8 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
         capacity,
         degraded: !array.degraded_members().is_empty(),
         writeback_age_us: cfg.writeback_age_ms * 1000,
+        // The shell reads the card's.
+        presence_buckets_log2: 0,
         mutation: None,
     };
     // Peers are proven dead by their life locks (same host: at once) or by their leases on

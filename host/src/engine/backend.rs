@@ -65,6 +65,13 @@ impl ModelBackend {
         }
     }
 
+    /// A model card whose presence filter has 2^`log2` buckets (a simulator's knob).
+    pub fn with_presence_buckets_log2(log2: u32) -> ModelBackend {
+        let b = ModelBackend::new();
+        b.lock().card = Card::with_presence_buckets_log2(log2);
+        b
+    }
+
     fn lock(&self) -> MutexGuard<'_, ModelState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -9,6 +9,10 @@ use amf_hdl_model::gen::structs::{Command, Completion, Event, Opcode};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// Largest presence filter the driver trusts (2^32 bits of card memory is beyond any card; a
+/// larger value is a broken register).
+const PRESENCE_BUCKETS_LOG2_MAX: u32 = 32;
+
 /// The register block major version this driver speaks.
 pub const KNOWN_MAJOR: u32 = 1;
 /// Most blocks a chain may have before it is declared broken.
@@ -103,11 +107,13 @@ pub struct Blocks {
     pub stats: u32,
     /// link_auth block (cards before it have none).
     pub link_auth: Option<u32>,
+    /// sharer_table block and its minor version (1.1 added the presence filter).
+    pub sharer_table: Option<(u32, u32)>,
 }
 
 /// Walks TYPE/VERSION/NEXT from offset 0 and finds the blocks the driver needs.
 pub fn discover(b: &dyn Backend) -> Result<Blocks, EngineError> {
-    let mut found: HashMap<u32, u32> = HashMap::new();
+    let mut found: HashMap<u32, (u32, u32)> = HashMap::new();
     let mut at = 0u32;
     for _ in 0..CHAIN_BLOCKS_MAX {
         let type_id = b.read32(at + regs::header::TYPE);
@@ -119,18 +125,19 @@ pub fn discover(b: &dyn Backend) -> Result<Blocks, EngineError> {
             if version >> 16 != KNOWN_MAJOR {
                 return Err(EngineError::Version { block: info.name, found: version, known: KNOWN_MAJOR });
             }
-            found.entry(type_id).or_insert(at);
+            found.entry(type_id).or_insert((at, version & 0xffff));
         }
         let next = b.read32(at + regs::header::NEXT);
         if next == 0 {
-            let get = |name: &'static str, t: u32| found.get(&t).copied().ok_or(EngineError::MissingBlock(name, t));
+            let get = |name: &'static str, t: u32| found.get(&t).map(|f| f.0).ok_or(EngineError::MissingBlock(name, t));
             return Ok(Blocks {
                 device: get("device", regs::device::TYPE)?,
                 cmd: get("cmd_ring", regs::cmd_ring::TYPE)?,
                 cpl: get("cpl_ring", regs::cpl_ring::TYPE)?,
                 evt: get("evt_ring", regs::evt_ring::TYPE)?,
                 stats: get("stats", regs::stats::TYPE)?,
-                link_auth: found.get(&regs::link_auth::TYPE).copied(),
+                link_auth: found.get(&regs::link_auth::TYPE).map(|f| f.0),
+                sharer_table: found.get(&regs::sharer_table::TYPE).copied(),
             });
         }
         // Blocks only move forward, block-aligned, inside a plausible BAR.
@@ -282,6 +289,31 @@ impl<B: Backend> Driver<B> {
         self.cfg.peers = peers;
     }
 
+    /// Buckets of the card's presence filter, log2; 0 for a card without one (its sharer_table
+    /// block is older than 1.1). A value past what a resource id can index is refused as 0.
+    pub fn presence_buckets_log2(&self) -> u32 {
+        match self.blocks.sharer_table {
+            Some((at, minor)) if minor >= 1 => {
+                let v = self.b.read32(at + regs::sharer_table::presence::OFFSET);
+                let log2 = regs::sharer_table::presence::buckets_log2::get(v);
+                if v == u32::MAX || log2 > PRESENCE_BUCKETS_LOG2_MAX {
+                    0
+                } else {
+                    log2
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    /// Peers' requests the card's presence filter answered without this host (0 without one).
+    pub fn presence_filtered(&self) -> u32 {
+        match self.blocks.sharer_table {
+            Some((at, minor)) if minor >= 1 => self.b.read32(at + regs::sharer_table::filtered::OFFSET),
+            _ => 0,
+        }
+    }
+
     /// Slow path: reads device.status and turns a card error into an error.
     pub fn check_health(&self) -> Result<(), EngineError> {
         let status = self.b.read32(self.blocks.device + regs::device::status::OFFSET);
@@ -297,12 +329,20 @@ impl<B: Backend> Driver<B> {
     /// Queues a command with one posted doorbell write; returns its tag. Back-pressure: at most
     /// ring size - 1 commands in flight (a completion slot is always free for each).
     pub fn submit(&mut self, opcode: Opcode, resource: u64) -> Result<u32, EngineError> {
-        self.submit_with(opcode, resource, false)
+        self.submit_with(opcode, resource, false, false)
     }
 
     /// Like [`Driver::submit`]; with `wait`, an acquire waits for each receiver's host to
     /// yield (the lock semantics of the AMF state machine).
-    pub fn submit_with(&mut self, opcode: Opcode, resource: u64, wait: bool) -> Result<u32, EngineError> {
+    /// `wait`: the acquire waits for the receivers' hosts (`hold`); `filtered`: a line's acquire,
+    /// which sets its presence bit and lets receivers answer from their presence filters.
+    pub fn submit_with(
+        &mut self,
+        opcode: Opcode,
+        resource: u64,
+        wait: bool,
+        filtered: bool,
+    ) -> Result<u32, EngineError> {
         if self.inflight.len() as u32 >= self.ring_size() - 1 {
             return Err(EngineError::Busy(self.inflight.len()));
         }
@@ -311,6 +351,7 @@ impl<B: Backend> Driver<B> {
         let cmd = Command {
             opcode: opcode as u8,
             hold: wait as u8,
+            filtered: filtered as u8,
             tag,
             resource,
             epoch: self.cfg.epoch,

@@ -44,9 +44,18 @@ pub(super) struct Room {
     evicting: usize,
     /// (last use, line) of every line holding data, least recently used first.
     by_use: BTreeSet<(u64, u64)>,
+    /// Lines that started (true) or stopped using room since the machine last took these
+    /// (`take_used_changes`), kept only when `track_used` (the presence filter counts them).
+    used_changes: Vec<(u64, bool)>,
+    track_used: bool,
 }
 
 impl Room {
+    /// An empty index; `track_used`: keep the lines that start or stop using room.
+    pub(super) fn new(track_used: bool) -> Room {
+        Room { track_used, ..Room::default() }
+    }
+
     /// Line `r` may have changed.
     pub(super) fn changed(&mut self, r: u64) {
         self.changed.insert(r);
@@ -74,6 +83,9 @@ impl Room {
             return;
         }
         self.used = (self.used + usize::from(now.used)).saturating_sub(usize::from(was.used));
+        if self.track_used && was.used != now.used {
+            self.used_changes.push((r, now.used));
+        }
         self.evicting = (self.evicting + usize::from(now.evict)).saturating_sub(usize::from(was.evict));
         if was.resident_use != now.resident_use {
             if let Some(u) = was.resident_use {
@@ -83,6 +95,11 @@ impl Room {
                 self.by_use.insert((u, r));
             }
         }
+    }
+
+    /// Lines that started (true) or stopped using room since the last call, in order.
+    pub(super) fn take_used_changes(&mut self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut self.used_changes)
     }
 
     /// Lines taking a place in the cache (as of the last sync).

@@ -48,6 +48,8 @@ impl Machine {
         self.live = live;
         self.cfg.epoch = epoch;
         self.counters.views += 1;
+        // The card turned its presence filter off with the new epoch.
+        self.presence.new_view();
         let mut taken = Vec::new();
         for d in (0..8u8).filter(|d| gone & (1 << d) != 0) {
             taken.extend(self.take_over(d));
@@ -310,6 +312,7 @@ mod tests {
             capacity: 64,
             degraded: false,
             writeback_age_us: 50_000,
+            presence_buckets_log2: 0,
             mutation: None,
         })
     }

@@ -226,7 +226,8 @@ impl Shell {
         let jobs = members::Workers::start(cfg.array.clone(), cfg.member_workers, tx.clone())
             .map_err(|e| format!("member workers: {e}"))?;
         let capacity = m.capacity;
-        let mut machine = Machine::new(cfg.machine.clone());
+        let presence_buckets_log2 = driver.presence_buckets_log2();
+        let mut machine = Machine::new(Config { presence_buckets_log2, ..cfg.machine.clone() });
         if cfg.join {
             machine.joins();
         }
@@ -890,8 +891,8 @@ impl Loop {
                 }
                 let mut batch = got.send.into_iter();
                 while let Some((id, op, resource)) = batch.next() {
-                    let (code, hold) = opcode(op);
-                    match self.driver.submit_with(code, resource, hold) {
+                    let (code, hold, filtered) = opcode(op, resource);
+                    match self.driver.submit_with(code, resource, hold, filtered) {
                         Ok(tag) => {
                             self.tags.insert(tag, (id, Instant::now(), op, resource));
                         }
@@ -1033,6 +1034,7 @@ mod tests {
                 capacity: array.capacity() - array.capacity() % line_bytes,
                 degraded: false,
                 writeback_age_us: crate::amf::WRITEBACK_AGE_US_DEFAULT,
+                presence_buckets_log2: 0,
                 mutation: None,
             },
             card,

@@ -166,6 +166,9 @@ pub struct SimConfig {
     /// How long a line stays dirty before its background write-back (short: a run lasts tens
     /// of simulated milliseconds, and write-backs racing the protocol are what it looks for).
     pub writeback_age_us: u64,
+    /// Buckets of the cards' presence filters, log2: a few, so that lines share them, or the
+    /// card's default.
+    pub presence_buckets_log2: u32,
     /// Faults.
     pub faults: Faults,
     /// A protocol rule broken on purpose (tests of the checkers).
@@ -210,6 +213,7 @@ impl SimConfig {
             ops: rng.gen_range(30..=60),
             scrub_node: (rng.gen_range(0..3) == 0).then(|| rng.gen_range(0..nodes)),
             writeback_age_us: 50_000,
+            presence_buckets_log2: amf_hdl_model::model::card::PRESENCE_BUCKETS_LOG2,
             faults: Faults {
                 fabric_delay_us_max: rng.gen_range(5..=200),
                 fabric_loss_ppm: if rng.gen_bool(0.5) { rng.gen_range(0..=20_000) } else { 0 },
@@ -234,6 +238,16 @@ impl SimConfig {
         .with_slow_members(&mut rng)
         .with_power_cut(&mut rng)
         .with_writeback_age(&mut rng)
+        .with_small_presence_filter(&mut rng)
+    }
+
+    /// Half the seeds give the cards a presence filter of 2 to 8 buckets, so that lines share
+    /// them (drawn last).
+    fn with_small_presence_filter(mut self, rng: &mut StdRng) -> SimConfig {
+        if rng.gen_bool(0.5) {
+            self.presence_buckets_log2 = rng.gen_range(1..=3);
+        }
+        self
     }
 
     /// Half the seeds write dirty lines back sooner than 50 ms (drawn last, so that the knobs
@@ -351,6 +365,8 @@ pub struct Report {
     pub reads_checked: u64,
     /// Member writes per controller (every controller writes the members itself).
     pub member_writes: Vec<u64>,
+    /// Peers' requests the cards' presence filters answered without their hosts.
+    pub filtered: u64,
     /// Each controller's counters.
     pub counters: Vec<Counters>,
     /// Garbage injected (dropped by cards and machines).
@@ -504,7 +520,7 @@ impl Node {
         array.set_shared(true);
         let capacity = array.capacity();
         let stripe_bytes = array.geometry().stripe_bytes();
-        let card = ModelBackend::new();
+        let card = ModelBackend::with_presence_buckets_log2(cfg.presence_buckets_log2);
         let dcfg = DriverConfig {
             node: n,
             peers,
@@ -532,6 +548,7 @@ impl Node {
             capacity: capacity - capacity % cfg.line_bytes,
             degraded: !array.degraded_members().is_empty(),
             writeback_age_us: cfg.writeback_age_us,
+            presence_buckets_log2: driver.presence_buckets_log2(),
             mutation: cfg.mutation,
         });
         Ok(Node {
@@ -1301,8 +1318,11 @@ impl World {
                 let room = CARD_INFLIGHT_MAX.saturating_sub(node.driver.in_flight());
                 let got = take_submittable(&mut node.backlog, acquires, room);
                 for (id, op, resource) in got.send {
-                    let (code, wait) = opcode(op);
-                    let tag = node.driver.submit_with(code, resource, wait).map_err(|e| format!("n{n} card: {e}"))?;
+                    let (code, wait, filtered) = opcode(op, resource);
+                    let tag = node
+                        .driver
+                        .submit_with(code, resource, wait, filtered)
+                        .map_err(|e| format!("n{n} card: {e}"))?;
                     node.tags.insert(tag, (id, op));
                     moved = true;
                 }
@@ -1496,6 +1516,7 @@ impl World {
             ops: self.ops_done,
             reads_checked: self.history.reads_checked,
             member_writes: self.nodes.iter().map(|n| n.m.counters.member_writes).collect(),
+            filtered: self.nodes.iter().map(|n| n.driver.presence_filtered() as u64).sum(),
             counters: self.nodes.iter().map(|n| n.m.counters).collect(),
             garbage: self.garbage,
             replays: self.replays_sent,
