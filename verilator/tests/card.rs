@@ -552,7 +552,7 @@ fn the_presence_filter_answers_for_empty_buckets_until_the_epoch_changes_on_rtl_
         p.rtl.receive(b);
         p.model.receive(&b, &mut p.model_mem);
         p.settle();
-        compare_memory(&p, 0, seq as usize);
+        compare_memory(p, 0, seq as usize);
         let (a, m) = (p.rtl.take_outgoing(), p.model.take_outgoing());
         assert_eq!(a, m.iter().map(|o| o.bytes).collect::<Vec<_>>(), "resource {resource}: the same frames");
         let (_, events) = p.consume();
