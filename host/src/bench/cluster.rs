@@ -224,13 +224,23 @@ pub fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
         "\nOne shared region 4x larger than one cache ({CACHE_MIB} MiB caches over {} MiB), 30% writes, 9 clients:\n\n",
         4 * CACHE_MIB
     );
-    out += "| controllers | card | IOPS | ratio to 1 |\n|---|---|---|---|\n";
+    out += "| controllers | card | IOPS | ratio to 1 | card frames / op | host yields / op | answered by presence filters / op |\n|---|---|---|---|---|---|---|\n";
     let mut one = 0.0;
     for (n, card) in [(1usize, "none"), (3, "model")] {
         let dir = base.join(format!("beyond{n}"));
         let cache = CACHE_MIB.to_string();
         let mut g =
             group_with(&dir, n, if n == 1 { "sim" } else { card }, &["--member-size", "128M", "--cache-mib", &cache])?;
+        // What the coherency costs per operation: frames the cards sent, yields the hosts made,
+        // and requests the cards' presence filters answered without their hosts.
+        let counts = |g: &Launched| -> Result<[u64; 3], BenchError> {
+            Ok([
+                sum(g, &["coherency", "card", "counters", "frames_tx"])?,
+                sum(g, &["coherency", "counters", "yields"])?,
+                sum(g, &["coherency", "card", "counters", "filtered"])?,
+            ])
+        };
+        let before = if n > 1 { Some(counts(&g)?) } else { None };
         let spec = Spec {
             targets: g.nbd.clone(),
             clients: 9,
@@ -243,6 +253,15 @@ pub fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
             warm_up: Duration::ZERO,
         };
         let o = workload::run(&spec);
+        let per_op = match before {
+            Some(b) => {
+                let a = counts(&g)?;
+                let ops = (o.reads + o.writes).max(1) as f64;
+                let d = |i: usize| a[i].saturating_sub(b[i]) as f64 / ops;
+                format!("{:.2} | {:.2} | {:.2}", d(0), d(1), d(2))
+            }
+            None => "- | - | -".to_string(),
+        };
         g.stop();
         if let Some(e) = o.errors.first().or(o.violations.first()) {
             return Err(peer_err(e));
@@ -251,7 +270,7 @@ pub fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
         if n == 1 {
             one = iops;
         }
-        out += &format!("| {n} | {card} | {iops:.0} | {:.2} |\n", iops / one);
+        out += &format!("| {n} | {card} | {iops:.0} | {:.2} | {per_op} |\n", iops / one);
     }
     Ok(out)
 }
