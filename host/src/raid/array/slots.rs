@@ -78,19 +78,23 @@ impl Array {
         self.sync_members()
     }
 
-    /// A test aid for the simulator: flips bytes of the first redundancy block of stripe `s`
-    /// (P, or a mirror's second copy), as a write cut off by a crash leaves it: data written,
-    /// redundancy not. False when the group has no redundancy there.
+    /// A test aid for the simulator: flips bytes of the redundancy of the 4 KiB block at byte
+    /// `at_data` of stripe `s`'s data (its P block, or a mirror's second copy of it), as a
+    /// write of that block cut off by a crash leaves it: data written, redundancy not. Blocks
+    /// nothing wrote keep their redundancy. False when the group has no redundancy there.
     #[doc(hidden)]
-    pub fn tear_redundancy(&self, s: u64) -> bool {
+    pub fn tear_redundancy(&self, s: u64, at_data: u64) -> bool {
         let geo = self.geometry();
+        let chunk = geo.chunk_bytes.max(1);
+        let dd = (at_data / chunk) as usize;
+        let within = (at_data % chunk) / 4096 * 4096;
         let (m, at) = if geo.is_mirror() {
-            match geo.places(s, 0).get(1) {
-                Some(p) => (p.member, self.data_offset() + p.chunk_offset),
+            match geo.places(s, dd).get(1) {
+                Some(p) => (p.member, self.data_offset() + p.chunk_offset + within),
                 None => return false,
             }
         } else if geo.tolerance() > 0 {
-            (geo.p_member(s), self.data_offset() + s * geo.chunk_bytes)
+            (geo.p_member(s), self.data_offset() + s * geo.chunk_bytes + within)
         } else {
             return false;
         };
