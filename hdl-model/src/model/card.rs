@@ -252,8 +252,15 @@ pub fn classify(raw: &[u8; 32], node: u8, peers: u8, epoch: u32) -> Verdict {
 }
 
 impl Card {
-    /// A card out of reset.
+    /// A card out of reset, with the card's presence filter (2^`PRESENCE_BUCKETS_LOG2` buckets).
     pub fn new() -> Card {
+        Card::with_presence_buckets_log2(PRESENCE_BUCKETS_LOG2)
+    }
+
+    /// A card whose presence filter has 2^`log2` buckets (1..=20), as the RTL's `PresenceLog2`
+    /// parameter makes one: the simulator makes lines share buckets with a small filter.
+    pub fn with_presence_buckets_log2(log2: u32) -> Card {
+        let log2 = log2.clamp(1, 20);
         Card {
             ctrl_enable: false,
             node: 0,
@@ -284,17 +291,10 @@ impl Card {
             key: [0; 4],
             tx_counter: 0,
             windows: [Window::default(); NODES_MAX as usize],
-            presence: vec![0; (1usize << PRESENCE_BUCKETS_LOG2).div_ceil(64)],
+            presence: vec![0; (1usize << log2).div_ceil(64)],
             filter_on: false,
-            presence_log2: PRESENCE_BUCKETS_LOG2,
+            presence_log2: log2,
         }
-    }
-
-    /// A card whose presence filter has 2^`log2` buckets (1..=20), as the RTL's `PresenceLog2`
-    /// parameter makes one: the simulator makes lines share buckets with a small filter.
-    pub fn with_presence_buckets_log2(log2: u32) -> Card {
-        let log2 = log2.clamp(1, 20);
-        Card { presence: vec![0; (1usize << log2).div_ceil(64)], presence_log2: log2, ..Card::new() }
     }
 
     /// The presence bucket of resource `r` and its bit.

@@ -17,6 +17,10 @@ pub const GROUP_RESOURCE: u64 = 1 << 61;
 /// order with a line's.
 pub const PRESENCE_NS: u64 = 1 << 60;
 
+/// Largest presence filter a host trusts, log2 of its buckets: 2^32 bits of card memory is
+/// beyond any card, so a larger value is a broken register.
+pub const PRESENCE_BUCKETS_LOG2_MAX: u32 = 32;
+
 /// A host request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostReq {

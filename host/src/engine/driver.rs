@@ -9,9 +9,7 @@ use amf_hdl_model::gen::structs::{Command, Completion, Event, Opcode};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Largest presence filter the driver trusts (2^32 bits of card memory is beyond any card; a
-/// larger value is a broken register).
-const PRESENCE_BUCKETS_LOG2_MAX: u32 = 32;
+use crate::amf::io::PRESENCE_BUCKETS_LOG2_MAX;
 
 /// The register block major version this driver speaks.
 pub const KNOWN_MAJOR: u32 = 1;
@@ -292,26 +290,24 @@ impl<B: Backend> Driver<B> {
     /// Buckets of the card's presence filter, log2; 0 for a card without one (its sharer_table
     /// block is older than 1.1). A value past what a resource id can index is refused as 0.
     pub fn presence_buckets_log2(&self) -> u32 {
-        match self.blocks.sharer_table {
-            Some((at, minor)) if minor >= 1 => {
-                let v = self.b.read32(at + regs::sharer_table::presence::OFFSET);
-                let log2 = regs::sharer_table::presence::buckets_log2::get(v);
-                if v == u32::MAX || log2 > PRESENCE_BUCKETS_LOG2_MAX {
-                    0
-                } else {
-                    log2
-                }
-            }
-            _ => 0,
+        let Some(at) = self.presence_block() else { return 0 };
+        let v = self.b.read32(at + regs::sharer_table::presence::OFFSET);
+        let log2 = regs::sharer_table::presence::buckets_log2::get(v);
+        if v == u32::MAX || log2 > PRESENCE_BUCKETS_LOG2_MAX {
+            0
+        } else {
+            log2
         }
     }
 
     /// Peers' requests the card's presence filter answered without this host (0 without one).
     pub fn presence_filtered(&self) -> u32 {
-        match self.blocks.sharer_table {
-            Some((at, minor)) if minor >= 1 => self.b.read32(at + regs::sharer_table::filtered::OFFSET),
-            _ => 0,
-        }
+        self.presence_block().map_or(0, |at| self.b.read32(at + regs::sharer_table::filtered::OFFSET))
+    }
+
+    /// The sharer_table block, when it is new enough (minor 1) to have the presence filter.
+    fn presence_block(&self) -> Option<u32> {
+        self.blocks.sharer_table.filter(|(_, minor)| *minor >= 1).map(|(at, _)| at)
     }
 
     /// Slow path: reads device.status and turns a card error into an error.

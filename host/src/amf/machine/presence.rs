@@ -18,7 +18,7 @@
 //! taken those marks, sends `FilterOn`; so it does at its start too.
 
 use super::Mutation;
-use crate::amf::io::PRESENCE_NS;
+use crate::amf::io::{PRESENCE_BUCKETS_LOG2_MAX, PRESENCE_NS};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The filter's state in the machine.
@@ -55,8 +55,9 @@ pub(super) struct PresenceCmds {
 }
 
 impl Presence {
-    /// A filter of 2^`log2` buckets (0: none).
+    /// A filter of 2^`log2` buckets (0: none; at most 2^`PRESENCE_BUCKETS_LOG2_MAX`).
     pub(super) fn new(log2: u32, mutation: Option<Mutation>) -> Presence {
+        let log2 = log2.min(PRESENCE_BUCKETS_LOG2_MAX);
         Presence { log2, want_on: log2 > 0, mutation, ..Presence::default() }
     }
 
@@ -66,11 +67,7 @@ impl Presence {
     }
 
     fn bucket(&self, r: u64) -> u64 {
-        if self.log2 >= 64 {
-            r
-        } else {
-            r & ((1u64 << self.log2) - 1)
-        }
+        r & ((1u64 << self.log2) - 1)
     }
 
     /// Line `r` started (`used`) or stopped using room; `acquiring`: an acquire of its own is
@@ -131,15 +128,18 @@ impl Presence {
             }
         }
         let to_mark = std::mem::take(&mut self.to_mark);
+        let remark = std::mem::take(&mut self.remark);
         if self.mutation == Some(Mutation::NoPresenceMarks) {
-            self.remark = false;
-        } else if std::mem::take(&mut self.remark) {
+            // Broken on purpose: no bucket is marked but by an acquire.
+        } else if remark {
             out.mark.extend(self.counts.keys().map(|b| (PRESENCE_NS | b, true)));
         } else {
             out.mark
                 .extend(to_mark.into_iter().filter(|b| self.counts.contains_key(b)).map(|b| (PRESENCE_NS | b, false)));
         }
-        if self.want_on && self.marks.is_empty() && out.mark.iter().all(|m| !m.1) {
+        // The new membership's marks go out with this step or are still in flight.
+        let marking = (remark && !out.mark.is_empty()) || !self.marks.is_empty();
+        if self.want_on && !marking {
             self.want_on = false;
             out.on = true;
         }
