@@ -36,13 +36,15 @@ fn iops(g: &Launched, clients: usize, write_percent: u32, seconds: f64, seed: u6
         blocks: 16384,
         base: 0,
         write_percent,
-        // Measured once the caches are warm (what "fits the caches" means), as the own-region
-        // rows are.
+        // Measured once the caches are warm (what "fits the caches" means): every block read
+        // once through each controller (`workload::warm`), then a second of load, as the
+        // own-region rows are.
         duration: Duration::from_secs_f64(WARM_UP_S + seconds),
         seed,
         own_regions: false,
         warm_up: Duration::from_secs_f64(WARM_UP_S),
     };
+    workload::warm(&spec).map_err(peer_err)?;
     let out = workload::run(&spec);
     if let Some(e) = out.errors.first().or(out.violations.first()) {
         return Err(peer_err(e));
@@ -91,8 +93,9 @@ fn write_latency(g: &Launched, count: usize) -> Result<(Latency, Latency), Bench
 type OwnRow = (f64, f64, f64);
 
 /// `OWN_CLIENTS` clients, each on its own region, 50% writes, after a warm-up that brings
-/// every client's lines into its controller's cache. One run (its history is checked whole);
-/// the counters are read as its warm-up ends.
+/// every client's lines into its controller's cache (each client reads its region once, then
+/// a second of load). One run (its history is checked whole); the counters are read as its
+/// warm-up ends.
 fn own_region_row(g: &Launched, seconds: f64) -> Result<OwnRow, BenchError> {
     let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
     let spec = Spec {
@@ -106,6 +109,7 @@ fn own_region_row(g: &Launched, seconds: f64) -> Result<OwnRow, BenchError> {
         own_regions: true,
         warm_up: Duration::from_secs_f64(WARM_UP_S),
     };
+    workload::warm(&spec).map_err(peer_err)?;
     let (o, (f0, c0)) = std::thread::scope(|s| {
         let h = s.spawn(|| workload::run(&spec));
         std::thread::sleep(Duration::from_secs_f64(WARM_UP_S));
@@ -318,9 +322,25 @@ pub fn latency_rows(base: &Path) -> Result<String, BenchError> {
 /// (controllers, ops/s) of the mixed workload.
 pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
     let base = std::env::temp_dir().join(format!("amf-bench-cluster-{}", std::process::id()));
+    let mut out = shared_rows(&base, seconds)?;
+    out += &own_regions(&base, seconds, false, &[])?;
+    out += &beyond_cache(&base, seconds)?;
+    out += &big_cache(&base)?;
+    out += &latency_rows(&base)?;
+    let (rows, points) = scaling(&base, seconds, &[])?;
+    out += &rows;
+    let _ = std::fs::remove_dir_all(&base);
+    out += &format!("\nCommand: `amf bench cluster --seconds {seconds} --record docs/benchmarks.md`\n");
+    Ok((out, points))
+}
+
+/// One shared region that fits the caches, read and then written by 3 clients per controller:
+/// one controller (no card), three with Verilator cards, three with model cards.
+pub fn shared_rows(base: &Path, seconds: f64) -> Result<String, BenchError> {
     let mut out = format!(
         "Machine: {}. RAID5 of 4 member files, 4 KiB random I/O over 64 MiB, {seconds} s per row, \
-         3 clients per controller (verifying workload: every read checked), after {WARM_UP_S} s of warm-up.\n\n",
+         3 clients per controller (verifying workload: every read checked), after a warm-up: every block \
+         read once through each controller, then {WARM_UP_S} s of load.\n\n",
         super::machine()
     );
     out += "| controllers | card | read IOPS | write IOPS | ratio to 1 controller (read / write) |\n|---|---|---|---|---|\n";
@@ -335,15 +355,7 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
         out += &format!("| {n} | {card} | {rd:.0} | {wr:.0} | {:.2} / {:.2} |\n", rd / one.0, wr / one.1);
         g.stop();
     }
-    out += &own_regions(&base, seconds, false, &[])?;
-    out += &beyond_cache(&base, seconds)?;
-    out += &big_cache(&base)?;
-    out += &latency_rows(&base)?;
-    let (rows, points) = scaling(&base, seconds, &[])?;
-    out += &rows;
-    let _ = std::fs::remove_dir_all(&base);
-    out += &format!("\nCommand: `amf bench cluster --seconds {seconds} --record docs/benchmarks.md`\n");
-    Ok((out, points))
+    Ok(out)
 }
 
 /// Messages per operation for 2 to 8 controllers with model cards (each started with

@@ -365,7 +365,10 @@ enum BenchCommand {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
         /// Record the tables in this markdown file (between bench markers).
-        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only", "own_regions_only", "scaling_only"])]
+        #[arg(
+            long,
+            conflicts_with_all = ["latency_only", "beyond_cache_only", "own_regions_only", "scaling_only", "shared_only"]
+        )]
         record: Option<PathBuf>,
         /// Only the write-latency rows (a quick look while tuning the card path).
         #[arg(long)]
@@ -374,6 +377,10 @@ enum BenchCommand {
         /// and evictions).
         #[arg(long, conflicts_with = "latency_only")]
         beyond_cache_only: bool,
+        /// Only the rows of one region shared by every controller that fits the caches (reads,
+        /// then writes): one controller, three with Verilator cards, three with model cards.
+        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only", "own_regions_only", "scaling_only"])]
+        shared_only: bool,
         /// Only one controller against three with model cards, each client on its own region
         /// (a quick look while tuning the common case's CPU per operation).
         #[arg(long, group = "quick_rows", conflicts_with_all = ["latency_only", "beyond_cache_only"])]
@@ -620,6 +627,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench { what: BenchCommand::Cluster { seconds, beyond_cache_only: true, .. } } => {
             let base = std::env::temp_dir().join(format!("amf-bench-beyond-{}", std::process::id()));
             let rows = crate::bench::cluster::beyond_cache(&base, seconds);
+            let _ = std::fs::remove_dir_all(&base);
+            println!("{}", rows?);
+        }
+        Command::Bench { what: BenchCommand::Cluster { seconds, shared_only: true, .. } } => {
+            let base = std::env::temp_dir().join(format!("amf-bench-shared-{}", std::process::id()));
+            let rows = crate::bench::cluster::shared_rows(&base, seconds);
             let _ = std::fs::remove_dir_all(&base);
             println!("{}", rows?);
         }
