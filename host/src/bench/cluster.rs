@@ -132,7 +132,8 @@ pub fn own_regions(base: &Path, seconds: f64, quick: bool, cluster_args: &[Strin
     let mut out = format!(
         "\nEach client on its own region (each host its own data), 50% writes, {OWN_CLIENTS} clients in all \
          (one request each: the load of 3 clients at queue depth 4), {LINE_KIB_DEFAULT} KiB lines, \
-         after {WARM_UP_S} s of warm-up; CPU is every process of the cluster:\n\n"
+         after a warm-up (each client reads its region once, then {WARM_UP_S} s of load); CPU is every process \
+         of the cluster:\n\n"
     );
     out += "| controllers | card | IOPS | ratio to 1 | card frames / op | amf CPU µs / op | CPU ratio to 1 |\n|---|---|---|---|---|---|---|\n";
     let mut one = (0.0, 0.0);
