@@ -5,8 +5,11 @@
 //!
 //! The card is abstract here: per resource it serves one acquire at a time, posts the event to
 //! every other node and completes once each has yielded; each node's commands and each node's
-//! completions and events are in order (the rings). The card's own behaviour is checked against
-//! its RTL by the differential tests.
+//! completions and events are in order (the rings). With the presence filter in scope
+//! (`Scope::presence_buckets_log2`), a node's card whose filter is on answers a line's request
+//! itself, with no event, when its host's bucket of that line is unmarked: as the real card
+//! does, it marks a bucket as it takes its host's line acquire, and a new epoch turns the
+//! filter off. The card's own behaviour is checked against its RTL by the differential tests.
 //!
 //! Properties: every line's history is linearizable (stateright's tester); one exclusive copy
 //! or shared copies, never both; one stripe holder; no two nodes write a stripe at once; an
@@ -52,6 +55,8 @@ pub struct Scope {
     /// cache and run these operations; each survivor moves to the membership with it in at
     /// any later point. Empty: it stays dead.
     pub rejoin: Vec<Op>,
+    /// The cards' presence filters: 2^this buckets of lines (0: no filter).
+    pub presence_buckets_log2: u32,
 }
 
 /// The epoch after the crash.
@@ -77,6 +82,9 @@ struct Card {
     active: BTreeMap<u64, (Acquire, u8)>,
     /// (node that owes, resource, exclusive request).
     owed: BTreeSet<(u8, u64, bool)>,
+    /// Each node's presence filter: its marked buckets, and whether it answers.
+    marked: Vec<BTreeSet<u64>>,
+    filter_on: u8,
 }
 
 /// The state of the whole cluster.
@@ -194,9 +202,7 @@ impl AmfModel {
             capacity: self.scope.lines,
             degraded: false,
             writeback_age_us: 50_000,
-            // The checker's card is the protocol's abstraction, without the presence filter
-            // (the simulator drives the real card model with it).
-            presence_buckets_log2: 0,
+            presence_buckets_log2: self.scope.presence_buckets_log2,
             mutation: self.scope.mutation,
         }
     }
@@ -239,9 +245,21 @@ impl AmfModel {
         }
     }
 
+    /// The presence bucket of line `resource`, if the filter is in scope and it is a line.
+    fn bucket(&self, resource: u64) -> Option<u64> {
+        let line = resource & (STRIPE_NS | GROUP_RESOURCE | PRESENCE_NS) == 0;
+        let log2 = self.scope.presence_buckets_log2;
+        (log2 > 0 && line).then(|| resource & ((1u64 << log2) - 1))
+    }
+
     fn card_command(&self, s: &mut McState, n: u8, id: u64, op: CardOp, resource: u64) {
+        let i = n as usize;
         match op {
             CardOp::AcquireShared | CardOp::AcquireExclusive => {
+                // The card marks the bucket as it takes the acquire, before its request goes out.
+                if let Some(b) = self.bucket(resource) {
+                    s.card.marked[i].insert(b);
+                }
                 let a = Acquire { node: n, id, exclusive: op == CardOp::AcquireExclusive };
                 s.card.queued.entry(resource).or_default().push_back(a);
                 return;
@@ -261,9 +279,14 @@ impl AmfModel {
                 }
                 self.finish(s, resource);
             }
-            // The abstract card has no presence filter (its machines are configured without
-            // one and never send these); they complete like a release.
-            CardOp::Release | CardOp::Mark | CardOp::Unmark | CardOp::FilterOn => {}
+            CardOp::Mark => {
+                s.card.marked[i].insert(resource & !PRESENCE_NS);
+            }
+            CardOp::Unmark => {
+                s.card.marked[i].remove(&(resource & !PRESENCE_NS));
+            }
+            CardOp::FilterOn => s.card.filter_on |= 1 << n,
+            CardOp::Release => {}
         }
         s.to_host[n as usize].push_back(Input::CardDone { id, status: CardStatus::Ok, sharers: 0 });
     }
@@ -291,6 +314,12 @@ impl AmfModel {
             waiting |= 1 << t;
             if s.dead & (1 << t) != 0 || s.epoch[t as usize] != s.epoch[a.node as usize] {
                 // Its card is gone, or drops frames of another epoch: no answer comes.
+                continue;
+            }
+            let filtered = self.bucket(resource).is_some_and(|b| !s.card.marked[t as usize].contains(&b));
+            if filtered && s.card.filter_on & (1 << t) != 0 {
+                // Its presence filter answers: its host holds and acquires nothing there.
+                waiting &= !(1 << t);
                 continue;
             }
             s.card.owed.insert((t, resource, a.exclusive));
@@ -370,7 +399,7 @@ impl Model for AmfModel {
         let n = self.nodes() as usize;
         vec![McState {
             machines: (0..self.nodes()).map(|i| Machine::new(self.config(i))).collect(),
-            card: Card::default(),
+            card: Card { marked: vec![BTreeSet::new(); n], ..Card::default() },
             to_host: vec![VecDeque::new(); n],
             to_card: vec![VecDeque::new(); n],
             net: BTreeMap::new(),
@@ -492,6 +521,7 @@ impl Model for AmfModel {
             Action::Crash(n, landed) => self.crash(&mut s, n, landed),
             Action::View(n) => {
                 let live = self.alive(&s);
+                s.card.filter_on &= !(1 << n);
                 s.epoch[n as usize] = EPOCH_AFTER;
                 s.peers[n as usize] = live;
                 self.apply(&mut s, n, Input::View { epoch: EPOCH_AFTER, live });
@@ -504,8 +534,10 @@ impl Model for AmfModel {
                 s.machines[i] = Machine::new(self.config(n));
                 s.to_host[i].clear();
                 s.to_card[i].clear();
-                // A fresh card: it owes nothing.
+                // A fresh card: it owes nothing, its filter is off and empty.
                 s.card.owed.retain(|o| o.0 != n);
+                s.card.filter_on &= !(1 << n);
+                s.card.marked[i].clear();
                 s.next_op[i] = 0;
                 s.busy[i] = false;
                 s.ticks[i] = self.scope.ticks;
@@ -515,6 +547,7 @@ impl Model for AmfModel {
             }
             Action::Join(n) => {
                 let live = self.alive(&s);
+                s.card.filter_on &= !(1 << n);
                 s.epoch[n as usize] = EPOCH_JOIN;
                 s.peers[n as usize] = live;
                 self.apply(&mut s, n, Input::View { epoch: EPOCH_JOIN, live });
@@ -657,6 +690,7 @@ mod tests {
             mutation: None,
             crash: None,
             rejoin: Vec::new(),
+            presence_buckets_log2: 0,
         }
     }
 
@@ -677,6 +711,7 @@ mod tests {
             mutation: None,
             crash: None,
             rejoin: Vec::new(),
+            presence_buckets_log2: 0,
         };
         let (states, failed) = check(scope);
         println!("three nodes, one line: {states} states");
@@ -693,6 +728,7 @@ mod tests {
             mutation: None,
             crash: None,
             rejoin: Vec::new(),
+            presence_buckets_log2: 0,
         };
         let (states, failed) = check(scope);
         println!("two lines, one stripe, eviction, flush: {states} states");
@@ -709,6 +745,7 @@ mod tests {
             mutation: None,
             crash: Some(0),
             rejoin: Vec::new(),
+            presence_buckets_log2: 0,
         }
     }
 
@@ -731,6 +768,7 @@ mod tests {
             mutation: None,
             crash: Some(0),
             rejoin: Vec::new(),
+            presence_buckets_log2: 0,
         }
     }
 
@@ -771,6 +809,7 @@ mod tests {
             mutation: None,
             crash: Some(1),
             rejoin: vec![Op::Read(0), Op::Write(0, 2)],
+            presence_buckets_log2: 0,
         }
     }
 
@@ -779,5 +818,61 @@ mod tests {
         let (states, failed) = check(a_restart());
         println!("two controllers, one dies and joins again: {states} states");
         assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    #[test]
+    fn the_presence_filter_keeps_two_writers_coherent() {
+        let (states, failed) = check(Scope { presence_buckets_log2: 1, ..two_writers() });
+        println!("two writers, one line, presence filters: {states} states");
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    /// Controller 0 writes a line and may die at any point; controller 1, its replica peer,
+    /// takes the dirty line over without an acquire of its own (so it must mark its bucket);
+    /// controller 0 starts again, joins and reads the line through its card, which asks 1's.
+    fn a_takeover_behind_a_filter() -> Scope {
+        Scope {
+            scripts: vec![vec![Op::Write(0, 1)], vec![]],
+            lines: 1,
+            lines_max: 1,
+            ticks: 0,
+            mutation: None,
+            crash: Some(0),
+            rejoin: vec![Op::Read(0)],
+            presence_buckets_log2: 1,
+        }
+    }
+
+    #[test]
+    fn a_taken_over_line_is_marked_before_the_filter_answers_for_it() {
+        let (states, failed) = check(a_takeover_behind_a_filter());
+        println!("two controllers, one dies and joins again, presence filters: {states} states");
+        assert!(failed.is_empty(), "{failed:?}");
+        let (_, failed) = check(Scope { mutation: Some(Mutation::NoPresenceMarks), ..a_takeover_behind_a_filter() });
+        assert!(!failed.is_empty(), "no-presence-marks passed the model check");
+    }
+
+    /// Lines 0 and 2 share a bucket of 2: controller 0 reads both, then yields line 2 to
+    /// controller 1's write, which then writes line 0; the bucket must stay marked for line 0.
+    fn two_lines_in_one_bucket() -> Scope {
+        Scope {
+            scripts: vec![vec![Op::Read(0), Op::Read(2)], vec![Op::Write(2, 2), Op::Write(0, 2)]],
+            lines: 3,
+            lines_max: 2,
+            ticks: 0,
+            mutation: None,
+            crash: None,
+            rejoin: Vec::new(),
+            presence_buckets_log2: 1,
+        }
+    }
+
+    #[test]
+    fn a_bucket_stays_marked_while_a_line_of_it_is_held() {
+        let (states, failed) = check(two_lines_in_one_bucket());
+        println!("two lines in one bucket, presence filters: {states} states");
+        assert!(failed.is_empty(), "{failed:?}");
+        let (_, failed) = check(Scope { mutation: Some(Mutation::UnmarkWithLinesLeft), ..two_lines_in_one_bucket() });
+        assert!(!failed.is_empty(), "unmark-with-lines-left passed the model check");
     }
 }
