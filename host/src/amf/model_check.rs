@@ -85,6 +85,8 @@ struct Card {
     /// Each node's presence filter: its marked buckets, and whether it answers.
     marked: Vec<BTreeSet<u64>>,
     filter_on: u8,
+    /// Per active acquire, the nodes whose filters answered it: their answers name no copy.
+    filtered: BTreeMap<u64, u8>,
 }
 
 /// The state of the whole cluster.
@@ -294,10 +296,13 @@ impl AmfModel {
     fn finish(&self, s: &mut McState, resource: u64) {
         if let Some((a, 0)) = s.card.active.get(&resource).cloned() {
             s.card.active.remove(&resource);
-            // The sharers: whoever still holds a copy once everyone yielded.
+            // The sharers: whoever still holds a copy once everyone yielded, as their answers
+            // say (a filter's answer says its host holds nothing).
+            let filtered = s.card.filtered.remove(&resource).unwrap_or(0);
             let sharers = (0..self.nodes())
                 .filter(|n| *n != a.node && s.machines[*n as usize].line_state(resource) != State::Invalid)
-                .fold(0u8, |m, n| m | 1 << n);
+                .fold(0u8, |m, n| m | 1 << n)
+                & !filtered;
             let sharers = if resource & STRIPE_NS != 0 { 0 } else { sharers };
             s.to_host[a.node as usize].push_back(Input::CardDone { id: a.id, status: CardStatus::Ok, sharers });
         }
@@ -320,6 +325,7 @@ impl AmfModel {
             if filtered && s.card.filter_on & (1 << t) != 0 {
                 // Its presence filter answers: its host holds and acquires nothing there.
                 waiting &= !(1 << t);
+                *s.card.filtered.entry(resource).or_default() |= 1 << t;
                 continue;
             }
             s.card.owed.insert((t, resource, a.exclusive));
@@ -388,6 +394,8 @@ impl AmfModel {
         }
         s.card.queued.retain(|_, q| !q.is_empty());
         s.card.active.retain(|_, (a, _)| a.node != n);
+        let active = &s.card.active;
+        s.card.filtered.retain(|r, _| active.contains_key(r));
     }
 }
 
@@ -554,6 +562,7 @@ impl Model for AmfModel {
             }
             Action::Timeout(r) => {
                 let (a, _) = s.card.active.remove(&r)?;
+                s.card.filtered.remove(&r);
                 s.to_host[a.node as usize].push_back(Input::CardDone {
                     id: a.id,
                     status: CardStatus::Timeout,
