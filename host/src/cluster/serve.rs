@@ -16,7 +16,7 @@ use super::lease::{find_running, wait_until_out, AnyOf, LeaseConfig, LeaseState,
 use super::ClusterError;
 use crate::amf::shell::{DeathWatch, Shell, ShellConfig};
 use crate::engine::{AnyCard, CardKind};
-use crate::nbd::{Server, ServerConfig};
+use crate::nbd::ServerConfig;
 use crate::raid::assemble::{assemble_as, check_write_hole, lease_offset, resync};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -184,7 +184,8 @@ pub fn run(cfg: Config) -> Result<(), ClusterError> {
     let nbd_addr =
         nbd_listener.local_addr().map_err(|source| ClusterError::Bind { addr: cfg.nbd.to_string(), source })?;
     let nbd_cfg = ServerConfig { tls: tls.clone(), ..ServerConfig::default() };
-    let mut server = Server::spawn(nbd_listener, shell.clone(), nbd_cfg.clone())
+    let mut server = shell
+        .serve_nbd(nbd_listener, nbd_cfg.clone())
         .map_err(|source| ClusterError::Bind { addr: cfg.nbd.to_string(), source })?;
     let state = Arc::new(ControllerState {
         index: cfg.node as usize,
@@ -284,7 +285,7 @@ fn take_addresses(
         if heir != Some(cfg.node) {
             continue;
         }
-        let backend: Arc<dyn crate::nbd::Backend> = shell.clone();
+        let backend: Arc<dyn crate::nbd::Backend> = shell.port();
         match super::service::TakenAddress::take(&service.dev, service.prefix, addr, backend, nbd_cfg.clone()) {
             Ok(t) => {
                 eprintln!("{tag}: took over controller {}'s service address {addr} on {}", p.node, service.dev);

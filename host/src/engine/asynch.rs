@@ -34,6 +34,15 @@ const IDLE_POLL: Duration = Duration::from_millis(1);
 /// With interrupts: the longest wait for one before the rings are looked at anyway.
 const IRQ_FALLBACK: Duration = Duration::from_millis(10);
 
+/// Resets the counter of `fd` (a non-blocking eventfd) that a poll found readable.
+pub(crate) fn reset_interrupt(fd: std::os::fd::RawFd) {
+    let mut count = [0u8; 8];
+    // SAFETY: reading the 8-byte eventfd counter into a local buffer; the fd belongs to a
+    // backend the caller holds (the controller's loop holds the driver that owns it), and is
+    // non-blocking, so a counter already reset makes this fail harmlessly with EAGAIN.
+    unsafe { libc::read(fd, count.as_mut_ptr() as *mut libc::c_void, count.len()) };
+}
+
 /// Waits until `fd` (an eventfd) is readable or `timeout` passes, then resets its counter.
 /// True when it was signalled.
 pub(crate) fn wait_interrupt(fd: std::os::fd::RawFd, timeout: Duration) -> bool {

@@ -17,7 +17,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -92,6 +92,10 @@ struct Connection {
     kill: bool,
     /// The last parse stopped for the byte budget (counted once per stall).
     budget_wait: bool,
+    /// The socket may hold bytes not read yet: set by the poll's readable edge, cleared when a
+    /// read finds the socket empty. Without it every turn that touches the connection (an
+    /// answer, a writable edge) costs a read that finds nothing: five reads per request.
+    readable: bool,
 }
 
 impl Connection {
@@ -154,11 +158,57 @@ impl Pool {
     }
 }
 
-/// The server's loop (see the module notes).
+/// Wakes a loop that sleeps in its poll, and only then: a thread that hands the loop work while
+/// it is awake (its own completions among them) costs no system call.
+pub struct LoopWake {
+    waker: Waker,
+    /// The loop is in (or about to enter) its poll.
+    sleeping: AtomicBool,
+}
+
+impl LoopWake {
+    /// A wake for the poll that `registry` belongs to, under token `WAKER`.
+    pub fn new(registry: &mio::Registry) -> std::io::Result<Arc<LoopWake>> {
+        Ok(Arc::new(LoopWake { waker: Waker::new(registry, WAKER)?, sleeping: AtomicBool::new(false) }))
+    }
+
+    /// Called after handing the loop work: wakes it if it sleeps.
+    pub fn wake(&self) {
+        // SeqCst pairs with `sleep`: either the loop's look at its queues after `sleep` sees
+        // the work, or this sees it sleeping.
+        if self.sleeping.swap(false, SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Wakes the loop whatever it does (a stop).
+    pub fn force(&self) {
+        let _ = self.waker.wake();
+    }
+
+    /// The loop is about to look at its queues one last time and poll.
+    pub fn sleep(&self) {
+        self.sleeping.store(true, SeqCst);
+    }
+
+    /// The loop's poll returned.
+    pub fn awake(&self) {
+        self.sleeping.store(false, SeqCst);
+    }
+}
+
+/// The server's loop (see the module notes). It runs on its own thread ([`EventLoop::run`]),
+/// or inside another loop that polls for it and hands it what the poll found
+/// ([`EventLoop::hosted`], [`EventLoop::turn`]): the cluster controller's, so that a request
+/// reaches the state machine, and its answer the socket, with no thread hand-off.
 pub struct EventLoop {
-    poll: Poll,
+    /// Its own poll, when it runs on its own thread.
+    poll: Option<Poll>,
+    registry: mio::Registry,
     listener: Option<TcpListener>,
-    waker: Arc<Waker>,
+    waker: Arc<LoopWake>,
+    /// When the stop flag was seen.
+    stopping: Option<Instant>,
     backend: Arc<dyn Backend>,
     cfg: ServerConfig,
     stats: Arc<ServerStats>,
@@ -197,26 +247,46 @@ fn header(inbuf: &[u8]) -> Option<[u8; REQUEST_BYTES]> {
 }
 
 impl EventLoop {
-    /// A loop over `listener`; the waker lets another thread interrupt its wait.
+    /// A loop over `listener` with a poll of its own; the wake lets another thread interrupt
+    /// its wait.
     pub fn new(
         listener: std::net::TcpListener,
         backend: Arc<dyn Backend>,
         cfg: ServerConfig,
         stats: Arc<ServerStats>,
         stop: Arc<AtomicBool>,
-    ) -> std::io::Result<(EventLoop, Arc<Waker>)> {
+    ) -> std::io::Result<(EventLoop, Arc<LoopWake>)> {
+        let poll = Poll::new()?;
+        let waker = LoopWake::new(poll.registry())?;
+        let mut l = EventLoop::hosted(poll.registry(), waker.clone(), listener, backend, cfg, stats, stop)?;
+        l.poll = Some(poll);
+        Ok((l, waker))
+    }
+
+    /// A loop over `listener` whose sockets are polled by the owner of `registry`, who hands
+    /// each poll's events to [`EventLoop::turn`]; `waker` wakes that owner's poll (token
+    /// `WAKER`), and tokens below `FIRST_CONNECTION` and `LISTENER`'s are this loop's.
+    pub fn hosted(
+        registry: &mio::Registry,
+        waker: Arc<LoopWake>,
+        listener: std::net::TcpListener,
+        backend: Arc<dyn Backend>,
+        cfg: ServerConfig,
+        stats: Arc<ServerStats>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<EventLoop> {
         listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(listener);
-        let poll = Poll::new()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
         let (done_tx, done_rx) = unbounded();
         let pool = Pool::new(cfg.workers)?;
         let size = backend.size();
-        let l = EventLoop {
-            poll,
+        Ok(EventLoop {
+            poll: None,
+            registry: registry.try_clone()?,
             listener: Some(listener),
-            waker: waker.clone(),
+            waker,
+            stopping: None,
             backend,
             cfg,
             stats,
@@ -228,68 +298,95 @@ impl EventLoop {
             pool,
             size,
             chunk: vec![0u8; READ_CHUNK_BYTES],
-        };
-        Ok((l, waker))
+        })
     }
 
     /// Serves until the stop flag is set and every connection has ended.
     pub fn run(mut self) {
+        let Some(mut poll) = self.poll.take() else { return self.finish() };
         let mut events = Events::with_capacity(1024);
-        let mut stopping: Option<Instant> = None;
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(POLL_TIMEOUT)) {
+            self.waker.sleep();
+            let timeout = if self.pending() { Duration::ZERO } else { POLL_TIMEOUT };
+            let polled = poll.poll(&mut events, Some(timeout));
+            self.waker.awake();
+            if let Err(e) = polled {
                 if e.kind() != ErrorKind::Interrupted {
                     eprintln!("amf: nbd event loop: {e}");
                     break;
                 }
             }
-            let mut touched = BTreeSet::new();
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept(&mut touched),
-                    WAKER => {}
-                    Token(t) => {
-                        touched.insert(t);
-                    }
-                }
+            if self.turn(&events) {
+                break;
             }
-            for c in self.done_rx.try_iter().collect::<Vec<_>>() {
-                touched.insert(c.conn);
-                self.complete(c);
-            }
-            let now = Instant::now();
-            for (t, c) in &mut self.conns {
-                if let Phase::Negotiating { deadline, .. } = c.phase {
-                    if now >= deadline {
-                        c.kill = true;
-                        touched.insert(*t);
+        }
+        self.finish();
+    }
+
+    /// Answers wait to be written: the owner's poll must not sleep.
+    pub fn pending(&self) -> bool {
+        !self.done_rx.is_empty()
+    }
+
+    /// Serves what one poll's `events` found ready (other tokens than this loop's are left
+    /// alone) and every answer that came back; true once the stop flag was set and every
+    /// connection has ended (or the stop's wait ran out).
+    pub fn turn(&mut self, events: &Events) -> bool {
+        let mut touched = BTreeSet::new();
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept(&mut touched),
+                // The owner's poll may carry tokens of its own: only this loop's are served.
+                Token(t) if (FIRST_CONNECTION..self.next_token).contains(&t) => {
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        if let Some(c) = self.conns.get_mut(&t) {
+                            c.readable = true;
+                        }
                     }
+                    touched.insert(t);
                 }
+                Token(_) => {}
             }
-            if self.stop.load(Relaxed) && stopping.is_none() {
-                stopping = Some(now);
-                if let Some(mut l) = self.listener.take() {
-                    let _ = self.poll.registry().deregister(&mut l);
-                }
-                for (t, c) in &mut self.conns {
-                    c.no_more = true;
-                    if matches!(c.phase, Phase::Negotiating { .. }) {
-                        c.kill = true;
-                    }
+        }
+        for c in self.done_rx.try_iter().collect::<Vec<_>>() {
+            touched.insert(c.conn);
+            self.complete(c);
+        }
+        let now = Instant::now();
+        for (t, c) in &mut self.conns {
+            if let Phase::Negotiating { deadline, .. } = c.phase {
+                if now >= deadline {
+                    c.kill = true;
                     touched.insert(*t);
                 }
             }
-            for t in touched {
-                self.service(t);
+        }
+        if self.stop.load(Relaxed) && self.stopping.is_none() {
+            self.stopping = Some(now);
+            if let Some(mut l) = self.listener.take() {
+                let _ = self.registry.deregister(&mut l);
             }
-            if let Some(since) = stopping {
-                if self.conns.is_empty() || since.elapsed() > STOP_WAIT {
-                    break;
+            for (t, c) in &mut self.conns {
+                c.no_more = true;
+                if matches!(c.phase, Phase::Negotiating { .. }) {
+                    c.kill = true;
                 }
+                touched.insert(*t);
             }
         }
+        for t in touched {
+            self.service(t);
+        }
+        self.stopping.is_some_and(|since| self.conns.is_empty() || since.elapsed() > STOP_WAIT)
+    }
+
+    /// Closes every connection and stops the workers.
+    pub fn finish(&mut self) {
         for t in self.conns.keys().copied().collect::<Vec<_>>() {
             self.close(t);
+        }
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.registry.deregister(&mut l);
         }
         self.pool.stop();
     }
@@ -313,12 +410,7 @@ impl EventLoop {
             let token = self.next_token;
             self.next_token += 1;
             let _ = stream.set_nodelay(true);
-            if self
-                .poll
-                .registry()
-                .register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)
-                .is_err()
-            {
+            if self.registry.register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE).is_err() {
                 continue;
             }
             self.stats.connections.fetch_add(1, Relaxed);
@@ -346,6 +438,7 @@ impl EventLoop {
                     gone: Arc::new(AtomicBool::new(false)),
                     kill: false,
                     budget_wait: false,
+                    readable: true,
                 },
             );
             touched.insert(token);
@@ -362,7 +455,7 @@ impl EventLoop {
                 self.stats.tls_refused.fetch_add(1, Relaxed);
             }
             c.io.close();
-            let _ = self.poll.registry().deregister(c.io.socket());
+            let _ = self.registry.deregister(c.io.socket());
             let _ = c.io.socket().shutdown(std::net::Shutdown::Both);
             c.gone.store(true, Relaxed);
             self.stats.connections_open.fetch_sub(1, Relaxed);
@@ -420,7 +513,7 @@ impl EventLoop {
             c.inbuf.drain(..c.at);
             c.at = 0;
         }
-        while c.input().len() < want {
+        while c.readable && c.input().len() < want {
             match c.io.read(chunk) {
                 Ok(0) => {
                     // The client hung up: only NBD_CMD_DISC asks for what is queued to be
@@ -429,8 +522,19 @@ impl EventLoop {
                     c.no_more = true;
                     want = 0;
                 }
-                Ok(n) => c.inbuf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Ok(n) => {
+                    c.inbuf.extend_from_slice(&chunk[..n]);
+                    // A plaintext read that did not fill the chunk emptied the socket (what
+                    // comes later raises a new edge). Through TLS only WouldBlock says so:
+                    // rustls may hold more than one read gives.
+                    if n < chunk.len() && !c.io.is_tls() {
+                        c.readable = false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    c.readable = false;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if c.io.is_tls() && e.kind() == ErrorKind::InvalidData {
@@ -487,6 +591,8 @@ impl EventLoop {
         match c.io.start_server(tls.config.clone(), &early) {
             Ok(()) => {
                 c.tls.active = true;
+                // The rest of the client's handshake may wait in the socket already.
+                c.readable = true;
                 self.stats.tls_connections.fetch_add(1, Relaxed);
             }
             Err(e) => {
@@ -664,7 +770,7 @@ impl EventLoop {
         let (tx, waker) = (self.done_tx.clone(), self.waker.clone());
         let done: Done = Box::new(move |result| {
             let _ = tx.send(Completion { conn: t, cookies, kind, held, received, result });
-            let _ = waker.wake();
+            waker.wake();
         });
         let Some((req, done)) = self.backend.submit(req, done) else { return };
         let (backend, stats) = (self.backend.clone(), self.stats.clone());

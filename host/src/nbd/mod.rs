@@ -9,6 +9,7 @@ pub mod negotiate;
 pub mod proto;
 pub mod server;
 
+pub use event_loop::{EventLoop, LoopWake};
 pub use server::{run_blocking, Backend, BackendError, Done, Request, Server, ServerConfig, ServerStats};
 
 impl Backend for crate::raid::Array {

@@ -165,7 +165,7 @@ pub struct ServerStats {
 /// A running server.
 pub struct Server {
     stop: Arc<AtomicBool>,
-    waker: Arc<mio::Waker>,
+    waker: Arc<super::LoopWake>,
     addr: std::net::SocketAddr,
     thread: Option<JoinHandle<()>>,
     /// Counters.
@@ -193,7 +193,7 @@ impl Server {
     /// after a bounded wait), and waits.
     pub fn shutdown(&mut self) {
         self.stop.store(true, Relaxed);
-        let _ = self.waker.wake();
+        self.waker.force();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

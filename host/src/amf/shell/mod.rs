@@ -1,6 +1,7 @@
 //! The controller's shell around the AMF state machine: one event-loop thread owns the
-//! machine and the card driver (nothing is locked around them); NBD connection threads,
-//! fabric readers and member workers talk to it through one inbox. The loop feeds the machine
+//! machine, the card driver and the NBD server's connections (nothing is locked around them;
+//! the loop sleeps in one poll over the NBD sockets and its inbox's wake); fabric readers,
+//! member workers and the card's interrupt talk to it through the inbox. The loop feeds the machine
 //! the card's completions and events in the card's order (by `events_before`), fabric
 //! messages, member I/O completions and ticks, and carries out what the machine asks: card
 //! commands, fabric sends (queued to a writer thread per peer), member I/O (to a worker pool
@@ -10,7 +11,10 @@ mod join;
 mod maintenance;
 pub mod members;
 pub mod net;
+mod port;
 mod takeover;
+
+pub use port::{call, HostPort, Inbox, NbdPort};
 
 pub use takeover::{epoch_live, flip_epoch, DeathWatch, TakeoverProgress};
 
@@ -19,8 +23,9 @@ use super::io::*;
 use super::machine::{Config, Machine};
 use crate::engine::AnyCard;
 use crate::engine::{Driver, DriverConfig};
+use crate::nbd::{EventLoop, LoopWake};
 use crate::raid::Array;
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -37,29 +42,15 @@ pub enum Event {
     },
     /// An input for the machine as it came: a finished member I/O (`Input::MemberDone`).
     Input(Input),
-    /// A fabric frame from a peer (for the machine as `Input::Fabric`, but for the start and
-    /// stop notices the loop keeps for itself), holding its share of the peer's inbox budget
-    /// until the loop takes it.
-    Fabric {
-        /// The sender.
-        from: u8,
-        /// The sender's membership epoch.
-        epoch: u32,
-        /// The message.
-        msg: Msg,
-        /// Its share of the budget.
-        credit: net::Credit,
-    },
     /// A status snapshot.
     Status(Sender<serde_json::Value>),
     /// Write back everything, tell the peers, wait (bounded) for theirs, then end the loop.
     Leave(Sender<LeaveReport>),
     /// The card interrupted: completions or events wait in its rings.
     CardWake,
+    /// Serve NBD on the loop's thread.
+    Nbd(Box<port::NbdStart>),
 }
-
-/// The loop's inbox.
-pub type Inbox = Sender<Event>;
 
 /// Where a host request's answer goes: a channel someone waits on, or a call (the NBD event
 /// loop's completion, which wakes it).
@@ -132,10 +123,10 @@ const BUSY_WAIT: Duration = Duration::from_micros(50);
 /// With an interrupt the loop is woken by the card; it looks at the rings this often anyway,
 /// so a lost interrupt costs latency, never a hang.
 const IRQ_FALLBACK: Duration = Duration::from_millis(1);
-/// How often the card's interrupt waiter looks whether the loop has ended.
-const IRQ_WAIT_MAX: Duration = Duration::from_millis(100);
 /// The loop's wait when nothing is in flight.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
+/// Socket events the loop takes from one poll (more wait for the next).
+const POLL_EVENTS_MAX: usize = 1024;
 /// Fetches whose latency is being timed at once.
 const FETCHES_TIMED_MAX: usize = 4096;
 /// Card commands kept in the ring at once.
@@ -152,8 +143,6 @@ const EVENTS_PER_ROUND_MAX: usize = 1024;
 const LEAVE_WAIT: Duration = Duration::from_secs(5);
 /// A leave's write-back slower than this logs what it waits for.
 const LEAVE_SLOW: Duration = Duration::from_secs(2);
-/// Largest WRITE_ZEROES the loop takes as one write (more runs in pieces on the NBD workers).
-const ZERO_WRITE_BYTES_MAX: u32 = 1 << 20;
 /// How long a starting controller waits for every peer's hello.
 pub const HELLO_WAIT: Duration = Duration::from_secs(120);
 
@@ -190,6 +179,10 @@ pub struct ShellConfig {
 /// A running controller core.
 pub struct Shell {
     inbox: Inbox,
+    /// Wakes the loop's poll.
+    wake: Arc<LoopWake>,
+    /// The controller as an NBD backend.
+    port: Arc<HostPort>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The fabric's counters.
     pub net: Arc<net::NetStats>,
@@ -203,7 +196,9 @@ impl Shell {
     /// Opens the card, starts the fabric, the member workers and the loop. The loop waits for
     /// a hello from every peer before it takes host requests (they queue meanwhile).
     pub fn start(cfg: ShellConfig) -> Result<Shell, String> {
-        let (tx, rx) = unbounded();
+        let poll = mio::Poll::new().map_err(|e| format!("the loop's poll: {e}"))?;
+        let wake = LoopWake::new(poll.registry()).map_err(|e| format!("the loop's wake: {e}"))?;
+        let (tx, rx) = Inbox::waking(wake.clone());
         let m = &cfg.machine;
         let peers_mask = if m.nodes >= 8 { 0xff } else { (1u8 << m.nodes) - 1 };
         let dcfg = DriverConfig {
@@ -216,12 +211,18 @@ impl Shell {
             link_key: cfg.link_key,
         };
         let driver = Driver::open(cfg.card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
-        let card_waker =
-            CardWaker::start(cfg.card.clone(), tx.clone()).map_err(|e| format!("card interrupt thread: {e}"))?;
+        let card_waker = CardWaker::start(&cfg.card, poll.registry()).map_err(|e| format!("card interrupt: {e}"))?;
         let payload_max = m.line_bytes as usize + 1024;
-        let net =
-            net::Net::start(cfg.fabric, m.node, m.epoch, &cfg.peers, payload_max, cfg.fabric_tls.clone(), tx.clone())
-                .map_err(|e| format!("fabric: {e}"))?;
+        let net = net::Net::start(
+            cfg.fabric,
+            m.node,
+            m.epoch,
+            &cfg.peers,
+            payload_max,
+            cfg.fabric_tls.clone(),
+            net::Polled { registry: poll.registry(), wake: wake.clone() },
+        )
+        .map_err(|e| format!("fabric: {e}"))?;
         let stats = net.stats.clone();
         let jobs = members::Workers::start(cfg.array.clone(), cfg.member_workers, tx.clone())
             .map_err(|e| format!("member workers: {e}"))?;
@@ -242,6 +243,7 @@ impl Shell {
         takeover.epoch.store(base_epoch, std::sync::atomic::Ordering::Relaxed);
         takeover.live.store(peers_mask, std::sync::atomic::Ordering::Relaxed);
         let join = cfg.join.then(join::Joining::new);
+        let loop_wake = wake.clone();
         let thread = std::thread::Builder::new()
             .name(format!("amf-loop-{}", m.node))
             .spawn(move || {
@@ -251,6 +253,10 @@ impl Shell {
                     net,
                     jobs,
                     rx,
+                    poll,
+                    events: mio::Events::with_capacity(POLL_EVENTS_MAX),
+                    wake: loop_wake,
+                    nbd: None,
                     tags: BTreeMap::new(),
                     fetches: BTreeMap::new(),
                     backlog: VecDeque::new(),
@@ -283,12 +289,33 @@ impl Shell {
                 l.run();
             })
             .map_err(|e| format!("loop thread: {e}"))?;
-        Ok(Shell { inbox: tx, thread: std::sync::Mutex::new(Some(thread)), net: stats, card, capacity, takeover })
+        let port = Arc::new(HostPort { inbox: tx.clone(), capacity });
+        Ok(Shell {
+            inbox: tx,
+            wake,
+            port,
+            thread: std::sync::Mutex::new(Some(thread)),
+            net: stats,
+            card,
+            capacity,
+            takeover,
+        })
     }
 
     /// The inbox (for NBD handlers).
     pub fn inbox(&self) -> Inbox {
         self.inbox.clone()
+    }
+
+    /// The controller as an NBD backend (for servers on threads of their own: the service
+    /// addresses taken over from dead controllers).
+    pub fn port(&self) -> Arc<HostPort> {
+        self.port.clone()
+    }
+
+    /// Serves NBD on `listener` from the loop's own thread (one server per controller).
+    pub fn serve_nbd(&self, listener: TcpListener, cfg: crate::nbd::ServerConfig) -> std::io::Result<NbdPort> {
+        NbdPort::start(&self.inbox, self.wake.clone(), listener, cfg)
     }
 
     /// The group's size.
@@ -359,122 +386,31 @@ impl Shell {
     }
 }
 
-impl crate::nbd::Backend for Shell {
-    /// Reads, writes and flushes go to the loop's inbox and answer through `done` (no thread
-    /// waits for them); zeroing more than one request's worth runs on the server's workers.
-    fn submit(
-        &self,
-        req: crate::nbd::Request,
-        done: crate::nbd::Done,
-    ) -> Option<(crate::nbd::Request, crate::nbd::Done)> {
-        use crate::nbd::Request;
-        let host = match req {
-            Request::Read { offset, len } => HostReq::Read { offset, len: len as u64 },
-            Request::Write { offset, data, fua } => HostReq::Write { offset, data, fua },
-            Request::WriteZeroes { offset, len, fua } if len <= ZERO_WRITE_BYTES_MAX => {
-                HostReq::Write { offset, data: vec![0u8; len as usize], fua }
-            }
-            Request::Flush => HostReq::Flush,
-            // Advisory, as on one controller: the data stays.
-            Request::Trim { .. } => {
-                done(Ok(Vec::new()));
-                return None;
-            }
-            other => return Some((other, done)),
-        };
-        let reply =
-            Reply::Call(CallOnce(Some(Box::new(move |r: Result<Vec<u8>, HostError>| done(r.map_err(nbd_err))))));
-        // A loop that has ended drops the event, and with it the call, which answers with
-        // an error.
-        let _ = self.inbox.send(Event::Host { req: host, reply });
-        None
-    }
-
-    fn size(&self) -> u64 {
-        self.capacity
-    }
-    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), crate::nbd::BackendError> {
-        let d = self.call(HostReq::Read { offset, len: buf.len() as u64 }).map_err(nbd_err)?;
-        if d.len() != buf.len() {
-            return Err(crate::nbd::BackendError::Io(format!("{} bytes read for {}", d.len(), buf.len())));
-        }
-        buf.copy_from_slice(&d);
-        Ok(())
-    }
-    fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), crate::nbd::BackendError> {
-        self.call(HostReq::Write { offset, data: data.to_vec(), fua }).map(|_| ()).map_err(nbd_err)
-    }
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), crate::nbd::BackendError> {
-        const CHUNK: u64 = 1 << 20;
-        let end = offset.checked_add(len).ok_or(crate::nbd::BackendError::OutOfRange)?;
-        let mut at = offset;
-        while at < end {
-            let n = (end - at).min(CHUNK);
-            self.call(HostReq::Write { offset: at, data: vec![0u8; n as usize], fua }).map_err(nbd_err)?;
-            at += n;
-        }
-        Ok(())
-    }
-    fn trim(&self, _offset: u64, _len: u64) -> Result<(), crate::nbd::BackendError> {
-        // Advisory, as on one controller: the data stays.
-        Ok(())
-    }
-    fn flush(&self) -> Result<(), crate::nbd::BackendError> {
-        self.call(HostReq::Flush).map(|_| ()).map_err(nbd_err)
-    }
-}
-
-fn nbd_err(e: HostError) -> crate::nbd::BackendError {
-    match e {
-        HostError::OutOfRange { .. } => crate::nbd::BackendError::OutOfRange,
-        other => crate::nbd::BackendError::Io(other.to_string()),
-    }
-}
-
-/// Runs one host request through `inbox` to its answer.
-pub fn call(inbox: &Inbox, req: HostReq) -> Result<Vec<u8>, HostError> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    inbox
-        .send(Event::Host { req, reply: Reply::Channel(tx) })
-        .map_err(|_| HostError::Card("the controller is stopping".into()))?;
-    rx.recv().map_err(|_| HostError::Card("the controller stopped".into()))?
-}
-
-/// Turns the card's interrupt (an eventfd) into one `Event::CardWake` in the loop's inbox at a
-/// time, so the loop sleeps on its inbox alone and hears the card at once.
+/// The card's interrupt (an eventfd) in the loop's poll: the loop sleeps in one poll and hears
+/// the card at once, with no thread between.
 struct CardWaker {
-    /// A wake is in the inbox and not yet taken.
-    pending: Arc<std::sync::atomic::AtomicBool>,
+    fd: std::os::fd::RawFd,
     /// A wake was taken and the card's causes are not cleared yet.
     taken: bool,
-    stop: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The card interrupt's token in the loop's poll (the NBD server's tokens count up from 0).
+const CARD_TOKEN: mio::Token = mio::Token(usize::MAX);
 
 impl CardWaker {
     /// None when the card has no interrupt (the loop polls it).
-    fn start(card: AnyCard, inbox: Inbox) -> std::io::Result<Option<CardWaker>> {
+    fn start(card: &AnyCard, registry: &mio::Registry) -> std::io::Result<Option<CardWaker>> {
         use crate::engine::Backend;
-        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
         let Some(fd) = card.interrupt() else { return Ok(None) };
-        let pending = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (pending.clone(), stop.clone());
-        std::thread::Builder::new().name("card-irq".into()).spawn(move || {
-            // The fd belongs to the card, whose clone this thread holds.
-            let _card = card;
-            while !s.load(Relaxed) {
-                if crate::engine::asynch::wait_interrupt(fd, IRQ_WAIT_MAX) && !p.swap(true, Relaxed) {
-                    let _ = inbox.send(Event::CardWake);
-                }
-            }
-        })?;
-        Ok(Some(CardWaker { pending, taken: false, stop }))
+        // The fd belongs to the card, which the loop's driver holds as long as the poll.
+        registry.register(&mut mio::unix::SourceFd(&fd), CARD_TOKEN, mio::Interest::READABLE)?;
+        Ok(Some(CardWaker { fd, taken: false }))
     }
-}
 
-impl Drop for CardWaker {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    /// The poll found the interrupt: its counter is reset, and the rings are read this round.
+    fn signalled(&mut self) {
+        crate::engine::asynch::reset_interrupt(self.fd);
+        self.taken = true;
     }
 }
 
@@ -484,6 +420,12 @@ struct Loop {
     net: net::Net,
     jobs: members::Workers,
     rx: Receiver<Event>,
+    /// What the loop sleeps in: the NBD sockets and the inbox's wake.
+    poll: mio::Poll,
+    events: mio::Events,
+    wake: Arc<LoopWake>,
+    /// The NBD server this loop runs, and where it says it stopped.
+    nbd: Option<(EventLoop, Sender<()>)>,
     /// Card tag -> (machine id, submitted at, command, resource).
     tags: BTreeMap<u32, (u64, Instant, CardOp, u64)>,
     /// Fetches in flight (the read search), for their latency.
@@ -578,7 +520,7 @@ impl Loop {
                 (Some(_), false) => IRQ_FALLBACK,
                 (None, false) => BUSY_WAIT,
             };
-            match self.rx.recv_timeout(wait) {
+            match self.wait(wait) {
                 Ok(ev) => {
                     // Take whatever else is queued before looking at the card again. A leave
                     // may come behind other events: it starts the leave just the same.
@@ -609,8 +551,12 @@ impl Loop {
                         self.step(Input::Host { id, req: HostReq::FlushLocal });
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => return,
+            }
+            // The peers' frames the poll found (each connection's share of a round).
+            for (from, epoch, msg) in self.net.receive(&self.events) {
+                self.fabric(from, epoch, msg);
             }
             if crate::raid::fence::GATE.leased() && !crate::raid::fence::GATE.open() {
                 // The lease ran out under this loop (it was paused, or its lease thread could
@@ -650,6 +596,8 @@ impl Loop {
                 }
                 self.join_tick();
             }
+            // The NBD sockets the poll found ready, and the answers of this round.
+            self.serve_nbd();
             if let Some(l) = leaving.as_mut() {
                 if let Some(done) = l.write_back.and_then(|i| self.hosts_done(i)) {
                     l.error = done.err().map(|e| e.to_string());
@@ -690,6 +638,62 @@ impl Loop {
                     });
                     return;
                 }
+            }
+        }
+    }
+
+    /// Sleeps in the poll until the inbox's wake or an NBD socket (at most `wait`; not at all
+    /// while either has work waiting), then takes the first event of the inbox.
+    fn wait(&mut self, wait: Duration) -> Result<Event, TryRecvError> {
+        self.wake.sleep();
+        let busy = !self.rx.is_empty() || self.net.busy() || self.nbd.as_ref().is_some_and(|(n, _)| n.pending());
+        let polled = self.poll.poll(&mut self.events, Some(if busy { Duration::ZERO } else { wait }));
+        self.wake.awake();
+        if let Some(w) = self.card_waker.as_mut() {
+            if self.events.iter().any(|e| e.token() == CARD_TOKEN) {
+                w.signalled();
+            }
+        }
+        if let Err(e) = polled {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                // Not expected of epoll; the loop goes on (it looks again within `wait`).
+                eprintln!("amf: controller {}: the loop's poll: {e}", self.m.config().node);
+                self.events.clear();
+            }
+        }
+        self.rx.try_recv()
+    }
+
+    /// Runs the NBD server's turn: what the last poll found on its sockets and every answer
+    /// given since. A server that finished its stop says so and goes.
+    fn serve_nbd(&mut self) {
+        let Some((n, _)) = self.nbd.as_mut() else { return };
+        if n.turn(&self.events) {
+            if let Some((mut n, stopped)) = self.nbd.take() {
+                n.finish();
+                let _ = stopped.send(());
+            }
+        }
+        // Events are handed on once.
+        self.events.clear();
+    }
+
+    /// Starts serving NBD from this loop.
+    fn start_nbd(&mut self, start: port::NbdStart) {
+        if self.nbd.is_some() {
+            let e = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the loop serves NBD already");
+            let _ = start.started.send(Err(e));
+            return;
+        }
+        let backend = Arc::new(HostPort { inbox: self.inbox.clone(), capacity: self.m.config().capacity });
+        let port::NbdStart { listener, cfg, stats, stop, started, stopped } = start;
+        match EventLoop::hosted(self.poll.registry(), self.wake.clone(), listener, backend, cfg, stats, stop) {
+            Ok(n) => {
+                self.nbd = Some((n, stopped));
+                let _ = started.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = started.send(Err(e));
             }
         }
     }
@@ -789,10 +793,6 @@ impl Loop {
                     self.host(req, reply);
                 }
             }
-            Event::Fabric { from, epoch, msg, credit } => {
-                drop(credit);
-                self.fabric(from, epoch, msg)
-            }
             Event::Input(input) => {
                 if matches!(input, Input::MemberDone { .. }) {
                     // The worker saw any member failure it caused before it posted this: the
@@ -806,11 +806,11 @@ impl Loop {
                 let _ = reply.send(self.status());
             }
             Event::Leave(reply) => return Some(reply),
+            Event::Nbd(start) => self.start_nbd(*start),
             Event::CardWake => {
                 // Taken: the pump after this batch reads the rings (and the next interrupt
                 // wakes the loop again).
                 if let Some(w) = self.card_waker.as_mut() {
-                    w.pending.store(false, std::sync::atomic::Ordering::Relaxed);
                     w.taken = true;
                 }
             }
@@ -952,9 +952,6 @@ impl Loop {
         // Rounds left over: cleared and armed, and the loop comes back for them at once (a
         // clear wipes the causes of what is still in the rings).
         if self.rearm() {
-            if let Some(w) = self.card_waker.as_ref() {
-                w.pending.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
             let _ = self.inbox.send(Event::CardWake);
         }
     }
@@ -1060,7 +1057,7 @@ mod tests {
         for round in 0..20 {
             let tmp = tempfile::tempdir().expect("tmp");
             let shell = Arc::new(one_controller(tmp.path()));
-            shell.write(0, &[7u8; 4096], false).expect("write");
+            shell.port().write(0, &[7u8; 4096], false).expect("write");
             // Fill the inbox, so the leave lands in the middle of a batch.
             let (tx, rx) = crossbeam_channel::bounded(1);
             for _ in 0..64 {
