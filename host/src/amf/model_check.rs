@@ -16,6 +16,7 @@
 //! acknowledged dirty line has its replica; the machines' own invariants; and a state where
 //! nothing can happen has every operation done (no deadlock).
 
+use super::card_terms::opcode;
 use super::io::*;
 use super::machine::{Config, Machine, Mutation, State};
 use stateright::semantics::register::{Register, RegisterOp, RegisterRet};
@@ -248,10 +249,12 @@ impl AmfModel {
     }
 
     /// The presence bucket of line `resource`, if the filter is in scope and it is a line.
-    fn bucket(&self, resource: u64) -> Option<u64> {
-        let line = resource & (STRIPE_NS | GROUP_RESOURCE | PRESENCE_NS) == 0;
+    /// The presence bucket command `op` on `resource` marks and is answered from, where the
+    /// filter covers it: the shells' own rule (`card_terms::opcode`), so the abstract card and
+    /// the real one cannot disagree on which commands are filtered.
+    fn bucket(&self, op: CardOp, resource: u64) -> Option<u64> {
         let log2 = self.scope.presence_buckets_log2;
-        (log2 > 0 && line).then(|| resource & ((1u64 << log2) - 1))
+        (log2 > 0 && opcode(op, resource).2).then(|| resource & ((1u64 << log2) - 1))
     }
 
     fn card_command(&self, s: &mut McState, n: u8, id: u64, op: CardOp, resource: u64) {
@@ -259,7 +262,7 @@ impl AmfModel {
         match op {
             CardOp::AcquireShared | CardOp::AcquireExclusive => {
                 // The card marks the bucket as it takes the acquire, before its request goes out.
-                if let Some(b) = self.bucket(resource) {
+                if let Some(b) = self.bucket(op, resource) {
                     s.card.marked[i].insert(b);
                 }
                 let a = Acquire { node: n, id, exclusive: op == CardOp::AcquireExclusive };
@@ -321,7 +324,8 @@ impl AmfModel {
                 // Its card is gone, or drops frames of another epoch: no answer comes.
                 continue;
             }
-            let filtered = self.bucket(resource).is_some_and(|b| !s.card.marked[t as usize].contains(&b));
+            let op = if a.exclusive { CardOp::AcquireExclusive } else { CardOp::AcquireShared };
+            let filtered = self.bucket(op, resource).is_some_and(|b| !s.card.marked[t as usize].contains(&b));
             if filtered && s.card.filter_on & (1 << t) != 0 {
                 // Its presence filter answers: its host holds and acquires nothing there.
                 waiting &= !(1 << t);
