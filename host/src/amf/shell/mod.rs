@@ -1,10 +1,11 @@
 //! The controller's shell around the AMF state machine: one event-loop thread owns the
-//! machine, the card driver and the NBD server's connections (nothing is locked around them;
-//! the loop sleeps in one poll over the NBD sockets and its inbox's wake); fabric readers,
-//! member workers and the card's interrupt talk to it through the inbox. The loop feeds the machine
+//! machine, the card driver, the NBD server's connections and the fabric's incoming ones
+//! (nothing is locked around them). It sleeps in one poll over those sockets, the card's
+//! interrupt and its inbox's wake; member workers (and status, leave and maintenance calls)
+//! talk to it through the inbox. The loop feeds the machine
 //! the card's completions and events in the card's order (by `events_before`), fabric
 //! messages, member I/O completions and ticks, and carries out what the machine asks: card
-//! commands, fabric sends (queued to a writer thread per peer), member I/O (to a worker pool
+//! commands, fabric sends (written by the loop, non-blocking), member I/O (to a worker pool
 //! over this controller's own `Array`) and host replies.
 
 mod join;
@@ -46,7 +47,7 @@ pub enum Event {
     Status(Sender<serde_json::Value>),
     /// Write back everything, tell the peers, wait (bounded) for theirs, then end the loop.
     Leave(Sender<LeaveReport>),
-    /// The card interrupted: completions or events wait in its rings.
+    /// Look at the card's rings again (completions or events were left over after a clear).
     CardWake,
     /// Serve NBD on the loop's thread.
     Nbd(Box<port::NbdStart>),
@@ -394,7 +395,8 @@ struct CardWaker {
     taken: bool,
 }
 
-/// The card interrupt's token in the loop's poll (the NBD server's tokens count up from 0).
+/// The card interrupt's token in the loop's poll (the NBD server's tokens count up from 0, the
+/// fabric's from 2^40).
 const CARD_TOKEN: mio::Token = mio::Token(usize::MAX);
 
 impl CardWaker {
@@ -420,7 +422,8 @@ struct Loop {
     net: net::Net,
     jobs: members::Workers,
     rx: Receiver<Event>,
-    /// What the loop sleeps in: the NBD sockets and the inbox's wake.
+    /// What the loop sleeps in: the NBD and incoming fabric sockets, the card's interrupt and
+    /// the inbox's wake.
     poll: mio::Poll,
     events: mio::Events,
     wake: Arc<LoopWake>,
@@ -642,8 +645,9 @@ impl Loop {
         }
     }
 
-    /// Sleeps in the poll until the inbox's wake or an NBD socket (at most `wait`; not at all
-    /// while either has work waiting), then takes the first event of the inbox.
+    /// Sleeps in the poll until a socket, the card or the inbox's wake wants the loop (at most
+    /// `wait`; not at all while work waits from an earlier round), then takes the first event
+    /// of the inbox.
     fn wait(&mut self, wait: Duration) -> Result<Event, TryRecvError> {
         self.wake.sleep();
         let busy = !self.rx.is_empty() || self.net.busy() || self.nbd.as_ref().is_some_and(|(n, _)| n.pending());
