@@ -9,6 +9,7 @@
 //! over this controller's own `Array`) and host replies.
 
 mod join;
+mod leave;
 mod maintenance;
 pub mod members;
 pub mod net;
@@ -27,6 +28,7 @@ use crate::engine::{Driver, DriverConfig};
 use crate::nbd::{EventLoop, LoopWake};
 use crate::raid::Array;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use leave::{Leave, LEAVE_SLOW, LEAVE_WAIT};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -51,6 +53,9 @@ pub enum Event {
     CardWake,
     /// Serve NBD on the loop's thread.
     Nbd(Box<port::NbdStart>),
+    /// End the loop at once, as a crash would: nothing written back, nothing said.
+    #[cfg(test)]
+    Crash,
 }
 
 /// Where a host request's answer goes: a channel someone waits on, or a call (the NBD event
@@ -93,17 +98,6 @@ impl Reply {
     }
 }
 
-/// A leave in progress: where its report goes, the id of its write-back while that runs, the
-/// write-back's error, and when it began.
-struct Leaving {
-    reply: Sender<LeaveReport>,
-    write_back: Option<u64>,
-    error: Option<String>,
-    since: Instant,
-    /// What the write-back waits for was logged (it was slow).
-    reported: bool,
-}
-
 /// How a controller left.
 #[derive(Clone, Debug)]
 pub struct LeaveReport {
@@ -140,10 +134,6 @@ const CHECK_TIME_SHARE_INVERSE: u32 = 10;
 /// writes) once held a round for over a second: nothing it queued for the fabric was sent,
 /// its heartbeats included, and peers that stopped hearing it fenced themselves.
 const EVENTS_PER_ROUND_MAX: usize = 1024;
-/// How long a leaving controller keeps answering until its peers have left too.
-const LEAVE_WAIT: Duration = Duration::from_secs(5);
-/// A leave's write-back slower than this logs what it waits for.
-const LEAVE_SLOW: Duration = Duration::from_secs(2);
 /// How long a starting controller waits for every peer's hello.
 pub const HELLO_WAIT: Duration = Duration::from_secs(120);
 
@@ -267,6 +257,7 @@ impl Shell {
                     peers,
                     hello_from: 0,
                     left_from: 0,
+                    deaths_views: 0,
                     held: VecDeque::new(),
                     own: BTreeMap::new(),
                     card_error: None,
@@ -439,7 +430,10 @@ struct Loop {
     start: Instant,
     peers: Vec<u8>,
     hello_from: u8,
+    /// Peers that said they left clean in this membership.
     left_from: u8,
+    /// Membership changes for peers' deaths so far (a leave writes back again after one).
+    deaths_views: u64,
     /// Host requests that came before every peer's hello.
     held: VecDeque<(HostReq, Reply)>,
     /// Answers to the loop's own requests (the leave write-back).
@@ -514,7 +508,8 @@ impl Loop {
         self.last_watch = Instant::now();
         let mut last_tick = Instant::now();
         let mut last_hello = Instant::now();
-        let mut leaving: Option<Leaving> = None;
+        let mut leaving: Option<Leave> = None;
+        let mut deaths_views_seen = 0;
         loop {
             // What this round sent leaves before the loop waits.
             self.net.flush();
@@ -542,16 +537,8 @@ impl Loop {
                             continue;
                         }
                         // Write back this controller's lines through the machine.
-                        let id = self.next_host;
-                        self.next_host += 1;
-                        leaving = Some(Leaving {
-                            reply,
-                            write_back: Some(id),
-                            error: None,
-                            since: Instant::now(),
-                            reported: false,
-                        });
-                        self.step(Input::Host { id, req: HostReq::FlushLocal });
+                        leaving = Some(Leave::new(reply, self.write_back_all()));
+                        deaths_views_seen = self.deaths_views;
                     }
                 }
                 Err(TryRecvError::Empty) => {}
@@ -577,6 +564,14 @@ impl Loop {
             // Failures found by the periodic member check, with no I/O of this loop's.
             self.note_changes();
             self.watch_members(leaving.is_some());
+            if self.deaths_views != deaths_views_seen {
+                deaths_views_seen = self.deaths_views;
+                if let Some(l) = leaving.as_mut() {
+                    if l.membership_changed() {
+                        l.write_back = Some(self.write_back_all());
+                    }
+                }
+            }
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 let now_us = self.start.elapsed().as_micros() as u64;
@@ -590,7 +585,7 @@ impl Loop {
                 let live = self.all_peers();
                 // A leave's notice goes with every heartbeat: a frame dropped on the way (a
                 // full queue, a connection that failed) would leave its peers waiting for it.
-                let left = leaving.as_ref().is_some_and(|l| l.write_back.is_none());
+                let left = leaving.as_ref().is_some_and(|l| l.says_left());
                 for p in self.peers.clone().into_iter().filter(|p| live & (1 << p) != 0) {
                     self.net.send(p, &self.hello());
                     if left {
@@ -603,15 +598,17 @@ impl Loop {
             self.serve_nbd();
             if let Some(l) = leaving.as_mut() {
                 if let Some(done) = l.write_back.and_then(|i| self.hosts_done(i)) {
-                    l.error = done.err().map(|e| e.to_string());
-                    l.write_back = None;
-                    let live = self.all_peers();
-                    for p in self.peers.clone().into_iter().filter(|p| live & (1 << p) != 0) {
-                        self.net.send(p, &Msg::Leaving);
+                    if l.written_back(done.map(|_| ()).map_err(|e| e.to_string())) {
+                        l.write_back = Some(self.write_back_all());
+                    } else if l.says_left() {
+                        let live = self.all_peers();
+                        for p in self.peers.clone().into_iter().filter(|p| live & (1 << p) != 0) {
+                            self.net.send(p, &Msg::Leaving);
+                        }
                     }
                 }
                 let peers_done = self.left_from & self.all_peers() == self.all_peers();
-                if l.write_back.is_none() && (peers_done || l.since.elapsed() > LEAVE_WAIT) {
+                if l.over(peers_done) {
                     let live = self.all_peers();
                     let unconfirmed =
                         self.peers.iter().copied().filter(|p| live & !self.left_from & (1 << p) != 0).collect();
@@ -713,6 +710,14 @@ impl Loop {
     }
 
     /// Answers of the loop's own requests (the leave flush) are kept here.
+    /// Starts writing back every dirty line of this controller (a leave's); returns its id.
+    fn write_back_all(&mut self) -> u64 {
+        let id = self.next_host;
+        self.next_host += 1;
+        self.step(Input::Host { id, req: HostReq::FlushLocal });
+        id
+    }
+
     fn hosts_done(&mut self, id: u64) -> Option<Result<Vec<u8>, HostError>> {
         self.own.remove(&id)
     }
@@ -811,6 +816,10 @@ impl Loop {
             }
             Event::Leave(reply) => return Some(reply),
             Event::Nbd(start) => self.start_nbd(*start),
+            // Unwinding drops the loop's sockets and workers as a dead process's close; no
+            // panic message (it is not a failure).
+            #[cfg(test)]
+            Event::Crash => std::panic::resume_unwind(Box::new("a test crashed this controller")),
             Event::CardWake => {
                 // Taken: the pump after this batch reads the rings (and the next interrupt
                 // wakes the loop again).
@@ -1022,35 +1031,174 @@ mod tests {
         create(dir, &CreateOptions { chunk_bytes: 64 << 10, ..CreateOptions::new(Level::Raid5, 3, 8 << 20) })
             .expect("create");
         let array = Arc::new(assemble(dir).expect("assemble").array);
-        let line_bytes = 64 << 10;
         let card = AnyCard::start(CardKind::Model, "127.0.0.1:0".parse().expect("addr")).expect("card");
-        Shell::start(ShellConfig {
+        let fabric = TcpListener::bind("127.0.0.1:0").expect("fabric");
+        Shell::start(shell_config(0, 1, array, card, fabric, Vec::new(), crate::amf::WRITEBACK_AGE_US_DEFAULT))
+            .expect("shell")
+    }
+
+    /// Controller `node` of `nodes` on `array`, with no proof of deaths.
+    fn shell_config(
+        node: u8,
+        nodes: u8,
+        array: Arc<Array>,
+        card: AnyCard,
+        fabric: TcpListener,
+        peers: Vec<(u8, SocketAddr)>,
+        writeback_age_us: u64,
+    ) -> ShellConfig {
+        let line_bytes = 64 << 10;
+        ShellConfig {
             machine: Config {
-                node: 0,
-                nodes: 1,
+                node,
+                nodes,
                 epoch: 1,
                 line_bytes,
                 lines_max: 64,
                 stripe_bytes: array.geometry().stripe_bytes(),
                 capacity: array.capacity() - array.capacity() % line_bytes,
                 degraded: false,
-                writeback_age_us: crate::amf::WRITEBACK_AGE_US_DEFAULT,
+                writeback_age_us,
                 presence_buckets_log2: 0,
                 mutation: None,
             },
             card,
-            ack_timeout_cycles: 1000,
+            // Half a second, as `amf cluster` gives a model card.
+            ack_timeout_cycles: (crate::engine::link::CLOCK_HZ / 2) as u32,
             array,
-            fabric: TcpListener::bind("127.0.0.1:0").expect("fabric"),
-            peers: Vec::new(),
+            fabric,
+            peers,
             member_workers: 2,
             deaths: None,
             join: false,
             fabric_tls: None,
             link_key: None,
-            incarnation: 1,
-        })
-        .expect("shell")
+            incarnation: 1 + node as u64,
+        }
+    }
+
+    /// The test's proof of deaths: the peers it says.
+    struct Told(Arc<std::sync::atomic::AtomicU8>);
+
+    impl DeathWatch for Told {
+        fn dead(&mut self) -> u8 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// `nodes` controllers on model cards over one small RAID5 in `dir` (each its own
+    /// assembly and write-intent slot, as separate processes have), whose dirty lines stay
+    /// dirty until a leave, and a proof of deaths each that the test sets.
+    fn controllers(dir: &std::path::Path, nodes: u8) -> Vec<(Shell, Arc<Array>, Arc<std::sync::atomic::AtomicU8>)> {
+        create(dir, &CreateOptions { chunk_bytes: 64 << 10, ..CreateOptions::new(Level::Raid5, 3, 8 << 20) })
+            .expect("create");
+        let cards: Vec<AnyCard> = (0..nodes)
+            .map(|_| AnyCard::start(CardKind::Model, "127.0.0.1:0".parse().expect("addr")).expect("card"))
+            .collect();
+        let links: Vec<SocketAddr> = cards.iter().map(|c| c.link_addr().expect("link")).collect();
+        let fabrics: Vec<TcpListener> = (0..nodes).map(|_| TcpListener::bind("127.0.0.1:0").expect("fabric")).collect();
+        let addrs: Vec<SocketAddr> = fabrics.iter().map(|f| f.local_addr().expect("addr")).collect();
+        let mut out = Vec::new();
+        for (node, (card, fabric)) in (0..nodes).zip(cards.into_iter().zip(fabrics)) {
+            for p in (0..nodes).filter(|p| *p != node) {
+                card.set_peer(p, links[p as usize]);
+            }
+            let array =
+                Arc::new(crate::raid::assemble::assemble_as(dir, false, node as usize).expect("assemble").array);
+            let peers = (0..nodes).filter(|p| *p != node).map(|p| (p, addrs[p as usize])).collect();
+            let dead = Arc::new(std::sync::atomic::AtomicU8::new(0));
+            let mut cfg = shell_config(node, nodes, array.clone(), card, fabric, peers, 600_000_000);
+            cfg.deaths = Some(Box::new(Told(dead.clone())));
+            out.push((Shell::start(cfg).expect("shell"), array, dead));
+        }
+        out
+    }
+
+    /// A controller that died during a stop left its dirty lines to the peer that held their
+    /// replicas, and that peer had already written its own back: it writes back again before
+    /// it says it left. It once reported a clean leave with the lines taken over only in its
+    /// cache, and the group was marked clean without them.
+    #[test]
+    fn a_leave_writes_back_the_lines_it_took_over_from_a_peer_that_died_during_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut shells = controllers(tmp.path(), 2);
+        let (b, b_array, b_dead) = shells.pop().expect("b");
+        let (a, _a_array, _) = shells.pop().expect("a");
+        // Lines of controller 0's, dirty there, replicated to controller 1.
+        let lines: Vec<(u64, Vec<u8>)> = (0..8u64).map(|i| (i * (192 << 10), vec![0x40 + i as u8; 4096])).collect();
+        for (at, data) in &lines {
+            a.port().write(*at, data, false).expect("write through controller 0");
+        }
+        // Controller 1 begins to stop, writes back what it holds (nothing of its own), and
+        // waits for controller 0's notice; controller 0 dies meanwhile.
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(b.leave());
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        a.inbox.send(Event::Crash).expect("crash");
+        b_dead.store(1, std::sync::atomic::Ordering::SeqCst);
+        let report = rx.recv_timeout(Duration::from_secs(30)).expect("controller 1's leave hung");
+        assert_eq!(report.write_back_error, None);
+        assert!(report.peers_unconfirmed.is_empty(), "{report:?}");
+        for (at, data) in &lines {
+            let mut got = vec![0u8; data.len()];
+            b_array.read(*at, &mut got).expect("read the members");
+            assert!(got == *data, "line at {at}: controller 0's acknowledged write is not on the members");
+        }
+        let _ = a.leave();
+    }
+
+    /// Of three stopping controllers one dies: the peer that held its replicas writes them
+    /// back again, and the third, which had heard that peer's notice before the death, waits
+    /// for its notice after: it once reported at the new membership with the lines taken over
+    /// still on their way to the members, and marked the group clean under them.
+    #[test]
+    fn a_stopping_peer_waits_for_the_survivor_that_took_lines_over() {
+        use crate::raid::faults::{FaultKind, FaultPlan, IoOp, Rule, Target};
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut shells = controllers(tmp.path(), 3);
+        let (c, c_array, c_dead) = shells.pop().expect("c");
+        let (b, b_array, b_dead) = shells.pop().expect("b");
+        let (a, _a_array, _) = shells.pop().expect("a");
+        // Lines of controller 0's, replicated to controller 1 (the next in ring order).
+        let lines: Vec<(u64, Vec<u8>)> = (0..48u64).map(|i| (i * (64 << 10), vec![0x10 + i as u8; 4096])).collect();
+        for (at, data) in &lines {
+            a.port().write(*at, data, false).expect("write through controller 0");
+        }
+        // Controller 1's member writes are slow: its second write-back takes a while.
+        let plan = FaultPlan::new();
+        plan.add(Rule {
+            target: Target { op: Some(IoOp::Write), ..Target::default() },
+            kind: FaultKind::Latency,
+            times: u32::MAX,
+        });
+        b_array.inject_faults(&plan);
+        let leave = |s: Shell| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            std::thread::spawn(move || {
+                let _ = tx.send(s.leave());
+            });
+            rx
+        };
+        let (b_left, c_left) = (leave(b), leave(c));
+        std::thread::sleep(Duration::from_millis(300));
+        a.inbox.send(Event::Crash).expect("crash");
+        b_dead.store(1, std::sync::atomic::Ordering::SeqCst);
+        c_dead.store(1, std::sync::atomic::Ordering::SeqCst);
+        let report = c_left.recv_timeout(Duration::from_secs(30)).expect("controller 2's leave hung");
+        assert_eq!(report.write_back_error, None);
+        assert!(report.peers_unconfirmed.is_empty(), "{report:?}");
+        // Controller 2 says the group may be marked clean: everything acknowledged is on the
+        // members now.
+        for (at, data) in &lines {
+            let mut got = vec![0u8; data.len()];
+            c_array.read(*at, &mut got).expect("read the members");
+            assert!(got == *data, "line at {at}: not on the members when controller 2 left");
+        }
+        let report = b_left.recv_timeout(Duration::from_secs(30)).expect("controller 1's leave hung");
+        assert_eq!(report.write_back_error, None);
+        let _ = a.leave();
     }
 
     /// A leave that reaches the loop behind other events (the loop takes a batch at a time)

@@ -186,7 +186,12 @@ impl Loop {
         self.takeover.live.store(live, Relaxed);
         self.takeover.gone.store((all & !live) as u64, Relaxed);
         match cause {
-            Cause::Deaths => {}
+            Cause::Deaths => {
+                // The survivors may have taken lines over: what they said of their leave
+                // before holds no more (each says it again after writing back again).
+                self.deaths_views += 1;
+                self.left_from = 0;
+            }
             Cause::Join(j) => {
                 self.takeover.joins.fetch_add(1, Relaxed);
                 self.left_from &= !(1 << j);

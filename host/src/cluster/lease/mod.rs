@@ -156,8 +156,10 @@ impl LeaseThread {
         Ok(LeaseThread { state, stop, clean, thread: Some(thread) })
     }
 
-    /// Stops renewing; the last record says this controller left clean (`clean`) or stays
-    /// as it was (it will expire: a stop that left dirty lines is taken over like a death).
+    /// Stops renewing; the last record says this controller left clean (`clean`), or else
+    /// (its stop left dirty lines) that it fenced itself: its write gate is closed, and once
+    /// no member write of its is left the others take over at once, as after a death (if one
+    /// does not end, the record stays as it was and they wait for its expiry).
     pub fn stop(mut self, clean: bool) {
         self.clean.store(clean, Relaxed);
         self.stop.store(true, Relaxed);
@@ -188,7 +190,16 @@ fn run(
         let serving = takeover.serving.load(Relaxed);
         let paths = member_paths(&cfg.array);
         if stop.load(Relaxed) {
-            let standing = if clean.load(Relaxed) { Standing::Left } else { standing_of(serving, cfg.joining) };
+            // A stop that left dirty lines (its write-back failed) is taken over like a death:
+            // once no member write of its is left, at once, as a fence is.
+            let standing = if clean.load(Relaxed) {
+                Standing::Left
+            } else if GATE.close(GATE_CLOSE_WAIT) {
+                Standing::Fenced
+            } else {
+                eprintln!("amf: controller {node}: member writes did not end; the others wait for the lease to expire");
+                standing_of(serving, cfg.joining)
+            };
             let rec = lease.next_record(epoch, 0, standing);
             disk.write(&paths, &rec);
             return;
@@ -245,6 +256,10 @@ fn standing_of(serving: bool, joining: bool) -> Standing {
     }
 }
 
+/// How long a controller that stops serving waits for its member writes to end before it
+/// says on the members that it fenced itself.
+const GATE_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// Closes the write gate, waits for the member writes inside, says so on the members (so the
 /// survivors need not wait for the expiry) and ends the process.
 fn fence_and_exit(
@@ -257,7 +272,7 @@ fn fence_and_exit(
     reach: u8,
 ) -> ! {
     eprintln!("amf: controller {node}: fencing itself: {why}; it stops writing the members and answering hosts");
-    if GATE.close(Duration::from_secs(1)) {
+    if GATE.close(GATE_CLOSE_WAIT) {
         let rec = lease.next_record(epoch, reach, Standing::Fenced);
         disk.write(paths, &rec);
     } else {
