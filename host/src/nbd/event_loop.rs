@@ -210,6 +210,9 @@ pub struct EventLoop {
     waker: Arc<LoopWake>,
     /// When the stop flag was seen.
     stopping: Option<Instant>,
+    /// No connection's negotiation deadline is earlier (None: none negotiates), so a turn
+    /// walks the connections for expired negotiations only when one may have expired.
+    negotiation_due: Option<Instant>,
     backend: Arc<dyn Backend>,
     cfg: ServerConfig,
     stats: Arc<ServerStats>,
@@ -288,6 +291,7 @@ impl EventLoop {
             listener: Some(listener),
             waker,
             stopping: None,
+            negotiation_due: None,
             backend,
             cfg,
             stats,
@@ -354,11 +358,16 @@ impl EventLoop {
             self.complete(c);
         }
         let now = Instant::now();
-        for (t, c) in &mut self.conns {
-            if let Phase::Negotiating { deadline, .. } = c.phase {
-                if now >= deadline {
-                    c.kill = true;
-                    touched.insert(*t);
+        if self.negotiation_due.is_some_and(|due| now >= due) {
+            self.negotiation_due = None;
+            for (t, c) in &mut self.conns {
+                if let Phase::Negotiating { deadline, .. } = c.phase {
+                    if now >= deadline {
+                        c.kill = true;
+                        touched.insert(*t);
+                    } else {
+                        self.negotiation_due = Some(self.negotiation_due.map_or(deadline, |d| d.min(deadline)));
+                    }
                 }
             }
         }
@@ -417,6 +426,7 @@ impl EventLoop {
             self.stats.connections.fetch_add(1, Relaxed);
             self.stats.connections_open.fetch_add(1, Relaxed);
             let deadline = Instant::now() + self.cfg.negotiation_timeout;
+            self.negotiation_due = Some(self.negotiation_due.map_or(deadline, |d| d.min(deadline)));
             let tls = Tls {
                 offered: self.cfg.tls.is_some(),
                 required: self.cfg.tls.as_ref().is_some_and(|t| t.mode == crate::tls::TlsMode::Required),

@@ -49,8 +49,6 @@ pub enum Event {
     Status(Sender<serde_json::Value>),
     /// Write back everything, tell the peers, wait (bounded) for theirs, then end the loop.
     Leave(Sender<LeaveReport>),
-    /// Look at the card's rings again (completions or events were left over after a clear).
-    CardWake,
     /// Serve NBD on the loop's thread.
     Nbd(Box<port::NbdStart>),
     /// End the loop at once, as a crash would: nothing written back, nothing said.
@@ -178,7 +176,6 @@ pub struct Shell {
     /// The fabric's counters.
     pub net: Arc<net::NetStats>,
     card: AnyCard,
-    capacity: u64,
     /// The resync of dead controllers' write-intent regions, for status.
     pub takeover: Arc<TakeoverProgress>,
 }
@@ -282,16 +279,7 @@ impl Shell {
             })
             .map_err(|e| format!("loop thread: {e}"))?;
         let port = Arc::new(HostPort { inbox: tx.clone(), capacity });
-        Ok(Shell {
-            inbox: tx,
-            wake,
-            port,
-            thread: std::sync::Mutex::new(Some(thread)),
-            net: stats,
-            card,
-            capacity,
-            takeover,
-        })
+        Ok(Shell { inbox: tx, wake, port, thread: std::sync::Mutex::new(Some(thread)), net: stats, card, takeover })
     }
 
     /// The inbox (for NBD handlers).
@@ -307,12 +295,12 @@ impl Shell {
 
     /// Serves NBD on `listener` from the loop's own thread (one server per controller).
     pub fn serve_nbd(&self, listener: TcpListener, cfg: crate::nbd::ServerConfig) -> std::io::Result<NbdPort> {
-        NbdPort::start(&self.inbox, self.wake.clone(), listener, cfg)
+        NbdPort::start(&self.inbox, self.wake.clone(), self.port.clone(), listener, cfg)
     }
 
     /// The group's size.
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.port.capacity
     }
 
     /// The card (register dumps read it directly: its backends are thread-safe).
@@ -382,7 +370,8 @@ impl Shell {
 /// the card at once, with no thread between.
 struct CardWaker {
     fd: std::os::fd::RawFd,
-    /// A wake was taken and the card's causes are not cleared yet.
+    /// A wake was taken and the card's causes are not cleared yet, or rounds were left in the
+    /// rings after a clear: the rings are read before the loop sleeps.
     taken: bool,
 }
 
@@ -647,7 +636,10 @@ impl Loop {
     /// of the inbox.
     fn wait(&mut self, wait: Duration) -> Result<Event, TryRecvError> {
         self.wake.sleep();
-        let busy = !self.rx.is_empty() || self.net.busy() || self.nbd.as_ref().is_some_and(|(n, _)| n.pending());
+        let busy = !self.rx.is_empty()
+            || self.net.busy()
+            || self.nbd.as_ref().is_some_and(|(n, _)| n.pending())
+            || self.card_waker.as_ref().is_some_and(|w| w.taken);
         let polled = self.poll.poll(&mut self.events, Some(if busy { Duration::ZERO } else { wait }));
         self.wake.awake();
         if let Some(w) = self.card_waker.as_mut() {
@@ -686,9 +678,8 @@ impl Loop {
             let _ = start.started.send(Err(e));
             return;
         }
-        let backend = Arc::new(HostPort { inbox: self.inbox.clone(), capacity: self.m.config().capacity });
-        let port::NbdStart { listener, cfg, stats, stop, started, stopped } = start;
-        match EventLoop::hosted(self.poll.registry(), self.wake.clone(), listener, backend, cfg, stats, stop) {
+        let port::NbdStart { port, listener, cfg, stats, stop, started, stopped } = start;
+        match EventLoop::hosted(self.poll.registry(), self.wake.clone(), listener, port, cfg, stats, stop) {
             Ok(n) => {
                 self.nbd = Some((n, stopped));
                 let _ = started.send(Ok(()));
@@ -709,7 +700,6 @@ impl Loop {
         }
     }
 
-    /// Answers of the loop's own requests (the leave flush) are kept here.
     /// Starts writing back every dirty line of this controller (a leave's); returns its id.
     fn write_back_all(&mut self) -> u64 {
         let id = self.next_host;
@@ -718,6 +708,7 @@ impl Loop {
         id
     }
 
+    /// Answers of the loop's own requests (the leave flush) are kept here.
     fn hosts_done(&mut self, id: u64) -> Option<Result<Vec<u8>, HostError>> {
         self.own.remove(&id)
     }
@@ -820,13 +811,6 @@ impl Loop {
             // panic message (it is not a failure).
             #[cfg(test)]
             Event::Crash => std::panic::resume_unwind(Box::new("a test crashed this controller")),
-            Event::CardWake => {
-                // Taken: the pump after this batch reads the rings (and the next interrupt
-                // wakes the loop again).
-                if let Some(w) = self.card_waker.as_mut() {
-                    w.taken = true;
-                }
-            }
         }
         None
     }
@@ -962,10 +946,12 @@ impl Loop {
                 self.step(input);
             }
         }
-        // Rounds left over: cleared and armed, and the loop comes back for them at once (a
-        // clear wipes the causes of what is still in the rings).
+        // Rounds left over: cleared and armed, and the loop comes back for them without
+        // sleeping (a clear wipes the causes of what is still in the rings).
         if self.rearm() {
-            let _ = self.inbox.send(Event::CardWake);
+            if let Some(w) = self.card_waker.as_mut() {
+                w.taken = true;
+            }
         }
     }
 

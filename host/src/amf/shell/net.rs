@@ -301,6 +301,8 @@ impl Net {
         listener.set_nonblocking(true)?;
         let (tx, adopted) = unbounded();
         let to_loop = ToLoop { tx, wake: polled.wake };
+        // Before the thread: if the clone fails, no thread is left accepting for nobody.
+        let registry = polled.registry.try_clone()?;
         std::thread::Builder::new()
             .name("fabric-accept".into())
             .spawn(move || accept(listener, limits, to_loop, s, st))?;
@@ -311,7 +313,7 @@ impl Net {
             peers: out,
             stats,
             stop,
-            registry: polled.registry.try_clone()?,
+            registry,
             adopted,
             incoming: std::collections::BTreeMap::new(),
             next_token: FIRST_INCOMING_TOKEN,

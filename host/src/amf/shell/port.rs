@@ -145,6 +145,8 @@ fn nbd_err(e: HostError) -> BackendError {
 /// An NBD server for the loop to run: its listener and settings, where it says it started,
 /// and where it says it stopped.
 pub struct NbdStart {
+    /// What the server's connections call (the shell's own port).
+    pub(super) port: Arc<HostPort>,
     pub(super) listener: TcpListener,
     pub(super) cfg: crate::nbd::ServerConfig,
     pub(super) stats: Arc<ServerStats>,
@@ -164,10 +166,12 @@ pub struct NbdPort {
 }
 
 impl NbdPort {
-    /// Hands `listener` to the loop behind `inbox` (woken by `wake`) and waits until it serves.
+    /// Hands `listener` to the loop behind `inbox` (woken by `wake`) and waits until it serves
+    /// `port`.
     pub(super) fn start(
         inbox: &Inbox,
         wake: Arc<LoopWake>,
+        port: Arc<HostPort>,
         listener: TcpListener,
         cfg: crate::nbd::ServerConfig,
     ) -> std::io::Result<NbdPort> {
@@ -177,7 +181,7 @@ impl NbdPort {
         let (started, started_rx) = crossbeam_channel::bounded(1);
         let (stopped, stopped_rx) = crossbeam_channel::bounded(1);
         let ended = || std::io::Error::other("the controller's loop has ended");
-        let start = NbdStart { listener, cfg, stats: stats.clone(), stop: stop.clone(), started, stopped };
+        let start = NbdStart { port, listener, cfg, stats: stats.clone(), stop: stop.clone(), started, stopped };
         inbox.send(Event::Nbd(Box::new(start))).map_err(|_| ended())?;
         started_rx.recv().map_err(|_| ended())??;
         Ok(NbdPort { addr, stop, wake, stopped: stopped_rx, stats })
