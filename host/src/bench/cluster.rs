@@ -89,8 +89,9 @@ fn write_latency(g: &Launched, count: usize) -> Result<(Latency, Latency), Bench
     Ok(((mean(&unshared), percentile(&mut unshared, 0.99)), (mean(&shared), percentile(&mut shared, 0.99))))
 }
 
-/// One own-region measurement: (ops/s, card frames per op, CPU µs of the cluster per op).
-type OwnRow = (f64, f64, f64);
+/// One own-region measurement: (ops/s, card frames per op, CPU µs of the cluster per op, the
+/// machine's idle share of the run as a cell).
+type OwnRow = (f64, f64, f64, String);
 
 /// `OWN_CLIENTS` clients, each on its own region, 50% writes, after a warm-up that brings
 /// every client's lines into its controller's cache (each client reads its region once, then
@@ -110,19 +111,19 @@ fn own_region_row(g: &Launched, seconds: f64) -> Result<OwnRow, BenchError> {
         warm_up: Duration::from_secs_f64(WARM_UP_S),
     };
     workload::warm(&spec).map_err(peer_err)?;
-    let (o, (f0, c0)) = std::thread::scope(|s| {
+    let (o, (f0, c0, i0)) = std::thread::scope(|s| {
         let h = s.spawn(|| workload::run(&spec));
         std::thread::sleep(Duration::from_secs_f64(WARM_UP_S));
-        let at_warm = (frames(g), g.cpu_seconds());
+        let at_warm = (frames(g), g.cpu_seconds(), cpu_idle_total());
         (h.join(), at_warm)
     });
     let o = o.map_err(|_| peer_err("the workload panicked"))?;
     if let Some(e) = o.errors.first().or(o.violations.first()) {
         return Err(peer_err(e));
     }
-    let (f1, c1) = (frames(g)?, g.cpu_seconds());
+    let (f1, c1, i1) = (frames(g)?, g.cpu_seconds(), cpu_idle_total());
     let ops = (o.reads + o.writes).max(1) as f64;
-    Ok((ops / o.elapsed.as_secs_f64(), f1.saturating_sub(f0?) as f64 / ops, (c1 - c0) * 1e6 / ops))
+    Ok((ops / o.elapsed.as_secs_f64(), f1.saturating_sub(f0?) as f64 / ops, (c1 - c0) * 1e6 / ops, idle_share(i0, i1)))
 }
 
 /// Each host its own data: one controller against three (model and Verilator cards), then
@@ -135,7 +136,7 @@ pub fn own_regions(base: &Path, seconds: f64, quick: bool, cluster_args: &[Strin
          after a warm-up (each client reads its region once, then {WARM_UP_S} s of load); CPU is every process \
          of the cluster:\n\n"
     );
-    out += "| controllers | card | IOPS | ratio to 1 | card frames / op | amf CPU µs / op | CPU ratio to 1 |\n|---|---|---|---|---|---|---|\n";
+    out += "| controllers | card | IOPS | ratio to 1 | card frames / op | amf CPU µs / op | CPU ratio to 1 | machine idle |\n|---|---|---|---|---|---|---|---|\n";
     let mut one = (0.0, 0.0);
     // The fabric is mutual TLS by default; one row without it shows what TLS costs.
     let rows: [(usize, &str, &[&str]); 4] = [
@@ -153,13 +154,13 @@ pub fn own_regions(base: &Path, seconds: f64, quick: bool, cluster_args: &[Strin
             args.extend(cluster_args.iter().map(String::as_str));
         }
         let mut g = group_with(&base.join(format!("own{i}")), n, kind, &args)?;
-        let (iops, frames, cpu_us) = own_region_row(&g, seconds)?;
+        let (iops, frames, cpu_us, idle) = own_region_row(&g, seconds)?;
         g.stop();
         if n == 1 {
             one = (iops, cpu_us);
         }
         out += &format!(
-            "| {n} | {card} | {iops:.0} | {:.2} | {frames:.2} | {cpu_us:.0} | {:.2} |\n",
+            "| {n} | {card} | {iops:.0} | {:.2} | {frames:.2} | {cpu_us:.0} | {:.2} | {idle} |\n",
             iops / one.0,
             cpu_us / one.1
         );
@@ -172,7 +173,7 @@ pub fn own_regions(base: &Path, seconds: f64, quick: bool, cluster_args: &[Strin
     for kib in [4u32, 16, 64] {
         let dir = base.join(format!("line{kib}"));
         let mut g = group_with(&dir, 3, "model", &["--member-size", "128M", "--line-kib", &kib.to_string()])?;
-        let (iops, _, cpu_us) = own_region_row(&g, seconds)?;
+        let (iops, _, cpu_us, _) = own_region_row(&g, seconds)?;
         g.stop();
         out += &format!("| {kib} | {iops:.0} | {:.2} | {cpu_us:.0} |\n", iops / one.0);
     }
@@ -229,7 +230,7 @@ pub fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
         "\nOne shared region 4x larger than one cache ({CACHE_MIB} MiB caches over {} MiB), 30% writes, 9 clients:\n\n",
         4 * CACHE_MIB
     );
-    out += "| controllers | card | IOPS | ratio to 1 | card frames / op | host yields / op | answered by presence filters / op |\n|---|---|---|---|---|---|---|\n";
+    out += "| controllers | card | IOPS | ratio to 1 | card frames / op | host yields / op | answered by presence filters / op | amf CPU µs / op | machine idle | read µs | write µs | card round trip µs |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     let mut one = 0.0;
     for (n, card) in [(1usize, "none"), (3, "model")] {
         let dir = base.join(format!("beyond{n}"));
@@ -246,6 +247,10 @@ pub fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
             ])
         };
         let before = if n > 1 { Some(counts(&g)?) } else { None };
+        // Where the time goes: whether the machine was busy (the row is CPU-bound) or idle
+        // (latency-bound), and the controllers' mean latencies over the run.
+        let (cpu0, idle0) = (g.cpu_seconds(), cpu_idle_total());
+        let lat0 = LATENCIES.map(|op| latency_total(&g, op));
         let spec = Spec {
             targets: g.nbd.clone(),
             clients: 9,
@@ -258,10 +263,19 @@ pub fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
             warm_up: Duration::ZERO,
         };
         let o = workload::run(&spec);
+        let (cpu1, idle1) = (g.cpu_seconds(), cpu_idle_total());
+        let lat1 = LATENCIES.map(|op| latency_total(&g, op));
+        let ops = (o.reads + o.writes).max(1) as f64;
+        let idle = idle_share(idle0, idle1);
+        let mean_us = |i: usize| match (&lat0[i], &lat1[i]) {
+            (Ok((n0, t0)), Ok((n1, t1))) if n1 > n0 => format!("{:.0}", (t1 - t0) / (n1 - n0)),
+            _ => "-".into(),
+        };
+        let measured =
+            format!("{:.0} | {idle} | {} | {} | {}", (cpu1 - cpu0) * 1e6 / ops, mean_us(0), mean_us(1), mean_us(2));
         let per_op = match before {
             Some(b) => {
                 let a = counts(&g)?;
-                let ops = (o.reads + o.writes).max(1) as f64;
                 let d = |i: usize| a[i].saturating_sub(b[i]) as f64 / ops;
                 format!("{:.2} | {:.2} | {:.2}", d(0), d(1), d(2))
             }
@@ -275,9 +289,42 @@ pub fn beyond_cache(base: &Path, seconds: f64) -> Result<String, BenchError> {
         if n == 1 {
             one = iops;
         }
-        out += &format!("| {n} | {card} | {iops:.0} | {:.2} | {per_op} |\n", iops / one);
+        out += &format!("| {n} | {card} | {iops:.0} | {:.2} | {per_op} | {measured} |\n", iops / one);
     }
     Ok(out)
+}
+
+/// The latencies the beyond-cache row shows (`amf status`'s `latency`).
+const LATENCIES: [&str; 3] = ["read", "write", "card_round_trip"];
+
+/// One latency of every controller's `amf status`, summed: (observations, total µs).
+fn latency_total(g: &Launched, op: &str) -> Result<(f64, f64), BenchError> {
+    let st = g.status().map_err(peer_err)?;
+    Ok(st.iter().fold((0.0, 0.0), |(n, t), v| {
+        let l = &v["latency"][op];
+        let c = l["count"].as_f64().unwrap_or(0.0);
+        (n + c, t + c * l["mean_us"].as_f64().unwrap_or(0.0))
+    }))
+}
+
+/// The machine's idle share between two `cpu_idle_total`s, as a cell ("-" unknown).
+fn idle_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> String {
+    match (before, after) {
+        (Some((i0, t0)), Some((i1, t1))) if t1 > t0 => {
+            format!("{:.0}%", 100.0 * i1.saturating_sub(i0) as f64 / (t1 - t0) as f64)
+        }
+        _ => "-".into(),
+    }
+}
+
+/// The machine's idle and total CPU time so far, in clock ticks (`/proc/stat`; idle counts
+/// I/O wait too); None where there is no such file.
+fn cpu_idle_total() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let idle = ticks.get(3)? + ticks.get(4).copied().unwrap_or(0);
+    Some((idle, ticks.iter().take(8).sum()))
 }
 
 /// Clients of the own-region rows.
