@@ -24,6 +24,8 @@ const IDLE_SLEEP_MAX: Duration = Duration::from_millis(10);
 const AWAKE: u64 = 0;
 /// The link receiver's socket timeout (only how soon it sees a stop).
 const RECV_TIMEOUT: Duration = Duration::from_millis(100);
+/// Frames one [`LinkedModel::pump_link`] takes before it returns (more wait for the next).
+const PUMP_FRAMES_MAX: usize = 1024;
 
 /// A model card with a UDP link, a wall-clock-driven clock thread woken by doorbells and
 /// frames, and its interrupt line as an eventfd (as VFIO gives an MSI-X vector).
@@ -43,6 +45,8 @@ pub struct LinkedModel {
     /// The host cleared the interrupt causes since the last interrupt: the line seen high
     /// interrupts again.
     armed: Arc<AtomicBool>,
+    /// The host's loop reads the link (`host_link`): the link thread has ended.
+    hosted: Arc<AtomicBool>,
 }
 
 impl LinkedModel {
@@ -60,6 +64,7 @@ impl LinkedModel {
             wakes_at: Arc::new(AtomicU64::new(AWAKE)),
             irq: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
             armed: Arc::new(AtomicBool::new(true)),
+            hosted: Arc::new(AtomicBool::new(false)),
         };
         let t = me.clone();
         let clock = std::thread::Builder::new().name("model-card".into()).spawn(move || t.clock())?;
@@ -102,7 +107,7 @@ impl LinkedModel {
     /// card's CPU).
     fn receive(&self) {
         let mut buf = [0u8; 64];
-        while !self.stop.load(Relaxed) {
+        while !self.stop.load(Relaxed) && !self.hosted.load(SeqCst) {
             if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
                 // The card's time catches up first: timers the frame starts count from now.
                 self.card.run_to(self.cycle_now());
@@ -111,6 +116,43 @@ impl LinkedModel {
                 self.react();
             }
         }
+    }
+
+    /// Hands the link to the host's event loop: the link thread ends, and the loop calls
+    /// [`LinkedModel::pump_link`] when the returned socket is readable (edge-triggered). A frame
+    /// then reaches the card on the thread that would otherwise be woken by its interrupt: the
+    /// model stands for a card that takes frames off its link by itself, so a simulated card
+    /// costs a waiting host one wake per frame, as a real one does, instead of two.
+    pub fn host_link(&self) -> std::io::Result<std::os::fd::RawFd> {
+        // The thread sees the flag at its next frame or timeout; a frame it takes meanwhile
+        // reaches the card as before.
+        self.hosted.store(true, SeqCst);
+        self.socket.set_nonblocking(true)?;
+        Ok(self.socket.as_raw_fd())
+    }
+
+    /// Takes the frames waiting on a hosted link to the card (at most `PUMP_FRAMES_MAX`) and
+    /// lets the card answer. Returns true when more may wait (the bound was reached: no new
+    /// readable edge will say so).
+    pub fn pump_link(&self) -> bool {
+        let mut buf = [0u8; 64];
+        let mut taken = 0;
+        while taken < PUMP_FRAMES_MAX {
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    self.card.run_to(self.cycle_now());
+                    self.card.deliver(&buf[..n]);
+                    taken += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // WouldBlock: empty. Anything else: a datagram error the next edge retries.
+                Err(_) => break,
+            }
+        }
+        if taken > 0 {
+            self.react();
+        }
+        taken == PUMP_FRAMES_MAX
     }
 
     /// After new input (a frame, a host write): the card's answers leave now, an interrupt it
