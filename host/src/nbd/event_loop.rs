@@ -536,9 +536,9 @@ impl EventLoop {
                 Ok(n) => {
                     c.inbuf.extend_from_slice(&chunk[..n]);
                     // A plaintext read that did not fill the chunk emptied the socket (what
-                    // comes later raises a new edge). Through TLS only WouldBlock says so:
-                    // rustls may hold more than one read gives.
-                    if n < chunk.len() && !c.io.is_tls() {
+                    // comes later raises a new edge); through TLS, a short socket read with no
+                    // plaintext left in rustls (it may hold more than one read gives).
+                    if (n < chunk.len() && !c.io.is_tls()) || c.io.drained() {
                         c.readable = false;
                     }
                 }

@@ -11,17 +11,20 @@ pub struct Stream<S> {
     sock: S,
     /// Running TLS (boxed: a rustls connection is large and most NBD connections have none).
     tls: Option<Box<rustls::Connection>>,
+    /// The last read of the socket under TLS gave less than rustls asked for, or nothing: the
+    /// socket was empty then (see [`Stream::drained`]).
+    short: bool,
 }
 
 impl<S: Read + Write> Stream<S> {
     /// Plaintext over `sock`.
     pub fn plain(sock: S) -> Stream<S> {
-        Stream { sock, tls: None }
+        Stream { sock, tls: None, short: false }
     }
 
     /// TLS over `sock` with a connection whose handshake is done or under way.
     pub fn with_tls(sock: S, tls: rustls::Connection) -> Stream<S> {
-        Stream { sock, tls: Some(Box::new(tls)) }
+        Stream { sock, tls: Some(Box::new(tls)), short: false }
     }
 
     /// The socket, to register with a poller or shut down.
@@ -57,7 +60,19 @@ impl<S: Read + Write> Stream<S> {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.tls.as_mut() {
             None => self.sock.read(buf),
-            Some(tls) => read(&mut self.sock, tls, buf),
+            Some(tls) => read(&mut self.sock, tls, buf, &mut self.short),
+        }
+    }
+
+    /// Under TLS, after a read that gave plaintext: the socket was empty at its last read and
+    /// rustls holds no plaintext, so another read would only find the socket empty (data that
+    /// comes later raises a new readable edge). Lets an edge-triggered loop stop without a
+    /// read that returns WouldBlock, as a short plaintext read does. False without TLS (there
+    /// the short read itself says so).
+    pub fn drained(&mut self) -> bool {
+        match self.tls.as_mut() {
+            None => false,
+            Some(tls) => self.short && tls.process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() == 0),
         }
     }
 
@@ -124,7 +139,12 @@ fn process(sock: &mut impl Write, tls: &mut rustls::Connection) -> io::Result<()
 
 /// Reads plaintext: Ok(0) when the peer has closed, Err(WouldBlock) when nothing is there yet,
 /// Err(InvalidData) for a TLS failure. Handshake records are answered on the way.
-fn read<S: Read + Write>(sock: &mut S, tls: &mut rustls::Connection, buf: &mut [u8]) -> io::Result<usize> {
+fn read<S: Read + Write>(
+    sock: &mut S,
+    tls: &mut rustls::Connection,
+    buf: &mut [u8],
+    short: &mut bool,
+) -> io::Result<usize> {
     loop {
         match tls.reader().read(buf) {
             Ok(n) => return Ok(n),
@@ -133,11 +153,29 @@ fn read<S: Read + Write>(sock: &mut S, tls: &mut rustls::Connection, buf: &mut [
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
             Err(e) => return Err(e),
         }
-        match tls.read_tls(sock) {
+        match tls.read_tls(&mut Probe { sock, short }) {
             Ok(0) => return Ok(0),
             Ok(_) => process(sock, tls)?,
-            Err(e) => return Err(e),
+            Err(e) => {
+                *short = true;
+                return Err(e);
+            }
         }
+    }
+}
+
+/// A socket's reader that notes whether a read gave less than was asked (the socket had no
+/// more then).
+struct Probe<'a, S> {
+    sock: &'a mut S,
+    short: &'a mut bool,
+}
+
+impl<S: Read> Read for Probe<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        *self.short = n < buf.len();
+        Ok(n)
     }
 }
 

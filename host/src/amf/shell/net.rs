@@ -623,8 +623,9 @@ impl Incoming {
                     self.buf.extend_from_slice(&chunk[..n]);
                     bytes += n;
                     // A plaintext read short of the chunk emptied the socket (what comes later
-                    // raises a new edge); through TLS only WouldBlock says so.
-                    if n < chunk.len() && !self.io.is_tls() {
+                    // raises a new edge); through TLS, a short socket read with no plaintext
+                    // left in rustls.
+                    if (n < chunk.len() && !self.io.is_tls()) || self.io.drained() {
                         self.readable = false;
                     }
                 }
