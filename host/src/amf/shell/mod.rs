@@ -1165,12 +1165,17 @@ mod tests {
         let report = rx.recv_timeout(Duration::from_secs(30)).expect("controller 1's leave hung");
         assert_eq!(report.write_back_error, None);
         assert!(report.peers_unconfirmed.is_empty(), "{report:?}");
-        for (at, data) in &lines {
-            let mut got = vec![0u8; data.len()];
-            b_array.read(*at, &mut got).expect("read the members");
-            assert!(got == *data, "line at {at}: controller 0's acknowledged write is not on the members");
-        }
+        assert_on_members(&b_array, &lines, "controller 1 left");
         let _ = a.leave();
+    }
+
+    /// Every write of `lines` is on the members (read through `array`) when `when`.
+    fn assert_on_members(array: &Array, lines: &[(u64, Vec<u8>)], when: &str) {
+        for (at, data) in lines {
+            let mut got = vec![0u8; data.len()];
+            array.read(*at, &mut got).expect("read the members");
+            assert!(got == *data, "line at {at}: an acknowledged write is not on the members when {when}");
+        }
     }
 
     /// Of three stopping controllers one dies: the peer that held its replicas writes them
@@ -1215,11 +1220,7 @@ mod tests {
         assert!(report.peers_unconfirmed.is_empty(), "{report:?}");
         // Controller 2 says the group may be marked clean: everything acknowledged is on the
         // members now.
-        for (at, data) in &lines {
-            let mut got = vec![0u8; data.len()];
-            c_array.read(*at, &mut got).expect("read the members");
-            assert!(got == *data, "line at {at}: not on the members when controller 2 left");
-        }
+        assert_on_members(&c_array, &lines, "controller 2 left");
         let report = b_left.recv_timeout(Duration::from_secs(30)).expect("controller 1's leave hung");
         assert_eq!(report.write_back_error, None);
         let _ = a.leave();
