@@ -3,9 +3,10 @@
 //! through a completion channel that wakes the loop. The thread is its own, or another loop's
 //! that polls for it (the cluster controller's AMF loop, whose machine then gets each request
 //! with no hand-off). A backend that takes requests itself (the cluster controller's) gets them
-//! at once; one that blocks (the RAID engine) runs them on a small shared worker pool. An idle or slow client costs a socket and its buffers,
-//! not a thread. A write's payload is received completely before the request is handed on, so a
-//! client that disconnects mid-write leaves nothing behind.
+//! at once; one that blocks (the RAID engine) runs them on a small shared worker pool. An idle
+//! or slow client costs a socket and its buffers, not a thread. A write's payload is received
+//! completely before the request is handed on, so a client that disconnects mid-write leaves
+//! nothing behind.
 
 use super::negotiate::{self, Negotiation, Outcome, Tls};
 use super::proto::*;

@@ -14,17 +14,21 @@ pub struct Stream<S> {
     /// The last read of the socket under TLS gave less than rustls asked for, or nothing: the
     /// socket was empty then (see [`Stream::drained`]).
     short: bool,
+    /// The last plaintext read under TLS gave less than was asked: rustls held no more
+    /// plaintext then, and every complete record it had was decrypted (the read processes
+    /// each record it takes from the socket).
+    emptied: bool,
 }
 
 impl<S: Read + Write> Stream<S> {
     /// Plaintext over `sock`.
     pub fn plain(sock: S) -> Stream<S> {
-        Stream { sock, tls: None, short: false }
+        Stream { sock, tls: None, short: false, emptied: false }
     }
 
     /// TLS over `sock` with a connection whose handshake is done or under way.
     pub fn with_tls(sock: S, tls: rustls::Connection) -> Stream<S> {
-        Stream { sock, tls: Some(Box::new(tls)), short: false }
+        Stream { sock, tls: Some(Box::new(tls)), short: false, emptied: false }
     }
 
     /// The socket, to register with a poller or shut down.
@@ -60,7 +64,11 @@ impl<S: Read + Write> Stream<S> {
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.tls.as_mut() {
             None => self.sock.read(buf),
-            Some(tls) => read(&mut self.sock, tls, buf, &mut self.short),
+            Some(tls) => {
+                let n = read(&mut self.sock, tls, buf, &mut self.short)?;
+                self.emptied = n < buf.len();
+                Ok(n)
+            }
         }
     }
 
@@ -69,11 +77,8 @@ impl<S: Read + Write> Stream<S> {
     /// comes later raises a new readable edge). Lets an edge-triggered loop stop without a
     /// read that returns WouldBlock, as a short plaintext read does. False without TLS (there
     /// the short read itself says so).
-    pub fn drained(&mut self) -> bool {
-        match self.tls.as_mut() {
-            None => false,
-            Some(tls) => self.short && tls.process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() == 0),
-        }
+    pub fn drained(&self) -> bool {
+        self.tls.is_some() && self.short && self.emptied
     }
 
     /// Writes plaintext; Err(WouldBlock) when nothing could be taken now.
@@ -188,4 +193,76 @@ fn write(sock: &mut impl Write, tls: &mut rustls::Connection, data: &[u8]) -> io
         return Err(io::Error::from(ErrorKind::WouldBlock));
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A client and a server `Stream` over a socket pair, the handshake done.
+    fn pair(dir: &std::path::Path) -> (Stream<UnixStream>, Stream<UnixStream>) {
+        let tls = super::super::fabric::generate_cluster(dir, 2).unwrap();
+        let (a, b) = (tls[0].load(0).unwrap(), tls[1].load(1).unwrap());
+        let (ca, sb) = UnixStream::pair().unwrap();
+        ca.set_nonblocking(true).unwrap();
+        sb.set_nonblocking(true).unwrap();
+        let name = rustls::pki_types::ServerName::try_from(super::super::fabric::node_name(1)).unwrap();
+        let client = rustls::ClientConnection::new(a.client, name).unwrap();
+        let server = rustls::ServerConnection::new(b.server).unwrap();
+        let mut client = Stream::with_tls(ca, rustls::Connection::Client(client));
+        let mut server = Stream::with_tls(sb, rustls::Connection::Server(server));
+        let mut buf = [0u8; 64];
+        for _ in 0..8 {
+            let _ = client.flush();
+            assert_eq!(server.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+            let _ = server.flush();
+            assert_eq!(client.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+        }
+        (client, server)
+    }
+
+    /// Reads until WouldBlock in `chunk`-byte reads; whenever the stream says it is drained,
+    /// the next read must find nothing (else an edge-triggered loop would leave data behind).
+    fn read_all(s: &mut Stream<UnixStream>, chunk: usize) -> (Vec<u8>, bool) {
+        let (mut got, mut buf, mut said) = (Vec::new(), vec![0u8; chunk], false);
+        loop {
+            match s.read(&mut buf) {
+                Ok(n) => {
+                    assert!(n > 0, "closed");
+                    got.extend_from_slice(&buf[..n]);
+                    if s.drained() {
+                        said = true;
+                        assert_eq!(
+                            s.read(&mut buf).unwrap_err().kind(),
+                            ErrorKind::WouldBlock,
+                            "drained with data left"
+                        );
+                        return (got, said);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return (got, said),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn drained_says_so_only_when_the_socket_and_rustls_are_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, mut server) = pair(dir.path());
+        for (round, (len, chunk)) in
+            [(40_000usize, 1000usize), (100, 4096), (17_000, 16_384), (3, 1)].into_iter().enumerate()
+        {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + round) as u8).collect();
+            let mut sent = 0;
+            while sent < len {
+                sent += client.write(&data[sent..]).unwrap();
+            }
+            client.flush().unwrap();
+            let (got, said) = read_all(&mut server, chunk);
+            assert_eq!(got, data, "round {round}");
+            assert!(said || chunk == 1, "round {round}: never said drained");
+        }
+    }
 }

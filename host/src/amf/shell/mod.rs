@@ -255,7 +255,6 @@ impl Shell {
                     peers,
                     hello_from: 0,
                     left_from: 0,
-                    deaths_views: 0,
                     held: VecDeque::new(),
                     own: BTreeMap::new(),
                     card_error: None,
@@ -446,8 +445,6 @@ struct Loop {
     hello_from: u8,
     /// Peers that said they left clean in this membership.
     left_from: u8,
-    /// Membership changes for peers' deaths so far (a leave writes back again after one).
-    deaths_views: u64,
     /// Host requests that came before every peer's hello.
     held: VecDeque<(HostReq, Reply)>,
     /// Answers to the loop's own requests (the leave write-back).
@@ -525,7 +522,6 @@ impl Loop {
         let mut last_tick = Instant::now();
         let mut last_hello = Instant::now();
         let mut leaving: Option<Leave> = None;
-        let mut deaths_views_seen = 0;
         loop {
             // What this round sent leaves before the loop waits.
             self.net.flush();
@@ -554,7 +550,6 @@ impl Loop {
                         }
                         // Write back this controller's lines through the machine.
                         leaving = Some(Leave::new(reply, self.write_back_all()));
-                        deaths_views_seen = self.deaths_views;
                     }
                 }
                 Err(TryRecvError::Empty) => {}
@@ -584,9 +579,7 @@ impl Loop {
             self.pump_card();
             // Failures found by the periodic member check, with no I/O of this loop's.
             self.note_changes();
-            self.watch_members(leaving.is_some());
-            if self.deaths_views != deaths_views_seen {
-                deaths_views_seen = self.deaths_views;
+            if self.watch_members(leaving.is_some()) {
                 if let Some(l) = leaving.as_mut() {
                     if l.membership_changed() {
                         l.write_back = Some(self.write_back_all());
@@ -1110,10 +1103,13 @@ mod tests {
         }
     }
 
+    /// A test's controller: its shell, its assembly, and the proof of deaths it is told.
+    type Controller = (Shell, Arc<Array>, Arc<std::sync::atomic::AtomicU8>);
+
     /// `nodes` controllers on model cards over one small RAID5 in `dir` (each its own
     /// assembly and write-intent slot, as separate processes have), whose dirty lines stay
     /// dirty until a leave, and a proof of deaths each that the test sets.
-    fn controllers(dir: &std::path::Path, nodes: u8) -> Vec<(Shell, Arc<Array>, Arc<std::sync::atomic::AtomicU8>)> {
+    fn controllers(dir: &std::path::Path, nodes: u8) -> Vec<Controller> {
         create(dir, &CreateOptions { chunk_bytes: 64 << 10, ..CreateOptions::new(Level::Raid5, 3, 8 << 20) })
             .expect("create");
         let cards: Vec<AnyCard> = (0..nodes)
@@ -1145,20 +1141,13 @@ mod tests {
     #[test]
     fn a_leave_writes_back_the_lines_it_took_over_from_a_peer_that_died_during_it() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let mut shells = controllers(tmp.path(), 2);
+        // Lines of controller 0's, dirty there, replicated to controller 1.
+        let (mut shells, lines) = controllers_with_dirty_lines(tmp.path(), 2, 8, 192 << 10);
         let (b, b_array, b_dead) = shells.pop().expect("b");
         let (a, _a_array, _) = shells.pop().expect("a");
-        // Lines of controller 0's, dirty there, replicated to controller 1.
-        let lines: Vec<(u64, Vec<u8>)> = (0..8u64).map(|i| (i * (192 << 10), vec![0x40 + i as u8; 4096])).collect();
-        for (at, data) in &lines {
-            a.port().write(*at, data, false).expect("write through controller 0");
-        }
         // Controller 1 begins to stop, writes back what it holds (nothing of its own), and
         // waits for controller 0's notice; controller 0 dies meanwhile.
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let _ = tx.send(b.leave());
-        });
+        let rx = leave_on_a_thread(b);
         std::thread::sleep(Duration::from_millis(300));
         a.inbox.send(Event::Crash).expect("crash");
         b_dead.store(1, std::sync::atomic::Ordering::SeqCst);
@@ -1167,6 +1156,31 @@ mod tests {
         assert!(report.peers_unconfirmed.is_empty(), "{report:?}");
         assert_on_members(&b_array, &lines, "controller 1 left");
         let _ = a.leave();
+    }
+
+    /// `n` controllers, and `count` 4 KiB writes `stride` bytes apart through controller 0
+    /// (dirty there, replicated to the next controller in ring order).
+    fn controllers_with_dirty_lines(
+        dir: &std::path::Path,
+        n: u8,
+        count: u64,
+        stride: u64,
+    ) -> (Vec<Controller>, Vec<(u64, Vec<u8>)>) {
+        let shells = controllers(dir, n);
+        let lines: Vec<(u64, Vec<u8>)> = (0..count).map(|i| (i * stride, vec![0x10 + i as u8; 4096])).collect();
+        for (at, data) in &lines {
+            shells[0].0.port().write(*at, data, false).expect("write through controller 0");
+        }
+        (shells, lines)
+    }
+
+    /// Runs `s`'s leave on a thread of its own; its report comes on the channel.
+    fn leave_on_a_thread(s: Shell) -> crossbeam_channel::Receiver<LeaveReport> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(s.leave());
+        });
+        rx
     }
 
     /// Every write of `lines` is on the members (read through `array`) when `when`.
@@ -1186,15 +1200,11 @@ mod tests {
     fn a_stopping_peer_waits_for_the_survivor_that_took_lines_over() {
         use crate::raid::faults::{FaultKind, FaultPlan, IoOp, Rule, Target};
         let tmp = tempfile::tempdir().expect("tmp");
-        let mut shells = controllers(tmp.path(), 3);
+        // Lines of controller 0's, replicated to controller 1 (the next in ring order).
+        let (mut shells, lines) = controllers_with_dirty_lines(tmp.path(), 3, 48, 64 << 10);
         let (c, c_array, c_dead) = shells.pop().expect("c");
         let (b, b_array, b_dead) = shells.pop().expect("b");
         let (a, _a_array, _) = shells.pop().expect("a");
-        // Lines of controller 0's, replicated to controller 1 (the next in ring order).
-        let lines: Vec<(u64, Vec<u8>)> = (0..48u64).map(|i| (i * (64 << 10), vec![0x10 + i as u8; 4096])).collect();
-        for (at, data) in &lines {
-            a.port().write(*at, data, false).expect("write through controller 0");
-        }
         // Controller 1's member writes are slow: its second write-back takes a while.
         let plan = FaultPlan::new();
         plan.add(Rule {
@@ -1203,14 +1213,7 @@ mod tests {
             times: u32::MAX,
         });
         b_array.inject_faults(&plan);
-        let leave = |s: Shell| {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            std::thread::spawn(move || {
-                let _ = tx.send(s.leave());
-            });
-            rx
-        };
-        let (b_left, c_left) = (leave(b), leave(c));
+        let (b_left, c_left) = (leave_on_a_thread(b), leave_on_a_thread(c));
         std::thread::sleep(Duration::from_millis(300));
         a.inbox.send(Event::Crash).expect("crash");
         b_dead.store(1, std::sync::atomic::Ordering::SeqCst);

@@ -126,7 +126,8 @@ impl Loop {
 
     /// Asks the proof about the peers now and then (`leaving`: this controller is stopping);
     /// moves to a new membership once the card has fetched every command of the old one.
-    pub(super) fn watch_members(&mut self, leaving: bool) {
+    /// True when it moved to one for peers' deaths (a leave then writes back again).
+    pub(super) fn watch_members(&mut self, leaving: bool) -> bool {
         let node = self.m.config().node;
         let watching = self.started || self.join.as_ref().is_some_and(|j| j.moved());
         if self.view_due.is_none() && watching && self.last_watch.elapsed() >= WATCH_INTERVAL {
@@ -148,13 +149,13 @@ impl Loop {
                 self.view_due = Some(ViewDue { epoch, live, since: Instant::now(), cause: Cause::Deaths });
             }
         }
-        let Some(due) = self.view_due else { return };
+        let Some(due) = self.view_due else { return false };
         match self.driver.unfetched() {
             Ok(0) => {}
-            Ok(_) => return,
+            Ok(_) => return false,
             Err(e) => {
                 self.card_error = Some(e.to_string());
-                return;
+                return false;
             }
         }
         self.view_due = None;
@@ -189,7 +190,6 @@ impl Loop {
             Cause::Deaths => {
                 // The survivors may have taken lines over: what they said of their leave
                 // before holds no more (each says it again after writing back again).
-                self.deaths_views += 1;
                 self.left_from = 0;
             }
             Cause::Join(j) => {
@@ -200,7 +200,7 @@ impl Loop {
                     "amf: controller {node}: controller {j} joined; epoch {epoch}, controllers {:?}",
                     mask_list(live)
                 );
-                return;
+                return false;
             }
             Cause::Joined => {
                 self.takeover.joins.fetch_add(1, Relaxed);
@@ -214,7 +214,7 @@ impl Loop {
                     "amf: controller {node}: joined the running controllers {:?} in epoch {epoch}",
                     mask_list(live & !(1 << node))
                 );
-                return;
+                return false;
             }
         }
         self.takeover.view_ms.store(ms, Relaxed);
@@ -244,6 +244,7 @@ impl Loop {
                 eprintln!("amf: controller {node}: cannot start the takeover's resync: {e}");
             }
         }
+        true
     }
 }
 
