@@ -350,7 +350,7 @@ pub struct Command {
     pub opcode: u8,
     /// acquire_shared / acquire_exclusive: the request waits for each receiver's host to yield (frame field `hold`).
     pub hold: u8,
-    /// acquire_shared / acquire_exclusive of a cache line: set the presence bit of its bucket here, and let receivers answer from their presence filters (frame field `filtered`).
+    /// acquire_shared / acquire_exclusive of a cache line or a stripe lock: set the presence bit of its bucket here, and let receivers answer from their presence filters (frame field `filtered`).
     pub filtered: u8,
     /// Reserved, zero.
     pub flags: u8,

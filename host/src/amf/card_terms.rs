@@ -2,7 +2,7 @@
 //! and the simulator): commands to opcodes, completions to statuses, held events to inputs,
 //! and the two rings merged in the card's order.
 
-use super::io::{CardEventKind, CardOp, CardStatus, Input, GROUP_RESOURCE, PRESENCE_NS, STRIPE_NS};
+use super::io::{CardEventKind, CardOp, CardStatus, Input, GROUP_RESOURCE, PRESENCE_NS};
 use amf_hdl_model::gen::structs::{Completion, Event, EventKind, Opcode, Status};
 use std::collections::{BTreeSet, VecDeque};
 
@@ -82,13 +82,14 @@ pub fn take_submittable(backlog: &mut VecDeque<(u64, CardOp, u64)>, mut acquires
 }
 
 /// The opcode of a machine command on `resource`, whether it is sent with `hold`, and whether
-/// it is `filtered`: a line's acquire sets its presence bit and lets receivers answer from their
-/// presence filters (stripe locks and the group resource are not tracked there).
+/// it is `filtered`: a line's or a stripe lock's acquire sets its presence bit and lets receivers
+/// answer from their presence filters (the group resource is not tracked there: every
+/// controller holds it).
 pub fn opcode(op: CardOp, resource: u64) -> (Opcode, bool, bool) {
-    let line = resource & (STRIPE_NS | GROUP_RESOURCE | PRESENCE_NS) == 0;
+    let filtered = resource & (GROUP_RESOURCE | PRESENCE_NS) == 0;
     match op {
-        CardOp::AcquireShared => (Opcode::AcquireShared, true, line),
-        CardOp::AcquireExclusive => (Opcode::AcquireExclusive, true, line),
+        CardOp::AcquireShared => (Opcode::AcquireShared, true, filtered),
+        CardOp::AcquireExclusive => (Opcode::AcquireExclusive, true, filtered),
         CardOp::YieldShare => (Opcode::YieldShare, false, false),
         CardOp::Yield => (Opcode::Yield, false, false),
         CardOp::Release => (Opcode::Release, false, false),
@@ -289,9 +290,10 @@ mod tests {
         assert_eq!(got.send.iter().map(|c| c.0).collect::<Vec<_>>(), vec![5]);
         assert_eq!(got.lost, Vec::<u64>::new());
         assert_eq!(b.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-        // Line acquires are filtered; stripe, group and presence commands are not.
+        // Line and stripe-lock acquires are filtered; group and presence commands are not.
         assert_eq!(opcode(CardOp::AcquireExclusive, 7), (Opcode::AcquireExclusive, true, true));
-        assert_eq!(opcode(CardOp::AcquireExclusive, STRIPE_NS | 7), (Opcode::AcquireExclusive, true, false));
+        let stripe = crate::amf::io::STRIPE_NS | 7;
+        assert_eq!(opcode(CardOp::AcquireExclusive, stripe), (Opcode::AcquireExclusive, true, true));
         assert_eq!(opcode(CardOp::AcquireShared, GROUP_RESOURCE), (Opcode::AcquireShared, true, false));
         assert_eq!(opcode(CardOp::Yield, 7), (Opcode::Yield, false, false));
     }

@@ -103,11 +103,14 @@ pub enum Mutation {
     /// Never mark a presence bucket for a line that came without an acquire (taken over from a
     /// dead controller's replica), nor at a new membership.
     NoPresenceMarks,
+    /// Leave stripe locks out of the presence counts (a stripe's acquire is filtered all the
+    /// same): a bucket whose last line goes is unmarked under a lock still held.
+    NoStripePresence,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 20] = [
+    pub const ALL: [Mutation; 21] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -128,6 +131,7 @@ impl Mutation {
         Mutation::BaseAfterInvalidate,
         Mutation::UnmarkWithLinesLeft,
         Mutation::NoPresenceMarks,
+        Mutation::NoStripePresence,
     ];
 
     /// Its name on the command line.
@@ -153,6 +157,7 @@ impl Mutation {
             Mutation::BaseAfterInvalidate => "base-after-invalidate",
             Mutation::UnmarkWithLinesLeft => "unmark-with-lines-left",
             Mutation::NoPresenceMarks => "no-presence-marks",
+            Mutation::NoStripePresence => "no-stripe-presence",
         }
     }
 
@@ -817,6 +822,13 @@ impl Machine {
             let acquiring = self.lines.get(&r).is_some_and(|l| matches!(l.phase, Phase::Acquiring { .. }));
             self.presence.line_changed(r, used, acquiring);
         }
+        for s in self.presence.take_stripes_touched() {
+            let (used, acquiring) = self
+                .stripes
+                .get(&s)
+                .map_or((false, false), |st| (st.held || st.acquiring.is_some(), st.acquiring.is_some()));
+            self.presence.stripe_changed(s, used, acquiring);
+        }
         let cmds = self.presence.commands();
         for r in cmds.unmark {
             self.counters.presence_unmarks += 1;
@@ -890,6 +902,9 @@ impl Machine {
             if resource & STRIPE_NS != 0 {
                 self.counters.stripe_acquires += 1;
             }
+        }
+        if resource & STRIPE_NS != 0 {
+            self.presence.stripe_touched(resource & !STRIPE_NS);
         }
         self.out.push(Output::Card { id, op, resource });
         id
@@ -1445,6 +1460,8 @@ impl Machine {
             return;
         }
         st.acquiring = None;
+        self.presence.stripe_touched(s);
+        let Some(st) = self.stripes.get_mut(&s) else { return };
         match status {
             // Untracked: the card's table had no room. With `hold` every request still reaches
             // this host, which knows what it holds: the table is a filter, not the truth.
@@ -2145,7 +2162,11 @@ impl Machine {
         // Lines taken over from a controller that left may overfill the cache: those are
         // being evicted.
         self.room.check(self.cfg.node, &self.lines)?;
-        self.presence.check(self.cfg.node, self.lines.iter().filter(|(_, l)| room::uses_room(l)).map(|(r, _)| *r))?;
+        self.presence.check(
+            self.cfg.node,
+            self.lines.iter().filter(|(_, l)| room::uses_room(l)).map(|(r, _)| *r),
+            self.stripes.iter().filter(|(_, st)| st.held || st.acquiring.is_some()).map(|(s, _)| *s),
+        )?;
         let resident = self.lines.values().filter(|l| l.state != State::Invalid && !l.evict).count();
         if resident > self.cfg.lines_max {
             return Err(format!("n{} holds {resident} lines, more than {}", self.cfg.node, self.cfg.lines_max));

@@ -13,12 +13,16 @@
 //! acquire, fill or fetch), so after that line's yield or release. No later acquire or presence
 //! command overtakes it on the way to the card (`card_terms::take_submittable`).
 //!
+//! A stripe lock counts in its bucket (stripe number modulo 2^`log2`) as a line does, from its
+//! acquire until its yield: a peer's lock acquire is filtered too, since a write-back's acquire
+//! used to wake every peer's host for a lock it nearly never held.
+//!
 //! A new membership turns the card's filter off (an epoch write), since it gives this host
 //! lines without commands. The machine then marks every bucket it uses and, once the card has
 //! taken those marks, sends `FilterOn`; so it does at its start too.
 
 use super::Mutation;
-use crate::amf::io::{PRESENCE_BUCKETS_LOG2_MAX, PRESENCE_NS};
+use crate::amf::io::{PRESENCE_BUCKETS_LOG2_MAX, PRESENCE_NS, STRIPE_NS};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The filter's state in the machine.
@@ -26,8 +30,13 @@ use std::collections::{BTreeMap, BTreeSet};
 pub(super) struct Presence {
     /// Buckets = 2^log2; 0: the card has no filter and nothing is sent.
     log2: u32,
-    /// Lines using room, per bucket (buckets with none are absent).
+    /// Lines using room and stripe locks held or asked for, per bucket (buckets with none are
+    /// absent).
     counts: BTreeMap<u64, u32>,
+    /// The stripes counted (a lock held here or an acquire of it on its way).
+    stripes: BTreeSet<u64>,
+    /// Stripes whose lock may have changed in this step.
+    stripes_touched: BTreeSet<u64>,
     /// Buckets that lost a line this step, and buckets that gained one that no acquire of its
     /// own marks.
     emptied: BTreeSet<u64>,
@@ -94,6 +103,34 @@ impl Presence {
         }
     }
 
+    /// Stripe `s`'s lock may have changed (an acquire, a yield, a completion).
+    pub(super) fn stripe_touched(&mut self, s: u64) {
+        if self.enabled() {
+            self.stripes_touched.insert(s);
+        }
+    }
+
+    /// The stripes touched in this step.
+    pub(super) fn take_stripes_touched(&mut self) -> BTreeSet<u64> {
+        std::mem::take(&mut self.stripes_touched)
+    }
+
+    /// Stripe `s`'s lock is (`used`) or is no longer held here or asked for; `acquiring`: an
+    /// acquire of it is on its way to the card, which sets the bit. A stripe's lock is counted
+    /// in its bucket as a line is: a peer's acquire of it is filtered too, so the bit must stay
+    /// set while this host holds the lock.
+    pub(super) fn stripe_changed(&mut self, s: u64, used: bool, acquiring: bool) {
+        if used == self.stripes.contains(&s) || self.mutation == Some(Mutation::NoStripePresence) {
+            return;
+        }
+        if used {
+            self.stripes.insert(s);
+        } else {
+            self.stripes.remove(&s);
+        }
+        self.line_changed(STRIPE_NS | s, used, acquiring);
+    }
+
     /// A new membership: the card's filter is off until every bucket in use is marked again.
     pub(super) fn new_view(&mut self) {
         if self.enabled() {
@@ -146,13 +183,27 @@ impl Presence {
         out
     }
 
-    /// The counts agree with `used`, the lines using room now (between steps).
-    pub(super) fn check(&self, node: u8, used: impl Iterator<Item = u64>) -> Result<(), String> {
+    /// The counts agree with `used`, the lines using room now, and `locked`, the stripes whose
+    /// lock is held or asked for (between steps).
+    pub(super) fn check(
+        &self,
+        node: u8,
+        used: impl Iterator<Item = u64>,
+        locked: impl Iterator<Item = u64>,
+    ) -> Result<(), String> {
         if !self.enabled() {
             return Ok(());
         }
+        let locked: BTreeSet<u64> = locked.collect();
+        if locked != self.stripes && self.mutation != Some(Mutation::NoStripePresence) {
+            return Err(format!(
+                "n{node}: the presence filter counts {} stripe locks, {} are held or asked for",
+                self.stripes.len(),
+                locked.len()
+            ));
+        }
         let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
-        for r in used {
+        for r in used.chain(self.stripes.iter().map(|s| STRIPE_NS | s)) {
             *counts.entry(self.bucket(r)).or_insert(0) += 1;
         }
         if counts != self.counts {
@@ -162,7 +213,7 @@ impl Presence {
                 counts.len()
             ));
         }
-        if !self.emptied.is_empty() || !self.to_mark.is_empty() {
+        if !self.emptied.is_empty() || !self.to_mark.is_empty() || !self.stripes_touched.is_empty() {
             return Err(format!("n{node}: presence changes left unsent after the step"));
         }
         Ok(())
@@ -197,8 +248,8 @@ mod tests {
         assert!(!p.commands().on, "a mark is in flight");
         p.marked(40);
         assert!(p.commands().on);
-        assert!(p.check(0, [7u64].into_iter()).is_ok());
-        assert!(p.check(0, [7u64, 8].into_iter()).is_err());
+        assert!(p.check(0, [7u64].into_iter(), None.into_iter()).is_ok());
+        assert!(p.check(0, [7u64, 8].into_iter(), None.into_iter()).is_err());
         // No filter: nothing, ever.
         let mut none = Presence::new(0, None);
         none.line_changed(1, true, false);

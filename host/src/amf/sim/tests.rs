@@ -97,12 +97,29 @@ fn the_online_scrub_checks_every_stripe_beside_the_clients() {
     assert!(r.scrubbed_online > 0, "stripes checked online: {}", r.scrubbed_online);
 }
 
+/// Seeds searched for a power cut that catches member writes in flight (where the cut falls
+/// depends on every timing of the run, so no one seed keeps doing it as the protocol changes).
+const POWER_CUT_SEEDS_MAX: u64 = 400;
+
 #[test]
 fn a_power_cut_loses_only_what_was_not_durable_and_resyncs_only_the_marked_regions() {
-    let cfg = SimConfig::from_seed(199);
-    assert!(cfg.faults.power_cut.is_some(), "seed 199 cuts the power");
-    let r = run(cfg).expect("seed 199 passes");
-    let p = r.power_cut.expect("the power was cut");
-    assert!(p.lost_writes > 0, "member writes lost: {p:?}");
-    assert!(p.resynced_stripes > 0 && p.resynced_stripes < p.stripes, "stripes resynced: {p:?}");
+    let mut cuts = 0;
+    for seed in 1..=POWER_CUT_SEEDS_MAX {
+        let cfg = SimConfig::from_seed(seed);
+        if cfg.faults.power_cut.is_none() {
+            continue;
+        }
+        cuts += 1;
+        // Every run checks that nothing acknowledged is lost and the group resyncs clean.
+        let r = run(cfg).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let p = r.power_cut.unwrap_or_else(|| panic!("seed {seed}: the power was not cut"));
+        assert!(p.resynced_stripes < p.stripes, "seed {seed}: a power cut resynced every stripe: {p:?}");
+        if p.lost_writes > 0 && p.resynced_stripes > 0 {
+            eprintln!("seed {seed}: {p:?}");
+            return;
+        }
+    }
+    panic!(
+        "none of the {cuts} power cuts in {POWER_CUT_SEEDS_MAX} seeds lost member writes in flight in marked regions"
+    );
 }

@@ -37,7 +37,7 @@ const TIME_LIMIT_US: u64 = 30_000_000;
 /// Commands a node keeps in its card's ring at once.
 const CARD_INFLIGHT_MAX: usize = 200;
 /// Pumps (with completions and events both) in which the last completion is reaped late.
-const REAP_RACE_PPM: u32 = 100_000;
+const REAP_RACE_PPM: u32 = 300_000;
 /// Rounds of feeding card output back into machines per event before it is called a loop.
 const PUMP_ROUNDS_MAX: usize = 10_000;
 
