@@ -531,27 +531,7 @@ impl Loop {
                 (None, false) => BUSY_WAIT,
             };
             match self.wait(wait) {
-                Ok(ev) => {
-                    // Take whatever else is queued before looking at the card again. A leave
-                    // may come behind other events: it starts the leave just the same.
-                    let mut next = Some(ev);
-                    let mut taken = 0;
-                    while let Some(ev) = next.take().or_else(|| {
-                        taken += 1;
-                        (taken < EVENTS_PER_ROUND_MAX).then(|| self.rx.try_recv().ok()).flatten()
-                    }) {
-                        let Some(reply) = self.event(ev) else { continue };
-                        if leaving.is_some() {
-                            let _ = reply.send(LeaveReport {
-                                write_back_error: Some("already leaving".into()),
-                                peers_unconfirmed: Vec::new(),
-                            });
-                            continue;
-                        }
-                        // Write back this controller's lines through the machine.
-                        leaving = Some(Leave::new(reply, self.write_back_all()));
-                    }
-                }
+                Ok(ev) => self.take_events(Some(ev), &mut leaving),
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => return,
             }
@@ -610,6 +590,20 @@ impl Loop {
             }
             // The NBD sockets the poll found ready, and the answers of this round.
             self.serve_nbd();
+            // The requests that turn read go to the machine in this round, the card commands
+            // queued since the card was pumped (theirs, a tick's) go to the card, and what was
+            // answered at once (cache hits) leaves now: none of it waits for another poll (a
+            // round of its own per request, with its system calls; a command left queued would
+            // wait out the interrupt's fallback).
+            if !self.rx.is_empty() {
+                self.take_events(None, &mut leaving);
+            }
+            if !self.backlog.is_empty() {
+                self.pump_card();
+            }
+            if self.nbd.as_ref().is_some_and(|(n, _)| n.pending()) {
+                self.serve_nbd();
+            }
             if let Some(l) = leaving.as_mut() {
                 if let Some(done) = l.write_back.and_then(|i| self.hosts_done(i)) {
                     if l.written_back(done.map(|_| ()).map_err(|e| e.to_string())) {
@@ -812,6 +806,29 @@ impl Loop {
                 }
                 self.step(Input::Fabric { from, epoch, msg })
             }
+        }
+    }
+
+    /// Handles `first` and whatever else is queued (at most `EVENTS_PER_ROUND_MAX` in all)
+    /// before the loop looks at the card again. A leave may come behind other events: it
+    /// starts the leave just the same.
+    fn take_events(&mut self, first: Option<Event>, leaving: &mut Option<Leave>) {
+        let mut next = first;
+        let mut taken = 0;
+        while let Some(ev) = next.take().or_else(|| {
+            taken += 1;
+            (taken < EVENTS_PER_ROUND_MAX).then(|| self.rx.try_recv().ok()).flatten()
+        }) {
+            let Some(reply) = self.event(ev) else { continue };
+            if leaving.is_some() {
+                let _ = reply.send(LeaveReport {
+                    write_back_error: Some("already leaving".into()),
+                    peers_unconfirmed: Vec::new(),
+                });
+                continue;
+            }
+            // Write back this controller's lines through the machine.
+            *leaving = Some(Leave::new(reply, self.write_back_all()));
         }
     }
 
