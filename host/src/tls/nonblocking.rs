@@ -6,6 +6,11 @@
 use std::io::{self, ErrorKind, Read, Write};
 use std::sync::Arc;
 
+/// Socket bytes read ahead of rustls under TLS. rustls asks its reader for 4 KiB at a time, so
+/// a 4 KiB write's record (4.1 KiB) took two system calls and a 16 KiB line's five; one read of
+/// up to this much takes what the socket holds.
+const READ_AHEAD_BYTES: usize = 64 << 10;
+
 /// A non-blocking socket carrying plaintext, or TLS once started.
 pub struct Stream<S> {
     sock: S,
@@ -18,17 +23,30 @@ pub struct Stream<S> {
     /// plaintext then, and every complete record it had was decrypted (the read processes
     /// each record it takes from the socket).
     emptied: bool,
+    /// Under TLS: socket bytes read ahead for rustls (allocated with the first read), and the
+    /// range of them not handed on yet.
+    ahead: Vec<u8>,
+    ahead_at: usize,
+    ahead_end: usize,
 }
 
 impl<S: Read + Write> Stream<S> {
     /// Plaintext over `sock`.
     pub fn plain(sock: S) -> Stream<S> {
-        Stream { sock, tls: None, short: false, emptied: false }
+        Stream { sock, tls: None, short: false, emptied: false, ahead: Vec::new(), ahead_at: 0, ahead_end: 0 }
     }
 
     /// TLS over `sock` with a connection whose handshake is done or under way.
     pub fn with_tls(sock: S, tls: rustls::Connection) -> Stream<S> {
-        Stream { sock, tls: Some(Box::new(tls)), short: false, emptied: false }
+        Stream {
+            sock,
+            tls: Some(Box::new(tls)),
+            short: false,
+            emptied: false,
+            ahead: Vec::new(),
+            ahead_at: 0,
+            ahead_end: 0,
+        }
     }
 
     /// The socket, to register with a poller or shut down.
@@ -65,7 +83,14 @@ impl<S: Read + Write> Stream<S> {
         match self.tls.as_mut() {
             None => self.sock.read(buf),
             Some(tls) => {
-                let n = read(&mut self.sock, tls, buf, &mut self.short)?;
+                let mut from = Probe {
+                    sock: &mut self.sock,
+                    short: &mut self.short,
+                    ahead: &mut self.ahead,
+                    at: &mut self.ahead_at,
+                    end: &mut self.ahead_end,
+                };
+                let n = read(&mut from, tls, buf)?;
                 self.emptied = n < buf.len();
                 Ok(n)
             }
@@ -78,7 +103,7 @@ impl<S: Read + Write> Stream<S> {
     /// read that returns WouldBlock, as a short plaintext read does. False without TLS (there
     /// the short read itself says so).
     pub fn drained(&self) -> bool {
-        self.tls.is_some() && self.short && self.emptied
+        self.tls.is_some() && self.short && self.emptied && self.ahead_at == self.ahead_end
     }
 
     /// Writes plaintext; Err(WouldBlock) when nothing could be taken now.
@@ -144,12 +169,7 @@ fn process(sock: &mut impl Write, tls: &mut rustls::Connection) -> io::Result<()
 
 /// Reads plaintext: Ok(0) when the peer has closed, Err(WouldBlock) when nothing is there yet,
 /// Err(InvalidData) for a TLS failure. Handshake records are answered on the way.
-fn read<S: Read + Write>(
-    sock: &mut S,
-    tls: &mut rustls::Connection,
-    buf: &mut [u8],
-    short: &mut bool,
-) -> io::Result<usize> {
+fn read<S: Read + Write>(from: &mut Probe<'_, S>, tls: &mut rustls::Connection, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match tls.reader().read(buf) {
             Ok(n) => return Ok(n),
@@ -158,28 +178,40 @@ fn read<S: Read + Write>(
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(0),
             Err(e) => return Err(e),
         }
-        match tls.read_tls(&mut Probe { sock, short }) {
+        match tls.read_tls(from) {
             Ok(0) => return Ok(0),
-            Ok(_) => process(sock, tls)?,
+            Ok(_) => process(from.sock, tls)?,
             Err(e) => {
-                *short = true;
+                *from.short = true;
                 return Err(e);
             }
         }
     }
 }
 
-/// A socket's reader that notes whether a read gave less than was asked (the socket had no
-/// more then).
+/// The socket as rustls reads it: through a read-ahead buffer filled by one socket read at a
+/// time, noting whether that read gave less than was asked (the socket had no more then).
 struct Probe<'a, S> {
     sock: &'a mut S,
     short: &'a mut bool,
+    ahead: &'a mut Vec<u8>,
+    at: &'a mut usize,
+    end: &'a mut usize,
 }
 
 impl<S: Read> Read for Probe<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.sock.read(buf)?;
-        *self.short = n < buf.len();
+        if *self.at == *self.end {
+            if self.ahead.len() != READ_AHEAD_BYTES {
+                self.ahead.resize(READ_AHEAD_BYTES, 0);
+            }
+            let n = self.sock.read(self.ahead)?;
+            *self.short = n < READ_AHEAD_BYTES;
+            (*self.at, *self.end) = (0, n);
+        }
+        let n = buf.len().min(*self.end - *self.at);
+        buf[..n].copy_from_slice(&self.ahead[*self.at..*self.at + n]);
+        *self.at += n;
         Ok(n)
     }
 }
@@ -200,8 +232,28 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
 
-    /// A client and a server `Stream` over a socket pair, the handshake done.
-    fn pair(dir: &std::path::Path) -> (Stream<UnixStream>, Stream<UnixStream>) {
+    /// A socket that counts the reads made of it.
+    struct Counted(UnixStream, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Read for Counted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for Counted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
+        }
+    }
+
+    /// A client and a server `Stream` over a socket pair, the handshake done; the server's
+    /// socket reads are counted.
+    fn pair(dir: &std::path::Path) -> (Stream<UnixStream>, Stream<Counted>, Arc<std::sync::atomic::AtomicUsize>) {
         let tls = super::super::fabric::generate_cluster(dir, 2).unwrap();
         let (a, b) = (tls[0].load(0).unwrap(), tls[1].load(1).unwrap());
         let (ca, sb) = UnixStream::pair().unwrap();
@@ -211,7 +263,8 @@ mod tests {
         let client = rustls::ClientConnection::new(a.client, name).unwrap();
         let server = rustls::ServerConnection::new(b.server).unwrap();
         let mut client = Stream::with_tls(ca, rustls::Connection::Client(client));
-        let mut server = Stream::with_tls(sb, rustls::Connection::Server(server));
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut server = Stream::with_tls(Counted(sb, reads.clone()), rustls::Connection::Server(server));
         let mut buf = [0u8; 64];
         for _ in 0..8 {
             let _ = client.flush();
@@ -219,12 +272,12 @@ mod tests {
             let _ = server.flush();
             assert_eq!(client.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
         }
-        (client, server)
+        (client, server, reads)
     }
 
     /// Reads until WouldBlock in `chunk`-byte reads; whenever the stream says it is drained,
     /// the next read must find nothing (else an edge-triggered loop would leave data behind).
-    fn read_all(s: &mut Stream<UnixStream>, chunk: usize) -> (Vec<u8>, bool) {
+    fn read_all(s: &mut Stream<Counted>, chunk: usize) -> (Vec<u8>, bool) {
         let (mut got, mut buf, mut said) = (Vec::new(), vec![0u8; chunk], false);
         loop {
             match s.read(&mut buf) {
@@ -250,7 +303,7 @@ mod tests {
     #[test]
     fn drained_says_so_only_when_the_socket_and_rustls_are_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut client, mut server) = pair(dir.path());
+        let (mut client, mut server, _) = pair(dir.path());
         for (round, (len, chunk)) in
             [(40_000usize, 1000usize), (100, 4096), (17_000, 16_384), (3, 1)].into_iter().enumerate()
         {
@@ -264,5 +317,21 @@ mod tests {
             assert_eq!(got, data, "round {round}");
             assert!(said || chunk == 1, "round {round}: never said drained");
         }
+    }
+
+    /// rustls reads its socket 4 KiB at a time; the read-ahead takes a 4 KiB write's record
+    /// (a little over 4 KiB) in one system call.
+    #[test]
+    fn a_record_is_read_from_the_socket_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut client, mut server, reads) = pair(dir.path());
+        let data = vec![0x5au8; 4096];
+        assert_eq!(client.write(&data).unwrap(), data.len());
+        client.flush().unwrap();
+        let before = reads.load(std::sync::atomic::Ordering::Relaxed);
+        let mut buf = vec![0u8; 64 << 10];
+        assert_eq!(server.read(&mut buf).unwrap(), data.len());
+        assert!(server.drained(), "the socket gave all it had");
+        assert_eq!(reads.load(std::sync::atomic::Ordering::Relaxed) - before, 1, "socket reads for one record");
     }
 }
