@@ -5,7 +5,7 @@
 //! for 2 to 8 controllers (model cards: eight Verilator cards would measure the simulator).
 
 use super::BenchError;
-use crate::cluster::config::LINE_KIB_DEFAULT;
+use crate::cluster::config::{LINE_KIB_DEFAULT, WRITEBACK_AGE_MS_DEFAULT};
 use crate::cluster::launch::Launched;
 use crate::nbd::client::Client;
 use crate::workload::{self, Spec, BLOCK_BYTES};
@@ -94,8 +94,8 @@ fn write_latency(g: &Launched, count: usize) -> Result<(Latency, Latency), Bench
 type OwnRow = (f64, f64, f64, String);
 
 /// `OWN_CLIENTS` clients, each on its own region, 50% writes, after a warm-up that brings
-/// every client's lines into its controller's cache (each client reads its region once, then
-/// a second of load). One run (its history is checked whole); the counters are read as its
+/// every client's lines into its controller's cache and its stripes' locks to it (each client
+/// reads its region once, then `own_warm_up_s` of load). One run (its history is checked whole); the counters are read as its
 /// warm-up ends.
 fn own_region_row(g: &Launched, seconds: f64) -> Result<OwnRow, BenchError> {
     let frames = |g: &Launched| sum(g, &["coherency", "card", "counters", "frames_tx"]);
@@ -105,15 +105,15 @@ fn own_region_row(g: &Launched, seconds: f64) -> Result<OwnRow, BenchError> {
         blocks: 16384,
         base: 0,
         write_percent: 50,
-        duration: Duration::from_secs_f64(WARM_UP_S + seconds),
+        duration: Duration::from_secs_f64(own_warm_up_s() + seconds),
         seed: 10,
         own_regions: true,
-        warm_up: Duration::from_secs_f64(WARM_UP_S),
+        warm_up: Duration::from_secs_f64(own_warm_up_s()),
     };
     workload::warm(&spec).map_err(peer_err)?;
     let (o, (f0, c0, i0)) = std::thread::scope(|s| {
         let h = s.spawn(|| workload::run(&spec));
-        std::thread::sleep(Duration::from_secs_f64(WARM_UP_S));
+        std::thread::sleep(Duration::from_secs_f64(own_warm_up_s()));
         let at_warm = (frames(g), g.cpu_seconds(), cpu_idle_total());
         (h.join(), at_warm)
     });
@@ -133,8 +133,11 @@ pub fn own_regions(base: &Path, seconds: f64, quick: bool, cluster_args: &[Strin
     let mut out = format!(
         "\nEach client on its own region (each host its own data), 50% writes, {OWN_CLIENTS} clients in all \
          (one request each: the load of 3 clients at queue depth 4), {LINE_KIB_DEFAULT} KiB lines, \
-         after a warm-up (each client reads its region once, then {WARM_UP_S} s of load); CPU is every process \
-         of the cluster:\n\n"
+         after a warm-up (each client reads its region once, then {} s of load: the first write-back of a stripe \
+         takes its lock, one card round, after the write-back age of {} ms); CPU is every process \
+         of the cluster:\n\n",
+        own_warm_up_s(),
+        WRITEBACK_AGE_MS_DEFAULT
     );
     out += "| controllers | card | IOPS | ratio to 1 | card frames / op | amf CPU µs / op | CPU ratio to 1 | machine idle |\n|---|---|---|---|---|---|---|---|\n";
     let mut one = (0.0, 0.0);
@@ -160,7 +163,7 @@ pub fn own_regions(base: &Path, seconds: f64, quick: bool, cluster_args: &[Strin
             one = (iops, cpu_us);
         }
         out += &format!(
-            "| {n} | {card} | {iops:.0} | {:.2} | {frames:.2} | {cpu_us:.0} | {:.2} | {idle} |\n",
+            "| {n} | {card} | {iops:.0} | {:.2} | {frames:.3} | {cpu_us:.0} | {:.2} | {idle} |\n",
             iops / one.0,
             cpu_us / one.1
         );
@@ -330,8 +333,15 @@ fn cpu_idle_total() -> Option<(u64, u64)> {
 /// Clients of the own-region rows.
 const OWN_CLIENTS: usize = 12;
 
-/// Seconds of load before an own-region row is measured.
+/// Seconds of load before a shared-region row is measured.
 const WARM_UP_S: f64 = 1.0;
+
+/// Seconds of load before an own-region row is measured: the default write-back age and a
+/// second more, so that every stripe's first write-back (which takes its lock, the last card
+/// round of a region only one controller uses) comes before the measurement.
+fn own_warm_up_s() -> f64 {
+    WRITEBACK_AGE_MS_DEFAULT as f64 / 1000.0 + 1.0
+}
 
 /// The write-latency rows: through controller 0 of 3, to an unshared and a shared line, with
 /// model cards and Verilator cards (with and without the link's authentication).

@@ -56,13 +56,16 @@ pub struct Spec {
     /// `Outcome::reads`, `writes` and `elapsed` (a warm-up that fills the caches).
     pub warm_up: Duration,
     /// Each client on its own slice of the blocks (each host its own data), aligned to
-    /// `OWN_REGION_ALIGN_BLOCKS` so that no two clients share a cache line; otherwise every
+    /// `OWN_REGION_ALIGN_BLOCKS` so that no two clients share a cache line or a stripe; otherwise every
     /// client over all of them.
     pub own_regions: bool,
 }
 
-/// Own regions start on multiples of this many blocks (1 MiB: the largest line).
-pub const OWN_REGION_ALIGN_BLOCKS: u64 = 256;
+/// Own regions start on multiples of this many blocks (3 MiB): whole lines of every line size
+/// (up to 1 MiB) and whole stripes of the benches' group (RAID5 of 4 members with 64 KiB
+/// chunks: 192 KiB). A stripe split between two regions is shared data: its parity is written
+/// by both hosts' controllers in turn, and its lock moves between them at every write-back.
+pub const OWN_REGION_ALIGN_BLOCKS: u64 = 768;
 
 impl Spec {
     /// The blocks client `i` picks from: (first, count).
