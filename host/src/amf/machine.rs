@@ -456,6 +456,8 @@ struct FlushJob {
     /// a leave with thousands of dirty lines most of its loop's time.
     written: usize,
     peers_left: u8,
+    /// A flush of every controller's cache (a host's flush), not of this one's alone.
+    everyone: bool,
     sync: Option<Option<u64>>,
     failed: Option<String>,
 }
@@ -672,6 +674,21 @@ impl Machine {
             && self.flushes.is_empty()
             && self.jobs.is_empty()
             && !self.group_busy()
+    }
+
+    /// True when a tick would find nothing to do until something else happens: [`Machine::quiet`],
+    /// and no timer set (no dirty line waiting for its write-back age, no retry or backoff, no
+    /// line or stripe waiting for its turn). The loop of an idle controller then sleeps longer
+    /// than a tick: input wakes it, and nothing here is due by the clock alone.
+    pub fn timers_idle(&self) -> bool {
+        self.quiet()
+            && self.pieces.is_empty()
+            && self.touched.is_empty()
+            && self.timed.is_empty()
+            && self.writeback_due.is_empty()
+            && self.timer_due.is_empty()
+            && self.room_waiters.is_empty()
+            && self.stripes.values().all(|st| st.acquire_at_us == 0 && st.acquiring.is_none())
     }
 
     /// Dirty lines whose last write was acknowledged (idle), with their content: each must have
@@ -1698,7 +1715,9 @@ impl Machine {
                 self.touched.insert(r);
             }
             MemberUse::Sync(job) => {
-                if let Some(j) = self.flushes.get_mut(&job) {
+                // A sync the flush no longer waits for (lines joined it after it was issued:
+                // `flush_again`) does not end it; the one issued after them does.
+                if let Some(j) = self.flushes.get_mut(&job).filter(|j| j.sync == Some(Some(id))) {
                     j.sync = Some(None);
                     if let Err(e) = result {
                         j.failed.get_or_insert(e);
@@ -1972,7 +1991,7 @@ impl Machine {
         let started_us = self.now_us;
         self.flushes.insert(
             job,
-            FlushJob { origin, started_us, lines, written: 0, peers_left: peers, sync: None, failed: None },
+            FlushJob { origin, started_us, lines, written: 0, peers_left: peers, everyone, sync: None, failed: None },
         );
         for p in (0..8u8).filter(|p| peers & (1 << p) != 0) {
             let id = self.id();

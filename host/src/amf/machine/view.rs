@@ -66,6 +66,9 @@ impl Machine {
         // them again now rather than at their next retransmission.
         // (Replicas still addressed to a controller that left go to the new peer below.)
         self.resend_requests_to(self.live);
+        if gone != 0 {
+            self.flush_again(&taken);
+        }
         // A join gives a controller that was alone a replica peer again: its dirty lines that
         // have none (they wait for their write-back) get one.
         if gone != 0 || joined != 0 {
@@ -151,6 +154,50 @@ impl Machine {
             taken.push(r);
         }
         taken
+    }
+
+    /// Controllers left while flushes were under way. Their dirty lines now live at the
+    /// survivors that held their replicas (`taken`: those this controller took over), and a
+    /// survivor may have answered a flush before it took them over, or be running one that
+    /// started before: a flush that ended then would not have covered writes acknowledged
+    /// before it began. So every flush under way here covers the lines taken over here, and a
+    /// flush of every controller asks each live peer again with a new request (an answer to
+    /// the old one no longer counts). Found by the simulator (seed 4790): a host's flush
+    /// returned with seven lines, taken over from a controller that died during it, still
+    /// dirty at a survivor whose answer was its flush from before the death.
+    fn flush_again(&mut self, taken: &[u64]) {
+        let others = self.others();
+        let jobs: Vec<u64> = self.flushes.keys().copied().collect();
+        for job in jobs {
+            let lines: Vec<(u64, u64)> = taken.iter().filter_map(|r| self.lines.get(r).map(|l| (*r, l.wseq))).collect();
+            let Some(j) = self.flushes.get_mut(&job) else { continue };
+            if j.failed.is_some() {
+                continue;
+            }
+            let again = j.everyone && others != 0;
+            if lines.is_empty() && !again {
+                continue;
+            }
+            // What joined is written before the flush's sync: a sync issued before it (or
+            // done) no longer ends the flush.
+            j.sync = None;
+            j.lines.extend_from_slice(&lines);
+            for (r, _) in &lines {
+                self.line(*r).writeback = true;
+                self.touched.insert(*r);
+            }
+            if !again {
+                continue;
+            }
+            self.fabric.retain(|_, o| !matches!(o.purpose, Purpose::Flush(j) if j == job));
+            if let Some(j) = self.flushes.get_mut(&job) {
+                j.peers_left = others;
+            }
+            for p in (0..8u8).filter(|p| others & (1 << p) != 0) {
+                let id = self.id();
+                self.send_request(id, p, Msg::FlushReq { id }, Purpose::Flush(job));
+            }
+        }
     }
 
     /// Requests to the dead controller `d` will not be answered.
@@ -527,6 +574,66 @@ mod tests {
         assert!(again.contains(&1), "line 0's replica was at the dead controller: {out:?}");
         assert_eq!(m.replica_holder(0), Some(1));
         assert!(m.check().is_ok(), "{:?}", m.check());
+    }
+
+    /// A host's flush at controller 1: controller 2 answers, then controller 0 dies before it
+    /// does, and 1 takes over 0's dirty line. The flush returns only after that line is on the
+    /// members and synced, and 2 is asked again (it may have taken lines over too): it once
+    /// returned with taken-over lines still dirty (simulator seed 4790).
+    #[test]
+    fn a_flush_under_way_covers_the_lines_taken_over_from_a_controller_that_died_during_it() {
+        let mut m = machine(1, 3);
+        from(&mut m, 0, Msg::Replicate { id: 5, line: 2, wseq: 5, data: vec![0xaa; 4] });
+        let out = m.step(Input::Host { id: 1, req: HostReq::Flush });
+        let asked = |out: &[Output], to: u8| {
+            out.iter().find_map(|o| match o {
+                Output::Send { to: t, msg: Msg::FlushReq { id } } if *t == to => Some(*id),
+                _ => None,
+            })
+        };
+        let first = asked(&out, 2).unwrap_or_else(|| panic!("{out:?}"));
+        let out = m.step(Input::Fabric { from: 2, epoch: 1, msg: Msg::FlushDone { id: first, ok: true } });
+        assert!(!out.iter().any(|o| matches!(o, Output::Reply { .. })), "{out:?}");
+        // Controller 0 dies without answering.
+        let mut pending = m.step(Input::View { epoch: 2, live: 0b110 });
+        assert_eq!(m.line_state(2), State::Modified);
+        let again = asked(&pending, 2).unwrap_or_else(|| panic!("2 was not asked again: {pending:?}"));
+        assert_ne!(again, first, "asked again with the request it answered");
+        // Everything asked of the card, the members and controller 2 succeeds, in order.
+        let (mut written, mut synced_after_write, mut steps) = (false, false, 0);
+        while let Some(o) = (!pending.is_empty()).then(|| pending.remove(0)) {
+            steps += 1;
+            assert!(steps < 1000, "the flush did not end");
+            let input = match o {
+                Output::Reply { id: 1, result } => {
+                    assert_eq!(result, Ok(Vec::new()));
+                    assert!(written && synced_after_write, "the flush returned before the line taken over was durable");
+                    return;
+                }
+                Output::Card { id, .. } => Input::CardDone { id, status: CardStatus::Ok, sharers: 0 },
+                Output::MemberWrite { id, offset, data, .. } => {
+                    written |= offset == 8 && data == vec![0xaa; 4];
+                    Input::MemberDone { id, result: Ok(Vec::new()) }
+                }
+                Output::MemberSync { id } => {
+                    synced_after_write |= written;
+                    Input::MemberDone { id, result: Ok(Vec::new()) }
+                }
+                Output::MemberRead { id, len, .. } => Input::MemberDone { id, result: Ok(vec![0; len as usize]) },
+                Output::Send { to: 2, msg } => {
+                    let answer = match msg {
+                        Msg::FlushReq { id } => Msg::FlushDone { id, ok: true },
+                        Msg::Replicate { id, .. } | Msg::ReplicatePiece { id, .. } => Msg::ReplicaAck { id },
+                        Msg::DropReplica { id, .. } => Msg::ReplicaDropped { id },
+                        _ => continue,
+                    };
+                    Input::Fabric { from: 2, epoch: 2, msg: answer }
+                }
+                _ => continue,
+            };
+            pending.extend(m.step(input));
+        }
+        panic!("the flush was not answered");
     }
 
     /// A FUA write to a line whose replica is held by a peer updates the replica before the

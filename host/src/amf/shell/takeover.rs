@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// How often the loop asks the membership's proof about its peers.
-const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+pub(super) const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 /// Stripes between progress lines of the takeover's resync.
 const PROGRESS_STRIPES: u64 = 1024;
 
