@@ -167,13 +167,16 @@ impl Machine {
     /// dirty at a survivor whose answer was its flush from before the death.
     fn flush_again(&mut self, taken: &[u64]) {
         let others = self.others();
-        let jobs: Vec<u64> = self.flushes.keys().copied().collect();
-        for job in jobs {
-            let lines: Vec<(u64, u64)> = taken.iter().filter_map(|r| self.lines.get(r).map(|l| (*r, l.wseq))).collect();
-            let Some(j) = self.flushes.get_mut(&job) else { continue };
-            if j.failed.is_some() {
-                continue;
+        let lines: Vec<(u64, u64)> = taken.iter().filter_map(|r| self.lines.get(r).map(|l| (*r, l.wseq))).collect();
+        let jobs: Vec<u64> = self.flushes.iter().filter(|(_, j)| j.failed.is_none()).map(|(job, _)| *job).collect();
+        if !jobs.is_empty() {
+            for (r, _) in &lines {
+                self.line(*r).writeback = true;
+                self.touched.insert(*r);
             }
+        }
+        for job in jobs {
+            let Some(j) = self.flushes.get_mut(&job) else { continue };
             let again = j.everyone && others != 0;
             if lines.is_empty() && !again {
                 continue;
@@ -182,17 +185,11 @@ impl Machine {
             // done) no longer ends the flush.
             j.sync = None;
             j.lines.extend_from_slice(&lines);
-            for (r, _) in &lines {
-                self.line(*r).writeback = true;
-                self.touched.insert(*r);
-            }
             if !again {
                 continue;
             }
+            j.peers_left = others;
             self.fabric.retain(|_, o| !matches!(o.purpose, Purpose::Flush(j) if j == job));
-            if let Some(j) = self.flushes.get_mut(&job) {
-                j.peers_left = others;
-            }
             for p in (0..8u8).filter(|p| others & (1 << p) != 0) {
                 let id = self.id();
                 self.send_request(id, p, Msg::FlushReq { id }, Purpose::Flush(job));

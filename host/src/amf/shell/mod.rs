@@ -544,13 +544,11 @@ impl Loop {
                 (None, false) => BUSY_WAIT,
             };
             let woke = self.wait(wait);
-            if quiet && last_tick.elapsed() >= TICK {
+            if quiet {
                 // After a sleep longer than a tick the machine's clock is brought up to date
                 // before what woke the loop is stepped (a write's dirty time, an acquire's
                 // start are read from it).
-                last_tick = Instant::now();
-                let now_us = self.start.elapsed().as_micros() as u64;
-                self.step(Input::Tick { now_us });
+                self.tick_if_due(&mut last_tick);
             }
             match woke {
                 Ok(ev) => self.take_events(Some(ev), &mut leaving),
@@ -588,11 +586,7 @@ impl Loop {
                     }
                 }
             }
-            if last_tick.elapsed() >= TICK {
-                last_tick = Instant::now();
-                let now_us = self.start.elapsed().as_micros() as u64;
-                self.step(Input::Tick { now_us });
-            }
+            self.tick_if_due(&mut last_tick);
             // Hellos are repeated until every peer answered one (a peer that starts later
             // would miss the first), and then now and then as a heartbeat: the lease's reach
             // is the peers heard from lately.
@@ -672,9 +666,15 @@ impl Loop {
         }
     }
 
-    /// Sleeps in the poll until a socket, the card or the inbox's wake wants the loop (at most
-    /// `wait`; not at all while work waits from an earlier round), then takes the first event
-    /// of the inbox.
+    /// Ticks the machine if a tick's time passed since `last`.
+    fn tick_if_due(&mut self, last: &mut Instant) {
+        if last.elapsed() >= TICK {
+            *last = Instant::now();
+            let now_us = self.start.elapsed().as_micros() as u64;
+            self.step(Input::Tick { now_us });
+        }
+    }
+
     /// Whether the loop may wait longer than a tick: serving in a settled membership (no join,
     /// view change or model-card link work under way) and the machine has no timer set.
     fn may_sleep(&self) -> bool {
@@ -694,6 +694,9 @@ impl Loop {
         QUIET_WAIT.min(hello).min(watch).max(IDLE_WAIT)
     }
 
+    /// Sleeps in the poll until a socket, the card or the inbox's wake wants the loop (at most
+    /// `wait`; not at all while work waits from an earlier round), then takes the first event
+    /// of the inbox.
     fn wait(&mut self, wait: Duration) -> Result<Event, TryRecvError> {
         self.wake.sleep();
         let busy = !self.rx.is_empty()
