@@ -106,11 +106,15 @@ pub enum Mutation {
     /// Leave stripe locks out of the presence counts (a stripe's acquire is filtered all the
     /// same): a bucket whose last line goes is unmarked under a lock still held.
     NoStripePresence,
+    /// On a membership change with controllers gone, leave the flushes under way as they were:
+    /// the lines taken over do not join them, and a flush of every controller does not ask the
+    /// survivors again (an answer from before the takeover ends it).
+    NoFlushAgain,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 21] = [
+    pub const ALL: [Mutation; 22] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -132,6 +136,7 @@ impl Mutation {
         Mutation::UnmarkWithLinesLeft,
         Mutation::NoPresenceMarks,
         Mutation::NoStripePresence,
+        Mutation::NoFlushAgain,
     ];
 
     /// Its name on the command line.
@@ -158,6 +163,7 @@ impl Mutation {
             Mutation::UnmarkWithLinesLeft => "unmark-with-lines-left",
             Mutation::NoPresenceMarks => "no-presence-marks",
             Mutation::NoStripePresence => "no-stripe-presence",
+            Mutation::NoFlushAgain => "no-flush-again",
         }
     }
 

@@ -66,7 +66,7 @@ impl Machine {
         // them again now rather than at their next retransmission.
         // (Replicas still addressed to a controller that left go to the new peer below.)
         self.resend_requests_to(self.live);
-        if gone != 0 {
+        if gone != 0 && self.cfg.mutation != Some(Mutation::NoFlushAgain) {
             self.flush_again(&taken);
         }
         // A join gives a controller that was alone a replica peer again: its dirty lines that
