@@ -525,6 +525,15 @@ pub struct Counters {
     pub rereplications: u64,
     /// Yields or releases the card refused for a stale epoch.
     pub card_stale: u64,
+    /// Lines evicted to make room.
+    pub evictions: u64,
+    /// Of those, lines that were dirty when chosen (written back before they went).
+    pub evictions_dirty: u64,
+    /// Misses that found the cache full and waited for an eviction.
+    pub room_waits: u64,
+    /// Write-backs a peer's request waited for: the line was dirty here when the card asked
+    /// for it, and it is written back before the yield.
+    pub yield_write_backs: u64,
 }
 
 /// One controller's AMF.
@@ -1069,6 +1078,7 @@ impl Machine {
                     // Only an idle owner is Modified here (acquires start from Shared or
                     // Invalid): write back first, the yield follows.
                     if l.retry_at_us <= self.now_us {
+                        self.counters.yield_write_backs += 1;
                         self.start_destage(r);
                     }
                     return;
@@ -1165,7 +1175,9 @@ impl Machine {
             }
             let (invalid, acquire_at_us) = (l.state == State::Invalid, l.acquire_at_us);
             if invalid && !self.has_room() {
-                self.room_waiters.insert(r);
+                if self.room_waiters.insert(r) {
+                    self.counters.room_waits += 1;
+                }
                 self.make_room();
                 return;
             }
@@ -1265,6 +1277,10 @@ impl Machine {
             lines.get(r).is_some_and(|l| l.phase == Phase::Idle && l.queue.is_empty() && !l.owed_excl && !l.owed_share)
         });
         if let Some(v) = victim {
+            self.counters.evictions += 1;
+            if self.lines.get(&v).is_some_and(|l| l.state == State::Modified) {
+                self.counters.evictions_dirty += 1;
+            }
             self.line(v).evict = true;
             self.touched.insert(v);
         }

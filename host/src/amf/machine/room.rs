@@ -137,3 +137,89 @@ impl Room {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::amf::io::*;
+    use crate::amf::machine::{Config, Machine, State};
+
+    /// Node 0 of 2 with a cache of 4 one-word lines.
+    fn machine() -> Machine {
+        Machine::new(Config {
+            node: 0,
+            nodes: 2,
+            epoch: 1,
+            line_bytes: 4,
+            lines_max: 4,
+            stripe_bytes: 16,
+            capacity: 64,
+            degraded: false,
+            writeback_age_us: 50_000,
+            presence_buckets_log2: 0,
+            mutation: None,
+        })
+    }
+
+    /// Steps `input` and answers what it asks for (the card grants at once with no sharers,
+    /// the members read zeros, the peer keeps and drops replicas) until nothing is left;
+    /// returns the host replies.
+    fn run(m: &mut Machine, input: Input) -> Vec<(u64, Result<Vec<u8>, HostError>)> {
+        let mut todo = m.step(input);
+        let mut replies = Vec::new();
+        for _ in 0..1000 {
+            let Some(o) = todo.pop() else { return replies };
+            let next = match o {
+                Output::Card { id, .. } => Input::CardDone { id, status: CardStatus::Ok, sharers: 0 },
+                Output::MemberRead { id, len, .. } => Input::MemberDone { id, result: Ok(vec![0; len as usize]) },
+                Output::MemberWrite { id, .. } | Output::MemberSync { id } => {
+                    Input::MemberDone { id, result: Ok(Vec::new()) }
+                }
+                Output::Send { to, msg: Msg::Replicate { id, .. } | Msg::ReplicatePiece { id, .. } } => {
+                    Input::Fabric { from: to, epoch: 1, msg: Msg::ReplicaAck { id } }
+                }
+                Output::Send { to, msg: Msg::DropReplica { id, .. } } => {
+                    Input::Fabric { from: to, epoch: 1, msg: Msg::ReplicaDropped { id } }
+                }
+                Output::Reply { id, result } => {
+                    replies.push((id, result));
+                    continue;
+                }
+                _ => continue,
+            };
+            todo.extend(m.step(next));
+        }
+        panic!("the machine kept asking");
+    }
+
+    fn read(m: &mut Machine, id: u64, line: u64) {
+        let replies = run(m, Input::Host { id, req: HostReq::Read { offset: line * 4, len: 4 } });
+        assert_eq!(replies, vec![(id, Ok(vec![0; 4]))]);
+    }
+
+    #[test]
+    fn evictions_and_write_backs_a_peer_waited_for_are_counted() {
+        let mut m = machine();
+        let write = HostReq::Write { offset: 0, data: vec![7; 4], fua: false };
+        assert_eq!(run(&mut m, Input::Host { id: 1, req: write }), vec![(1, Ok(Vec::new()))]);
+        assert_eq!(m.line_state(0), State::Modified);
+        for line in 1..4 {
+            read(&mut m, 1 + line, line);
+        }
+        assert_eq!((m.counters.evictions, m.counters.room_waits), (0, 0));
+        // The cache is full: the least recently used line (0, dirty) is written back and goes.
+        read(&mut m, 5, 4);
+        assert_eq!((m.counters.evictions, m.counters.evictions_dirty, m.counters.room_waits), (1, 1, 1));
+        assert_eq!(m.line_state(0), State::Invalid);
+        // Line 1 (clean) goes next, with nothing to write.
+        read(&mut m, 6, 5);
+        assert_eq!((m.counters.evictions, m.counters.evictions_dirty, m.counters.room_waits), (2, 1, 2));
+        // A peer's invalidate of a clean line is a yield; of a dirty one, a write-back first.
+        run(&mut m, Input::CardEvent { kind: CardEventKind::Invalidate, resource: 2, from: 1 });
+        assert_eq!(m.counters.yield_write_backs, 0);
+        let write = HostReq::Write { offset: 12, data: vec![9; 4], fua: false };
+        assert_eq!(run(&mut m, Input::Host { id: 7, req: write }), vec![(7, Ok(Vec::new()))]);
+        run(&mut m, Input::CardEvent { kind: CardEventKind::Invalidate, resource: 3, from: 1 });
+        assert_eq!(m.counters.yield_write_backs, 1);
+        assert_eq!(m.line_state(3), State::Invalid);
+    }
+}
