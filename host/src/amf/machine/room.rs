@@ -141,24 +141,8 @@ impl Room {
 #[cfg(test)]
 mod tests {
     use crate::amf::io::*;
-    use crate::amf::machine::{Config, Machine, State};
-
-    /// Node 0 of 2 with a cache of 4 one-word lines.
-    fn machine() -> Machine {
-        Machine::new(Config {
-            node: 0,
-            nodes: 2,
-            epoch: 1,
-            line_bytes: 4,
-            lines_max: 4,
-            stripe_bytes: 16,
-            capacity: 64,
-            degraded: false,
-            writeback_age_us: 50_000,
-            presence_buckets_log2: 0,
-            mutation: None,
-        })
-    }
+    use crate::amf::machine::view::tests::machine;
+    use crate::amf::machine::{Machine, State};
 
     /// Steps `input` and answers what it asks for (the card grants at once with no sharers,
     /// the members read zeros, the peer keeps and drops replicas) until nothing is left;
@@ -198,7 +182,7 @@ mod tests {
 
     #[test]
     fn evictions_and_write_backs_a_peer_waited_for_are_counted() {
-        let mut m = machine();
+        let mut m = machine(0, 2);
         let write = HostReq::Write { offset: 0, data: vec![7; 4], fua: false };
         assert_eq!(run(&mut m, Input::Host { id: 1, req: write }), vec![(1, Ok(Vec::new()))]);
         assert_eq!(m.line_state(0), State::Modified);

@@ -342,10 +342,11 @@ impl Machine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn machine(node: u8, nodes: u8) -> Machine {
+    /// Node `node` of `nodes` with a cache of 4 one-word lines, 4 lines to a stripe.
+    pub(in crate::amf::machine) fn machine(node: u8, nodes: u8) -> Machine {
         Machine::new(Config {
             node,
             nodes,
