@@ -873,16 +873,7 @@ mod tests {
     /// 0 may die at any point, so 1 may take the dirty line over while its flush runs, after
     /// its own part of it was done (the survivor's half of simulator seed 4790).
     fn a_death_during_a_flush() -> Scope {
-        Scope {
-            scripts: vec![vec![Op::Write(0, 1)], vec![Op::Flush]],
-            lines: 1,
-            lines_max: 1,
-            ticks: 0,
-            mutation: None,
-            crash: Some(0),
-            rejoin: Vec::new(),
-            presence_buckets_log2: 0,
-        }
+        Scope { scripts: vec![vec![Op::Write(0, 1)], vec![Op::Flush]], ..a_death_of_three() }
     }
 
     /// Controller 1 writes a line (its replica goes to 2) and controller 0 flushes every

@@ -64,7 +64,8 @@ fn every_controller_writes_the_members_itself() {
 
 /// Seeds searched for a run that catches a broken rule. Most are caught in the first few; a
 /// member failure that is finished before it is recorded needs a peer to read the failed
-/// member's stale data in the short window before the record reaches it (seed 515 since session 24; seed 27 before its timing changes).
+/// member's stale data in the short window before the record reaches it (seed 515 since
+/// session 24's timing changes; seed 27 before them).
 const MUTATION_SEEDS_MAX: u64 = 600;
 
 /// Broken rules whose hole the simulator found only past the searched seeds: the seed that
