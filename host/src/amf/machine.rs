@@ -22,6 +22,7 @@ mod jobs;
 mod presence;
 mod room;
 mod view;
+mod write_back;
 
 /// How a controller's machine is set up.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -414,7 +415,11 @@ enum CardUse {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum MemberUse {
     Fill(u64),
-    Destage(u64),
+    /// A write-back of the run of lines `first..first + lines` (`destage_run`).
+    Destage {
+        first: u64,
+        lines: u64,
+    },
     Sync(u64),
     Job(u64),
 }
@@ -493,6 +498,9 @@ pub struct Counters {
     pub member_reads: u64,
     /// Member writes (write-backs).
     pub member_writes: u64,
+    /// Lines those write-backs carried (more than `member_writes` when neighbours went
+    /// together: `destage_run`).
+    pub write_back_lines: u64,
     /// Writes replicated to a peer before their acknowledgement.
     pub replications: u64,
     /// Of those, sent as the write's bytes alone (the peer held the line as it was before).
@@ -1397,30 +1405,6 @@ impl Machine {
         self.member_io(Output::MemberRead { id: fid, offset, len });
     }
 
-    /// Writes line `r` back once every stripe it touches is locked here.
-    fn try_destage(&mut self, r: u64) {
-        if !self.lock_stripes(r) {
-            return;
-        }
-        let id = self.id();
-        self.members.insert(id, MemberUse::Destage(r));
-        self.counters.member_writes += 1;
-        let (lb, line_at) = (self.line_len(), r * self.cfg.line_bytes);
-        let l = self.line(r);
-        let wseq = l.wseq;
-        // Bytes written from here on are the next write-back's.
-        let dirty = std::mem::take(&mut l.dirty);
-        let range = dirty.within(lb);
-        let offset = line_at + range.start as u64;
-        let data = l.data[range].to_vec();
-        l.phase = Phase::Destaging { id, wseq, dirty };
-        // The piece this destage answers is FUA: the members must hold it durably before its
-        // reply, not only in their write caches.
-        let head = self.lines.get(&r).and_then(|l| l.queue.front()).and_then(|p| self.pieces.get(p));
-        let fua = head.is_some_and(|p| p.fua && p.applied) && self.cfg.mutation != Some(Mutation::VolatileFua);
-        self.member_io(Output::MemberWrite { id, offset, data, fua });
-    }
-
     fn stripe_event(&mut self, s: u64) {
         self.stripes.entry(s).or_default().owed = true;
         self.maybe_yield_stripe(s);
@@ -1692,49 +1676,10 @@ impl Machine {
                 self.touched.insert(r);
             }
             MemberUse::Job(j) => self.job_done(j, result),
-            MemberUse::Destage(r) => {
-                self.unlock_stripes(r);
-                let (now, lb) = (self.now_us, self.line_len());
-                let l = self.line(r);
-                let Phase::Destaging { wseq, dirty, .. } = l.phase else { return };
-                l.phase = Phase::Idle;
-                match result {
-                    Ok(_) => {
-                        l.clean_wseq = l.clean_wseq.max(wseq);
-                        if l.wseq == wseq && l.state == State::Modified {
-                            l.state = State::Exclusive;
-                        }
-                        // On the members, a line needs no new replica for its writes' answers.
-                        let settled = l.clean_wseq >= l.wseq && l.replica_pending.take().is_some();
-                        if let Some(to) = l.replica_at {
-                            // The peer's copy goes, kept there as a base if it is this very
-                            // write-back's content: the next write sends its bytes only.
-                            l.base_at = (l.replica_wseq == wseq && wseq != 0).then_some((to, wseq));
-                            l.replica_wseq = 0;
-                            let id = self.id();
-                            self.send_request(id, to, Msg::DropReplica { id, line: r, wseq }, Purpose::Drop(r));
-                            self.line(r).drop_pending = Some(id);
-                        }
-                        if self.head_applied(r) {
-                            self.finish_piece(r, None);
-                        }
-                        if settled {
-                            self.replica_settled();
-                        }
-                    }
-                    Err(e) => {
-                        // Not on the members: its bytes are the next write-back's too.
-                        l.dirty = l.dirty.with_failed(dirty, lb);
-                        l.retry_at_us = now + DESTAGE_RETRY_US;
-                        self.fail_applied(r, HostError::Member(e.clone()));
-                        for job in self.flushes.values_mut() {
-                            if job.lines.iter().any(|(x, _)| *x == r) {
-                                job.failed.get_or_insert(e.clone());
-                            }
-                        }
-                    }
+            MemberUse::Destage { first, lines } => {
+                for r in first..first + lines {
+                    self.written_back(r, id, &result);
                 }
-                self.touched.insert(r);
             }
             MemberUse::Sync(job) => {
                 // A sync the flush no longer waits for (lines joined it after it was issued:

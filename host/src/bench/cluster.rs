@@ -21,7 +21,7 @@ fn group(dir: &Path, n: usize, card: &str) -> Result<Launched, BenchError> {
 }
 
 /// `extra` names the member size.
-fn group_with(dir: &Path, n: usize, card: &str, extra: &[&str]) -> Result<Launched, BenchError> {
+pub(super) fn group_with(dir: &Path, n: usize, card: &str, extra: &[&str]) -> Result<Launched, BenchError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|source| BenchError::Io { path: dir.display().to_string(), source })?;
     let mut args = vec!["--level", "raid5", "--members", "4", "--card", card];
@@ -52,7 +52,7 @@ fn iops(g: &Launched, clients: usize, write_percent: u32, seconds: f64, seed: u6
     Ok((out.reads + out.writes) as f64 / out.elapsed.as_secs_f64())
 }
 
-fn sum(g: &Launched, path: &[&str]) -> Result<u64, BenchError> {
+pub(super) fn sum(g: &Launched, path: &[&str]) -> Result<u64, BenchError> {
     let st = g.status().map_err(peer_err)?;
     Ok(st.iter().map(|v| path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0)).sum())
 }

@@ -9,6 +9,7 @@ pub mod nbd;
 pub mod parity;
 pub mod plot;
 pub mod takeover;
+pub mod write_back;
 
 use std::path::Path;
 

@@ -98,7 +98,11 @@ pub fn run(opts: DemoOptions) -> Res<()> {
         delta("retries")
     );
     println!("  replication     {} writes replicated to a peer before their acknowledgement", delta("replications"));
-    println!("  write-back      {} lines written back to the members", delta("member_writes"));
+    println!(
+        "  write-back      {} lines written back to the members in {} member writes",
+        delta("write_back_lines"),
+        delta("member_writes")
+    );
     let per_member = |k: &str| -> Vec<u64> {
         (0..after.len())
             .map(|i| {

@@ -434,8 +434,8 @@ fn print_status(v: &serde_json::Value) {
             k["hits"], k["remote_hits"], k["member_reads"], k["acquires"], k["retries"], k["yields"]
         );
         println!(
-            "          {} replications, {} lines written back, {} lines forwarded to peers",
-            k["replications"], k["member_writes"], k["lines_forwarded"]
+            "          {} replications, {} lines written back in {} member writes, {} lines forwarded to peers",
+            k["replications"], k["write_back_lines"], k["member_writes"], k["lines_forwarded"]
         );
         let t = &c["takeover"];
         if t["gone"].as_u64().unwrap_or(0) != 0 {

@@ -367,7 +367,9 @@ enum BenchCommand {
         /// Record the tables in this markdown file (between bench markers).
         #[arg(
             long,
-            conflicts_with_all = ["latency_only", "beyond_cache_only", "own_regions_only", "scaling_only", "shared_only"]
+            conflicts_with_all = [
+                "latency_only", "beyond_cache_only", "own_regions_only", "scaling_only", "shared_only", "write_back_only"
+            ]
         )]
         record: Option<PathBuf>,
         /// Only the write-latency rows (a quick look while tuning the card path).
@@ -389,6 +391,10 @@ enum BenchCommand {
         /// each stop went (a quick look at contended write-backs and leaves).
         #[arg(long, group = "quick_rows", conflicts_with_all = ["latency_only", "beyond_cache_only"])]
         scaling_only: bool,
+        /// Only the rows of a sequential write through one controller, flushed: the member
+        /// writes it cost (a look at write-backs of whole stripes).
+        #[arg(long, conflicts_with_all = ["latency_only", "beyond_cache_only", "own_regions_only", "scaling_only", "shared_only"])]
+        write_back_only: bool,
         /// With --own-regions-only or --scaling-only: one more `amf cluster` argument for the
         /// clusters of several controllers (repeat it; e.g. `--cluster-arg=--writeback-age-ms
         /// --cluster-arg=50`), to compare a setting with its default side by side.
@@ -627,6 +633,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench { what: BenchCommand::Cluster { seconds, beyond_cache_only: true, .. } } => {
             let base = std::env::temp_dir().join(format!("amf-bench-beyond-{}", std::process::id()));
             let rows = crate::bench::cluster::beyond_cache(&base, seconds);
+            let _ = std::fs::remove_dir_all(&base);
+            println!("{}", rows?);
+        }
+        Command::Bench { what: BenchCommand::Cluster { write_back_only: true, .. } } => {
+            let base = std::env::temp_dir().join(format!("amf-bench-write-back-{}", std::process::id()));
+            let rows = crate::bench::write_back::sequential(&base);
             let _ = std::fs::remove_dir_all(&base);
             println!("{}", rows?);
         }

@@ -362,6 +362,37 @@ pub(super) mod tests {
         })
     }
 
+    /// Steps `input` and answers what it asks for (the card grants at once with no sharers,
+    /// the members read zeros, the peer keeps and drops replicas) until nothing is left;
+    /// returns the host replies.
+    pub(in crate::amf::machine) fn run(m: &mut Machine, input: Input) -> Vec<(u64, Result<Vec<u8>, HostError>)> {
+        let mut todo = m.step(input);
+        let mut replies = Vec::new();
+        for _ in 0..1000 {
+            let Some(o) = todo.pop() else { return replies };
+            let next = match o {
+                Output::Card { id, .. } => Input::CardDone { id, status: CardStatus::Ok, sharers: 0 },
+                Output::MemberRead { id, len, .. } => Input::MemberDone { id, result: Ok(vec![0; len as usize]) },
+                Output::MemberWrite { id, .. } | Output::MemberSync { id } => {
+                    Input::MemberDone { id, result: Ok(Vec::new()) }
+                }
+                Output::Send { to, msg: Msg::Replicate { id, .. } | Msg::ReplicatePiece { id, .. } } => {
+                    Input::Fabric { from: to, epoch: 1, msg: Msg::ReplicaAck { id } }
+                }
+                Output::Send { to, msg: Msg::DropReplica { id, .. } } => {
+                    Input::Fabric { from: to, epoch: 1, msg: Msg::ReplicaDropped { id } }
+                }
+                Output::Reply { id, result } => {
+                    replies.push((id, result));
+                    continue;
+                }
+                _ => continue,
+            };
+            todo.extend(m.step(next));
+        }
+        panic!("the machine kept asking");
+    }
+
     fn from(m: &mut Machine, peer: u8, msg: Msg) -> Vec<Output> {
         m.step(Input::Fabric { from: peer, epoch: 1, msg })
     }

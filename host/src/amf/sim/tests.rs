@@ -68,20 +68,17 @@ fn every_controller_writes_the_members_itself() {
 /// session 24's timing changes; seed 27 before them).
 const MUTATION_SEEDS_MAX: u64 = 600;
 
-/// Broken rules whose hole the simulator found only past the searched seeds: the seed that
-/// found it catches the rule broken again (the model checker catches them in a small scope).
-const CAUGHT_PAST_THE_SEARCH: [(Mutation, u64); 1] = [(Mutation::NoFlushAgain, 4790)];
+/// Broken rules no seed of the simulator's catches, each caught by the model checker in a
+/// small scope instead. `no-flush-again` (a survivor answers a flush of every controller before
+/// it takes over a dead controller's dirty line): seed 4790 found the hole and caught the rule
+/// broken until session 26's write-back runs changed its timing; seeds 1-6000 do not catch it
+/// since, and `model_check::tests::a_flush_covers_what_a_controller_that_died_during_it_had_acknowledged`
+/// and `a_flush_answered_before_a_takeover_asks_the_survivor_again` do.
+const CAUGHT_BY_THE_MODEL_CHECKER_ONLY: [Mutation; 1] = [Mutation::NoFlushAgain];
 
 #[test]
 fn each_broken_rule_is_caught() {
-    for (m, seed) in CAUGHT_PAST_THE_SEARCH {
-        assert!(
-            run(SimConfig { mutation: Some(m), ..SimConfig::from_seed(seed) }).is_err(),
-            "{} was not caught by seed {seed}",
-            m.name()
-        );
-    }
-    for m in Mutation::ALL.into_iter().filter(|m| CAUGHT_PAST_THE_SEARCH.iter().all(|(c, _)| c != m)) {
+    for m in Mutation::ALL.into_iter().filter(|m| !CAUGHT_BY_THE_MODEL_CHECKER_ONLY.contains(m)) {
         let caught = std::sync::atomic::AtomicU64::new(u64::MAX);
         std::thread::scope(|s| {
             for t in 0..2u64 {

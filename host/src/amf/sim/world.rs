@@ -4,7 +4,7 @@ use super::history::{pattern, History, BLOCK_BYTES};
 use crate::amf::card_terms::{opcode, take_submittable, waits};
 use crate::amf::io::*;
 use crate::amf::machine::{Config, Counters, Machine, State};
-use crate::engine::{Backend, Driver, DriverConfig, ModelBackend};
+use crate::engine::{Backend, Driver, DriverConfig, LinkKey, ModelBackend};
 use crate::raid::assemble::{assemble_as, create, CreateOptions};
 use crate::raid::power_loss::VolatileCaches;
 use crate::raid::{Array, Level};
@@ -489,6 +489,16 @@ struct Node {
     held: Vec<amf_hdl_model::gen::structs::Completion>,
 }
 
+/// The card link's key of the cluster's `start`th full start (0: the first; a power cut
+/// starts every controller again), from the seed. A new key at every full start, as
+/// `amf cluster` makes one and docs/operations.md asks of a configured key: under one key the
+/// cards of a new start would take a frame recorded in the last one (their counters and replay
+/// windows start over at the same epoch), the weakness the link's authentication has across
+/// full starts (docs/protocol.md, "Authenticated frames").
+fn start_key(seed: u64, start: u32) -> LinkKey {
+    LinkKey([seed as u32, (seed >> 32) as u32, 0x6c69_6e6b ^ start, 0x6b65_7921])
+}
+
 impl Node {
     /// Controller `n` starting in `epoch` (a restarted one: the epoch it joins in): it
     /// assembles the group with its own write-intent slot, opens a fresh card and a machine
@@ -497,11 +507,11 @@ impl Node {
         cfg: &SimConfig,
         dir: &std::path::Path,
         n: u8,
-        epoch: u32,
+        (epoch, key): (u32, LinkKey),
         caches: Option<&Arc<VolatileCaches>>,
     ) -> Result<Node, String> {
         let array = assemble_as(dir, false, n as usize).map_err(|e| format!("assemble: {e}"))?.array;
-        Node::open(cfg, array, n, epoch, caches)
+        Node::open(cfg, array, n, (epoch, key), caches)
     }
 
     /// Controller `n` on its assembled `array` (its members seen through `caches` when the
@@ -510,7 +520,7 @@ impl Node {
         cfg: &SimConfig,
         array: Array,
         n: u8,
-        epoch: u32,
+        (epoch, key): (u32, LinkKey),
         caches: Option<&Arc<VolatileCaches>>,
     ) -> Result<Node, String> {
         let peers = ((1u16 << cfg.nodes) - 1) as u8;
@@ -528,14 +538,9 @@ impl Node {
             ring_log2: 8,
             ack_timeout_cycles: (ACK_TIMEOUT_US * CYCLES_PER_US) as u32,
             heartbeat_cycles: 0,
-            // Every card of the run under one key from the seed: frames are authenticated as
-            // in a deployed cluster, and a replayed frame must be dropped (inject_garbage).
-            link_key: Some(crate::engine::LinkKey([
-                cfg.seed as u32,
-                (cfg.seed >> 32) as u32,
-                0x6c69_6e6b,
-                0x6b65_7921,
-            ])),
+            // Every card of a start under one key (`start_key`): frames are authenticated as in
+            // a deployed cluster, and a replayed frame must be dropped (inject_garbage).
+            link_key: Some(key),
         };
         let driver = Driver::open(card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
         let m = Machine::new(Config {
@@ -655,7 +660,7 @@ impl World {
         let caches = cfg.faults.power_cut.map(|_| VolatileCaches::new(cfg.members));
         let mut nodes = Vec::new();
         for n in 0..cfg.nodes {
-            nodes.push(Node::start(&cfg, &dir, n, BASE_EPOCH, caches.as_ref())?);
+            nodes.push(Node::start(&cfg, &dir, n, (BASE_EPOCH, start_key(cfg.seed, 0)), caches.as_ref())?);
         }
         let capacity = nodes[0].m.config().capacity;
         let stripe_bytes = nodes[0].array.geometry().stripe_bytes();

@@ -102,9 +102,10 @@ impl World {
             ));
         }
         let caches = self.caches.clone();
-        let mut nodes = vec![Node::open(&self.cfg, asm.array, 0, BASE_EPOCH, caches.as_ref())?];
+        let start = (BASE_EPOCH, super::start_key(self.cfg.seed, 1));
+        let mut nodes = vec![Node::open(&self.cfg, asm.array, 0, start, caches.as_ref())?];
         for n in 1..self.cfg.nodes {
-            nodes.push(Node::start(&self.cfg, &self.dir, n, BASE_EPOCH, caches.as_ref())?);
+            nodes.push(Node::start(&self.cfg, &self.dir, n, start, caches.as_ref())?);
         }
         for node in &mut nodes {
             node.card_cycles = self.now_us * CYCLES_PER_US;

@@ -25,7 +25,9 @@ impl World {
             return Ok(());
         }
         let target = crate::amf::shell::flip_epoch(BASE_EPOCH, self.epoch, 1 << n);
-        let mut node = Node::start(&self.cfg, &self.dir, n, target, self.caches.as_ref())?;
+        // The key of the running start: at most one power cut a run, and a restart only before it.
+        let key = super::start_key(self.cfg.seed, self.power.is_some() as u32);
+        let mut node = Node::start(&self.cfg, &self.dir, n, (target, key), self.caches.as_ref())?;
         node.array.reload_own_slot().map_err(|e| format!("n{n} reading its slot: {e}"))?;
         node.m.joins();
         node.card_cycles = self.now_us * super::CYCLES_PER_US;
