@@ -111,11 +111,14 @@ pub enum Mutation {
     /// the lines taken over do not join them, and a flush of every controller does not ask the
     /// survivors again (an answer from before the takeover ends it).
     NoFlushAgain,
+    /// A write-back of several lines ends only its first line: the others stay in it (their
+    /// stripe locks used, their bytes never said to be on the members).
+    RunEndsOneLine,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 22] = [
+    pub const ALL: [Mutation; 23] = [
         Mutation::SkipInvalidate,
         Mutation::AckBeforeReplica,
         Mutation::ForgetReplica,
@@ -138,6 +141,7 @@ impl Mutation {
         Mutation::NoPresenceMarks,
         Mutation::NoStripePresence,
         Mutation::NoFlushAgain,
+        Mutation::RunEndsOneLine,
     ];
 
     /// Its name on the command line.
@@ -165,6 +169,7 @@ impl Mutation {
             Mutation::NoPresenceMarks => "no-presence-marks",
             Mutation::NoStripePresence => "no-stripe-presence",
             Mutation::NoFlushAgain => "no-flush-again",
+            Mutation::RunEndsOneLine => "run-ends-one-line",
         }
     }
 
@@ -1677,6 +1682,7 @@ impl Machine {
             }
             MemberUse::Job(j) => self.job_done(j, result),
             MemberUse::Destage { first, lines } => {
+                let lines = if self.cfg.mutation == Some(Mutation::RunEndsOneLine) { 1 } else { lines };
                 for r in first..first + lines {
                     self.written_back(r, id, &result);
                 }

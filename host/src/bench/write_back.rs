@@ -41,13 +41,15 @@ pub fn sequential(base: &Path) -> Result<String, BenchError> {
             }
             Ok(v)
         };
+        let target = g
+            .nbd
+            .first()
+            .cloned()
+            .ok_or_else(|| BenchError::Peer { program: "amf cluster".into(), detail: "no NBD address".into() })?;
         let before = counts(&g)?;
         let start = Instant::now();
-        let copied = std::process::Command::new("nbdcopy")
-            .arg("--flush")
-            .arg(&source)
-            .arg(format!("nbd://{}", g.nbd[0]))
-            .output();
+        let copied =
+            std::process::Command::new("nbdcopy").arg("--flush").arg(&source).arg(format!("nbd://{target}")).output();
         let seconds = start.elapsed().as_secs_f64();
         let after = counts(&g);
         g.stop();

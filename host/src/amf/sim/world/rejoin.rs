@@ -25,7 +25,8 @@ impl World {
             return Ok(());
         }
         let target = crate::amf::shell::flip_epoch(BASE_EPOCH, self.epoch, 1 << n);
-        // The key of the running start: at most one power cut a run, and a restart only before it.
+        // The key of the running start (a run that cuts the power restarts no controller alone:
+        // `with_power_cut`).
         let key = super::start_key(self.cfg.seed, self.power.is_some() as u32);
         let mut node = Node::start(&self.cfg, &self.dir, n, (target, key), self.caches.as_ref())?;
         node.array.reload_own_slot().map_err(|e| format!("n{n} reading its slot: {e}"))?;
