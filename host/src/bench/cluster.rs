@@ -2,7 +2,8 @@
 //! same machine and group shape: 4 KiB random read and write IOPS for 1 and 3 controllers; the
 //! latency of a write to unshared data (the line held exclusively: no card message) and to
 //! shared data (one write-invalidate round); and card frames and fabric requests per operation
-//! for 2 to 8 controllers (model cards: eight Verilator cards would measure the simulator).
+//! for 2 to 8 controllers (model cards: eight Verilator cards would measure the simulator); and
+//! the member writes of a sequential write (`write_back.rs`).
 
 use super::BenchError;
 use crate::cluster::config::{LINE_KIB_DEFAULT, WRITEBACK_AGE_MS_DEFAULT};
@@ -385,6 +386,7 @@ pub fn run(seconds: f64) -> Result<(String, Vec<(f64, f64)>), BenchError> {
     out += &beyond_cache(&base, seconds)?;
     out += &big_cache(&base)?;
     out += &latency_rows(&base)?;
+    out += &super::write_back::sequential(&base.join("write-back"))?;
     let (rows, points) = scaling(&base, seconds, &[])?;
     out += &rows;
     let _ = std::fs::remove_dir_all(&base);

@@ -55,10 +55,10 @@ impl Machine {
     }
 
     /// The lines that go back with line `r`: the contiguous run around it, within the stripes
-    /// `r` touches, of lines that could start a write-back of their own now without waiting
-    /// (Modified, idle or waiting for the same stripe locks, nothing queued, no replica answer
-    /// outstanding, their stripes held here and not owed to a peer). Returns the first and the
-    /// last. A line waiting for the locks leaves their waiters as it takes them
+    /// `r` touches, of lines whose write-back is due (its age, a flush, an eviction or a peer
+    /// asked) and could start now without waiting (Modified, idle or waiting for the same
+    /// stripe locks, nothing queued, no replica answer outstanding, their stripes held here and
+    /// not owed to a peer). Returns the first and the last. A line waiting for the locks leaves their waiters as it takes them
     /// (`lock_stripes`): a tick's or a flush's write-backs of one stripe all wait for its lock,
     /// and the first to get it takes the others along.
     fn destage_run(&self, r: u64) -> (u64, u64) {
@@ -80,8 +80,12 @@ impl Machine {
     /// Whether line `n` may go back with a neighbour's write-back (`destage_run`).
     fn joins_write_back(&self, n: u64) -> bool {
         let Some(l) = self.lines.get(&n) else { return false };
+        // A line written lately stays out: a write to a line in a write-back waits for the
+        // member write, and a line not due would make that wait for nothing.
+        let due = l.phase == Phase::Locking || l.writeback || l.evict || l.owed_excl || l.owed_share;
         let idle = l.state == State::Modified
             && matches!(l.phase, Phase::Idle | Phase::Locking)
+            && due
             && l.queue.is_empty()
             && l.data.len() == self.line_len()
             && l.retry_at_us <= self.now_us
@@ -172,27 +176,54 @@ mod tests {
     }
 
     #[test]
-    fn the_dirty_lines_beside_a_write_back_in_its_stripe_go_in_the_same_member_write() {
-        // Lines of 4 bytes, stripes of 16: lines 0-3 are stripe 0, 4-7 stripe 1.
+    fn a_write_back_leaves_out_the_lines_beside_it_that_are_not_due() {
+        // Lines of 4 bytes, stripes of 16: lines 0-3 are stripe 0.
+        let mut m = machine(0, 2);
+        write(&mut m, 1, 0, 0xa0);
+        write(&mut m, 2, 1, 0xa1);
+        write(&mut m, 3, 2, 0xa2);
+        // A peer asks for line 1: lines 0 and 2, written lately, are not due and stay out.
+        let ask = Input::CardEvent { kind: CardEventKind::Invalidate, resource: 1, from: 1 };
+        let (id, offset, data) = next_member_write(&mut m, ask);
+        assert_eq!((offset, data), (4, vec![0xa1; 4]));
+        // So a write to line 0 meanwhile is answered without waiting for that member write.
+        write(&mut m, 4, 0, 0xb0);
+        run(&mut m, Input::MemberDone { id, result: Ok(Vec::new()) });
+        assert_eq!(m.line_state(1), State::Invalid);
+        assert_eq!((m.line_state(0), m.line_state(2)), (State::Modified, State::Modified));
+        assert_eq!((m.counters.member_writes, m.counters.write_back_lines), (1, 1));
+        assert_eq!(m.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_write_back_takes_along_the_lines_beside_it_a_peer_asked_for_too() {
         let mut m = machine(0, 2);
         write(&mut m, 1, 0, 0xa0);
         write(&mut m, 2, 1, 0xa1);
         write(&mut m, 3, 2, 0xa2);
         write(&mut m, 4, 4, 0xa4);
-        let before = (m.counters.member_writes, m.counters.write_back_lines);
-        // A peer asks for line 1: its write-back takes lines 0 and 2 along (line 3 is not
-        // here, line 4 is another stripe's).
-        let ask = Input::CardEvent { kind: CardEventKind::Invalidate, resource: 1, from: 1 };
-        let (id, offset, data) = next_member_write(&mut m, ask);
-        assert_eq!(offset, 0);
-        assert_eq!(data, [[0xa0; 4], [0xa1; 4], [0xa2; 4]].concat());
-        assert_eq!((m.counters.member_writes, m.counters.write_back_lines), (before.0 + 1, before.1 + 3));
-        // Every line of the run ends as it would alone: clean, the asked one given up.
+        // A peer asks for line 1, then for line 0 while 1 waits for the stripe lock: the
+        // first to get the lock takes the other along. Line 2 is not due; line 4 is another
+        // stripe's.
+        let ask = |r| Input::CardEvent { kind: CardEventKind::Invalidate, resource: r, from: 1 };
+        let lock: Vec<u64> = m
+            .step(ask(1))
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Card { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lock.len(), 1, "one stripe lock asked for");
+        assert!(m.step(ask(0)).iter().all(|o| !matches!(o, Output::MemberWrite { .. })));
+        let granted = Input::CardDone { id: lock[0], status: CardStatus::Ok, sharers: 0 };
+        let (id, offset, data) = next_member_write(&mut m, granted);
+        assert_eq!((offset, data), (0, [[0xa0; 4], [0xa1; 4]].concat()));
+        assert_eq!((m.counters.member_writes, m.counters.write_back_lines), (1, 2));
+        // Every line of the run ends as it would alone: given up to the peer that asked.
         run(&mut m, Input::MemberDone { id, result: Ok(Vec::new()) });
-        assert_eq!(m.line_state(0), State::Exclusive);
-        assert_eq!(m.line_state(1), State::Invalid);
-        assert_eq!(m.line_state(2), State::Exclusive);
-        assert_eq!(m.line_state(4), State::Modified);
+        assert_eq!((m.line_state(0), m.line_state(1)), (State::Invalid, State::Invalid));
+        assert_eq!((m.line_state(2), m.line_state(4)), (State::Modified, State::Modified));
         assert_eq!(m.check(), Ok(()));
     }
 
@@ -216,8 +247,7 @@ mod tests {
         let mut m = machine(0, 2);
         write(&mut m, 1, 2, 0xb2);
         write(&mut m, 2, 3, 0xb3);
-        let ask = Input::CardEvent { kind: CardEventKind::Invalidate, resource: 3, from: 1 };
-        let (id, offset, data) = next_member_write(&mut m, ask);
+        let (id, offset, data) = next_member_write(&mut m, Input::Host { id: 3, req: HostReq::FlushLocal });
         assert_eq!((offset, data), (8, [[0xb2; 4], [0xb3; 4]].concat()));
         m.step(Input::MemberDone { id, result: Err("member gone".into()) });
         assert_eq!(m.line_state(2), State::Modified);
