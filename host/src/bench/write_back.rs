@@ -64,16 +64,17 @@ pub fn sequential(base: &Path) -> Result<String, BenchError> {
             });
         }
         let d: Vec<u64> = after?.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
-        let per_mib = d[0] as f64 / WRITE_MIB as f64;
+        // In the order `counts` reads them: ENGINE's, then the machine's two.
+        let &[member_writes, full, rcw, rmw, lines_written_back, write_backs] = &d[..] else {
+            return Err(BenchError::Peer { program: "amf status".into(), detail: "counters missing".into() });
+        };
+        let per_mib = member_writes as f64 / WRITE_MIB as f64;
         // One controller keeps no coherency counters: its cache is the engine's own.
-        let lines = if n == 1 { "- | -".to_string() } else { format!("{} | {}", d[4], d[5]) };
+        let lines = if n == 1 { "- | -".to_string() } else { format!("{lines_written_back} | {write_backs}") };
         out += &format!(
-            "| {n} | {} | {:.0} | {per_mib:.1} | {} | {} | {} | {lines} |\n",
+            "| {n} | {} | {:.0} | {per_mib:.1} | {full} | {rcw} | {rmw} | {lines} |\n",
             if n == 1 { "none" } else { card },
             WRITE_MIB as f64 / seconds.max(1e-9),
-            d[1],
-            d[2],
-            d[3]
         );
     }
     let _ = std::fs::remove_file(&source);

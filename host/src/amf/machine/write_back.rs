@@ -158,6 +158,16 @@ mod tests {
         assert_eq!(m.line_state(line), State::Modified);
     }
 
+    /// A machine of two controllers (lines of 4 bytes, stripes of 16: lines 0-3 are stripe 0)
+    /// whose `lines` were written here, line `l` with bytes `base + l`.
+    fn dirty_lines(lines: &[u64], base: u8) -> Machine {
+        let mut m = machine(0, 2);
+        for &line in lines {
+            write(&mut m, 100 + line, line, base + line as u8);
+        }
+        m
+    }
+
     /// Steps `input`, granting the card commands it asks for, until the machine writes to the
     /// members: that write's id, offset and bytes.
     fn next_member_write(m: &mut Machine, input: Input) -> (u64, u64, Vec<u8>) {
@@ -177,11 +187,7 @@ mod tests {
 
     #[test]
     fn a_write_back_leaves_out_the_lines_beside_it_that_are_not_due() {
-        // Lines of 4 bytes, stripes of 16: lines 0-3 are stripe 0.
-        let mut m = machine(0, 2);
-        write(&mut m, 1, 0, 0xa0);
-        write(&mut m, 2, 1, 0xa1);
-        write(&mut m, 3, 2, 0xa2);
+        let mut m = dirty_lines(&[0, 1, 2], 0xa0);
         // A peer asks for line 1: lines 0 and 2, written lately, are not due and stay out.
         let ask = Input::CardEvent { kind: CardEventKind::Invalidate, resource: 1, from: 1 };
         let (id, offset, data) = next_member_write(&mut m, ask);
@@ -197,11 +203,7 @@ mod tests {
 
     #[test]
     fn a_write_back_takes_along_the_lines_beside_it_a_peer_asked_for_too() {
-        let mut m = machine(0, 2);
-        write(&mut m, 1, 0, 0xa0);
-        write(&mut m, 2, 1, 0xa1);
-        write(&mut m, 3, 2, 0xa2);
-        write(&mut m, 4, 4, 0xa4);
+        let mut m = dirty_lines(&[0, 1, 2, 4], 0xa0);
         // A peer asks for line 1, then for line 0 while 1 waits for the stripe lock: the
         // first to get the lock takes the other along. Line 2 is not due; line 4 is another
         // stripe's.
@@ -229,10 +231,7 @@ mod tests {
 
     #[test]
     fn the_write_backs_of_a_local_flush_waiting_for_one_stripe_lock_go_as_one_full_stripe() {
-        let mut m = machine(0, 2);
-        for line in 0..4 {
-            write(&mut m, 1 + line, line, 0xc0 + line as u8);
-        }
+        let mut m = dirty_lines(&[0, 1, 2, 3], 0xc0);
         let (id, offset, data) = next_member_write(&mut m, Input::Host { id: 9, req: HostReq::FlushLocal });
         assert_eq!((offset, data), (0, [[0xc0; 4], [0xc1; 4], [0xc2; 4], [0xc3; 4]].concat()));
         let replies = run(&mut m, Input::MemberDone { id, result: Ok(Vec::new()) });
@@ -244,9 +243,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_back_leaves_every_line_of_its_run_dirty() {
-        let mut m = machine(0, 2);
-        write(&mut m, 1, 2, 0xb2);
-        write(&mut m, 2, 3, 0xb3);
+        let mut m = dirty_lines(&[2, 3], 0xb0);
         let (id, offset, data) = next_member_write(&mut m, Input::Host { id: 3, req: HostReq::FlushLocal });
         assert_eq!((offset, data), (8, [[0xb2; 4], [0xb3; 4]].concat()));
         m.step(Input::MemberDone { id, result: Err("member gone".into()) });
