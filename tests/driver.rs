@@ -382,6 +382,74 @@ fn simulated_cards_exchange_broadcasts_over_udp() {
     }
 }
 
+/// Cards whose links the caller's loop reads (`host_link`, as a controller's loop does): a
+/// frame and a doorbell are served on the caller's thread, and a card left waiting for a peer
+/// that never answers still counts its time down on its clock thread, at a pace (it pauses
+/// between bursts) instead of spinning through the wait.
+#[test]
+fn hosted_simulated_cards_serve_on_the_callers_thread_and_time_out_while_waiting() {
+    let n = 3u8;
+    let devs: Vec<DeviceBackend> =
+        (0..n).map(|_| DeviceBackend::start("127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+    for a in &devs {
+        for (i, b) in devs.iter().enumerate() {
+            a.0.set_peer(i as u8, b.0.link_addr().unwrap());
+        }
+    }
+    const ACK_TIMEOUT_CYCLES: u32 = 20_000;
+    let mut d: Vec<Driver<DeviceBackend>> = (0..n)
+        .map(|i| {
+            let cfg = DriverConfig {
+                node: i,
+                peers: ((1u16 << n) - 1) as u8,
+                epoch: 3,
+                ack_timeout_cycles: ACK_TIMEOUT_CYCLES,
+                ..DriverConfig::default()
+            };
+            Driver::open(devs[i as usize].clone(), cfg).unwrap()
+        })
+        .collect();
+    for dev in &devs {
+        dev.0.host_link().unwrap();
+    }
+    let mut pump_all = || {
+        for dev in &devs {
+            dev.0.pump_link();
+        }
+    };
+    let (c, _) = d[0].call(Opcode::AcquireShared, 9, T, &mut pump_all).unwrap();
+    assert_eq!((c.status, c.peers_asked), (Status::Ok as u8, 0b110), "the first read asks everyone");
+    let (c, _) = d[1].call(Opcode::AcquireShared, 9, T, &mut pump_all).unwrap();
+    assert_eq!(c.sharers & 0b11, 0b11);
+    let (c, _) = d[1].call(Opcode::AcquireExclusive, 9, T, &mut pump_all).unwrap();
+    assert_eq!((c.status, c.peers_asked), (Status::Ok as u8, 0b001), "one invalidate round, to the sharer");
+    let mut ev = vec![];
+    for _ in 0..100 {
+        pump_all();
+        ev.extend(d[0].events().unwrap());
+        if ev.iter().any(|e| e.kind == EventKind::Invalidate as u8) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(ev.iter().any(|e| e.kind == EventKind::Invalidate as u8 && e.resource == 9), "{ev:?}");
+
+    // Card 2's link is no longer read: card 0's broadcast to it waits, and times out.
+    let pump_two = &mut || {
+        devs[0].0.pump_link();
+        devs[1].0.pump_link();
+    };
+    let (before, t) = (devs[0].0.cycles(), std::time::Instant::now());
+    let (c, _) = d[0].call(Opcode::AcquireExclusive, 10, T, pump_two).unwrap();
+    let (cycles, waited) = (devs[0].0.cycles() - before, t.elapsed());
+    assert_eq!((c.status, c.missing), (Status::Timeout as u8, 0b100), "card 2 never answered");
+    assert!(cycles >= ACK_TIMEOUT_CYCLES as u64, "the timeout came after {cycles} cycles");
+    // Spinning ran about a million cycles a second; a pace of a 16-cycle burst per 100 us
+    // pause runs at most 160 thousand.
+    let per_s = cycles as f64 / waited.as_secs_f64();
+    assert!(per_s < 320_000.0, "a waiting card ran {per_s:.0} cycles/s ({cycles} in {waited:?}): it spun");
+}
+
 #[test]
 fn a_simulated_device_keeps_completing_through_many_ring_wraps() {
     let dev = DeviceBackend::start("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -34,7 +34,8 @@ module amf_card_syn #(
   input  logic        link_tx_ready_i,
   output logic [2:0]  wide_parity_o,
   output logic        irq_o,
-  output logic        busy_o
+  output logic        busy_o,
+  output logic        active_o
 );
   logic [383:0] wide_q;
   always_ff @(posedge clk_i) wide_q <= {wide_q[382:0], wide_bit_i};
@@ -69,7 +70,8 @@ module amf_card_syn #(
     .link_tx_ready_i,
     .link_tx_frame_o (link_tx_frame),
     .irq_o,
-    .busy_o
+    .busy_o,
+    .active_o
   );
 
   assign wide_parity_o = {^dma_req_addr, ^dma_req_wdata, ^link_tx_frame};

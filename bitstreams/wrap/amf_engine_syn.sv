@@ -29,7 +29,8 @@ module amf_engine_syn #(
   output logic       tx_valid_o,
   input  logic       tx_ready_i,
   output logic [3:0] parity_o,
-  output logic       busy_o
+  output logic       busy_o,
+  output logic       active_o
 );
   logic [255:0] wide_q;
   always_ff @(posedge clk_i) wide_q <= {wide_q[254:0], wide_bit_i};
@@ -78,7 +79,8 @@ module amf_engine_syn #(
     .full_fallbacks_o   (full_fallbacks),
     .filter_on_o        (filter_on),
     .filtered_o         (filtered),
-    .busy_o
+    .busy_o,
+    .active_o
   );
 
   assign parity_o = {^cpl, ^evt, ^tx_frame,

@@ -47,7 +47,9 @@ module amf_card #(
   output logic [383:0] link_tx_frame_o,
   output logic         irq_o,
   // the card has work or a timer running; a simulation may stop its clock while this is low
-  output logic         busy_o
+  output logic         busy_o,
+  // the card has work to do now (busy_o less waiting for answers, timers and the host)
+  output logic         active_o
 );
   // ---- registers ----------------------------------------------------------------------------
   logic        enable, soft_reset, cmd_db, cpl_db, evt_db;
@@ -156,7 +158,7 @@ module amf_card #(
   logic [255:0] cmd;
   logic [7:0]   fetch_code;
   logic [31:0]  fetch_wdata, cmd_cons;
-  logic         fetch_busy, cpl_busy, evt_busy, engine_busy;
+  logic         fetch_busy, cpl_busy, evt_busy, engine_busy, engine_active;
 
   amf_cmd_fetch u_fetch (
     .clk_i,
@@ -382,7 +384,8 @@ module amf_card #(
     .full_fallbacks_o   (full_fallbacks),
     .filter_on_o        (filter_on),
     .filtered_o         (filtered),
-    .busy_o             (engine_busy)
+    .busy_o             (engine_busy),
+    .active_o           (engine_active)
   );
 
   // The checker's own busy, not its ready: a frame moving from its first stage to its second
@@ -390,6 +393,8 @@ module amf_card #(
   // (the frame then waited for the next input to start the clock again).
   assign busy_o = fetch_busy || cpl_busy || evt_busy || engine_busy || chk_busy
                   || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
+  assign active_o = fetch_busy || cpl_busy || evt_busy || engine_active || chk_busy
+                    || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
 
   logic unused;
   assign unused = ^{cmd_cons, cpl_prod, evt_prod, cpl_space, evt_space, cpl_room, evt_space_sat};

@@ -58,7 +58,10 @@ module amf_engine #(
   output logic         filter_on_o,
   output logic [31:0]  filtered_o,
   // something to do or wait for (a clock may stop while this is low)
-  output logic         busy_o
+  output logic         busy_o,
+  // something to do now: busy_o less waits (acquires waiting for answers, timers not yet due,
+  // a full event ring), so a simulation knows when the card has answered its input
+  output logic         active_o
 );
   localparam int unsigned IdxW         = $clog2(Inflight);
 `ifndef SYNTHESIS
@@ -1101,6 +1104,8 @@ module amf_engine #(
 
   assign busy_o         = state_q != SIdle || |p_valid || deferred_q || rx_valid_i || cmd_valid_i
                           || (enable_i && hb_on_q);
+  assign active_o       = state_q != SIdle || rx_valid_i || cmd_valid_i || due_any || hb_due || down_any
+                          || (deferred_q && evt_room_i);
   assign frames_tx_o    = frames_tx_q;
   assign bad_commands_o = bad_commands_q;
   assign broadcasts_o   = broadcasts_q;

@@ -29,6 +29,7 @@ struct amf_cd_io {
     uint8_t link_tx_valid;
     uint8_t irq;
     uint8_t busy;
+    uint8_t active;
     uint32_t reg_rsp_rdata;
     uint64_t dma_req_addr;
     uint32_t dma_req_wdata[8];
@@ -91,6 +92,7 @@ void amf_cd_cycle(void* p, amf_cd_io* io) {
     for (int i = 0; i < 12; i++) io->link_tx_frame[i] = t->link_tx_frame_o[i];
     io->irq = t->irq_o;
     io->busy = t->busy_o;
+    io->active = t->active_o;
     t->clk_i = 1;
     t->eval();
 }

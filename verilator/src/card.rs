@@ -30,6 +30,7 @@ struct Io {
     link_tx_valid: u8,
     irq: u8,
     busy: u8,
+    active: u8,
     reg_rsp_rdata: u32,
     dma_req_addr: u64,
     dma_req_wdata: [u32; 8],
@@ -173,6 +174,13 @@ impl SimCard {
     /// is waiting to go in: its clock must keep running.
     pub fn busy(&self) -> bool {
         self.io.busy == 1 || !self.rx.is_empty() || self.dma_rsp.is_some()
+    }
+
+    /// The card has work to do now (as of the last cycle), or a frame or DMA response is
+    /// waiting to go in: unlike [`SimCard::busy`], false while it only waits (for its peers'
+    /// answers, a timer, room in a ring the host empties).
+    pub fn active(&self) -> bool {
+        self.io.active == 1 || !self.rx.is_empty() || self.dma_rsp.is_some()
     }
 }
 

@@ -48,6 +48,23 @@ impl AnyCard {
         }
     }
 
+    /// Hands the card's link to the caller's event loop (see `LinkedModel::host_link` and
+    /// `SimDevice::host_link`): its socket, to poll for readable.
+    pub fn host_link(&self) -> std::io::Result<std::os::fd::RawFd> {
+        match self {
+            AnyCard::Sim(s) => s.0.host_link(),
+            AnyCard::Model(m) => m.host_link(),
+        }
+    }
+
+    /// Takes the frames waiting on a hosted link to the card; true when more may wait.
+    pub fn pump_link(&self) -> bool {
+        match self {
+            AnyCard::Sim(s) => s.0.pump_link(),
+            AnyCard::Model(m) => m.pump_link(),
+        }
+    }
+
     fn inner(&self) -> &dyn Backend {
         match self {
             AnyCard::Sim(s) => s,

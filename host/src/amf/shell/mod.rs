@@ -206,7 +206,7 @@ impl Shell {
         };
         let driver = Driver::open(cfg.card.clone(), dcfg).map_err(|e| format!("card: {e}"))?;
         let card_waker = CardWaker::start(&cfg.card, poll.registry()).map_err(|e| format!("card interrupt: {e}"))?;
-        let model_link = ModelLink::start(&cfg.card, poll.registry()).map_err(|e| format!("card link: {e}"))?;
+        let card_link = CardLink::start(&cfg.card, poll.registry()).map_err(|e| format!("card link: {e}"))?;
         let payload_max = m.line_bytes as usize + 1024;
         let net = net::Net::start(
             cfg.fabric,
@@ -277,7 +277,7 @@ impl Shell {
                     inbox,
                     takeover: progress,
                     card_waker,
-                    model_link,
+                    card_link,
                     card_order: CardOrder::default(),
                     incarnation: cfg.incarnation,
                     met: [None; 8],
@@ -404,26 +404,24 @@ impl CardWaker {
     }
 }
 
-/// A model card's link socket in the loop's poll (`LinkedModel::host_link`): its frames reach
+/// A simulated card's link socket in the loop's poll (`AnyCard::host_link`): its frames reach
 /// the card on the loop's thread, with no link thread to wake between.
-struct ModelLink {
-    card: crate::engine::LinkedModel,
+struct CardLink {
+    card: AnyCard,
     /// The socket was readable and may hold frames not yet taken.
     more: bool,
 }
 
-/// The model card link's token in the loop's poll.
-const MODEL_LINK_TOKEN: mio::Token = mio::Token(usize::MAX - 1);
+/// The card link's token in the loop's poll.
+const CARD_LINK_TOKEN: mio::Token = mio::Token(usize::MAX - 1);
 
-impl ModelLink {
-    /// None for a card of another kind.
-    fn start(card: &AnyCard, registry: &mio::Registry) -> std::io::Result<Option<ModelLink>> {
-        let AnyCard::Model(m) = card else { return Ok(None) };
-        let fd = m.host_link()?;
+impl CardLink {
+    fn start(card: &AnyCard, registry: &mio::Registry) -> std::io::Result<CardLink> {
+        let fd = card.host_link()?;
         // The socket belongs to the card, which the loop's driver holds as long as the poll.
-        registry.register(&mut mio::unix::SourceFd(&fd), MODEL_LINK_TOKEN, mio::Interest::READABLE)?;
+        registry.register(&mut mio::unix::SourceFd(&fd), CARD_LINK_TOKEN, mio::Interest::READABLE)?;
         // Frames may have come before the registration: look once.
-        Ok(Some(ModelLink { card: m.clone(), more: true }))
+        Ok(CardLink { card: card.clone(), more: true })
     }
 }
 
@@ -484,7 +482,7 @@ struct Loop {
     /// The card's interrupt, when it has one.
     card_waker: Option<CardWaker>,
     /// A model card's link, read by this loop.
-    model_link: Option<ModelLink>,
+    card_link: CardLink,
     /// Completions and events in the card's order across looks at its rings.
     card_order: CardOrder,
     /// This process (its hellos say it): random at start.
@@ -571,10 +569,10 @@ impl Loop {
                 crate::raid::fence::GATE.close(Duration::from_secs(1));
                 std::process::exit(crate::raid::fence::FENCED_EXIT_CODE);
             }
-            // A model card's frames reach it before the rings are read: what they complete
-            // is reaped in this round.
-            if let Some(l) = self.model_link.as_mut().filter(|l| l.more) {
-                l.more = l.card.pump_link();
+            // The card's frames reach it before the rings are read: what they complete is
+            // reaped in this round.
+            if self.card_link.more {
+                self.card_link.more = self.card_link.card.pump_link();
             }
             self.pump_card();
             // Failures found by the periodic member check, with no I/O of this loop's.
@@ -682,7 +680,7 @@ impl Loop {
             && self.join.is_none()
             && self.view_due.is_none()
             && self.hellos_in()
-            && self.model_link.as_ref().is_none_or(|l| !l.more)
+            && !self.card_link.more
             && self.m.timers_idle()
     }
 
@@ -703,7 +701,7 @@ impl Loop {
             || self.net.busy()
             || self.nbd.as_ref().is_some_and(|(n, _)| n.pending())
             || self.card_waker.as_ref().is_some_and(|w| w.taken)
-            || self.model_link.as_ref().is_some_and(|l| l.more);
+            || self.card_link.more;
         let polled = self.poll.poll(&mut self.events, Some(if busy { Duration::ZERO } else { wait }));
         self.wake.awake();
         if let Some(w) = self.card_waker.as_mut() {
@@ -711,10 +709,8 @@ impl Loop {
                 w.signalled();
             }
         }
-        if let Some(l) = self.model_link.as_mut() {
-            if self.events.iter().any(|e| e.token() == MODEL_LINK_TOKEN) {
-                l.more = true;
-            }
+        if self.events.iter().any(|e| e.token() == CARD_LINK_TOKEN) {
+            self.card_link.more = true;
         }
         if let Err(e) = polled {
             if e.kind() != std::io::ErrorKind::Interrupted {
