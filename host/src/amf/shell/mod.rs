@@ -481,7 +481,7 @@ struct Loop {
     takeover: Arc<TakeoverProgress>,
     /// The card's interrupt, when it has one.
     card_waker: Option<CardWaker>,
-    /// A model card's link, read by this loop.
+    /// The card's link, read by this loop.
     card_link: CardLink,
     /// Completions and events in the card's order across looks at its rings.
     card_order: CardOrder,
