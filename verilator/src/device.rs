@@ -244,23 +244,17 @@ impl SimDevice {
         // The clear reaches the card first (as a read-back flushes posted writes on PCIe):
         // armed before it, the line still high from the causes it clears would interrupt
         // for nothing.
-        {
-            let mut g = lock(&self.shared.inner);
-            apply_posted(&self.shared, &mut g);
-        }
+        let mut g = lock(&self.shared.inner);
+        apply_posted_settled(&self.shared, &mut g);
         self.shared.armed.store(true, Relaxed);
         if self.shared.hosted.load(SeqCst) {
             // Causes raised since the clear interrupt now; the card's other work is the clock
             // thread's or the next input's.
-            let mut g = lock(&self.shared.inner);
-            // The clear's effect on the line shows a cycle after it (outputs are sampled
-            // before the edge).
-            g.card.run(1, &mut LockedMem(&self.shared.mem));
-            self.shared.cycles.fetch_add(1, Relaxed);
             if g.card.irq() {
                 notify(&self.shared);
             }
         } else {
+            drop(g);
             kick(&self.shared);
         }
     }
@@ -298,6 +292,16 @@ fn apply_posted(s: &Shared, g: &mut Inner) -> usize {
         g.card.mmio_write(offset, value, &mut LockedMem(&s.mem));
     }
     writes.len()
+}
+
+/// Applies the posted register writes and, if there were any, runs one more cycle: the card's
+/// outputs are sampled before the clock edge, so they show a write's effect (work to do, an
+/// interrupt line cleared) one cycle after it.
+fn apply_posted_settled(s: &Shared, g: &mut Inner) {
+    if apply_posted(s, g) > 0 {
+        g.card.run(1, &mut LockedMem(&s.mem));
+        s.cycles.fetch_add(1, Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -357,13 +361,9 @@ fn send(s: &Shared, out: Vec<WireFrame>) {
 fn serve(s: &Shared) {
     let (busy, active) = {
         let mut g = lock(&s.inner);
-        // The card's outputs are sampled before the clock edge, so they show a register
-        // write's work one cycle after the write.
-        if apply_posted(s, &mut g) > 0 {
-            g.card.run(1, &mut LockedMem(&s.mem));
-            s.cycles.fetch_add(1, Relaxed);
-        }
-        (g.card.busy() || !lock(&s.rx).is_empty(), g.card.active() || !lock(&s.rx).is_empty())
+        apply_posted_settled(s, &mut g);
+        let frames = !lock(&s.rx).is_empty();
+        (g.card.busy() || frames, g.card.active() || frames)
     };
     // A register write that gave the card nothing to do (an interrupt's clear, a mask) costs
     // no burst.
