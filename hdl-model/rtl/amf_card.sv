@@ -396,6 +396,34 @@ module amf_card #(
   assign active_o = fetch_busy || cpl_busy || evt_busy || engine_active || chk_busy
                     || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
 
+`ifndef SYNTHESIS
+  // The host puts events and completions in order by a completion's `events_before`, which it
+  // reads only once it sees the completion: an event whose entry reached host memory before the
+  // entry of a completion the engine handed over first could be handled before it (an
+  // invalidate before the grant it follows). What keeps the order today: each ring writer holds
+  // one entry and asks for the port the cycle after it takes it, before the engine can hand over
+  // an event, and the arbiter then grants the completion first. A writer that waited before it
+  // asked (a pipeline stage, a queue) would break it; this catches that.
+  logic cpl_untaken_q;  // an accepted completion's write is not yet taken by the port
+  logic cpl_older_q;    // and an event was accepted after it
+  always_ff @(posedge clk_i or negedge rst_ni) begin
+    if (!rst_ni) begin
+      cpl_untaken_q <= 1'b0;
+      cpl_older_q   <= 1'b0;
+    end else if (soft_reset || dreq_ready[1]) begin
+      cpl_untaken_q <= 1'b0;
+      cpl_older_q   <= 1'b0;
+    end else begin
+      if (cpl_valid && cpl_ready) cpl_untaken_q <= 1'b1;
+      if (evt_valid && evt_ready && cpl_untaken_q) cpl_older_q <= 1'b1;
+    end
+  end
+  /* verilator lint_off SYNCASYNCNET */
+  EventAfterEarlierCompletion: assert property (@(posedge clk_i) disable iff (!rst_ni)
+    !(cpl_older_q && dreq_ready[2]));
+  /* verilator lint_on SYNCASYNCNET */
+`endif
+
   logic unused;
   assign unused = ^{cmd_cons, cpl_prod, evt_prod, cpl_space, evt_space, cpl_room, evt_space_sat};
 

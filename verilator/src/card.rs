@@ -53,9 +53,30 @@ pub struct SimCard {
     io: Io,
     rx: VecDeque<WireFrame>,
     tx: Vec<WireFrame>,
-    /// A DMA response to present next cycle: (error, data).
-    dma_rsp: Option<(bool, [u8; 32])>,
+    /// A DMA response to present once its delay runs out: (cycles left, error, data).
+    dma_rsp: Option<(u32, bool, [u8; 32])>,
+    /// A test aid: DMA responses come 1 + (0..=max) cycles after their request, drawn from this
+    /// seeded sequence (a real PCIe read or write completes in hundreds of cycles, and the
+    /// card's writers then wait for the port in orders a 1-cycle memory never shows).
+    dma_delay: Option<DmaDelay>,
     cycles: u64,
+}
+
+/// Seeded DMA response delays (splitmix64: a test aid needs no better generator).
+struct DmaDelay {
+    state: u64,
+    cycles_max: u32,
+}
+
+impl DmaDelay {
+    fn next(&mut self) -> u32 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z % (u64::from(self.cycles_max) + 1)) as u32
+    }
 }
 
 /// Cycles a register read may take before the card is declared hung.
@@ -66,7 +87,15 @@ impl SimCard {
     pub fn new() -> SimCard {
         // SAFETY: the three functions come from this top's shim and Io mirrors its struct.
         let sim = unsafe { Sim::new(ffi::amf_cd_new, ffi::amf_cd_free, ffi::amf_cd_cycle) };
-        let mut c = SimCard { sim, io: Io::default(), rx: VecDeque::new(), tx: Vec::new(), dma_rsp: None, cycles: 0 };
+        let mut c = SimCard {
+            sim,
+            io: Io::default(),
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+            dma_rsp: None,
+            dma_delay: None,
+            cycles: 0,
+        };
         c.io.link_tx_ready = 1;
         c.io.dma_req_ready = 1;
         let mut mem = NoMemory;
@@ -76,6 +105,12 @@ impl SimCard {
         c
     }
 
+    /// A test aid: from now on each DMA response comes up to `cycles_max` cycles later than the
+    /// next cycle, by a sequence seeded with `seed` (0: at once, as before).
+    pub fn set_dma_delay(&mut self, seed: u64, cycles_max: u32) {
+        self.dma_delay = (cycles_max > 0).then_some(DmaDelay { state: seed, cycles_max });
+    }
+
     /// Cycles run.
     pub fn cycles(&self) -> u64 {
         self.cycles
@@ -83,14 +118,18 @@ impl SimCard {
 
     fn step(&mut self, mem: &mut dyn HostMemory) {
         // Inputs for this cycle.
+        self.io.dma_rsp_valid = 0;
         match self.dma_rsp.take() {
-            Some((err, data)) => {
+            Some((0, err, data)) => {
                 self.io.dma_rsp_valid = 1;
                 self.io.dma_rsp_error = err as u8;
                 self.io.dma_rsp_rdata = words(&data);
             }
-            None => self.io.dma_rsp_valid = 0,
+            Some((left, err, data)) => self.dma_rsp = Some((left - 1, err, data)),
+            None => {}
         }
+        // One request at a time: the port takes the next once the last one is answered.
+        self.io.dma_req_ready = self.dma_rsp.is_none() as u8;
         match self.rx.front() {
             Some(f) => {
                 self.io.link_rx_valid = 1;
@@ -119,7 +158,8 @@ impl SimCard {
                 let err = mem.read(addr, &mut b).is_err();
                 (err, b)
             };
-            self.dma_rsp = Some(rsp);
+            let delay = self.dma_delay.as_mut().map_or(0, DmaDelay::next);
+            self.dma_rsp = Some((delay, rsp.0, rsp.1));
         }
         self.io.reg_req_valid = 0;
     }

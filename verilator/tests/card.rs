@@ -206,6 +206,12 @@ fn rtl_card_matches_model() {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut p = Pair::with_auth(auth);
         p.gated = seed % 2 == 0;
+        // Slow DMA on half the seeds: the card's three DMA clients then wait for the port
+        // behind each other, and the assertion that the rings are written in the engine's order
+        // (amf_card.sv, `EventAfterEarlierCompletion`) sees them queue.
+        if seed >= 73 {
+            p.rtl.set_dma_delay(seed, 12);
+        }
         let mut peers = Peers { auth, counters: [0; 8] };
         let mut sent: Vec<WireFrame> = vec![];
         // The counters this node's card sealed its frames with (authenticated runs).
@@ -612,4 +618,115 @@ fn the_presence_filter_answers_for_empty_buckets_until_the_epoch_changes_on_rtl_
     let _ = p.model.take_outgoing();
     assert!(ask(&mut p, 7, EPOCH + 2), "on again");
     assert_eq!(filtered(&mut p), 3);
+}
+
+/// The host puts the two rings in order by a completion's `events_before`, which it reads only
+/// once it sees the completion: an event must never be in host memory before a completion the
+/// card handed over first (the host would handle an invalidate before the grant it follows).
+/// Commands that complete at once and peers' held invalidates arrive a few cycles apart while
+/// DMA answers slowly, so the card's writers queue for its one DMA port; the host looks at
+/// both rings after every cycle and notes when each entry appeared. (amf_card.sv asserts the
+/// same order at the port, `EventAfterEarlierCompletion`.)
+#[test]
+fn completions_reach_host_memory_before_later_events_under_slow_dma() {
+    let mut p = Pair::new();
+    p.rtl.set_dma_delay(7, 16);
+    let mut rng = SmallRng::seed_from_u64(7);
+    let ring = 1u32 << RING_LOG2;
+    // When each completion appeared, with its `events_before`; when each event appeared.
+    let mut completions: Vec<(u32, u64)> = vec![];
+    let mut events: Vec<u64> = vec![];
+    let mut cycle = 0u64;
+    let visible = |mem: &VecMemory, base: u64, n: u32| -> Option<[u8; 32]> {
+        let at = (base - BASE) as usize + (n & (ring - 1)) as usize * 32;
+        let b: [u8; 32] = mem.bytes.get(at..at + 32)?.try_into().ok()?;
+        (((b[2] >> 7) & 1) == ((n >> RING_LOG2) & 1 == 0) as u8).then_some(b)
+    };
+    let mut seq = 0u32;
+    const NOPS: u32 = 3;
+    for round in 0..300u32 {
+        let resource = u64::from(round % 8);
+        let cmd = |opcode: Opcode, tag: u32| Command {
+            opcode: opcode as u8,
+            tag,
+            resource,
+            epoch: EPOCH,
+            ..Default::default()
+        };
+        // A few commands at once: the card fetches the next while the last one's completion
+        // waits for the port.
+        for k in 0..NOPS {
+            let slot = CMD + u64::from(p.cmd_prod & (ring - 1)) * 32;
+            p.rtl_mem.write(slot, &cmd(Opcode::Nop, (NOPS + 1) * round + k).encode()).expect("command slot");
+            p.cmd_prod += 1;
+        }
+        p.rtl.mmio_write(regs::cmd_ring::BASE + regs::cmd_ring::doorbell::OFFSET, p.cmd_prod, &mut p.rtl_mem);
+        let gap = rng.gen_range(0..64);
+        for i in 0..400 {
+            if i == gap {
+                seq += 1;
+                let f = LinkFrame {
+                    kind: FrameKind::Invalidate as u8,
+                    src: 1 + (round % 2) as u8,
+                    dst: 1,
+                    epoch: EPOCH,
+                    seq,
+                    stamp: 1,
+                    resource,
+                    hold: 1,
+                    ..Default::default()
+                };
+                p.rtl.receive(seal(f));
+            }
+            p.rtl.run(1, &mut p.rtl_mem);
+            cycle += 1;
+            while let Some(b) = visible(&p.rtl_mem, CPL, completions.len() as u32) {
+                completions.push((Completion::decode(&b).events_before, cycle));
+            }
+            while let Some(_b) = visible(&p.rtl_mem, EVT, events.len() as u32) {
+                events.push(cycle);
+            }
+            if i > gap && !p.rtl.busy() {
+                break;
+            }
+        }
+        // The held invalidate is yielded (another completion), and the host hands both rings'
+        // space back.
+        let slot = CMD + u64::from(p.cmd_prod & (ring - 1)) * 32;
+        p.rtl_mem.write(slot, &cmd(Opcode::Yield, (NOPS + 1) * round + NOPS).encode()).expect("command slot");
+        p.cmd_prod += 1;
+        p.rtl.mmio_write(regs::cmd_ring::BASE + regs::cmd_ring::doorbell::OFFSET, p.cmd_prod, &mut p.rtl_mem);
+        for _ in 0..400 {
+            p.rtl.run(1, &mut p.rtl_mem);
+            cycle += 1;
+            while let Some(b) = visible(&p.rtl_mem, CPL, completions.len() as u32) {
+                completions.push((Completion::decode(&b).events_before, cycle));
+            }
+            if !p.rtl.busy() {
+                break;
+            }
+        }
+        let _ = p.rtl.take_outgoing();
+        p.rtl.mmio_write(
+            regs::cpl_ring::BASE + regs::cpl_ring::doorbell::OFFSET,
+            completions.len() as u32,
+            &mut p.rtl_mem,
+        );
+        p.rtl.mmio_write(regs::evt_ring::BASE + regs::evt_ring::doorbell::OFFSET, events.len() as u32, &mut p.rtl_mem);
+    }
+    assert_eq!(completions.len(), 300 * (NOPS as usize + 1), "every command completed");
+    assert!(events.len() >= 300, "every held invalidate was posted ({} events)", events.len());
+    // Close calls: an event handed over within a few cycles after a completion.
+    let mut close = 0;
+    for (k, &(before, at)) in completions.iter().enumerate() {
+        if let Some(&e) = events.get(before as usize) {
+            assert!(
+                at <= e,
+                "completion {k} (events_before {before}) appeared at cycle {at}, after event {before} at {e}"
+            );
+            close += (e - at <= 16) as u32;
+        }
+    }
+    eprintln!("{close} events appeared within 16 cycles after the completion before them");
+    assert!(close >= 20, "the race was exercised ({close} close calls)");
 }
