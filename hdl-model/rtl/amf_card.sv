@@ -391,10 +391,10 @@ module amf_card #(
   // The checker's own busy, not its ready: a frame moving from its first stage to its second
   // leaves ready high for a cycle with the frame inside, and a clock gated on busy stopped there
   // (the frame then waited for the next input to start the clock again).
-  assign busy_o = fetch_busy || cpl_busy || evt_busy || engine_busy || chk_busy
-                  || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
   assign active_o = fetch_busy || cpl_busy || evt_busy || engine_active || chk_busy
                     || link_rx_valid_i || !tx_ready || link_tx_valid_o || dma_rsp_valid_i;
+  // Busy covers active; only the engine waits (for answers, timers, room in a ring).
+  assign busy_o = active_o || engine_busy;
 
 `ifndef SYNTHESIS
   // The host puts events and completions in order by a completion's `events_before`, which it

@@ -1102,10 +1102,11 @@ module amf_engine #(
     end
   end
 
-  assign busy_o         = state_q != SIdle || |p_valid || deferred_q || rx_valid_i || cmd_valid_i
-                          || (enable_i && hb_on_q);
+  // Busy covers active (a clock stopped while busy is low would strand the work), and adds
+  // what only waits: acquires for their answers, a frame for room, heartbeats for their time.
   assign active_o       = state_q != SIdle || rx_valid_i || cmd_valid_i || due_any || hb_due || down_any
                           || (deferred_q && evt_room_i);
+  assign busy_o         = active_o || |p_valid || deferred_q || (enable_i && hb_on_q);
   assign frames_tx_o    = frames_tx_q;
   assign bad_commands_o = bad_commands_q;
   assign broadcasts_o   = broadcasts_q;
