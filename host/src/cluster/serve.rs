@@ -41,7 +41,11 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ClusterError> {
 fn card_cycles(kind: CardKind, t: Duration) -> u32 {
     match kind {
         CardKind::Model => crate::engine::link::CLOCK_HZ / 1000 * t.as_millis() as u64,
-        // The RTL's clock runs near 1 M cycles/s under Verilator here.
+        // The RTL's clock runs near 1 M cycles/s under Verilator here while the card works,
+        // and at a pace of about 160 k while it only waits for its peers' answers
+        // (verilator/src/device.rs): a silent peer's timeout takes 2-3 s of wall time, inside
+        // the lease's 4 s that proves a death. Counted at the waiting pace, a card kept busy
+        // by other traffic would time out a slow holder's answer early.
         CardKind::Sim => 1000 * t.as_millis() as u64,
     }
     .clamp(10_000, u32::MAX as u64) as u32
