@@ -49,7 +49,7 @@ fn a_seed_replays_identically() {
 /// over, and a flush of every controller asks the survivors again).
 #[test]
 fn seeds_that_found_holes_pass() {
-    for seed in [851, 4790] {
+    for seed in [851, 3732, 4790] {
         if let Err(e) = run(SimConfig::from_seed(seed)) {
             panic!("{e}");
         }

@@ -986,7 +986,10 @@ impl World {
             self.takeover = Some(Takeover { dead, node: n, stripes, next: 0, req: None, done: false });
             self.takeover_next()?;
         }
-        Ok(())
+        // The last survivor to move may be all the final flush waits for: a takeover with
+        // nothing to resync ends at the first survivor's move, and with every client done
+        // nothing else would ask again (seed 3732 stopped there until the time limit).
+        self.maybe_final_flush()
     }
 
     /// Controller `n` moves to the current membership (`self.epoch`, the live controllers) as
