@@ -632,16 +632,7 @@ fn completions_reach_host_memory_before_later_events_under_slow_dma() {
     let mut p = Pair::new();
     p.rtl.set_dma_delay(7, 16);
     let mut rng = SmallRng::seed_from_u64(7);
-    let ring = 1u32 << RING_LOG2;
-    // When each completion appeared, with its `events_before`; when each event appeared.
-    let mut completions: Vec<(u32, u64)> = vec![];
-    let mut events: Vec<u64> = vec![];
-    let mut cycle = 0u64;
-    let visible = |mem: &VecMemory, base: u64, n: u32| -> Option<[u8; 32]> {
-        let at = (base - BASE) as usize + (n & (ring - 1)) as usize * 32;
-        let b: [u8; 32] = mem.bytes.get(at..at + 32)?.try_into().ok()?;
-        (((b[2] >> 7) & 1) == ((n >> RING_LOG2) & 1 == 0) as u8).then_some(b)
-    };
+    let mut w = RingWatch::default();
     let mut seq = 0u32;
     const NOPS: u32 = 3;
     for round in 0..300u32 {
@@ -655,12 +646,8 @@ fn completions_reach_host_memory_before_later_events_under_slow_dma() {
         };
         // A few commands at once: the card fetches the next while the last one's completion
         // waits for the port.
-        for k in 0..NOPS {
-            let slot = CMD + u64::from(p.cmd_prod & (ring - 1)) * 32;
-            p.rtl_mem.write(slot, &cmd(Opcode::Nop, (NOPS + 1) * round + k).encode()).expect("command slot");
-            p.cmd_prod += 1;
-        }
-        p.rtl.mmio_write(regs::cmd_ring::BASE + regs::cmd_ring::doorbell::OFFSET, p.cmd_prod, &mut p.rtl_mem);
+        let nops: Vec<Command> = (0..NOPS).map(|k| cmd(Opcode::Nop, (NOPS + 1) * round + k)).collect();
+        post(&mut p, &nops);
         let gap = rng.gen_range(0..64);
         for i in 0..400 {
             if i == gap {
@@ -678,48 +665,31 @@ fn completions_reach_host_memory_before_later_events_under_slow_dma() {
                 };
                 p.rtl.receive(seal(f));
             }
-            p.rtl.run(1, &mut p.rtl_mem);
-            cycle += 1;
-            while let Some(b) = visible(&p.rtl_mem, CPL, completions.len() as u32) {
-                completions.push((Completion::decode(&b).events_before, cycle));
-            }
-            while let Some(_b) = visible(&p.rtl_mem, EVT, events.len() as u32) {
-                events.push(cycle);
-            }
+            w.cycle(&mut p);
             if i > gap && !p.rtl.busy() {
                 break;
             }
         }
         // The held invalidate is yielded (another completion), and the host hands both rings'
         // space back.
-        let slot = CMD + u64::from(p.cmd_prod & (ring - 1)) * 32;
-        p.rtl_mem.write(slot, &cmd(Opcode::Yield, (NOPS + 1) * round + NOPS).encode()).expect("command slot");
-        p.cmd_prod += 1;
-        p.rtl.mmio_write(regs::cmd_ring::BASE + regs::cmd_ring::doorbell::OFFSET, p.cmd_prod, &mut p.rtl_mem);
+        post(&mut p, &[cmd(Opcode::Yield, (NOPS + 1) * round + NOPS)]);
         for _ in 0..400 {
-            p.rtl.run(1, &mut p.rtl_mem);
-            cycle += 1;
-            while let Some(b) = visible(&p.rtl_mem, CPL, completions.len() as u32) {
-                completions.push((Completion::decode(&b).events_before, cycle));
-            }
+            w.cycle(&mut p);
             if !p.rtl.busy() {
                 break;
             }
         }
         let _ = p.rtl.take_outgoing();
-        p.rtl.mmio_write(
-            regs::cpl_ring::BASE + regs::cpl_ring::doorbell::OFFSET,
-            completions.len() as u32,
-            &mut p.rtl_mem,
-        );
-        p.rtl.mmio_write(regs::evt_ring::BASE + regs::evt_ring::doorbell::OFFSET, events.len() as u32, &mut p.rtl_mem);
+        let (c, e) = (w.completions.len() as u32, w.events.len() as u32);
+        p.rtl.mmio_write(regs::cpl_ring::BASE + regs::cpl_ring::doorbell::OFFSET, c, &mut p.rtl_mem);
+        p.rtl.mmio_write(regs::evt_ring::BASE + regs::evt_ring::doorbell::OFFSET, e, &mut p.rtl_mem);
     }
-    assert_eq!(completions.len(), 300 * (NOPS as usize + 1), "every command completed");
-    assert!(events.len() >= 300, "every held invalidate was posted ({} events)", events.len());
+    assert_eq!(w.completions.len(), 300 * (NOPS as usize + 1), "every command completed");
+    assert!(w.events.len() >= 300, "every held invalidate was posted ({} events)", w.events.len());
     // Close calls: an event handed over within a few cycles after a completion.
     let mut close = 0;
-    for (k, &(before, at)) in completions.iter().enumerate() {
-        if let Some(&e) = events.get(before as usize) {
+    for (k, &(before, at)) in w.completions.iter().enumerate() {
+        if let Some(&e) = w.events.get(before as usize) {
             assert!(
                 at <= e,
                 "completion {k} (events_before {before}) appeared at cycle {at}, after event {before} at {e}"
@@ -729,4 +699,45 @@ fn completions_reach_host_memory_before_later_events_under_slow_dma() {
     }
     eprintln!("{close} events appeared within 16 cycles after the completion before them");
     assert!(close >= 20, "the race was exercised ({close} close calls)");
+}
+
+/// Commands into the RTL card's ring, and one doorbell for them.
+fn post(p: &mut Pair, cmds: &[Command]) {
+    for c in cmds {
+        let slot = CMD + u64::from(p.cmd_prod & ((1 << RING_LOG2) - 1)) * 32;
+        p.rtl_mem.write(slot, &c.encode()).expect("command slot");
+        p.cmd_prod += 1;
+    }
+    p.rtl.mmio_write(regs::cmd_ring::BASE + regs::cmd_ring::doorbell::OFFSET, p.cmd_prod, &mut p.rtl_mem);
+}
+
+/// The host's side of the ordering test: when each ring entry first appeared in host memory.
+#[derive(Default)]
+struct RingWatch {
+    /// Each completion's `events_before` and the cycle it appeared in.
+    completions: Vec<(u32, u64)>,
+    /// The cycle each event appeared in.
+    events: Vec<u64>,
+    cycle: u64,
+}
+
+impl RingWatch {
+    /// Runs the RTL card one cycle, then looks at both rings.
+    fn cycle(&mut self, p: &mut Pair) {
+        p.rtl.run(1, &mut p.rtl_mem);
+        self.cycle += 1;
+        while let Some(b) = visible(&p.rtl_mem, CPL, self.completions.len() as u32) {
+            self.completions.push((Completion::decode(&b).events_before, self.cycle));
+        }
+        while visible(&p.rtl_mem, EVT, self.events.len() as u32).is_some() {
+            self.events.push(self.cycle);
+        }
+    }
+}
+
+/// Entry `n` of the ring at `base` once the card wrote it (its phase bit is this pass's).
+fn visible(mem: &VecMemory, base: u64, n: u32) -> Option<[u8; 32]> {
+    let at = (base - BASE) as usize + (n & ((1 << RING_LOG2) - 1)) as usize * 32;
+    let b: [u8; 32] = mem.bytes.get(at..at + 32)?.try_into().ok()?;
+    (((b[2] >> 7) & 1) == ((n >> RING_LOG2) & 1 == 0) as u8).then_some(b)
 }
